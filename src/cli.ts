@@ -1,0 +1,126 @@
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig } from './config.js';
+import { Pipeline, type ProjectReport } from './enforcer.js';
+import { createLogger } from './log.js';
+import { mergeLimits, parseLimits, type ProjectLimits } from './quota/limits.js';
+import { USAGE_RESOURCES } from './quota/resources.js';
+import { StaticLimits } from './quota/static-limits.js';
+import { replayFile, replayJson } from './replay.js';
+import { openStore } from './store/index.js';
+
+const USAGE = `glance-quota-enforcer: per-project image quotas for OpenStack Glance, enforced from its notifications
+
+Usage:
+  glance-quota-enforcer replay FILE [--limit RESOURCE=VALUE]... [--store URL] [--json]
+      Feed FILE (one raw AMQP notification body per line) through the same parse -> ledger ->
+      decision path as production and print usage, what is over and what would be deleted.
+      --limit   same syntax as QUOTA_LIMITS (image_count_total=5,image_create_rate=20/60s);
+                applies to every project, over QUOTA_LIMITS and QUOTA_LIMITS_FILE
+      --store   ledger to replay into (default memory://: a what-if never touches the real ledger)
+      --json    one JSON document on stdout
+  glance-quota-enforcer --help | --version
+
+Configuration is by environment variables (README.md lists them all).`;
+
+interface Io {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+}
+
+const processIo: Io = {
+  stdout: (t) => void process.stdout.write(t),
+  stderr: (t) => void process.stderr.write(t),
+};
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+function formatTable(projects: ProjectReport[]): string {
+  const header = ['project', ...USAGE_RESOURCES, 'over', 'to_delete'];
+  const rows = projects.map((p) => [
+    p.projectId,
+    ...USAGE_RESOURCES.map((r) => String(p.usage[r])),
+    p.over.join(',') || '-',
+    String(p.toDelete.length),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  return [header, ...rows].map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n';
+}
+
+async function replay(args: string[], io: Io): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { limit: { type: 'string', multiple: true }, json: { type: 'boolean' }, store: { type: 'string' } },
+  });
+  const file = positionals[0];
+  if (!file || positionals.length > 1) throw new ConfigError('replay: expected exactly one FILE, e.g. replay notifications.jsonl');
+  const config = loadConfig();
+  let override: ProjectLimits = {};
+  for (const l of values.limit ?? []) override = mergeLimits(override, parseLimits(l, '--limit'));
+  const limits = new StaticLimits(config.limits.defaults, config.limits.perProject);
+  const store = await openStore(values.store ?? 'memory://');
+  const log = createLogger(config.logLevel);
+  try {
+    const pipeline = new Pipeline({
+      store,
+      limits: { limitsFor: async (p) => mergeLimits(await limits.limitsFor(p), override) },
+      exemptProjects: config.exemptProjects,
+      // Replay reports over-quota projects in its output; a log line per project would only repeat it.
+      log: undefined,
+    });
+    const summary = await replayFile(pipeline, file, {
+      onInvalid: (line, reason) => io.stderr(`${file}:${line}: invalid: ${reason}\n`),
+    });
+    log.debug({ messages: summary.messages }, 'replay done');
+    if (values.json) {
+      io.stdout(JSON.stringify(replayJson(summary)) + '\n');
+    } else {
+      const m = summary.messages;
+      io.stdout(`messages: ${m.total} total, ${m.applied} applied, ${m.duplicate} duplicate, ${m.ignored} ignored, ${m.invalid} invalid\n\n`);
+      io.stdout(formatTable(summary.projects));
+      for (const p of summary.projects.filter((p) => p.toDelete.length > 0)) {
+        io.stdout(`\n${p.projectId} would delete (newest first): ${p.toDelete.join(' ')}\n`);
+      }
+    }
+    return 0;
+  } finally {
+    await store.close();
+  }
+}
+
+/** Entry point of the bin; returns the exit code. */
+export async function main(argv: string[], io: Io = processIo): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case undefined:
+      case '-h':
+      case '--help':
+      case 'help':
+        io.stdout(USAGE + '\n');
+        return command === undefined ? 2 : 0;
+      case '--version':
+        io.stdout(version() + '\n');
+        return 0;
+      case 'replay':
+        return await replay(rest, io);
+      default:
+        io.stderr(`unknown command '${command}'\n\n${USAGE}\n`);
+        return 2;
+    }
+  } catch (err) {
+    if (err instanceof ConfigError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      io.stderr(`${(err as Error).message}\n`);
+      return 2;
+    }
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      io.stderr(`${(err as Error).message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+}

@@ -1,0 +1,7 @@
+/**
+ * Thrown for input a human must fix (environment, flags, files). Its message names the input and
+ * shows a value that works; the CLI prints it alone, without a stack trace.
+ */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}

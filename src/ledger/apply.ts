@@ -1,0 +1,59 @@
+import type { ImageEvent } from '../notification/parse.js';
+import { mergeRecord, type ImageRecord } from './record.js';
+import { ZERO_TOTALS, addTotals, contributionOf, type UsageTotals } from './usage.js';
+
+export type ApplyOutcome = 'applied' | 'duplicate';
+
+export interface ApplyResult {
+  /** One per input event, in input order. */
+  outcomes: ApplyOutcome[];
+  /** Projects whose records changed (both sides of an ownership change), sorted. */
+  projects: string[];
+}
+
+/**
+ * A store's view of its own data inside one transaction. Stores that can run the rules in-process
+ * (memory, SQLite) implement it and share `applyEventsTo`; remote stores run the same rules
+ * server-side and are held to the same contract suite.
+ */
+export interface LedgerTransaction {
+  seen(messageId: string): boolean;
+  markSeen(messageId: string, atMs: number): void;
+  get(imageId: string): ImageRecord | undefined;
+  put(record: ImageRecord): void;
+}
+
+export interface AppliedBatch extends ApplyResult {
+  /** Per project, what the batch changed in its totals: the store adds these in the same transaction. */
+  deltas: Map<string, UsageTotals>;
+}
+
+function sameRecord(a: ImageRecord, b: ImageRecord): boolean {
+  return a.messageId === b.messageId && a.deleted === b.deleted && a.projectId === b.projectId;
+}
+
+/** Dedupe by message id, merge each event into its image's record, keep the totals in step. */
+export function applyEventsTo(tx: LedgerTransaction, events: readonly ImageEvent[], nowMs: number): AppliedBatch {
+  const outcomes: ApplyOutcome[] = [];
+  const projects = new Set<string>();
+  const deltas = new Map<string, UsageTotals>();
+  const addDelta = (project: string, delta: UsageTotals, sign: 1 | -1) =>
+    deltas.set(project, addTotals(deltas.get(project) ?? ZERO_TOTALS, delta, sign));
+  for (const event of events) {
+    if (tx.seen(event.messageId)) {
+      outcomes.push('duplicate');
+      continue;
+    }
+    tx.markSeen(event.messageId, nowMs);
+    outcomes.push('applied');
+    const before = tx.get(event.imageId);
+    const after = mergeRecord(before, event);
+    if (before && sameRecord(before, after)) continue;
+    tx.put(after);
+    if (before) addDelta(before.projectId, contributionOf(before), -1);
+    addDelta(after.projectId, contributionOf(after), 1);
+    if (before) projects.add(before.projectId);
+    projects.add(after.projectId);
+  }
+  return { outcomes, projects: [...projects].sort(), deltas };
+}

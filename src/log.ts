@@ -1,0 +1,21 @@
+import { pino, type Logger } from 'pino';
+
+export type { Logger };
+
+/**
+ * Keys whose values are secrets wherever they appear in a log line. pino redacts them before
+ * serialising, so a secret never reaches stdout even when a whole request or config is logged.
+ */
+export const SECRET_PATHS = [
+  'password', '*.password', '*.*.password',
+  'secret', '*.secret', '*.*.secret',
+  'token', '*.token', 'headers["x-auth-token"]', '*.headers["x-auth-token"]',
+  'headers["x-subject-token"]', '*.headers["x-subject-token"]',
+  'application_credential_secret', '*.application_credential_secret',
+  'transportUrl', '*.transportUrl',
+];
+
+/** JSON logs on stderr (stdout stays free for `--json` output). */
+export function createLogger(level = process.env.LOG_LEVEL ?? 'info', destination: NodeJS.WritableStream = process.stderr): Logger {
+  return pino({ level, base: { name: 'glance-quota-enforcer' }, redact: { paths: SECRET_PATHS, censor: '[REDACTED]' } }, destination);
+}

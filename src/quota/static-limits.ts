@@ -1,0 +1,18 @@
+import { mergeLimits, type ProjectLimits } from './limits.js';
+
+/** Where a project's limits come from; Keystone unified limits and the static table both fit. */
+export interface LimitSource {
+  limitsFor(projectId: string): Promise<ProjectLimits>;
+}
+
+/** QUOTA_LIMITS for everyone, QUOTA_LIMITS_FILE per project on top, resource by resource. */
+export class StaticLimits implements LimitSource {
+  constructor(
+    private readonly defaults: ProjectLimits,
+    private readonly perProject: Readonly<Record<string, ProjectLimits>> = {},
+  ) {}
+
+  async limitsFor(projectId: string): Promise<ProjectLimits> {
+    return mergeLimits(this.defaults, this.perProject[projectId]);
+  }
+}

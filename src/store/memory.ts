@@ -1,0 +1,65 @@
+import { applyEventsTo, type ApplyResult, type LedgerTransaction } from '../ledger/apply.js';
+import type { ImageRecord } from '../ledger/record.js';
+import { ZERO_TOTALS, addTotals, usageFromTotals, type UsageTotals } from '../ledger/usage.js';
+import type { ImageEvent } from '../notification/parse.js';
+import type { Usage } from '../quota/resources.js';
+import type { LedgerStore } from './port.js';
+
+/**
+ * The ledger in process memory: for replay, tests and benchmarks. Lost at exit.
+ *
+ * @example
+ *   const store = new MemoryStore();
+ *   await store.applyEvents(events, Date.now());
+ */
+export class MemoryStore implements LedgerStore {
+  readonly description = 'memory://';
+  private readonly records = new Map<string, ImageRecord>();
+  private readonly byProject = new Map<string, Set<string>>();
+  private readonly totals = new Map<string, UsageTotals>();
+  private readonly seenAt = new Map<string, number>();
+
+  async applyEvents(events: readonly ImageEvent[], nowMs: number): Promise<ApplyResult> {
+    // A failure half-way must leave nothing behind, as a database transaction would.
+    const staged = new Map<string, ImageRecord>();
+    const seen = new Map<string, number>();
+    const tx: LedgerTransaction = {
+      seen: (id) => seen.has(id) || this.seenAt.has(id),
+      markSeen: (id, at) => void seen.set(id, at),
+      get: (id) => staged.get(id) ?? this.records.get(id),
+      put: (r) => void staged.set(r.imageId, r),
+    };
+    const { deltas, ...result } = applyEventsTo(tx, events, nowMs);
+    for (const [id, at] of seen) this.seenAt.set(id, at);
+    for (const r of staged.values()) {
+      const previous = this.records.get(r.imageId);
+      if (previous && previous.projectId !== r.projectId) this.byProject.get(previous.projectId)?.delete(r.imageId);
+      this.records.set(r.imageId, r);
+      let ids = this.byProject.get(r.projectId);
+      if (!ids) this.byProject.set(r.projectId, (ids = new Set()));
+      ids.add(r.imageId);
+    }
+    for (const [project, delta] of deltas) this.totals.set(project, addTotals(this.totals.get(project) ?? ZERO_TOTALS, delta));
+    return result;
+  }
+
+  async usage(projectId: string): Promise<Usage> {
+    return usageFromTotals(this.totals.get(projectId) ?? ZERO_TOTALS);
+  }
+
+  async images(projectId: string): Promise<ImageRecord[]> {
+    return [...(this.byProject.get(projectId) ?? [])].map((id) => this.records.get(id)!);
+  }
+
+  async projects(): Promise<string[]> {
+    return [...this.byProject].filter(([, ids]) => ids.size > 0).map(([p]) => p).sort();
+  }
+
+  async forgetMessagesBefore(beforeMs: number): Promise<number> {
+    let n = 0;
+    for (const [id, at] of this.seenAt) if (at < beforeMs && this.seenAt.delete(id)) n++;
+    return n;
+  }
+
+  async close(): Promise<void> {}
+}

@@ -1,0 +1,100 @@
+import { describe, expect, it } from 'vitest';
+import { recordFromEvent, type ImageRecord } from '../../src/ledger/record.js';
+import { usageOf } from '../../src/ledger/usage.js';
+import { decide } from '../../src/quota/decide.js';
+import { parseLimits, type ProjectLimits } from '../../src/quota/limits.js';
+import { ev } from '../support/events.js';
+
+function rec(imageId: string, createdAt: number, status = 'queued', extra: Partial<ImageRecord> = {}): ImageRecord {
+  return { ...recordFromEvent(ev({ imageId, createdAt, status })), ...extra };
+}
+
+function run(records: ImageRecord[], limits: ProjectLimits, exempt = false) {
+  return decide(records, usageOf(records), limits, exempt);
+}
+
+describe('count excess', () => {
+  it('removes the newest queued images, as many as the excess', () => {
+    const records = [rec('a', 1), rec('b', 2), rec('c', 3), rec('d', 4, 'active'), rec('e', 5)];
+    expect(run(records, { image_count_total: 3 })).toEqual({ over: ['image_count_total'], toDelete: ['e', 'c'] });
+  });
+
+  it('never picks an image in another state, even when the excess is larger', () => {
+    const records = [rec('a', 1, 'active'), rec('b', 2, 'saving'), rec('c', 3, 'deactivated'), rec('q', 4)];
+    expect(run(records, { image_count_total: 1 }).toDelete).toEqual(['q']);
+  });
+
+  it('orders equal created_at by the larger id first', () => {
+    const records = [rec('a', 5), rec('c', 5), rec('b', 5)];
+    expect(run(records, { image_count_total: 1 }).toDelete).toEqual(['c', 'b']);
+  });
+
+  it('is at the limit, not over it, when usage equals the limit', () => {
+    expect(run([rec('a', 1), rec('b', 2)], { image_count_total: 2 })).toEqual({ over: [], toDelete: [] });
+  });
+
+  it('treats an absent or negative limit as unlimited, and 0 as a real limit', () => {
+    const records = [rec('a', 1), rec('b', 2)];
+    expect(run(records, {}).over).toEqual([]);
+    expect(run(records, { image_count_total: -1 }).over).toEqual([]);
+    expect(run(records, { image_count_total: 0 }).toDelete).toEqual(['b', 'a']);
+  });
+
+  it('reports size and uploading limits but deletes nothing for them', () => {
+    const records = [rec('a', 1, 'active', { size: 5 * 1024 * 1024 }), rec('b', 2)];
+    expect(run(records, { image_size_total: 4 })).toEqual({ over: ['image_size_total'], toDelete: [] });
+  });
+
+  it('reports an exempt project but gives it no candidates', () => {
+    expect(run([rec('a', 1), rec('b', 2)], { image_count_total: 1 }, true)).toEqual({ over: ['image_count_total'], toDelete: [] });
+  });
+});
+
+describe('creation rate', () => {
+  const rate = (text: string) => parseLimits(`image_create_rate=${text}`);
+
+  it('flags the images past N within W seconds (strictly less than W earlier)', () => {
+    // 3 per 10 s: t=0,1,2 fine; t=9 is the 4th within 10 s; t=10 sees 1,2,9,10 (0 is exactly 10 s earlier).
+    const records = [rec('a', 0), rec('b', 1), rec('c', 2), rec('d', 9), rec('e', 10), rec('f', 30)];
+    expect(run(records, rate('3/10s'))).toEqual({ over: ['image_create_rate'], toDelete: ['e', 'd'] });
+  });
+
+  it('counts deleted images in the window: create/delete churn is the attack', () => {
+    const gone = { deleted: true, status: 'deleted' };
+    const records = [rec('a', 0, 'deleted', gone), rec('b', 1, 'deleted', gone), rec('c', 2)];
+    expect(run(records, rate('2/60s'))).toEqual({ over: ['image_create_rate'], toDelete: ['c'] });
+  });
+
+  it('reports the rate over without candidates when the fast images are no longer queued', () => {
+    const records = [rec('a', 0, 'active'), rec('b', 1, 'active')];
+    expect(run(records, rate('1/1m'))).toEqual({ over: ['image_create_rate'], toDelete: [] });
+  });
+
+  it('joins rate and count candidates into one list, newest first, without repeats', () => {
+    const records = [rec('a', 0), rec('b', 1), rec('c', 2), rec('d', 100)];
+    const limits = { ...rate('2/60s'), image_count_total: 2 };
+    expect(run(records, limits)).toEqual({ over: ['image_count_total', 'image_create_rate'], toDelete: ['d', 'c'] });
+  });
+});
+
+describe('limits syntax', () => {
+  it('parses QUOTA_LIMITS with every resource and rate units', () => {
+    expect(parseLimits('image_count_total=100, image_size_total=10240,image_count_uploading=-1,image_stage_total=0,image_create_rate=20/1m')).toEqual({
+      image_count_total: 100,
+      image_size_total: 10240,
+      image_count_uploading: -1,
+      image_stage_total: 0,
+      image_create_rate: { count: 20, windowSeconds: 60 },
+    });
+  });
+
+  it.each([
+    ['image_count_total', /expected RESOURCE=VALUE/],
+    ['image_count_total=ten', /whole number/],
+    ['images=3', /unknown resource 'images'.*image_count_total/],
+    ['image_create_rate=20', /N\/W/],
+    ['image_create_rate=5/0s', /at least 1 second/],
+  ])('rejects %s with an error that names the fix', (text, message) => {
+    expect(() => parseLimits(text)).toThrow(message);
+  });
+});
