@@ -1,0 +1,17 @@
+import { z } from 'zod';
+import { EnvSchema } from './config.js';
+
+/**
+ * README's table of environment variables, made from the schema itself (`npm run docs:env`
+ * prints it; test/unit/config.test.ts fails when README holds another).
+ */
+export function envTable(schema: z.ZodObject = EnvSchema): string {
+  const json = z.toJSONSchema(schema, { io: 'input', unrepresentable: 'any' }) as {
+    properties: Record<string, { default?: unknown; description?: string }>;
+  };
+  const rows = Object.entries(json.properties).map(([name, p]) => {
+    const def = p.default === undefined || p.default === '' ? '(none)' : `\`${String(p.default)}\``;
+    return `| \`${name}\` | ${def} | ${p.description ?? ''} |`;
+  });
+  return ['| variable | default | meaning |', '| --- | --- | --- |', ...rows].join('\n');
+}

@@ -1,0 +1,101 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { usageOf } from '../../src/ledger/usage.js';
+import { parseNotification, type ImageEvent } from '../../src/notification/parse.js';
+import type { LedgerStore } from '../../src/store/port.js';
+import { ev, MiB } from '../support/events.js';
+import { captures } from '../support/fixtures.js';
+
+/**
+ * The behaviour every ledger store must have. Each adapter's test file calls this with a factory
+ * that gives a fresh, empty store.
+ */
+export function describeLedgerStore(name: string, open: () => Promise<LedgerStore>): void {
+  describe(`${name}: the ledger store contract`, () => {
+    let store: LedgerStore;
+    beforeEach(async () => {
+      store = await open();
+    });
+    afterEach(async () => {
+      await store.close();
+    });
+
+    it('starts empty', async () => {
+      expect(await store.projects()).toEqual([]);
+      expect(await store.usage('nobody')).toEqual({ image_count_total: 0, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 });
+    });
+
+    it("replays the lab's real notifications into Glance's final state", async () => {
+      const events = captures()
+        .map((c) => parseNotification(c.body))
+        .flatMap((o) => (o.kind === 'image' ? [o.event] : []));
+      const result = await store.applyEvents(events, 1);
+      expect(result.outcomes.every((o) => o === 'applied')).toBe(true);
+      const [project] = await store.projects();
+      expect(project).toBe('615696c542784834ac46630e5a22dbe3');
+      const images = await store.images(project!);
+      // Three images were created in the run and all three were deleted at its end.
+      expect(images).toHaveLength(3);
+      expect(images.every((r) => r.deleted)).toBe(true);
+      expect(await store.usage(project!)).toEqual(usageOf(images));
+    });
+
+    it('reports each message id once: repeats in the batch and in later batches are duplicates', async () => {
+      const a = ev({ imageId: 'a', status: 'active', size: 3 * MiB });
+      const r1 = await store.applyEvents([a, a], 1);
+      expect(r1.outcomes).toEqual(['applied', 'duplicate']);
+      const r2 = await store.applyEvents([a], 2);
+      expect(r2.outcomes).toEqual(['duplicate']);
+      expect(r2.projects).toEqual([]);
+      expect((await store.usage('p1')).image_size_total).toBe(3);
+    });
+
+    it('keeps totals equal to a scan of the records through updates, deletes and owner changes', async () => {
+      const events: ImageEvent[] = [
+        ev({ imageId: 'a', projectId: 'p1', status: 'queued', updatedAt: 1 }),
+        ev({ imageId: 'a', projectId: 'p1', status: 'uploading', size: 4 * MiB, updatedAt: 2 }),
+        ev({ imageId: 'b', projectId: 'p1', status: 'active', size: 2 * MiB, importing: 'store2', updatedAt: 3 }),
+        ev({ imageId: 'c', projectId: 'p2', status: 'active', size: MiB, updatedAt: 4 }),
+      ];
+      expect((await store.applyEvents(events, 1)).projects).toEqual(['p1', 'p2']);
+      expect(await store.usage('p1')).toEqual({ image_count_total: 2, image_count_uploading: 2, image_size_total: 6, image_stage_total: 6 });
+
+      const later: ImageEvent[] = [
+        ev({ imageId: 'b', projectId: 'p2', status: 'active', size: 2 * MiB, updatedAt: 5 }),
+        ev({ imageId: 'a', projectId: 'p1', status: 'deleted', eventType: 'image.delete', deleted: true, size: 4 * MiB, updatedAt: 6 }),
+        ev({ imageId: 'a', projectId: 'p1', status: 'active', size: 4 * MiB, updatedAt: 3 }),
+      ];
+      const r = await store.applyEvents(later, 2);
+      expect(r.projects).toEqual(['p1', 'p2']);
+      for (const p of ['p1', 'p2']) expect(await store.usage(p)).toEqual(usageOf(await store.images(p)));
+      expect((await store.usage('p1')).image_count_total).toBe(0);
+      expect(await store.usage('p2')).toEqual({ image_count_total: 2, image_count_uploading: 0, image_size_total: 3, image_stage_total: 0 });
+      expect(await store.projects()).toEqual(['p1', 'p2']);
+    });
+
+    it('lists a project whose only images are tombstoned', async () => {
+      await store.applyEvents([ev({ imageId: 'x', projectId: 'gone', status: 'deleted', deleted: true })], 1);
+      expect(await store.projects()).toEqual(['gone']);
+      expect((await store.images('gone'))[0]).toMatchObject({ imageId: 'x', deleted: true });
+    });
+
+    it('keeps the record fields as given', async () => {
+      const e = ev({ imageId: 'f', projectId: 'p9', status: 'active', size: 123, createdAt: 50, updatedAt: 60, importing: 'a,b', protected: true });
+      await store.applyEvents([e], 1);
+      expect(await store.images('p9')).toEqual([
+        { imageId: 'f', projectId: 'p9', status: 'active', size: 123, createdAt: 50, updatedAt: 60, timestamp: e.timestamp, messageId: e.messageId, importing: 'a,b', protected: true, deleted: false },
+      ]);
+    });
+
+    it('forgets message ids older than the retention; a late redelivery then changes nothing', async () => {
+      const a = ev({ imageId: 'a', status: 'active', size: MiB, updatedAt: 5 });
+      const b = ev({ imageId: 'b', status: 'active', size: MiB, updatedAt: 5 });
+      await store.applyEvents([a], 1_000);
+      await store.applyEvents([b], 5_000);
+      expect(await store.forgetMessagesBefore(2_000)).toBe(1);
+      const r = await store.applyEvents([a, b], 6_000);
+      expect(r.outcomes).toEqual(['applied', 'duplicate']);
+      expect(r.projects).toEqual([]);
+      expect(await store.usage('p1')).toMatchObject({ image_count_total: 2, image_size_total: 2 });
+    });
+  });
+}

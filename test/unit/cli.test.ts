@@ -1,0 +1,142 @@
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { main } from '../../src/cli.js';
+import { captures, envelope, inner, quotaTestBodies, rawBody } from '../support/fixtures.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'gqe-cli-'));
+function file(name: string, lines: string[]): string {
+  const path = join(dir, name);
+  writeFileSync(path, lines.join('\n') + '\n');
+  return path;
+}
+
+async function run(args: string[], env: Record<string, string> = {}) {
+  let stdout = '';
+  let stderr = '';
+  const saved = { ...process.env };
+  Object.assign(process.env, { LOG_LEVEL: 'silent' }, env);
+  try {
+    const code = await main(args, { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t) });
+    return { code, stdout, stderr };
+  } finally {
+    process.env = saved;
+  }
+}
+
+/** Five queued images of one project, created a second apart, the way a flood looks. */
+function flood(project = 'aaaa', count = 5): string[] {
+  const template = inner(rawBody('image.create'));
+  return Array.from({ length: count }, (_, i) => {
+    const t = `2026-11-26T20:30:0${i}Z`;
+    return envelope({
+      ...template,
+      message_id: `msg-${project}-${i}`,
+      timestamp: `2026-11-26 20:30:0${i}.000100`,
+      payload: { ...template.payload, id: `img-${project}-${i}`, owner: project, created_at: t, updated_at: t },
+    });
+  });
+}
+
+describe('replay FILE --json', () => {
+  it('prints exactly one JSON document in the documented shape', async () => {
+    const path = file('lab.jsonl', captures().map((c) => c.body));
+    const { code, stdout } = await run(['replay', path, '--json']);
+    expect(code).toBe(0);
+    expect(JSON.parse(stdout)).toEqual({
+      messages: { total: 36, applied: 27, duplicate: 0, ignored: 9, invalid: 0 },
+      projects: [
+        {
+          project_id: '615696c542784834ac46630e5a22dbe3',
+          usage: { image_count_total: 0, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 },
+          over: [],
+          to_delete: [],
+        },
+      ],
+    });
+  });
+
+  it('counts duplicates and invalid lines, reports each bad line on stderr, and goes on', async () => {
+    const bodies = flood();
+    const path = file('mixed.jsonl', [bodies[0]!, 'not json', bodies[1]!, bodies[0]!, '', '{"oslo.version":"2.0"}', bodies[2]!]);
+    const { code, stdout, stderr } = await run(['replay', path, '--json']);
+    expect(code).toBe(0);
+    expect(JSON.parse(stdout).messages).toEqual({ total: 6, applied: 3, duplicate: 1, ignored: 0, invalid: 2 });
+    expect(stderr).toMatch(new RegExp(`${path}:2: invalid: body is not JSON`));
+    expect(stderr).toMatch(new RegExp(`${path}:6: invalid: oslo message`));
+    expect(JSON.parse(stdout).projects[0].usage.image_count_total).toBe(3);
+  });
+
+  it('lists the newest queued images past --limit, for every project, sorted by project id', async () => {
+    const path = file('flood.jsonl', [...flood('bbbb'), ...flood('aaaa', 2)]);
+    const { stdout } = await run(['replay', path, '--json', '--limit', 'image_count_total=2']);
+    const doc = JSON.parse(stdout);
+    expect(doc.projects.map((p: { project_id: string }) => p.project_id)).toEqual(['aaaa', 'bbbb']);
+    expect(doc.projects[0]).toMatchObject({ over: [], to_delete: [] });
+    expect(doc.projects[1]).toMatchObject({ over: ['image_count_total'], to_delete: ['img-bbbb-4', 'img-bbbb-3', 'img-bbbb-2'] });
+  });
+
+  it('lets --limit win over QUOTA_LIMITS, and respects EXEMPT_PROJECTS', async () => {
+    const path = file('flood2.jsonl', flood('bbbb'));
+    const tight = await run(['replay', path, '--json', '--limit', 'image_count_total=4'], { QUOTA_LIMITS: 'image_count_total=1' });
+    expect(JSON.parse(tight.stdout).projects[0].to_delete).toEqual(['img-bbbb-4']);
+    const exempt = await run(['replay', path, '--json', '--limit', 'image_count_total=1'], { EXEMPT_PROJECTS: 'zzz, bbbb' });
+    expect(JSON.parse(exempt.stdout).projects[0]).toMatchObject({ over: ['image_count_total'], to_delete: [] });
+  });
+
+  it("deletes exactly the image Glance's own quota refused with 413 in the lab (limit 3, 4th create)", async () => {
+    const accepted = quotaTestBodies();
+    const third = inner(accepted[2]!);
+    const fourth = envelope({
+      ...third,
+      message_id: 'fourth',
+      timestamp: third.timestamp.replace(/:(\d\d)\./, (_: string, s: string) => `:${String(Number(s) + 1).padStart(2, '0')}.`),
+      payload: { ...third.payload, id: 'the-fourth-image' },
+    });
+    const path = file('quota.jsonl', [...accepted, fourth]);
+    const { stdout } = await run(['replay', path, '--json', '--limit', 'image_count_total=3']);
+    const [attacker] = JSON.parse(stdout).projects;
+    expect(attacker).toMatchObject({ project_id: third.payload.owner, over: ['image_count_total'], to_delete: ['the-fourth-image'] });
+    expect(attacker.usage.image_count_total).toBe(4);
+  });
+
+  it('prints a readable table without --json', async () => {
+    const path = file('table.jsonl', flood('cccc'));
+    const { stdout } = await run(['replay', path, '--limit', 'image_count_total=3']);
+    expect(stdout).toMatch(/messages: 5 total, 5 applied, 0 duplicate, 0 ignored, 0 invalid/);
+    expect(stdout).toMatch(/cccc\s+5\s+0\s+0\s+0\s+image_count_total\s+2/);
+    expect(stdout).toMatch(/cccc would delete \(newest first\): img-cccc-4 img-cccc-3/);
+  });
+});
+
+describe('errors a person can act on', () => {
+  it.each([
+    [['replay'], {}, /expected exactly one FILE/],
+    [['replay', '/nonexistent/file.jsonl'], {}, /ENOENT.*\/nonexistent\/file\.jsonl/],
+    [['replay', join(dir, 'x'), '--limit', 'image_count_total=lots'], {}, /--limit: image_count_total must be a whole number/],
+    [['replay', join(dir, 'x')], { ENFORCEMENT_MODE: 'yes' }, /ENFORCEMENT_MODE: .*got 'yes'; for example ENFORCEMENT_MODE=dry-run/],
+    [['replay', join(dir, 'x')], { QUOTA_LIMITS: 'count=3' }, /QUOTA_LIMITS: unknown resource 'count'/],
+    [['replay', join(dir, 'x'), '--store', 'mysql://u:secret@db/x'], {}, /STORE_URL: unsupported store 'mysql:\/\/\*\*\*@db\/x'/],
+    [['frobnicate'], {}, /unknown command 'frobnicate'/],
+  ])('%j exits non-zero with a clear message', async (args, env, message) => {
+    writeFileSync(join(dir, 'x'), '');
+    const { code, stderr } = await run(args as string[], env as Record<string, string>);
+    expect(code).not.toBe(0);
+    expect(stderr).toMatch(message);
+    expect(stderr).not.toMatch(/secret|\n\s+at /);
+  });
+});
+
+describe('the installed bin', () => {
+  const bin = join(import.meta.dirname, '..', '..', 'bin', 'glance-quota-enforcer.js');
+  it('answers --help from the built output (npm ci builds it)', () => {
+    if (!existsSync(join(import.meta.dirname, '..', '..', 'dist', 'src', 'cli.js'))) {
+      throw new Error('dist/ is missing: run `npm ci` or `npm run build` first');
+    }
+    expect(execFileSync(process.execPath, [bin, '--help'], { encoding: 'utf8' })).toMatch(/glance-quota-enforcer replay FILE/);
+    const bad = spawnSync(process.execPath, [bin, 'nope'], { encoding: 'utf8' });
+    expect(bad.status).toBe(2);
+  });
+});

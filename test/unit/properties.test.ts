@@ -1,0 +1,100 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { usageOf } from '../../src/ledger/usage.js';
+import type { ImageEvent } from '../../src/notification/parse.js';
+import { decide } from '../../src/quota/decide.js';
+import type { ProjectLimits } from '../../src/quota/limits.js';
+import { MemoryStore } from '../../src/store/memory.js';
+import { SqliteStore } from '../../src/store/sqlite.js';
+import type { LedgerStore } from '../../src/store/port.js';
+
+const STATUSES = ['queued', 'saving', 'uploading', 'importing', 'active', 'deactivated', 'killed', 'pending_delete'];
+
+/** A valid history: unique message ids, each image with one created_at, any statuses and times. */
+const history = fc
+  .array(
+    fc.record({
+      image: fc.integer({ min: 0, max: 7 }),
+      project: fc.constantFrom('p1', 'p2'),
+      status: fc.constantFrom(...STATUSES),
+      size: fc.option(fc.integer({ min: 0, max: 3 * 1024 * 1024 }), { nil: null }),
+      updatedAt: fc.integer({ min: 0, max: 20 }),
+      micros: fc.integer({ min: 0, max: 999_999 }),
+      importing: fc.constantFrom('', 'file', 'a,b'),
+      deleted: fc.boolean(),
+    }),
+    { minLength: 1, maxLength: 40 },
+  )
+  .map((items) =>
+    items.map(
+      (x, i): ImageEvent => ({
+        messageId: `msg-${i}`,
+        eventType: x.deleted ? 'image.delete' : 'image.update',
+        projectId: x.project,
+        imageId: `img-${x.image}`,
+        status: x.deleted ? 'deleted' : x.status,
+        size: x.size,
+        createdAt: x.image * 3,
+        updatedAt: 100 + x.updatedAt,
+        timestamp: (100 + x.updatedAt) * 1_000_000 + x.micros,
+        importing: x.importing,
+        protected: false,
+        deleted: x.deleted,
+      }),
+    ),
+  );
+
+/** The same messages in any order, some of them delivered again. */
+const reordered = history.chain((events) =>
+  fc.tuple(
+    fc.constant(events),
+    fc.shuffledSubarray(events, { minLength: events.length, maxLength: events.length }),
+    fc.array(fc.integer({ min: 0, max: events.length - 1 }), { maxLength: 10 }),
+    fc.integer({ min: 1, max: 7 }),
+  ),
+);
+
+const LIMITS: ProjectLimits = { image_count_total: 2, image_size_total: 1, image_create_rate: { count: 2, windowSeconds: 5 } };
+
+async function outcome(store: LedgerStore, batches: ImageEvent[][]) {
+  for (const b of batches) await store.applyEvents(b, 1);
+  const out: Record<string, unknown> = {};
+  for (const p of await store.projects()) {
+    const images = await store.images(p);
+    const usage = await store.usage(p);
+    expect(usage).toEqual(usageOf(images));
+    out[p] = { usage, decision: decide(images, usage, LIMITS, false) };
+  }
+  await store.close();
+  return out;
+}
+
+function split<T>(items: T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
+describe('order and duplicates do not matter', () => {
+  it('gives the same usage and removal list for any permutation and duplication (memory)', async () => {
+    await fc.assert(
+      fc.asyncProperty(reordered, async ([events, shuffled, dupes, batch]) => {
+        const again = [...shuffled];
+        for (const d of dupes) again.splice((d * 7) % (again.length + 1), 0, events[d]!);
+        const expected = await outcome(new MemoryStore(), [events]);
+        expect(await outcome(new MemoryStore(), split(again, batch))).toEqual(expected);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('gives the same result in SQLite as in memory', async () => {
+    await fc.assert(
+      fc.asyncProperty(reordered, async ([events, shuffled, , batch]) => {
+        const expected = await outcome(new MemoryStore(), [events]);
+        expect(await outcome(SqliteStore.open(':memory:'), split(shuffled, batch))).toEqual(expected);
+      }),
+      { numRuns: 60 },
+    );
+  });
+});
