@@ -6,7 +6,10 @@ import { createLogger } from './log.js';
 import { mergeLimits, parseLimits, type ProjectLimits } from './quota/limits.js';
 import { USAGE_RESOURCES } from './quota/resources.js';
 import { StaticLimits } from './quota/static-limits.js';
+import { reconcile } from './reconcile.js';
 import { replayFile, replayJson } from './replay.js';
+import { openRuntime } from './runtime.js';
+import type { EnforcementReport } from './enforcer.js';
 import { openStore } from './store/index.js';
 
 const USAGE = `glance-quota-enforcer: per-project image quotas for OpenStack Glance, enforced from its notifications
@@ -19,6 +22,12 @@ Usage:
                 applies to every project, over QUOTA_LIMITS and QUOTA_LIMITS_FILE
       --store   ledger to replay into (default memory://: a what-if never touches the real ledger)
       --json    one JSON document on stdout
+  glance-quota-enforcer reconcile [--project ID] [--dry-run] [--json]
+      Rebuild the ledger of one project, or of every project that owns images, from Glance's
+      listing (authoritative), then decide and act: verify each candidate with Glance and delete
+      it (--dry-run or ENFORCEMENT_MODE=dry-run: only record the would-delete).
+  glance-quota-enforcer status [--project ID] [--json]
+      Usage (from the ledger), limits (Keystone unified limits over QUOTA_LIMITS) and what is over.
   glance-quota-enforcer --help | --version
 
 Configuration is by environment variables (README.md lists them all).`;
@@ -92,6 +101,104 @@ async function replay(args: string[], io: Io): Promise<number> {
   }
 }
 
+/** Limits as operators write them: sizes in MiB, the rate as N/Ws; absent = unlimited. */
+function limitsJson(limits: ProjectLimits): Record<string, number | string> {
+  const out: Record<string, number | string> = {};
+  for (const r of USAGE_RESOURCES) if (limits[r] !== undefined) out[r] = limits[r];
+  if (limits.image_create_rate) out.image_create_rate = `${limits.image_create_rate.count}/${limits.image_create_rate.windowSeconds}s`;
+  return out;
+}
+
+function statusTable(projects: ProjectReport[]): string {
+  const header = ['project', ...USAGE_RESOURCES.map((r) => `${r} (use/limit)`), 'over'];
+  const rows = projects.map((p) => [
+    p.projectId,
+    ...USAGE_RESOURCES.map((r) => `${p.usage[r]}/${p.limits[r] ?? '-'}`),
+    p.over.join(',') || '-',
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  return [header, ...rows].map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n';
+}
+
+async function status(args: string[], io: Io): Promise<number> {
+  const { values } = parseArgs({ args, options: { project: { type: 'string' }, json: { type: 'boolean' } } });
+  const runtime = await openRuntime(process.env);
+  try {
+    const ids = values.project ? [values.project] : await runtime.store.projects();
+    const projects: ProjectReport[] = [];
+    for (const id of ids) projects.push(await runtime.pipeline.evaluate(id));
+    if (values.json) {
+      io.stdout(JSON.stringify({ projects: projects.map((p) => ({ project_id: p.projectId, usage: p.usage, limits: limitsJson(p.limits), over: p.over })) }) + '\n');
+    } else {
+      io.stdout(statusTable(projects));
+    }
+    return 0;
+  } finally {
+    await runtime.close();
+  }
+}
+
+function progressBar(io: Io, enabled: boolean) {
+  return (done: number, total: number, projectId: string) => {
+    if (!enabled || total < 2) return;
+    const width = 30;
+    const filled = Math.round((done / total) * width);
+    io.stderr(`\r[${'#'.repeat(filled)}${' '.repeat(width - filled)}] ${done}/${total} projects ${projectId.slice(0, 12)}${done === total ? '\n' : ''}`);
+  };
+}
+
+async function reconcileCommand(args: string[], io: Io): Promise<number> {
+  const { values } = parseArgs({ args, options: { project: { type: 'string' }, json: { type: 'boolean' }, 'dry-run': { type: 'boolean' } } });
+  const env = values['dry-run'] ? { ...process.env, ENFORCEMENT_MODE: 'dry-run' } : process.env;
+  const runtime = await openRuntime(env, { needGlance: true });
+  try {
+    const summary = await reconcile(runtime.pipeline, runtime.glance!, {
+      ...(values.project ? { projectId: values.project } : {}),
+      onProgress: progressBar(io, !values.json && Boolean(process.stderr.isTTY)),
+    });
+    const count = (kind: string) => summary.projects.reduce((n, p) => n + p.actions.filter((a) => a.action === kind).length, 0);
+    const totals = { deleted: count('deleted'), would_delete: count('would-delete'), skipped: count('skipped'), not_deletable: count('not-deletable'), gone: count('gone') };
+    if (values.json) {
+      io.stdout(JSON.stringify({
+        mode: runtime.pipeline.mode,
+        listed: summary.listed,
+        vanished: summary.vanished,
+        duration_ms: summary.durationMs,
+        actions: totals,
+        projects: summary.projects.map((p: EnforcementReport) => ({
+          project_id: p.projectId,
+          usage: p.usage,
+          limits: limitsJson(p.limits),
+          over: p.over,
+          actions: p.actions.map((a) => ({ image_id: a.imageId, action: a.action, reason: a.reason })),
+        })),
+      }) + '\n');
+    } else {
+      const over = summary.projects.filter((p) => p.over.length > 0);
+      io.stdout(
+        `reconcile (${runtime.pipeline.mode}): ${summary.projects.length} projects, ${summary.listed} images listed, ${summary.vanished} vanished, ` +
+          `${over.length} over quota; ${totals.deleted} deleted, ${totals.would_delete} would-delete, ${totals.skipped} skipped, ` +
+          `${totals.not_deletable} not deletable, ${totals.gone} gone, in ${(summary.durationMs / 1000).toFixed(1)} s\n`,
+      );
+      for (const p of summary.projects) for (const a of p.actions) io.stdout(`  ${p.projectId} ${a.imageId} ${a.action}: ${a.reason}\n`);
+    }
+    return 0;
+  } finally {
+    await runtime.close();
+  }
+}
+
+/** Errors whose message says all a person needs: printed alone, without a stack. */
+const OPERATOR_ERRORS = new Set([
+  'ConfigError',
+  'OpenStackConfigError',
+  'KeystoneAuthError',
+  'ScopeUnavailableError',
+  'CatalogError',
+  'OpenStackHttpError',
+  'OpenStackUnreachableError',
+]);
+
 /** Entry point of the bin; returns the exit code. */
 export async function main(argv: string[], io: Io = processIo): Promise<number> {
   const [command, ...rest] = argv;
@@ -108,6 +215,10 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return 0;
       case 'replay':
         return await replay(rest, io);
+      case 'reconcile':
+        return await reconcileCommand(rest, io);
+      case 'status':
+        return await status(rest, io);
       default:
         io.stderr(`unknown command '${command}'\n\n${USAGE}\n`);
         return 2;
@@ -116,6 +227,10 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     if (err instanceof ConfigError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       io.stderr(`${(err as Error).message}\n`);
       return 2;
+    }
+    if (err instanceof Error && OPERATOR_ERRORS.has(err.name)) {
+      io.stderr(`${err.message}\n`);
+      return 1;
     }
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
       io.stderr(`${(err as Error).message}\n`);

@@ -38,6 +38,18 @@ export const EnvSchema = z.object({
     .positive()
     .default(7 * 24 * 3600)
     .meta({ description: 'How long processed message ids are kept to recognise duplicates. Merging is idempotent, so a duplicate older than this still changes nothing.' }),
+  QUOTA_CREATE_RATE_WINDOW: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(60)
+    .meta({ description: 'Window in seconds of an `image_create_rate` limit read from Keystone, which stores only the count: a Keystone limit of 10 means 10 creates per this many seconds.' }),
+  LIMITS_CACHE_SECONDS: z.coerce
+    .number()
+    .int()
+    .nonnegative()
+    .default(60)
+    .meta({ description: 'How long a project\'s Keystone limits are reused before Keystone is asked again (0: every time). While Keystone is down the last known limits stay in force.' }),
 });
 
 export type Env = z.infer<typeof EnvSchema>;
@@ -49,6 +61,8 @@ export interface Config {
   mode: 'enforce' | 'dry-run';
   logLevel: Env['LOG_LEVEL'];
   messageRetentionMs: number;
+  createRateWindowSeconds: number;
+  limitsCacheSeconds: number;
 }
 
 export { ConfigError };
@@ -57,6 +71,8 @@ const EXAMPLES: Record<string, string> = {
   ENFORCEMENT_MODE: 'ENFORCEMENT_MODE=dry-run',
   LOG_LEVEL: 'LOG_LEVEL=debug',
   MESSAGE_RETENTION_SECONDS: 'MESSAGE_RETENTION_SECONDS=604800',
+  QUOTA_CREATE_RATE_WINDOW: 'QUOTA_CREATE_RATE_WINDOW=60',
+  LIMITS_CACHE_SECONDS: 'LIMITS_CACHE_SECONDS=60',
 };
 
 function readLimitsFile(path: string): Record<string, ProjectLimits> {
@@ -95,5 +111,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     mode: e.ENFORCEMENT_MODE,
     logLevel: e.LOG_LEVEL,
     messageRetentionMs: e.MESSAGE_RETENTION_SECONDS * 1000,
+    createRateWindowSeconds: e.QUOTA_CREATE_RATE_WINDOW,
+    limitsCacheSeconds: e.LIMITS_CACHE_SECONDS,
   };
 }

@@ -33,18 +33,20 @@ function sameRecord(a: ImageRecord, b: ImageRecord): boolean {
 }
 
 /** Dedupe by message id, merge each event into its image's record, keep the totals in step. */
-export function applyEventsTo(tx: LedgerTransaction, events: readonly ImageEvent[], nowMs: number): AppliedBatch {
+export function applyEventsTo(tx: LedgerTransaction, events: readonly ImageEvent[], nowMs: number, dedupe = true): AppliedBatch {
   const outcomes: ApplyOutcome[] = [];
   const projects = new Set<string>();
   const deltas = new Map<string, UsageTotals>();
   const addDelta = (project: string, delta: UsageTotals, sign: 1 | -1) =>
     deltas.set(project, addTotals(deltas.get(project) ?? ZERO_TOTALS, delta, sign));
   for (const event of events) {
-    if (tx.seen(event.messageId)) {
-      outcomes.push('duplicate');
-      continue;
+    if (dedupe) {
+      if (tx.seen(event.messageId)) {
+        outcomes.push('duplicate');
+        continue;
+      }
+      tx.markSeen(event.messageId, nowMs);
     }
-    tx.markSeen(event.messageId, nowMs);
     outcomes.push('applied');
     const before = tx.get(event.imageId);
     const after = mergeRecord(before, event);

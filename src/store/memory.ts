@@ -3,7 +3,7 @@ import type { ImageRecord } from '../ledger/record.js';
 import { ZERO_TOTALS, addTotals, usageFromTotals, type UsageTotals } from '../ledger/usage.js';
 import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
-import type { LedgerStore } from './port.js';
+import type { ActionRecord, ApplyOptions, LedgerStore } from './port.js';
 
 /**
  * The ledger in process memory: for replay, tests and benchmarks. Lost at exit.
@@ -18,8 +18,10 @@ export class MemoryStore implements LedgerStore {
   private readonly byProject = new Map<string, Set<string>>();
   private readonly totals = new Map<string, UsageTotals>();
   private readonly seenAt = new Map<string, number>();
+  private audit: ActionRecord[] = [];
+  private readonly wouldDelete = new Set<string>();
 
-  async applyEvents(events: readonly ImageEvent[], nowMs: number): Promise<ApplyResult> {
+  async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
     // A failure half-way must leave nothing behind, as a database transaction would.
     const staged = new Map<string, ImageRecord>();
     const seen = new Map<string, number>();
@@ -29,7 +31,7 @@ export class MemoryStore implements LedgerStore {
       get: (id) => staged.get(id) ?? this.records.get(id),
       put: (r) => void staged.set(r.imageId, r),
     };
-    const { deltas, ...result } = applyEventsTo(tx, events, nowMs);
+    const { deltas, ...result } = applyEventsTo(tx, events, nowMs, options.dedupe ?? true);
     for (const [id, at] of seen) this.seenAt.set(id, at);
     for (const r of staged.values()) {
       const previous = this.records.get(r.imageId);
@@ -59,6 +61,23 @@ export class MemoryStore implements LedgerStore {
     let n = 0;
     for (const [id, at] of this.seenAt) if (at < beforeMs && this.seenAt.delete(id)) n++;
     return n;
+  }
+
+  async recordActions(actions: readonly ActionRecord[]): Promise<ActionRecord[]> {
+    const kept = actions.filter((a) => a.action !== 'would-delete' || !this.wouldDelete.has(a.imageId));
+    for (const a of kept) if (a.action === 'would-delete') this.wouldDelete.add(a.imageId);
+    this.audit.push(...kept.map((a) => structuredClone(a)));
+    return kept;
+  }
+
+  async actions(query: { projectId?: string; sinceMs?: number } = {}): Promise<ActionRecord[]> {
+    return this.audit.filter((a) => (query.projectId === undefined || a.projectId === query.projectId) && a.atMs >= (query.sinceMs ?? -Infinity));
+  }
+
+  async forgetActionsBefore(beforeMs: number): Promise<number> {
+    const before = this.audit.length;
+    this.audit = this.audit.filter((a) => a.atMs >= beforeMs);
+    return before - this.audit.length;
   }
 
   async close(): Promise<void> {}

@@ -1,7 +1,35 @@
 import type { ApplyResult } from '../ledger/apply.js';
 import type { ImageRecord } from '../ledger/record.js';
 import type { ImageEvent } from '../notification/parse.js';
-import type { Usage } from '../quota/resources.js';
+import type { ProjectLimits } from '../quota/limits.js';
+import type { Resource, Usage } from '../quota/resources.js';
+
+/**
+ * What the enforcer did about one candidate image, and why. `would-delete` is dry-run's
+ * `deleted`; `skipped` means Glance did not confirm the image as removable; `not-deletable` is a
+ * 403 or 409 from Glance's DELETE; `gone` means Glance no longer had it.
+ */
+export type ActionKind = 'deleted' | 'would-delete' | 'skipped' | 'not-deletable' | 'gone';
+
+export interface ActionRecord {
+  atMs: number;
+  projectId: string;
+  imageId: string;
+  action: ActionKind;
+  reason: string;
+  /** The resources the project was over when the image became a candidate. */
+  over: Resource[];
+  usage: Usage;
+  limits: ProjectLimits;
+}
+
+export interface ApplyOptions {
+  /**
+   * false for events the enforcer makes itself from Glance's API (reconcile, a confirmed delete):
+   * they have no message id worth remembering, and merging is idempotent anyway.
+   */
+  dedupe?: boolean;
+}
 
 /**
  * Where the ledger lives. One contract suite (test/contract) holds every adapter to the same
@@ -16,7 +44,7 @@ export interface LedgerStore {
    * none is. A message id seen before (within the retention) changes nothing and is reported
    * as 'duplicate', also when it repeats inside the batch.
    */
-  applyEvents(events: readonly ImageEvent[], nowMs: number): Promise<ApplyResult>;
+  applyEvents(events: readonly ImageEvent[], nowMs: number, options?: ApplyOptions): Promise<ApplyResult>;
 
   /** Usage from the totals kept in step by `applyEvents`: no scan of the project's images. */
   usage(projectId: string): Promise<Usage>;
@@ -29,6 +57,18 @@ export interface LedgerStore {
 
   /** Drop processed message ids recorded before `beforeMs`; returns how many. */
   forgetMessagesBefore(beforeMs: number): Promise<number>;
+
+  /**
+   * Append to the audit trail. A `would-delete` is kept once per image, so a dry run that sees a
+   * project over its quota on every message does not repeat itself; returns the records kept.
+   */
+  recordActions(actions: readonly ActionRecord[]): Promise<ActionRecord[]>;
+
+  /** The audit trail, oldest first. */
+  actions(query?: { projectId?: string; sinceMs?: number }): Promise<ActionRecord[]>;
+
+  /** Drop audit records older than `beforeMs`; returns how many. */
+  forgetActionsBefore(beforeMs: number): Promise<number>;
 
   close(): Promise<void>;
 }

@@ -6,7 +6,7 @@ import type { ImageRecord } from '../ledger/record.js';
 import { ZERO_TOTALS, usageFromTotals } from '../ledger/usage.js';
 import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
-import type { LedgerStore } from './port.js';
+import type { ActionKind, ActionRecord, ApplyOptions, LedgerStore } from './port.js';
 
 /** Schema changes, applied in order at open; `PRAGMA user_version` records how far a file is. */
 const MIGRATIONS: readonly string[] = [
@@ -36,7 +36,28 @@ const MIGRATIONS: readonly string[] = [
      seen_at    INTEGER NOT NULL
    );
    CREATE INDEX processed_by_time ON processed_messages (seen_at);`,
+  `CREATE TABLE actions (
+     id         INTEGER PRIMARY KEY AUTOINCREMENT,
+     at_ms      INTEGER NOT NULL,
+     project_id TEXT NOT NULL,
+     image_id   TEXT NOT NULL,
+     action     TEXT NOT NULL,
+     reason     TEXT NOT NULL,
+     detail     TEXT NOT NULL
+   );
+   CREATE INDEX actions_by_time ON actions (at_ms);
+   CREATE INDEX actions_by_project ON actions (project_id, at_ms);
+   CREATE UNIQUE INDEX actions_would_delete_once ON actions (image_id) WHERE action = 'would-delete';`,
 ];
+
+interface ActionRow {
+  at_ms: number;
+  project_id: string;
+  image_id: string;
+  action: ActionKind;
+  reason: string;
+  detail: string;
+}
 
 interface ImageRow {
   image_id: string;
@@ -105,6 +126,13 @@ export class SqliteStore implements LedgerStore {
       images: db.prepare<[string], ImageRow>('SELECT * FROM images WHERE project_id = ? ORDER BY image_id'),
       projects: db.prepare<[], { project_id: string }>('SELECT DISTINCT project_id FROM images ORDER BY project_id'),
       forget: db.prepare('DELETE FROM processed_messages WHERE seen_at < ?'),
+      recordAction: db.prepare(
+        `INSERT OR IGNORE INTO actions (at_ms, project_id, image_id, action, reason, detail) VALUES (?, ?, ?, ?, ?, ?)`,
+      ),
+      actions: db.prepare<[string | null, string | null, number], ActionRow>(
+        'SELECT * FROM actions WHERE (? IS NULL OR project_id = ?) AND at_ms >= ? ORDER BY id',
+      ),
+      forgetActions: db.prepare('DELETE FROM actions WHERE at_ms < ?'),
     };
   }
 
@@ -134,7 +162,7 @@ export class SqliteStore implements LedgerStore {
     return new SqliteStore(db, path);
   }
 
-  async applyEvents(events: readonly ImageEvent[], nowMs: number): Promise<ApplyResult> {
+  async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
     const run = this.db.transaction(() => {
       const tx: LedgerTransaction = {
         seen: (id) => this.stmt.seen.get(id) !== undefined,
@@ -145,7 +173,7 @@ export class SqliteStore implements LedgerStore {
         },
         put: (r) => void this.stmt.put.run({ ...r, protected: r.protected ? 1 : 0, deleted: r.deleted ? 1 : 0 }),
       };
-      const { deltas, ...result } = applyEventsTo(tx, events, nowMs);
+      const { deltas, ...result } = applyEventsTo(tx, events, nowMs, options.dedupe ?? true);
       for (const [p, d] of deltas) this.stmt.addTotals.run(p, d.count, d.uploading, d.sizeBytes, d.stageBytes);
       return result;
     });
@@ -167,6 +195,31 @@ export class SqliteStore implements LedgerStore {
 
   async forgetMessagesBefore(beforeMs: number): Promise<number> {
     return this.stmt.forget.run(beforeMs).changes;
+  }
+
+  async recordActions(actions: readonly ActionRecord[]): Promise<ActionRecord[]> {
+    return this.db.transaction(() =>
+      actions.filter((a) => {
+        const detail = JSON.stringify({ over: a.over, usage: a.usage, limits: a.limits });
+        return this.stmt.recordAction.run(a.atMs, a.projectId, a.imageId, a.action, a.reason, detail).changes === 1;
+      }),
+    ).immediate();
+  }
+
+  async actions(query: { projectId?: string; sinceMs?: number } = {}): Promise<ActionRecord[]> {
+    const project = query.projectId ?? null;
+    return this.stmt.actions.all(project, project, query.sinceMs ?? Number.MIN_SAFE_INTEGER).map((r) => ({
+      atMs: r.at_ms,
+      projectId: r.project_id,
+      imageId: r.image_id,
+      action: r.action,
+      reason: r.reason,
+      ...(JSON.parse(r.detail) as Pick<ActionRecord, 'over' | 'usage' | 'limits'>),
+    }));
+  }
+
+  async forgetActionsBefore(beforeMs: number): Promise<number> {
+    return this.stmt.forgetActions.run(beforeMs).changes;
   }
 
   async close(): Promise<void> {

@@ -97,5 +97,30 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       expect(r.projects).toEqual([]);
       expect(await store.usage('p1')).toMatchObject({ image_count_total: 2, image_size_total: 2 });
     });
+
+    it('applies events the enforcer made itself without remembering their ids', async () => {
+      const listed = ev({ imageId: 'a', status: 'active', size: MiB, messageId: 'glance-listing' });
+      expect((await store.applyEvents([listed], 1, { dedupe: false })).outcomes).toEqual(['applied']);
+      expect((await store.applyEvents([listed], 2, { dedupe: false })).outcomes).toEqual(['applied']);
+      expect((await store.applyEvents([listed], 3)).outcomes).toEqual(['applied']);
+      expect((await store.usage('p1')).image_count_total).toBe(1);
+    });
+
+    it('keeps an audit trail, once per would-delete, bounded in time', async () => {
+      const base = { over: ['image_count_total' as const], usage: { image_count_total: 6, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 }, limits: { image_count_total: 5 } };
+      const kept = await store.recordActions([
+        { ...base, atMs: 10, projectId: 'p1', imageId: 'a', action: 'would-delete', reason: 'queued, past image_count_total' },
+        { ...base, atMs: 11, projectId: 'p2', imageId: 'b', action: 'skipped', reason: 'status is active' },
+      ]);
+      expect(kept).toHaveLength(2);
+      const again = await store.recordActions([{ ...base, atMs: 20, projectId: 'p1', imageId: 'a', action: 'would-delete', reason: 'again' }]);
+      expect(again).toEqual([]);
+      await store.recordActions([{ ...base, atMs: 30, projectId: 'p1', imageId: 'a', action: 'deleted', reason: 'deleted' }]);
+      expect((await store.actions({ projectId: 'p1' })).map((a) => a.action)).toEqual(['would-delete', 'deleted']);
+      expect(await store.actions({ sinceMs: 11 })).toHaveLength(2);
+      expect((await store.actions())[0]).toEqual({ ...base, atMs: 10, projectId: 'p1', imageId: 'a', action: 'would-delete', reason: 'queued, past image_count_total' });
+      expect(await store.forgetActionsBefore(12)).toBe(2);
+      expect((await store.actions()).map((a) => a.atMs)).toEqual([30]);
+    });
   });
 }

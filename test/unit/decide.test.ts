@@ -98,3 +98,16 @@ describe('limits syntax', () => {
     expect(() => parseLimits(text)).toThrow(message);
   });
 });
+
+describe('verification against what Glance says', () => {
+  const glance = { id: 'x', owner: 'p1', status: 'queued', protected: false };
+  it('confirms only a queued, unprotected image of the project', async () => {
+    const { verifyCandidate } = await import('../../src/quota/verify.js');
+    expect(verifyCandidate(glance, 'p1')).toEqual({ removable: true });
+    expect(verifyCandidate(null, 'p1')).toMatchObject({ removable: false, reason: expect.stringMatching(/does not know/) });
+    expect(verifyCandidate({ ...glance, owner: 'p2' }, 'p1')).toMatchObject({ reason: expect.stringMatching(/owner is p2/) });
+    expect(verifyCandidate({ ...glance, owner: null }, 'p1')).toMatchObject({ reason: expect.stringMatching(/owner is nobody/) });
+    expect(verifyCandidate({ ...glance, status: 'saving' }, 'p1')).toMatchObject({ reason: expect.stringMatching(/status is saving/) });
+    expect(verifyCandidate({ ...glance, protected: true }, 'p1')).toMatchObject({ reason: 'the image is protected' });
+  });
+});

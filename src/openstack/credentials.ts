@@ -1,0 +1,492 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { OpenStackConfigError, scrub } from './errors.js';
+
+/**
+ * Where the enforcer's OpenStack identity comes from: the same OS_* variables and clouds.yaml that
+ * the `openstack` CLI reads, so an operator can test them with `openstack token issue` first.
+ *
+ * One identity gives the enforcer up to two tokens (see keystone.ts): a project-scoped one
+ * (OS_PROJECT_NAME / OS_PROJECT_ID) for Glance, and a system-scoped one (OS_SYSTEM_SCOPE=all) for
+ * reading every project's unified limits. Unlike the CLI, setting both is normal here.
+ */
+
+/** Every environment variable this module reads. */
+export const OPENSTACK_ENV_VARS = [
+  'OS_CLOUD',
+  'OS_AUTH_URL',
+  'OS_AUTH_TYPE',
+  'OS_USERNAME',
+  'OS_USER_ID',
+  'OS_PASSWORD',
+  'OS_USER_DOMAIN_NAME',
+  'OS_USER_DOMAIN_ID',
+  'OS_PROJECT_NAME',
+  'OS_PROJECT_ID',
+  'OS_PROJECT_DOMAIN_NAME',
+  'OS_PROJECT_DOMAIN_ID',
+  'OS_SYSTEM_SCOPE',
+  'OS_APPLICATION_CREDENTIAL_ID',
+  'OS_APPLICATION_CREDENTIAL_SECRET',
+  'OS_REGION_NAME',
+  'OS_INTERFACE',
+  'OS_CACERT',
+  'GLANCE_URL',
+] as const;
+export type OpenStackEnvVar = (typeof OPENSTACK_ENV_VARS)[number];
+
+/** Variables whose value must never appear in a message or a log line. */
+const SECRET_VARS: ReadonlySet<OpenStackEnvVar> = new Set(['OS_PASSWORD', 'OS_APPLICATION_CREDENTIAL_SECRET']);
+
+/** clouds.yaml key (dotted, after `-` -> `_` as openstacksdk normalises) -> the variable it stands for. */
+const CLOUD_KEYS: Readonly<Record<string, OpenStackEnvVar>> = {
+  'auth.auth_url': 'OS_AUTH_URL',
+  'auth.username': 'OS_USERNAME',
+  'auth.user_id': 'OS_USER_ID',
+  'auth.password': 'OS_PASSWORD',
+  'auth.user_domain_name': 'OS_USER_DOMAIN_NAME',
+  'auth.user_domain_id': 'OS_USER_DOMAIN_ID',
+  'auth.project_name': 'OS_PROJECT_NAME',
+  'auth.project_id': 'OS_PROJECT_ID',
+  'auth.project_domain_name': 'OS_PROJECT_DOMAIN_NAME',
+  'auth.project_domain_id': 'OS_PROJECT_DOMAIN_ID',
+  'auth.system_scope': 'OS_SYSTEM_SCOPE',
+  'auth.application_credential_id': 'OS_APPLICATION_CREDENTIAL_ID',
+  'auth.application_credential_secret': 'OS_APPLICATION_CREDENTIAL_SECRET',
+  auth_type: 'OS_AUTH_TYPE',
+  region_name: 'OS_REGION_NAME',
+  interface: 'OS_INTERFACE',
+  cacert: 'OS_CACERT',
+  image_endpoint_override: 'GLANCE_URL',
+};
+
+/**
+ * "Environment wins" applies to a choice, not only to a key: OS_PROJECT_NAME in the environment
+ * must beat project_id in clouds.yaml (ids otherwise win over names), and an application
+ * credential in the environment replaces a password identity from clouds.yaml. When the
+ * environment sets any variable on the left, clouds.yaml values of those on the right are dropped.
+ */
+const ALTERNATIVES: readonly (readonly [readonly OpenStackEnvVar[], readonly OpenStackEnvVar[]])[] = [
+  [['OS_PROJECT_NAME', 'OS_PROJECT_ID'], ['OS_PROJECT_NAME', 'OS_PROJECT_ID']],
+  [['OS_USERNAME', 'OS_USER_ID'], ['OS_USERNAME', 'OS_USER_ID']],
+  [['OS_USER_DOMAIN_NAME', 'OS_USER_DOMAIN_ID'], ['OS_USER_DOMAIN_NAME', 'OS_USER_DOMAIN_ID']],
+  [['OS_PROJECT_DOMAIN_NAME', 'OS_PROJECT_DOMAIN_ID'], ['OS_PROJECT_DOMAIN_NAME', 'OS_PROJECT_DOMAIN_ID']],
+  [['OS_APPLICATION_CREDENTIAL_ID', 'OS_APPLICATION_CREDENTIAL_SECRET'], ['OS_USERNAME', 'OS_USER_ID', 'OS_PASSWORD', 'OS_AUTH_TYPE']],
+  [['OS_USERNAME', 'OS_USER_ID', 'OS_PASSWORD'], ['OS_APPLICATION_CREDENTIAL_ID', 'OS_APPLICATION_CREDENTIAL_SECRET', 'OS_AUTH_TYPE']],
+];
+
+export const EndpointInterface = z.enum(['public', 'internal', 'admin']);
+export type EndpointInterface = z.infer<typeof EndpointInterface>;
+
+const DomainRef = z.union([z.object({ id: z.string() }), z.object({ name: z.string() })]);
+export type DomainRef = z.infer<typeof DomainRef>;
+
+const ProjectRef = z.union([z.object({ id: z.string() }), z.object({ name: z.string(), domain: DomainRef })]);
+export type ProjectRef = z.infer<typeof ProjectRef>;
+
+const PasswordIdentity = z.object({
+  method: z.literal('password'),
+  user: z.union([z.object({ id: z.string() }), z.object({ name: z.string(), domain: DomainRef })]),
+  password: z.string(),
+});
+
+const ApplicationCredentialIdentity = z.object({
+  method: z.literal('application_credential'),
+  id: z.string(),
+  secret: z.string(),
+});
+
+export const Identity = z.discriminatedUnion('method', [PasswordIdentity, ApplicationCredentialIdentity]);
+export type Identity = z.infer<typeof Identity>;
+
+/** The resolved settings, ready for the Keystone client. */
+export const Credentials = z.object({
+  /** Always ends in `/v3`. */
+  authUrl: z.string(),
+  identity: Identity,
+  /** Scope of the project token; absent with a password identity that only has system scope. */
+  project: ProjectRef.optional(),
+  systemScope: z.literal('all').optional(),
+  regionName: z.string().optional(),
+  interface: EndpointInterface,
+  /** Path of OS_CACERT, for messages. */
+  caFile: z.string().optional(),
+  /** Its PEM text, read once at load time so a bad path fails at startup. */
+  ca: z.string().optional(),
+  /** GLANCE_URL: the image endpoint, bypassing the catalog. */
+  glanceUrl: z.string().optional(),
+});
+export type Credentials = z.infer<typeof Credentials>;
+
+const nonEmpty = (fix: string) => z.string().min(1, { error: fix });
+const httpUrl = (fix: string) =>
+  z.string().refine((v) => {
+    try {
+      return ['http:', 'https:'].includes(new URL(v).protocol);
+    } catch {
+      return false;
+    }
+  }, { error: fix });
+
+/**
+ * One schema over the variables (after clouds.yaml values are laid under the environment).
+ * The `error` strings are the fix; `loadCredentials` prefixes the variable and where it came from.
+ */
+const OpenStackSettings = z.object({
+  OS_CLOUD: nonEmpty('the name of a cloud in clouds.yaml').optional(),
+  OS_AUTH_URL: httpUrl('expected the Keystone URL, e.g. https://keystone.example.com:5000/v3').optional(),
+  OS_AUTH_TYPE: z
+    .enum(['password', 'v3password', 'v3applicationcredential'], {
+      error: 'expected password, v3password or v3applicationcredential (the only methods the enforcer supports)',
+    })
+    .optional(),
+  OS_USERNAME: nonEmpty('expected a user name').optional(),
+  OS_USER_ID: nonEmpty('expected a user id').optional(),
+  OS_PASSWORD: nonEmpty('expected the password of OS_USERNAME').optional(),
+  OS_USER_DOMAIN_NAME: nonEmpty('expected a domain name, e.g. Default').optional(),
+  OS_USER_DOMAIN_ID: nonEmpty('expected a domain id, e.g. default').optional(),
+  OS_PROJECT_NAME: nonEmpty('expected a project name').optional(),
+  OS_PROJECT_ID: nonEmpty('expected a project id').optional(),
+  OS_PROJECT_DOMAIN_NAME: nonEmpty('expected a domain name, e.g. Default').optional(),
+  OS_PROJECT_DOMAIN_ID: nonEmpty('expected a domain id, e.g. default').optional(),
+  OS_SYSTEM_SCOPE: z.literal('all', { error: "expected 'all' (Keystone has no other system scope)" }).optional(),
+  OS_APPLICATION_CREDENTIAL_ID: nonEmpty('expected an application credential id').optional(),
+  OS_APPLICATION_CREDENTIAL_SECRET: nonEmpty('expected the secret of OS_APPLICATION_CREDENTIAL_ID').optional(),
+  OS_REGION_NAME: nonEmpty('expected a region, e.g. RegionOne').optional(),
+  OS_INTERFACE: z
+    .string()
+    // keystoneauth accepts the old catalog names too: publicURL, internalURL, adminURL.
+    .transform((v) => v.replace(/URL$/, '').toLowerCase())
+    .pipe(z.enum(EndpointInterface.options, { error: 'expected public, internal or admin (or publicURL, internalURL, adminURL)' }))
+    .optional(),
+  OS_CACERT: nonEmpty('expected the path of a PEM file').optional(),
+  GLANCE_URL: httpUrl('expected the Glance URL, e.g. https://glance.example.com:9292').optional(),
+});
+type OpenStackSettings = z.infer<typeof OpenStackSettings>;
+
+export interface LoadCredentialsOptions {
+  /** Defaults to `process.cwd()`; the first directory searched for clouds.yaml. */
+  cwd?: string;
+  /** Defaults to `os.homedir()`. */
+  home?: string;
+  /** Replaces the whole clouds.yaml / secure.yaml search path (tests). */
+  searchDirs?: readonly string[];
+}
+
+/**
+ * Directories openstacksdk searches for clouds.yaml and secure.yaml, in order (Linux, as its
+ * `appdirs` computes them): the working directory, the user's config dir, `~/.config/openstack`,
+ * `$XDG_CONFIG_DIRS/openstack` (default /etc/xdg/openstack), then /etc/openstack.
+ */
+export function cloudsSearchDirs(env: NodeJS.ProcessEnv, options: LoadCredentialsOptions = {}): string[] {
+  const home = options.home ?? homedir();
+  const cwd = options.cwd ?? process.cwd();
+  const xdgConfigHome = env.XDG_CONFIG_HOME || path.join(home, '.config');
+  const xdgConfigDirs = (env.XDG_CONFIG_DIRS || '/etc/xdg').split(':').filter(Boolean);
+  const dirs = [
+    cwd,
+    path.join(xdgConfigHome, 'openstack'),
+    path.join(home, '.config', 'openstack'),
+    ...xdgConfigDirs.map((d) => path.join(d, 'openstack')),
+    '/etc/openstack',
+  ];
+  return [...new Set(dirs)];
+}
+
+/** clouds.yaml candidates, first existing one wins: OS_CLIENT_CONFIG_FILE, then each dir x .yaml/.yml/.json. */
+export function cloudsFileCandidates(env: NodeJS.ProcessEnv, dirs: readonly string[], base: 'clouds' | 'secure'): string[] {
+  const override = base === 'clouds' ? env.OS_CLIENT_CONFIG_FILE : env.OS_CLIENT_SECURE_FILE;
+  const files = dirs.flatMap((d) => ['.yaml', '.yml', '.json'].map((suffix) => path.join(d, base + suffix)));
+  return override ? [override, ...files] : files;
+}
+
+/** Deep merge of secure.yaml over clouds.yaml, as openstacksdk's `merge_clouds`: nested maps merge, anything else replaces. */
+export function mergeClouds(base: unknown, over: unknown): unknown {
+  if (!isPlainObject(base) || !isPlainObject(over)) return over === undefined ? base : over;
+  const out: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(over)) {
+    out[key] = isPlainObject(value) && isPlainObject(out[key]) ? mergeClouds(out[key], value) : value;
+  }
+  return out;
+}
+
+interface Sourced {
+  values: Partial<Record<OpenStackEnvVar, string>>;
+  /** For messages: where a value came from when it was not the environment. */
+  origin: Partial<Record<OpenStackEnvVar, string>>;
+}
+
+/**
+ * Reads the OpenStack identity from the environment, and from clouds.yaml when OS_CLOUD is set.
+ * Environment variables win over clouds.yaml, key by key. Throws `OpenStackConfigError` naming the
+ * variable and the fix; no message ever contains a password or secret.
+ *
+ * @example
+ *   // OS_AUTH_URL=https://keystone:5000/v3 OS_USERNAME=enforcer OS_PASSWORD=... OS_USER_DOMAIN_NAME=Default
+ *   // OS_PROJECT_NAME=service OS_PROJECT_DOMAIN_NAME=Default OS_SYSTEM_SCOPE=all
+ *   const credentials = loadCredentials(process.env);
+ *   const keystone = new KeystoneClient(credentials);
+ */
+export function loadCredentials(env: NodeJS.ProcessEnv = process.env, options: LoadCredentialsOptions = {}): Credentials {
+  const sourced: Sourced = { values: {}, origin: {} };
+  const cloud = nonBlank(env.OS_CLOUD);
+  if (cloud) layCloudUnder(sourced, cloud, env, options);
+  for (const [set, replaced] of ALTERNATIVES) {
+    if (set.some((name) => nonBlank(env[name]) !== undefined)) {
+      for (const name of replaced) {
+        delete sourced.values[name];
+        delete sourced.origin[name];
+      }
+    }
+  }
+  for (const name of OPENSTACK_ENV_VARS) {
+    const value = nonBlank(env[name]);
+    if (value !== undefined) {
+      sourced.values[name] = value;
+      delete sourced.origin[name];
+    }
+  }
+
+  const parsed = OpenStackSettings.safeParse(sourced.values);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const name = String(issue.path[0]) as OpenStackEnvVar;
+    const raw = sourced.values[name];
+    const got = SECRET_VARS.has(name) || raw === undefined ? '' : `, got '${shownValue(raw, sourced)}'`;
+    throw new OpenStackConfigError(name, `${label(name, sourced)}: ${issue.message}${got}`);
+  }
+  return buildCredentials(parsed.data, sourced);
+}
+
+function buildCredentials(s: OpenStackSettings, sourced: Sourced): Credentials {
+  const where = (name: OpenStackEnvVar) => label(name, sourced);
+  if (!s.OS_AUTH_URL) {
+    throw new OpenStackConfigError('OS_AUTH_URL', 'OS_AUTH_URL: not set; set it to the Keystone URL, e.g. https://keystone.example.com:5000/v3 (or set OS_CLOUD to a cloud in clouds.yaml)');
+  }
+  const authUrl = keystoneV3Url(s.OS_AUTH_URL, where('OS_AUTH_URL'));
+
+  const hasPassword = Boolean(s.OS_USERNAME || s.OS_USER_ID || s.OS_PASSWORD);
+  const hasAppCred = Boolean(s.OS_APPLICATION_CREDENTIAL_ID || s.OS_APPLICATION_CREDENTIAL_SECRET);
+  let method: Identity['method'];
+  if (s.OS_AUTH_TYPE) {
+    method = s.OS_AUTH_TYPE === 'v3applicationcredential' ? 'application_credential' : 'password';
+  } else if (hasPassword && hasAppCred) {
+    throw new OpenStackConfigError(
+      'OS_AUTH_TYPE',
+      'OS_AUTH_TYPE: both a password (OS_USERNAME/OS_PASSWORD) and an application credential (OS_APPLICATION_CREDENTIAL_ID/_SECRET) are set; ' +
+        'unset one of them, or set OS_AUTH_TYPE=password or OS_AUTH_TYPE=v3applicationcredential',
+    );
+  } else if (hasAppCred) {
+    method = 'application_credential';
+  } else if (hasPassword) {
+    method = 'password';
+  } else {
+    throw new OpenStackConfigError(
+      'OS_USERNAME',
+      'OS_USERNAME: no identity set; set OS_USERNAME, OS_PASSWORD and OS_USER_DOMAIN_NAME, or OS_APPLICATION_CREDENTIAL_ID and OS_APPLICATION_CREDENTIAL_SECRET',
+    );
+  }
+
+  const regionAndTransport = {
+    ...(s.OS_REGION_NAME ? { regionName: s.OS_REGION_NAME } : {}),
+    interface: s.OS_INTERFACE ?? 'public',
+    ...readCa(s.OS_CACERT, where('OS_CACERT')),
+    ...(s.GLANCE_URL ? { glanceUrl: s.GLANCE_URL.replace(/\/+$/, '') } : {}),
+  } as const;
+
+  if (method === 'application_credential') {
+    if (!s.OS_APPLICATION_CREDENTIAL_ID) {
+      throw new OpenStackConfigError('OS_APPLICATION_CREDENTIAL_ID', 'OS_APPLICATION_CREDENTIAL_ID: not set; set it to the id printed by `openstack application credential create` (names are not supported)');
+    }
+    if (!s.OS_APPLICATION_CREDENTIAL_SECRET) {
+      throw new OpenStackConfigError('OS_APPLICATION_CREDENTIAL_SECRET', 'OS_APPLICATION_CREDENTIAL_SECRET: not set; set it to the secret given when the application credential was created');
+    }
+    if (s.OS_SYSTEM_SCOPE) {
+      throw new OpenStackConfigError(
+        'OS_SYSTEM_SCOPE',
+        `${where('OS_SYSTEM_SCOPE')}: an application credential is bound to the project it was created in and cannot give a system-scoped token; ` +
+          'unset OS_SYSTEM_SCOPE (limits then come from the static fallback), or use a password identity with reader on system scope',
+      );
+    }
+    // The credential carries its own project; OS_PROJECT_* left over from an openrc are ignored,
+    // because Keystone rejects an explicit scope on application-credential auth.
+    return {
+      authUrl,
+      identity: { method, id: s.OS_APPLICATION_CREDENTIAL_ID, secret: s.OS_APPLICATION_CREDENTIAL_SECRET },
+      ...regionAndTransport,
+    };
+  }
+
+  if (!s.OS_PASSWORD) {
+    throw new OpenStackConfigError('OS_PASSWORD', `OS_PASSWORD: not set; set it to the password of ${s.OS_USERNAME ? `user '${s.OS_USERNAME}'` : 'OS_USER_ID'}`);
+  }
+  let user: z.infer<typeof PasswordIdentity>['user'];
+  if (s.OS_USER_ID) {
+    user = { id: s.OS_USER_ID };
+  } else if (s.OS_USERNAME) {
+    const domain = domainRef(s.OS_USER_DOMAIN_ID, s.OS_USER_DOMAIN_NAME);
+    if (!domain) {
+      throw new OpenStackConfigError('OS_USER_DOMAIN_NAME', `OS_USER_DOMAIN_NAME: not set; a user name is unique only within a domain, so set OS_USER_DOMAIN_NAME (e.g. Default) or OS_USER_DOMAIN_ID, or use OS_USER_ID`);
+    }
+    user = { name: s.OS_USERNAME, domain };
+  } else {
+    throw new OpenStackConfigError('OS_USERNAME', 'OS_USERNAME: not set; set OS_USERNAME (with OS_USER_DOMAIN_NAME) or OS_USER_ID');
+  }
+
+  let project: ProjectRef | undefined;
+  if (s.OS_PROJECT_ID) {
+    project = { id: s.OS_PROJECT_ID };
+  } else if (s.OS_PROJECT_NAME) {
+    const domain = domainRef(s.OS_PROJECT_DOMAIN_ID, s.OS_PROJECT_DOMAIN_NAME);
+    if (!domain) {
+      throw new OpenStackConfigError('OS_PROJECT_DOMAIN_NAME', `OS_PROJECT_DOMAIN_NAME: not set; a project name is unique only within a domain, so set OS_PROJECT_DOMAIN_NAME (e.g. Default) or OS_PROJECT_DOMAIN_ID, or use OS_PROJECT_ID`);
+    }
+    project = { name: s.OS_PROJECT_NAME, domain };
+  }
+  if (!project && !s.OS_SYSTEM_SCOPE) {
+    throw new OpenStackConfigError(
+      'OS_PROJECT_NAME',
+      'OS_PROJECT_NAME: no scope set; set OS_PROJECT_NAME (a project where the user has admin, for Glance) and OS_SYSTEM_SCOPE=all (system reader, for unified limits)',
+    );
+  }
+  return {
+    authUrl,
+    identity: { method, user, password: s.OS_PASSWORD },
+    ...(project ? { project } : {}),
+    ...(s.OS_SYSTEM_SCOPE ? { systemScope: s.OS_SYSTEM_SCOPE } : {}),
+    ...regionAndTransport,
+  };
+}
+
+/** Keystone accepts `/v3` only; the unversioned root (as in glance-api.conf) gets `/v3` added. */
+function keystoneV3Url(url: string, where: string): string {
+  const u = new URL(url);
+  const trimmed = u.pathname.replace(/\/+$/, '');
+  if (/\/v2\.0$/.test(trimmed)) {
+    throw new OpenStackConfigError('OS_AUTH_URL', `${where}: Keystone v2.0 is gone since Queens; use the v3 URL, e.g. ${u.origin}${trimmed.replace(/\/v2\.0$/, '/v3')}`);
+  }
+  u.pathname = /\/v3$/.test(trimmed) ? trimmed : `${trimmed}/v3`;
+  u.search = '';
+  u.hash = '';
+  return u.toString();
+}
+
+function domainRef(id: string | undefined, name: string | undefined): DomainRef | undefined {
+  // keystoneauth prefers the id when both are given.
+  if (id) return { id };
+  if (name) return { name };
+  return undefined;
+}
+
+function readCa(file: string | undefined, where: string): { caFile?: string; ca?: string } {
+  if (!file) return {};
+  let pem: string;
+  try {
+    pem = readFileSync(file, 'utf8');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? 'unreadable';
+    throw new OpenStackConfigError('OS_CACERT', `${where}: cannot read '${file}' (${code}); set it to a readable PEM file holding the CA of the Keystone and Glance certificates`);
+  }
+  if (!pem.includes('-----BEGIN CERTIFICATE-----')) {
+    throw new OpenStackConfigError('OS_CACERT', `${where}: '${file}' holds no PEM certificate (no '-----BEGIN CERTIFICATE-----' line); point it at the CA bundle in PEM form`);
+  }
+  return { caFile: file, ca: pem };
+}
+
+function layCloudUnder(sourced: Sourced, cloud: string, env: NodeJS.ProcessEnv, options: LoadCredentialsOptions): void {
+  const dirs = options.searchDirs ?? cloudsSearchDirs(env, options);
+  if (env.OS_CLIENT_CONFIG_FILE && !existsSync(env.OS_CLIENT_CONFIG_FILE)) {
+    // openstacksdk would silently go on down the search path; a named file that is not there is a typo.
+    throw new OpenStackConfigError('OS_CLIENT_CONFIG_FILE', `OS_CLIENT_CONFIG_FILE: '${env.OS_CLIENT_CONFIG_FILE}' does not exist; fix the path or unset it to search ${dirs.join(', ')}`);
+  }
+  const cloudsFile = cloudsFileCandidates(env, dirs, 'clouds').find((f) => existsSync(f));
+  if (!cloudsFile) {
+    throw new OpenStackConfigError('OS_CLOUD', `OS_CLOUD: cloud '${cloud}' asked for, but no clouds.yaml found in ${dirs.join(', ')}; create one there or set OS_CLIENT_CONFIG_FILE`);
+  }
+  const secureFile = cloudsFileCandidates(env, dirs, 'secure').find((f) => existsSync(f));
+  const secureConfig = secureFile ? readCloudsFile(secureFile) : undefined;
+  const config = mergeClouds(readCloudsFile(cloudsFile), secureConfig);
+  const clouds = isPlainObject(config) && isPlainObject(config.clouds) ? config.clouds : {};
+  const entry = clouds[cloud];
+  if (!isPlainObject(entry)) {
+    const known = Object.keys(clouds);
+    throw new OpenStackConfigError('OS_CLOUD', `OS_CLOUD: no cloud '${cloud}' in ${cloudsFile}${secureFile ? ` (merged with ${secureFile})` : ''}; ${known.length ? `it has: ${known.join(', ')}` : 'it defines no clouds'}`);
+  }
+  const flat = flatten(normaliseKeys(entry));
+  const fromSecure = flatten(normaliseKeys(cloudEntry(secureConfig, cloud)));
+  if (flat.verify === 'false') {
+    throw new OpenStackConfigError('OS_CACERT', `OS_CLOUD: cloud '${cloud}' in ${cloudsFile} sets verify: false, which the enforcer does not support; remove it and set cacert (or OS_CACERT) to the CA of the endpoints`);
+  }
+  for (const [key, name] of Object.entries(CLOUD_KEYS)) {
+    const value = flat[key];
+    if (value !== undefined && value !== '') {
+      sourced.values[name] = value;
+      sourced.origin[name] = `${key in fromSecure ? secureFile : cloudsFile}, cloud '${cloud}', key ${key}`;
+    }
+  }
+}
+
+function cloudEntry(config: unknown, cloud: string): unknown {
+  return isPlainObject(config) && isPlainObject(config.clouds) ? config.clouds[cloud] : undefined;
+}
+
+function readCloudsFile(file: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? 'unreadable';
+    throw new OpenStackConfigError('OS_CLOUD', `OS_CLOUD: cannot read ${file} (${code}); fix its permissions or set OS_CLIENT_CONFIG_FILE to another file`);
+  }
+  try {
+    // YAML 1.2 is a superset of JSON, so clouds.json parses here too.
+    return parseYaml(text);
+  } catch (error) {
+    // The parser's message quotes the offending line, which may hold a password: keep only its position.
+    const at = (error as { linePos?: [{ line: number; col: number }] }).linePos?.[0];
+    throw new OpenStackConfigError('OS_CLOUD', `OS_CLOUD: ${file} is not valid YAML${at ? ` (line ${at.line}, column ${at.col})` : ''}; fix the file`);
+  }
+}
+
+/** openstacksdk treats `auth-url` and `auth_url` alike. */
+function normaliseKeys(value: unknown): unknown {
+  if (!isPlainObject(value)) return value;
+  return Object.fromEntries(Object.entries(value).map(([k, v]) => [k.replace(/-/g, '_'), normaliseKeys(v)]));
+}
+
+/** Scalars only, as strings (a numeric password in YAML is still a password); lists are skipped. */
+function flatten(value: unknown, prefix = ''): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (!isPlainObject(value)) return out;
+  for (const [key, v] of Object.entries(value)) {
+    const name = prefix ? `${prefix}.${key}` : key;
+    if (isPlainObject(v)) Object.assign(out, flatten(v, name));
+    else if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') out[name] = String(v);
+  }
+  return out;
+}
+
+/**
+ * A rejected value, fit for a message: a password pasted into the wrong variable, or user info in
+ * a URL (`https://user:pass@host`), must not reach the log through the error.
+ */
+function shownValue(raw: string, sourced: Sourced): string {
+  const secrets = [...SECRET_VARS].map((name) => sourced.values[name]);
+  return scrub(raw, secrets).replace(/\/\/[^/@]*@/, '//***@');
+}
+
+function label(name: OpenStackEnvVar, sourced: Sourced): string {
+  const origin = sourced.origin[name];
+  return origin ? `${name} (from ${origin})` : name;
+}
+
+function nonBlank(value: string | undefined): string | undefined {
+  return value === undefined || value.trim() === '' ? undefined : value;
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

@@ -1,0 +1,98 @@
+/**
+ * Typed errors of the OpenStack adapters. Every message names the input at fault and the fix, and
+ * none ever carries a password, an application credential secret or a token: messages are built
+ * from names and status codes, and any text echoed from a server goes through `scrub` first.
+ */
+
+/** A setting (environment variable or clouds.yaml key) is missing, malformed or contradictory. */
+export class OpenStackConfigError extends Error {
+  override readonly name = 'OpenStackConfigError';
+  constructor(
+    /** The environment variable at fault, e.g. `OS_AUTH_URL`. */
+    readonly variable: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Keystone refused to issue a token (POST /v3/auth/tokens answered 4xx). Never retried. */
+export class KeystoneAuthError extends Error {
+  override readonly name = 'KeystoneAuthError';
+  constructor(
+    readonly status: number,
+    readonly scope: 'project' | 'system',
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * The credentials cannot give a token of the scope an operation needs, e.g. a system-scoped token
+ * from an application credential. A configuration problem: retrying does not help.
+ */
+export class ScopeUnavailableError extends Error {
+  override readonly name = 'ScopeUnavailableError';
+  constructor(
+    readonly scope: 'project' | 'system',
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The service catalog has no endpoint matching the type, interface and region asked for. */
+export class CatalogError extends Error {
+  override readonly name = 'CatalogError';
+}
+
+/** A Keystone or Glance call answered with a status the caller cannot turn into a result. */
+export class OpenStackHttpError extends Error {
+  override readonly name = 'OpenStackHttpError';
+  constructor(
+    readonly service: 'keystone' | 'glance',
+    readonly method: string,
+    readonly url: string,
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** No answer at all (refused, reset, timed out) after every retry. */
+export class OpenStackUnreachableError extends Error {
+  override readonly name = 'OpenStackUnreachableError';
+  constructor(
+    readonly service: 'keystone' | 'glance',
+    readonly method: string,
+    readonly url: string,
+    readonly attempts: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Replaces every occurrence of each secret in `text` (defence in depth for echoed server text). */
+export function scrub(text: string, secrets: readonly (string | undefined)[]): string {
+  let out = text;
+  for (const secret of secrets) {
+    // Very short secrets would blank out ordinary words; Keystone never issues such tokens.
+    if (secret && secret.length >= 4) out = out.split(secret).join('[REDACTED]');
+  }
+  return out;
+}
+
+/** A URL fit for a message: user info (`http://user:pass@host`) is dropped. */
+export function displayUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    u.username = '';
+    u.password = '';
+    return u.toString();
+  } catch {
+    return '<invalid URL>';
+  }
+}

@@ -1,0 +1,207 @@
+import { z } from 'zod';
+import { createLogger, type Logger } from '../log.js';
+import { OpenStackHttpError, displayUrl } from './errors.js';
+import type { HttpResponse, RetryingTransport } from './http.js';
+import type { KeystoneClient } from './keystone.js';
+
+/**
+ * Glance v2 client, with the project-scoped token of the enforcer's identity (admin on its
+ * project). Facts from Glance 25.1 (Zed) behind it, checked on the lab:
+ *
+ * - An admin project token reads, lists and deletes every project's images; a system-scoped token
+ *   lists only public and community images, so it is useless here.
+ * - `GET /v2/images` leaves out `community` images unless `visibility=all` (or `community`) is
+ *   passed, and ALWAYS filters on `os_hidden` (default false): hidden images come only with
+ *   `os_hidden=true`. `listImages` therefore makes two passes.
+ * - queued, saving, uploading, importing, active and deactivated images are listed. `killed` and
+ *   `deleted` never are, whatever the `status` filter (the DB layer drops them); Glance's own quota
+ *   usage does not count them either. `GET /v2/images/{id}` still returns a killed image (DELETE
+ *   on it answers 204); a deleted one is 404.
+ * - Pages: `limit` is capped at `api_limit_max` (default 1000); a full page carries
+ *   `next: /v2/images?...&marker=<last id>`, the last page has no `next`.
+ * - `DELETE` answers 204 (also for queued, uploading, deactivated and hidden images); 404 when the
+ *   image is unknown or already deleted; 403 for a protected image ("Image <id> is protected and
+ *   cannot be deleted.", also 403 when policy forbids); 409 when the store says it is in use.
+ *   Errors come as JSON `{"message", "code", "title"}` only with `Accept: application/json`,
+ *   otherwise as an HTML page.
+ */
+
+export const ImageStatus = z.enum(['queued', 'saving', 'uploading', 'importing', 'active', 'deactivated', 'killed', 'deleted', 'pending_delete']);
+export type ImageStatus = z.infer<typeof ImageStatus>;
+
+export const ImageVisibility = z.enum(['public', 'private', 'shared', 'community']);
+export type ImageVisibility = z.infer<typeof ImageVisibility>;
+
+/** An image as `GET /v2/images/{id}` returns it, reduced to what quota enforcement reads. */
+export const GlanceImage = z.object({
+  id: z.string(),
+  name: z.string().nullish(),
+  owner: z.string().nullable(),
+  status: ImageStatus,
+  /** Bytes; null until data is uploaded. */
+  size: z.number().int().nullable(),
+  created_at: z.string(),
+  updated_at: z.string(),
+  protected: z.boolean(),
+  visibility: ImageVisibility,
+  os_hidden: z.boolean().optional(),
+  /**
+   * Comma-separated stores an import is still copying to: a top-level string property of the v2
+   * image body, absent on images that never went through an import. While non-empty, the staged
+   * data counts toward image_stage_total.
+   */
+  os_glance_importing_to_stores: z.string().optional(),
+});
+export type GlanceImage = z.infer<typeof GlanceImage>;
+
+const ImagePage = z.object({ images: z.array(z.unknown()), next: z.string().optional() });
+
+export type DeleteOutcome =
+  | { result: 'deleted' }
+  | { result: 'gone' }
+  | { result: 'refused'; status: 403 | 409; reason: string };
+
+export interface ListImagesOptions {
+  /** Project id whose images to list; without it, every project's (the admin token sees them all). */
+  owner?: string;
+  /** Page size; Glance caps it at its api_limit_max (default 1000). */
+  limit?: number;
+}
+
+export interface GlanceClientOptions {
+  /** Base URL of Glance (no /v2); default GLANCE_URL, else the catalog's image endpoint. */
+  glanceUrl?: string;
+  log?: Logger;
+}
+
+/**
+ * @example
+ *   const glance = new GlanceClient(new KeystoneClient(loadCredentials()));
+ *   for await (const image of glance.listImages({ owner: projectId })) console.log(image.id, image.status);
+ *   await glance.deleteImage(imageId); // { result: 'deleted' } | { result: 'gone' } | { result: 'refused', ... }
+ */
+export class GlanceClient {
+  private readonly transport: RetryingTransport;
+  private readonly log: Logger;
+  private baseUrl?: Promise<string>;
+
+  constructor(
+    private readonly keystone: KeystoneClient,
+    private readonly options: GlanceClientOptions = {},
+  ) {
+    keystone.requireScope('project', 'glance');
+    this.transport = keystone.transportFor('glance');
+    this.log = options.log ?? createLogger();
+  }
+
+  /** The image, or null when Glance does not know it (404: never existed, or deleted). */
+  async getImage(id: string): Promise<GlanceImage | null> {
+    const url = `${await this.base()}/v2/images/${encodeURIComponent(id)}`;
+    const response = await this.call('GET', url);
+    if (response.status === 404) return null;
+    if (response.status !== 200) throw this.unexpected('GET', url, response);
+    return this.parseImage(url, parseJson(response.text));
+  }
+
+  /**
+   * Deletes the image. 404 is `gone` (someone was faster, or a retry of ours); 403 (protected) and
+   * 409 (in use) are Glance refusing, with its reason, for the caller to record.
+   */
+  async deleteImage(id: string): Promise<DeleteOutcome> {
+    const url = `${await this.base()}/v2/images/${encodeURIComponent(id)}`;
+    const response = await this.call('DELETE', url);
+    if (response.status === 204 || response.status === 200) return { result: 'deleted' };
+    if (response.status === 404) return { result: 'gone' };
+    if (response.status === 403 || response.status === 409) {
+      this.log.info({ imageId: id, status: response.status }, 'glance refused to delete an image');
+      return { result: 'refused', status: response.status, reason: glanceMessage(response) };
+    }
+    throw this.unexpected('DELETE', url, response);
+  }
+
+  /**
+   * Every image of `owner` that Glance lists (see the module comment: not killed or deleted ones),
+   * whatever its visibility, hidden or not, page after page.
+   */
+  async *listImages(options: ListImagesOptions = {}): AsyncGenerator<GlanceImage, void, undefined> {
+    const base = await this.base();
+    for (const hidden of ['false', 'true']) {
+      let marker: string | undefined;
+      const seen = new Set<string>();
+      for (;;) {
+        const params = new URLSearchParams({ ...(options.owner ? { owner: options.owner } : {}), visibility: 'all', os_hidden: hidden, limit: String(options.limit ?? 1000) });
+        if (marker) params.set('marker', marker);
+        const url = `${base}/v2/images?${params.toString()}`;
+        const response = await this.call('GET', url);
+        if (response.status !== 200) throw this.unexpected('GET', url, response);
+        const page = ImagePage.safeParse(parseJson(response.text));
+        if (!page.success) throw new OpenStackHttpError('glance', 'GET', displayUrl(url), 200, `glance: GET ${displayUrl(url)} answered a body without an images list; is the image endpoint really Glance v2?`);
+        for (const raw of page.data.images) yield this.parseImage(url, raw);
+        // Rebuild the next page from its marker instead of following `next` verbatim: `next` is a
+        // path from Glance's root, which is wrong behind a proxy that serves Glance under a prefix.
+        const next = page.data.next ? new URLSearchParams(page.data.next.split('?')[1] ?? '').get('marker') : null;
+        if (!next) break;
+        if (seen.has(next)) throw new OpenStackHttpError('glance', 'GET', displayUrl(url), 200, `glance: listing images of ${options.owner ?? 'every project'} returned marker ${next} twice; stopping instead of looping`);
+        seen.add(next);
+        marker = next;
+      }
+    }
+  }
+
+  private call(method: 'GET' | 'DELETE', url: string): Promise<HttpResponse> {
+    return this.keystone.withToken('project', (token) =>
+      this.transport({ method, url, headers: { accept: 'application/json', 'x-auth-token': token } }),
+    );
+  }
+
+  private base(): Promise<string> {
+    const configured = this.options.glanceUrl ?? this.keystone.credentials.glanceUrl;
+    this.baseUrl ??= configured
+      ? Promise.resolve(stripVersion(configured))
+      : this.keystone.endpoint('image', 'project').then((e) => stripVersion(e.url)).catch((error: unknown) => {
+          this.baseUrl = undefined;
+          throw error;
+        });
+    return this.baseUrl;
+  }
+
+  private parseImage(url: string, raw: unknown): GlanceImage {
+    const parsed = GlanceImage.safeParse(raw);
+    if (parsed.success) return parsed.data;
+    const id = typeof raw === 'object' && raw !== null && 'id' in raw ? String((raw as { id: unknown }).id) : '?';
+    const issue = parsed.error.issues[0];
+    throw new OpenStackHttpError('glance', 'GET', displayUrl(url), 200, `glance: image ${id} has an unexpected '${issue?.path.join('.') ?? '?'}': ${issue?.message ?? 'invalid'}`);
+  }
+
+  private unexpected(method: string, url: string, response: HttpResponse): OpenStackHttpError {
+    const hint = response.status === 401
+      ? '; the project token was refused even after renewal: check glance-api.conf [keystone_authtoken] and that the enforcer still has a role on its project'
+      : response.status === 403 ? '; the enforcer needs the admin role on its project to act on other projects\' images' : '';
+    return new OpenStackHttpError('glance', method, displayUrl(url), response.status, `glance: ${method} ${displayUrl(url)} answered ${response.status}: ${glanceMessage(response)}${hint}`);
+  }
+}
+
+/** Glance's JSON error is `{"message": "<text><br /><br />\n\n\n", "code", "title"}`; keep the text. */
+export function glanceMessage(response: Pick<HttpResponse, 'text'>): string {
+  let text = response.text;
+  try {
+    const body = JSON.parse(response.text) as { message?: unknown };
+    if (typeof body.message === 'string') text = body.message;
+  } catch {
+    // An HTML page (Glance without Accept: application/json, or a proxy): strip the tags below.
+  }
+  return text.replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 300) || '(empty body)';
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Catalogs sometimes register Glance as `.../v2`; the client adds the version itself. */
+function stripVersion(url: string): string {
+  return url.replace(/\/+$/, '').replace(/\/v2(\.\d+)?$/, '');
+}

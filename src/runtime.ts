@@ -1,0 +1,63 @@
+import { loadConfig, type Config } from './config.js';
+import { Pipeline, type ImageService } from './enforcer.js';
+import { ConfigError } from './errors.js';
+import { createLogger, type Logger } from './log.js';
+import { loadCredentials } from './openstack/credentials.js';
+import { GlanceClient } from './openstack/glance.js';
+import { KeystoneClient } from './openstack/keystone.js';
+import { UnifiedLimits, keystoneLimitsSource } from './openstack/limits.js';
+import { StaticLimits, type LimitSource } from './quota/static-limits.js';
+import { openStore } from './store/index.js';
+import type { LedgerStore } from './store/port.js';
+
+/** Everything a command needs, built from the environment in one place. */
+export interface Runtime {
+  config: Config;
+  log: Logger;
+  store: LedgerStore;
+  limits: LimitSource;
+  glance: ImageService | undefined;
+  pipeline: Pipeline;
+  close(): Promise<void>;
+}
+
+/** OpenStack is configured the way the `openstack` CLI is: OS_CLOUD or OS_AUTH_URL. */
+export function openstackConfigured(env: NodeJS.ProcessEnv): boolean {
+  return Boolean(env.OS_CLOUD?.trim() || env.OS_AUTH_URL?.trim());
+}
+
+export interface RuntimeOptions {
+  /** The command acts on Glance (reconcile, consume): OpenStack credentials are required. */
+  needGlance?: boolean;
+  /** Overrides STORE_URL (replay's --store). */
+  storeUrl?: string;
+}
+
+/**
+ * Wires config -> store, limits (Keystone unified limits over the static ones, when OpenStack is
+ * configured) and Glance -> the pipeline.
+ */
+export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options: RuntimeOptions = {}): Promise<Runtime> {
+  const config = loadConfig(env);
+  const log = createLogger(config.logLevel);
+  const staticLimits = new StaticLimits(config.limits.defaults, config.limits.perProject);
+  let limits: LimitSource = staticLimits;
+  let glance: ImageService | undefined;
+  if (openstackConfigured(env)) {
+    const keystone = new KeystoneClient(loadCredentials(env), { log });
+    limits = new UnifiedLimits(keystoneLimitsSource(keystone, { log }), {
+      fallback: staticLimits,
+      createRateWindowSeconds: config.createRateWindowSeconds,
+      cacheSeconds: config.limitsCacheSeconds,
+      log,
+    });
+    glance = new GlanceClient(keystone, { log });
+  } else if (options.needGlance) {
+    throw new ConfigError(
+      'OS_AUTH_URL: this command talks to Glance and Keystone, but no OpenStack identity is configured; set OS_CLOUD (with clouds.yaml) or OS_AUTH_URL, OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME and OS_SYSTEM_SCOPE=all',
+    );
+  }
+  const store = await openStore(options.storeUrl ?? config.storeUrl);
+  const pipeline = new Pipeline({ store, limits, images: glance, mode: config.mode, exemptProjects: config.exemptProjects, log });
+  return { config, log, store, limits, glance, pipeline, close: () => store.close() };
+}
