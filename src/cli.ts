@@ -9,6 +9,7 @@ import { StaticLimits } from './quota/static-limits.js';
 import { reconcile } from './reconcile.js';
 import { replayFile, replayJson } from './replay.js';
 import { openRuntime } from './runtime.js';
+import { consume } from './consume-command.js';
 import type { EnforcementReport } from './enforcer.js';
 import { openStore } from './store/index.js';
 
@@ -26,6 +27,10 @@ Usage:
       Rebuild the ledger of one project, or of every project that owns images, from Glance's
       listing (authoritative), then decide and act: verify each candidate with Glance and delete
       it (--dry-run or ENFORCEMENT_MODE=dry-run: only record the would-delete).
+  glance-quota-enforcer consume
+      The long-lived enforcer: consume Glance's notifications from RabbitMQ (TRANSPORT_URL) into
+      the ledger, enforce as projects change, reconcile at start and every RECONCILE_INTERVAL,
+      serve /healthz, /readyz and /metrics on METRICS_PORT. SIGTERM drains and exits 0.
   glance-quota-enforcer status [--project ID] [--json]
       Usage (from the ledger), limits (Keystone unified limits over QUOTA_LIMITS) and what is over.
   glance-quota-enforcer --help | --version
@@ -219,6 +224,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return await reconcileCommand(rest, io);
       case 'status':
         return await status(rest, io);
+      case 'consume':
+        return await consume(rest);
       default:
         io.stderr(`unknown command '${command}'\n\n${USAGE}\n`);
         return 2;

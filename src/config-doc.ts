@@ -15,3 +15,14 @@ export function envTable(schema: z.ZodObject = EnvSchema): string {
   });
   return ['| variable | default | meaning |', '| --- | --- | --- |', ...rows].join('\n');
 }
+
+const START = /<!-- env-table:start[^>]*-->\n/;
+const END = '<!-- env-table:end -->';
+
+/** README.md with its table replaced by the schema's (`npm run docs:env`). */
+export function withEnvTable(readme: string): string {
+  const start = START.exec(readme);
+  const end = readme.indexOf(END);
+  if (!start || end < 0) throw new Error('README.md: the env-table:start / env-table:end markers are missing');
+  return readme.slice(0, start.index + start[0].length) + envTable() + '\n' + readme.slice(end);
+}

@@ -50,6 +50,71 @@ export const EnvSchema = z.object({
     .nonnegative()
     .default(60)
     .meta({ description: 'How long a project\'s Keystone limits are reused before Keystone is asked again (0: every time). While Keystone is down the last known limits stay in force.' }),
+  TRANSPORT_URL: z
+    .string()
+    .default('')
+    .meta({ description: "oslo.messaging's transport_url, as in glance-api.conf: `rabbit://user:pass@host1:5672,user:pass@host2:5672/vhost` (hosts tried in turn; `?ssl=1` or `amqps://` for TLS). Required by `consume`." }),
+  TRANSPORT_CA_FILE: z
+    .string()
+    .default('')
+    .meta({ description: 'PEM file of the CA that signed the broker\'s certificate (oslo\'s `ssl_ca_file`).' }),
+  AMQP_DURABLE_QUEUES: z
+    .enum(['true', 'false'])
+    .default('false')
+    .meta({ description: "oslo's `[oslo_messaging_rabbit] amqp_durable_queues` as Glance has it: the notification exchange is durable only when it is on. A mismatch is RabbitMQ's 406." }),
+  NOTIFICATION_EXCHANGE: z
+    .string()
+    .min(1)
+    .default('glance')
+    .meta({ description: "The exchange Glance publishes to (its `control_exchange`, `glance` by default)." }),
+  NOTIFICATION_TOPIC: z
+    .string()
+    .min(1)
+    .default('notifications')
+    .meta({ description: "Glance's `[oslo_messaging_notifications] topics`; the enforcer binds `<topic>.info`." }),
+  QUEUE_NAME: z
+    .string()
+    .min(1)
+    .default('glance-quota-enforcer')
+    .meta({ description: 'The enforcer\'s own durable queue (never the shared `notifications.info`, which Ceilometer reads). Its dead letters go to `<QUEUE_NAME>.dead`.' }),
+  QUEUE_MAX_LENGTH: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(1_000_000)
+    .meta({ description: 'Most messages the queue (and its dead-letter queue) may hold while the enforcer is down; the oldest are dropped beyond it, and the reconcile at start catches up.' }),
+  PREFETCH: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(256)
+    .meta({ description: 'Unacknowledged messages in flight; also the largest batch committed in one store write.' }),
+  RECONCILE_INTERVAL: z
+    .string()
+    .default('15m')
+    .meta({ description: '`consume` reconciles from Glance at start and then this often: `900`, `900s`, `15m`, `1h`; `0` turns the periodic run off.' }),
+  ENFORCE_CONCURRENCY: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(4)
+    .meta({ description: 'Candidates of one project verified and deleted at once (Glance API calls in parallel).' }),
+  METRICS_PORT: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(65535)
+    .default(9100)
+    .meta({ description: 'HTTP port of `/healthz`, `/readyz` and `/metrics` (Prometheus) in `consume`; 0 picks a free port.' }),
+  PUBLISH_EXCHANGE: z
+    .string()
+    .default('glance_quota_enforcer')
+    .meta({ description: 'Where `consume` publishes its own oslo-format notifications (`quota_enforcer.*` event types); empty turns them off.' }),
+  PUBLISH_TOPIC: z
+    .string()
+    .min(1)
+    .default('notifications')
+    .meta({ description: 'Topic of those notifications: routing key `<topic>.info` (`.warn` for limit.exceeded).' }),
 });
 
 export type Env = z.infer<typeof EnvSchema>;
@@ -63,6 +128,28 @@ export interface Config {
   messageRetentionMs: number;
   createRateWindowSeconds: number;
   limitsCacheSeconds: number;
+  amqp: {
+    transportUrl: string;
+    caFile: string;
+    durableExchange: boolean;
+    exchange: string;
+    topic: string;
+    queue: string;
+    maxLength: number;
+    prefetch: number;
+    publishExchange: string;
+    publishTopic: string;
+  };
+  reconcileIntervalMs: number;
+  enforceConcurrency: number;
+  metricsPort: number;
+}
+
+/** `900`, `900s`, `15m`, `1h` to milliseconds. */
+export function parseDuration(value: string, name: string): number {
+  const m = /^(\d+)(s|m|h)?$/.exec(value.trim());
+  if (!m) throw new ConfigError(`${name}: expected a duration such as 900, 900s, 15m or 1h, got '${value}'`);
+  return Number(m[1]) * { s: 1, m: 60, h: 3600 }[(m[2] ?? 's') as 's' | 'm' | 'h'] * 1000;
 }
 
 export { ConfigError };
@@ -73,6 +160,11 @@ const EXAMPLES: Record<string, string> = {
   MESSAGE_RETENTION_SECONDS: 'MESSAGE_RETENTION_SECONDS=604800',
   QUOTA_CREATE_RATE_WINDOW: 'QUOTA_CREATE_RATE_WINDOW=60',
   LIMITS_CACHE_SECONDS: 'LIMITS_CACHE_SECONDS=60',
+  AMQP_DURABLE_QUEUES: 'AMQP_DURABLE_QUEUES=false',
+  PREFETCH: 'PREFETCH=256',
+  QUEUE_MAX_LENGTH: 'QUEUE_MAX_LENGTH=1000000',
+  ENFORCE_CONCURRENCY: 'ENFORCE_CONCURRENCY=4',
+  METRICS_PORT: 'METRICS_PORT=9100',
 };
 
 function readLimitsFile(path: string): Record<string, ProjectLimits> {
@@ -113,5 +205,20 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     messageRetentionMs: e.MESSAGE_RETENTION_SECONDS * 1000,
     createRateWindowSeconds: e.QUOTA_CREATE_RATE_WINDOW,
     limitsCacheSeconds: e.LIMITS_CACHE_SECONDS,
+    amqp: {
+      transportUrl: e.TRANSPORT_URL,
+      caFile: e.TRANSPORT_CA_FILE,
+      durableExchange: e.AMQP_DURABLE_QUEUES === 'true',
+      exchange: e.NOTIFICATION_EXCHANGE,
+      topic: e.NOTIFICATION_TOPIC,
+      queue: e.QUEUE_NAME,
+      maxLength: e.QUEUE_MAX_LENGTH,
+      prefetch: e.PREFETCH,
+      publishExchange: e.PUBLISH_EXCHANGE,
+      publishTopic: e.PUBLISH_TOPIC,
+    },
+    reconcileIntervalMs: parseDuration(e.RECONCILE_INTERVAL, 'RECONCILE_INTERVAL'),
+    enforceConcurrency: e.ENFORCE_CONCURRENCY,
+    metricsPort: e.METRICS_PORT,
   };
 }

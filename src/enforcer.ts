@@ -65,6 +65,10 @@ export interface PipelineOptions {
   /** Glance's API; without it the pipeline decides but never acts (replay). */
   images?: ImageService;
   mode?: EnforcementMode;
+  /** Candidates of one project verified and acted on at once. */
+  concurrency?: number;
+  /** Called once per audited action, after it is recorded (metrics, outgoing notifications). */
+  onAction?: (action: ActionRecord) => void | Promise<void>;
   exemptProjects?: ReadonlySet<string>;
   log?: Logger;
   /** Milliseconds since the epoch; injected so tests and replays control time. */
@@ -79,6 +83,8 @@ export class Pipeline {
   private readonly clock: () => number;
   private readonly images: ImageService | undefined;
   readonly mode: EnforcementMode;
+  private readonly concurrency: number;
+  private readonly onAction: PipelineOptions['onAction'];
 
   constructor(options: PipelineOptions) {
     this.store = options.store;
@@ -88,6 +94,8 @@ export class Pipeline {
     this.clock = options.clock ?? Date.now;
     this.images = options.images;
     this.mode = options.mode ?? 'enforce';
+    this.concurrency = options.concurrency ?? 4;
+    this.onAction = options.onAction;
   }
 
   /**
@@ -144,40 +152,36 @@ export class Pipeline {
     const known = new Map((await this.store.images(projectId)).map((r) => [r.imageId, r]));
     const actions: ActionRecord[] = [];
     const gone: ImageRecord[] = [];
-    for (const imageId of report.toDelete) {
-      const action = (kind: ActionRecord['action'], reason: string): ActionRecord => ({
-        atMs: this.clock(),
-        projectId,
-        imageId,
-        action: kind,
-        reason,
-        over: report.over,
-        usage: report.usage,
-        limits: report.limits,
-      });
+    const actOn = async (imageId: string): Promise<void> => {
+      const action = (kind: ActionRecord['action'], reason: string): void => {
+        actions.push({ atMs: this.clock(), projectId, imageId, action: kind, reason, over: report.over, usage: report.usage, limits: report.limits });
+        if ((kind === 'deleted' || kind === 'gone') && known.has(imageId)) gone.push(known.get(imageId)!);
+      };
       const image = await images.getImage(imageId);
       const verdict = verifyCandidate(image, projectId);
       if (!verdict.removable) {
-        actions.push(action('skipped', verdict.reason));
-        if (!image) gone.push(known.get(imageId)!);
-        continue;
+        action('skipped', verdict.reason);
+        // Glance has no such image: the ledger must stop counting it, or it stays a candidate.
+        if (!image && known.has(imageId)) gone.push(known.get(imageId)!);
+        return;
       }
-      if (this.mode === 'dry-run') {
-        actions.push(action('would-delete', `queued image past ${report.over.join(', ')} (dry-run)`));
-        continue;
-      }
+      if (this.mode === 'dry-run') return action('would-delete', `queued image past ${report.over.join(', ')} (dry-run)`);
       const outcome = await images.deleteImage(imageId);
-      if (outcome.result === 'refused') {
-        actions.push(action('not-deletable', `Glance refused the delete with ${outcome.status}: ${outcome.reason}`));
-      } else {
-        actions.push(action(outcome.result, outcome.result === 'deleted' ? `queued image past ${report.over.join(', ')}` : 'Glance answered 404 to the delete'));
-        gone.push(known.get(imageId)!);
+      if (outcome.result === 'refused') return action('not-deletable', `Glance refused the delete with ${outcome.status}: ${outcome.reason}`);
+      action(outcome.result, outcome.result === 'deleted' ? `queued image past ${report.over.join(', ')}` : 'Glance answered 404 to the delete');
+    };
+    try {
+      await forEachLimited(report.toDelete, this.concurrency, actOn);
+    } finally {
+      // Even when Glance fails half-way, what was done is audited and applied.
+      const recorded = await this.store.recordActions(actions);
+      for (const a of recorded) {
+        this.log?.info({ ...a, mode: this.mode }, `image ${a.action}`);
+        await this.onAction?.(a);
       }
-    }
-    const recorded = await this.store.recordActions(actions);
-    for (const a of recorded) this.log?.info({ ...a, mode: this.mode }, `image ${a.action}`);
-    if (gone.length > 0) {
-      await this.store.applyEvents(gone.filter(Boolean).map((r) => tombstoneOf(r, this.clock())), this.clock(), { dedupe: false });
+      if (gone.length > 0) {
+        await this.store.applyEvents(gone.map((r) => tombstoneOf(r, this.clock())), this.clock(), { dedupe: false });
+      }
     }
     return { ...report, actions };
   }
@@ -186,4 +190,13 @@ export class Pipeline {
   async forgetOldMessages(retentionMs: number): Promise<number> {
     return this.store.forgetMessagesBefore(this.clock() - retentionMs);
   }
+}
+
+/** Runs `fn` over `items` with at most `limit` running at once; rejects with the first failure. */
+async function forEachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }

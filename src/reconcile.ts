@@ -5,6 +5,11 @@ import type { ImageEvent } from './notification/parse.js';
 export interface ReconcileOptions {
   /** Only this project; otherwise every project that owns images in Glance or in the ledger. */
   projectId?: string;
+  /**
+   * `act` (default): decide and act on each project at once. `defer`: only rebuild the ledger and
+   * report usage; the consumer hands the projects to its enforcement worker instead.
+   */
+  then?: 'act' | 'defer';
   /** Called after each project, for a progress bar. */
   onProgress?: (done: number, total: number, projectId: string) => void;
 }
@@ -64,7 +69,7 @@ export async function reconcile(pipeline: Pipeline, images: ImageService, option
       }
     }
     if (events.length > 0) await pipeline.store.applyEvents(events, Date.now(), { dedupe: false });
-    reports.push(await pipeline.enforce(projectId));
+    reports.push(options.then === 'defer' ? { ...(await pipeline.evaluate(projectId)), actions: [] } : await pipeline.enforce(projectId));
     options.onProgress?.(i + 1, projects.length, projectId);
   }
   return { projects: reports, listed, vanished, durationMs: Date.now() - started };

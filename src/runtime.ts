@@ -8,7 +8,7 @@ import { KeystoneClient } from './openstack/keystone.js';
 import { UnifiedLimits, keystoneLimitsSource } from './openstack/limits.js';
 import { StaticLimits, type LimitSource } from './quota/static-limits.js';
 import { openStore } from './store/index.js';
-import type { LedgerStore } from './store/port.js';
+import type { ActionRecord, LedgerStore } from './store/port.js';
 
 /** Everything a command needs, built from the environment in one place. */
 export interface Runtime {
@@ -31,6 +31,7 @@ export interface RuntimeOptions {
   needGlance?: boolean;
   /** Overrides STORE_URL (replay's --store). */
   storeUrl?: string;
+  onAction?: (action: ActionRecord) => void | Promise<void>;
 }
 
 /**
@@ -58,6 +59,15 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
     );
   }
   const store = await openStore(options.storeUrl ?? config.storeUrl);
-  const pipeline = new Pipeline({ store, limits, images: glance, mode: config.mode, exemptProjects: config.exemptProjects, log });
+  const pipeline = new Pipeline({
+    store,
+    limits,
+    images: glance,
+    mode: config.mode,
+    exemptProjects: config.exemptProjects,
+    concurrency: config.enforceConcurrency,
+    log,
+    ...(options.onAction ? { onAction: options.onAction } : {}),
+  });
   return { config, log, store, limits, glance, pipeline, close: () => store.close() };
 }

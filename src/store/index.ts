@@ -1,15 +1,26 @@
 import { ConfigError } from '../config.js';
 import { MemoryStore } from './memory.js';
 import type { LedgerStore } from './port.js';
+import { PostgresStore } from './postgres.js';
+import { DEFAULT_REDIS_KEY_PREFIX, RedisStore } from './redis.js';
 import { SqliteStore } from './sqlite.js';
 
 export type { LedgerStore } from './port.js';
+export { DEFAULT_REDIS_KEY_PREFIX } from './redis.js';
+
+export interface OpenStoreOptions {
+  /** REDIS_KEY_PREFIX: where a redis:// ledger's keys start. */
+  redisKeyPrefix?: string;
+}
+
+const FORMS = 'sqlite://./data/glance-quota.db, postgres://user:pass@host:5432/db, redis://[:pass@]host:6379[/db] or memory://';
 
 /**
  * STORE_URL to a store. `sqlite://./rel.db` and `sqlite:///abs.db` as SQLAlchemy writes them
- * (oslo.db's `connection` option), so operators can reuse what they know.
+ * (oslo.db's `connection` option), so operators can reuse what they know; `postgres://` and
+ * `postgresql://` as libpq takes them; `redis://` and `rediss://` (TLS) as redis-cli does.
  */
-export async function openStore(url: string): Promise<LedgerStore> {
+export async function openStore(url: string, options: OpenStoreOptions = {}): Promise<LedgerStore> {
   const scheme = /^([a-z][a-z0-9+]*):\/\//i.exec(url)?.[1]?.toLowerCase();
   if (scheme === 'memory') return new MemoryStore();
   if (scheme === 'sqlite') {
@@ -17,7 +28,9 @@ export async function openStore(url: string): Promise<LedgerStore> {
     if (!path) throw new ConfigError(`STORE_URL: no file in '${url}'; for example sqlite://./data/glance-quota.db`);
     return SqliteStore.open(path);
   }
-  throw new ConfigError(
-    `STORE_URL: unsupported store '${url.replace(/\/\/[^@/]*@/, '//***@')}'; use sqlite://./data/glance-quota.db or memory://`,
-  );
+  if (scheme === 'postgres' || scheme === 'postgresql') return PostgresStore.open(url);
+  if (scheme === 'redis' || scheme === 'rediss') return RedisStore.open(url, { keyPrefix: options.redisKeyPrefix ?? DEFAULT_REDIS_KEY_PREFIX });
+  // Everything up to the last '@' may be credentials, whatever characters the password has.
+  const shown = url.replace(/^([a-z][a-z0-9+.-]*:\/\/)?.*@/i, '$1***@');
+  throw new ConfigError(`STORE_URL: unsupported store '${shown}'; use ${FORMS}`);
 }

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
-import { envTable } from '../../src/config-doc.js';
+import { envTable, withEnvTable } from '../../src/config-doc.js';
 
 describe('configuration from the environment', () => {
   it('has defaults an operator can start with', () => {
@@ -41,5 +41,6 @@ describe('configuration from the environment', () => {
   it('is documented in README.md exactly as the schema says (npm run docs:env)', () => {
     const readme = readFileSync(join(import.meta.dirname, '..', '..', 'README.md'), 'utf8');
     expect(readme).toContain(envTable());
+    expect(withEnvTable(readme)).toBe(readme);
   });
 });

@@ -1,0 +1,40 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Metrics } from './metrics.js';
+
+export interface HealthChecks {
+  /** Connected to the broker and the store answers. */
+  ready(): Promise<{ ok: boolean; detail: Record<string, string> }>;
+}
+
+/** `/healthz` (the process serves), `/readyz` (broker and store reachable), `/metrics` (Prometheus). */
+export async function startHealthServer(port: number, metrics: Metrics, checks: HealthChecks): Promise<{ server: Server; port: number }> {
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    const reply = (status: number, type: string, body: string) => {
+      res.writeHead(status, { 'content-type': type });
+      res.end(body);
+    };
+    if (path === '/healthz') return reply(200, 'text/plain', 'ok\n');
+    if (path === '/readyz') {
+      checks.ready().then(
+        (r) => reply(r.ok ? 200 : 503, 'application/json', JSON.stringify(r.detail) + '\n'),
+        (err: Error) => reply(503, 'application/json', JSON.stringify({ error: err.message }) + '\n'),
+      );
+      return;
+    }
+    if (path === '/metrics') {
+      metrics.registry.metrics().then(
+        (text) => reply(200, metrics.registry.contentType, text),
+        (err: Error) => reply(500, 'text/plain', err.message),
+      );
+      return;
+    }
+    reply(404, 'text/plain', 'not found: try /healthz, /readyz or /metrics\n');
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '0.0.0.0', () => resolve());
+  });
+  return { server, port: (server.address() as AddressInfo).port };
+}

@@ -1,0 +1,70 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * What an operator graphs and alerts on. One registry per process (not prom-client's global one),
+ * so tests can build several consumers side by side.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly messages = new Counter({
+    name: 'gqe_messages_total',
+    help: 'Notifications processed, by result: applied, duplicate, ignored, invalid',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly actions = new Counter({
+    name: 'gqe_actions_total',
+    help: 'Enforcement actions, by kind: deleted, would-delete, skipped, not-deletable, gone',
+    labelNames: ['action'] as const,
+    registers: [this.registry],
+  });
+  readonly lag = new Histogram({
+    name: 'gqe_notification_lag_seconds',
+    help: "From the notification's oslo timestamp to its ledger commit",
+    buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+    registers: [this.registry],
+  });
+  readonly reconcileRuns = new Counter({
+    name: 'gqe_reconcile_runs_total',
+    help: 'Reconcile runs, by result: ok, failed',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly reconcileDuration = new Histogram({
+    name: 'gqe_reconcile_duration_seconds',
+    help: 'Duration of a full reconcile',
+    buckets: [0.1, 0.5, 1, 5, 10, 30, 60, 300, 900],
+    registers: [this.registry],
+  });
+  readonly openstackErrors = new Counter({
+    name: 'gqe_openstack_errors_total',
+    help: 'Failed Keystone or Glance calls after their retries, by service',
+    labelNames: ['service'] as const,
+    registers: [this.registry],
+  });
+  readonly storeErrors = new Counter({
+    name: 'gqe_store_errors_total',
+    help: 'Failed ledger writes (retried with backoff; nothing is acked meanwhile)',
+    registers: [this.registry],
+  });
+  readonly brokerConnected = new Gauge({
+    name: 'gqe_broker_connected',
+    help: '1 while connected to RabbitMQ',
+    registers: [this.registry],
+  });
+  readonly pendingProjects = new Gauge({
+    name: 'gqe_enforcement_pending_projects',
+    help: 'Projects whose ledger changed and that wait for a decision',
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'gqe_' });
+  }
+
+  /** Which service an error came from, for the openstack error counter. */
+  countOpenStackError(err: unknown): void {
+    const service = (err as { service?: string }).service;
+    this.openstackErrors.inc({ service: service === 'keystone' || service === 'glance' ? service : 'unknown' });
+  }
+}

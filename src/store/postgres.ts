@@ -1,0 +1,369 @@
+import pg from 'pg';
+import { applyEventsTo, type ApplyResult, type LedgerTransaction } from '../ledger/apply.js';
+import type { ImageRecord } from '../ledger/record.js';
+import { ZERO_TOTALS, usageFromTotals, type UsageTotals } from '../ledger/usage.js';
+import type { ImageEvent } from '../notification/parse.js';
+import type { Usage } from '../quota/resources.js';
+import type { ActionKind, ActionRecord, ApplyOptions, LedgerStore } from './port.js';
+
+/**
+ * Schema changes, applied in order at open; `schema_migrations` records which ones a database has.
+ * Identifiers are `COLLATE "C"`: byte order, whatever the database's locale, like the ids' own.
+ */
+const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE images (
+     image_id   TEXT COLLATE "C" PRIMARY KEY,
+     project_id TEXT COLLATE "C" NOT NULL,
+     status     TEXT NOT NULL,
+     size       BIGINT,
+     created_at BIGINT NOT NULL,
+     updated_at BIGINT NOT NULL,
+     ts         BIGINT NOT NULL,
+     message_id TEXT COLLATE "C" NOT NULL,
+     importing  TEXT NOT NULL,
+     protected  BOOLEAN NOT NULL,
+     deleted    BOOLEAN NOT NULL
+   );
+   CREATE INDEX images_by_project ON images (project_id, image_id);
+   CREATE TABLE project_totals (
+     project_id  TEXT COLLATE "C" PRIMARY KEY,
+     count       BIGINT NOT NULL,
+     uploading   BIGINT NOT NULL,
+     size_bytes  BIGINT NOT NULL,
+     stage_bytes BIGINT NOT NULL
+   );
+   CREATE TABLE processed_messages (
+     message_id TEXT COLLATE "C" PRIMARY KEY,
+     seen_at    BIGINT NOT NULL
+   );
+   CREATE INDEX processed_by_time ON processed_messages (seen_at);
+   CREATE TABLE actions (
+     id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+     at_ms      BIGINT NOT NULL,
+     project_id TEXT COLLATE "C" NOT NULL,
+     image_id   TEXT COLLATE "C" NOT NULL,
+     action     TEXT NOT NULL,
+     reason     TEXT NOT NULL,
+     detail     JSONB NOT NULL
+   );
+   CREATE INDEX actions_by_time ON actions (at_ms);
+   CREATE INDEX actions_by_project ON actions (project_id, at_ms);
+   CREATE UNIQUE INDEX actions_would_delete_once ON actions (image_id) WHERE action = 'would-delete';`,
+];
+
+/** pg_advisory_xact_lock(bigint) key that serialises migrations: "gqe-mig" in ASCII. */
+const MIGRATION_LOCK = '29116601968978279';
+/**
+ * First key of pg_advisory_xact_lock(int, int) for image locks ("gqe" in ASCII). The two-int
+ * form is a key space of its own, apart from the bigint one used for migrations.
+ */
+const IMAGE_LOCK_CLASS = 0x677165;
+
+/** serialization_failure, deadlock_detected: the transaction did nothing and may simply run again. */
+const RETRYABLE = new Set(['40001', '40P01']);
+const MAX_ATTEMPTS = 5;
+
+interface ImageRow {
+  image_id: string;
+  project_id: string;
+  status: string;
+  size: string | null;
+  created_at: string;
+  updated_at: string;
+  ts: string;
+  message_id: string;
+  importing: string;
+  protected: boolean;
+  deleted: boolean;
+}
+
+interface ActionRow {
+  at_ms: string;
+  project_id: string;
+  image_id: string;
+  action: ActionKind;
+  reason: string;
+  detail: Pick<ActionRecord, 'over' | 'usage' | 'limits'>;
+}
+
+// BIGINT comes back as a string (it may exceed 2^53); every value here was a JS number going in.
+function fromRow(r: ImageRow): ImageRecord {
+  return {
+    imageId: r.image_id,
+    projectId: r.project_id,
+    status: r.status,
+    size: r.size === null ? null : Number(r.size),
+    createdAt: Number(r.created_at),
+    updatedAt: Number(r.updated_at),
+    timestamp: Number(r.ts),
+    messageId: r.message_id,
+    importing: r.importing,
+    protected: r.protected,
+    deleted: r.deleted,
+  };
+}
+
+/** The URL with the password (and every query parameter, which may carry one) left out. */
+function describeUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    const user = u.username ? `${u.username}@` : '';
+    return `${u.protocol}//${user}${u.host}${u.pathname}`;
+  } catch {
+    return 'postgres://(unparsable URL)';
+  }
+}
+
+function isRetryable(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && RETRYABLE.has((err as { code?: string }).code ?? '');
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * The ledger in PostgreSQL, shared by any number of consumer processes.
+ *
+ * Each batch is one READ COMMITTED transaction, exact against concurrent writers because:
+ * 1. Dedupe: the batch's message ids are claimed with `INSERT ... ON CONFLICT DO NOTHING
+ *    RETURNING`. The unique index makes a second claimer of an id wait for the first one's
+ *    transaction: if it commits, the id is not returned (a duplicate); if it rolls back, the
+ *    second claimer gets it. So each id is applied by exactly one committed transaction.
+ * 2. Each touched image is locked with `pg_advisory_xact_lock` on a hash of its id, in ascending
+ *    key order. A row lock (`FOR UPDATE`) cannot lock an image that has no row yet, and two
+ *    batches creating the same image would then both merge into "nothing"; the advisory lock
+ *    covers present and absent images alike (a hash collision only serialises two images more).
+ *    The lock is released after the holder's commit is visible, and every statement of READ
+ *    COMMITTED takes a new snapshot, so the rows read after the lock are the latest committed.
+ * 3. The records are merged in JS by the shared pure core (`applyEventsTo`), written back, and
+ *    each project's totals delta is added with `INSERT ... ON CONFLICT DO UPDATE SET count =
+ *    project_totals.count + excluded.count`, an atomic increment on the latest row version. The
+ *    deltas were computed from locked, current records, so totals equal a scan of the records.
+ * Deadlock freedom: claims come before image locks, which come before totals rows; each group
+ * is taken in sorted order. A deadlock or serialization failure would still only roll the
+ * transaction back, and it is retried a few times.
+ *
+ * @example
+ *   const store = await PostgresStore.open('postgres://gqe:secret@db.example.com:5432/gqe');
+ *   await store.applyEvents(events, Date.now());
+ */
+export class PostgresStore implements LedgerStore {
+  readonly description: string;
+  private readonly pool: pg.Pool;
+
+  private constructor(pool: pg.Pool, description: string) {
+    this.pool = pool;
+    this.description = description;
+  }
+
+  /**
+   * Connects and migrates. Two processes opening a new database together are serialised by an
+   * advisory lock held by the migrating transaction.
+   */
+  static async open(url: string): Promise<PostgresStore> {
+    const description = describeUrl(url);
+    const pool = new pg.Pool({ connectionString: url, connectionTimeoutMillis: 10_000 });
+    // An idle connection dropped by the server must not crash the process; the pool replaces it.
+    pool.on('error', () => {});
+    const store = new PostgresStore(pool, description);
+    let client: pg.PoolClient;
+    try {
+      client = await pool.connect();
+    } catch (err) {
+      await pool.end();
+      throw new Error(`STORE_URL: cannot connect to PostgreSQL at ${description} (${(err as Error).message}); check the host, port, database and credentials`);
+    }
+    try {
+      await client.query('BEGIN');
+      await client.query('SELECT pg_advisory_xact_lock($1::bigint)', [MIGRATION_LOCK]);
+      await client.query(
+        'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())',
+      );
+      const { rows } = await client.query<{ version: number | null }>('SELECT max(version) AS version FROM schema_migrations');
+      const version = rows[0]?.version ?? 0;
+      if (version > MIGRATIONS.length) {
+        throw new Error(
+          `STORE_URL: ${description} has schema version ${version}, newer than this enforcer knows (${MIGRATIONS.length}); upgrade the enforcer`,
+        );
+      }
+      for (let v = version; v < MIGRATIONS.length; v++) {
+        await client.query(MIGRATIONS[v]!);
+        await client.query('INSERT INTO schema_migrations (version) VALUES ($1)', [v + 1]);
+      }
+      await client.query('COMMIT');
+      client.release();
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {});
+      client.release();
+      await pool.end();
+      throw err;
+    }
+    return store;
+  }
+
+  /** Runs `work` in one transaction, again from the start after a deadlock or serialization failure. */
+  private async transaction<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const client = await this.pool.connect();
+      let broken: Error | undefined;
+      try {
+        await client.query('BEGIN');
+        const result = await work(client);
+        await client.query('COMMIT');
+        return result;
+      } catch (err) {
+        await client.query('ROLLBACK').catch((e: Error) => (broken = e));
+        if (!isRetryable(err) || attempt >= MAX_ATTEMPTS) throw err;
+      } finally {
+        // A connection that cannot even roll back is discarded, not handed to the next batch.
+        client.release(broken);
+      }
+      await sleep(Math.random() * 10 * 2 ** attempt);
+    }
+  }
+
+  async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
+    if (events.length === 0) return { outcomes: [], projects: [] };
+    const dedupe = options.dedupe ?? true;
+    const messageIds = [...new Set(events.map((e) => e.messageId))].sort();
+    const imageIds = [...new Set(events.map((e) => e.imageId))].sort();
+    return this.transaction(async (client) => {
+      // 1. Claim the message ids (sorted, so two overlapping batches wait for each other in one order).
+      const claimed = new Set<string>();
+      if (dedupe) {
+        const { rows } = await client.query<{ message_id: string }>(
+          `INSERT INTO processed_messages (message_id, seen_at)
+           SELECT id, $2::bigint FROM unnest($1::text[]) AS t(id) ORDER BY id
+           ON CONFLICT (message_id) DO NOTHING
+           RETURNING message_id`,
+          [messageIds, nowMs],
+        );
+        for (const r of rows) claimed.add(r.message_id);
+      }
+      // 2. Lock the images, present or not, in ascending key order; then read the current rows.
+      await client.query(
+        `SELECT pg_advisory_xact_lock($2::int, k)
+         FROM (SELECT DISTINCT hashtext(id) AS k FROM unnest($1::text[]) AS t(id) ORDER BY k) AS keys`,
+        [imageIds, IMAGE_LOCK_CLASS],
+      );
+      const { rows } = await client.query<ImageRow>('SELECT * FROM images WHERE image_id = ANY($1::text[])', [imageIds]);
+      const current = new Map(rows.map((r) => [r.image_id, fromRow(r)]));
+
+      // 3. The shared rules. An id is new if this transaction claimed it and the batch has not used it yet.
+      const marked = new Set<string>();
+      const staged = new Map<string, ImageRecord>();
+      const tx: LedgerTransaction = {
+        seen: (id) => !claimed.has(id) || marked.has(id),
+        markSeen: (id) => void marked.add(id),
+        get: (id) => staged.get(id) ?? current.get(id),
+        put: (r) => void staged.set(r.imageId, r),
+      };
+      const { deltas, ...result } = applyEventsTo(tx, events, nowMs, dedupe);
+
+      if (staged.size > 0) {
+        const records = [...staged.values()].sort((a, b) => (a.imageId < b.imageId ? -1 : 1));
+        const column = <K extends keyof ImageRecord>(k: K) => records.map((r) => r[k]);
+        await client.query(
+          `INSERT INTO images (image_id, project_id, status, size, created_at, updated_at, ts, message_id, importing, protected, deleted)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
+                                $8::text[], $9::text[], $10::boolean[], $11::boolean[])
+           ON CONFLICT (image_id) DO UPDATE SET project_id = excluded.project_id, status = excluded.status, size = excluded.size,
+             created_at = excluded.created_at, updated_at = excluded.updated_at, ts = excluded.ts, message_id = excluded.message_id,
+             importing = excluded.importing, protected = excluded.protected, deleted = excluded.deleted`,
+          [
+            column('imageId'), column('projectId'), column('status'), column('size'), column('createdAt'), column('updatedAt'),
+            column('timestamp'), column('messageId'), column('importing'), column('protected'), column('deleted'),
+          ],
+        );
+      }
+
+      const changed = [...deltas]
+        .filter(([, d]) => d.count !== 0 || d.uploading !== 0 || d.sizeBytes !== 0 || d.stageBytes !== 0)
+        .sort(([a], [b]) => (a < b ? -1 : 1));
+      if (changed.length > 0) {
+        const totals = (k: keyof UsageTotals) => changed.map(([, d]) => d[k]);
+        await client.query(
+          `INSERT INTO project_totals (project_id, count, uploading, size_bytes, stage_bytes)
+           SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) AS t(p) ORDER BY p
+           ON CONFLICT (project_id) DO UPDATE SET count = project_totals.count + excluded.count,
+             uploading = project_totals.uploading + excluded.uploading,
+             size_bytes = project_totals.size_bytes + excluded.size_bytes,
+             stage_bytes = project_totals.stage_bytes + excluded.stage_bytes`,
+          [changed.map(([p]) => p), totals('count'), totals('uploading'), totals('sizeBytes'), totals('stageBytes')],
+        );
+      }
+      return result;
+    });
+  }
+
+  async usage(projectId: string): Promise<Usage> {
+    const { rows } = await this.pool.query<{ count: string; uploading: string; size_bytes: string; stage_bytes: string }>(
+      'SELECT count, uploading, size_bytes, stage_bytes FROM project_totals WHERE project_id = $1',
+      [projectId],
+    );
+    const t = rows[0];
+    return usageFromTotals(
+      t
+        ? { count: Number(t.count), uploading: Number(t.uploading), sizeBytes: Number(t.size_bytes), stageBytes: Number(t.stage_bytes) }
+        : ZERO_TOTALS,
+    );
+  }
+
+  async images(projectId: string): Promise<ImageRecord[]> {
+    const { rows } = await this.pool.query<ImageRow>('SELECT * FROM images WHERE project_id = $1 ORDER BY image_id', [projectId]);
+    return rows.map(fromRow);
+  }
+
+  async projects(): Promise<string[]> {
+    const { rows } = await this.pool.query<{ project_id: string }>('SELECT DISTINCT project_id FROM images');
+    // Sorted here, as JS sorts, rather than by any collation.
+    return rows.map((r) => r.project_id).sort();
+  }
+
+  async forgetMessagesBefore(beforeMs: number): Promise<number> {
+    return (await this.pool.query('DELETE FROM processed_messages WHERE seen_at < $1', [beforeMs])).rowCount ?? 0;
+  }
+
+  async recordActions(actions: readonly ActionRecord[]): Promise<ActionRecord[]> {
+    if (actions.length === 0) return [];
+    return this.transaction(async (client) => {
+      const kept: ActionRecord[] = [];
+      for (const a of actions) {
+        const detail = JSON.stringify({ over: a.over, usage: a.usage, limits: a.limits });
+        // The partial unique index turns a second would-delete of an image into a no-op.
+        const r = await client.query(
+          `INSERT INTO actions (at_ms, project_id, image_id, action, reason, detail) VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+           ON CONFLICT DO NOTHING`,
+          [a.atMs, a.projectId, a.imageId, a.action, a.reason, detail],
+        );
+        if (r.rowCount === 1) kept.push(a);
+      }
+      return kept;
+    });
+  }
+
+  async actions(query: { projectId?: string; sinceMs?: number } = {}): Promise<ActionRecord[]> {
+    const { rows } = await this.pool.query<ActionRow>(
+      `SELECT at_ms, project_id, image_id, action, reason, detail FROM actions
+       WHERE ($1::text IS NULL OR project_id = $1) AND ($2::bigint IS NULL OR at_ms >= $2) ORDER BY id`,
+      [query.projectId ?? null, query.sinceMs ?? null],
+    );
+    return rows.map((r) => ({
+      atMs: Number(r.at_ms),
+      projectId: r.project_id,
+      imageId: r.image_id,
+      action: r.action,
+      reason: r.reason,
+      over: r.detail.over,
+      usage: r.detail.usage,
+      limits: r.detail.limits,
+    }));
+  }
+
+  async forgetActionsBefore(beforeMs: number): Promise<number> {
+    return (await this.pool.query('DELETE FROM actions WHERE at_ms < $1', [beforeMs])).rowCount ?? 0;
+  }
+
+  async close(): Promise<void> {
+    if (!this.pool.ended) await this.pool.end();
+  }
+}

@@ -1,0 +1,70 @@
+import { randomUUID } from 'node:crypto';
+import type { ChannelModel, ConfirmChannel } from 'amqplib';
+import type { Logger } from '../log.js';
+
+/** oslo's timestamp format: UTC, space separator, microseconds only when non-zero. */
+export function osloTimestamp(ms: number): string {
+  const iso = new Date(ms).toISOString(); // 2026-11-26T20:27:41.984Z
+  const [date, time] = iso.slice(0, -1).split('T') as [string, string];
+  const [hms, frac = '000'] = time.split('.');
+  return frac === '000' ? `${date} ${hms}` : `${date} ${hms}.${frac.padEnd(6, '0')}`;
+}
+
+/**
+ * An oslo.messaging notification in the messagingv2 envelope, as Glance's own are, so existing
+ * consumers (Ceilometer-style listeners, an operator's alerting) read it without a new parser.
+ * The event types live in their own namespace: never `image.*`, which the enforcer itself reads.
+ */
+export function osloNotification(eventType: string, priority: 'INFO' | 'WARN', payload: object, nowMs: number): string {
+  const message = {
+    message_id: randomUUID(),
+    publisher_id: 'glance-quota-enforcer',
+    event_type: eventType,
+    priority,
+    payload,
+    timestamp: osloTimestamp(nowMs),
+    _unique_id: randomUUID().replace(/-/g, ''),
+  };
+  return JSON.stringify({ 'oslo.version': '2.0', 'oslo.message': JSON.stringify(message) });
+}
+
+/** Publishes the enforcer's notifications; a broker hiccup loses a notification, never an action. */
+export class Notifier {
+  private channel: ConfirmChannel | undefined;
+
+  constructor(
+    private readonly exchange: string,
+    private readonly topic: string,
+    private readonly durable: boolean,
+    private readonly log: Logger,
+  ) {}
+
+  async attach(connection: ChannelModel): Promise<void> {
+    const channel = await connection.createConfirmChannel();
+    channel.on('error', (err: Error) => this.log.warn({ err: err.message }, 'notification channel error'));
+    channel.on('close', () => {
+      if (this.channel === channel) this.channel = undefined;
+    });
+    await channel.assertExchange(this.exchange, 'topic', { durable: this.durable, autoDelete: false });
+    this.channel = channel;
+  }
+
+  async publish(eventType: string, priority: 'INFO' | 'WARN', payload: object): Promise<void> {
+    const channel = this.channel;
+    if (!channel) {
+      this.log.warn({ eventType }, 'not connected to the broker; notification dropped');
+      return;
+    }
+    const body = osloNotification(eventType, priority, payload, Date.now());
+    channel.publish(this.exchange, `${this.topic}.${priority.toLowerCase()}`, Buffer.from(body), {
+      contentType: 'application/json',
+      contentEncoding: 'utf-8',
+      deliveryMode: 2,
+    });
+    try {
+      await channel.waitForConfirms();
+    } catch (err) {
+      this.log.warn({ eventType, err: (err as Error).message }, 'notification not confirmed by the broker');
+    }
+  }
+}
