@@ -33,6 +33,8 @@ Usage:
       serve /healthz, /readyz and /metrics on METRICS_PORT. SIGTERM drains and exits 0.
   glance-quota-enforcer status [--project ID] [--json]
       Usage (from the ledger), limits (Keystone unified limits over QUOTA_LIMITS) and what is over.
+  glance-quota-enforcer actions [--project ID] [--since ISO-TIME] [--json]
+      The audit trail: every deletion, would-delete and skip, with its reason, usage and limits.
   glance-quota-enforcer --help | --version
 
 Configuration is by environment variables (README.md lists them all).`;
@@ -76,7 +78,7 @@ async function replay(args: string[], io: Io): Promise<number> {
   let override: ProjectLimits = {};
   for (const l of values.limit ?? []) override = mergeLimits(override, parseLimits(l, '--limit'));
   const limits = new StaticLimits(config.limits.defaults, config.limits.perProject);
-  const store = await openStore(values.store ?? 'memory://');
+  const store = await openStore(values.store ?? 'memory://', { redisKeyPrefix: config.redisKeyPrefix });
   const log = createLogger(config.logLevel);
   try {
     const pipeline = new Pipeline({
@@ -193,9 +195,31 @@ async function reconcileCommand(args: string[], io: Io): Promise<number> {
   }
 }
 
+async function actionsCommand(args: string[], io: Io): Promise<number> {
+  const { values } = parseArgs({ args, options: { project: { type: 'string' }, since: { type: 'string' }, json: { type: 'boolean' } } });
+  const sinceMs = values.since === undefined ? undefined : Date.parse(values.since);
+  if (sinceMs !== undefined && Number.isNaN(sinceMs)) throw new ConfigError(`--since: expected an ISO time such as 2026-11-26T20:00:00Z, got '${values.since}'`);
+  const config = loadConfig();
+  const store = await openStore(config.storeUrl, { redisKeyPrefix: config.redisKeyPrefix });
+  try {
+    const actions = await store.actions({ ...(values.project ? { projectId: values.project } : {}), ...(sinceMs !== undefined ? { sinceMs } : {}) });
+    if (values.json) {
+      io.stdout(JSON.stringify({
+        actions: actions.map((a) => ({ at: new Date(a.atMs).toISOString(), project_id: a.projectId, image_id: a.imageId, action: a.action, reason: a.reason, over: a.over, usage: a.usage, limits: limitsJson(a.limits) })),
+      }) + '\n');
+    } else {
+      for (const a of actions) io.stdout(`${new Date(a.atMs).toISOString()}  ${a.projectId}  ${a.imageId}  ${a.action}: ${a.reason}\n`);
+    }
+    return 0;
+  } finally {
+    await store.close();
+  }
+}
+
 /** Errors whose message says all a person needs: printed alone, without a stack. */
 const OPERATOR_ERRORS = new Set([
   'ConfigError',
+  'StoreUnavailableError',
   'OpenStackConfigError',
   'KeystoneAuthError',
   'ScopeUnavailableError',
@@ -224,6 +248,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return await reconcileCommand(rest, io);
       case 'status':
         return await status(rest, io);
+      case 'actions':
+        return await actionsCommand(rest, io);
       case 'consume':
         return await consume(rest);
       default:

@@ -11,7 +11,12 @@ export const EnvSchema = z.object({
   STORE_URL: z
     .string()
     .default('sqlite://./data/glance-quota.db')
-    .meta({ description: 'Where the ledger lives: `sqlite://PATH` (embedded, one process) or `memory://` (lost at exit).' }),
+    .meta({ description: 'Where the ledger lives: `sqlite://PATH` (embedded, one process), `postgres://user:pass@host:5432/db` or `redis://[:pass@]host:6379[/db]` (`rediss://` for TLS; both shared by many consumers), or `memory://` (lost at exit).' }),
+  REDIS_KEY_PREFIX: z
+    .string()
+    .min(1)
+    .default('gqe:')
+    .meta({ description: 'Start of every key of a `redis://` ledger, so several ledgers or applications can share one Redis database. For Redis Cluster use a hash tag, e.g. `{gqe}:`.' }),
   QUOTA_LIMITS: z
     .string()
     .default('')
@@ -97,8 +102,8 @@ export const EnvSchema = z.object({
     .number()
     .int()
     .positive()
-    .default(4)
-    .meta({ description: 'Candidates of one project verified and deleted at once (Glance API calls in parallel).' }),
+    .default(8)
+    .meta({ description: 'Candidates of one project deleted at once (Glance API calls in parallel).' }),
   METRICS_PORT: z.coerce
     .number()
     .int()
@@ -121,6 +126,7 @@ export type Env = z.infer<typeof EnvSchema>;
 
 export interface Config {
   storeUrl: string;
+  redisKeyPrefix: string;
   limits: { defaults: ProjectLimits; perProject: Record<string, ProjectLimits> };
   exemptProjects: Set<string>;
   mode: 'enforce' | 'dry-run';
@@ -158,12 +164,13 @@ const EXAMPLES: Record<string, string> = {
   ENFORCEMENT_MODE: 'ENFORCEMENT_MODE=dry-run',
   LOG_LEVEL: 'LOG_LEVEL=debug',
   MESSAGE_RETENTION_SECONDS: 'MESSAGE_RETENTION_SECONDS=604800',
+  REDIS_KEY_PREFIX: 'REDIS_KEY_PREFIX=gqe:',
   QUOTA_CREATE_RATE_WINDOW: 'QUOTA_CREATE_RATE_WINDOW=60',
   LIMITS_CACHE_SECONDS: 'LIMITS_CACHE_SECONDS=60',
   AMQP_DURABLE_QUEUES: 'AMQP_DURABLE_QUEUES=false',
   PREFETCH: 'PREFETCH=256',
   QUEUE_MAX_LENGTH: 'QUEUE_MAX_LENGTH=1000000',
-  ENFORCE_CONCURRENCY: 'ENFORCE_CONCURRENCY=4',
+  ENFORCE_CONCURRENCY: 'ENFORCE_CONCURRENCY=8',
   METRICS_PORT: 'METRICS_PORT=9100',
 };
 
@@ -198,6 +205,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const defaults = parseLimits(e.QUOTA_LIMITS, 'QUOTA_LIMITS');
   return {
     storeUrl: e.STORE_URL,
+    redisKeyPrefix: e.REDIS_KEY_PREFIX,
     limits: { defaults, perProject: e.QUOTA_LIMITS_FILE ? readLimitsFile(e.QUOTA_LIMITS_FILE) : {} },
     exemptProjects: new Set(e.EXEMPT_PROJECTS.split(',').map((p) => p.trim()).filter(Boolean)),
     mode: e.ENFORCEMENT_MODE,

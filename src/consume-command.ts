@@ -62,8 +62,14 @@ export async function consume(args: string[]): Promise<number> {
     log,
     metrics,
     onCommitted: (r) => worker.add(r.projects),
-    onConnected: async (connection) => notifier?.attach(connection),
+    onConnected: async (connection) => {
+      await notifier?.attach(connection);
+      // After a broker restart, Glance's non-durable exchange (and our binding to it) was gone for
+      // a while: what Glance published then reached no queue. A reconcile recovers it.
+      if (++connections > 1 && !stopping) void reconcileSoon();
+    },
   });
+  let connections = 0;
 
   const health = await startHealthServer(config.metricsPort, metrics, {
     ready: async () => {
@@ -96,6 +102,12 @@ export async function consume(args: string[]): Promise<number> {
       return;
     }
     if (!stopping && config.reconcileIntervalMs > 0) reconcileTimer = setTimeout(() => (reconciling = reconcileOnce()), config.reconcileIntervalMs);
+  };
+  const reconcileSoon = async () => {
+    await reconciling?.catch(() => {});
+    if (stopping) return;
+    clearTimeout(reconcileTimer);
+    reconciling = reconcileOnce();
   };
   reconciling = reconcileOnce();
 

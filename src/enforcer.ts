@@ -1,4 +1,3 @@
-import type { ImageRecord } from './ledger/record.js';
 import { tombstoneOf, type GlanceImageState } from './ledger/synthetic.js';
 import type { Logger } from './log.js';
 import type { ImageEvent } from './notification/parse.js';
@@ -84,6 +83,7 @@ export class Pipeline {
   private readonly images: ImageService | undefined;
   readonly mode: EnforcementMode;
   private readonly concurrency: number;
+  private readonly wouldDelete = new Set<string>();
   private readonly onAction: PipelineOptions['onAction'];
 
   constructor(options: PipelineOptions) {
@@ -150,40 +150,51 @@ export class Pipeline {
     const images = this.images;
     if (!images) throw new Error('enforce: no Glance API configured; the pipeline can only decide (replay)');
     const known = new Map((await this.store.images(projectId)).map((r) => [r.imageId, r]));
+    // A dry run sees the same candidates on every message of a flood; each is verified once.
+    const candidates = this.mode === 'dry-run' ? report.toDelete.filter((id) => !this.wouldDelete.has(id)) : report.toDelete;
+    if (candidates.length === 0) return { ...report, actions: [] };
+    // Many candidates: one listing of the project answers for all of them (a flood of 200 would
+    // otherwise cost 200 GETs). An image it does not show is asked for by id.
+    const listed = candidates.length > 1 ? await this.listing(images, projectId) : new Map<string, GlanceImageState>();
     const actions: ActionRecord[] = [];
-    const gone: ImageRecord[] = [];
     const actOn = async (imageId: string): Promise<void> => {
-      const action = (kind: ActionRecord['action'], reason: string): void => {
-        actions.push({ atMs: this.clock(), projectId, imageId, action: kind, reason, over: report.over, usage: report.usage, limits: report.limits });
-        if ((kind === 'deleted' || kind === 'gone') && known.has(imageId)) gone.push(known.get(imageId)!);
-      };
-      const image = await images.getImage(imageId);
+      const image = listed.get(imageId) ?? (await images.getImage(imageId));
       const verdict = verifyCandidate(image, projectId);
+      let kind: ActionRecord['action'];
+      let reason: string;
       if (!verdict.removable) {
-        action('skipped', verdict.reason);
-        // Glance has no such image: the ledger must stop counting it, or it stays a candidate.
-        if (!image && known.has(imageId)) gone.push(known.get(imageId)!);
-        return;
+        [kind, reason] = ['skipped', verdict.reason];
+      } else if (this.mode === 'dry-run') {
+        this.wouldDelete.add(imageId);
+        [kind, reason] = ['would-delete', `queued image past ${report.over.join(', ')} (dry-run)`];
+      } else {
+        const outcome = await images.deleteImage(imageId);
+        if (outcome.result === 'refused') [kind, reason] = ['not-deletable', `Glance refused the delete with ${outcome.status}: ${outcome.reason}`];
+        else if (outcome.result === 'gone') [kind, reason] = ['gone', 'Glance answered 404 to the delete'];
+        else [kind, reason] = ['deleted', `queued image past ${report.over.join(', ')}`];
       }
-      if (this.mode === 'dry-run') return action('would-delete', `queued image past ${report.over.join(', ')} (dry-run)`);
-      const outcome = await images.deleteImage(imageId);
-      if (outcome.result === 'refused') return action('not-deletable', `Glance refused the delete with ${outcome.status}: ${outcome.reason}`);
-      action(outcome.result, outcome.result === 'deleted' ? `queued image past ${report.over.join(', ')}` : 'Glance answered 404 to the delete');
-    };
-    try {
-      await forEachLimited(report.toDelete, this.concurrency, actOn);
-    } finally {
-      // Even when Glance fails half-way, what was done is audited and applied.
-      const recorded = await this.store.recordActions(actions);
-      for (const a of recorded) {
+      const action: ActionRecord = { atMs: this.clock(), projectId, imageId, action: kind, reason, over: report.over, usage: report.usage, limits: report.limits };
+      actions.push(action);
+      // Audited and applied one by one, as they happen: a crash loses no record of a deletion.
+      for (const a of await this.store.recordActions([action])) {
         this.log?.info({ ...a, mode: this.mode }, `image ${a.action}`);
         await this.onAction?.(a);
       }
-      if (gone.length > 0) {
-        await this.store.applyEvents(gone.map((r) => tombstoneOf(r, this.clock())), this.clock(), { dedupe: false });
+      // Glance says the image is gone: the ledger stops counting it now, not when (or if) the
+      // image.delete notification arrives.
+      const record = known.get(imageId);
+      if (record && (kind === 'deleted' || kind === 'gone' || !image)) {
+        await this.store.applyEvents([tombstoneOf(record, this.clock())], this.clock(), { dedupe: false });
       }
-    }
+    };
+    await forEachLimited(candidates, this.concurrency, actOn);
     return { ...report, actions };
+  }
+
+  private async listing(images: ImageService, projectId: string): Promise<Map<string, GlanceImageState>> {
+    const out = new Map<string, GlanceImageState>();
+    for await (const image of images.listImages({ owner: projectId })) out.set(image.id, image);
+    return out;
   }
 
   /** Forget processed message ids older than the retention (dedupe stays exact within it). */

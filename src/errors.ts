@@ -5,3 +5,8 @@
 export class ConfigError extends Error {
   override name = 'ConfigError';
 }
+
+/** The ledger store cannot be opened or reached; the message names STORE_URL and what to check. */
+export class StoreUnavailableError extends Error {
+  override name = 'StoreUnavailableError';
+}

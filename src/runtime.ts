@@ -58,7 +58,7 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
       'OS_AUTH_URL: this command talks to Glance and Keystone, but no OpenStack identity is configured; set OS_CLOUD (with clouds.yaml) or OS_AUTH_URL, OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME and OS_SYSTEM_SCOPE=all',
     );
   }
-  const store = await openStore(options.storeUrl ?? config.storeUrl);
+  const store = await openStore(options.storeUrl ?? config.storeUrl, { redisKeyPrefix: config.redisKeyPrefix });
   const pipeline = new Pipeline({
     store,
     limits,

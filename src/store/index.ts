@@ -1,4 +1,4 @@
-import { ConfigError } from '../config.js';
+import { ConfigError } from '../errors.js';
 import { MemoryStore } from './memory.js';
 import type { LedgerStore } from './port.js';
 import { PostgresStore } from './postgres.js';

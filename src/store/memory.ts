@@ -76,6 +76,7 @@ export class MemoryStore implements LedgerStore {
 
   async forgetActionsBefore(beforeMs: number): Promise<number> {
     const before = this.audit.length;
+    for (const a of this.audit) if (a.atMs < beforeMs && a.action === 'would-delete') this.wouldDelete.delete(a.imageId);
     this.audit = this.audit.filter((a) => a.atMs >= beforeMs);
     return before - this.audit.length;
   }

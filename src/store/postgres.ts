@@ -5,6 +5,7 @@ import { ZERO_TOTALS, usageFromTotals, type UsageTotals } from '../ledger/usage.
 import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
 import type { ActionKind, ActionRecord, ApplyOptions, LedgerStore } from './port.js';
+import { StoreUnavailableError } from '../errors.js';
 
 /**
  * Schema changes, applied in order at open; `schema_migrations` records which ones a database has.
@@ -170,7 +171,7 @@ export class PostgresStore implements LedgerStore {
       client = await pool.connect();
     } catch (err) {
       await pool.end();
-      throw new Error(`STORE_URL: cannot connect to PostgreSQL at ${description} (${(err as Error).message}); check the host, port, database and credentials`);
+      throw new StoreUnavailableError(`STORE_URL: cannot connect to PostgreSQL at ${description} (${(err as Error).message}); check the host, port, database and credentials`);
     }
     try {
       await client.query('BEGIN');
@@ -206,7 +207,8 @@ export class PostgresStore implements LedgerStore {
       const client = await this.pool.connect();
       let broken: Error | undefined;
       try {
-        await client.query('BEGIN');
+        // Explicitly: the design above relies on each statement seeing what was committed before it.
+        await client.query('BEGIN ISOLATION LEVEL READ COMMITTED');
         const result = await work(client);
         await client.query('COMMIT');
         return result;

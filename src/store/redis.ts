@@ -6,6 +6,7 @@ import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
 import { ConfigError } from '../errors.js';
 import type { ActionRecord, ApplyOptions, LedgerStore } from './port.js';
+import { StoreUnavailableError } from '../errors.js';
 
 /**
  * Keys, all under the prefix P:
@@ -183,6 +184,21 @@ for i = 1, n do
   end
 end
 
+-- Phase 1, last step: every key written below must have its type or not exist, so that no
+-- write can fail half-way (image hashes and the seen set were read above, which checked them).
+local expected = { [P .. 'projects'] = 'set' }
+for _, id in ipairs(staged_order) do
+  expected[P .. 'images-of:' .. staged[id].project] = 'set'
+  if current[id] then expected[P .. 'images-of:' .. current[id].project] = 'set' end
+end
+for _, project in ipairs(delta_order) do expected[P .. 'totals:' .. project] = 'hash' end
+for key, kind in pairs(expected) do
+  local t = redis.call('TYPE', key).ok
+  if t ~= 'none' and t ~= kind then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. t .. ', not a ' .. kind .. ': the batch was not applied')
+  end
+end
+
 -- Phase 2: write.
 for _, id in ipairs(marked) do redis.call('ZADD', P .. 'seen', now, id) end
 for _, id in ipairs(staged_order) do
@@ -339,13 +355,16 @@ export class RedisStore implements LedgerStore {
     const description = describeUrl(url, keyPrefix);
     const redis = new Redis(url, { lazyConnect: true, connectTimeout: 10_000 });
     // Reported by the failing command; without a listener ioredis would print every reconnect attempt.
-    redis.on('error', () => {});
+    let lastError: Error | undefined;
+    redis.on('error', (err: Error) => void (lastError = err));
     try {
       await redis.connect();
       await redis.ping();
     } catch (err) {
       redis.disconnect();
-      throw new Error(`STORE_URL: cannot connect to Redis at ${description} (${(err as Error).message}); check the host, port, database and password`);
+      // connect() only says "Connection is closed."; the socket's own error says why.
+      const reason = (lastError ?? (err as Error)).message;
+      throw new StoreUnavailableError(`STORE_URL: cannot connect to Redis at ${description} (${reason}); check the host, port, database and password`);
     }
     return new RedisStore(redis, keyPrefix, description);
   }

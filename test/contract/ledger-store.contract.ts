@@ -16,7 +16,8 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       store = await open();
     });
     afterEach(async () => {
-      await store.close();
+      // When open() failed, its own error is the one to read.
+      await store?.close();
     });
 
     it('starts empty', async () => {
@@ -121,6 +122,8 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       expect((await store.actions())[0]).toEqual({ ...base, atMs: 10, projectId: 'p1', imageId: 'a', action: 'would-delete', reason: 'queued, past image_count_total' });
       expect(await store.forgetActionsBefore(12)).toBe(2);
       expect((await store.actions()).map((a) => a.atMs)).toEqual([30]);
+      // Forgotten with its record, a would-delete may be recorded again.
+      expect(await store.recordActions([{ ...base, atMs: 40, projectId: 'p1', imageId: 'a', action: 'would-delete', reason: 'again' }])).toHaveLength(1);
     });
   });
 }

@@ -1,5 +1,8 @@
+import { randomBytes } from 'node:crypto';
 import fc from 'fast-check';
-import { describe, expect, it } from 'vitest';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { usageOf } from '../../src/ledger/usage.js';
 import type { ImageEvent } from '../../src/notification/parse.js';
 import { decide } from '../../src/quota/decide.js';
@@ -7,6 +10,8 @@ import type { ProjectLimits } from '../../src/quota/limits.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import type { LedgerStore } from '../../src/store/port.js';
+import { PostgresStore } from '../../src/store/postgres.js';
+import { RedisStore } from '../../src/store/redis.js';
 
 const STATUSES = ['queued', 'saving', 'uploading', 'importing', 'active', 'deactivated', 'killed', 'pending_delete'];
 
@@ -95,6 +100,99 @@ describe('order and duplicates do not matter', () => {
         expect(await outcome(SqliteStore.open(':memory:'), split(shuffled, batch))).toEqual(expected);
       }),
       { numRuns: 60 },
+    );
+  });
+});
+
+describe('order and duplicates do not matter in the shared stores', () => {
+  // The servers of test/contract/{postgres,redis}.test.ts: a database of its own for this file
+  // (a schema per run), and a key prefix per run; everything is dropped at the end.
+  const PG_URL = process.env.TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+  const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379/0';
+  const tag = randomBytes(4).toString('hex');
+  const database = `gqe_test_${tag}`;
+  const dbUrl = Object.assign(new URL(PG_URL), { pathname: `/${database}` });
+  const redisRoot = `gqe-test:${tag}:`;
+  let pgAdmin: pg.Client | undefined;
+  let redisAdmin: Redis | undefined;
+  let runs = 0;
+
+  async function pgClient(url: string | URL): Promise<pg.Client> {
+    const client = new pg.Client({ connectionString: String(url) });
+    await client.connect().catch((err: Error) => {
+      throw new Error(
+        `PostgreSQL at ${new URL(PG_URL).host} is not reachable (${err.message}): start it with ` +
+          '`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, or set TEST_POSTGRES_URL',
+      );
+    });
+    return client;
+  }
+
+  // A server that cannot be reached fails its test (thrown in beforeAll, vitest would skip it).
+  let pgUnreachable: Error | undefined;
+  let redisUnreachable: Error | undefined;
+  beforeAll(async () => {
+    try {
+      const root = await pgClient(PG_URL);
+      await root.query(`CREATE DATABASE ${database}`);
+      await root.end();
+      pgAdmin = await pgClient(dbUrl);
+    } catch (err) {
+      pgUnreachable = err as Error;
+    }
+    redisAdmin = new Redis(REDIS_URL, { lazyConnect: true, retryStrategy: () => null });
+    let lastError: Error | undefined;
+    redisAdmin.on('error', (err: Error) => void (lastError = err));
+    await redisAdmin.connect().catch((err: Error) => {
+      redisUnreachable = new Error(
+        `Redis at ${new URL(REDIS_URL).host} is not reachable (${(lastError ?? err).message}): start it with ` +
+          '`redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no`, or set TEST_REDIS_URL',
+      );
+    });
+  });
+
+  afterAll(async () => {
+    if (pgAdmin) {
+      await pgAdmin.end();
+      const root = await pgClient(PG_URL);
+      await root.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+      await root.end();
+    }
+    if (redisAdmin?.status === 'ready') {
+      let cursor = '0';
+      do {
+        const [next, keys] = await redisAdmin.scan(cursor, 'MATCH', `${redisRoot}*`, 'COUNT', 1000);
+        if (keys.length > 0) await redisAdmin.del(...keys);
+        cursor = next;
+      } while (cursor !== '0');
+      await redisAdmin.quit();
+    }
+  });
+
+  it('gives the same result in PostgreSQL as in memory', async () => {
+    if (pgUnreachable) throw pgUnreachable;
+    await fc.assert(
+      fc.asyncProperty(reordered, async ([events, shuffled, , batch]) => {
+        const schema = `run${++runs}`;
+        await pgAdmin!.query(`CREATE SCHEMA ${schema}`);
+        const url = new URL(dbUrl);
+        url.searchParams.set('options', `-c search_path=${schema}`);
+        const expected = await outcome(new MemoryStore(), [events]);
+        expect(await outcome(await PostgresStore.open(String(url)), split(shuffled, batch))).toEqual(expected);
+      }),
+      { numRuns: 30 },
+    );
+  });
+
+  it('gives the same result in Redis as in memory', async () => {
+    if (redisUnreachable) throw redisUnreachable;
+    await fc.assert(
+      fc.asyncProperty(reordered, async ([events, shuffled, , batch]) => {
+        const expected = await outcome(new MemoryStore(), [events]);
+        const store = await RedisStore.open(REDIS_URL, { keyPrefix: `${redisRoot}${++runs}:` });
+        expect(await outcome(store, split(shuffled, batch))).toEqual(expected);
+      }),
+      { numRuns: 100 },
     );
   });
 });

@@ -112,6 +112,17 @@ export class TestProject {
     return r.json.id;
   }
 
+  /** `n` creates at once, as a flood looks; returns each image with its created_at. */
+  async flood(n: number, prefix = 'flood'): Promise<{ id: string; created_at: string }[]> {
+    return Promise.all(
+      Array.from({ length: n }, async (_, i) => {
+        const r = await call('POST', `${this.l.glanceUrl}/v2/images`, this.memberToken, { name: `${prefix}-${i}`, disk_format: 'raw', container_format: 'bare' });
+        await expectStatus('create image', r, 201);
+        return { id: r.json.id as string, created_at: r.json.created_at as string };
+      }),
+    );
+  }
+
   async upload(id: string, bytes: number): Promise<void> {
     const r = await call('PUT', `${this.l.glanceUrl}/v2/images/${id}/file`, this.memberToken, new Uint8Array(bytes).fill(7), { 'content-type': 'application/octet-stream' });
     await expectStatus('upload', r, 204);

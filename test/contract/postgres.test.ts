@@ -1,0 +1,272 @@
+import { randomBytes } from 'node:crypto';
+import fc from 'fast-check';
+import pg from 'pg';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { ImageEvent } from '../../src/notification/parse.js';
+import { openStore } from '../../src/store/index.js';
+import { MemoryStore } from '../../src/store/memory.js';
+import type { LedgerStore } from '../../src/store/port.js';
+import { PostgresStore } from '../../src/store/postgres.js';
+import { ev, MiB } from '../support/events.js';
+import { describeLedgerStore } from './ledger-store.contract.js';
+
+/**
+ * Against a real PostgreSQL (trust auth, user postgres): a database of its own for this file,
+ * dropped at the end, and a schema of its own (via search_path) for every store a test opens.
+ */
+const SERVER_URL = process.env.TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+const server = new URL(SERVER_URL);
+const database = `gqe_test_${randomBytes(4).toString('hex')}`;
+const dbUrl = Object.assign(new URL(SERVER_URL), { pathname: `/${database}` });
+
+let admin: pg.Client | undefined;
+let schemas = 0;
+
+async function connect(url: string | URL): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: String(url) });
+  try {
+    await client.connect();
+  } catch (err) {
+    throw new Error(
+      `PostgreSQL at ${server.host} is not reachable (${(err as Error).message}): start it with ` +
+        '`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, or set TEST_POSTGRES_URL',
+    );
+  }
+  return client;
+}
+
+// Kept and thrown by every test, so that each one fails (vitest would mark them skipped if
+// beforeAll threw).
+let unreachable: Error | undefined;
+beforeAll(async () => {
+  try {
+    const root = await connect(SERVER_URL);
+    await root.query(`CREATE DATABASE ${database}`);
+    await root.end();
+    admin = await connect(dbUrl);
+  } catch (err) {
+    unreachable = err as Error;
+  }
+});
+beforeEach(() => {
+  if (unreachable) throw unreachable;
+});
+
+afterAll(async () => {
+  if (!admin) return;
+  await admin.end();
+  const root = await connect(SERVER_URL);
+  await root.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+  await root.end();
+});
+
+/** STORE_URL of a new, empty schema of the test database. */
+async function freshUrl(): Promise<string> {
+  const schema = `s${++schemas}`;
+  await admin!.query(`CREATE SCHEMA ${schema}`);
+  const url = new URL(dbUrl);
+  url.searchParams.set('options', `-c search_path=${schema}`);
+  return String(url);
+}
+
+describeLedgerStore('postgres', async () => PostgresStore.open(await freshUrl()));
+
+/** Every project's records and usage: what two ledgers must agree on. */
+async function snapshot(store: LedgerStore) {
+  const out: Record<string, unknown> = {};
+  for (const p of await store.projects()) {
+    const images = (await store.images(p)).sort((a, b) => (a.imageId < b.imageId ? -1 : 1));
+    out[p] = { images, usage: await store.usage(p) };
+  }
+  return out;
+}
+
+/** A history with owner changes, tombstones and many versions of each image. */
+const history = fc
+  .array(
+    fc.record({
+      image: fc.integer({ min: 0, max: 9 }),
+      project: fc.constantFrom('p1', 'p2', 'p3'),
+      status: fc.constantFrom('queued', 'saving', 'uploading', 'importing', 'active', 'killed'),
+      size: fc.option(fc.integer({ min: 0, max: 8 * MiB }), { nil: null }),
+      updatedAt: fc.integer({ min: 0, max: 5 }),
+      micros: fc.integer({ min: 0, max: 3 }),
+      importing: fc.constantFrom('', 'file'),
+      deleted: fc.integer({ min: 0, max: 7 }).map((n) => n === 0),
+    }),
+    { minLength: 40, maxLength: 120 },
+  )
+  .map((items) =>
+    items.map(
+      (x, i): ImageEvent => ({
+        messageId: `msg-${i}`,
+        eventType: x.deleted ? 'image.delete' : 'image.update',
+        projectId: x.project,
+        imageId: `img-${x.image}`,
+        status: x.deleted ? 'deleted' : x.status,
+        size: x.size,
+        createdAt: 1_700_000_000 + x.image,
+        updatedAt: 1_800_000_000 + x.updatedAt,
+        timestamp: (1_800_000_000 + x.updatedAt) * 1_000_000 + x.micros,
+        importing: x.importing,
+        protected: false,
+        deleted: x.deleted,
+      }),
+    ),
+  );
+
+/** Four consumers, each with every message in its own order, some twice, in batches of its own size. */
+const deliveries = history.chain((events) =>
+  fc.tuple(
+    fc.constant(events),
+    fc.array(
+      fc.tuple(
+        fc.shuffledSubarray(events, { minLength: events.length, maxLength: events.length }),
+        fc.array(fc.integer({ min: 0, max: events.length - 1 }), { maxLength: 10 }),
+        fc.integer({ min: 1, max: 12 }),
+      ),
+      { minLength: 4, maxLength: 4 },
+    ),
+  ),
+);
+
+function batches<T>(items: T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
+describe('postgres: a database shared by several consumers', () => {
+  it('keeps the ledger and the processed ids across a restart', async () => {
+    const url = await freshUrl();
+    const a = ev({ imageId: 'a', status: 'active', size: 2 * MiB });
+    const first = await PostgresStore.open(url);
+    await first.applyEvents([a], 1);
+    await first.close();
+    const again = await PostgresStore.open(url);
+    expect((await again.applyEvents([a], 2)).outcomes).toEqual(['duplicate']);
+    expect((await again.usage('p1')).image_size_total).toBe(2);
+    expect(await again.images('p1')).toEqual([expect.objectContaining({ imageId: 'a', size: 2 * MiB, timestamp: a.timestamp })]);
+    await again.close();
+  });
+
+  it('commits a batch whole or not at all', async () => {
+    const url = await freshUrl();
+    const store = await PostgresStore.open(url);
+    // A trigger plants a failure on one image, as a full disk or a constraint would.
+    const schema = new URL(url).searchParams.get('options')!.split('=')[1]!;
+    await admin!.query(`CREATE FUNCTION ${schema}.boom() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN IF NEW.image_id = 'boom' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$`);
+    await admin!.query(`CREATE TRIGGER boom BEFORE INSERT ON ${schema}.images FOR EACH ROW EXECUTE FUNCTION ${schema}.boom()`);
+    const ok = ev({ imageId: 'ok', status: 'active', size: MiB });
+    await expect(store.applyEvents([ok, ev({ imageId: 'boom' })], 1)).rejects.toThrow('boom');
+    expect(await store.projects()).toEqual([]);
+    expect(await store.usage('p1')).toMatchObject({ image_count_total: 0 });
+    // Nothing of the failed batch was recorded as processed, so its redelivery is applied.
+    expect((await store.applyEvents([ok], 2)).outcomes).toEqual(['applied']);
+    await store.close();
+  });
+
+  it('runs a batch again after a serialization failure, once', async () => {
+    const url = await freshUrl();
+    const store = await PostgresStore.open(url);
+    const schema = new URL(url).searchParams.get('options')!.split('=')[1]!;
+    // A sequence is not rolled back, so only the first attempt fails.
+    await admin!.query(`CREATE SEQUENCE ${schema}.attempts`);
+    await admin!.query(`CREATE FUNCTION ${schema}.conflict() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN IF nextval('${schema}.attempts') = 1 THEN RAISE EXCEPTION 'simulated' USING ERRCODE = 'serialization_failure'; END IF; RETURN NEW; END $$`);
+    await admin!.query(`CREATE TRIGGER conflict BEFORE INSERT ON ${schema}.images FOR EACH ROW EXECUTE FUNCTION ${schema}.conflict()`);
+    const a = ev({ imageId: 'a', status: 'active', size: MiB });
+    expect((await store.applyEvents([a], 1)).outcomes).toEqual(['applied']);
+    expect(await store.usage('p1')).toMatchObject({ image_count_total: 1, image_size_total: 1 });
+    expect((await admin!.query(`SELECT last_value FROM ${schema}.attempts`)).rows[0].last_value).toBe('2');
+    await store.close();
+  });
+
+  it('applies the same messages from 4 consumers on 2 connection pools exactly once', async () => {
+    await fc.assert(
+      fc.asyncProperty(deliveries, async ([events, consumers]) => {
+        const url = await freshUrl();
+        const stores = [await PostgresStore.open(url), await PostgresStore.open(url)];
+        const expected = new MemoryStore();
+        await expected.applyEvents(events, 1);
+        const results = await Promise.all(
+          consumers.map(async ([order, dupes, size], i) => {
+            const stream = [...order];
+            for (const d of dupes) stream.splice((d * 7) % (stream.length + 1), 0, events[d]!);
+            let applied = 0;
+            for (const batch of batches(stream, size)) {
+              const r = await stores[i % 2]!.applyEvents(batch, 1);
+              applied += r.outcomes.filter((o) => o === 'applied').length;
+            }
+            return applied;
+          }),
+        );
+        // Each message was applied by exactly one consumer; the others saw a duplicate.
+        expect(results.reduce((a, b) => a + b, 0)).toBe(events.length);
+        expect(await snapshot(stores[0]!)).toEqual(await snapshot(expected));
+        await Promise.all(stores.map((s) => s.close()));
+      }),
+      { numRuns: 8 },
+    );
+  });
+
+  it('migrates once when two processes open a new database together', async () => {
+    const url = await freshUrl();
+    const stores = await Promise.all([PostgresStore.open(url), PostgresStore.open(url), PostgresStore.open(url)]);
+    const schema = new URL(url).searchParams.get('options')!.split('=')[1]!;
+    const { rows } = await admin!.query(`SELECT version FROM ${schema}.schema_migrations ORDER BY version`);
+    expect(rows).toEqual([{ version: 1 }]);
+    await Promise.all(stores.map((s) => s.close()));
+  });
+
+  it('refuses a database from a newer enforcer instead of corrupting it', async () => {
+    const url = await freshUrl();
+    await (await PostgresStore.open(url)).close();
+    const schema = new URL(url).searchParams.get('options')!.split('=')[1]!;
+    await admin!.query(`INSERT INTO ${schema}.schema_migrations (version) VALUES (99)`);
+    await expect(PostgresStore.open(url)).rejects.toThrow(/schema version 99.*upgrade the enforcer/);
+  });
+
+  it('is what STORE_URL=postgres:// and postgresql:// open; the password is never shown', async () => {
+    for (const scheme of ['postgres', 'postgresql']) {
+      const url = new URL(await freshUrl());
+      url.protocol = `${scheme}:`;
+      if (!url.password) url.password = 's3cret'; // trust auth: accepted and ignored
+      const store = await openStore(String(url));
+      expect(store.description).toBe(`${scheme}://${url.username ? `${url.username}@` : ''}${dbUrl.host}/${database}`);
+      expect(store.description).not.toContain(url.password);
+      expect((await store.applyEvents([ev({ imageId: 'a' })], 1)).outcomes).toEqual(['applied']);
+      await store.close();
+    }
+    const err = await openStore('postgres://postgres:s3cret@127.0.0.1:1/nowhere').catch((e: Error) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect((err as Error).message).toMatch(/^STORE_URL: cannot connect to PostgreSQL at postgres:\/\/postgres@127\.0\.0\.1:1\/nowhere/);
+    expect((err as Error).message).not.toContain('s3cret');
+  });
+
+  it('orders versions exactly: microseconds near 2^52 and message ids as JavaScript compares them', async () => {
+    await expectSameAsMemory(await PostgresStore.open(await freshUrl()));
+  });
+});
+
+/** Ties broken by one microsecond at 4.1e15, and by message ids beyond the BMP. */
+async function expectSameAsMemory(store: LedgerStore): Promise<void> {
+  const t = 4_102_444_800;
+  const events = [
+    ev({ imageId: 'a', status: 'queued', updatedAt: t, timestamp: t * 1_000_000 + 1 }),
+    ev({ imageId: 'a', status: 'active', size: MiB, updatedAt: t, timestamp: t * 1_000_000 }),
+    ev({ imageId: 'b', status: 'queued', updatedAt: t, timestamp: t * 1_000_000, messageId: 'm-\u{1F600}' }),
+    ev({ imageId: 'b', status: 'active', size: MiB, updatedAt: t, timestamp: t * 1_000_000, messageId: 'm-\uFFFF' }),
+    ev({ imageId: 'c', status: 'saving', updatedAt: t, timestamp: t * 1_000_000, messageId: 'm-é' }),
+    ev({ imageId: 'c', status: 'active', size: MiB, updatedAt: t, timestamp: t * 1_000_000, messageId: 'm-z' }),
+  ];
+  for (const order of [events, [...events].reverse()]) {
+    const memory = new MemoryStore();
+    await memory.applyEvents(order, 1);
+    await store.applyEvents(order, 1, { dedupe: false });
+    expect(await snapshot(store)).toEqual(await snapshot(memory));
+  }
+  expect((await store.images('p1')).map((r) => r.status)).toEqual(['queued', 'active', 'saving']);
+  await store.close();
+}
