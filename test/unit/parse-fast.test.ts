@@ -1,0 +1,271 @@
+import { describe, expect, it } from 'vitest';
+import { parseBySchemas, parseNotification, parseWellFormed, type ParseOutcome } from '../../src/notification/parse.js';
+import { checkImagePayload, checkOsloMessage, isoSeconds, osloTimestampMicros } from '../../src/notification/schema.js';
+import { captures } from '../support/fixtures.js';
+import { Rng, generateHistory, withDuplicates } from '../support/generate.js';
+
+/**
+ * parseNotification decides well-formed bodies with plain guards and leaves the rest to the zod
+ * schemas (src/notification/schema.ts says why). These scenarios hold it to the schemas alone,
+ * outcome for outcome and reason text for reason text, on a generated day of traffic and on a
+ * battery of broken bodies; and they hold the guards to being exact: a body they turn down is
+ * one the schemas reject too, never a valid one sent the slow way.
+ */
+
+/** Bodies are edited freely, wrong types and all. */
+type Json = any;
+
+const history = generateHistory({ seed: 5, projects: 50, messages: 20_000 });
+const stream = withDuplicates(history.bodies, 0.01, 6);
+
+function innerOf(body: string): Json {
+  return JSON.parse(JSON.parse(body)['oslo.message'] as string);
+}
+
+/** One inner message per shape on the wire: event type, priority and payload keys. */
+const bases: Json[] = (() => {
+  const byShape = new Map<string, Json>();
+  for (const body of [...captures().map((c) => c.body), ...history.bodies]) {
+    const m = innerOf(body);
+    const p = m.payload;
+    const key = `${m.event_type} ${m.priority} ${p !== null && typeof p === 'object' ? Object.keys(p).join() : typeof p}`;
+    if (!byShape.has(key)) byShape.set(key, m);
+  }
+  return [...byShape.values()];
+})();
+
+// ---------------------------------------------------------------------------------------------
+// The battery
+
+const WRONG: Json[] = [null, 0, -1, 1.5, true, false, '', 'x', [], ['a'], {}, { a: 1 }];
+const OSLO_TIMES = [
+  '2026-11-26 20:27:41', '2026-11-26 20:27:41.984542', '2026-11-26 20:27:41.5', '2026-11-26 20:27:41.000001',
+  '2026-02-30 10:00:00', '2026-02-29 10:00:00', '2024-02-29 10:00:00', '2026-11-26T20:27:41Z', '2026-11-26 20:27:41Z',
+  '2026-11-26 20:27:41+00:00', '2026-11-26 20:27:41.', '2026-11-26 20:27:41.1234567', '2026-11-26 20:27:41.12a',
+  '2026-11-26 20:27:41,5', '2026-11-26 24:00:00', '2026-11-26 23:59:60', '2026-11-26 23:60:00', '2026-13-01 00:00:00',
+  '2026-00-10 00:00:00', '2026-11-00 00:00:00', ' 2026-11-26 20:27:41', '2026-11-26 20:27:41\n', '2026-11-26  20:27:41',
+  '２０２６-11-26 20:27:41', '2026-11-26 20:27:41.١', '0099-01-01 00:00:00', '0000-01-01 00:00:00', '9999-12-31 23:59:59.999999',
+  '2026-11-26', '', '2026-11-26 20:27:4', '20261126 202741',
+];
+const ISO_TIMES = [
+  '2026-11-26T20:27:41Z', '2026-02-30T10:00:00Z', '2026-11-26 20:27:41', '2026-11-26T20:27:41', '2026-11-26T20:27:41+01:00',
+  '2026-11-26T20:27:41+00:00', '2026-11-26T20:27:41-0000', '2026-11-26T20:27:41+0000', '2026-11-26T20:27:41.123Z',
+  '2026-11-26T20:27:41.123456789Z', '2026-11-26T25:00:00Z', '2026-11-26T20:27:41z', 'yesterday', '', '2026-11-26',
+  '1969-12-31T23:59:59Z', '0000-01-01T00:00:00Z', '2026-11-26T20:27:41.Z',
+];
+const PRIORITIES = ['INFO', 'info', 'Info', 'WARN', 'warn', 'ERROR', 'DEBUG', '', 'ınfo', 'CRITICAL', 'SAMPLE', ' INFO'];
+const EVENT_TYPES = ['image.create', 'image.update', 'image.prepare', 'image.upload', 'image.activate', 'image.delete', 'image.send', 'task.run', 'IMAGE.CREATE', 'image.member.create', ''];
+/** Raw JSON put in place of a value: numbers JSON.stringify cannot write (-0, 1e400 = Infinity) and keys it would not. */
+const RAW_SIZES = ['-0', '1e3', '1.0', '9007199254740991', '9007199254740992', '1e400', '-1e-400', '0.5e1', '-1', '3'];
+const RAW_PROPERTIES = [
+  '{"__proto__": {"os_glance_importing_to_stores": "evil"}}',
+  '{"__proto__": null}',
+  '{"constructor": "x", "os_glance_importing_to_stores": "a"}',
+  '[]',
+  '[["os_glance_importing_to_stores", "a"]]',
+];
+const MESSAGE_KEYS = ['message_id', 'publisher_id', 'event_type', 'priority', 'payload', 'timestamp'];
+const PAYLOAD_KEYS = ['id', 'owner', 'status', 'size', 'created_at', 'updated_at', 'deleted', 'protected', 'properties', 'os_glance_importing_to_stores', 'tags', 'visibility', 'name'];
+const RAW = '\u0000raw\u0000';
+
+interface Edit {
+  name: string;
+  apply: (m: Json) => void;
+  /** JSON text that replaces the RAW placeholder once the message is serialised. */
+  raw?: string;
+}
+
+function at(path: string[], change: (parent: Json, key: string) => void): (m: Json) => void {
+  return (m) => {
+    let o = m;
+    for (const k of path.slice(0, -1)) o = o !== null && typeof o === 'object' ? o[k] : undefined;
+    if (o !== null && typeof o === 'object') change(o, path[path.length - 1]!);
+  };
+}
+const set = (path: string[], value: Json) => at(path, (o, k) => (o[k] = structuredClone(value)));
+const drop = (path: string[]) => at(path, (o, k) => delete o[k]);
+
+const EDITS: Edit[] = [
+  ...MESSAGE_KEYS.flatMap((k) => [{ name: `no ${k}`, apply: drop([k]) }, ...WRONG.map((w) => ({ name: `${k} = ${JSON.stringify(w)}`, apply: set([k], w) }))]),
+  ...PAYLOAD_KEYS.flatMap((k) => [
+    { name: `no payload.${k}`, apply: drop(['payload', k]) },
+    ...WRONG.map((w) => ({ name: `payload.${k} = ${JSON.stringify(w)}`, apply: set(['payload', k], w) })),
+  ]),
+  ...OSLO_TIMES.map((t) => ({ name: `timestamp ${JSON.stringify(t)}`, apply: set(['timestamp'], t) })),
+  ...ISO_TIMES.flatMap((t) => [
+    { name: `created_at ${JSON.stringify(t)}`, apply: set(['payload', 'created_at'], t) },
+    { name: `updated_at ${JSON.stringify(t)}`, apply: set(['payload', 'updated_at'], t) },
+  ]),
+  ...PRIORITIES.map((p) => ({ name: `priority ${JSON.stringify(p)}`, apply: set(['priority'], p) })),
+  ...EVENT_TYPES.map((e) => ({ name: `event_type ${JSON.stringify(e)}`, apply: set(['event_type'], e) })),
+  ...RAW_SIZES.map((raw) => ({ name: `size ${raw}`, apply: set(['payload', 'size'], RAW), raw })),
+  ...RAW_PROPERTIES.map((raw) => ({ name: `properties ${raw}`, apply: set(['payload', 'properties'], RAW), raw })),
+  ...[{}, { os_glance_importing_to_stores: 'a,b' }, { os_glance_importing_to_stores: 5 }, { os_glance_importing_to_stores: '' }, { os_glance_importing_to_stores: ['x'] }].map(
+    (v) => ({ name: `properties ${JSON.stringify(v)}`, apply: set(['payload', 'properties'], v) }),
+  ),
+  ...[['a', 'b'], ['a', 1], [], 'x', '', null, [null], [['a']]].map((v) => ({
+    name: `top-level os_glance_importing_to_stores ${JSON.stringify(v)}`,
+    apply: set(['payload', 'os_glance_importing_to_stores'], v),
+  })),
+  ...[true, false, 'true', 1, null].flatMap((v) => [
+    { name: `deleted ${JSON.stringify(v)}`, apply: set(['payload', 'deleted'], v) },
+    { name: `protected ${JSON.stringify(v)}`, apply: set(['payload', 'protected'], v) },
+  ]),
+  { name: 'a null owner', apply: set(['payload', 'owner'], null) },
+  { name: 'a string payload (a failed upload)', apply: set(['payload'], 'Image upload failed: disk full') },
+  { name: 'an array payload', apply: set(['payload'], [{ id: 'x' }]) },
+  {
+    name: 'unknown keys everywhere',
+    apply: (m) => {
+      m.extra = 1;
+      if (m.payload !== null && typeof m.payload === 'object') m.payload.extra = { y: [1] };
+    },
+  },
+];
+
+function wrap(m: Json, raw?: string): string {
+  let inner = JSON.stringify(m);
+  if (raw !== undefined) inner = inner.replace(JSON.stringify(RAW), raw);
+  return JSON.stringify({ 'oslo.version': '2.0', 'oslo.message': inner });
+}
+
+/** The same message in broken or unusual envelopes, and unwrapped. */
+function envelopes(m: Json): string[] {
+  const inner = JSON.stringify(m);
+  const wrapped = (message: unknown, extra: object = {}) => JSON.stringify({ 'oslo.version': '2.0', 'oslo.message': message, ...extra });
+  return [
+    inner,
+    ` \n${inner}\n`,
+    `\ufeff${inner}`,
+    JSON.stringify(inner),
+    JSON.stringify({ 'oslo.message': inner }),
+    JSON.stringify({ 'oslo.version': 2, 'oslo.message': inner }),
+    JSON.stringify({ 'oslo.version': null, 'oslo.message': inner }),
+    wrapped(m),
+    wrapped(null),
+    wrapped(5),
+    wrapped('{'),
+    wrapped(''),
+    wrapped('[]'),
+    wrapped('"x"'),
+    wrapped('null'),
+    wrapped('42'),
+    wrapped(wrapped(inner)),
+    wrapped(inner, { 'x-extra': true }),
+    wrapped(inner).slice(0, -1),
+    JSON.stringify([JSON.parse(wrapped(inner))]),
+  ];
+}
+
+const LOOSE = ['null', '[]', '"str"', '42', 'true', 'garbage', '', '{}', '{"oslo.message": 5}', '{"__proto__": {"oslo.message": "{}"}}', '\u0000'];
+
+/** Every edit on every base, every envelope of every base, then `mixed` random combinations of up to three edits. */
+function poisonBodies(mixed: number, seed: number): string[] {
+  const out = [...LOOSE];
+  for (const base of bases) {
+    for (const e of EDITS) {
+      const m = structuredClone(base);
+      e.apply(m);
+      out.push(wrap(m, e.raw));
+    }
+    out.push(...envelopes(base));
+  }
+  const rng = new Rng(seed);
+  for (let i = 0; i < mixed; i++) {
+    const m = structuredClone(rng.pick(bases));
+    let raw: string | undefined;
+    for (let k = rng.between(1, 3); k > 0; k--) {
+      const e = rng.pick(EDITS);
+      if (e.raw !== undefined && raw !== undefined) continue;
+      raw ??= e.raw;
+      e.apply(m);
+    }
+    out.push(rng.chance(0.2) ? rng.pick(envelopes(m)) : wrap(m, raw));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** Bodies whose outcome differs between parseNotification and the schemas alone, described. */
+function mismatches(bodies: readonly (string | Buffer)[]): string[] {
+  const out: string[] = [];
+  for (const body of bodies) {
+    const fast: ParseOutcome = parseNotification(body);
+    const reference = parseBySchemas(body);
+    // JSON text: the same values, the same reason bytes, the same key order.
+    if (JSON.stringify(fast) !== JSON.stringify(reference)) {
+      out.push(`${String(body)}\n  fast:    ${JSON.stringify(fast)}\n  schemas: ${JSON.stringify(reference)}`);
+    }
+  }
+  return out;
+}
+
+/** Bodies that the guards send to the schemas although the schemas accept them. */
+function validButTurnedDown(bodies: readonly string[]): string[] {
+  return bodies.filter((b) => parseWellFormed(b) === undefined && parseBySchemas(b).kind !== 'invalid');
+}
+
+describe('the fast parse equals the schemas', () => {
+  it('on a generated day of Glance traffic, redeliveries included, and settles every body without zod', () => {
+    expect(mismatches(stream).slice(0, 5)).toEqual([]);
+    expect(stream.filter((b) => parseWellFormed(b) === undefined)).toEqual([]);
+    const kinds = new Set(stream.map((b) => parseNotification(b).kind));
+    expect([...kinds].sort()).toEqual(['ignored', 'image']);
+  });
+
+  it("on every body Glance 25.1 really sent", () => {
+    const bodies = captures().map((c) => c.body);
+    expect(mismatches(bodies)).toEqual([]);
+    expect(validButTurnedDown(bodies)).toEqual([]);
+  });
+
+  const poison = poisonBodies(5_000, 11);
+
+  it('on a battery of broken bodies, reason text included', () => {
+    const kinds: Record<string, number> = {};
+    for (const b of poison) kinds[parseBySchemas(b).kind] = (kinds[parseBySchemas(b).kind] ?? 0) + 1;
+    // The battery reaches all three outcomes, mostly rejections.
+    expect(kinds['invalid']).toBeGreaterThan(4_000);
+    expect(kinds['ignored']).toBeGreaterThan(500);
+    expect(kinds['image']).toBeGreaterThan(500);
+    expect(mismatches(poison).slice(0, 5)).toEqual([]);
+  });
+
+  it('turns down only what the schemas reject: a valid body never takes the slow way', () => {
+    expect(validButTurnedDown(poison).slice(0, 5)).toEqual([]);
+  });
+
+  it('gives the same outcome for a body as bytes as for the same body as text', () => {
+    const sample = [...poison.slice(0, 300), ...stream.slice(0, 300)];
+    expect(mismatches(sample.map((b) => Buffer.from(b)))).toEqual([]);
+    for (const b of sample) expect(parseNotification(Buffer.from(b))).toEqual(parseNotification(b));
+  });
+
+  it('does not depend on what came before: the remembered second and times never leak into another body', () => {
+    const rng = new Rng(12);
+    const mixed = Array.from({ length: 6_000 }, () => (rng.chance(0.5) ? rng.pick(poison) : rng.pick(stream)));
+    expect(mismatches(mixed).slice(0, 5)).toEqual([]);
+  });
+});
+
+describe('each timestamp is read once, to the value of the reference functions', () => {
+  const message = innerOf(stream[0]!);
+
+  it.each(OSLO_TIMES)('oslo timestamp %j', (timestamp) => {
+    // Twice, and after a neighbour of the same second, so the remembered second is used.
+    for (const before of ['2026-11-26 20:27:41.1', timestamp, '1999-01-01 00:00:00']) {
+      checkOsloMessage({ ...message, timestamp: before });
+      expect(checkOsloMessage({ ...message, timestamp })?.timestampMicros).toBe(osloTimestampMicros(timestamp));
+    }
+  });
+
+  it.each(ISO_TIMES)('payload time %j', (time) => {
+    for (const before of ['2026-11-26T20:27:41Z', time, 'x']) {
+      checkImagePayload({ ...message.payload, created_at: before, updated_at: before });
+      const checked = checkImagePayload({ ...message.payload, created_at: time, updated_at: time });
+      expect(checked?.createdAt).toBe(isoSeconds(time));
+      expect(checked?.updatedAt).toBe(isoSeconds(time));
+    }
+  });
+});
