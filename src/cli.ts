@@ -31,6 +31,10 @@ Usage:
       The long-lived enforcer: consume Glance's notifications from RabbitMQ (TRANSPORT_URL) into
       the ledger, enforce as projects change, reconcile at start and every RECONCILE_INTERVAL,
       serve /healthz, /readyz and /metrics on METRICS_PORT. SIGTERM drains and exits 0.
+  glance-quota-enforcer bridge
+      For functions in AWS with the broker on premises (docs/serverless.md): consume Glance's
+      notifications from RabbitMQ as consume does, and forward each body unchanged to the SQS
+      queue SQS_QUEUE_URL, acknowledging a message only once SQS has accepted it.
   glance-quota-enforcer status [--project ID] [--json]
       Usage (from the ledger), limits (Keystone unified limits over QUOTA_LIMITS) and what is over.
   glance-quota-enforcer actions [--project ID] [--since ISO-TIME] [--json]
@@ -252,6 +256,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return await actionsCommand(rest, io);
       case 'consume':
         return await consume(rest);
+      case 'bridge': // loaded on demand: the AWS SDK is for this command only
+        return await (await import('./bridge-command.js')).bridge(rest);
       default:
         io.stderr(`unknown command '${command}'\n\n${USAGE}\n`);
         return 2;

@@ -120,6 +120,22 @@ export const EnvSchema = z.object({
     .min(1)
     .default('notifications')
     .meta({ description: 'Topic of those notifications: routing key `<topic>.info` (`.warn` for limit.exceeded).' }),
+  SQS_QUEUE_URL: z
+    .string()
+    .default('')
+    .refine((v) => v === '' || /^https?:\/\/[^\s/]+\/\d+\/[\w-]+(\.fifo)?$/.test(v), { message: 'expected an SQS queue URL' })
+    .meta({ description: "The SQS queue `bridge` forwards Glance's notifications to: the stack's `NotificationsQueueUrl` output, e.g. `https://sqs.eu-west-1.amazonaws.com/123456789012/glance-quota-enforcer-prod-notifications`. Required by `bridge`; AWS credentials come from the AWS SDK's usual sources (`AWS_PROFILE`, `AWS_ACCESS_KEY_ID`, ...), the region from `AWS_REGION` or else the URL (docs/serverless.md)." }),
+  SQS_DEAD_LETTER_QUEUE_URL: z
+    .string()
+    .default('')
+    .refine((v) => v === '' || /^https?:\/\/[^\s/]+\/\d+\/[\w-]+(\.fifo)?$/.test(v), { message: 'expected an SQS queue URL' })
+    .meta({ description: 'Function mode (`sqs` function, set by serverless.yml): where a record that is not a valid notification goes at once, with the reason in its message attribute `gqe-reason`. Unset: the record is reported as failed, and the queue\'s redrive policy moves it to its dead-letter queue after `maxReceiveCount` receives.' }),
+  RECONCILE_BUDGET_SECONDS: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(600)
+    .meta({ description: 'Function mode (`reconcile` function): start no new project after this many seconds of a run (nor within 30 s of the function\'s timeout); the next scheduled run resumes after the last project finished.' }),
 });
 
 export type Env = z.infer<typeof EnvSchema>;
@@ -149,6 +165,8 @@ export interface Config {
   reconcileIntervalMs: number;
   enforceConcurrency: number;
   metricsPort: number;
+  sqs: { queueUrl: string; deadLetterQueueUrl: string };
+  reconcileBudgetMs: number;
 }
 
 /** `900`, `900s`, `15m`, `1h` to milliseconds. */
@@ -172,6 +190,9 @@ const EXAMPLES: Record<string, string> = {
   QUEUE_MAX_LENGTH: 'QUEUE_MAX_LENGTH=1000000',
   ENFORCE_CONCURRENCY: 'ENFORCE_CONCURRENCY=8',
   METRICS_PORT: 'METRICS_PORT=9100',
+  SQS_QUEUE_URL: 'SQS_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/glance-quota-enforcer-prod-notifications',
+  SQS_DEAD_LETTER_QUEUE_URL: 'SQS_DEAD_LETTER_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/glance-quota-enforcer-prod-dead-letters',
+  RECONCILE_BUDGET_SECONDS: 'RECONCILE_BUDGET_SECONDS=600',
 };
 
 function readLimitsFile(path: string): Record<string, ProjectLimits> {
@@ -228,5 +249,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     reconcileIntervalMs: parseDuration(e.RECONCILE_INTERVAL, 'RECONCILE_INTERVAL'),
     enforceConcurrency: e.ENFORCE_CONCURRENCY,
     metricsPort: e.METRICS_PORT,
+    sqs: { queueUrl: e.SQS_QUEUE_URL, deadLetterQueueUrl: e.SQS_DEAD_LETTER_QUEUE_URL },
+    reconcileBudgetMs: e.RECONCILE_BUDGET_SECONDS * 1000,
   };
 }

@@ -248,6 +248,9 @@ export class NotificationConsumer {
       if (!this.flushing) this.flushNow();
       await this.flushing;
     }
+    // The channel's Close travels behind its last ack; the connection's Close could overtake it
+    // and leave the last batch to be redelivered.
+    await this.channel?.close().catch(() => {});
     await this.connection?.close().catch(() => {});
     await this.lost;
   }

@@ -2,7 +2,7 @@ import { tombstoneOf, type GlanceImageState } from './ledger/synthetic.js';
 import type { Logger } from './log.js';
 import type { ImageEvent } from './notification/parse.js';
 import { parseNotification } from './notification/parse.js';
-import { decide, needsRecords } from './quota/decide.js';
+import { decide, recordsNeeded } from './quota/decide.js';
 import type { ProjectLimits } from './quota/limits.js';
 import type { Resource, Usage } from './quota/resources.js';
 import type { LimitSource } from './quota/static-limits.js';
@@ -133,7 +133,8 @@ export class Pipeline {
     const [usage, limits] = await Promise.all([this.store.usage(projectId), this.limits.limitsFor(projectId)]);
     const exempt = this.exempt.has(projectId);
     // Most messages leave a project under its limits: then no image needs to be read at all.
-    const records = needsRecords(usage, limits) ? await this.store.images(projectId) : [];
+    const needed = recordsNeeded(usage, limits);
+    const records = !needed ? [] : 'all' in needed ? await this.store.images(projectId) : await this.store.removableImages(projectId, needed.removable);
     const { over, toDelete } = decide(records, usage, limits, exempt);
     if (over.length > 0) this.log?.info({ projectId, usage, limits, over, candidates: toDelete.length, exempt }, 'project over quota');
     return { projectId, usage, limits, over, toDelete, exempt };

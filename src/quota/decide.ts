@@ -21,7 +21,7 @@ export function newestFirst(a: ImageRecord, b: ImageRecord): number {
 }
 
 /** Only an image nobody has put data in yet: removing it loses nothing but an empty record. */
-function isRemovable(r: ImageRecord): boolean {
+export function isRemovable(r: ImageRecord): boolean {
   return r.status === 'queued' && isLive(r);
 }
 
@@ -74,9 +74,13 @@ export function decide(records: readonly ImageRecord[], usage: Usage, limits: Pr
   return { over, toDelete: [...candidates.values()].sort(newestFirst).map((r) => r.imageId) };
 }
 
-/** Whether a project's records must be read at all: the usage alone answers most messages. */
-export function needsRecords(usage: Usage, limits: ProjectLimits): boolean {
-  if (limits.image_create_rate) return true;
+/**
+ * Which of a project's records the decision needs. The usage alone answers most messages; the
+ * count rule needs only the newest removable images, as many as the excess; only the rate rule
+ * reads the whole history.
+ */
+export function recordsNeeded(usage: Usage, limits: ProjectLimits): { all: true } | { removable: number } | null {
+  if (limits.image_create_rate) return { all: true };
   const limit = limits.image_count_total;
-  return !isUnlimited(limit) && usage.image_count_total > limit;
+  return !isUnlimited(limit) && usage.image_count_total > limit ? { removable: usage.image_count_total - limit } : null;
 }

@@ -2,6 +2,7 @@ import { applyEventsTo, type ApplyResult, type LedgerTransaction } from '../ledg
 import type { ImageRecord } from '../ledger/record.js';
 import { ZERO_TOTALS, addTotals, usageFromTotals, type UsageTotals } from '../ledger/usage.js';
 import type { ImageEvent } from '../notification/parse.js';
+import { isRemovable, newestFirst } from '../quota/decide.js';
 import type { Usage } from '../quota/resources.js';
 import type { ActionRecord, ApplyOptions, LedgerStore } from './port.js';
 
@@ -20,6 +21,7 @@ export class MemoryStore implements LedgerStore {
   private readonly seenAt = new Map<string, number>();
   private audit: ActionRecord[] = [];
   private readonly wouldDelete = new Set<string>();
+  private readonly state = new Map<string, string>();
 
   async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
     // A failure half-way must leave nothing behind, as a database transaction would.
@@ -53,6 +55,10 @@ export class MemoryStore implements LedgerStore {
     return [...(this.byProject.get(projectId) ?? [])].map((id) => this.records.get(id)!);
   }
 
+  async removableImages(projectId: string, limit: number): Promise<ImageRecord[]> {
+    return (await this.images(projectId)).filter(isRemovable).sort(newestFirst).slice(0, limit);
+  }
+
   async projects(): Promise<string[]> {
     return [...this.byProject].filter(([, ids]) => ids.size > 0).map(([p]) => p).sort();
   }
@@ -79,6 +85,14 @@ export class MemoryStore implements LedgerStore {
     for (const a of this.audit) if (a.atMs < beforeMs && a.action === 'would-delete') this.wouldDelete.delete(a.imageId);
     this.audit = this.audit.filter((a) => a.atMs >= beforeMs);
     return before - this.audit.length;
+  }
+
+  async getState(key: string): Promise<string | undefined> {
+    return this.state.get(key);
+  }
+
+  async setState(key: string, value: string): Promise<void> {
+    this.state.set(key, value);
   }
 
   async close(): Promise<void> {}

@@ -52,6 +52,12 @@ export interface LedgerStore {
   /** Every record of the project, tombstones included. */
   images(projectId: string): Promise<ImageRecord[]>;
 
+  /**
+   * The project's live `queued` images, newest first (created_at descending, then the larger id),
+   * at most `limit`: all the count rule needs, read through an index instead of every record.
+   */
+  removableImages(projectId: string, limit: number): Promise<ImageRecord[]>;
+
   /** Every project that owns at least one record (tombstones included), sorted. */
   projects(): Promise<string[]>;
 
@@ -69,6 +75,20 @@ export interface LedgerStore {
 
   /** Drop audit records older than `beforeMs`; returns how many. */
   forgetActionsBefore(beforeMs: number): Promise<number>;
+
+  /**
+   * A small named value the enforcer keeps for itself beside the ledger, e.g. where the scheduled
+   * `reconcile` function stopped (`reconcile.cursor`), so that its next run resumes there.
+   * `undefined` until first set.
+   *
+   * @example
+   *   await store.setState('reconcile.cursor', projectId);
+   *   const after = (await store.getState('reconcile.cursor')) ?? '';
+   */
+  getState(key: string): Promise<string | undefined>;
+
+  /** Sets (or replaces) the value of `key`; see `getState`. */
+  setState(key: string, value: string): Promise<void>;
 
   close(): Promise<void>;
 }

@@ -50,6 +50,12 @@ const MIGRATIONS: readonly string[] = [
    CREATE INDEX actions_by_time ON actions (at_ms);
    CREATE INDEX actions_by_project ON actions (project_id, at_ms);
    CREATE UNIQUE INDEX actions_would_delete_once ON actions (image_id) WHERE action = 'would-delete';`,
+  `CREATE TABLE enforcer_state (
+     key   TEXT COLLATE "C" PRIMARY KEY,
+     value TEXT NOT NULL
+   );`,
+  // The count rule's read: a project's live queued images, newest first, without a scan.
+  `CREATE INDEX images_removable ON images (project_id, created_at DESC, image_id DESC) WHERE status = 'queued' AND NOT deleted;`,
 ];
 
 /** pg_advisory_xact_lock(bigint) key that serialises migrations: "gqe-mig" in ASCII. */
@@ -173,6 +179,8 @@ export class PostgresStore implements LedgerStore {
       await pool.end();
       throw new StoreUnavailableError(`STORE_URL: cannot connect to PostgreSQL at ${description} (${(err as Error).message}); check the host, port, database and credentials`);
     }
+    const onError = () => {}; // the failing query rejects; see transaction()
+    client.on('error', onError);
     try {
       await client.query('BEGIN');
       await client.query('SELECT pg_advisory_xact_lock($1::bigint)', [MIGRATION_LOCK]);
@@ -191,10 +199,12 @@ export class PostgresStore implements LedgerStore {
         await client.query('INSERT INTO schema_migrations (version) VALUES ($1)', [v + 1]);
       }
       await client.query('COMMIT');
+      client.off('error', onError);
       client.release();
     } catch (err) {
       await client.query('ROLLBACK').catch(() => {});
-      client.release();
+      client.off('error', onError);
+      client.release(true);
       await pool.end();
       throw err;
     }
@@ -206,6 +216,11 @@ export class PostgresStore implements LedgerStore {
     for (let attempt = 1; ; attempt++) {
       const client = await this.pool.connect();
       let broken: Error | undefined;
+      // pg-pool listens for a client's 'error' only while it is idle: a server that goes away in
+      // the middle of a transaction would otherwise crash the process with an unhandled 'error'.
+      // The query in flight rejects anyway; the client is then discarded, not reused.
+      const onError = (err: Error) => void (broken ??= err);
+      client.on('error', onError);
       try {
         // Explicitly: the design above relies on each statement seeing what was committed before it.
         await client.query('BEGIN ISOLATION LEVEL READ COMMITTED');
@@ -217,6 +232,7 @@ export class PostgresStore implements LedgerStore {
         if (!isRetryable(err) || attempt >= MAX_ATTEMPTS) throw err;
       } finally {
         // A connection that cannot even roll back is discarded, not handed to the next batch.
+        client.off('error', onError);
         client.release(broken);
       }
       await sleep(Math.random() * 10 * 2 ** attempt);
@@ -315,6 +331,15 @@ export class PostgresStore implements LedgerStore {
     return rows.map(fromRow);
   }
 
+  async removableImages(projectId: string, limit: number): Promise<ImageRecord[]> {
+    // COLLATE "C" orders ids by bytes, as JS orders these (ASCII) ids.
+    const { rows } = await this.pool.query<ImageRow>(
+      `SELECT * FROM images WHERE project_id = $1 AND status = 'queued' AND NOT deleted ORDER BY created_at DESC, image_id DESC LIMIT $2`,
+      [projectId, limit],
+    );
+    return rows.map(fromRow);
+  }
+
   async projects(): Promise<string[]> {
     const { rows } = await this.pool.query<{ project_id: string }>('SELECT DISTINCT project_id FROM images');
     // Sorted here, as JS sorts, rather than by any collation.
@@ -363,6 +388,18 @@ export class PostgresStore implements LedgerStore {
 
   async forgetActionsBefore(beforeMs: number): Promise<number> {
     return (await this.pool.query('DELETE FROM actions WHERE at_ms < $1', [beforeMs])).rowCount ?? 0;
+  }
+
+  async getState(key: string): Promise<string | undefined> {
+    const { rows } = await this.pool.query<{ value: string }>('SELECT value FROM enforcer_state WHERE key = $1', [key]);
+    return rows[0]?.value;
+  }
+
+  async setState(key: string, value: string): Promise<void> {
+    await this.pool.query(
+      'INSERT INTO enforcer_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
+      [key, value],
+    );
   }
 
   async close(): Promise<void> {

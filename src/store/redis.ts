@@ -7,6 +7,7 @@ import type { Usage } from '../quota/resources.js';
 import { ConfigError } from '../errors.js';
 import type { ActionRecord, ApplyOptions, LedgerStore } from './port.js';
 import { StoreUnavailableError } from '../errors.js';
+import { isRemovable, newestFirst } from '../quota/decide.js';
 
 /**
  * Keys, all under the prefix P:
@@ -19,6 +20,7 @@ import { StoreUnavailableError } from '../errors.js';
  *   P actions              sorted set: audit record -> atMs; member = 16-digit sequence + JSON
  *   P actions:seq          the audit sequence (ties on atMs keep insertion order)
  *   P would-delete         sorted set: image id -> atMs of its one kept would-delete record
+ *   P state                hash: the enforcer's own small values (getState / setState)
  */
 const FIELDS_PER_EVENT = 11;
 
@@ -353,7 +355,9 @@ export class RedisStore implements LedgerStore {
     const keyPrefix = options.keyPrefix ?? DEFAULT_REDIS_KEY_PREFIX;
     if (keyPrefix === '') throw new ConfigError(`REDIS_KEY_PREFIX: must not be empty; for example ${DEFAULT_REDIS_KEY_PREFIX}`);
     const description = describeUrl(url, keyPrefix);
-    const redis = new Redis(url, { lazyConnect: true, connectTimeout: 10_000 });
+    // Fail a command after one retry instead of holding it through a long outage: the consumer then
+    // retries the batch with its own backoff, counts the store error and reports not ready.
+    const redis = new Redis(url, { lazyConnect: true, connectTimeout: 10_000, maxRetriesPerRequest: 1 });
     // Reported by the failing command; without a listener ioredis would print every reconnect attempt.
     let lastError: Error | undefined;
     redis.on('error', (err: Error) => void (lastError = err));
@@ -388,6 +392,11 @@ export class RedisStore implements LedgerStore {
     const records: ImageRecord[] = [];
     for (let i = 0; i + 1 < flat.length; i += 2) records.push(recordFromHash(flat[i] as string, flat[i + 1] as string[]));
     return records.sort((a, b) => (a.imageId < b.imageId ? -1 : a.imageId > b.imageId ? 1 : 0));
+  }
+
+  async removableImages(projectId: string, limit: number): Promise<ImageRecord[]> {
+    // No secondary index in Redis: the project's records are read and filtered here.
+    return (await this.images(projectId)).filter(isRemovable).sort(newestFirst).slice(0, limit);
   }
 
   async projects(): Promise<string[]> {
@@ -427,6 +436,14 @@ export class RedisStore implements LedgerStore {
     const [err, removed] = results?.[0] ?? [new Error('Redis MULTI was discarded'), 0];
     if (err) throw err;
     return Number(removed);
+  }
+
+  async getState(key: string): Promise<string | undefined> {
+    return (await this.redis.hget(`${this.prefix}state`, key)) ?? undefined;
+  }
+
+  async setState(key: string, value: string): Promise<void> {
+    await this.redis.hset(`${this.prefix}state`, key, value);
   }
 
   async close(): Promise<void> {

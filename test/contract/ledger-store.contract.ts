@@ -73,6 +73,24 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       expect(await store.projects()).toEqual(['p1', 'p2']);
     });
 
+    it('reads the newest live queued images for the count rule, as many as asked', async () => {
+      await store.applyEvents(
+        [
+          ev({ imageId: 'old', status: 'queued', createdAt: 10 }),
+          ev({ imageId: 'b', status: 'queued', createdAt: 30 }),
+          ev({ imageId: 'a', status: 'queued', createdAt: 30 }),
+          ev({ imageId: 'new', status: 'queued', createdAt: 40 }),
+          ev({ imageId: 'up', status: 'saving', createdAt: 50 }),
+          ev({ imageId: 'gone', status: 'deleted', deleted: true, createdAt: 60 }),
+          ev({ imageId: 'other', projectId: 'p2', status: 'queued', createdAt: 70 }),
+        ],
+        1,
+      );
+      expect((await store.removableImages('p1', 3)).map((r) => r.imageId)).toEqual(['new', 'b', 'a']);
+      expect((await store.removableImages('p1', 10)).map((r) => r.imageId)).toEqual(['new', 'b', 'a', 'old']);
+      expect(await store.removableImages('nobody', 5)).toEqual([]);
+    });
+
     it('lists a project whose only images are tombstoned', async () => {
       await store.applyEvents([ev({ imageId: 'x', projectId: 'gone', status: 'deleted', deleted: true })], 1);
       expect(await store.projects()).toEqual(['gone']);
@@ -124,6 +142,19 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       expect((await store.actions()).map((a) => a.atMs)).toEqual([30]);
       // Forgotten with its record, a would-delete may be recorded again.
       expect(await store.recordActions([{ ...base, atMs: 40, projectId: 'p1', imageId: 'a', action: 'would-delete', reason: 'again' }])).toHaveLength(1);
+    });
+
+    it("keeps the enforcer's own small values, such as where the scheduled reconcile stopped", async () => {
+      expect(await store.getState('reconcile.cursor')).toBeUndefined();
+      await store.setState('reconcile.cursor', '615696c542784834ac46630e5a22dbe3');
+      await store.setState('other', '');
+      expect(await store.getState('reconcile.cursor')).toBe('615696c542784834ac46630e5a22dbe3');
+      // The next run moves it on; an empty value is a value, not an absence.
+      await store.setState('reconcile.cursor', 'zz-last-project');
+      expect(await store.getState('reconcile.cursor')).toBe('zz-last-project');
+      expect(await store.getState('other')).toBe('');
+      // Kept apart from the ledger: no project, no image, no usage.
+      expect(await store.projects()).toEqual([]);
     });
   });
 }

@@ -1,6 +1,4 @@
-import { randomBytes } from 'node:crypto';
 import fc from 'fast-check';
-import pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { ImageEvent } from '../../src/notification/parse.js';
 import { openStore } from '../../src/store/index.js';
@@ -8,66 +6,43 @@ import { MemoryStore } from '../../src/store/memory.js';
 import type { LedgerStore } from '../../src/store/port.js';
 import { PostgresStore } from '../../src/store/postgres.js';
 import { ev, MiB } from '../support/events.js';
+import { freshPostgresDatabase, holdService, type TestDatabase } from '../support/services.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
 
 /**
- * Against a real PostgreSQL (trust auth, user postgres): a database of its own for this file,
- * dropped at the end, and a schema of its own (via search_path) for every store a test opens.
+ * Against a real PostgreSQL (trust auth, user postgres, TEST_POSTGRES_URL): a database of its own
+ * for this file, dropped at the end, and a schema of its own (via search_path) for every store a
+ * test opens. The file holds the service lock, so the integration suite never stops PostgreSQL
+ * under it (test/support/services.ts).
  */
-const SERVER_URL = process.env.TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
-const server = new URL(SERVER_URL);
-const database = `gqe_test_${randomBytes(4).toString('hex')}`;
-const dbUrl = Object.assign(new URL(SERVER_URL), { pathname: `/${database}` });
-
-let admin: pg.Client | undefined;
-let schemas = 0;
-
-async function connect(url: string | URL): Promise<pg.Client> {
-  const client = new pg.Client({ connectionString: String(url) });
-  try {
-    await client.connect();
-  } catch (err) {
-    throw new Error(
-      `PostgreSQL at ${server.host} is not reachable (${(err as Error).message}): start it with ` +
-        '`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, or set TEST_POSTGRES_URL',
-    );
-  }
-  return client;
-}
+let db: TestDatabase | undefined;
+let release: (() => void) | undefined;
 
 // Kept and thrown by every test, so that each one fails (vitest would mark them skipped if
 // beforeAll threw).
 let unreachable: Error | undefined;
 beforeAll(async () => {
   try {
-    const root = await connect(SERVER_URL);
-    await root.query(`CREATE DATABASE ${database}`);
-    await root.end();
-    admin = await connect(dbUrl);
+    release = await holdService('postgres');
+    db = await freshPostgresDatabase('test');
   } catch (err) {
     unreachable = err as Error;
   }
-});
+}, 330_000);
 beforeEach(() => {
   if (unreachable) throw unreachable;
 });
 
 afterAll(async () => {
-  if (!admin) return;
-  await admin.end();
-  const root = await connect(SERVER_URL);
-  await root.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
-  await root.end();
+  try {
+    await db?.drop();
+  } finally {
+    release?.();
+  }
 });
 
 /** STORE_URL of a new, empty schema of the test database. */
-async function freshUrl(): Promise<string> {
-  const schema = `s${++schemas}`;
-  await admin!.query(`CREATE SCHEMA ${schema}`);
-  const url = new URL(dbUrl);
-  url.searchParams.set('options', `-c search_path=${schema}`);
-  return String(url);
-}
+const freshUrl = () => db!.freshSchemaUrl();
 
 describeLedgerStore('postgres', async () => PostgresStore.open(await freshUrl()));
 
@@ -155,9 +130,9 @@ describe('postgres: a database shared by several consumers', () => {
     const store = await PostgresStore.open(url);
     // A trigger plants a failure on one image, as a full disk or a constraint would.
     const schema = new URL(url).searchParams.get('options')!.split('=')[1]!;
-    await admin!.query(`CREATE FUNCTION ${schema}.boom() RETURNS trigger LANGUAGE plpgsql AS $$
+    await db!.admin.query(`CREATE FUNCTION ${schema}.boom() RETURNS trigger LANGUAGE plpgsql AS $$
       BEGIN IF NEW.image_id = 'boom' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$`);
-    await admin!.query(`CREATE TRIGGER boom BEFORE INSERT ON ${schema}.images FOR EACH ROW EXECUTE FUNCTION ${schema}.boom()`);
+    await db!.admin.query(`CREATE TRIGGER boom BEFORE INSERT ON ${schema}.images FOR EACH ROW EXECUTE FUNCTION ${schema}.boom()`);
     const ok = ev({ imageId: 'ok', status: 'active', size: MiB });
     await expect(store.applyEvents([ok, ev({ imageId: 'boom' })], 1)).rejects.toThrow('boom');
     expect(await store.projects()).toEqual([]);
@@ -172,14 +147,14 @@ describe('postgres: a database shared by several consumers', () => {
     const store = await PostgresStore.open(url);
     const schema = new URL(url).searchParams.get('options')!.split('=')[1]!;
     // A sequence is not rolled back, so only the first attempt fails.
-    await admin!.query(`CREATE SEQUENCE ${schema}.attempts`);
-    await admin!.query(`CREATE FUNCTION ${schema}.conflict() RETURNS trigger LANGUAGE plpgsql AS $$
+    await db!.admin.query(`CREATE SEQUENCE ${schema}.attempts`);
+    await db!.admin.query(`CREATE FUNCTION ${schema}.conflict() RETURNS trigger LANGUAGE plpgsql AS $$
       BEGIN IF nextval('${schema}.attempts') = 1 THEN RAISE EXCEPTION 'simulated' USING ERRCODE = 'serialization_failure'; END IF; RETURN NEW; END $$`);
-    await admin!.query(`CREATE TRIGGER conflict BEFORE INSERT ON ${schema}.images FOR EACH ROW EXECUTE FUNCTION ${schema}.conflict()`);
+    await db!.admin.query(`CREATE TRIGGER conflict BEFORE INSERT ON ${schema}.images FOR EACH ROW EXECUTE FUNCTION ${schema}.conflict()`);
     const a = ev({ imageId: 'a', status: 'active', size: MiB });
     expect((await store.applyEvents([a], 1)).outcomes).toEqual(['applied']);
     expect(await store.usage('p1')).toMatchObject({ image_count_total: 1, image_size_total: 1 });
-    expect((await admin!.query(`SELECT last_value FROM ${schema}.attempts`)).rows[0].last_value).toBe('2');
+    expect((await db!.admin.query(`SELECT last_value FROM ${schema}.attempts`)).rows[0].last_value).toBe('2');
     await store.close();
   });
 
@@ -215,8 +190,8 @@ describe('postgres: a database shared by several consumers', () => {
     const url = await freshUrl();
     const stores = await Promise.all([PostgresStore.open(url), PostgresStore.open(url), PostgresStore.open(url)]);
     const schema = new URL(url).searchParams.get('options')!.split('=')[1]!;
-    const { rows } = await admin!.query(`SELECT version FROM ${schema}.schema_migrations ORDER BY version`);
-    expect(rows).toEqual([{ version: 1 }]);
+    const { rows } = await db!.admin.query(`SELECT version FROM ${schema}.schema_migrations ORDER BY version`);
+    expect(rows).toEqual([{ version: 1 }, { version: 2 }, { version: 3 }]);
     await Promise.all(stores.map((s) => s.close()));
   });
 
@@ -224,7 +199,7 @@ describe('postgres: a database shared by several consumers', () => {
     const url = await freshUrl();
     await (await PostgresStore.open(url)).close();
     const schema = new URL(url).searchParams.get('options')!.split('=')[1]!;
-    await admin!.query(`INSERT INTO ${schema}.schema_migrations (version) VALUES (99)`);
+    await db!.admin.query(`INSERT INTO ${schema}.schema_migrations (version) VALUES (99)`);
     await expect(PostgresStore.open(url)).rejects.toThrow(/schema version 99.*upgrade the enforcer/);
   });
 
@@ -234,7 +209,7 @@ describe('postgres: a database shared by several consumers', () => {
       url.protocol = `${scheme}:`;
       if (!url.password) url.password = 's3cret'; // trust auth: accepted and ignored
       const store = await openStore(String(url));
-      expect(store.description).toBe(`${scheme}://${url.username ? `${url.username}@` : ''}${dbUrl.host}/${database}`);
+      expect(store.description).toBe(`${scheme}://${url.username ? `${url.username}@` : ''}${new URL(db!.url).host}/${db!.name}`);
       expect(store.description).not.toContain(url.password);
       expect((await store.applyEvents([ev({ imageId: 'a' })], 1)).outcomes).toEqual(['applied']);
       await store.close();

@@ -1,6 +1,5 @@
-import { randomBytes } from 'node:crypto';
 import fc from 'fast-check';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { ImageEvent } from '../../src/notification/parse.js';
 import { openStore } from '../../src/store/index.js';
@@ -8,48 +7,44 @@ import { MemoryStore } from '../../src/store/memory.js';
 import type { LedgerStore } from '../../src/store/port.js';
 import { RedisStore } from '../../src/store/redis.js';
 import { ev, MiB } from '../support/events.js';
+import { connectRedisForTests, holdService, REDIS_URL, type TestRedis } from '../support/services.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
 
-/** Against a real Redis: every store a test opens gets a key prefix of its own, deleted at the end. */
-const SERVER_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379/0';
+/**
+ * Against a real Redis (TEST_REDIS_URL): every store a test opens gets a key prefix of its own,
+ * deleted at the end. The file holds the service lock, so the integration suite never stops
+ * Redis under it (test/support/services.ts).
+ */
+const SERVER_URL = REDIS_URL;
 const server = new URL(SERVER_URL);
-const root = `gqe-test:${randomBytes(4).toString('hex')}:`;
 
+let redis: TestRedis | undefined;
+let release: (() => void) | undefined;
 let admin: Redis;
-let prefixes = 0;
-const freshPrefix = () => `${root}${++prefixes}:`;
+const freshPrefix = () => redis!.freshPrefix();
 
 // Kept and thrown by every test, so that each one fails (vitest would mark them skipped if
 // beforeAll threw).
 let unreachable: Error | undefined;
 beforeAll(async () => {
-  admin = new Redis(SERVER_URL, { lazyConnect: true, retryStrategy: () => null });
-  let lastError: Error | undefined;
-  admin.on('error', (err: Error) => void (lastError = err));
   try {
-    await admin.connect();
-    await admin.ping();
+    release = await holdService('redis');
+    redis = await connectRedisForTests();
+    admin = redis.admin;
   } catch (err) {
-    admin.disconnect();
-    unreachable = new Error(
-      `Redis at ${server.host} is not reachable (${(lastError ?? (err as Error)).message}): start it with ` +
-        '`redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no`, or set TEST_REDIS_URL',
-    );
+    unreachable = err as Error;
   }
-});
+}, 330_000);
 beforeEach(() => {
   if (unreachable) throw unreachable;
 });
 
 afterAll(async () => {
-  if (admin?.status !== 'ready') return;
-  let cursor = '0';
-  do {
-    const [next, keys] = await admin.scan(cursor, 'MATCH', `${root}*`, 'COUNT', 1000);
-    if (keys.length > 0) await admin.del(...keys);
-    cursor = next;
-  } while (cursor !== '0');
-  await admin.quit();
+  try {
+    await redis?.cleanUp();
+  } finally {
+    release?.();
+  }
 });
 
 describeLedgerStore('redis', async () => RedisStore.open(SERVER_URL, { keyPrefix: freshPrefix() }));

@@ -3,9 +3,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
+import { parseNotification, type ImageEvent } from '../../src/notification/parse.js';
+import { MemoryStore } from '../../src/store/memory.js';
+import type { LedgerStore } from '../../src/store/port.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import { openStore } from '../../src/store/index.js';
 import { ev, MiB } from '../support/events.js';
+import { generateHistory, withDuplicates } from '../support/generate.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'gqe-sqlite-'));
@@ -55,5 +59,59 @@ describe('sqlite: a file on disk', () => {
     db.pragma('user_version = 99');
     db.close();
     expect(() => SqliteStore.open(path)).toThrow(/schema version 99.*upgrade the enforcer/);
+  });
+});
+
+describe('sqlite: a batch is read and written set-wise', () => {
+  /** Everything a store can be asked about its ledger, images in id order. */
+  async function ledgerOf(store: LedgerStore) {
+    const out: Record<string, unknown> = {};
+    for (const p of await store.projects()) {
+      const images = (await store.images(p)).sort((a, b) => (a.imageId < b.imageId ? -1 : 1));
+      out[p] = { usage: await store.usage(p), images };
+    }
+    return out;
+  }
+
+  it('leaves the same ledger as MemoryStore after a generated day in batches, redeliveries included', async () => {
+    const { bodies } = generateHistory({ seed: 21, projects: 15, messages: 6_000 });
+    const events = withDuplicates(bodies, 0.03, 22)
+      .map((b) => parseNotification(b))
+      .flatMap((o) => (o.kind === 'image' ? [o.event] : []));
+    const sqlite = SqliteStore.open(freshPath());
+    const memory = new MemoryStore();
+    // Uneven batch sizes, so that an image's events and a message's repeats fall in the same
+    // batch as often as across batches.
+    for (let i = 0, size = 1; i < events.length; i += size, size = (size * 7) % 997) {
+      const batch = events.slice(i, i + size);
+      expect(await sqlite.applyEvents(batch, i)).toEqual(await memory.applyEvents(batch, i));
+    }
+    expect(await ledgerOf(sqlite)).toEqual(await ledgerOf(memory));
+    await sqlite.close();
+  });
+
+  it('finds message and image ids again whatever characters they hold (they travel as JSON)', async () => {
+    const store = SqliteStore.open(freshPath());
+    const lone = 'lone\ud800surrogate';
+    const odd = ['q"uote', 'back\\slash', 'nul\u0000byte', 'ünï😀', lone, ' ', '["a"]'];
+    const events: ImageEvent[] = odd.map((id) => ev({ imageId: id, messageId: `m ${id}`, status: 'active', size: MiB }));
+    expect((await store.applyEvents(events, 1)).outcomes).toEqual(odd.map(() => 'applied'));
+    expect((await store.applyEvents(events, 2)).outcomes).toEqual(odd.map(() => 'duplicate'));
+    // The same images again, under new message ids: found and updated, not counted twice.
+    const again = odd.map((id) => ev({ imageId: id, status: 'active', size: 2 * MiB, updatedAt: 2_000 }));
+    expect((await store.applyEvents(again, 3)).outcomes).toEqual(odd.map(() => 'applied'));
+    expect(await store.usage('p1')).toMatchObject({ image_count_total: odd.length, image_size_total: 2 * odd.length });
+    // One record each. A lone surrogate is stored as bytes that read back as U+FFFD, so only the
+    // well-formed ids can be compared as text.
+    const stored = (await store.images('p1')).map((r) => r.imageId);
+    expect(stored).toHaveLength(odd.length);
+    expect(stored.filter((id) => odd.includes(id)).sort()).toEqual(odd.filter((id) => id !== lone).sort());
+    await store.close();
+  });
+
+  it('answers an empty batch with no outcomes', async () => {
+    const store = SqliteStore.open(freshPath());
+    expect(await store.applyEvents([], 1)).toEqual({ outcomes: [], projects: [] });
+    await store.close();
   });
 });

@@ -1,0 +1,124 @@
+import type { SQSClient } from '@aws-sdk/client-sqs';
+import { loadConfig, type Config } from '../config.js';
+import type { ImageService, Pipeline } from '../enforcer.js';
+import { ConfigError } from '../errors.js';
+import { createLogger, type Logger } from '../log.js';
+import { openRuntime } from '../runtime.js';
+
+/**
+ * Where the `sqs` function sets a poison record aside: the stack's dead-letter queue, with the
+ * reason beside the unchanged body (as `consume` puts `x-gqe-reason` on its dead letters).
+ */
+export interface PoisonQueue {
+  readonly description: string;
+  send(body: string, reason: string, sourceMessageId: string): Promise<void>;
+}
+
+/** What a function instance builds once, at its cold start, and reuses for every invocation. */
+export interface FunctionServices {
+  config: Config;
+  log: Logger;
+  pipeline: Pipeline;
+  glance: ImageService;
+  /** Unset (no SQS_DEAD_LETTER_QUEUE_URL): poison is reported as failed, and redrive moves it. */
+  poison?: PoisonQueue;
+  close(): Promise<void>;
+}
+
+const SHARED = 'postgres://user:pass@host:5432/db or redis://[:pass@]host:6379[/db]';
+
+/**
+ * Function mode refuses a ledger that is not shared. Every concurrent function instance (and
+ * every cold start) would otherwise count into a ledger of its own: each would see only part of
+ * a project's images, and a project far over its quota would look under it everywhere.
+ */
+export function requireSharedStore(storeUrl: string): void {
+  const scheme = /^([a-z][a-z0-9+]*):\/\//i.exec(storeUrl)?.[1]?.toLowerCase();
+  if (scheme === 'sqlite' || scheme === 'memory') {
+    throw new ConfigError(
+      `STORE_URL: a function needs a ledger that all its instances share, ${SHARED}; got ${scheme}://, which would give every Lambda instance a ledger of its own that counts only the images it happened to see`,
+    );
+  }
+}
+
+/**
+ * Builds the services of one function instance from its environment: the same configuration,
+ * store, Keystone limits, Glance client and pipeline as `consume` (src/runtime.ts), with a shared
+ * store required, and the SQS client for poison only when SQS_DEAD_LETTER_QUEUE_URL is set.
+ */
+export async function openFunctionServices(env: NodeJS.ProcessEnv = process.env): Promise<FunctionServices> {
+  const config = loadConfig(env);
+  requireSharedStore(config.storeUrl);
+  const runtime = await openRuntime(env, { needGlance: true });
+  const { log, pipeline, glance } = runtime;
+  let poison: PoisonQueue | undefined;
+  let sqs: SQSClient | undefined;
+  if (config.sqs.deadLetterQueueUrl) {
+    // Loaded only here: the amazonmq and reconcile functions never pay for the SDK.
+    const [{ SQSClient }, { regionOfQueueUrl }] = await Promise.all([import('@aws-sdk/client-sqs'), import('../transport/sqs-bridge.js')]);
+    sqs = new SQSClient({ region: env.AWS_REGION || regionOfQueueUrl(config.sqs.deadLetterQueueUrl) });
+    poison = sqsPoisonQueue(sqs, config.sqs.deadLetterQueueUrl);
+  }
+  log.info({ store: runtime.store.description, mode: pipeline.mode, poison: poison?.description ?? 'reported for redrive' }, 'function instance ready');
+  return {
+    config,
+    log,
+    pipeline,
+    glance: glance!,
+    ...(poison ? { poison } : {}),
+    close: async () => {
+      sqs?.destroy();
+      await runtime.close();
+    },
+  };
+}
+
+/** SendMessage of the unchanged body, with the reason and the original message id as attributes. */
+export function sqsPoisonQueue(sqs: SQSClient, queueUrl: string): PoisonQueue {
+  return {
+    description: queueUrl,
+    async send(body, reason, sourceMessageId) {
+      const { SendMessageCommand } = await import('@aws-sdk/client-sqs');
+      await sqs.send(
+        new SendMessageCommand({
+          QueueUrl: queueUrl,
+          MessageBody: body,
+          MessageAttributes: {
+            'gqe-reason': { DataType: 'String', StringValue: reason.slice(0, 1024) || 'invalid' },
+            'gqe-source-message-id': { DataType: 'String', StringValue: sourceMessageId },
+          },
+        }),
+      );
+    },
+  };
+}
+
+/**
+ * Memoises `open` for the life of the function instance: the first invocation builds the
+ * services (the cold start), every later one reuses them. A failed cold start is not cached, so
+ * a store that was down at the first invocation is tried again at the next one.
+ *
+ * @example
+ *   export const handler = sqsHandler(onColdStart(() => openFunctionServices(process.env)));
+ */
+export function onColdStart(open: () => Promise<FunctionServices>, log: () => Logger = bootLog): () => Promise<FunctionServices> {
+  let services: Promise<FunctionServices> | undefined;
+  return () =>
+    (services ??= open().catch((err: unknown) => {
+      services = undefined;
+      // Said plainly, before Lambda's own report of the failed invocation.
+      log().fatal({ err: (err as Error).message, kind: (err as Error).name }, 'function cannot start');
+      throw err;
+    }));
+}
+
+function bootLog(): Logger {
+  try {
+    return createLogger(process.env.LOG_LEVEL || 'info');
+  } catch {
+    return createLogger('info');
+  }
+}
+
+/** The cold start of the function instances Lambda runs: from process.env, once per instance. */
+export const servicesFromEnvironment = onColdStart(() => openFunctionServices(process.env));

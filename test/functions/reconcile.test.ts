@@ -1,0 +1,132 @@
+import { describe, expect, it } from 'vitest';
+import { Pipeline } from '../../src/enforcer.js';
+import { EventShapeError } from '../../src/functions/events.js';
+import { RECONCILE_CURSOR, reconcileHandler, reconcileWithinBudget, TIMEOUT_MARGIN_MS } from '../../src/functions/reconcile.js';
+import type { GlanceImageState } from '../../src/ledger/synthetic.js';
+import type { ProjectLimits } from '../../src/quota/limits.js';
+import type { LimitSource } from '../../src/quota/static-limits.js';
+import { reconcile } from '../../src/reconcile.js';
+import { MemoryStore } from '../../src/store/memory.js';
+import { ev } from '../support/events.js';
+import { MemoryGlance, scheduledEvent, servicesOver } from './support.js';
+
+/*
+ * The scheduled reconcile: the CLI's reconcile, project by project, within a budget; a pass that
+ * does not fit in one run resumes at the next one from the cursor in the store.
+ */
+
+/** p-c is over its limit of 1 with four queued images; the others are within theirs. */
+const limits: LimitSource = { limitsFor: async (p: string): Promise<ProjectLimits> => (p === 'p-c' ? { image_count_total: 1 } : {}) };
+
+function image(id: string, owner: string, status = 'queued', second = 0): GlanceImageState {
+  const at = `2026-11-26T20:00:${String(second).padStart(2, '0')}Z`;
+  return { id, owner, status, protected: false, size: status === 'active' ? 1024 : null, created_at: at, updated_at: at };
+}
+
+/** Five projects in Glance, and one image the ledger knows that Glance no longer has. */
+function cloud(): { glance: MemoryGlance; store: MemoryStore } {
+  const glance = new MemoryGlance().add(
+    image('a-1', 'p-a', 'active'),
+    image('b-1', 'p-b'),
+    image('b-2', 'p-b', 'active'),
+    ...[1, 2, 3, 4].map((n) => image(`c-${n}`, 'p-c', 'queued', n)),
+    image('d-1', 'p-d', 'active'),
+    image('e-1', 'p-e'),
+  );
+  const store = new MemoryStore();
+  return { glance, store };
+}
+
+/**
+ * Every project's usage, decision and records, without the versions a reconcile stamps from the
+ * wall clock (a tombstone's time): two runs a few milliseconds apart must agree on the rest.
+ */
+async function ledgerOf(pipeline: Pipeline) {
+  const out: Record<string, unknown> = {};
+  for (const p of await pipeline.store.projects()) {
+    const { usage, over, toDelete } = await pipeline.evaluate(p);
+    const records = (await pipeline.store.images(p))
+      .map(({ imageId, projectId, status, size, createdAt, deleted, protected: isProtected }) => ({ imageId, projectId, status, size, createdAt, deleted, isProtected }))
+      .sort((a, b) => (a.imageId < b.imageId ? -1 : 1));
+    out[p] = { usage, over, toDelete, records };
+  }
+  return out;
+}
+
+async function seedVanished(store: MemoryStore): Promise<void> {
+  await store.applyEvents([ev({ imageId: 'z-1', projectId: 'p-z', status: 'active', createdAt: 1_000 })], 1);
+}
+
+describe('the scheduled reconcile', () => {
+  it('spreads a pass over runs within the budget, resuming after the last project finished, and ends like the CLI', async () => {
+    const { glance, store } = cloud();
+    await seedVanished(store);
+    // Every listing takes 100 ms of the clock: the pass listing, then one per project.
+    let now = 0;
+    glance.onList = () => void (now += 100);
+    const services = servicesOver({ store, glance, limits });
+    const budget = { budgetMs: 450, clock: () => now };
+
+    const first = await reconcileWithinBudget(services, budget);
+    expect(first.projects.map((p) => p.projectId)).toEqual(['p-a', 'p-b', 'p-c']);
+    expect(first).toMatchObject({ complete: false, remaining: 3, cursor: 'p-c' });
+    expect(await store.getState(RECONCILE_CURSOR)).toBe('p-c');
+    expect(glance.deleted.sort()).toEqual(['c-2', 'c-3', 'c-4']);
+
+    now = 10_000;
+    const second = await reconcileWithinBudget(services, budget);
+    expect(second.projects.map((p) => p.projectId)).toEqual(['p-d', 'p-e', 'p-z']);
+    expect(second).toMatchObject({ complete: true, remaining: 0, cursor: '', vanished: 1 });
+    expect(await store.getState(RECONCILE_CURSOR)).toBe('');
+
+    // A new pass starts from the first project again.
+    now = 20_000;
+    const third = await reconcileWithinBudget(services, budget);
+    expect(third.projects[0]!.projectId).toBe('p-a');
+
+    // The CLI's reconcile of the same cloud, in one go, into a fresh ledger: the same ledger.
+    const cli = cloud();
+    await seedVanished(cli.store);
+    const oracle = new Pipeline({ store: cli.store, limits, images: cli.glance });
+    await reconcile(oracle, cli.glance);
+    expect(await ledgerOf(services.pipeline)).toEqual(await ledgerOf(oracle));
+    expect(Object.keys(await ledgerOf(oracle))).toHaveLength(6);
+    expect(cli.glance.deleted.sort()).toEqual(['c-2', 'c-3', 'c-4']);
+  });
+
+  it('always finishes at least one project, and starts none within 30 s of the function timeout', async () => {
+    const { glance, store } = cloud();
+    let now = 0;
+    glance.onList = () => void (now += 100);
+    const services = servicesOver({ store, glance, limits });
+    // The listing alone spent the budget: one project still moves the pass on.
+    const tight = await reconcileWithinBudget(services, { budgetMs: 50, clock: () => now });
+    expect(tight.projects.map((p) => p.projectId)).toEqual(['p-a']);
+    // Lambda says the timeout is near: the budget does not matter, nothing is started.
+    const late = await reconcileWithinBudget(services, { budgetMs: 600_000, remainingMs: () => TIMEOUT_MARGIN_MS - 1, clock: () => now });
+    expect(late.projects).toEqual([]);
+    expect(late.cursor).toBe('p-a');
+  });
+
+  it('keeps the cursor at the last project finished when Glance fails half-way', async () => {
+    const { glance, store } = cloud();
+    glance.failing.add('p-c');
+    const services = servicesOver({ store, glance, limits });
+    await expect(reconcileWithinBudget(services, { budgetMs: 600_000 })).rejects.toThrow(/Glance .* did not answer/);
+    expect(await store.getState(RECONCILE_CURSOR)).toBe('p-b');
+    glance.failing.clear();
+    const resumed = await reconcileWithinBudget(services, { budgetMs: 600_000 });
+    expect(resumed.projects.map((p) => p.projectId)).toEqual(['p-c', 'p-d', 'p-e']);
+    expect(resumed.complete).toBe(true);
+  });
+
+  it('takes its budget from RECONCILE_BUDGET_SECONDS and its deadline from the Lambda context', async () => {
+    const { glance, store } = cloud();
+    const services = servicesOver({ store, glance, limits, env: { RECONCILE_BUDGET_SECONDS: '300' } });
+    expect(services.config.reconcileBudgetMs).toBe(300_000);
+    const handler = reconcileHandler(async () => services);
+    const summary = await handler(scheduledEvent, { awsRequestId: 'r-1', getRemainingTimeInMillis: () => 900_000 });
+    expect(summary).toMatchObject({ complete: true, remaining: 0 });
+    await expect(handler({ Records: [] })).rejects.toThrow(EventShapeError);
+  });
+});

@@ -1,0 +1,88 @@
+/**
+ * One `consume` process without OpenStack, for the integration tests and `bench:stores`:
+ *
+ *   node --import tsx test/support/consume-process.ts
+ *
+ * The same NotificationConsumer and Pipeline as `glance-quota-enforcer consume`, built from
+ * `loadConfig(process.env)` and `openStore`, with the static limits (QUOTA_LIMITS) and no Glance:
+ * the ledger is what is under test, and `enforce` is never called. Start it with many of these
+ * on one queue and one STORE_URL to have many consumers share a ledger.
+ *
+ * Extra settings, for the harness only:
+ * - CONSUME_PROCESS_EVALUATE=1: an EnforcementWorker decides for every project a batch touched,
+ *   as `consume` does. Its limits must give no candidates (there is no Glance to verify them).
+ * - CONSUME_PROCESS_WAIT_FOR_GO=1: open the store, say `ready`, and connect to the broker only
+ *   when a line `go` arrives on stdin (a benchmark starts all its consumers at once).
+ *
+ * stdout is JSON lines, one per event, for the harness (test/support/consumers.ts):
+ *   {"event":"ready"}        store open
+ *   {"event":"connected"}    consuming
+ *   {"event":"committed","messages":256,"applied":240,"duplicate":3,"ignored":13,"invalid":0}
+ *                            one per batch, after it is committed to the store and acknowledged
+ *   {"event":"stopped"}      after SIGTERM: in-flight batches committed and acked, store closed
+ * Logs (pino, JSON) go to stderr. SIGTERM drains and exits 0.
+ */
+import { createInterface } from 'node:readline';
+import { loadConfig } from '../../src/config.js';
+import { EnforcementWorker, NotificationConsumer } from '../../src/consume.js';
+import { Pipeline, type MessageResult } from '../../src/enforcer.js';
+import { createLogger } from '../../src/log.js';
+import { Metrics } from '../../src/metrics.js';
+import { StaticLimits } from '../../src/quota/static-limits.js';
+import { openStore } from '../../src/store/index.js';
+
+function say(event: string, detail: object = {}): void {
+  process.stdout.write(`${JSON.stringify({ event, ...detail })}\n`);
+}
+
+const config = loadConfig(process.env);
+const log = createLogger(config.logLevel);
+const metrics = new Metrics();
+const store = await openStore(config.storeUrl, { redisKeyPrefix: config.redisKeyPrefix });
+const pipeline = new Pipeline({
+  store,
+  limits: new StaticLimits(config.limits.defaults, config.limits.perProject),
+  mode: config.mode,
+  exemptProjects: config.exemptProjects,
+  log,
+});
+const worker = process.env.CONSUME_PROCESS_EVALUATE === '1' ? new EnforcementWorker(pipeline, log, metrics) : undefined;
+const consumer = new NotificationConsumer({
+  config,
+  pipeline,
+  log,
+  metrics,
+  onCommitted: (result) => {
+    worker?.add(result.projects);
+    const counts: Record<MessageResult, number> = { applied: 0, duplicate: 0, ignored: 0, invalid: 0 };
+    for (const o of result.outcomes) counts[o.result]++;
+    say('committed', { messages: result.outcomes.length, ...counts });
+  },
+});
+
+let stopping: Promise<void> | undefined;
+process.once('SIGTERM', () => {
+  stopping = (async () => {
+    await consumer.stop();
+    await worker?.stop();
+    await store.close();
+    say('stopped');
+  })();
+});
+
+say('ready', { pid: process.pid, store: store.description });
+if (process.env.CONSUME_PROCESS_WAIT_FOR_GO === '1') {
+  const lines = createInterface({ input: process.stdin });
+  await new Promise<void>((resolve) => lines.on('line', (line) => line.trim() === 'go' && resolve()));
+  lines.close();
+}
+const running = consumer.run();
+void consumer.whenConnected().then(() => say('connected'));
+try {
+  await running;
+} catch (err) {
+  log.fatal({ err: (err as Error).message }, 'consumer failed');
+  process.exit(1);
+}
+await stopping;
+process.exit(0);
