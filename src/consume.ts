@@ -3,7 +3,8 @@ import type { Config } from './config.js';
 import type { EnforcementReport, IngestResult, Pipeline } from './enforcer.js';
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
-import { connectBroker, deadLetterQueue, declareTopology, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from './transport/amqp.js';
+import { deadLetterQueue, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from './transport/amqp.js';
+import { QueueSession, type QueueBinding } from './transport/queue-session.js';
 
 /** Full-jitter exponential backoff, capped: retries of many processes do not march in step. */
 export function backoffMs(attempt: number, baseMs = 200, maxMs = 30_000): number {
@@ -82,98 +83,33 @@ export interface ConsumerOptions {
  * acknowledged only after its batch is committed to the store; poison goes to the dead-letter queue
  * with its reason first. At-least-once end to end: a redelivery is a duplicate and changes nothing.
  */
-export class NotificationConsumer {
-  private connection: ChannelModel | undefined;
-  private channel: ConfirmChannel | undefined;
-  private consumerTag: string | undefined;
+export class NotificationConsumer extends QueueSession {
   private buffer: ConsumeMessage[] = [];
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
-  private stopping = false;
-  private connected: (() => void) | undefined;
-  private lost: Promise<void> = Promise.resolve();
 
-  constructor(private readonly o: ConsumerOptions) {}
-
-  get isConnected(): boolean {
-    return this.channel !== undefined;
+  constructor(private readonly o: ConsumerOptions) {
+    super(o.config.amqp, o.log, backoffMs);
   }
 
-  /** Connects, consumes, and reconnects with backoff until `stop()`. Resolves once stopped. */
-  async run(): Promise<void> {
-    let attempt = 0;
-    while (!this.stopping) {
-      try {
-        const closed = await this.connect();
-        attempt = 0;
-        await closed;
-      } catch (err) {
-        if ((err as Error).name === 'ConfigError') throw err;
-        this.o.log.warn({ err: (err as Error).message }, 'broker connection failed');
-      }
-      this.detach();
-      if (this.stopping) break;
-      const delay = backoffMs(++attempt, 500, 15_000);
-      this.o.log.info({ retryInMs: delay, attempt }, 'reconnecting to the broker');
-      await sleep(delay);
-    }
+  protected override async opening(connection: ChannelModel): Promise<void> {
+    await this.o.onConnected?.(connection);
   }
 
-  /** Resolves when connected (for tests and readiness). */
-  whenConnected(): Promise<void> {
-    if (this.channel) return Promise.resolve();
-    return new Promise((resolve) => (this.connected = resolve));
+  protected deliver(msg: ConsumeMessage): void {
+    this.buffer.push(msg);
+    this.schedule();
   }
 
-  private async connect(): Promise<Promise<void>> {
-    const { config, log } = this.o;
-    const { connection } = await connectBroker(config.amqp.transportUrl, config.amqp.caFile, log);
-    let closed!: () => void;
-    const done = new Promise<void>((resolve) => (closed = resolve));
-    connection.on('error', (err: Error) => log.warn({ err: err.message }, 'broker connection error'));
-    connection.on('close', () => closed());
-    try {
-      await declareTopology(connection, config.amqp);
-      const channel = await connection.createConfirmChannel();
-      channel.on('error', (err: Error) => log.warn({ err: err.message }, 'broker channel error'));
-      channel.on('close', () => closed());
-      await channel.prefetch(config.amqp.prefetch);
-      await this.o.onConnected?.(connection);
-      this.connection = connection;
-      this.channel = channel;
-      const { consumerTag } = await channel.consume(config.amqp.queue, (msg) => this.receive(channel, msg), { noAck: false });
-      this.consumerTag = consumerTag;
-    } catch (err) {
-      await connection.close().catch(() => {});
-      throw err;
-    }
+  protected consuming(binding: QueueBinding): void {
     this.o.metrics.brokerConnected.set(1);
-    log.info({ queue: config.amqp.queue, exchange: config.amqp.exchange, routingKey: `${config.amqp.topic}.info` }, 'consuming');
-    this.connected?.();
-    this.connected = undefined;
-    this.lost = done;
-    return done;
+    this.o.log.info(binding, 'consuming');
   }
 
-  private detach(): void {
+  protected detached(): void {
     this.o.metrics.brokerConnected.set(0);
     // Unacked deliveries of a lost channel come back from the broker: drop our copies.
     this.buffer = [];
-    this.channel = undefined;
-    this.connection = undefined;
-    this.consumerTag = undefined;
-  }
-
-  private receive(channel: ConfirmChannel, msg: ConsumeMessage | null): void {
-    if (!msg) {
-      // The broker cancelled us (queue deleted): reconnecting declares it again.
-      this.o.log.warn('consumer cancelled by the broker');
-      void this.connection?.close().catch(() => {});
-      return;
-    }
-    if (channel !== this.channel) return;
-    this.buffer.push(msg);
-    this.schedule();
   }
 
   private schedule(): void {
@@ -239,19 +175,13 @@ export class NotificationConsumer {
   }
 
   /** SIGTERM: stop taking messages, commit and ack what is in hand, close. */
-  async stop(): Promise<void> {
-    this.stopping = true;
-    const channel = this.channel;
-    if (channel && this.consumerTag) await channel.cancel(this.consumerTag).catch(() => {});
-    // Deliveries already received are committed and acknowledged before closing.
-    while (this.flushing || (this.buffer.length > 0 && this.channel)) {
-      if (!this.flushing) this.flushNow();
-      await this.flushing;
-    }
-    // The channel's Close travels behind its last ack; the connection's Close could overtake it
-    // and leave the last batch to be redelivered.
-    await this.channel?.close().catch(() => {});
-    await this.connection?.close().catch(() => {});
-    await this.lost;
+  stop(): Promise<void> {
+    return this.stopAfter(async () => {
+      // Deliveries already received are committed and acknowledged before closing.
+      while (this.flushing || (this.buffer.length > 0 && this.channel)) {
+        if (!this.flushing) this.flushNow();
+        await this.flushing;
+      }
+    });
   }
 }

@@ -3,7 +3,8 @@ import { SendMessageBatchCommand, type SQSClient } from '@aws-sdk/client-sqs';
 import type { Config } from '../config.js';
 import { backoffMs } from '../consume.js';
 import type { Logger } from '../log.js';
-import { connectBroker, deadLetterQueue, declareTopology, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from './amqp.js';
+import { deadLetterQueue, type ConfirmChannel, type ConsumeMessage } from './amqp.js';
+import { QueueSession, type QueueBinding } from './queue-session.js';
 
 /** SQS's limit on one message, and on the sum of one SendMessageBatch's bodies. */
 export const SQS_MAX_MESSAGE_BYTES = 256 * 1024;
@@ -92,114 +93,44 @@ interface Entry {
  *   process.once('SIGTERM', () => void bridge.stop());
  *   await bridge.run();
  */
-export class SqsBridge {
+export class SqsBridge extends QueueSession {
   readonly counters: BridgeCounters = { forwarded: 0, deadLettered: 0, retried: 0 };
-  private connection: ChannelModel | undefined;
-  private channel: ConfirmChannel | undefined;
-  private consumerTag: string | undefined;
   private pending: ConsumeMessage[] = [];
   private readonly sending = new Set<Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
-  private stopping = false;
-  /** Aborted by stop(): a wait between reconnections ends at once. */
-  private readonly stopped = new AbortController();
   /** Aborted when the connection in use is lost or closed: its sends and waits stop at once. */
   private abort = new AbortController();
-  private connected: (() => void) | undefined;
-  private lost: Promise<void> = Promise.resolve();
   private readonly concurrency: number;
   private readonly retryBaseMs: number;
   private readonly drainTimeoutMs: number;
 
   constructor(private readonly o: BridgeOptions) {
+    super(o.config.amqp, o.log, backoffMs);
     this.concurrency = o.concurrency ?? 4;
     this.retryBaseMs = o.retryBaseMs ?? 200;
     this.drainTimeoutMs = o.drainTimeoutMs ?? 20_000;
   }
 
-  get isConnected(): boolean {
-    return this.channel !== undefined;
+  protected override opening(): void {
+    this.abort = new AbortController();
   }
 
-  /** Connects, consumes, and reconnects with backoff until `stop()`. Resolves once stopped. */
-  async run(): Promise<void> {
-    let attempt = 0;
-    while (!this.stopping) {
-      try {
-        const closed = await this.connect();
-        attempt = 0;
-        // stop() came while connecting: nothing was received yet, close at once.
-        if (this.stopping) await this.connection?.close().catch(() => {});
-        await closed;
-      } catch (err) {
-        if ((err as Error).name === 'ConfigError') throw err;
-        this.o.log.warn({ err: (err as Error).message }, 'broker connection failed');
-      }
-      this.detach();
-      if (this.stopping) break;
-      const delay = backoffMs(++attempt, 500, 15_000);
-      this.o.log.info({ retryInMs: delay, attempt }, 'reconnecting to the broker');
-      await sleep(delay, undefined, { signal: this.stopped.signal }).catch(() => {});
-    }
+  protected deliver(msg: ConsumeMessage): void {
+    this.pending.push(msg);
+    this.schedule();
   }
 
-  /** Resolves when connected (for tests and readiness). */
-  whenConnected(): Promise<void> {
-    if (this.channel) return Promise.resolve();
-    return new Promise((resolve) => (this.connected = resolve));
+  protected consuming(binding: QueueBinding): void {
+    this.o.log.info({ ...binding, sqsQueue: this.o.queueUrl }, 'bridging to SQS');
   }
 
-  private async connect(): Promise<Promise<void>> {
-    const { config, log } = this.o;
-    const { connection } = await connectBroker(config.amqp.transportUrl, config.amqp.caFile, log);
-    let closed!: () => void;
-    const done = new Promise<void>((resolve) => (closed = resolve));
-    connection.on('error', (err: Error) => log.warn({ err: err.message }, 'broker connection error'));
-    connection.on('close', () => closed());
-    try {
-      await declareTopology(connection, config.amqp);
-      const channel = await connection.createConfirmChannel();
-      channel.on('error', (err: Error) => log.warn({ err: err.message }, 'broker channel error'));
-      channel.on('close', () => closed());
-      await channel.prefetch(config.amqp.prefetch);
-      this.abort = new AbortController();
-      this.connection = connection;
-      this.channel = channel;
-      const { consumerTag } = await channel.consume(config.amqp.queue, (msg) => this.receive(channel, msg), { noAck: false });
-      this.consumerTag = consumerTag;
-    } catch (err) {
-      await connection.close().catch(() => {});
-      throw err;
-    }
-    log.info({ queue: config.amqp.queue, exchange: config.amqp.exchange, routingKey: `${config.amqp.topic}.info`, sqsQueue: this.o.queueUrl }, 'bridging to SQS');
-    this.connected?.();
-    this.connected = undefined;
-    this.lost = done;
-    return done;
-  }
-
-  private detach(): void {
+  protected detached(): void {
     // Unacked deliveries of a lost channel come back from the broker: drop our copies, and stop
     // the sends and retries that would acknowledge them on the dead channel.
     this.abort.abort();
     clearTimeout(this.timer);
     this.timer = undefined;
     this.pending = [];
-    this.channel = undefined;
-    this.connection = undefined;
-    this.consumerTag = undefined;
-  }
-
-  private receive(channel: ConfirmChannel, msg: ConsumeMessage | null): void {
-    if (!msg) {
-      // The broker cancelled us (queue deleted): reconnecting declares it again.
-      this.o.log.warn('consumer cancelled by the broker');
-      void this.connection?.close().catch(() => {});
-      return;
-    }
-    if (channel !== this.channel) return;
-    this.pending.push(msg);
-    this.schedule();
   }
 
   private schedule(): void {
@@ -320,23 +251,18 @@ export class SqsBridge {
    * SIGTERM: stop taking messages, forward and acknowledge what is in hand, close. Sends still
    * failing after `drainTimeoutMs` are abandoned unacknowledged: the broker keeps those messages.
    */
-  async stop(drainTimeoutMs = this.drainTimeoutMs): Promise<void> {
-    this.stopping = true;
-    this.stopped.abort();
-    this.connected = undefined;
-    const channel = this.channel;
-    if (channel && this.consumerTag) await channel.cancel(this.consumerTag).catch(() => {});
-    const deadline = Date.now() + drainTimeoutMs;
-    while (this.channel && (this.pending.length > 0 || this.sending.size > 0) && Date.now() < deadline) {
-      this.dispatch();
-      const left = deadline - Date.now();
-      if (this.sending.size === 0 || left <= 0) break;
-      const patience = new AbortController();
-      await Promise.race([Promise.race(this.sending), sleep(left, undefined, { signal: patience.signal }).catch(() => {})]);
-      patience.abort();
-    }
-    this.abort.abort();
-    await this.connection?.close().catch(() => {});
-    await this.lost;
+  stop(drainTimeoutMs = this.drainTimeoutMs): Promise<void> {
+    return this.stopAfter(async () => {
+      const deadline = Date.now() + drainTimeoutMs;
+      while (this.channel && (this.pending.length > 0 || this.sending.size > 0) && Date.now() < deadline) {
+        this.dispatch();
+        const left = deadline - Date.now();
+        if (this.sending.size === 0 || left <= 0) break;
+        const patience = new AbortController();
+        await Promise.race([Promise.race(this.sending), sleep(left, undefined, { signal: patience.signal }).catch(() => {})]);
+        patience.abort();
+      }
+      this.abort.abort();
+    });
   }
 }

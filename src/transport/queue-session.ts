@@ -1,0 +1,175 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Config } from '../config.js';
+import type { backoffMs } from '../consume.js';
+import type { Logger } from '../log.js';
+import { connectBroker, declareTopology, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from './amqp.js';
+
+/** The queue a session consumes and the binding that fills it, for the door's log line. */
+export interface QueueBinding {
+  queue: string;
+  exchange: string;
+  routingKey: string;
+}
+
+/**
+ * A door's hold on Glance's notification queue: a connection to the first broker of TRANSPORT_URL
+ * that answers, the queue and binding declared as `consume` declares them, one confirm channel
+ * with PREFETCH deliveries unacknowledged at most, and a new connection with backoff whenever that
+ * one is lost, until `stop()`. A ConfigError (a 406 on a declaration, a bad TRANSPORT_URL) ends
+ * `run()`: retrying cannot fix it.
+ *
+ * A door extends it with what a delivery becomes and when it is acknowledged: it takes deliveries
+ * in `deliver`, acknowledges them on `channel` while that is still the channel in use, drops its
+ * copies in `detached`, and settles what is in hand in the `drain` its `stop()` gives `stopAfter`.
+ *
+ * @example
+ *   class Tally extends QueueSession {
+ *     private inHand: ConsumeMessage[] = [];
+ *     protected deliver(msg: ConsumeMessage) { this.inHand.push(msg); }
+ *     protected consuming(binding: QueueBinding) { log.info(binding, 'tallying'); }
+ *     protected detached() { this.inHand = []; } // the broker delivers them again
+ *     stop() { return this.stopAfter(async () => { for (const m of this.inHand.splice(0)) this.channel?.ack(m); }); }
+ *   }
+ *   const tally = new Tally(config.amqp, log, backoffMs);
+ *   process.once('SIGTERM', () => void tally.stop());
+ *   await tally.run();
+ */
+export abstract class QueueSession {
+  private connection: ChannelModel | undefined;
+  private channelInUse: ConfirmChannel | undefined;
+  private consumerTag: string | undefined;
+  private stopRequested = false;
+  /** Aborted by stop(): a wait between reconnections ends at once. */
+  private readonly stopped = new AbortController();
+  private connected: (() => void) | undefined;
+  private lost: Promise<void> = Promise.resolve();
+
+  /**
+   * @param backoff `backoffMs`, handed in by the door: src/consume.ts imports this module, and
+   *   importing it back would break `extends QueueSession` whenever this module is loaded first.
+   */
+  constructor(
+    private readonly amqp: Config['amqp'],
+    private readonly log: Logger,
+    private readonly backoff: typeof backoffMs,
+  ) {}
+
+  /** Each delivery of the channel in use, in order. Deliveries of a lost channel never come here. */
+  protected abstract deliver(msg: ConsumeMessage): void;
+
+  /** Deliveries flow from now on. */
+  protected abstract consuming(binding: QueueBinding): void;
+
+  /** The connection is gone (lost, closed, or never made). */
+  protected abstract detached(): void;
+
+  /** A new connection, its topology declared and its channel ready, before the first delivery. */
+  protected opening(_connection: ChannelModel): Promise<void> | void {}
+
+  /** The channel deliveries come on now; undefined while disconnected. */
+  protected get channel(): ConfirmChannel | undefined {
+    return this.channelInUse;
+  }
+
+  /** stop() was called: no new connection is made. */
+  protected get stopping(): boolean {
+    return this.stopRequested;
+  }
+
+  get isConnected(): boolean {
+    return this.channelInUse !== undefined;
+  }
+
+  /** Connects, consumes, and reconnects with backoff until `stop()`. Resolves once stopped. */
+  async run(): Promise<void> {
+    let attempt = 0;
+    while (!this.stopRequested) {
+      try {
+        const closed = await this.connect();
+        attempt = 0;
+        // stop() came while connecting: nothing was received yet, close at once.
+        if (this.stopRequested) await this.connection?.close().catch(() => {});
+        await closed;
+      } catch (err) {
+        if ((err as Error).name === 'ConfigError') throw err;
+        this.log.warn({ err: (err as Error).message }, 'broker connection failed');
+      }
+      this.detach();
+      if (this.stopRequested) break;
+      const delay = this.backoff(++attempt, 500, 15_000);
+      this.log.info({ retryInMs: delay, attempt }, 'reconnecting to the broker');
+      await sleep(delay, undefined, { signal: this.stopped.signal }).catch(() => {});
+    }
+  }
+
+  /** Resolves when connected (for tests and readiness). */
+  whenConnected(): Promise<void> {
+    if (this.channelInUse) return Promise.resolve();
+    return new Promise((resolve) => (this.connected = resolve));
+  }
+
+  private async connect(): Promise<Promise<void>> {
+    const { amqp, log } = this;
+    const { connection } = await connectBroker(amqp.transportUrl, amqp.caFile, log);
+    let closed!: () => void;
+    const done = new Promise<void>((resolve) => (closed = resolve));
+    connection.on('error', (err: Error) => log.warn({ err: err.message }, 'broker connection error'));
+    connection.on('close', () => closed());
+    try {
+      await declareTopology(connection, amqp);
+      const channel = await connection.createConfirmChannel();
+      channel.on('error', (err: Error) => log.warn({ err: err.message }, 'broker channel error'));
+      channel.on('close', () => closed());
+      await channel.prefetch(amqp.prefetch);
+      await this.opening(connection);
+      this.connection = connection;
+      this.channelInUse = channel;
+      const { consumerTag } = await channel.consume(amqp.queue, (msg) => this.receive(channel, msg), { noAck: false });
+      this.consumerTag = consumerTag;
+    } catch (err) {
+      await connection.close().catch(() => {});
+      throw err;
+    }
+    this.consuming({ queue: amqp.queue, exchange: amqp.exchange, routingKey: `${amqp.topic}.info` });
+    this.connected?.();
+    this.connected = undefined;
+    this.lost = done;
+    return done;
+  }
+
+  private detach(): void {
+    this.channelInUse = undefined;
+    this.connection = undefined;
+    this.consumerTag = undefined;
+    this.detached();
+  }
+
+  private receive(channel: ConfirmChannel, msg: ConsumeMessage | null): void {
+    if (!msg) {
+      // The broker cancelled us (queue deleted): reconnecting declares it again.
+      this.log.warn('consumer cancelled by the broker');
+      void this.connection?.close().catch(() => {});
+      return;
+    }
+    if (channel !== this.channelInUse) return;
+    this.deliver(msg);
+  }
+
+  /**
+   * SIGTERM, for the door's `stop()`: stop taking messages, let `drain` settle what is in hand (it
+   * may still acknowledge on `channel`), close. Resolves once the connection is closed.
+   */
+  protected async stopAfter(drain: () => Promise<void>): Promise<void> {
+    this.stopRequested = true;
+    this.stopped.abort();
+    this.connected = undefined;
+    const channel = this.channelInUse;
+    if (channel && this.consumerTag) await channel.cancel(this.consumerTag).catch(() => {});
+    await drain();
+    // The channel's Close travels behind its last ack; the connection's Close could overtake it
+    // and leave the last batch to be redelivered.
+    await this.channelInUse?.close().catch(() => {});
+    await this.connection?.close().catch(() => {});
+    await this.lost;
+  }
+}
