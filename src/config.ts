@@ -12,6 +12,12 @@ export const EnvSchema = z.object({
     .string()
     .default('sqlite://./data/glance-quota.db')
     .meta({ description: 'Where the ledger lives: `sqlite://PATH` (embedded, one process), `postgres://user:pass@host:5432/db` or `redis://[:pass@]host:6379[/db]` (`rediss://` for TLS; both shared by many consumers), or `memory://` (lost at exit).' }),
+  AUDIT_RETENTION_SECONDS: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(90 * 24 * 3600)
+    .meta({ description: 'How long the audit trail (deletions, would-deletes, skips) is kept; pruned once per reconcile.' }),
   REDIS_KEY_PREFIX: z
     .string()
     .min(1)
@@ -148,6 +154,7 @@ export interface Config {
   mode: 'enforce' | 'dry-run';
   logLevel: Env['LOG_LEVEL'];
   messageRetentionMs: number;
+  auditRetentionMs: number;
   createRateWindowSeconds: number;
   limitsCacheSeconds: number;
   amqp: {
@@ -183,6 +190,7 @@ const EXAMPLES: Record<string, string> = {
   LOG_LEVEL: 'LOG_LEVEL=debug',
   MESSAGE_RETENTION_SECONDS: 'MESSAGE_RETENTION_SECONDS=604800',
   REDIS_KEY_PREFIX: 'REDIS_KEY_PREFIX=gqe:',
+  AUDIT_RETENTION_SECONDS: 'AUDIT_RETENTION_SECONDS=7776000',
   QUOTA_CREATE_RATE_WINDOW: 'QUOTA_CREATE_RATE_WINDOW=60',
   LIMITS_CACHE_SECONDS: 'LIMITS_CACHE_SECONDS=60',
   AMQP_DURABLE_QUEUES: 'AMQP_DURABLE_QUEUES=false',
@@ -232,6 +240,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     mode: e.ENFORCEMENT_MODE,
     logLevel: e.LOG_LEVEL,
     messageRetentionMs: e.MESSAGE_RETENTION_SECONDS * 1000,
+    auditRetentionMs: e.AUDIT_RETENTION_SECONDS * 1000,
     createRateWindowSeconds: e.QUOTA_CREATE_RATE_WINDOW,
     limitsCacheSeconds: e.LIMITS_CACHE_SECONDS,
     amqp: {

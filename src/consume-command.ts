@@ -91,8 +91,7 @@ export async function consume(args: string[]): Promise<number> {
       metrics.reconcileRuns.inc({ result: 'ok' });
       log.info({ projects: summary.projects.length, listed: summary.listed, vanished: summary.vanished, ms: summary.durationMs }, 'reconciled from Glance');
       worker.add(summary.projects.map((p) => p.projectId));
-      await pipeline.forgetOldMessages(config.messageRetentionMs);
-      await store.forgetActionsBefore(Date.now() - 90 * 24 * 3600 * 1000);
+      await pipeline.forgetOld({ messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs });
     } catch (err) {
       metrics.reconcileRuns.inc({ result: 'failed' });
       metrics.countOpenStackError(err);

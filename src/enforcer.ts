@@ -198,9 +198,16 @@ export class Pipeline {
     return out;
   }
 
-  /** Forget processed message ids older than the retention (dedupe stays exact within it). */
-  async forgetOldMessages(retentionMs: number): Promise<number> {
-    return this.store.forgetMessagesBefore(this.clock() - retentionMs);
+  /**
+   * Keep the store bounded: processed message ids past their retention (dedupe stays exact within
+   * it, and merging is idempotent beyond it) and audit records past theirs. Run once per reconcile.
+   */
+  async forgetOld(retention: { messagesMs: number; actionsMs: number }): Promise<{ messages: number; actions: number }> {
+    const now = this.clock();
+    return {
+      messages: await this.store.forgetMessagesBefore(now - retention.messagesMs),
+      actions: await this.store.forgetActionsBefore(now - retention.actionsMs),
+    };
   }
 }
 

@@ -10,7 +10,6 @@ export const RECONCILE_CURSOR = 'reconcile.cursor';
 export const TIMEOUT_MARGIN_MS = 30_000;
 
 /** Audit records are kept this long, as `consume` keeps them. */
-const AUDIT_RETENTION_MS = 90 * 24 * 3600 * 1000;
 
 export interface BudgetedReconcileSummary {
   /** The projects reconciled in this run, in order. */
@@ -92,8 +91,7 @@ export async function reconcileWithinBudget(services: FunctionServices, options:
     cursor = '';
     await pipeline.store.setState(RECONCILE_CURSOR, cursor);
     // Once per pass, as `consume` does after each full reconcile.
-    await pipeline.forgetOldMessages(config.messageRetentionMs);
-    await pipeline.store.forgetActionsBefore(clock() - AUDIT_RETENTION_MS);
+    await pipeline.forgetOld({ messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs });
   }
   const actions = reports.reduce((n, r) => n + r.actions.length, 0);
   const durationMs = clock() - started;

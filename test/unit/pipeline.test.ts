@@ -1,0 +1,29 @@
+import { describe, expect, it } from 'vitest';
+import { Pipeline } from '../../src/enforcer.js';
+import { StaticLimits } from '../../src/quota/static-limits.js';
+import { MemoryStore } from '../../src/store/memory.js';
+import { captures } from '../support/fixtures.js';
+
+describe('the pipeline keeps its store bounded', () => {
+  it('forgets processed ids and audit records past their retention, keeping the recent ones', async () => {
+    let now = 1_000_000;
+    const store = new MemoryStore();
+    const pipeline = new Pipeline({ store, limits: new StaticLimits({}), clock: () => now });
+    const bodies = captures().map((c) => c.body);
+    await pipeline.ingest(bodies.slice(0, 10));
+    const base = { over: [], usage: { image_count_total: 0, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 }, limits: {} };
+    await store.recordActions([{ ...base, atMs: now, projectId: 'p', imageId: 'old', action: 'skipped', reason: 'r' }]);
+    now += 10_000;
+    await pipeline.ingest(bodies.slice(10));
+    await store.recordActions([{ ...base, atMs: now, projectId: 'p', imageId: 'new', action: 'skipped', reason: 'r' }]);
+
+    const forgotten = await pipeline.forgetOld({ messagesMs: 5_000, actionsMs: 5_000 });
+    const firstTen = (await pipeline.ingest(bodies.slice(0, 10))).outcomes.filter((o) => o.result === 'applied').length;
+    expect(forgotten.actions).toBe(1);
+    expect(forgotten.messages).toBe(firstTen);
+    expect(firstTen).toBeGreaterThan(0);
+    expect((await store.actions()).map((a) => a.imageId)).toEqual(['new']);
+    // Ids of the later batch are still remembered: their redelivery is a duplicate.
+    expect((await pipeline.ingest(bodies.slice(10))).outcomes.some((o) => o.result === 'applied')).toBe(false);
+  });
+});
