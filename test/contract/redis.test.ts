@@ -1,14 +1,12 @@
-import fc from 'fast-check';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import type { ImageEvent } from '../../src/notification/parse.js';
 import { openStore } from '../../src/store/index.js';
 import { MemoryStore } from '../../src/store/memory.js';
-import type { LedgerStore } from '../../src/store/port.js';
 import { RedisStore } from '../../src/store/redis.js';
 import { ev, MiB } from '../support/events.js';
 import { connectRedisForTests, holdService, REDIS_URL, type TestRedis } from '../support/services.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
+import { itAppliesConcurrentWritersExactlyOnce, snapshot } from './shared-ledger.contract.js';
 
 /**
  * Against a real Redis (TEST_REDIS_URL): every store a test opens gets a key prefix of its own,
@@ -49,69 +47,6 @@ afterAll(async () => {
 
 describeLedgerStore('redis', async () => RedisStore.open(SERVER_URL, { keyPrefix: freshPrefix() }));
 
-async function snapshot(store: LedgerStore) {
-  const out: Record<string, unknown> = {};
-  for (const p of await store.projects()) {
-    const images = (await store.images(p)).sort((a, b) => (a.imageId < b.imageId ? -1 : 1));
-    out[p] = { images, usage: await store.usage(p) };
-  }
-  return out;
-}
-
-/** A history with owner changes, tombstones and many versions of each image. */
-const history = fc
-  .array(
-    fc.record({
-      image: fc.integer({ min: 0, max: 9 }),
-      project: fc.constantFrom('p1', 'p2', 'p3'),
-      status: fc.constantFrom('queued', 'saving', 'uploading', 'importing', 'active', 'killed'),
-      size: fc.option(fc.integer({ min: 0, max: 8 * MiB }), { nil: null }),
-      updatedAt: fc.integer({ min: 0, max: 5 }),
-      micros: fc.integer({ min: 0, max: 3 }),
-      importing: fc.constantFrom('', 'file'),
-      deleted: fc.integer({ min: 0, max: 7 }).map((n) => n === 0),
-    }),
-    { minLength: 40, maxLength: 120 },
-  )
-  .map((items) =>
-    items.map(
-      (x, i): ImageEvent => ({
-        messageId: `msg-${i}`,
-        eventType: x.deleted ? 'image.delete' : 'image.update',
-        projectId: x.project,
-        imageId: `img-${x.image}`,
-        status: x.deleted ? 'deleted' : x.status,
-        size: x.size,
-        createdAt: 1_700_000_000 + x.image,
-        updatedAt: 1_800_000_000 + x.updatedAt,
-        timestamp: (1_800_000_000 + x.updatedAt) * 1_000_000 + x.micros,
-        importing: x.importing,
-        protected: false,
-        deleted: x.deleted,
-      }),
-    ),
-  );
-
-/** Four consumers, each with every message in its own order, some twice, in batches of its own size. */
-const deliveries = history.chain((events) =>
-  fc.tuple(
-    fc.constant(events),
-    fc.array(
-      fc.tuple(
-        fc.shuffledSubarray(events, { minLength: events.length, maxLength: events.length }),
-        fc.array(fc.integer({ min: 0, max: events.length - 1 }), { maxLength: 10 }),
-        fc.integer({ min: 1, max: 12 }),
-      ),
-      { minLength: 4, maxLength: 4 },
-    ),
-  ),
-);
-
-function batches<T>(items: T[], size: number): T[][] {
-  const out: T[][] = [];
-  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
-  return out;
-}
 
 describe('redis: a database shared by several consumers', () => {
   it('keeps the ledger and the processed ids across a restart', async () => {
@@ -145,32 +80,9 @@ describe('redis: a database shared by several consumers', () => {
     }
   });
 
-  it('applies the same messages from 4 consumers on 2 connections exactly once', async () => {
-    await fc.assert(
-      fc.asyncProperty(deliveries, async ([events, consumers]) => {
-        const keyPrefix = freshPrefix();
-        const stores = [await RedisStore.open(SERVER_URL, { keyPrefix }), await RedisStore.open(SERVER_URL, { keyPrefix })];
-        const expected = new MemoryStore();
-        await expected.applyEvents(events, 1);
-        const results = await Promise.all(
-          consumers.map(async ([order, dupes, size], i) => {
-            const stream = [...order];
-            for (const d of dupes) stream.splice((d * 7) % (stream.length + 1), 0, events[d]!);
-            let applied = 0;
-            for (const batch of batches(stream, size)) {
-              const r = await stores[i % 2]!.applyEvents(batch, 1);
-              applied += r.outcomes.filter((o) => o === 'applied').length;
-            }
-            return applied;
-          }),
-        );
-        // Each message was applied by exactly one consumer; the others saw a duplicate.
-        expect(results.reduce((a, b) => a + b, 0)).toBe(events.length);
-        expect(await snapshot(stores[0]!)).toEqual(await snapshot(expected));
-        await Promise.all(stores.map((s) => s.close()));
-      }),
-      { numRuns: 8 },
-    );
+  itAppliesConcurrentWritersExactlyOnce('connections', async () => {
+    const keyPrefix = freshPrefix();
+    return [await RedisStore.open(SERVER_URL, { keyPrefix }), await RedisStore.open(SERVER_URL, { keyPrefix })];
   });
 
   it('orders versions exactly: microseconds near 2^52 and message ids as JavaScript compares them', async () => {
