@@ -1,7 +1,9 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { usageOf } from '../../src/ledger/usage.js';
 import { parseNotification, type ImageEvent } from '../../src/notification/parse.js';
+import { MemoryStore } from '../../src/store/memory.js';
 import type { LedgerStore } from '../../src/store/port.js';
+import { snapshot } from './shared-ledger.contract.js';
 import { ev, MiB } from '../support/events.js';
 import { captures } from '../support/fixtures.js';
 
@@ -89,6 +91,27 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       expect((await store.removableImages('p1', 3)).map((r) => r.imageId)).toEqual(['new', 'b', 'a']);
       expect((await store.removableImages('p1', 10)).map((r) => r.imageId)).toEqual(['new', 'b', 'a', 'old']);
       expect(await store.removableImages('nobody', 5)).toEqual([]);
+    });
+
+    it('orders versions exactly: microseconds near 2^52 and message ids as JavaScript compares them', async () => {
+      const t = 4_102_444_800;
+      const events = [
+        ev({ imageId: 'a', status: 'queued', updatedAt: t, timestamp: t * 1_000_000 + 1 }),
+        ev({ imageId: 'a', status: 'active', size: MiB, updatedAt: t, timestamp: t * 1_000_000 }),
+        // UTF-16: U+1F600 is the surrogate pair D83D DE00, below U+FFFF; in UTF-8 bytes it is above.
+        ev({ imageId: 'b', status: 'queued', updatedAt: t, timestamp: t * 1_000_000, messageId: 'm-\u{1F600}' }),
+        ev({ imageId: 'b', status: 'active', size: MiB, updatedAt: t, timestamp: t * 1_000_000, messageId: 'm-\uFFFF' }),
+        ev({ imageId: 'c', status: 'saving', updatedAt: t, timestamp: t * 1_000_000, messageId: 'm-é' }),
+        ev({ imageId: 'c', status: 'active', size: MiB, updatedAt: t, timestamp: t * 1_000_000, messageId: 'm-z' }),
+      ];
+      for (const order of [events, [...events].reverse()]) {
+        const memory = new MemoryStore();
+        await memory.applyEvents(order, 1);
+        await store.applyEvents(order, 1, { dedupe: false });
+        expect(await snapshot(store)).toEqual(await snapshot(memory));
+      }
+      const byId = (await store.images('p1')).sort((x, y) => (x.imageId < y.imageId ? -1 : 1));
+      expect(byId.map((r) => r.status)).toEqual(['queued', 'active', 'saving']);
     });
 
     it('lists a project whose only images are tombstoned', async () => {
