@@ -1,3 +1,4 @@
+import type { ImageRecord } from './ledger/record.js';
 import { tombstoneOf, type GlanceImageState } from './ledger/synthetic.js';
 import type { Logger } from './log.js';
 import type { ImageEvent } from './notification/parse.js';
@@ -130,6 +131,11 @@ export class Pipeline {
 
   /** Usage, limits and the decision for one project, read from the store. */
   async evaluate(projectId: string): Promise<ProjectReport> {
+    return (await this.decideFor(projectId)).report;
+  }
+
+  /** The decision, with the records it was made from (every candidate is among them). */
+  private async decideFor(projectId: string): Promise<{ report: ProjectReport; records: ImageRecord[] }> {
     const [usage, limits] = await Promise.all([this.store.usage(projectId), this.limits.limitsFor(projectId)]);
     const exempt = this.exempt.has(projectId);
     // Most messages leave a project under its limits: then no image needs to be read at all.
@@ -137,7 +143,7 @@ export class Pipeline {
     const records = !needed ? [] : 'all' in needed ? await this.store.images(projectId) : await this.store.removableImages(projectId, needed.removable);
     const { over, toDelete } = decide(records, usage, limits, exempt);
     if (over.length > 0) this.log?.info({ projectId, usage, limits, over, candidates: toDelete.length, exempt }, 'project over quota');
-    return { projectId, usage, limits, over, toDelete, exempt };
+    return { report: { projectId, usage, limits, over, toDelete, exempt }, records };
   }
 
   /**
@@ -146,11 +152,11 @@ export class Pipeline {
    * confirmation that an image is gone is applied to the ledger at once.
    */
   async enforce(projectId: string): Promise<EnforcementReport> {
-    const report = await this.evaluate(projectId);
+    const { report, records } = await this.decideFor(projectId);
     if (report.toDelete.length === 0) return { ...report, actions: [] };
     const images = this.images;
     if (!images) throw new Error('enforce: no Glance API configured; the pipeline can only decide (replay)');
-    const known = new Map((await this.store.images(projectId)).map((r) => [r.imageId, r]));
+    const known = new Map(records.map((r) => [r.imageId, r]));
     // A dry run sees the same candidates on every message of a flood; each is verified once.
     const candidates = this.mode === 'dry-run' ? report.toDelete.filter((id) => !this.wouldDelete.has(id)) : report.toDelete;
     if (candidates.length === 0) return { ...report, actions: [] };

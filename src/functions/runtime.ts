@@ -4,6 +4,7 @@ import type { ImageService, Pipeline } from '../enforcer.js';
 import { ConfigError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { openRuntime } from '../runtime.js';
+import { storeScheme } from '../store/index.js';
 
 /**
  * Where the `sqs` function sets a poison record aside: the stack's dead-letter queue, with the
@@ -33,7 +34,7 @@ const SHARED = 'postgres://user:pass@host:5432/db or redis://[:pass@]host:6379[/
  * a project's images, and a project far over its quota would look under it everywhere.
  */
 export function requireSharedStore(storeUrl: string): void {
-  const scheme = /^([a-z][a-z0-9+]*):\/\//i.exec(storeUrl)?.[1]?.toLowerCase();
+  const scheme = storeScheme(storeUrl);
   if (scheme === 'sqlite' || scheme === 'memory') {
     throw new ConfigError(
       `STORE_URL: a function needs a ledger that all its instances share, ${SHARED}; got ${scheme}://, which would give every Lambda instance a ledger of its own that counts only the images it happened to see`,

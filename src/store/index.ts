@@ -15,13 +15,18 @@ export interface OpenStoreOptions {
 
 const FORMS = 'sqlite://./data/glance-quota.db, postgres://user:pass@host:5432/db, redis://[:pass@]host:6379[/db] or memory://';
 
+/** The scheme of a STORE_URL, lower-cased: `sqlite`, `postgres`, `redis`, `memory`, ... */
+export function storeScheme(url: string): string | undefined {
+  return /^([a-z][a-z0-9+]*):\/\//i.exec(url)?.[1]?.toLowerCase();
+}
+
 /**
  * STORE_URL to a store. `sqlite://./rel.db` and `sqlite:///abs.db` as SQLAlchemy writes them
  * (oslo.db's `connection` option), so operators can reuse what they know; `postgres://` and
  * `postgresql://` as libpq takes them; `redis://` and `rediss://` (TLS) as redis-cli does.
  */
 export async function openStore(url: string, options: OpenStoreOptions = {}): Promise<LedgerStore> {
-  const scheme = /^([a-z][a-z0-9+]*):\/\//i.exec(url)?.[1]?.toLowerCase();
+  const scheme = storeScheme(url);
   if (scheme === 'memory') return new MemoryStore();
   if (scheme === 'sqlite') {
     const path = url.slice('sqlite://'.length);
