@@ -1,5 +1,5 @@
 import type { ImageEvent } from '../notification/parse.js';
-import { mergeRecord, type ImageRecord } from './record.js';
+import { mergeRecord, recordFromEvent, type ImageRecord } from './record.js';
 import { ZERO_TOTALS, addTotals, contributionOf, type UsageTotals } from './usage.js';
 
 export type ApplyOutcome = 'applied' | 'duplicate';
@@ -28,12 +28,24 @@ export interface AppliedBatch extends ApplyResult {
   deltas: Map<string, UsageTotals>;
 }
 
-function sameRecord(a: ImageRecord, b: ImageRecord): boolean {
-  return a.messageId === b.messageId && a.deleted === b.deleted && a.projectId === b.projectId;
+/**
+ * Every field: a Glance listing keeps one message id per image (`glance-api:<id>`) however its
+ * state changes, so the message id alone cannot tell two of its records apart.
+ */
+export function sameRecord(a: ImageRecord, b: ImageRecord): boolean {
+  return (
+    a.messageId === b.messageId && a.deleted === b.deleted && a.projectId === b.projectId && a.status === b.status &&
+    a.size === b.size && a.createdAt === b.createdAt && a.updatedAt === b.updatedAt && a.timestamp === b.timestamp &&
+    a.importing === b.importing && a.protected === b.protected
+  );
 }
 
-/** Dedupe by message id, merge each event into its image's record, keep the totals in step. */
-export function applyEventsTo(tx: LedgerTransaction, events: readonly ImageEvent[], nowMs: number, dedupe = true): AppliedBatch {
+/**
+ * Dedupe by message id, merge each event into its image's record, keep the totals in step.
+ * `overwrite` is for Glance's own word (a listing, a confirmed delete): the event replaces the
+ * record outright, with no version merge and no sticky tombstone, because the bus may have lied.
+ */
+export function applyEventsTo(tx: LedgerTransaction, events: readonly ImageEvent[], nowMs: number, dedupe = true, overwrite = false): AppliedBatch {
   const outcomes: ApplyOutcome[] = [];
   const projects = new Set<string>();
   const deltas = new Map<string, UsageTotals>();
@@ -49,7 +61,7 @@ export function applyEventsTo(tx: LedgerTransaction, events: readonly ImageEvent
     }
     outcomes.push('applied');
     const before = tx.get(event.imageId);
-    const after = mergeRecord(before, event);
+    const after = overwrite ? recordFromEvent(event) : mergeRecord(before, event);
     if (before && sameRecord(before, after)) continue;
     tx.put(after);
     if (before) addDelta(before.projectId, contributionOf(before), -1);

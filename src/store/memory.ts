@@ -33,7 +33,7 @@ export class MemoryStore implements LedgerStore {
       get: (id) => staged.get(id) ?? this.records.get(id),
       put: (r) => void staged.set(r.imageId, r),
     };
-    const { deltas, ...result } = applyEventsTo(tx, events, nowMs, options.dedupe ?? true);
+    const { deltas, ...result } = applyEventsTo(tx, events, nowMs, !options.overwrite && (options.dedupe ?? true), options.overwrite ?? false);
     for (const [id, at] of seen) this.seenAt.set(id, at);
     for (const r of staged.values()) {
       const previous = this.records.get(r.imageId);

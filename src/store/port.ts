@@ -29,6 +29,12 @@ export interface ApplyOptions {
    * they have no message id worth remembering, and merging is idempotent anyway.
    */
   dedupe?: boolean;
+  /**
+   * true for Glance's own state (a listing, a confirmed delete): each event replaces its image's
+   * record outright instead of merging by version, so neither a forged future timestamp nor a
+   * forged sticky tombstone can outlive the next look at Glance. Implies no dedupe.
+   */
+  overwrite?: boolean;
 }
 
 /**

@@ -241,7 +241,8 @@ export class PostgresStore implements LedgerStore {
 
   async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
     if (events.length === 0) return { outcomes: [], projects: [] };
-    const dedupe = options.dedupe ?? true;
+    const overwrite = options.overwrite ?? false;
+    const dedupe = !overwrite && (options.dedupe ?? true);
     const messageIds = [...new Set(events.map((e) => e.messageId))].sort();
     const imageIds = [...new Set(events.map((e) => e.imageId))].sort();
     return this.transaction(async (client) => {
@@ -275,7 +276,7 @@ export class PostgresStore implements LedgerStore {
         get: (id) => staged.get(id) ?? current.get(id),
         put: (r) => void staged.set(r.imageId, r),
       };
-      const { deltas, ...result } = applyEventsTo(tx, events, nowMs, dedupe);
+      const { deltas, ...result } = applyEventsTo(tx, events, nowMs, dedupe, overwrite);
 
       if (staged.size > 0) {
         const records = [...staged.values()].sort((a, b) => (a.imageId < b.imageId ? -1 : 1));

@@ -33,11 +33,12 @@ const FIELDS_PER_EVENT = 11;
  * computation come first (phase 1, which writes nothing) and the writes last (phase 2), which are
  * plain commands on keys of known types.
  *
- * ARGV: prefix, nowMs, dedupe ('1' or '0'), then 11 fields per event (see `eventArgs`).
+ * ARGV: prefix, nowMs, mode ('1' dedupe, '0' no dedupe, 'o' overwrite: Glance's word replaces the
+ * record outright, see ApplyOptions.overwrite), then 11 fields per event (see `eventArgs`).
  * Returns { outcomes ('a' applied / 'd' duplicate, one per event), changed project ids... }.
  */
 const APPLY_LUA = `
-local P, now, dedupe = ARGV[1], ARGV[2], ARGV[3] == '1'
+local P, now, dedupe, overwrite = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[3] == 'o'
 
 -- usage.ts: DEAD, UPLOADING, STAGING
 local DEAD = { killed = true, pending_delete = true, deleted = true }
@@ -91,9 +92,12 @@ local function merge(existing, event)
   return r
 end
 
--- apply.ts sameRecord
+-- apply.ts sameRecord: every field
 local function same(a, b)
-  return a.msg == b.msg and a.deleted == b.deleted and a.project == b.project
+  for _, f in ipairs({ 'msg', 'deleted', 'project', 'status', 'size', 'created', 'updated', 'ts', 'importing', 'protected' }) do
+    if a[f] ~= b[f] then return false end
+  end
+  return true
 end
 
 -- usage.ts contributionOf: count, uploading, sizeBytes, stageBytes
@@ -172,7 +176,7 @@ for i = 1, n do
     outcomes[i] = 'a'
     -- apply.ts: before = tx.get; after = mergeRecord; unchanged -> nothing; else put and deltas
     local before = staged[event.image] or load(event.image)
-    local after = merge(before, event)
+    local after = overwrite and event or merge(before, event)
     if not (before and same(before, after)) then
       if not staged[event.image] then staged_order[#staged_order + 1] = event.image end
       staged[event.image] = after
@@ -375,7 +379,7 @@ export class RedisStore implements LedgerStore {
 
   async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
     if (events.length === 0) return { outcomes: [], projects: [] };
-    const args = [this.prefix, String(nowMs), options.dedupe ?? true ? '1' : '0', ...events.flatMap(eventArgs)];
+    const args = [this.prefix, String(nowMs), options.overwrite ? 'o' : options.dedupe ?? true ? '1' : '0', ...events.flatMap(eventArgs)];
     const [codes = '', ...projects] = await this.redis.gqeApply(...args);
     const outcomes = [...codes].map((c): ApplyOutcome => (c === 'd' ? 'duplicate' : 'applied'));
     return { outcomes, projects: projects.sort() };

@@ -116,7 +116,7 @@ export class SqliteStore implements LedgerStore {
   readonly description: string;
   private readonly db: Database.Database;
   private readonly stmt;
-  private readonly applyBatch: Database.Transaction<(events: readonly ImageEvent[], nowMs: number, dedupe: boolean) => ApplyResult>;
+  private readonly applyBatch: Database.Transaction<(events: readonly ImageEvent[], nowMs: number, dedupe: boolean, overwrite: boolean) => ApplyResult>;
 
   private constructor(db: Database.Database, path: string) {
     this.db = db;
@@ -169,7 +169,9 @@ export class SqliteStore implements LedgerStore {
       getState: db.prepare<[string], string>('SELECT value FROM enforcer_state WHERE key = ?').pluck(),
       setState: db.prepare<[string, string]>('INSERT INTO enforcer_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
     };
-    this.applyBatch = db.transaction((events: readonly ImageEvent[], nowMs: number, dedupe: boolean) => this.applyInTransaction(events, nowMs, dedupe));
+    this.applyBatch = db.transaction((events: readonly ImageEvent[], nowMs: number, dedupe: boolean, overwrite: boolean) =>
+      this.applyInTransaction(events, nowMs, dedupe, overwrite),
+    );
   }
 
   /** Opens (creating the file and its folder if needed) and migrates. ':memory:' works too. */
@@ -206,7 +208,8 @@ export class SqliteStore implements LedgerStore {
 
   async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
     if (events.length === 0) return { outcomes: [], projects: [] };
-    return this.applyBatch.immediate(events, nowMs, options.dedupe ?? true);
+    const overwrite = options.overwrite ?? false;
+    return this.applyBatch.immediate(events, nowMs, !overwrite && (options.dedupe ?? true), overwrite);
   }
 
   /**
@@ -215,7 +218,7 @@ export class SqliteStore implements LedgerStore {
    * then write each changed image once and the new message ids in one statement. Per-event
    * statements made four native calls per event, half of SQLite's ingest time (bench/README.md).
    */
-  private applyInTransaction(events: readonly ImageEvent[], nowMs: number, dedupe: boolean): ApplyResult {
+  private applyInTransaction(events: readonly ImageEvent[], nowMs: number, dedupe: boolean, overwrite: boolean): ApplyResult {
     const seen = new Set<string>();
     if (dedupe) {
       const messageIds = events.map((e) => e.messageId);
@@ -244,7 +247,7 @@ export class SqliteStore implements LedgerStore {
         changed.set(r.imageId, r);
       },
     };
-    const { deltas, ...result } = applyEventsTo(tx, events, nowMs, dedupe);
+    const { deltas, ...result } = applyEventsTo(tx, events, nowMs, dedupe, overwrite);
     for (const [at, ids] of newlySeen) this.stmt.markSeen.run(at, JSON.stringify(ids));
     for (const r of changed.values()) {
       this.stmt.put.run(r.imageId, r.projectId, r.status, r.size, r.createdAt, r.updatedAt, r.timestamp, r.messageId, r.importing, r.protected ? 1 : 0, r.deleted ? 1 : 0);

@@ -167,6 +167,44 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       expect(await store.recordActions([{ ...base, atMs: 40, projectId: 'p1', imageId: 'a', action: 'would-delete', reason: 'again' }])).toHaveLength(1);
     });
 
+    it("lets Glance's word overwrite what forged notifications left: a future-dated record, a sticky tombstone", async () => {
+      // The bus claimed: image a is active and dated in 9999, image b was deleted in 2099.
+      await store.applyEvents(
+        [
+          ev({ imageId: 'a', status: 'active', size: 5 * MiB, updatedAt: 253_402_300_799 }),
+          ev({ imageId: 'b', status: 'queued', updatedAt: 1_000 }),
+          ev({ imageId: 'b', status: 'deleted', deleted: true, updatedAt: 4_070_908_800 }),
+        ],
+        1,
+      );
+      expect((await store.usage('p1')).image_count_total).toBe(1);
+      // A plain merge cannot undo either: the forged versions are newer and the tombstone is sticky.
+      const fromGlance = [
+        ev({ messageId: 'glance-api:a', imageId: 'a', status: 'queued', updatedAt: 2_000 }),
+        ev({ messageId: 'glance-api:b', imageId: 'b', status: 'queued', updatedAt: 2_000 }),
+      ];
+      await store.applyEvents(fromGlance, 2, { dedupe: false });
+      expect((await store.usage('p1')).image_count_total).toBe(1);
+      // Glance's listing overwrites outright.
+      const r = await store.applyEvents(fromGlance, 3, { overwrite: true });
+      expect(r.projects).toEqual(['p1']);
+      const images = await store.images('p1');
+      expect(images.map((i) => [i.imageId, i.status, i.deleted, i.updatedAt]).sort()).toEqual([
+        ['a', 'queued', false, 2_000],
+        ['b', 'queued', false, 2_000],
+      ]);
+      expect(await store.usage('p1')).toEqual(usageOf(images));
+      expect((await store.usage('p1')).image_count_total).toBe(2);
+      // The same listing again changes nothing; a changed state under the same id is applied.
+      expect((await store.applyEvents(fromGlance, 4, { overwrite: true })).projects).toEqual([]);
+      await store.applyEvents([{ ...fromGlance[0]!, status: 'active', size: 3 * MiB, updatedAt: 2_100 }], 5, { overwrite: true });
+      expect(await store.usage('p1')).toEqual({ image_count_total: 2, image_count_uploading: 0, image_size_total: 3, image_stage_total: 0 });
+      // Overwrite never marks message ids as seen: the notification that comes later still counts.
+      const later = ev({ imageId: 'a', status: 'deleted', deleted: true, updatedAt: 2_200 });
+      expect((await store.applyEvents([later], 6)).outcomes).toEqual(['applied']);
+      expect((await store.usage('p1')).image_count_total).toBe(1);
+    });
+
     it("keeps the enforcer's own small values, such as where the scheduled reconcile stopped", async () => {
       expect(await store.getState('reconcile.cursor')).toBeUndefined();
       await store.setState('reconcile.cursor', '615696c542784834ac46630e5a22dbe3');
