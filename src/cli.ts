@@ -24,9 +24,10 @@ Usage:
       --store   ledger to replay into (default memory://: a what-if never touches the real ledger)
       --json    one JSON document on stdout
   glance-quota-enforcer reconcile [--project ID] [--dry-run] [--json]
-      Rebuild the ledger of one project, or of every project that owns images, from Glance's
-      listing (authoritative), then decide and act: verify each candidate with Glance and delete
-      it (--dry-run or ENFORCEMENT_MODE=dry-run: only record the would-delete).
+      Overwrite the ledger of one project, or of every project that owns images, with Glance's
+      listing (the truth), then decide and act on that listing alone: delete the newest queued
+      images past the quota (--dry-run or ENFORCEMENT_MODE=dry-run: only record the would-delete).
+      A project that fails is reported and the others go on (exit 1 if any failed).
   glance-quota-enforcer consume
       The long-lived enforcer: consume Glance's notifications from RabbitMQ (TRANSPORT_URL) into
       the ledger, enforce as projects change, reconcile at start and every RECONCILE_INTERVAL,
@@ -173,7 +174,9 @@ async function reconcileCommand(args: string[], io: Io): Promise<number> {
       io.stdout(JSON.stringify({
         mode: runtime.pipeline.mode,
         listed: summary.listed,
-        vanished: summary.vanished,
+        corrected: summary.corrected,
+        unreadable: summary.unreadable,
+        failures: summary.failures.map((f) => ({ project_id: f.projectId, error: f.error.message })),
         duration_ms: summary.durationMs,
         actions: totals,
         projects: summary.projects.map((p: EnforcementReport) => ({
@@ -187,13 +190,16 @@ async function reconcileCommand(args: string[], io: Io): Promise<number> {
     } else {
       const over = summary.projects.filter((p) => p.over.length > 0);
       io.stdout(
-        `reconcile (${runtime.pipeline.mode}): ${summary.projects.length} projects, ${summary.listed} images listed, ${summary.vanished} vanished, ` +
+        `reconcile (${runtime.pipeline.mode}): ${summary.projects.length} projects, ${summary.listed} images listed, ` +
+          `ledger corrected ${JSON.stringify(summary.corrected)}, ${summary.failures.length} failed, ` +
           `${over.length} over quota; ${totals.deleted} deleted, ${totals.would_delete} would-delete, ${totals.skipped} skipped, ` +
           `${totals.not_deletable} not deletable, ${totals.gone} gone, in ${(summary.durationMs / 1000).toFixed(1)} s\n`,
       );
       for (const p of summary.projects) for (const a of p.actions) io.stdout(`  ${p.projectId} ${a.imageId} ${a.action}: ${a.reason}\n`);
     }
-    return 0;
+    // The other projects were reconciled all the same; the exit code tells cron something failed.
+    for (const f of summary.failures) io.stderr(`reconcile of project ${f.projectId} failed: ${f.error.message}\n`);
+    return summary.failures.length > 0 ? 1 : 0;
   } finally {
     await runtime.close();
   }

@@ -26,6 +26,7 @@ export async function consume(args: string[]): Promise<number> {
   let notifier: Notifier | undefined;
   const runtime = await openRuntime(process.env, {
     needGlance: true,
+    onCorrections: (_projectId, corrections) => metrics.countCorrections(corrections),
     onAction: async (a) => {
       metrics.actions.inc({ action: a.action });
       await notifier?.publish(EVENT_OF[a.action], 'INFO', {
@@ -61,7 +62,7 @@ export async function consume(args: string[]): Promise<number> {
     pipeline,
     log,
     metrics,
-    onCommitted: (r) => worker.add(r.projects),
+    onCommitted: (r) => worker.add(pipeline.projectsAfter(r)),
     onConnected: async (connection) => {
       await notifier?.attach(connection);
       // After a broker restart, Glance's non-durable exchange (and our binding to it) was gone for
@@ -86,11 +87,13 @@ export async function consume(args: string[]): Promise<number> {
   const reconcileOnce = async (attempt = 0): Promise<void> => {
     const end = metrics.reconcileDuration.startTimer();
     try {
-      const summary = await reconcile(pipeline, runtime.glance!, { then: 'defer' });
+      // Reconcile acts itself, on Glance's listing; the worker is for what the bus triggers.
+      const summary = await reconcile(pipeline, runtime.glance!);
       end();
-      metrics.reconcileRuns.inc({ result: 'ok' });
-      log.info({ projects: summary.projects.length, listed: summary.listed, vanished: summary.vanished, ms: summary.durationMs }, 'reconciled from Glance');
-      worker.add(summary.projects.map((p) => p.projectId));
+      metrics.reconcileRuns.inc({ result: summary.failures.length > 0 ? 'partial' : 'ok' });
+      for (const f of summary.failures) metrics.countOpenStackError(f.error);
+      log.info({ projects: summary.projects.length, listed: summary.listed, corrected: summary.corrected, unreadable: summary.unreadable, failed: summary.failures.map((f) => f.projectId).slice(0, 20), ms: summary.durationMs }, 'reconciled from Glance');
+      for (const report of summary.projects) await onReport(report);
       await pipeline.forgetOld({ messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs });
     } catch (err) {
       metrics.reconcileRuns.inc({ result: 'failed' });

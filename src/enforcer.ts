@@ -1,9 +1,12 @@
-import type { ImageRecord } from './ledger/record.js';
-import { tombstoneOf, type GlanceImageState } from './ledger/synthetic.js';
+import { ConfigError } from './errors.js';
+import { recordFromEvent, type ImageRecord } from './ledger/record.js';
+import { countCorrections, repairFromListing, type Correction, type CorrectionKind, type OwnedImage } from './ledger/repair.js';
+import { eventFromGlance, tombstoneOf, type GlanceImageState } from './ledger/synthetic.js';
+import { usageOf } from './ledger/usage.js';
 import type { Logger } from './log.js';
 import type { ImageEvent } from './notification/parse.js';
 import { parseNotification } from './notification/parse.js';
-import { decide, recordsNeeded } from './quota/decide.js';
+import { decide, isDeletable, recordsNeeded } from './quota/decide.js';
 import type { ProjectLimits } from './quota/limits.js';
 import type { Resource, Usage } from './quota/resources.js';
 import type { LimitSource } from './quota/static-limits.js';
@@ -13,9 +16,12 @@ import type { ActionRecord, LedgerStore } from './store/port.js';
 /**
  * The one pipeline every door feeds (replay, consume, the functions, reconcile):
  *
- *   raw body -> parse -> ledger.apply (store, atomic) -> decide -> verify with Glance -> act -> audit
+ *   raw body -> parse -> ledger.apply (store, atomic) -> decide (estimate)
+ *            -> Glance's listing of the project (the truth; overwrites the ledger) -> decide -> act -> audit
  *
- * A door adapts only its input and its acknowledgement.
+ * A door adapts only its input and its acknowledgement. The bus is a trigger and an estimate:
+ * anyone who can publish on Glance's exchange can forge or drop notifications, so every act is
+ * decided on Glance's own listing, never on the ledger.
  */
 
 export type MessageResult = 'applied' | 'duplicate' | 'ignored' | 'invalid';
@@ -41,7 +47,19 @@ export interface ProjectReport {
   over: Resource[];
   toDelete: string[];
   exempt: boolean;
+  /** `ledger`: the bus's estimate; `glance`: Glance's own listing, the only basis for an act. */
+  basis: 'ledger' | 'glance';
+  /** With basis `glance`: how the listing corrected the ledger, by kind (src/ledger/repair.ts). */
+  corrected?: Partial<Record<CorrectionKind, number>>;
 }
+
+interface Judged {
+  report: ProjectReport;
+  byId: ReadonlyMap<string, OwnedImage>;
+}
+
+/** Image ids a dry run remembers as already reported. */
+const WOULD_DELETE_MEMORY = 100_000;
 
 export type DeleteOutcome = { result: 'deleted' } | { result: 'gone' } | { result: 'refused'; status: number; reason: string };
 
@@ -49,8 +67,11 @@ export type DeleteOutcome = { result: 'deleted' } | { result: 'gone' } | { resul
 export interface ImageService {
   getImage(id: string): Promise<GlanceImageState | null>;
   deleteImage(id: string): Promise<DeleteOutcome>;
-  /** Every image but deleted ones, of one owner or of everyone, all pages. */
-  listImages(query?: { owner?: string }): AsyncIterable<GlanceImageState>;
+  /**
+   * Every image but deleted ones, of one owner or of everyone, all pages. An image it cannot read
+   * is left out and reported to `onUnreadable`, never fails the listing.
+   */
+  listImages(query?: { owner?: string; onUnreadable?: (imageId: string, reason: string) => void }): AsyncIterable<GlanceImageState>;
 }
 
 export type EnforcementMode = 'enforce' | 'dry-run';
@@ -73,6 +94,10 @@ export interface PipelineOptions {
   log?: Logger;
   /** Milliseconds since the epoch; injected so tests and replays control time. */
   clock?: () => number;
+  /** How far ahead of now a ledger time is still believed (CLOCK_SKEW_SECONDS); default 5 min. */
+  clockSkewMs?: number;
+  /** Called when Glance's listing corrected the ledger (metrics). */
+  onCorrections?: (projectId: string, corrections: readonly Correction[]) => void;
 }
 
 export class Pipeline {
@@ -86,6 +111,9 @@ export class Pipeline {
   private readonly concurrency: number;
   private readonly wouldDelete = new Set<string>();
   private readonly onAction: PipelineOptions['onAction'];
+  private readonly onCorrections: PipelineOptions['onCorrections'];
+  private readonly clockSkewMs: number;
+  private readonly busy = new Map<string, Promise<void>>();
 
   constructor(options: PipelineOptions) {
     this.store = options.store;
@@ -97,6 +125,8 @@ export class Pipeline {
     this.mode = options.mode ?? 'enforce';
     this.concurrency = options.concurrency ?? 4;
     this.onAction = options.onAction;
+    this.onCorrections = options.onCorrections;
+    this.clockSkewMs = options.clockSkewMs ?? 300_000;
   }
 
   /**
@@ -129,50 +159,135 @@ export class Pipeline {
     return { outcomes, projects: applied.projects };
   }
 
-  /** Usage, limits and the decision for one project, read from the store. */
-  async evaluate(projectId: string): Promise<ProjectReport> {
-    return (await this.decideFor(projectId)).report;
+  /**
+   * The projects to decide for after a batch, the same for every door: those whose ledger it
+   * changed, and those named by its duplicates. A batch whose enforcement failed comes back whole
+   * (redelivered, or retried); its messages are then duplicates that change nothing, and without
+   * them the project would wait for the next reconcile. Deciding a project under its limits costs
+   * one read of the store.
+   */
+  projectsAfter(result: IngestResult): string[] {
+    const projects = new Set(result.projects);
+    for (const o of result.outcomes) if (o?.result === 'duplicate' && o.event) projects.add(o.event.projectId);
+    return [...projects].sort();
   }
 
-  /** The decision, with the records it was made from (every candidate is among them). */
-  private async decideFor(projectId: string): Promise<{ report: ProjectReport; records: ImageRecord[] }> {
+  /** The pipeline's clock (ms): reconcile dates its listings with it. */
+  now(): number {
+    return this.clock();
+  }
+
+  /** Usage, limits and the decision for one project, read from the ledger: the estimate. */
+  async evaluate(projectId: string): Promise<ProjectReport> {
     const [usage, limits] = await Promise.all([this.store.usage(projectId), this.limits.limitsFor(projectId)]);
     const exempt = this.exempt.has(projectId);
     // Most messages leave a project under its limits: then no image needs to be read at all.
     const needed = recordsNeeded(usage, limits);
     const records = !needed ? [] : 'all' in needed ? await this.store.images(projectId) : await this.store.removableImages(projectId, needed.removable);
     const { over, toDelete } = decide(records, usage, limits, exempt);
-    if (over.length > 0) this.log?.info({ projectId, usage, limits, over, candidates: toDelete.length, exempt }, 'project over quota');
-    return { report: { projectId, usage, limits, over, toDelete, exempt }, records };
+    return { projectId, usage, limits, over, toDelete, exempt, basis: 'ledger' };
   }
 
   /**
-   * Decide, then verify every candidate with Glance and act on it: delete it (or, in dry-run,
-   * record that it would be deleted). Every action is audited in the store and logged. Glance's
-   * confirmation that an image is gone is applied to the ledger at once.
+   * The bus's estimate first: when the ledger says the project has candidates for deletion, the
+   * act is decided on Glance's own listing of the project (`enforceOnGlance`), never on the
+   * ledger. Forged or lost notifications can make the ledger wrong; they cannot make it delete.
    */
   async enforce(projectId: string): Promise<EnforcementReport> {
-    const { report, records } = await this.decideFor(projectId);
-    if (report.toDelete.length === 0) return { ...report, actions: [] };
-    const images = this.images;
-    if (!images) throw new Error('enforce: no Glance API configured; the pipeline can only decide (replay)');
-    const known = new Map(records.map((r) => [r.imageId, r]));
-    // A dry run sees the same candidates on every message of a flood; each is verified once.
+    const estimate = await this.evaluate(projectId);
+    if (estimate.toDelete.length === 0 || !this.images) return { ...estimate, actions: [] };
+    // A dry run sees the same candidates on every message of a flood: Glance is asked once for them.
+    if (this.mode === 'dry-run' && estimate.toDelete.every((id) => this.wouldDelete.has(id))) return { ...estimate, actions: [] };
+    this.log?.info({ projectId, usage: estimate.usage, limits: estimate.limits, over: estimate.over, candidates: estimate.toDelete.length }, 'ledger says over quota; asking Glance');
+    return this.enforceOnGlance(projectId);
+  }
+
+  /**
+   * The truth path: list the project in Glance (all pages), overwrite the ledger with what Glance
+   * says, compute usage with Glance's definitions from the listing, and delete at most (Glance's
+   * count - limit) images, the newest queued ones by Glance's `created_at`, then id.
+   */
+  async enforceOnGlance(projectId: string): Promise<EnforcementReport> {
+    const images = this.requireImages();
+    return this.oneAtATime(projectId, async () => {
+      const listedAtMs = this.clock();
+      const listing: OwnedImage[] = [];
+      for await (const image of images.listImages({ owner: projectId })) if (image.owner === projectId) listing.push(image as OwnedImage);
+      const corrected = await this.repair(projectId, listing, listedAtMs);
+      const judged = await this.judge(projectId, listing, corrected);
+      return { ...judged.report, actions: await this.act(images, judged) };
+    });
+  }
+
+  /**
+   * Reconcile's step for one project of a whole-cloud listing: overwrite the ledger from it and
+   * return the decision on it. The act is left to `enforceOnGlance`, which lists the project
+   * afresh: a large cloud's listing can be minutes old by the time its last project is reached.
+   */
+  async applyListing(projectId: string, listing: readonly OwnedImage[], listedAtMs: number, listedElsewhere?: ReadonlySet<string>): Promise<ProjectReport> {
+    return this.oneAtATime(projectId, async () => {
+      const owned = listing.filter((i) => i.owner === projectId);
+      const corrected = await this.repair(projectId, owned, listedAtMs, listedElsewhere);
+      return (await this.judge(projectId, owned, corrected)).report;
+    });
+  }
+
+  private requireImages(): ImageService {
+    if (!this.images) throw new ConfigError('enforce: no Glance API configured; the pipeline can only decide (replay)');
+    return this.images;
+  }
+
+  /** Glance's state over the ledger's, outright; the disagreements are counted and logged. */
+  private async repair(
+    projectId: string,
+    listing: readonly OwnedImage[],
+    listedAtMs: number,
+    listedElsewhere?: ReadonlySet<string>,
+  ): Promise<Partial<Record<CorrectionKind, number>>> {
+    const nowMs = this.clock();
+    const ledger = await this.store.images(projectId);
+    const { events, corrections } = repairFromListing(projectId, ledger, listing, { listedAtMs, nowMs, skewMs: this.clockSkewMs, ...(listedElsewhere ? { listedElsewhere } : {}) });
+    if (events.length > 0) await this.store.applyEvents(events, nowMs, { overwrite: true });
+    const counts = countCorrections(corrections);
+    if (corrections.length === 0) return counts;
+    const sample = corrections.slice(0, 10).map((c) => `${c.kind}:${c.imageId}`);
+    this.log?.warn({ projectId, corrections: counts, sample }, "ledger corrected from Glance's listing: notifications for this project were lost or forged");
+    this.onCorrections?.(projectId, corrections);
+    return counts;
+  }
+
+  /** Usage and the decision on Glance's listing alone. */
+  private async judge(projectId: string, listing: readonly OwnedImage[], corrected: Partial<Record<CorrectionKind, number>>): Promise<Judged> {
+    const byId = new Map<string, OwnedImage>();
+    const records: ImageRecord[] = [];
+    for (const image of listing) {
+      byId.set(image.id, image);
+      records.push(recordFromEvent(eventFromGlance(image)));
+    }
+    const usage = usageOf(records);
+    const limits = await this.limits.limitsFor(projectId);
+    const exempt = this.exempt.has(projectId);
+    const { over, toDelete } = decide(records, usage, limits, exempt, isDeletable);
+    if (over.length > 0) this.log?.info({ projectId, usage, limits, over, candidates: toDelete.length, exempt }, 'Glance confirms: project over quota');
+    return { report: { projectId, usage, limits, over, toDelete, exempt, basis: 'glance', corrected }, byId };
+  }
+
+  /** Delete (or, in dry-run, record) each candidate Glance's listing gave; audit every action. */
+  private async act(images: ImageService, { report, byId }: Judged): Promise<ActionRecord[]> {
+    const { projectId } = report;
+    // A dry run records each would-delete once, however many messages find the project over.
     const candidates = this.mode === 'dry-run' ? report.toDelete.filter((id) => !this.wouldDelete.has(id)) : report.toDelete;
-    if (candidates.length === 0) return { ...report, actions: [] };
-    // Many candidates: one listing of the project answers for all of them (a flood of 200 would
-    // otherwise cost 200 GETs). An image it does not show is asked for by id.
-    const listed = candidates.length > 1 ? await this.listing(images, projectId) : new Map<string, GlanceImageState>();
     const actions: ActionRecord[] = [];
     const actOn = async (imageId: string): Promise<void> => {
-      const image = listed.get(imageId) ?? (await images.getImage(imageId));
+      const image = byId.get(imageId)!;
+      // The listing already says so; kept as the last guard before a DELETE that cannot be undone.
       const verdict = verifyCandidate(image, projectId);
       let kind: ActionRecord['action'];
       let reason: string;
       if (!verdict.removable) {
         [kind, reason] = ['skipped', verdict.reason];
       } else if (this.mode === 'dry-run') {
-        this.wouldDelete.add(imageId);
+        this.rememberWouldDelete(imageId);
         [kind, reason] = ['would-delete', `queued image past ${report.over.join(', ')} (dry-run)`];
       } else {
         const outcome = await images.deleteImage(imageId);
@@ -189,19 +304,35 @@ export class Pipeline {
       }
       // Glance says the image is gone: the ledger stops counting it now, not when (or if) the
       // image.delete notification arrives.
-      const record = known.get(imageId);
-      if (record && (kind === 'deleted' || kind === 'gone' || !image)) {
-        await this.store.applyEvents([tombstoneOf(record, this.clock())], this.clock(), { dedupe: false });
+      if (kind === 'deleted' || kind === 'gone') {
+        const now = this.clock();
+        await this.store.applyEvents([tombstoneOf(recordFromEvent(eventFromGlance(image)), now)], now, { overwrite: true });
       }
     };
     await forEachLimited(candidates, this.concurrency, actOn);
-    return { ...report, actions };
+    return actions;
   }
 
-  private async listing(images: ImageService, projectId: string): Promise<Map<string, GlanceImageState>> {
-    const out = new Map<string, GlanceImageState>();
-    for await (const image of images.listImages({ owner: projectId })) out.set(image.id, image);
-    return out;
+  /** Bounded: a dry run over a long flood must not grow without end. */
+  private rememberWouldDelete(imageId: string): void {
+    this.wouldDelete.add(imageId);
+    if (this.wouldDelete.size > WOULD_DELETE_MEMORY) this.wouldDelete.delete(this.wouldDelete.values().next().value as string);
+  }
+
+  /**
+   * One decision on Glance at a time per project in this process: the consumer's worker and a
+   * reconcile must not both delete from two listings of the same moment.
+   */
+  private async oneAtATime<T>(projectId: string, work: () => Promise<T>): Promise<T> {
+    const before = this.busy.get(projectId);
+    const run = (before ?? Promise.resolve()).then(work);
+    const tail = run.then(() => {}, () => {});
+    this.busy.set(projectId, tail);
+    try {
+      return await run;
+    } finally {
+      if (this.busy.get(projectId) === tail) this.busy.delete(projectId);
+    }
   }
 
   /**

@@ -26,7 +26,7 @@ export class Metrics {
   });
   readonly reconcileRuns = new Counter({
     name: 'gqe_reconcile_runs_total',
-    help: 'Reconcile runs, by result: ok, failed',
+    help: 'Reconcile runs, by result: ok, partial (some projects failed, the rest done), failed',
     labelNames: ['result'] as const,
     registers: [this.registry],
   });
@@ -34,6 +34,12 @@ export class Metrics {
     name: 'gqe_reconcile_duration_seconds',
     help: 'Duration of a full reconcile',
     buckets: [0.1, 0.5, 1, 5, 10, 30, 60, 300, 900],
+    registers: [this.registry],
+  });
+  readonly ledgerCorrections = new Counter({
+    name: 'gqe_ledger_corrections_total',
+    help: "Ledger records overwritten with Glance's listing, by kind: missing, resurrected, vanished, changed. A steady stream means notifications are lost or forged",
+    labelNames: ['kind'] as const,
     registers: [this.registry],
   });
   readonly openstackErrors = new Counter({
@@ -60,6 +66,10 @@ export class Metrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'gqe_' });
+  }
+
+  countCorrections(corrections: readonly { kind: string }[]): void {
+    for (const c of corrections) this.ledgerCorrections.inc({ kind: c.kind });
   }
 
   /** Which service an error came from, for the openstack error counter. */

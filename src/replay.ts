@@ -15,15 +15,21 @@ export interface ReplayOptions {
 
 /**
  * Feed a file of raw AMQP bodies, one per line as on the wire, through the production pipeline,
- * then decide for every project the ledger knows. Blank lines are not messages and are skipped.
+ * then decide for every project the file's batches named (`Pipeline.projectsAfter`, as every door
+ * does). Blank lines are not messages and are skipped. Replay never asks Glance: its decision is
+ * the ledger's estimate, which in production only triggers a look at Glance's listing.
  */
 export async function replayFile(pipeline: Pipeline, path: string, options: ReplayOptions = {}): Promise<ReplaySummary> {
   const batchSize = options.batchSize ?? 1000;
   const messages = { total: 0, applied: 0, duplicate: 0, ignored: 0, invalid: 0 };
   let batch: string[] = [];
   let lineNumbers: number[] = [];
+  const touched = new Set<string>();
   const flush = async () => {
-    const { outcomes } = await pipeline.ingest(batch);
+    const result = await pipeline.ingest(batch);
+    const { outcomes } = result;
+    // The same rule as consume and the functions: the projects a batch names are the ones decided.
+    for (const p of pipeline.projectsAfter(result)) touched.add(p);
     outcomes.forEach((o, i) => {
       messages[o.result]++;
       if (o.result === 'invalid') options.onInvalid?.(lineNumbers[i]!, o.reason ?? 'invalid');
@@ -43,7 +49,7 @@ export async function replayFile(pipeline: Pipeline, path: string, options: Repl
   }
   if (batch.length > 0) await flush();
   const projects: ProjectReport[] = [];
-  for (const projectId of await pipeline.store.projects()) projects.push(await pipeline.evaluate(projectId));
+  for (const projectId of [...touched].sort()) projects.push(await pipeline.evaluate(projectId));
   return { messages, projects };
 }
 

@@ -1,5 +1,5 @@
 import { loadConfig, type Config } from './config.js';
-import { Pipeline, type ImageService } from './enforcer.js';
+import { Pipeline, type ImageService, type PipelineOptions } from './enforcer.js';
 import { ConfigError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import { loadCredentials } from './openstack/credentials.js';
@@ -32,6 +32,8 @@ export interface RuntimeOptions {
   /** Overrides STORE_URL (replay's --store). */
   storeUrl?: string;
   onAction?: (action: ActionRecord) => void | Promise<void>;
+  /** Glance's listing corrected the ledger (the metric gqe_ledger_corrections_total). */
+  onCorrections?: PipelineOptions['onCorrections'];
 }
 
 /**
@@ -68,6 +70,7 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
     concurrency: config.enforceConcurrency,
     log,
     ...(options.onAction ? { onAction: options.onAction } : {}),
+    ...(options.onCorrections ? { onCorrections: options.onCorrections } : {}),
   });
   return { config, log, store, limits, glance, pipeline, close: () => store.close() };
 }

@@ -1,5 +1,5 @@
 import type { MessageOutcome } from '../enforcer.js';
-import { countOutcomes, enforceEach, EnforcementFailedError, excerpt, projectsToEnforce, type MessageCounts } from './batch.js';
+import { countOutcomes, enforceEach, EnforcementFailedError, excerpt, type MessageCounts } from './batch.js';
 import { decodeHeaders, describeIssue, parseEvent, RabbitMqEvent, RabbitMqMessage, type InvocationContext } from './events.js';
 import type { FunctionServices } from './runtime.js';
 
@@ -29,7 +29,7 @@ interface Delivery {
  * batch: it is logged with its reason and its body, and the batch goes on. A store failure, and
  * an enforcement failure (Keystone, Glance), fail the invocation, and the batch comes back: its
  * messages are then duplicates that change nothing, and the projects they name are decided again
- * (see `projectsToEnforce`).
+ * (see `Pipeline.projectsAfter`).
  *
  * @example
  *   const summary = await handleRabbitMqEvent(services, event);
@@ -81,7 +81,7 @@ export async function handleRabbitMqEvent(services: FunctionServices, event: unk
   });
 
   const counts = countOutcomes(outcomes);
-  const projects = projectsToEnforce(result);
+  const projects = pipeline.projectsAfter(result);
   const { reports, failures } = await enforceEach(pipeline, projects, log);
   const actions = reports.reduce((n, r) => n + r.actions.length, 0);
   if (failures.length > 0) {

@@ -1,4 +1,4 @@
-import type { EnforcementReport, IngestResult, MessageOutcome, MessageResult, Pipeline } from '../enforcer.js';
+import type { EnforcementReport, MessageOutcome, MessageResult, Pipeline } from '../enforcer.js';
 import type { Logger } from '../log.js';
 
 /**
@@ -16,18 +16,6 @@ export interface ProjectFailure {
 export interface BatchEnforcement {
   reports: EnforcementReport[];
   failures: ProjectFailure[];
-}
-
-/**
- * The projects to decide for after a batch: those whose ledger it changed, and those named by
- * its duplicates. A batch is redelivered whole after an enforcement failure; its messages are
- * then duplicates that change nothing, and without them the project whose enforcement failed
- * would wait for the next scheduled reconcile. Deciding a project under its limits costs a read.
- */
-export function projectsToEnforce(result: IngestResult): string[] {
-  const projects = new Set(result.projects);
-  for (const o of result.outcomes) if (o?.result === 'duplicate' && o.event) projects.add(o.event.projectId);
-  return [...projects].sort();
 }
 
 /**

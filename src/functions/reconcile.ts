@@ -1,10 +1,14 @@
 import type { EnforcementReport } from '../enforcer.js';
+import type { CorrectionKind } from '../ledger/repair.js';
 import { reconcile } from '../reconcile.js';
 import { parseEvent, ScheduledEvent, type InvocationContext } from './events.js';
 import type { FunctionServices } from './runtime.js';
 
 /** Where the scheduled reconcile keeps the last project it finished in the current pass. */
 export const RECONCILE_CURSOR = 'reconcile.cursor';
+
+/** A run whose first projects all fail this many times in a row fails as a whole. */
+const FAILED_IN_A_ROW = 3;
 
 /** Kept free before the function's timeout: no project is started within it. */
 export const TIMEOUT_MARGIN_MS = 30_000;
@@ -16,7 +20,9 @@ export interface BudgetedReconcileSummary {
   projects: EnforcementReport[];
   /** Images Glance listed for them, and ledger images Glance no longer had. */
   listed: number;
-  vanished: number;
+  /** How Glance's listings corrected the ledger, by kind, and the projects that failed (the rest went on). */
+  corrected: Partial<Record<CorrectionKind, number>>;
+  failed: string[];
   /** The pass is finished: the next run starts again from the first project. */
   complete: boolean;
   /** Projects of the pass still to do after this run. */
@@ -68,24 +74,41 @@ export async function reconcileWithinBudget(services: FunctionServices, options:
 
   const reports: EnforcementReport[] = [];
   let listed = 0;
-  let vanished = 0;
+  const corrected: Partial<Record<CorrectionKind, number>> = {};
+  const failed: string[] = [];
   let slowest = 0;
   let cursor = after;
+  let done = 0;
   for (const projectId of todo) {
     const now = clock();
     // The first project of a run starts even past the budget (the pass listing may have used it
     // up), or a pass over a large cloud could never move.
-    if (now >= hardDeadline || (reports.length > 0 && now + slowest > deadline)) break;
+    if (now >= hardDeadline || (done > 0 && now + slowest > deadline)) break;
     const summary = await reconcile(pipeline, glance, { projectId });
     slowest = Math.max(slowest, clock() - now);
+    done++;
+    if (summary.failures.length > 0 && reports.length === 0 && done >= FAILED_IN_A_ROW) {
+      // Nothing has worked yet: Glance or the store is down, not one project odd. Fail the
+      // invocation (the alarm sees it) and keep the cursor where the last success left it.
+      throw summary.failures[0]!.error;
+    }
     reports.push(...summary.projects);
     listed += summary.listed;
-    vanished += summary.vanished;
-    cursor = projectId;
-    await pipeline.store.setState(RECONCILE_CURSOR, cursor);
+    for (const [k, n] of Object.entries(summary.corrected) as [CorrectionKind, number][]) corrected[k] = (corrected[k] ?? 0) + n;
+    // One project failing is logged and left to the next pass; the others go on.
+    for (const f of summary.failures) {
+      failed.push(f.projectId);
+      log.warn({ projectId: f.projectId, err: f.error.message }, 'reconcile of one project failed; the pass goes on');
+    }
+    // A failed project moves the cursor only with the next success: a run that dies after
+    // failures alone resumes before them.
+    if (summary.failures.length === 0) {
+      cursor = projectId;
+      await pipeline.store.setState(RECONCILE_CURSOR, cursor);
+    }
   }
 
-  const remaining = todo.length - reports.length;
+  const remaining = todo.length - done;
   const complete = remaining === 0;
   if (complete) {
     cursor = '';
@@ -95,8 +118,8 @@ export async function reconcileWithinBudget(services: FunctionServices, options:
   }
   const actions = reports.reduce((n, r) => n + r.actions.length, 0);
   const durationMs = clock() - started;
-  log.info({ done: reports.length, remaining, complete, cursor: cursor || undefined, listed, vanished, actions, ms: durationMs }, complete ? 'reconcile pass complete' : 'reconcile run stopped within its budget; the next run resumes');
-  return { projects: reports, listed, vanished, complete, remaining, cursor, durationMs };
+  log.info({ done, remaining, complete, cursor: cursor || undefined, listed, corrected, failed: failed.slice(0, 20), actions, ms: durationMs }, complete ? 'reconcile pass complete' : 'reconcile run stopped within its budget; the next run resumes');
+  return { projects: reports, listed, corrected, failed, complete, remaining, cursor, durationMs };
 }
 
 /**

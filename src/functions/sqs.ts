@@ -1,5 +1,5 @@
 import type { IngestResult, MessageOutcome } from '../enforcer.js';
-import { countOutcomes, enforceEach, excerpt, projectsToEnforce, type MessageCounts } from './batch.js';
+import { countOutcomes, enforceEach, excerpt, type MessageCounts } from './batch.js';
 import { describeIssue, parseEvent, SqsEvent, SqsRecord, type InvocationContext, type SqsBatchResponse } from './events.js';
 import type { FunctionServices } from './runtime.js';
 
@@ -79,7 +79,7 @@ export async function handleSqsEvent(services: FunctionServices, event: unknown,
     }),
   );
 
-  const { failures } = await enforceEach(pipeline, projectsToEnforce(result), log);
+  const { failures } = await enforceEach(pipeline, pipeline.projectsAfter(result), log);
   for (const { projectId } of failures) {
     const own = records.filter((_, i) => outcomes[i]!.event?.projectId === projectId);
     const affected = own.length > 0 ? own : records.filter((_, i) => outcomes[i]!.event !== undefined);

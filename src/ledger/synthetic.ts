@@ -38,16 +38,19 @@ export function eventFromGlance(image: GlanceImageState & { owner: string }): Im
   };
 }
 
-/** Glance confirmed the image is gone (we deleted it, or it answered 404): tombstone it now. */
+/**
+ * Glance confirmed the image is gone (we deleted it, it answered 404, or its owner's listing no
+ * longer shows it): tombstone it now. Dated now, not after the record: the record's own date may
+ * be a forgery from the future, and this event overwrites it (ApplyOptions.overwrite).
+ */
 export function tombstoneOf(record: ImageRecord, nowMs: number): ImageEvent {
-  const seconds = Math.floor(nowMs / 1000);
   return {
     ...record,
     messageId: `glance-api:${record.imageId}:gone`,
     eventType: 'glance.api',
     status: 'deleted',
-    updatedAt: Math.max(seconds, record.updatedAt),
-    timestamp: Math.max(nowMs * 1000, record.timestamp),
+    updatedAt: Math.floor(nowMs / 1000),
+    timestamp: nowMs * 1000,
     deleted: true,
   };
 }

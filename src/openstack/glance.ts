@@ -66,6 +66,12 @@ export interface ListImagesOptions {
   owner?: string;
   /** Page size; Glance caps it at its api_limit_max (default 1000). */
   limit?: number;
+  /**
+   * Called for a listed image the enforcer cannot read (an unknown status, an odd id): it is left
+   * out of the listing, logged and counted, and the listing goes on. Leaving it out can only make
+   * a project look smaller, never cost an image.
+   */
+  onUnreadable?: (imageId: string, reason: string) => void;
 }
 
 export interface GlanceClientOptions {
@@ -136,7 +142,10 @@ export class GlanceClient {
         if (response.status !== 200) throw this.unexpected('GET', url, response);
         const page = ImagePage.safeParse(parseJson(response.text));
         if (!page.success) throw new OpenStackHttpError('glance', 'GET', displayUrl(url), 200, `glance: GET ${displayUrl(url)} answered a body without an images list; is the image endpoint really Glance v2?`);
-        for (const raw of page.data.images) yield this.parseImage(url, raw);
+        for (const raw of page.data.images) {
+          const image = this.readListed(url, raw, options);
+          if (image) yield image;
+        }
         // Rebuild the next page from its marker instead of following `next` verbatim: `next` is a
         // path from Glance's root, which is wrong behind a proxy that serves Glance under a prefix.
         const next = page.data.next ? new URLSearchParams(page.data.next.split('?')[1] ?? '').get('marker') : null;
@@ -163,6 +172,17 @@ export class GlanceClient {
           throw error;
         });
     return this.baseUrl;
+  }
+
+  private readListed(url: string, raw: unknown, options: ListImagesOptions): GlanceImage | undefined {
+    try {
+      return this.parseImage(url, raw);
+    } catch (err) {
+      const id = typeof raw === 'object' && raw !== null && 'id' in raw ? String((raw as { id: unknown }).id).slice(0, 64) : '?';
+      this.log.warn({ imageId: id, err: (err as Error).message.slice(0, 300) }, 'glance listed an image the enforcer cannot read; skipped');
+      options.onUnreadable?.(id, (err as Error).message);
+      return undefined;
+    }
   }
 
   private parseImage(url: string, raw: unknown): GlanceImage {

@@ -25,9 +25,14 @@ export function isRemovable(r: ImageRecord): boolean {
   return r.status === 'queued' && isLive(r);
 }
 
-function countExcess(records: readonly ImageRecord[], usage: Usage, limit: number): ImageRecord[] {
+/** Removable, and Glance would let us: what the decision on Glance's own listing may pick. */
+export function isDeletable(r: ImageRecord): boolean {
+  return isRemovable(r) && !r.protected;
+}
+
+function countExcess(records: readonly ImageRecord[], usage: Usage, limit: number, eligible: (r: ImageRecord) => boolean): ImageRecord[] {
   const excess = usage.image_count_total - limit;
-  return records.filter(isRemovable).sort(newestFirst).slice(0, Math.max(0, excess));
+  return records.filter(eligible).sort(newestFirst).slice(0, Math.max(0, excess));
 }
 
 /**
@@ -48,13 +53,21 @@ export function overRate(records: readonly ImageRecord[], count: number, windowS
 }
 
 /**
- * The quota rule for one project, a plain function of its records, usage and limits.
+ * The quota rule for one project, a plain function of its records, usage and limits. On the
+ * ledger it is an estimate (`isRemovable`); on Glance's listing it is the act, and `eligible` is
+ * `isDeletable` so that a protected image never takes the place of one that can go.
  *
  * @example
  *   decide(records, usageOf(records), { image_count_total: 5 }, false)
  *   // => { over: ['image_count_total'], toDelete: ['<newest queued id>', ...] }
  */
-export function decide(records: readonly ImageRecord[], usage: Usage, limits: ProjectLimits, exempt: boolean): Decision {
+export function decide(
+  records: readonly ImageRecord[],
+  usage: Usage,
+  limits: ProjectLimits,
+  exempt: boolean,
+  eligible: (r: ImageRecord) => boolean = isRemovable,
+): Decision {
   const over: Resource[] = USAGE_RESOURCES.filter((r) => {
     const limit = limits[r];
     return !isUnlimited(limit) && usage[r] > limit;
@@ -62,13 +75,13 @@ export function decide(records: readonly ImageRecord[], usage: Usage, limits: Pr
   const candidates = new Map<string, ImageRecord>();
   const countLimit = limits.image_count_total;
   if (over.includes('image_count_total') && !isUnlimited(countLimit)) {
-    for (const r of countExcess(records, usage, countLimit)) candidates.set(r.imageId, r);
+    for (const r of countExcess(records, usage, countLimit, eligible)) candidates.set(r.imageId, r);
   }
   const rate = limits.image_create_rate;
   if (rate) {
     const fast = overRate(records, rate.count, rate.windowSeconds);
     if (fast.length > 0) over.push(CREATE_RATE);
-    for (const r of fast) if (isRemovable(r)) candidates.set(r.imageId, r);
+    for (const r of fast) if (eligible(r)) candidates.set(r.imageId, r);
   }
   if (exempt) return { over, toDelete: [] };
   return { over, toDelete: [...candidates.values()].sort(newestFirst).map((r) => r.imageId) };

@@ -76,7 +76,7 @@ describe('the scheduled reconcile', () => {
     now = 10_000;
     const second = await reconcileWithinBudget(services, budget);
     expect(second.projects.map((p) => p.projectId)).toEqual(['p-d', 'p-e', 'p-z']);
-    expect(second).toMatchObject({ complete: true, remaining: 0, cursor: '', vanished: 1 });
+    expect(second).toMatchObject({ complete: true, remaining: 0, cursor: '', corrected: { vanished: 1 }, failed: [] });
     expect(await store.getState(RECONCILE_CURSOR)).toBe('');
 
     // A new pass starts from the first project again.
@@ -108,16 +108,26 @@ describe('the scheduled reconcile', () => {
     expect(late.cursor).toBe('p-a');
   });
 
-  it('keeps the cursor at the last project finished when Glance fails half-way', async () => {
+  it('goes on past one project Glance fails for, and names it; the next pass does it again', async () => {
     const { glance, store } = cloud();
     glance.failing.add('p-c');
     const services = servicesOver({ store, glance, limits });
-    await expect(reconcileWithinBudget(services, { budgetMs: 600_000 })).rejects.toThrow(/Glance .* did not answer/);
-    expect(await store.getState(RECONCILE_CURSOR)).toBe('p-b');
+    const run = await reconcileWithinBudget(services, { budgetMs: 600_000 });
+    expect(run.projects.map((p) => p.projectId)).toEqual(['p-a', 'p-b', 'p-d', 'p-e']);
+    expect(run).toMatchObject({ complete: true, failed: ['p-c'] });
     glance.failing.clear();
-    const resumed = await reconcileWithinBudget(services, { budgetMs: 600_000 });
-    expect(resumed.projects.map((p) => p.projectId)).toEqual(['p-c', 'p-d', 'p-e']);
-    expect(resumed.complete).toBe(true);
+    const next = await reconcileWithinBudget(services, { budgetMs: 600_000 });
+    expect(next.projects.map((p) => p.projectId)).toContain('p-c');
+    expect(next.failed).toEqual([]);
+  });
+
+  it('fails the run and keeps the cursor when nothing works (Glance down)', async () => {
+    const { glance, store } = cloud();
+    const services = servicesOver({ store, glance, limits });
+    await store.setState(RECONCILE_CURSOR, 'p-a');
+    for (const p of ['p-b', 'p-c', 'p-d', 'p-e']) glance.failing.add(p);
+    await expect(reconcileWithinBudget(services, { budgetMs: 600_000 })).rejects.toThrow(/Glance .* did not answer/);
+    expect(await store.getState(RECONCILE_CURSOR)).toBe('p-a');
   });
 
   it('takes its budget from RECONCILE_BUDGET_SECONDS and its deadline from the Lambda context', async () => {

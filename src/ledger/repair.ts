@@ -1,0 +1,101 @@
+import type { ImageEvent } from '../notification/parse.js';
+import type { ImageRecord } from './record.js';
+import { eventFromGlance, tombstoneOf, type GlanceImageState } from './synthetic.js';
+import { isLive } from './usage.js';
+
+/**
+ * How the ledger disagreed with Glance's listing, per image:
+ * - `missing`: Glance lists an image the ledger never heard of (a lost `image.create`);
+ * - `resurrected`: the ledger holds a tombstone for an image Glance still lists (a forged or
+ *   misattributed `image.delete`);
+ * - `vanished`: the ledger counts an image Glance does not list (a lost `image.delete`, or a forged
+ *   `image.create`);
+ * - `changed`: both have it, but owner, status, size, protection or import state differ.
+ * A steady stream of them is how an operator sees forgery or loss on the bus.
+ */
+export const CORRECTION_KINDS = ['missing', 'resurrected', 'vanished', 'changed'] as const;
+export type CorrectionKind = (typeof CORRECTION_KINDS)[number];
+
+export interface Correction {
+  kind: CorrectionKind;
+  imageId: string;
+}
+
+export type OwnedImage = GlanceImageState & { owner: string };
+
+export interface ListingView {
+  /** When the listing began (ms): an image made or changed after it may be absent from it for good reason. */
+  listedAtMs: number;
+  nowMs: number;
+  /** How far a ledger time may lie ahead of now and still be believed (CLOCK_SKEW_SECONDS). */
+  skewMs: number;
+  /**
+   * Image ids the same (whole-cloud) listing showed under another owner: that owner's repair
+   * moves them, so they are not tombstoned here.
+   */
+  listedElsewhere?: ReadonlySet<string>;
+}
+
+export interface Repair {
+  /** Events to apply with `overwrite`: Glance's state replaces the ledger's outright. */
+  events: ImageEvent[];
+  corrections: Correction[];
+}
+
+function differs(r: ImageRecord, e: ImageEvent): boolean {
+  return (
+    r.projectId !== e.projectId || r.status !== e.status || r.size !== e.size || r.protected !== e.protected ||
+    r.importing !== e.importing || r.createdAt !== e.createdAt || r.deleted !== e.deleted
+  );
+}
+
+/**
+ * What the ledger must become for one project so that it says what Glance's listing of that
+ * project says. Glance is the truth: its state is written over the record, whatever version or
+ * tombstone the bus left there. The only records spared are those the bus changed after the
+ * listing began (within the clock-skew allowance): that news is newer than the listing, and the
+ * next listing judges it. A record from further in the future than that is not news but forgery.
+ *
+ * @example
+ *   const { events, corrections } = repairFromListing('p1', await store.images('p1'), listing, { listedAtMs, nowMs, skewMs });
+ *   await store.applyEvents(events, nowMs, { overwrite: true });
+ */
+export function repairFromListing(projectId: string, ledger: readonly ImageRecord[], listing: readonly OwnedImage[], view: ListingView): Repair {
+  const listedAtSeconds = Math.floor(view.listedAtMs / 1000) - 1;
+  const believable = (seconds: number) => seconds * 1000 <= view.nowMs + view.skewMs;
+  const newerThanListing = (r: ImageRecord) => r.updatedAt >= listedAtSeconds && believable(r.updatedAt);
+  const byId = new Map(ledger.map((r) => [r.imageId, r]));
+  const events: ImageEvent[] = [];
+  const corrections: Correction[] = [];
+  const listedIds = new Set<string>();
+  for (const image of listing) {
+    if (image.owner !== projectId) continue;
+    listedIds.add(image.id);
+    const event = eventFromGlance(image);
+    const record = byId.get(image.id);
+    let kind: CorrectionKind | undefined;
+    if (!record) kind = 'missing';
+    else if (newerThanListing(record)) continue;
+    else if (record.deleted) kind = 'resurrected';
+    else if (differs(record, event)) kind = 'changed';
+    if (!kind) continue;
+    events.push(event);
+    corrections.push({ kind, imageId: image.id });
+  }
+  for (const record of ledger) {
+    if (listedIds.has(record.imageId) || !isLive(record) || record.projectId !== projectId) continue;
+    if (view.listedElsewhere?.has(record.imageId)) continue;
+    // Made after the listing began: its absence proves nothing (unless its date is forged).
+    if (record.createdAt >= listedAtSeconds && believable(record.createdAt)) continue;
+    events.push(tombstoneOf(record, view.nowMs));
+    corrections.push({ kind: 'vanished', imageId: record.imageId });
+  }
+  return { events, corrections };
+}
+
+/** Corrections counted by kind, for a log line and the metric. */
+export function countCorrections(corrections: readonly Correction[]): Partial<Record<CorrectionKind, number>> {
+  const counts: Partial<Record<CorrectionKind, number>> = {};
+  for (const c of corrections) counts[c.kind] = (counts[c.kind] ?? 0) + 1;
+  return counts;
+}
