@@ -348,11 +348,17 @@ export class Pipeline {
   }
 }
 
-/** Runs `fn` over `items` with at most `limit` running at once; rejects with the first failure. */
+/**
+ * Runs `fn` over `items` with at most `limit` running at once. Every item is tried even when one
+ * fails (a half-abandoned act would go on deleting behind the caller's back); then the first
+ * failure is thrown.
+ */
 async function forEachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
+  const failures: unknown[] = [];
   const worker = async (): Promise<void> => {
-    while (next < items.length) await fn(items[next++]!);
+    while (next < items.length) await fn(items[next++]!).catch((err: unknown) => void failures.push(err));
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failures.length > 0) throw failures[0];
 }

@@ -23,6 +23,13 @@ export interface Correction {
 
 export type OwnedImage = GlanceImageState & { owner: string };
 
+/**
+ * A notification normally reaches the ledger well within this after Glance's change: a listing
+ * that is ahead of the ledger by less is a race (a flood's creates still on the bus), not a
+ * loss. Such records are still written, but not counted as corrections.
+ */
+export const IN_FLIGHT_MS = 30_000;
+
 export interface ListingView {
   /** When the listing began (ms): an image made or changed after it may be absent from it for good reason. */
   listedAtMs: number;
@@ -80,7 +87,8 @@ export function repairFromListing(projectId: string, ledger: readonly ImageRecor
     else if (differs(record, event)) kind = 'changed';
     if (!kind) continue;
     events.push(event);
-    corrections.push({ kind, imageId: image.id });
+    const inFlight = (kind === 'missing' || kind === 'changed') && event.updatedAt * 1000 >= view.listedAtMs - IN_FLIGHT_MS;
+    if (!inFlight) corrections.push({ kind, imageId: image.id });
   }
   for (const record of ledger) {
     if (listedIds.has(record.imageId) || !isLive(record) || record.projectId !== projectId) continue;

@@ -118,6 +118,9 @@ export class GlanceClient {
     const response = await this.call('DELETE', url);
     if (response.status === 204 || response.status === 200) return { result: 'deleted' };
     if (response.status === 404) return { result: 'gone' };
+    // Two DELETEs of one image at once (another enforcer, the owner): the loser gets 400 "Image
+    // status transition from deleted to deleted is not allowed". The image is gone all the same.
+    if (response.status === 400 && /from (deleted|pending_delete) to (deleted|pending_delete)/i.test(response.text)) return { result: 'gone' };
     if (response.status === 403 || response.status === 409) {
       this.log.info({ imageId: id, status: response.status }, 'glance refused to delete an image');
       return { result: 'refused', status: response.status, reason: glanceMessage(response) };

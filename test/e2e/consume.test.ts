@@ -58,6 +58,8 @@ describe('consume against real Keystone, Glance and RabbitMQ', () => {
     const created = await p.flood(200);
     const lastCreate = Date.now();
     const left = await until('images left', lastCreate + 10_000, () => p.images(), (m) => m.size === 5);
+    // The figure the closing notes report: how long after the last create the project is at its limit.
+    console.info(`flood of 200 against 5 (project ${p.id}): converged ${((Date.now() - lastCreate) / 1000).toFixed(1)} s after the last create`);
     expect([...left.keys()].sort()).toEqual(oldest(created, 5));
     expect(await bystander.images()).toEqual(new Map([[spare, 'queued']]));
 

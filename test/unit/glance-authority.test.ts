@@ -78,9 +78,29 @@ describe("repairing the ledger from Glance's listing", () => {
     expect(repairFromListing(P, [moved], listed, { ...view, listedElsewhere: new Set(['moved']) }).corrections).toEqual([{ kind: 'missing', imageId: 'lost' }]);
     expect(repairFromListing(P, [trueCreate(listed[0]!)], listed, view)).toEqual({ events: [], corrections: [] });
   });
+
+  it("writes a flood's images the listing shows before their notifications, without calling it a correction", () => {
+    const listed = [image('just-made', NOW - 2), image('long-lost', NOW - 600)];
+    const { events, corrections } = repairFromListing(P, [], listed, view);
+    expect(events.map((e) => e.imageId)).toEqual(['just-made', 'long-lost']);
+    expect(corrections).toEqual([{ kind: 'missing', imageId: 'long-lost' }]);
+  });
 });
 
 describe('enforcement is decided on Glance, never on the bus alone', () => {
+  it('tries every candidate even when one delete fails, then reports the failure', async () => {
+    const glance = new MemoryGlance().add(...Array.from({ length: 6 }, (_, i) => image(`i${i}`, NOW - 100 + i)));
+    const { store, pipeline } = pipelineOver(glance, { image_count_total: 1 });
+    await store.applyEvents([...glance.images.values()].map(trueCreate), NOW_MS);
+    const flaky = glance.deleteImage.bind(glance);
+    glance.deleteImage = async (id) => {
+      if (id === 'i5') throw new Error('Glance answered 503');
+      return flaky(id);
+    };
+    await expect(pipeline.enforce(P)).rejects.toThrow(/503/);
+    expect(glance.deleted.sort()).toEqual(['i1', 'i2', 'i3', 'i4']);
+  });
+
   it('forged creates for a project at its limit delete nothing, and the forged records are corrected', async () => {
     const real = [image('r1', NOW - 300), image('r2', NOW - 200), image('r3', NOW - 100)];
     const glance = new MemoryGlance().add(...real);
