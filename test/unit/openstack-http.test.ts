@@ -376,6 +376,17 @@ describe('the Glance client', () => {
     expect(server.seen.filter((s) => s.path.startsWith('/v2/')).every((s) => s.headers['x-auth-token'] === 'tok-1')).toBe(true);
   });
 
+  it('leaves out a listed image it cannot read, says which, and lists the rest', async () => {
+    const { server, state } = await fakeCloud();
+    state.images = [image('a'), image('odd', { status: 'melted' }), image('b', { created_at: 17 })];
+    const glance = new GlanceClient(new KeystoneClient(credentialsFor(server.url), { log: quiet, retry: fast }), { log: quiet });
+    const ids: string[] = [];
+    const unreadable: string[] = [];
+    for await (const i of glance.listImages({ owner: 'p-demo', limit: 10, onUnreadable: (id) => unreadable.push(id) })) ids.push(i.id);
+    expect(ids).toEqual(['a']);
+    expect(unreadable).toEqual(['odd', 'b']);
+  });
+
   it('maps delete answers to outcomes', async () => {
     const { server, state } = await fakeCloud();
     const glance = new GlanceClient(new KeystoneClient(credentialsFor(server.url), { log: quiet, retry: fast, sleep: async () => {} }), { log: quiet });
@@ -384,12 +395,15 @@ describe('the Glance client', () => {
       { status: 404 },
       { status: 403, body: { message: 'Image i-1 is protected and cannot be deleted.<br /><br />\n\n\n', code: '403 Forbidden', title: 'Forbidden' } },
       { status: 409, body: { message: 'Image i-1 could not be deleted because it is in use: x<br /><br />\n\n\n' } },
+      { status: 400, body: { message: 'Image status transition from deleted to deleted is not allowed<br /><br />\n\n\n' } },
       { status: 500 }, { status: 500 }, { status: 500 }, { status: 500 },
     );
     await expect(glance.deleteImage('i-1')).resolves.toEqual({ result: 'deleted' });
     await expect(glance.deleteImage('i-1')).resolves.toEqual({ result: 'gone' });
     await expect(glance.deleteImage('i-1')).resolves.toEqual({ result: 'refused', status: 403, reason: 'Image i-1 is protected and cannot be deleted.' });
     await expect(glance.deleteImage('i-1')).resolves.toEqual({ result: 'refused', status: 409, reason: 'Image i-1 could not be deleted because it is in use: x' });
+    // Two DELETEs racing for one image: the loser's 400 means it is gone all the same.
+    await expect(glance.deleteImage('i-1')).resolves.toEqual({ result: 'gone' });
     await expect(glance.deleteImage('i-1')).rejects.toThrow(/^glance: DELETE http:\/\/127\.0\.0\.1:\d+\/v2\/images\/i-1 answered 500/);
   });
 
