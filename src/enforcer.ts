@@ -56,6 +56,8 @@ export interface ProjectReport {
 interface Judged {
   report: ProjectReport;
   byId: ReadonlyMap<string, OwnedImage>;
+  /** Protected images the rule would otherwise have picked: audited as skipped. */
+  passedOver: readonly string[];
 }
 
 /** Image ids a dry run remembers as already reported. */
@@ -268,15 +270,20 @@ export class Pipeline {
     const limits = await this.limits.limitsFor(projectId);
     const exempt = this.exempt.has(projectId);
     const { over, toDelete } = decide(records, usage, limits, exempt, isDeletable);
+    // Protected images the rule would have picked first: recorded as skipped, with the reason,
+    // while the next deletable images go in their place.
+    const chosen = new Set(toDelete);
+    const passedOver = over.length === 0 ? [] : decide(records, usage, limits, exempt).toDelete.filter((id) => !chosen.has(id) && byId.get(id)?.protected);
     if (over.length > 0) this.log?.info({ projectId, usage, limits, over, candidates: toDelete.length, exempt }, 'Glance confirms: project over quota');
-    return { report: { projectId, usage, limits, over, toDelete, exempt, basis: 'glance', corrected }, byId };
+    return { report: { projectId, usage, limits, over, toDelete, exempt, basis: 'glance', corrected }, byId, passedOver };
   }
 
   /** Delete (or, in dry-run, record) each candidate Glance's listing gave; audit every action. */
-  private async act(images: ImageService, { report, byId }: Judged): Promise<ActionRecord[]> {
+  private async act(images: ImageService, { report, byId, passedOver }: Judged): Promise<ActionRecord[]> {
     const { projectId } = report;
     // A dry run records each would-delete once, however many messages find the project over.
-    const candidates = this.mode === 'dry-run' ? report.toDelete.filter((id) => !this.wouldDelete.has(id)) : report.toDelete;
+    const fresh = (ids: readonly string[]) => (this.mode === 'dry-run' ? ids.filter((id) => !this.wouldDelete.has(id)) : ids);
+    const candidates = [...fresh(passedOver), ...fresh(report.toDelete)];
     const actions: ActionRecord[] = [];
     const actOn = async (imageId: string): Promise<void> => {
       const image = byId.get(imageId)!;
@@ -285,6 +292,7 @@ export class Pipeline {
       let kind: ActionRecord['action'];
       let reason: string;
       if (!verdict.removable) {
+        if (this.mode === 'dry-run') this.rememberWouldDelete(imageId);
         [kind, reason] = ['skipped', verdict.reason];
       } else if (this.mode === 'dry-run') {
         this.rememberWouldDelete(imageId);
