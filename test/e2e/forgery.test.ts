@@ -1,8 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { envelope, inner, rawBody } from '../support/fixtures.js';
-import { broker, startConsumer, type RunningConsumer } from './support/consumer.js';
-import { enforcerEnv, lab, TestProject } from './support/lab.js';
+import { broker } from './support/consumer.js';
+import { consumer, project, until } from './support/scenario.js';
+import { enforcerEnv, lab } from './support/lab.js';
 
 /*
  * The trust model on the real lab: anyone with publish rights on Glance's exchange (in many clouds
@@ -10,36 +11,6 @@ import { enforcerEnv, lab, TestProject } from './support/lab.js';
  * trigger and an estimate; every deletion is decided on Glance's own listing of the project.
  */
 
-const cleanup: (() => Promise<unknown>)[] = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f().catch(() => {});
-});
-
-async function project(label: string): Promise<TestProject> {
-  const p = await TestProject.create(lab(), label);
-  cleanup.push(() => p.remove());
-  return p;
-}
-
-async function consumer(env: NodeJS.ProcessEnv): Promise<RunningConsumer> {
-  const c = await startConsumer(env);
-  cleanup.push(async () => {
-    await c.stop();
-    const b = await broker();
-    await b.drop(c.queue);
-    await b.close();
-  });
-  return c;
-}
-
-async function until<T>(what: string, deadlineMs: number, probe: () => Promise<T>, done: (v: T) => boolean): Promise<T> {
-  for (;;) {
-    const v = await probe();
-    if (done(v)) return v;
-    if (Date.now() > deadlineMs) throw new Error(`${what}: still ${v instanceof Map ? `${v.size} images` : JSON.stringify(v)} at the deadline`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 const utcIso = (d: Date) => d.toISOString().replace(/\.\d+Z$/, 'Z');
 const osloTime = (d: Date) => d.toISOString().replace('T', ' ').replace('Z', '000');
