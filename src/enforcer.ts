@@ -8,6 +8,7 @@ import type { ProjectLimits } from './quota/limits.js';
 import type { Resource, Usage } from './quota/resources.js';
 import type { LimitSource } from './quota/static-limits.js';
 import { verifyCandidate } from './quota/verify.js';
+import { applyIsolatingPoison } from './store/isolate.js';
 import type { ActionRecord, LedgerStore } from './store/port.js';
 
 /**
@@ -101,7 +102,8 @@ export class Pipeline {
 
   /**
    * Parse a batch of raw bodies and apply the image events in one atomic store write. Invalid and
-   * ignored bodies never fail the batch; a store failure rejects the whole call, so the caller
+   * ignored bodies never fail the batch, nor does a message the store refuses for its data (it is
+   * isolated by bisection and made invalid); a store outage rejects the whole call, so the caller
    * acknowledges nothing and the broker redelivers.
    *
    * @example
@@ -122,9 +124,13 @@ export class Pipeline {
       }
     });
     if (events.length === 0) return { outcomes, projects: [] };
-    const applied = await this.store.applyEvents(events, this.clock());
+    // A message whose data the store refuses is isolated and made invalid (dead-lettered by the
+    // door); it never holds up the messages behind it.
+    const applied = await applyIsolatingPoison(this.store, events, this.clock());
     applied.outcomes.forEach((result, k) => {
-      outcomes[positions[k]!] = { result, event: events[k]! };
+      outcomes[positions[k]!] = typeof result === 'string'
+        ? { result, event: events[k]! }
+        : { result: 'invalid', reason: `the ledger store refused it: ${result.refused}` };
     });
     return { outcomes, projects: applied.projects };
   }

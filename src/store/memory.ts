@@ -5,6 +5,7 @@ import type { ImageEvent } from '../notification/parse.js';
 import { isRemovable, newestFirst } from '../quota/decide.js';
 import type { Usage } from '../quota/resources.js';
 import type { ActionRecord, ApplyOptions, LedgerStore } from './port.js';
+import { assertStorable, totalsOverflow } from './storable.js';
 
 /**
  * The ledger in process memory: for replay, tests and benchmarks. Lost at exit.
@@ -24,6 +25,7 @@ export class MemoryStore implements LedgerStore {
   private readonly state = new Map<string, string>();
 
   async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
+    assertStorable(events);
     // A failure half-way must leave nothing behind, as a database transaction would.
     const staged = new Map<string, ImageRecord>();
     const seen = new Map<string, number>();
@@ -34,6 +36,10 @@ export class MemoryStore implements LedgerStore {
       put: (r) => void staged.set(r.imageId, r),
     };
     const { deltas, ...result } = applyEventsTo(tx, events, nowMs, options.dedupe ?? true);
+    const totals = [...deltas].map(([project, delta]) => [project, addTotals(this.totals.get(project) ?? ZERO_TOTALS, delta)] as const);
+    for (const [project, t] of totals) {
+      for (const v of Object.values(t)) if (!Number.isSafeInteger(v)) throw totalsOverflow(project, v);
+    }
     for (const [id, at] of seen) this.seenAt.set(id, at);
     for (const r of staged.values()) {
       const previous = this.records.get(r.imageId);
@@ -43,7 +49,7 @@ export class MemoryStore implements LedgerStore {
       if (!ids) this.byProject.set(r.projectId, (ids = new Set()));
       ids.add(r.imageId);
     }
-    for (const [project, delta] of deltas) this.totals.set(project, addTotals(this.totals.get(project) ?? ZERO_TOTALS, delta));
+    for (const [project, t] of totals) this.totals.set(project, t);
     return result;
   }
 

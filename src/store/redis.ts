@@ -6,7 +6,8 @@ import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
 import { ConfigError } from '../errors.js';
 import type { ActionRecord, ApplyOptions, LedgerStore } from './port.js';
-import { StoreUnavailableError } from '../errors.js';
+import { StoreDataError, StoreUnavailableError } from '../errors.js';
+import { assertStorable } from './storable.js';
 import { isRemovable, newestFirst } from '../quota/decide.js';
 
 /**
@@ -201,6 +202,22 @@ for key, kind in pairs(expected) do
   end
 end
 
+-- Phase 1, bounds: no HINCRBY below may fail (an overflow would abort the script half-way, after
+-- 'seen' was written). Totals stay within 2^53, where doubles (Lua's numbers, and JS's) are exact.
+local MAX_TOTAL = 9007199254740991
+local TOTAL_FIELDS = { 'count', 'uploading', 'size', 'stage' }
+for _, project in ipairs(delta_order) do
+  local d = deltas[project]
+  local current_totals = redis.call('HMGET', P .. 'totals:' .. project, unpack(TOTAL_FIELDS))
+  for k = 1, 4 do
+    local total = (tonumber(current_totals[k]) or 0) + d[k]
+    if total > MAX_TOTAL or total < -MAX_TOTAL then
+      return redis.error_reply('GQE_DATA project ' .. project .. ': its ' .. TOTAL_FIELDS[k] .. ' total would reach ' ..
+        string.format('%.0f', total) .. ', past 2^53, which the ledger cannot keep exactly: the batch was not applied')
+    end
+  end
+end
+
 -- Phase 2: write.
 for _, id in ipairs(marked) do redis.call('ZADD', P .. 'seen', now, id) end
 for _, id in ipairs(staged_order) do
@@ -219,9 +236,8 @@ for _, id in ipairs(staged_order) do
   redis.call('SADD', P .. 'images-of:' .. r.project, id)
   redis.call('SADD', P .. 'projects', r.project)
 end
--- Sizes are whole bytes; sums stay exact in doubles up to 2^53 (8 PiB) per batch and are
+-- Sizes are whole bytes; sums stay exact in doubles up to 2^53 (8 PiB), checked above, and are
 -- written as integers ('%.0f'), because HINCRBY takes no exponent.
-local TOTAL_FIELDS = { 'count', 'uploading', 'size', 'stage' }
 for _, project in ipairs(delta_order) do
   local d = deltas[project]
   for k = 1, 4 do
@@ -375,8 +391,12 @@ export class RedisStore implements LedgerStore {
 
   async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
     if (events.length === 0) return { outcomes: [], projects: [] };
+    assertStorable(events);
     const args = [this.prefix, String(nowMs), options.dedupe ?? true ? '1' : '0', ...events.flatMap(eventArgs)];
-    const [codes = '', ...projects] = await this.redis.gqeApply(...args);
+    const [codes = '', ...projects] = await this.redis.gqeApply(...args).catch((err: Error) => {
+      // The script's own bound check: the same batch would fail forever, so the pipeline bisects it.
+      throw /\bGQE_DATA\b/.test(err.message) ? new StoreDataError(err.message.replace(/^.*?GQE_DATA /, 'Redis refused the batch: '), { cause: err }) : err;
+    });
     const outcomes = [...codes].map((c): ApplyOutcome => (c === 'd' ? 'duplicate' : 'applied'));
     return { outcomes, projects: projects.sort() };
   }

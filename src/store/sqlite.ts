@@ -7,6 +7,7 @@ import { ZERO_TOTALS, usageFromTotals } from '../ledger/usage.js';
 import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
 import type { ActionKind, ActionRecord, ApplyOptions, LedgerStore } from './port.js';
+import { assertStorable, totalsOverflow } from './storable.js';
 
 /** Schema changes, applied in order at open; `PRAGMA user_version` records how far a file is. */
 const MIGRATIONS: readonly string[] = [
@@ -140,11 +141,16 @@ export class SqliteStore implements LedgerStore {
            created_at = excluded.created_at, updated_at = excluded.updated_at, ts = excluded.ts, message_id = excluded.message_id,
            importing = excluded.importing, protected = excluded.protected, deleted = excluded.deleted`,
       ),
-      addTotals: db.prepare(
-        `INSERT INTO project_totals (project_id, count, uploading, size_bytes, stage_bytes) VALUES (?, ?, ?, ?, ?)
-         ON CONFLICT (project_id) DO UPDATE SET count = count + excluded.count, uploading = uploading + excluded.uploading,
-           size_bytes = size_bytes + excluded.size_bytes, stage_bytes = stage_bytes + excluded.stage_bytes`,
-      ),
+      // RETURNING the new totals: SQLite turns an integer sum past 2^63 into an inexact REAL
+      // without a word, and JS reads integers exactly only up to 2^53, so the batch checks them.
+      addTotals: db
+        .prepare<[string, number, number, number, number], number[]>(
+          `INSERT INTO project_totals (project_id, count, uploading, size_bytes, stage_bytes) VALUES (?, ?, ?, ?, ?)
+           ON CONFLICT (project_id) DO UPDATE SET count = count + excluded.count, uploading = uploading + excluded.uploading,
+             size_bytes = size_bytes + excluded.size_bytes, stage_bytes = stage_bytes + excluded.stage_bytes
+           RETURNING count, uploading, size_bytes, stage_bytes`,
+        )
+        .raw(),
       totals: db.prepare<[string], { count: number; uploading: number; size_bytes: number; stage_bytes: number }>(
         'SELECT count, uploading, size_bytes, stage_bytes FROM project_totals WHERE project_id = ?',
       ),
@@ -206,6 +212,7 @@ export class SqliteStore implements LedgerStore {
 
   async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
     if (events.length === 0) return { outcomes: [], projects: [] };
+    assertStorable(events);
     return this.applyBatch.immediate(events, nowMs, options.dedupe ?? true);
   }
 
@@ -249,7 +256,10 @@ export class SqliteStore implements LedgerStore {
     for (const r of changed.values()) {
       this.stmt.put.run(r.imageId, r.projectId, r.status, r.size, r.createdAt, r.updatedAt, r.timestamp, r.messageId, r.importing, r.protected ? 1 : 0, r.deleted ? 1 : 0);
     }
-    for (const [p, d] of deltas) this.stmt.addTotals.run(p, d.count, d.uploading, d.sizeBytes, d.stageBytes);
+    for (const [p, d] of deltas) {
+      // Thrown inside the transaction, so the whole batch rolls back.
+      for (const v of this.stmt.addTotals.get(p, d.count, d.uploading, d.sizeBytes, d.stageBytes)!) if (!Number.isSafeInteger(v)) throw totalsOverflow(p, v);
+    }
     return result;
   }
 

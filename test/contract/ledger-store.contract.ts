@@ -1,11 +1,30 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { usageOf } from '../../src/ledger/usage.js';
 import { parseNotification, type ImageEvent } from '../../src/notification/parse.js';
+import { Pipeline } from '../../src/enforcer.js';
+import { StoreDataError } from '../../src/errors.js';
+import { applyIsolatingPoison } from '../../src/store/isolate.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import type { LedgerStore } from '../../src/store/port.js';
 import { snapshot } from './shared-ledger.contract.js';
 import { ev, MiB } from '../support/events.js';
-import { captures } from '../support/fixtures.js';
+import { captures, envelope, inner, quotaTestBodies } from '../support/fixtures.js';
+
+/**
+ * Events no store can keep exactly, built directly (the door rejects most of them before any
+ * store sees them; the stores must be safe by themselves).
+ */
+const UNSTORABLE: Record<string, Partial<ImageEvent>> = {
+  'a NUL byte in the image id': { imageId: 'nul\u0000id' },
+  'a NUL byte in the project id': { projectId: 'p\u0000' },
+  'a lone surrogate in the image id': { imageId: 'lone\ud800' },
+  'a lone low surrogate in the message id': { messageId: 'm-\udc00-lone' },
+  'a size past 2^53': { size: 2 ** 63, status: 'active' },
+  'a fractional size': { size: 1.5, status: 'active' },
+  'a negative size': { size: -1, status: 'active' },
+  'a timestamp past 2^53': { timestamp: 1e20 },
+  'a created_at that is not a number': { createdAt: Number.NaN },
+};
 
 /**
  * The behaviour every ledger store must have. Each adapter's test file calls this with a factory
@@ -165,6 +184,68 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       expect((await store.actions()).map((a) => a.atMs)).toEqual([30]);
       // Forgotten with its record, a would-delete may be recorded again.
       expect(await store.recordActions([{ ...base, atMs: 40, projectId: 'p1', imageId: 'a', action: 'would-delete', reason: 'again' }])).toHaveLength(1);
+    });
+
+    it.each(Object.entries(UNSTORABLE))('refuses %s with a StoreDataError and keeps nothing of the batch', async (_, hostile) => {
+      const ok = ev({ imageId: 'ok', projectId: 'p2', status: 'active', size: MiB });
+      const err = await store.applyEvents([ok, ev({ imageId: 'bad', ...hostile })], 1).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(StoreDataError);
+      expect(await store.projects()).toEqual([]);
+      expect(await store.usage('p2')).toMatchObject({ image_count_total: 0 });
+      // Nothing was recorded as processed: the good message alone is applied afterwards.
+      expect((await store.applyEvents([ok], 2)).outcomes).toEqual(['applied']);
+    });
+
+    it('refuses a batch that would take a total past 2^53, before writing anything', async () => {
+      const huge = Number.MAX_SAFE_INTEGER - 10;
+      await store.applyEvents([ev({ imageId: 'huge', status: 'active', size: huge })], 1);
+      const other = ev({ imageId: 'other', projectId: 'p2', status: 'active', size: MiB });
+      const err = await store.applyEvents([other, ev({ imageId: 'tip', status: 'active', size: 11 })], 2).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(StoreDataError);
+      expect((err as Error).message).toMatch(/p1.*2\^53/);
+      // The innocent project's totals and the processed ids are untouched (Redis: nothing of
+      // the script was written, 'seen' included).
+      expect(await store.usage('p2')).toMatchObject({ image_count_total: 0 });
+      expect(await store.images('p1')).toHaveLength(1);
+      expect((await store.usage('p1')).image_size_total).toBe(Math.floor(huge / MiB));
+      expect((await store.applyEvents([other], 3)).outcomes).toEqual(['applied']);
+    });
+
+    it('isolates the messages it refuses; every other message of the batch is counted exactly', async () => {
+      await store.applyEvents([ev({ imageId: 'huge', projectId: 'full', status: 'active', size: Number.MAX_SAFE_INTEGER - 10 })], 1);
+      const valid = Array.from({ length: 40 }, (_, i) => ev({ imageId: `img-${i}`, projectId: `p${i % 3}`, status: i % 2 ? 'active' : 'queued', size: i % 2 ? i * MiB : null }));
+      const hostile = [
+        ev({ imageId: 'nul\u0000', projectId: 'p0' }),
+        // Distinct in JS, the same U+FFFD in UTF-8: one ON CONFLICT command would meet one row twice.
+        ev({ imageId: 'x\ud800', projectId: 'p1' }),
+        ev({ imageId: 'x\ud801', projectId: 'p1' }),
+        ev({ imageId: 'tip', projectId: 'full', status: 'active', size: 11 }),
+        ev({ imageId: 'big', projectId: 'p2', status: 'active', size: 2 ** 63 }),
+      ];
+      const batch = [...valid];
+      hostile.forEach((h, k) => batch.splice(k * 9 + 3, 0, h));
+      const { outcomes, projects } = await applyIsolatingPoison(store, batch, 2);
+      outcomes.forEach((o, i) => {
+        if (hostile.includes(batch[i]!)) expect(o).toEqual({ refused: expect.stringMatching(/NUL|surrogate|2\^53/) });
+        else expect(o).toBe('applied');
+      });
+      expect(projects).toEqual(['p0', 'p1', 'p2']);
+      for (const p of ['p0', 'p1', 'p2', 'full']) expect(await store.usage(p)).toEqual(usageOf(await store.images(p)));
+      expect((await store.usage('p1')).image_count_total).toBe(13);
+      expect((await store.images('full')).map((r) => r.imageId)).toEqual(['huge']);
+    });
+
+    it('through the pipeline: the refused message is invalid with its reason, the rest applied', async () => {
+      const bodies = quotaTestBodies();
+      const project = inner(bodies[0]!).payload.owner as string;
+      // The project is one byte short of what the ledger can total, so one more image tips it over.
+      await store.applyEvents([ev({ imageId: 'huge', projectId: project, status: 'active', size: Number.MAX_SAFE_INTEGER - 1 })], 1);
+      const first = inner(bodies[0]!);
+      const tipping = envelope({ ...first, message_id: 'tipping', payload: { ...first.payload, status: 'active', size: 5 } });
+      const pipeline = new Pipeline({ store, limits: { limitsFor: async () => ({}) } });
+      const { outcomes } = await pipeline.ingest([...bodies.slice(1), tipping]);
+      expect(outcomes.slice(0, -1).map((o) => o.result)).toEqual(bodies.slice(1).map(() => 'applied'));
+      expect(outcomes.at(-1)).toEqual({ result: 'invalid', reason: expect.stringMatching(/ledger store refused it: .*2\^53/) });
     });
 
     it("keeps the enforcer's own small values, such as where the scheduled reconcile stopped", async () => {

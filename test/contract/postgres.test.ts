@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { StoreDataError } from '../../src/errors.js';
 import { openStore } from '../../src/store/index.js';
 import { PostgresStore } from '../../src/store/postgres.js';
 import { ev, MiB } from '../support/events.js';
@@ -72,6 +73,27 @@ describe('postgres: a database shared by several consumers', () => {
     expect(await store.usage('p1')).toMatchObject({ image_count_total: 0 });
     // Nothing of the failed batch was recorded as processed, so its redelivery is applied.
     expect((await store.applyEvents([ok], 2)).outcomes).toEqual(['applied']);
+    await store.close();
+  });
+
+  it("calls a refusal of the batch's data (SQLSTATE class 22/23) a StoreDataError, not an outage", async () => {
+    const url = await freshUrl();
+    const store = await PostgresStore.open(url);
+    const schema = new URL(url).searchParams.get('options')!.split('=')[1]!;
+    // A constraint the adapter does not check itself: only PostgreSQL's own refusal tells.
+    await db!.admin.query(`ALTER TABLE ${schema}.images ADD CONSTRAINT short_status CHECK (length(status) < 20)`);
+    const err = await store.applyEvents([ev({ imageId: 'a', status: 'x'.repeat(30) })], 1).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StoreDataError);
+    expect((err as Error).message).toMatch(/SQLSTATE 23514/);
+    expect((err as { cause?: { code?: string } }).cause?.code).toBe('23514');
+    expect(await store.projects()).toEqual([]);
+    // An outage stays an outage: the trigger of the test above, with an ordinary error.
+    await db!.admin.query(`CREATE FUNCTION ${schema}.down() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN RAISE EXCEPTION 'disk full' USING ERRCODE = '53100'; END $$`);
+    await db!.admin.query(`CREATE TRIGGER down BEFORE INSERT ON ${schema}.images FOR EACH ROW EXECUTE FUNCTION ${schema}.down()`);
+    const outage = await store.applyEvents([ev({ imageId: 'b' })], 2).catch((e: unknown) => e);
+    expect(outage).not.toBeInstanceOf(StoreDataError);
+    expect((outage as Error).message).toBe('disk full');
     await store.close();
   });
 
