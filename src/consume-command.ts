@@ -91,7 +91,7 @@ export async function consume(args: string[]): Promise<number> {
       metrics.reconcileRuns.inc({ result: 'ok' });
       log.info({ projects: summary.projects.length, listed: summary.listed, vanished: summary.vanished, ms: summary.durationMs }, 'reconciled from Glance');
       worker.add(summary.projects.map((p) => p.projectId));
-      await pipeline.forgetOld({ messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs });
+      await pipeline.forgetOld({ messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs, deadImagesMs: config.deletedImageRetentionMs });
     } catch (err) {
       metrics.reconcileRuns.inc({ result: 'failed' });
       metrics.countOpenStackError(err);

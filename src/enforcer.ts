@@ -212,13 +212,16 @@ export class Pipeline {
 
   /**
    * Keep the store bounded: processed message ids past their retention (dedupe stays exact within
-   * it, and merging is idempotent beyond it) and audit records past theirs. Run once per reconcile.
+   * it, and merging is idempotent beyond it), audit records past theirs, and records of deleted
+   * images past theirs (a reconcile has since confirmed with Glance what they said). Run once per
+   * reconcile.
    */
-  async forgetOld(retention: { messagesMs: number; actionsMs: number }): Promise<{ messages: number; actions: number }> {
+  async forgetOld(retention: { messagesMs: number; actionsMs: number; deadImagesMs: number }): Promise<{ messages: number; actions: number; deadImages: number }> {
     const now = this.clock();
     return {
       messages: await this.store.forgetMessagesBefore(now - retention.messagesMs),
       actions: await this.store.forgetActionsBefore(now - retention.actionsMs),
+      deadImages: await this.store.forgetDeadImagesBefore(now - retention.deadImagesMs),
     };
   }
 }

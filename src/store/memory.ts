@@ -1,11 +1,13 @@
 import { applyEventsTo, type ApplyResult, type LedgerTransaction } from '../ledger/apply.js';
 import type { ImageRecord } from '../ledger/record.js';
-import { ZERO_TOTALS, addTotals, usageFromTotals, type UsageTotals } from '../ledger/usage.js';
+import { ZERO_TOTALS, addTotals, isLive, usageFromTotals, type UsageTotals } from '../ledger/usage.js';
 import type { ImageEvent } from '../notification/parse.js';
 import { isRemovable, newestFirst } from '../quota/decide.js';
 import type { Usage } from '../quota/resources.js';
 import type { ActionRecord, ApplyOptions, LedgerStore } from './port.js';
 import { assertStorable, totalsOverflow } from './storable.js';
+
+const isZero = (t: UsageTotals) => t.count === 0 && t.uploading === 0 && t.sizeBytes === 0 && t.stageBytes === 0;
 
 /**
  * The ledger in process memory: for replay, tests and benchmarks. Lost at exit.
@@ -66,7 +68,21 @@ export class MemoryStore implements LedgerStore {
   }
 
   async projects(): Promise<string[]> {
-    return [...this.byProject].filter(([, ids]) => ids.size > 0).map(([p]) => p).sort();
+    return [...this.totals].filter(([, t]) => t.count > 0).map(([p]) => p).sort();
+  }
+
+  async forgetDeadImagesBefore(beforeMs: number): Promise<number> {
+    let n = 0;
+    for (const [id, r] of this.records) {
+      if (isLive(r) || r.updatedAt * 1000 >= beforeMs) continue;
+      this.records.delete(id);
+      const ids = this.byProject.get(r.projectId);
+      ids?.delete(id);
+      if (ids?.size === 0) this.byProject.delete(r.projectId);
+      n++;
+    }
+    for (const [project, t] of this.totals) if (isZero(t)) this.totals.delete(project);
+    return n;
   }
 
   async forgetMessagesBefore(beforeMs: number): Promise<number> {

@@ -367,9 +367,24 @@ export class PostgresStore implements LedgerStore {
   }
 
   async projects(): Promise<string[]> {
-    const { rows } = await this.pool.query<{ project_id: string }>('SELECT DISTINCT project_id FROM images');
+    const { rows } = await this.pool.query<{ project_id: string }>('SELECT project_id FROM project_totals WHERE count > 0');
     // Sorted here, as JS sorts, rather than by any collation.
     return rows.map((r) => r.project_id).sort();
+  }
+
+  /**
+   * Safe beside concurrent batches: a dead record counts for nothing, so a batch that read it
+   * before it went (or finds it gone) adds the same deltas; and an all-zero totals row is the
+   * same as none, so deleting one races with nothing (READ COMMITTED re-checks the WHERE on a row
+   * a batch just updated, and an upsert re-creates a row deleted under it).
+   */
+  async forgetDeadImagesBefore(beforeMs: number): Promise<number> {
+    const { rowCount } = await this.pool.query(
+      `DELETE FROM images WHERE (deleted OR status IN ('killed', 'pending_delete', 'deleted')) AND updated_at * 1000 < $1`,
+      [beforeMs],
+    );
+    await this.pool.query('DELETE FROM project_totals WHERE count = 0 AND uploading = 0 AND size_bytes = 0 AND stage_bytes = 0');
+    return rowCount ?? 0;
   }
 
   async forgetMessagesBefore(beforeMs: number): Promise<number> {

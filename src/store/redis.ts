@@ -15,7 +15,9 @@ import { isRemovable, newestFirst } from '../quota/decide.js';
  *   P image:<image id>     hash: the record (project, status, size ('' = null), created, updated,
  *                          ts, msg, importing, protected, deleted; numbers as JS's String(n))
  *   P images-of:<project>  set of the project's image ids (tombstones included)
- *   P projects             set of projects that own at least one image
+ *   P projects             set of projects with at least one live image (totals count > 0)
+ *   P dead                 sorted set: image id of a dead record (tombstoned, killed, ...) -> its
+ *                          updated_at (s), what forgetDeadImagesBefore purges by
  *   P totals:<project>     hash count, uploading, size, stage: the project's UsageTotals
  *   P seen                 sorted set: processed message id -> when (ms)
  *   P actions              sorted set: audit record -> atMs; member = 16-digit sequence + JSON
@@ -189,7 +191,7 @@ end
 
 -- Phase 1, last step: every key written below must have its type or not exist, so that no
 -- write can fail half-way (image hashes and the seen set were read above, which checked them).
-local expected = { [P .. 'projects'] = 'set' }
+local expected = { [P .. 'projects'] = 'set', [P .. 'dead'] = 'zset' }
 for _, id in ipairs(staged_order) do
   expected[P .. 'images-of:' .. staged[id].project] = 'set'
   if current[id] then expected[P .. 'images-of:' .. current[id].project] = 'set' end
@@ -231,10 +233,13 @@ for _, id in ipairs(staged_order) do
   local old = current[id]
   if old and old.project ~= r.project then
     redis.call('SREM', P .. 'images-of:' .. old.project, id)
-    if redis.call('SCARD', P .. 'images-of:' .. old.project) == 0 then redis.call('SREM', P .. 'projects', old.project) end
   end
   redis.call('SADD', P .. 'images-of:' .. r.project, id)
-  redis.call('SADD', P .. 'projects', r.project)
+  if r.deleted == '1' or DEAD[r.status] then
+    redis.call('ZADD', P .. 'dead', r.updated, id)
+  else
+    redis.call('ZREM', P .. 'dead', id)
+  end
 end
 -- Sizes are whole bytes; sums stay exact in doubles up to 2^53 (8 PiB), checked above, and are
 -- written as integers ('%.0f'), because HINCRBY takes no exponent.
@@ -242,6 +247,11 @@ for _, project in ipairs(delta_order) do
   local d = deltas[project]
   for k = 1, 4 do
     if d[k] ~= 0 then redis.call('HINCRBY', P .. 'totals:' .. project, TOTAL_FIELDS[k], string.format('%.0f', d[k])) end
+  end
+  if (tonumber(redis.call('HGET', P .. 'totals:' .. project, 'count')) or 0) > 0 then
+    redis.call('SADD', P .. 'projects', project)
+  else
+    redis.call('SREM', P .. 'projects', project)
   end
 end
 
@@ -270,6 +280,32 @@ end
 return kept
 `;
 
+/**
+ * forgetDeadImagesBefore, one slice: up to ARGV[3] dead records updated before ARGV[2] (seconds,
+ * exclusive; a batch that revives a record takes it out of 'dead'), with the totals
+ * hash of a project left with nothing to count. ARGV: prefix, before, limit. Returns { records
+ * dropped, ids looked at }.
+ */
+const FORGET_DEAD_LUA = `
+local P, before, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local n = 0
+local ids = redis.call('ZRANGEBYSCORE', P .. 'dead', '-inf', '(' .. before, 'LIMIT', 0, limit)
+for _, id in ipairs(ids) do
+  redis.call('ZREM', P .. 'dead', id)
+  local project = redis.call('HGET', P .. 'image:' .. id, 'project')
+  if project then
+    redis.call('DEL', P .. 'image:' .. id)
+    redis.call('SREM', P .. 'images-of:' .. project, id)
+    local t = redis.call('HMGET', P .. 'totals:' .. project, 'count', 'uploading', 'size', 'stage')
+    local empty = true
+    for k = 1, 4 do if (tonumber(t[k]) or 0) ~= 0 then empty = false end end
+    if empty then redis.call('DEL', P .. 'totals:' .. project) redis.call('SREM', P .. 'projects', project) end
+    n = n + 1
+  end
+end
+return { n, #ids }
+`;
+
 /** A project's records, read in one atomic step. ARGV: prefix, project id. */
 const IMAGES_LUA = `
 local P = ARGV[1]
@@ -285,6 +321,7 @@ interface LedgerScripts {
   gqeApply(...args: string[]): Promise<string[]>;
   gqeRecordActions(...args: string[]): Promise<number[]>;
   gqeImages(prefix: string, projectId: string): Promise<(string | string[])[]>;
+  gqeForgetDead(prefix: string, before: string, limit: string): Promise<[number, number]>;
 }
 
 function eventArgs(e: ImageEvent): string[] {
@@ -361,6 +398,7 @@ export class RedisStore implements LedgerStore {
     redis.defineCommand('gqeApply', { numberOfKeys: 0, lua: APPLY_LUA });
     redis.defineCommand('gqeRecordActions', { numberOfKeys: 0, lua: RECORD_ACTIONS_LUA });
     redis.defineCommand('gqeImages', { numberOfKeys: 0, lua: IMAGES_LUA, readOnly: true });
+    redis.defineCommand('gqeForgetDead', { numberOfKeys: 0, lua: FORGET_DEAD_LUA });
     this.redis = redis as Redis & LedgerScripts;
     this.prefix = keyPrefix;
     this.description = description;
@@ -421,6 +459,17 @@ export class RedisStore implements LedgerStore {
 
   async projects(): Promise<string[]> {
     return (await this.redis.smembers(`${this.prefix}projects`)).sort();
+  }
+
+  async forgetDeadImagesBefore(beforeMs: number): Promise<number> {
+    // In slices, so that no single script holds Redis (and every other consumer) for long.
+    const before = String(Math.ceil(beforeMs / 1000));
+    let total = 0;
+    for (;;) {
+      const [dropped, looked] = await this.redis.gqeForgetDead(this.prefix, before, '1000');
+      total += dropped;
+      if (looked < 1000) return total;
+    }
   }
 
   async forgetMessagesBefore(beforeMs: number): Promise<number> {

@@ -163,7 +163,11 @@ export class SqliteStore implements LedgerStore {
           `SELECT ${IMAGE_COLUMNS} FROM images WHERE project_id = ? AND status = 'queued' AND deleted = 0 ORDER BY created_at DESC, image_id DESC LIMIT ?`,
         )
         .raw(),
-      projects: db.prepare<[], { project_id: string }>('SELECT DISTINCT project_id FROM images ORDER BY project_id'),
+      projects: db.prepare<[], string>('SELECT project_id FROM project_totals WHERE count > 0').pluck(),
+      forgetDeadImages: db.prepare<[number]>(
+        `DELETE FROM images WHERE (deleted = 1 OR status IN ('killed', 'pending_delete', 'deleted')) AND updated_at * 1000 < ?`,
+      ),
+      forgetEmptyTotals: db.prepare('DELETE FROM project_totals WHERE count = 0 AND uploading = 0 AND size_bytes = 0 AND stage_bytes = 0'),
       forget: db.prepare('DELETE FROM processed_messages WHERE seen_at < ?'),
       recordAction: db.prepare(
         `INSERT OR IGNORE INTO actions (at_ms, project_id, image_id, action, reason, detail) VALUES (?, ?, ?, ?, ?, ?)`,
@@ -277,7 +281,16 @@ export class SqliteStore implements LedgerStore {
   }
 
   async projects(): Promise<string[]> {
-    return this.stmt.projects.all().map((r) => r.project_id);
+    // Sorted as JS sorts (UTF-16), not by SQLite's byte order.
+    return this.stmt.projects.all().sort();
+  }
+
+  async forgetDeadImagesBefore(beforeMs: number): Promise<number> {
+    return this.db.transaction(() => {
+      const n = this.stmt.forgetDeadImages.run(beforeMs).changes;
+      this.stmt.forgetEmptyTotals.run();
+      return n;
+    }).immediate();
   }
 
   async forgetMessagesBefore(beforeMs: number): Promise<number> {

@@ -52,13 +52,14 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
         .flatMap((o) => (o.kind === 'image' ? [o.event] : []));
       const result = await store.applyEvents(events, 1);
       expect(result.outcomes.every((o) => o === 'applied')).toBe(true);
-      const [project] = await store.projects();
-      expect(project).toBe('615696c542784834ac46630e5a22dbe3');
-      const images = await store.images(project!);
+      const project = '615696c542784834ac46630e5a22dbe3';
+      // Every image of the run is gone, so the project is no longer one to reconcile or look up.
+      expect(await store.projects()).toEqual([]);
+      const images = await store.images(project);
       // Three images were created in the run and all three were deleted at its end.
       expect(images).toHaveLength(3);
       expect(images.every((r) => r.deleted)).toBe(true);
-      expect(await store.usage(project!)).toEqual(usageOf(images));
+      expect(await store.usage(project)).toEqual(usageOf(images));
     });
 
     it('reports each message id once: repeats in the batch and in later batches are duplicates', async () => {
@@ -91,7 +92,8 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       for (const p of ['p1', 'p2']) expect(await store.usage(p)).toEqual(usageOf(await store.images(p)));
       expect((await store.usage('p1')).image_count_total).toBe(0);
       expect(await store.usage('p2')).toEqual({ image_count_total: 2, image_count_uploading: 0, image_size_total: 3, image_stage_total: 0 });
-      expect(await store.projects()).toEqual(['p1', 'p2']);
+      // p1 has records still (a tombstone), but no live image.
+      expect(await store.projects()).toEqual(['p2']);
     });
 
     it('reads the newest live queued images for the count rule, as many as asked', async () => {
@@ -133,10 +135,48 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       expect(byId.map((r) => r.status)).toEqual(['queued', 'active', 'saving']);
     });
 
-    it('lists a project whose only images are tombstoned', async () => {
-      await store.applyEvents([ev({ imageId: 'x', projectId: 'gone', status: 'deleted', deleted: true })], 1);
-      expect(await store.projects()).toEqual(['gone']);
+    it('lists only projects with a live image: forged projects whose images are gone cost nothing', async () => {
+      await store.applyEvents(
+        [
+          ev({ imageId: 'x', projectId: 'gone', status: 'deleted', deleted: true }),
+          ev({ imageId: 'k', projectId: 'failed', status: 'killed' }),
+          ev({ imageId: 'q', projectId: 'live', status: 'queued' }),
+          ev({ imageId: 'm', projectId: 'moved-away', status: 'active' }),
+        ],
+        1,
+      );
+      expect(await store.projects()).toEqual(['live', 'moved-away']);
+      await store.applyEvents([ev({ imageId: 'm', projectId: 'live', status: 'active', updatedAt: 2_000 })], 2);
+      expect(await store.projects()).toEqual(['live']);
+      // The records are still there (tombstones are what keep a late create from counting again).
       expect((await store.images('gone'))[0]).toMatchObject({ imageId: 'x', deleted: true });
+    });
+
+    it('forgets dead records past their retention; usage and live records are untouched', async () => {
+      const events = [
+        ev({ imageId: 'old-tomb', projectId: 'gone', status: 'deleted', deleted: true, updatedAt: 100 }),
+        ev({ imageId: 'old-killed', projectId: 'p1', status: 'killed', updatedAt: 100 }),
+        ev({ imageId: 'old-live', projectId: 'p1', status: 'active', size: MiB, updatedAt: 100 }),
+        ev({ imageId: 'new-tomb', projectId: 'p1', status: 'deleted', deleted: true, updatedAt: 300 }),
+        ev({ imageId: 'was-dead', projectId: 'p2', status: 'active', deleted: true, updatedAt: 100 }),
+      ];
+      await store.applyEvents(events, 1);
+      const usage = await store.usage('p1');
+      // updated_at is in seconds: 200 s ago is the cut, exclusive.
+      expect(await store.forgetDeadImagesBefore(100_000)).toBe(0);
+      expect(await store.forgetDeadImagesBefore(200_000)).toBe(3);
+      expect((await store.images('p1')).map((r) => r.imageId).sort()).toEqual(['new-tomb', 'old-live']);
+      expect(await store.images('gone')).toEqual([]);
+      expect(await store.images('p2')).toEqual([]);
+      expect(await store.usage('p1')).toEqual(usage);
+      expect(await store.usage('gone')).toEqual(usageOf([]));
+      expect(await store.projects()).toEqual(['p1']);
+      // The ledger goes on as before: the totals still add up after more changes.
+      await store.applyEvents([ev({ imageId: 'old-live', projectId: 'p1', status: 'deleted', deleted: true, updatedAt: 400 })], 2);
+      expect(await store.usage('p1')).toEqual(usageOf(await store.images('p1')));
+      expect(await store.forgetDeadImagesBefore(1_000_000)).toBe(2);
+      expect(await store.images('p1')).toEqual([]);
+      expect(await store.projects()).toEqual([]);
     });
 
     it('keeps the record fields as given', async () => {

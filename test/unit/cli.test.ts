@@ -47,14 +47,8 @@ describe('replay FILE --json', () => {
     expect(code).toBe(0);
     expect(JSON.parse(stdout)).toEqual({
       messages: { total: 36, applied: 27, duplicate: 0, ignored: 9, invalid: 0 },
-      projects: [
-        {
-          project_id: '615696c542784834ac46630e5a22dbe3',
-          usage: { image_count_total: 0, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 },
-          over: [],
-          to_delete: [],
-        },
-      ],
+      // The run deleted every image it made: a project with no live image is not listed.
+      projects: [],
     });
   });
 
