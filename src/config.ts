@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
+import { rememberSecrets, scrub, urlPasswords } from './redact.js';
 import { LimitsFile, parseLimits, type ProjectLimits } from './quota/limits.js';
 
 /**
@@ -236,9 +237,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     const issue = parsed.error.issues[0]!;
     const name = String(issue.path[0]);
     const example = EXAMPLES[name];
-    throw new ConfigError(`${name}: ${issue.message}, got '${env[name]}'${example ? `; for example ${example}` : ''}`);
+    throw new ConfigError(`${name}: ${issue.message}, got '${scrub(String(env[name]))}'${example ? `; for example ${example}` : ''}`);
   }
   const e = parsed.data;
+  // The passwords in the URLs stay out of every log line and error from now on (src/redact.ts).
+  rememberSecrets(...urlPasswords(e.STORE_URL), ...urlPasswords(e.TRANSPORT_URL ?? ''));
   const defaults = parseLimits(e.QUOTA_LIMITS, 'QUOTA_LIMITS');
   return {
     storeUrl: e.STORE_URL,

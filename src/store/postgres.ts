@@ -7,6 +7,7 @@ import type { Usage } from '../quota/resources.js';
 import type { ActionKind, ActionRecord, ApplyOptions, LedgerStore } from './port.js';
 import { StoreDataError, StoreUnavailableError } from '../errors.js';
 import { assertStorable, totalsOverflow } from './storable.js';
+import { redactUrl } from '../redact.js';
 
 /**
  * Schema changes, applied in order at open; `schema_migrations` records which ones a database has.
@@ -111,15 +112,9 @@ function fromRow(r: ImageRow): ImageRecord {
   };
 }
 
-/** The URL with the password (and every query parameter, which may carry one) left out. */
+/** The URL with its password masked and its query (which may carry one, or `sslpassword`) left out. */
 function describeUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    const user = u.username ? `${u.username}@` : '';
-    return `${u.protocol}//${user}${u.host}${u.pathname}`;
-  } catch {
-    return 'postgres://(unparsable URL)';
-  }
+  return redactUrl(url).replace(/[?#][\s\S]*$/, '');
 }
 
 function isRetryable(err: unknown): boolean {

@@ -8,6 +8,7 @@ import { ConfigError } from '../errors.js';
 import type { ActionRecord, ApplyOptions, LedgerStore } from './port.js';
 import { StoreDataError, StoreUnavailableError } from '../errors.js';
 import { assertStorable } from './storable.js';
+import { redactUrl } from '../redact.js';
 import { isRemovable, newestFirst } from '../quota/decide.js';
 
 /**
@@ -361,15 +362,8 @@ function recordFromHash(imageId: string, flat: readonly string[]): ImageRecord {
 
 /** The URL without its password, plus the key prefix: what to look at in redis-cli. */
 function describeUrl(url: string, keyPrefix: string): string {
-  let base: string;
-  try {
-    const u = new URL(url);
-    const user = u.username ? `${u.username}@` : '';
-    base = `${u.protocol}//${user}${u.host}${u.pathname.length > 1 ? u.pathname : '/0'}`;
-  } catch {
-    base = 'redis://(unparsable URL)';
-  }
-  return `${base} keys ${keyPrefix}*`;
+  const base = redactUrl(url).replace(/[?#][\s\S]*$/, '');
+  return `${/^[a-z]+:\/\/[^/]*$/i.test(base) ? `${base}/0` : base} keys ${keyPrefix}*`;
 }
 
 export interface RedisStoreOptions {

@@ -141,14 +141,14 @@ describe('postgres: a database shared by several consumers', () => {
       url.protocol = `${scheme}:`;
       if (!url.password) url.password = 's3cret'; // trust auth: accepted and ignored
       const store = await openStore(String(url));
-      expect(store.description).toBe(`${scheme}://${url.username ? `${url.username}@` : ''}${new URL(db!.url).host}/${db!.name}`);
+      expect(store.description).toBe(`${scheme}://${url.username}:***@${new URL(db!.url).host}/${db!.name}`);
       expect(store.description).not.toContain(url.password);
       expect((await store.applyEvents([ev({ imageId: 'a' })], 1)).outcomes).toEqual(['applied']);
       await store.close();
     }
     const err = await openStore('postgres://postgres:s3cret@127.0.0.1:1/nowhere').catch((e: Error) => e);
     expect(err).toBeInstanceOf(Error);
-    expect((err as Error).message).toMatch(/^STORE_URL: cannot connect to PostgreSQL at postgres:\/\/postgres@127\.0\.0\.1:1\/nowhere/);
+    expect((err as Error).message).toMatch(/^STORE_URL: cannot connect to PostgreSQL at postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:1\/nowhere/);
     expect((err as Error).message).not.toContain('s3cret');
   });
 

@@ -112,7 +112,7 @@ describe('errors a person can act on', () => {
     [['replay', join(dir, 'x'), '--limit', 'image_count_total=lots'], {}, /--limit: image_count_total must be a whole number/],
     [['replay', join(dir, 'x')], { ENFORCEMENT_MODE: 'yes' }, /ENFORCEMENT_MODE: .*got 'yes'; for example ENFORCEMENT_MODE=dry-run/],
     [['replay', join(dir, 'x')], { QUOTA_LIMITS: 'count=3' }, /QUOTA_LIMITS: unknown resource 'count'/],
-    [['replay', join(dir, 'x'), '--store', 'mysql://u:secret@db/x'], {}, /STORE_URL: unsupported store 'mysql:\/\/\*\*\*@db\/x'/],
+    [['replay', join(dir, 'x'), '--store', 'mysql://u:secret@db/x'], {}, /STORE_URL: unsupported store 'mysql:\/\/u:\*\*\*@db\/x'/],
     [['frobnicate'], {}, /unknown command 'frobnicate'/],
   ])('%j exits non-zero with a clear message', async (args, env, message) => {
     writeFileSync(join(dir, 'x'), '');
