@@ -90,15 +90,19 @@ const URL_IN_TEXT = /\b[a-z][a-z0-9+.-]*:\/\/[^\s"'<>`]+/gi;
  */
 export function scrub(text: string, extra: readonly (string | undefined | null)[] = []): string {
   let out = text;
-  cachedSpellings ??= [...known, ...tokens].flatMap(spellings);
-  const given = extra.filter((s): s is string => !!s && s.length >= MIN_SECRET_LENGTH).flatMap(spellings);
   // Longest first, so that a secret containing another one is removed whole.
-  const all = [...new Set([...cachedSpellings, ...given])].sort((a, b) => b.length - a.length);
+  cachedSpellings ??= longestFirst([...known, ...tokens].flatMap(spellings));
+  const given = extra.filter((s): s is string => !!s && s.length >= MIN_SECRET_LENGTH);
+  const all = given.length === 0 ? cachedSpellings : longestFirst([...cachedSpellings, ...given.flatMap(spellings)]);
   for (const s of all) if (out.includes(s)) out = out.split(s).join(REDACTED);
   out = out.replace(URL_IN_TEXT, (u) => redactUrl(u));
   out = out.replace(FERNET, REDACTED);
   out = out.replace(NAMED_SECRET, (_, name: string, value: string) => (value === REDACTED || value === MASK ? `${name}${value}` : `${name}${REDACTED}`));
   return out;
+}
+
+function longestFirst(spelled: string[]): string[] {
+  return [...new Set(spelled)].sort((a, b) => b.length - a.length);
 }
 
 /** A host (name, IPv4 or [IPv6]) and port, as it ends one `user:pass@host:port` entry. */
