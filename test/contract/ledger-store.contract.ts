@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { usageOf } from '../../src/ledger/usage.js';
 import { parseNotification, type ImageEvent } from '../../src/notification/parse.js';
@@ -274,6 +275,43 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       expect((await store.usage('p1')).image_count_total).toBe(13);
       expect((await store.images('full')).map((r) => r.imageId)).toEqual(['huge']);
     });
+
+    it('any mix of valid and unstorable events: every valid one counted as if alone, every other refused', async () => {
+      let run = 0;
+      const hostile = fc.constantFrom<Partial<ImageEvent>>(
+        ...Object.values(UNSTORABLE),
+        { imageId: 'twin\ud800' },
+        { imageId: 'twin\udbff' },
+        { messageId: 'same\udfff', imageId: 'twin\ud800' },
+      );
+      const item = fc.oneof(
+        { weight: 4, arbitrary: fc.record({ image: fc.integer({ min: 0, max: 6 }), project: fc.integer({ min: 0, max: 2 }), status: fc.constantFrom('queued', 'active', 'saving', 'killed'), size: fc.integer({ min: 0, max: 4 * MiB }), deleted: fc.boolean(), updatedAt: fc.integer({ min: 1, max: 9 }) }) },
+        { weight: 1, arbitrary: hostile.map((h) => ({ hostile: h })) },
+      );
+      await fc.assert(
+        fc.asyncProperty(fc.array(item, { minLength: 1, maxLength: 40 }), async (items) => {
+          // Each run writes under projects of its own, so one store serves every run.
+          const tag = `r${++run}-`;
+          const batch = items.map((x) =>
+            'hostile' in x
+              ? ev({ imageId: 'h', ...x.hostile, projectId: x.hostile.projectId ?? `${tag}p0` })
+              : ev({ imageId: `${tag}i${x.image}`, projectId: `${tag}p${x.project}`, status: x.status, size: x.size, deleted: x.deleted, updatedAt: x.updatedAt }),
+          );
+          const { outcomes } = await applyIsolatingPoison(store, batch, run);
+          const oracle = new MemoryStore();
+          const valid = batch.filter((_, i) => !('hostile' in items[i]!));
+          const expected = await oracle.applyEvents(valid, run);
+          expect(outcomes.filter((o) => typeof o !== 'string')).toHaveLength(batch.length - valid.length);
+          expect(outcomes.filter((o) => typeof o === 'string')).toEqual(expected.outcomes);
+          for (const p of [0, 1, 2].map((n) => `${tag}p${n}`)) {
+            const images = (await store.images(p)).sort((a, b) => (a.imageId < b.imageId ? -1 : 1));
+            expect(images).toEqual((await oracle.images(p)).sort((a, b) => (a.imageId < b.imageId ? -1 : 1)));
+            expect(await store.usage(p)).toEqual(usageOf(images));
+          }
+        }),
+        { numRuns: 25 },
+      );
+    }, 60_000);
 
     it('through the pipeline: the refused message is invalid with its reason, the rest applied', async () => {
       const bodies = quotaTestBodies();
