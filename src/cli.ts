@@ -1,3 +1,4 @@
+import { printable, scrub } from './redact.js';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config.js';
@@ -62,7 +63,7 @@ function version(): string {
 function formatTable(projects: ProjectReport[]): string {
   const header = ['project', ...USAGE_RESOURCES, 'over', 'to_delete'];
   const rows = projects.map((p) => [
-    p.projectId,
+    printable(p.projectId),
     ...USAGE_RESOURCES.map((r) => String(p.usage[r])),
     p.over.join(',') || '-',
     String(p.toDelete.length),
@@ -94,7 +95,7 @@ async function replay(args: string[], io: Io): Promise<number> {
       log: undefined,
     });
     const summary = await replayFile(pipeline, file, {
-      onInvalid: (line, reason) => io.stderr(`${file}:${line}: invalid: ${reason}\n`),
+      onInvalid: (line, reason) => io.stderr(`${printable(file)}:${line}: invalid: ${printable(reason)}\n`),
     });
     log.debug({ messages: summary.messages }, 'replay done');
     if (values.json) {
@@ -104,7 +105,7 @@ async function replay(args: string[], io: Io): Promise<number> {
       io.stdout(`messages: ${m.total} total, ${m.applied} applied, ${m.duplicate} duplicate, ${m.ignored} ignored, ${m.invalid} invalid\n\n`);
       io.stdout(formatTable(summary.projects));
       for (const p of summary.projects.filter((p) => p.toDelete.length > 0)) {
-        io.stdout(`\n${p.projectId} would delete (newest first): ${p.toDelete.join(' ')}\n`);
+        io.stdout(`\n${printable(p.projectId)} would delete (newest first): ${p.toDelete.map(printable).join(' ')}\n`);
       }
     }
     return 0;
@@ -124,7 +125,7 @@ function limitsJson(limits: ProjectLimits): Record<string, number | string> {
 function statusTable(projects: ProjectReport[]): string {
   const header = ['project', ...USAGE_RESOURCES.map((r) => `${r} (use/limit)`), 'over'];
   const rows = projects.map((p) => [
-    p.projectId,
+    printable(p.projectId),
     ...USAGE_RESOURCES.map((r) => `${p.usage[r]}/${p.limits[r] ?? '-'}`),
     p.over.join(',') || '-',
   ]);
@@ -155,7 +156,7 @@ function progressBar(io: Io, enabled: boolean) {
     if (!enabled || total < 2) return;
     const width = 30;
     const filled = Math.round((done / total) * width);
-    io.stderr(`\r[${'#'.repeat(filled)}${' '.repeat(width - filled)}] ${done}/${total} projects ${projectId.slice(0, 12)}${done === total ? '\n' : ''}`);
+    io.stderr(`\r[${'#'.repeat(filled)}${' '.repeat(width - filled)}] ${done}/${total} projects ${printable(projectId.slice(0, 12))}${done === total ? '\n' : ''}`);
   };
 }
 
@@ -195,7 +196,7 @@ async function reconcileCommand(args: string[], io: Io): Promise<number> {
           `${over.length} over quota; ${totals.deleted} deleted, ${totals.would_delete} would-delete, ${totals.skipped} skipped, ` +
           `${totals.not_deletable} not deletable, ${totals.gone} gone, in ${(summary.durationMs / 1000).toFixed(1)} s\n`,
       );
-      for (const p of summary.projects) for (const a of p.actions) io.stdout(`  ${p.projectId} ${a.imageId} ${a.action}: ${a.reason}\n`);
+      for (const p of summary.projects) for (const a of p.actions) io.stdout(`  ${printable(p.projectId)} ${printable(a.imageId)} ${a.action}: ${printable(scrub(a.reason))}\n`);
     }
     // The other projects were reconciled all the same; the exit code tells cron something failed.
     for (const f of summary.failures) io.stderr(`reconcile of project ${f.projectId} failed: ${f.error.message}\n`);
@@ -218,7 +219,7 @@ async function actionsCommand(args: string[], io: Io): Promise<number> {
         actions: actions.map((a) => ({ at: new Date(a.atMs).toISOString(), project_id: a.projectId, image_id: a.imageId, action: a.action, reason: a.reason, over: a.over, usage: a.usage, limits: limitsJson(a.limits) })),
       }) + '\n');
     } else {
-      for (const a of actions) io.stdout(`${new Date(a.atMs).toISOString()}  ${a.projectId}  ${a.imageId}  ${a.action}: ${a.reason}\n`);
+      for (const a of actions) io.stdout(`${new Date(a.atMs).toISOString()}  ${printable(a.projectId)}  ${printable(a.imageId)}  ${a.action}: ${printable(scrub(a.reason))}\n`);
     }
     return 0;
   } finally {
@@ -269,18 +270,21 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return 2;
     }
   } catch (err) {
+    // An error may quote what a server or a store said, or a value from the environment.
+    const shown = () => `${scrub((err as Error).message).split('\n').map((line) => printable(line)).join('\n')}\n`;
     if (err instanceof ConfigError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      io.stderr(`${(err as Error).message}\n`);
+      io.stderr(shown());
       return 2;
     }
     if (err instanceof Error && OPERATOR_ERRORS.has(err.name)) {
-      io.stderr(`${err.message}\n`);
+      io.stderr(shown());
       return 1;
     }
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      io.stderr(`${(err as Error).message}\n`);
+      io.stderr(shown());
       return 1;
     }
+    if (err instanceof Error) err.message = scrub(err.message);
     throw err;
   }
 }

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
+import { rememberSecrets, scrub, urlPasswords } from './redact.js';
 import { LimitsFile, parseLimits, type ProjectLimits } from './quota/limits.js';
 
 /**
@@ -18,6 +19,12 @@ export const EnvSchema = z.object({
     .positive()
     .default(90 * 24 * 3600)
     .meta({ description: 'How long the audit trail (deletions, would-deletes, skips) is kept; pruned once per reconcile.' }),
+  DELETED_IMAGE_RETENTION_SECONDS: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(7 * 24 * 3600)
+    .meta({ description: 'How long the ledger keeps the record of a deleted or killed image (its tombstone) after its last update; pruned once per reconcile. A notification older than this for a purged image may count it again until the next reconcile.' }),
   REDIS_KEY_PREFIX: z
     .string()
     .min(1)
@@ -155,6 +162,7 @@ export interface Config {
   logLevel: Env['LOG_LEVEL'];
   messageRetentionMs: number;
   auditRetentionMs: number;
+  deletedImageRetentionMs: number;
   createRateWindowSeconds: number;
   limitsCacheSeconds: number;
   amqp: {
@@ -191,6 +199,7 @@ const EXAMPLES: Record<string, string> = {
   MESSAGE_RETENTION_SECONDS: 'MESSAGE_RETENTION_SECONDS=604800',
   REDIS_KEY_PREFIX: 'REDIS_KEY_PREFIX=gqe:',
   AUDIT_RETENTION_SECONDS: 'AUDIT_RETENTION_SECONDS=7776000',
+  DELETED_IMAGE_RETENTION_SECONDS: 'DELETED_IMAGE_RETENTION_SECONDS=604800',
   QUOTA_CREATE_RATE_WINDOW: 'QUOTA_CREATE_RATE_WINDOW=60',
   LIMITS_CACHE_SECONDS: 'LIMITS_CACHE_SECONDS=60',
   AMQP_DURABLE_QUEUES: 'AMQP_DURABLE_QUEUES=false',
@@ -228,9 +237,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     const issue = parsed.error.issues[0]!;
     const name = String(issue.path[0]);
     const example = EXAMPLES[name];
-    throw new ConfigError(`${name}: ${issue.message}, got '${env[name]}'${example ? `; for example ${example}` : ''}`);
+    throw new ConfigError(`${name}: ${issue.message}, got '${scrub(String(env[name]))}'${example ? `; for example ${example}` : ''}`);
   }
   const e = parsed.data;
+  // The passwords in the URLs stay out of every log line and error from now on (src/redact.ts).
+  rememberSecrets(...urlPasswords(e.STORE_URL), ...urlPasswords(e.TRANSPORT_URL ?? ''));
   const defaults = parseLimits(e.QUOTA_LIMITS, 'QUOTA_LIMITS');
   return {
     storeUrl: e.STORE_URL,
@@ -241,6 +252,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel: e.LOG_LEVEL,
     messageRetentionMs: e.MESSAGE_RETENTION_SECONDS * 1000,
     auditRetentionMs: e.AUDIT_RETENTION_SECONDS * 1000,
+    deletedImageRetentionMs: e.DELETED_IMAGE_RETENTION_SECONDS * 1000,
     createRateWindowSeconds: e.QUOTA_CREATE_RATE_WINDOW,
     limitsCacheSeconds: e.LIMITS_CACHE_SECONDS,
     amqp: {

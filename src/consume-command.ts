@@ -45,11 +45,14 @@ export async function consume(args: string[]): Promise<number> {
   if (config.amqp.publishExchange) notifier = new Notifier(config.amqp.publishExchange, config.amqp.publishTopic, config.amqp.durableExchange, log);
 
   // limit.exceeded is sent when a project's set of exceeded resources changes, not on every message.
+  // Only projects over a limit now are kept, so the map is bounded by them, not by every project
+  // (forged ones included) ever seen.
   const lastOver = new Map<string, string>();
   const onReport = async (report: EnforcementReport) => {
     const key = report.over.join(',');
     if ((lastOver.get(report.projectId) ?? '') === key) return;
-    lastOver.set(report.projectId, key);
+    if (key) lastOver.set(report.projectId, key);
+    else lastOver.delete(report.projectId);
     if (key) {
       await notifier?.publish('quota_enforcer.limit.exceeded', 'WARN', {
         project_id: report.projectId, over: report.over, usage: report.usage, limits: report.limits, exempt: report.exempt, mode: pipeline.mode,
@@ -94,7 +97,7 @@ export async function consume(args: string[]): Promise<number> {
       for (const f of summary.failures) metrics.countOpenStackError(f.error);
       log.info({ projects: summary.projects.length, listed: summary.listed, corrected: summary.corrected, unreadable: summary.unreadable, failed: summary.failures.map((f) => f.projectId).slice(0, 20), ms: summary.durationMs }, 'reconciled from Glance');
       for (const report of summary.projects) await onReport(report);
-      await pipeline.forgetOld({ messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs });
+      await pipeline.forgetOld({ messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs, deadImagesMs: config.deletedImageRetentionMs });
     } catch (err) {
       metrics.reconcileRuns.inc({ result: 'failed' });
       metrics.countOpenStackError(err);

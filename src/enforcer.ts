@@ -11,6 +11,7 @@ import type { ProjectLimits } from './quota/limits.js';
 import type { Resource, Usage } from './quota/resources.js';
 import type { LimitSource } from './quota/static-limits.js';
 import { verifyCandidate } from './quota/verify.js';
+import { applyIsolatingPoison } from './store/isolate.js';
 import type { ActionRecord, LedgerStore } from './store/port.js';
 
 /**
@@ -133,7 +134,8 @@ export class Pipeline {
 
   /**
    * Parse a batch of raw bodies and apply the image events in one atomic store write. Invalid and
-   * ignored bodies never fail the batch; a store failure rejects the whole call, so the caller
+   * ignored bodies never fail the batch, nor does a message the store refuses for its data (it is
+   * isolated by bisection and made invalid); a store outage rejects the whole call, so the caller
    * acknowledges nothing and the broker redelivers.
    *
    * @example
@@ -154,9 +156,13 @@ export class Pipeline {
       }
     });
     if (events.length === 0) return { outcomes, projects: [] };
-    const applied = await this.store.applyEvents(events, this.clock());
+    // A message whose data the store refuses is isolated and made invalid (dead-lettered by the
+    // door); it never holds up the messages behind it.
+    const applied = await applyIsolatingPoison(this.store, events, this.clock());
     applied.outcomes.forEach((result, k) => {
-      outcomes[positions[k]!] = { result, event: events[k]! };
+      outcomes[positions[k]!] = typeof result === 'string'
+        ? { result, event: events[k]! }
+        : { result: 'invalid', reason: `the ledger store refused it: ${result.refused}` };
     });
     return { outcomes, projects: applied.projects };
   }
@@ -345,13 +351,16 @@ export class Pipeline {
 
   /**
    * Keep the store bounded: processed message ids past their retention (dedupe stays exact within
-   * it, and merging is idempotent beyond it) and audit records past theirs. Run once per reconcile.
+   * it, and merging is idempotent beyond it), audit records past theirs, and records of deleted
+   * images past theirs (a reconcile has since confirmed with Glance what they said). Run once per
+   * reconcile.
    */
-  async forgetOld(retention: { messagesMs: number; actionsMs: number }): Promise<{ messages: number; actions: number }> {
+  async forgetOld(retention: { messagesMs: number; actionsMs: number; deadImagesMs: number }): Promise<{ messages: number; actions: number; deadImages: number }> {
     const now = this.clock();
     return {
       messages: await this.store.forgetMessagesBefore(now - retention.messagesMs),
       actions: await this.store.forgetActionsBefore(now - retention.actionsMs),
+      deadImages: await this.store.forgetDeadImagesBefore(now - retention.deadImagesMs),
     };
   }
 }

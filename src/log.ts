@@ -1,4 +1,5 @@
 import { pino, type Logger } from 'pino';
+import { scrub, scrubFields } from './redact.js';
 
 export type { Logger };
 
@@ -17,5 +18,20 @@ export const SECRET_PATHS = [
 
 /** JSON logs on stderr (stdout stays free for `--json` output). */
 export function createLogger(level = process.env.LOG_LEVEL ?? 'info', destination: NodeJS.WritableStream = process.stderr): Logger {
-  return pino({ level, base: { name: 'glance-quota-enforcer' }, redact: { paths: SECRET_PATHS, censor: '[REDACTED]' } }, destination);
+  return pino(
+    {
+      level,
+      base: { name: 'glance-quota-enforcer' },
+      redact: { paths: SECRET_PATHS, censor: '[REDACTED]' },
+      // Keys name known secrets; the values of every other field (a driver's error, a server's
+      // reason) are scrubbed of the secrets the process holds and of URL passwords too.
+      formatters: { log: (fields) => scrubFields(fields) },
+      hooks: {
+        logMethod(args, method) {
+          method.apply(this, args.map((a) => (typeof a === 'string' ? scrub(a) : a)) as Parameters<typeof method>);
+        },
+      },
+    },
+    destination,
+  );
 }

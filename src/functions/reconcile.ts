@@ -114,7 +114,7 @@ export async function reconcileWithinBudget(services: FunctionServices, options:
     cursor = '';
     await pipeline.store.setState(RECONCILE_CURSOR, cursor);
     // Once per pass, as `consume` does after each full reconcile.
-    await pipeline.forgetOld({ messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs });
+    await pipeline.forgetOld({ messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs, deadImagesMs: config.deletedImageRetentionMs });
   }
   const actions = reports.reduce((n, r) => n + r.actions.length, 0);
   const durationMs = clock() - started;

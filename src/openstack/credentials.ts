@@ -475,7 +475,7 @@ function flatten(value: unknown, prefix = ''): Record<string, string> {
  */
 function shownValue(raw: string, sourced: Sourced): string {
   const secrets = [...SECRET_VARS].map((name) => sourced.values[name]);
-  return scrub(raw, secrets).replace(/\/\/[^/@]*@/, '//***@');
+  return scrub(raw, secrets);
 }
 
 function label(name: OpenStackEnvVar, sourced: Sourced): string {

@@ -75,24 +75,8 @@ export class OpenStackUnreachableError extends Error {
   }
 }
 
-/** Replaces every occurrence of each secret in `text` (defence in depth for echoed server text). */
-export function scrub(text: string, secrets: readonly (string | undefined)[]): string {
-  let out = text;
-  for (const secret of secrets) {
-    // Very short secrets would blank out ordinary words; Keystone never issues such tokens.
-    if (secret && secret.length >= 4) out = out.split(secret).join('[REDACTED]');
-  }
-  return out;
-}
+/** Every secret out of echoed server text, in any escaping (src/redact.ts). */
+export { scrub } from '../redact.js';
 
-/** A URL fit for a message: user info (`http://user:pass@host`) is dropped. */
-export function displayUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    u.username = '';
-    u.password = '';
-    return u.toString();
-  } catch {
-    return '<invalid URL>';
-  }
-}
+/** A URL fit for a message: its password masked, parsable or not (src/redact.ts). */
+export { redactUrl as displayUrl } from '../redact.js';

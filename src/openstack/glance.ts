@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { createLogger, type Logger } from '../log.js';
-import { OpenStackHttpError, displayUrl } from './errors.js';
+import { OpenStackHttpError, displayUrl, scrub } from './errors.js';
 import type { HttpResponse, RetryingTransport } from './http.js';
 import type { KeystoneClient } from './keystone.js';
 
@@ -204,7 +204,12 @@ export class GlanceClient {
   }
 }
 
-/** Glance's JSON error is `{"message": "<text><br /><br />\n\n\n", "code", "title"}`; keep the text. */
+/**
+ * Glance's JSON error is `{"message": "<text><br /><br />\n\n\n", "code", "title"}`; keep the text,
+ * scrubbed (a 403 page or a proxy may echo the X-Auth-Token or a password) before it is cut, so
+ * that a secret cut in half cannot leak its first part, and before it reaches the audit table,
+ * an error or a notification.
+ */
 export function glanceMessage(response: Pick<HttpResponse, 'text'>): string {
   let text = response.text;
   try {
@@ -213,7 +218,7 @@ export function glanceMessage(response: Pick<HttpResponse, 'text'>): string {
   } catch {
     // An HTML page (Glance without Accept: application/json, or a proxy): strip the tags below.
   }
-  return text.replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 300) || '(empty body)';
+  return scrub(text).replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 300) || '(empty body)';
 }
 
 function parseJson(text: string): unknown {

@@ -1,3 +1,4 @@
+import { rememberSecrets, rememberToken } from '../redact.js';
 import { z } from 'zod';
 import { createLogger, type Logger } from '../log.js';
 import type { Credentials, EndpointInterface } from './credentials.js';
@@ -178,6 +179,8 @@ export class KeystoneClient {
     this.log = options.log ?? createLogger();
     this.now = options.now ?? Date.now;
     this.transport = this.transportFor('keystone');
+    // From now on no log line, error or audit record shows them, whoever echoes them (src/redact.ts).
+    rememberSecrets(credentials.identity.method === 'password' ? credentials.identity.password : credentials.identity.secret);
   }
 
   /** A retrying transport with this identity's CA and retry policy (Glance uses one too). */
@@ -274,6 +277,7 @@ export class KeystoneClient {
       throw new OpenStackHttpError('keystone', 'POST', displayUrl(url), response.status, `keystone: POST ${displayUrl(url)} answered ${response.status}: ${this.detail(response)}; ${why}`);
     }
     const value = response.headers['x-subject-token'];
+    if (value) rememberToken(value);
     const body = TokenBody.safeParse(parseJson(response.text));
     if (!value || !body.success) {
       throw new OpenStackHttpError('keystone', 'POST', displayUrl(url), response.status, `keystone: POST ${displayUrl(url)} answered 201 without ${value ? 'a token body the enforcer understands' : 'an X-Subject-Token header'}; is OS_AUTH_URL really Keystone v3?`);

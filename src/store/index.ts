@@ -1,4 +1,5 @@
 import { ConfigError } from '../errors.js';
+import { redactUrl } from '../redact.js';
 import { MemoryStore } from './memory.js';
 import type { LedgerStore } from './port.js';
 import { PostgresStore } from './postgres.js';
@@ -35,7 +36,5 @@ export async function openStore(url: string, options: OpenStoreOptions = {}): Pr
   }
   if (scheme === 'postgres' || scheme === 'postgresql') return PostgresStore.open(url);
   if (scheme === 'redis' || scheme === 'rediss') return RedisStore.open(url, { keyPrefix: options.redisKeyPrefix ?? DEFAULT_REDIS_KEY_PREFIX });
-  // Everything up to the last '@' may be credentials, whatever characters the password has.
-  const shown = url.replace(/^([a-z][a-z0-9+.-]*:\/\/)?.*@/i, '$1***@');
-  throw new ConfigError(`STORE_URL: unsupported store '${shown}'; use ${FORMS}`);
+  throw new ConfigError(`STORE_URL: unsupported store '${redactUrl(url)}'; use ${FORMS}`);
 }

@@ -1,10 +1,13 @@
 import { applyEventsTo, type ApplyResult, type LedgerTransaction } from '../ledger/apply.js';
 import type { ImageRecord } from '../ledger/record.js';
-import { ZERO_TOTALS, addTotals, usageFromTotals, type UsageTotals } from '../ledger/usage.js';
+import { ZERO_TOTALS, addTotals, isLive, usageFromTotals, type UsageTotals } from '../ledger/usage.js';
 import type { ImageEvent } from '../notification/parse.js';
 import { isRemovable, newestFirst } from '../quota/decide.js';
 import type { Usage } from '../quota/resources.js';
 import type { ActionRecord, ApplyOptions, LedgerStore } from './port.js';
+import { assertStorable, totalsOverflow } from './storable.js';
+
+const isZero = (t: UsageTotals) => t.count === 0 && t.uploading === 0 && t.sizeBytes === 0 && t.stageBytes === 0;
 
 /**
  * The ledger in process memory: for replay, tests and benchmarks. Lost at exit.
@@ -24,6 +27,7 @@ export class MemoryStore implements LedgerStore {
   private readonly state = new Map<string, string>();
 
   async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
+    assertStorable(events);
     // A failure half-way must leave nothing behind, as a database transaction would.
     const staged = new Map<string, ImageRecord>();
     const seen = new Map<string, number>();
@@ -34,6 +38,10 @@ export class MemoryStore implements LedgerStore {
       put: (r) => void staged.set(r.imageId, r),
     };
     const { deltas, ...result } = applyEventsTo(tx, events, nowMs, !options.overwrite && (options.dedupe ?? true), options.overwrite ?? false);
+    const totals = [...deltas].map(([project, delta]) => [project, addTotals(this.totals.get(project) ?? ZERO_TOTALS, delta)] as const);
+    for (const [project, t] of totals) {
+      for (const v of Object.values(t)) if (!Number.isSafeInteger(v)) throw totalsOverflow(project, v);
+    }
     for (const [id, at] of seen) this.seenAt.set(id, at);
     for (const r of staged.values()) {
       const previous = this.records.get(r.imageId);
@@ -43,7 +51,7 @@ export class MemoryStore implements LedgerStore {
       if (!ids) this.byProject.set(r.projectId, (ids = new Set()));
       ids.add(r.imageId);
     }
-    for (const [project, delta] of deltas) this.totals.set(project, addTotals(this.totals.get(project) ?? ZERO_TOTALS, delta));
+    for (const [project, t] of totals) this.totals.set(project, t);
     return result;
   }
 
@@ -60,7 +68,21 @@ export class MemoryStore implements LedgerStore {
   }
 
   async projects(): Promise<string[]> {
-    return [...this.byProject].filter(([, ids]) => ids.size > 0).map(([p]) => p).sort();
+    return [...this.totals].filter(([, t]) => t.count > 0).map(([p]) => p).sort();
+  }
+
+  async forgetDeadImagesBefore(beforeMs: number): Promise<number> {
+    let n = 0;
+    for (const [id, r] of this.records) {
+      if (isLive(r) || r.updatedAt * 1000 >= beforeMs) continue;
+      this.records.delete(id);
+      const ids = this.byProject.get(r.projectId);
+      ids?.delete(id);
+      if (ids?.size === 0) this.byProject.delete(r.projectId);
+      n++;
+    }
+    for (const [project, t] of this.totals) if (isZero(t)) this.totals.delete(project);
+    return n;
   }
 
   async forgetMessagesBefore(beforeMs: number): Promise<number> {

@@ -64,11 +64,24 @@ export interface LedgerStore {
    */
   removableImages(projectId: string, limit: number): Promise<ImageRecord[]>;
 
-  /** Every project that owns at least one record (tombstones included), sorted. */
+  /**
+   * Every project with at least one live image (its `image_count_total` is above 0), sorted. A
+   * project whose images are all deleted, killed or tombstoned is neither reconciled nor looked
+   * up in Keystone: forged project ids cost nothing once their images are gone.
+   */
   projects(): Promise<string[]>;
 
   /** Drop processed message ids recorded before `beforeMs`; returns how many. */
   forgetMessagesBefore(beforeMs: number): Promise<number>;
+
+  /**
+   * Drop the records of dead images (tombstoned, or `killed`, `deleted`, `pending_delete`) whose
+   * `updated_at` is before `beforeMs`, and the totals of projects left with nothing to count;
+   * returns how many records. Dead records count for nothing, so usage is unchanged. A message
+   * for such an image that arrives after this (older than the retention) can bring it back; the
+   * next reconcile finds Glance no longer has it and tombstones it again.
+   */
+  forgetDeadImagesBefore(beforeMs: number): Promise<number>;
 
   /**
    * Append to the audit trail. A `would-delete` is kept once per image, so a dry run that sees a

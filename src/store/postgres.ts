@@ -5,7 +5,9 @@ import { ZERO_TOTALS, usageFromTotals, type UsageTotals } from '../ledger/usage.
 import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
 import type { ActionKind, ActionRecord, ApplyOptions, LedgerStore } from './port.js';
-import { StoreUnavailableError } from '../errors.js';
+import { StoreDataError, StoreUnavailableError } from '../errors.js';
+import { assertStorable, totalsOverflow } from './storable.js';
+import { redactUrl } from '../redact.js';
 
 /**
  * Schema changes, applied in order at open; `schema_migrations` records which ones a database has.
@@ -110,19 +112,30 @@ function fromRow(r: ImageRow): ImageRecord {
   };
 }
 
-/** The URL with the password (and every query parameter, which may carry one) left out. */
+/** The URL with its password masked and its query (which may carry one, or `sslpassword`) left out. */
 function describeUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    const user = u.username ? `${u.username}@` : '';
-    return `${u.protocol}//${user}${u.host}${u.pathname}`;
-  } catch {
-    return 'postgres://(unparsable URL)';
-  }
+  return redactUrl(url).replace(/[?#][\s\S]*$/, '');
 }
 
 function isRetryable(err: unknown): boolean {
-  return typeof err === 'object' && err !== null && RETRYABLE.has((err as { code?: string }).code ?? '');
+  return RETRYABLE.has(sqlState(err));
+}
+
+function sqlState(err: unknown): string {
+  const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
+  return typeof code === 'string' ? code : '';
+}
+
+/**
+ * SQLSTATE classes raised by what a batch holds, not by the server's health: 21 cardinality
+ * violation (one ON CONFLICT command given the same key twice), 22 data exception (a NUL byte,
+ * bigint out of range), 23 integrity constraint violation. The same batch would fail forever, so
+ * it is a StoreDataError, which the pipeline bisects; any other failure is an outage, retried.
+ */
+function asDataError(err: unknown): unknown {
+  const state = sqlState(err);
+  if (!/^2[123]/.test(state)) return err;
+  return new StoreDataError(`PostgreSQL refused the batch's data (SQLSTATE ${state}: ${(err as Error).message})`, { cause: err });
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -229,7 +242,7 @@ export class PostgresStore implements LedgerStore {
         return result;
       } catch (err) {
         await client.query('ROLLBACK').catch((e: Error) => (broken = e));
-        if (!isRetryable(err) || attempt >= MAX_ATTEMPTS) throw err;
+        if (!isRetryable(err) || attempt >= MAX_ATTEMPTS) throw asDataError(err);
       } finally {
         // A connection that cannot even roll back is discarded, not handed to the next batch.
         client.off('error', onError);
@@ -241,6 +254,7 @@ export class PostgresStore implements LedgerStore {
 
   async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
     if (events.length === 0) return { outcomes: [], projects: [] };
+    assertStorable(events);
     const overwrite = options.overwrite ?? false;
     const dedupe = !overwrite && (options.dedupe ?? true);
     const messageIds = [...new Set(events.map((e) => e.messageId))].sort();
@@ -300,15 +314,22 @@ export class PostgresStore implements LedgerStore {
         .sort(([a], [b]) => (a < b ? -1 : 1));
       if (changed.length > 0) {
         const totals = (k: keyof UsageTotals) => changed.map(([, d]) => d[k]);
-        await client.query(
+        const { rows: after } = await client.query<{ project_id: string; count: string; uploading: string; size_bytes: string; stage_bytes: string }>(
           `INSERT INTO project_totals (project_id, count, uploading, size_bytes, stage_bytes)
            SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) AS t(p) ORDER BY p
            ON CONFLICT (project_id) DO UPDATE SET count = project_totals.count + excluded.count,
              uploading = project_totals.uploading + excluded.uploading,
              size_bytes = project_totals.size_bytes + excluded.size_bytes,
-             stage_bytes = project_totals.stage_bytes + excluded.stage_bytes`,
+             stage_bytes = project_totals.stage_bytes + excluded.stage_bytes
+           RETURNING project_id, count, uploading, size_bytes, stage_bytes`,
           [changed.map(([p]) => p), totals('count'), totals('uploading'), totals('sizeBytes'), totals('stageBytes')],
         );
+        // BIGINT holds 2^63, but usage() reads totals as JS numbers, exact only up to 2^53.
+        for (const r of after) {
+          for (const v of [r.count, r.uploading, r.size_bytes, r.stage_bytes]) {
+            if (!Number.isSafeInteger(Number(v))) throw totalsOverflow(r.project_id, Number(v));
+          }
+        }
       }
       return result;
     });
@@ -342,9 +363,24 @@ export class PostgresStore implements LedgerStore {
   }
 
   async projects(): Promise<string[]> {
-    const { rows } = await this.pool.query<{ project_id: string }>('SELECT DISTINCT project_id FROM images');
+    const { rows } = await this.pool.query<{ project_id: string }>('SELECT project_id FROM project_totals WHERE count > 0');
     // Sorted here, as JS sorts, rather than by any collation.
     return rows.map((r) => r.project_id).sort();
+  }
+
+  /**
+   * Safe beside concurrent batches: a dead record counts for nothing, so a batch that read it
+   * before it went (or finds it gone) adds the same deltas; and an all-zero totals row is the
+   * same as none, so deleting one races with nothing (READ COMMITTED re-checks the WHERE on a row
+   * a batch just updated, and an upsert re-creates a row deleted under it).
+   */
+  async forgetDeadImagesBefore(beforeMs: number): Promise<number> {
+    const { rowCount } = await this.pool.query(
+      `DELETE FROM images WHERE (deleted OR status IN ('killed', 'pending_delete', 'deleted')) AND updated_at * 1000 < $1`,
+      [beforeMs],
+    );
+    await this.pool.query('DELETE FROM project_totals WHERE count = 0 AND uploading = 0 AND size_bytes = 0 AND stage_bytes = 0');
+    return rowCount ?? 0;
   }
 
   async forgetMessagesBefore(beforeMs: number): Promise<number> {

@@ -6,7 +6,9 @@ import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
 import { ConfigError } from '../errors.js';
 import type { ActionRecord, ApplyOptions, LedgerStore } from './port.js';
-import { StoreUnavailableError } from '../errors.js';
+import { StoreDataError, StoreUnavailableError } from '../errors.js';
+import { assertStorable } from './storable.js';
+import { redactUrl } from '../redact.js';
 import { isRemovable, newestFirst } from '../quota/decide.js';
 
 /**
@@ -14,7 +16,9 @@ import { isRemovable, newestFirst } from '../quota/decide.js';
  *   P image:<image id>     hash: the record (project, status, size ('' = null), created, updated,
  *                          ts, msg, importing, protected, deleted; numbers as JS's String(n))
  *   P images-of:<project>  set of the project's image ids (tombstones included)
- *   P projects             set of projects that own at least one image
+ *   P projects             set of projects with at least one live image (totals count > 0)
+ *   P dead                 sorted set: image id of a dead record (tombstoned, killed, ...) -> its
+ *                          updated_at (s), what forgetDeadImagesBefore purges by
  *   P totals:<project>     hash count, uploading, size, stage: the project's UsageTotals
  *   P seen                 sorted set: processed message id -> when (ms)
  *   P actions              sorted set: audit record -> atMs; member = 16-digit sequence + JSON
@@ -192,7 +196,7 @@ end
 
 -- Phase 1, last step: every key written below must have its type or not exist, so that no
 -- write can fail half-way (image hashes and the seen set were read above, which checked them).
-local expected = { [P .. 'projects'] = 'set' }
+local expected = { [P .. 'projects'] = 'set', [P .. 'dead'] = 'zset' }
 for _, id in ipairs(staged_order) do
   expected[P .. 'images-of:' .. staged[id].project] = 'set'
   if current[id] then expected[P .. 'images-of:' .. current[id].project] = 'set' end
@@ -202,6 +206,22 @@ for key, kind in pairs(expected) do
   local t = redis.call('TYPE', key).ok
   if t ~= 'none' and t ~= kind then
     return redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. t .. ', not a ' .. kind .. ': the batch was not applied')
+  end
+end
+
+-- Phase 1, bounds: no HINCRBY below may fail (an overflow would abort the script half-way, after
+-- 'seen' was written). Totals stay within 2^53, where doubles (Lua's numbers, and JS's) are exact.
+local MAX_TOTAL = 9007199254740991
+local TOTAL_FIELDS = { 'count', 'uploading', 'size', 'stage' }
+for _, project in ipairs(delta_order) do
+  local d = deltas[project]
+  local current_totals = redis.call('HMGET', P .. 'totals:' .. project, unpack(TOTAL_FIELDS))
+  for k = 1, 4 do
+    local total = (tonumber(current_totals[k]) or 0) + d[k]
+    if total > MAX_TOTAL or total < -MAX_TOTAL then
+      return redis.error_reply('GQE_DATA project ' .. project .. ': its ' .. TOTAL_FIELDS[k] .. ' total would reach ' ..
+        string.format('%.0f', total) .. ', past 2^53, which the ledger cannot keep exactly: the batch was not applied')
+    end
   end
 end
 
@@ -218,18 +238,25 @@ for _, id in ipairs(staged_order) do
   local old = current[id]
   if old and old.project ~= r.project then
     redis.call('SREM', P .. 'images-of:' .. old.project, id)
-    if redis.call('SCARD', P .. 'images-of:' .. old.project) == 0 then redis.call('SREM', P .. 'projects', old.project) end
   end
   redis.call('SADD', P .. 'images-of:' .. r.project, id)
-  redis.call('SADD', P .. 'projects', r.project)
+  if r.deleted == '1' or DEAD[r.status] then
+    redis.call('ZADD', P .. 'dead', r.updated, id)
+  else
+    redis.call('ZREM', P .. 'dead', id)
+  end
 end
--- Sizes are whole bytes; sums stay exact in doubles up to 2^53 (8 PiB) per batch and are
+-- Sizes are whole bytes; sums stay exact in doubles up to 2^53 (8 PiB), checked above, and are
 -- written as integers ('%.0f'), because HINCRBY takes no exponent.
-local TOTAL_FIELDS = { 'count', 'uploading', 'size', 'stage' }
 for _, project in ipairs(delta_order) do
   local d = deltas[project]
   for k = 1, 4 do
     if d[k] ~= 0 then redis.call('HINCRBY', P .. 'totals:' .. project, TOTAL_FIELDS[k], string.format('%.0f', d[k])) end
+  end
+  if (tonumber(redis.call('HGET', P .. 'totals:' .. project, 'count')) or 0) > 0 then
+    redis.call('SADD', P .. 'projects', project)
+  else
+    redis.call('SREM', P .. 'projects', project)
   end
 end
 
@@ -258,6 +285,32 @@ end
 return kept
 `;
 
+/**
+ * forgetDeadImagesBefore, one slice: up to ARGV[3] dead records updated before ARGV[2] (seconds,
+ * exclusive; a batch that revives a record takes it out of 'dead'), with the totals
+ * hash of a project left with nothing to count. ARGV: prefix, before, limit. Returns { records
+ * dropped, ids looked at }.
+ */
+const FORGET_DEAD_LUA = `
+local P, before, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local n = 0
+local ids = redis.call('ZRANGEBYSCORE', P .. 'dead', '-inf', '(' .. before, 'LIMIT', 0, limit)
+for _, id in ipairs(ids) do
+  redis.call('ZREM', P .. 'dead', id)
+  local project = redis.call('HGET', P .. 'image:' .. id, 'project')
+  if project then
+    redis.call('DEL', P .. 'image:' .. id)
+    redis.call('SREM', P .. 'images-of:' .. project, id)
+    local t = redis.call('HMGET', P .. 'totals:' .. project, 'count', 'uploading', 'size', 'stage')
+    local empty = true
+    for k = 1, 4 do if (tonumber(t[k]) or 0) ~= 0 then empty = false end end
+    if empty then redis.call('DEL', P .. 'totals:' .. project) redis.call('SREM', P .. 'projects', project) end
+    n = n + 1
+  end
+end
+return { n, #ids }
+`;
+
 /** A project's records, read in one atomic step. ARGV: prefix, project id. */
 const IMAGES_LUA = `
 local P = ARGV[1]
@@ -273,6 +326,7 @@ interface LedgerScripts {
   gqeApply(...args: string[]): Promise<string[]>;
   gqeRecordActions(...args: string[]): Promise<number[]>;
   gqeImages(prefix: string, projectId: string): Promise<(string | string[])[]>;
+  gqeForgetDead(prefix: string, before: string, limit: string): Promise<[number, number]>;
 }
 
 function eventArgs(e: ImageEvent): string[] {
@@ -312,15 +366,8 @@ function recordFromHash(imageId: string, flat: readonly string[]): ImageRecord {
 
 /** The URL without its password, plus the key prefix: what to look at in redis-cli. */
 function describeUrl(url: string, keyPrefix: string): string {
-  let base: string;
-  try {
-    const u = new URL(url);
-    const user = u.username ? `${u.username}@` : '';
-    base = `${u.protocol}//${user}${u.host}${u.pathname.length > 1 ? u.pathname : '/0'}`;
-  } catch {
-    base = 'redis://(unparsable URL)';
-  }
-  return `${base} keys ${keyPrefix}*`;
+  const base = redactUrl(url).replace(/[?#][\s\S]*$/, '');
+  return `${/^[a-z]+:\/\/[^/]*$/i.test(base) ? `${base}/0` : base} keys ${keyPrefix}*`;
 }
 
 export interface RedisStoreOptions {
@@ -349,6 +396,7 @@ export class RedisStore implements LedgerStore {
     redis.defineCommand('gqeApply', { numberOfKeys: 0, lua: APPLY_LUA });
     redis.defineCommand('gqeRecordActions', { numberOfKeys: 0, lua: RECORD_ACTIONS_LUA });
     redis.defineCommand('gqeImages', { numberOfKeys: 0, lua: IMAGES_LUA, readOnly: true });
+    redis.defineCommand('gqeForgetDead', { numberOfKeys: 0, lua: FORGET_DEAD_LUA });
     this.redis = redis as Redis & LedgerScripts;
     this.prefix = keyPrefix;
     this.description = description;
@@ -379,8 +427,12 @@ export class RedisStore implements LedgerStore {
 
   async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
     if (events.length === 0) return { outcomes: [], projects: [] };
+    assertStorable(events);
     const args = [this.prefix, String(nowMs), options.overwrite ? 'o' : options.dedupe ?? true ? '1' : '0', ...events.flatMap(eventArgs)];
-    const [codes = '', ...projects] = await this.redis.gqeApply(...args);
+    const [codes = '', ...projects] = await this.redis.gqeApply(...args).catch((err: Error) => {
+      // The script's own bound check: the same batch would fail forever, so the pipeline bisects it.
+      throw /\bGQE_DATA\b/.test(err.message) ? new StoreDataError(err.message.replace(/^.*?GQE_DATA /, 'Redis refused the batch: '), { cause: err }) : err;
+    });
     const outcomes = [...codes].map((c): ApplyOutcome => (c === 'd' ? 'duplicate' : 'applied'));
     return { outcomes, projects: projects.sort() };
   }
@@ -405,6 +457,17 @@ export class RedisStore implements LedgerStore {
 
   async projects(): Promise<string[]> {
     return (await this.redis.smembers(`${this.prefix}projects`)).sort();
+  }
+
+  async forgetDeadImagesBefore(beforeMs: number): Promise<number> {
+    // In slices, so that no single script holds Redis (and every other consumer) for long.
+    const before = String(Math.ceil(beforeMs / 1000));
+    let total = 0;
+    for (;;) {
+      const [dropped, looked] = await this.redis.gqeForgetDead(this.prefix, before, '1000');
+      total += dropped;
+      if (looked < 1000) return total;
+    }
   }
 
   async forgetMessagesBefore(beforeMs: number): Promise<number> {

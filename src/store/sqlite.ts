@@ -7,6 +7,7 @@ import { ZERO_TOTALS, usageFromTotals } from '../ledger/usage.js';
 import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
 import type { ActionKind, ActionRecord, ApplyOptions, LedgerStore } from './port.js';
+import { assertStorable, totalsOverflow } from './storable.js';
 
 /** Schema changes, applied in order at open; `PRAGMA user_version` records how far a file is. */
 const MIGRATIONS: readonly string[] = [
@@ -140,11 +141,16 @@ export class SqliteStore implements LedgerStore {
            created_at = excluded.created_at, updated_at = excluded.updated_at, ts = excluded.ts, message_id = excluded.message_id,
            importing = excluded.importing, protected = excluded.protected, deleted = excluded.deleted`,
       ),
-      addTotals: db.prepare(
-        `INSERT INTO project_totals (project_id, count, uploading, size_bytes, stage_bytes) VALUES (?, ?, ?, ?, ?)
-         ON CONFLICT (project_id) DO UPDATE SET count = count + excluded.count, uploading = uploading + excluded.uploading,
-           size_bytes = size_bytes + excluded.size_bytes, stage_bytes = stage_bytes + excluded.stage_bytes`,
-      ),
+      // RETURNING the new totals: SQLite turns an integer sum past 2^63 into an inexact REAL
+      // without a word, and JS reads integers exactly only up to 2^53, so the batch checks them.
+      addTotals: db
+        .prepare<[string, number, number, number, number], number[]>(
+          `INSERT INTO project_totals (project_id, count, uploading, size_bytes, stage_bytes) VALUES (?, ?, ?, ?, ?)
+           ON CONFLICT (project_id) DO UPDATE SET count = count + excluded.count, uploading = uploading + excluded.uploading,
+             size_bytes = size_bytes + excluded.size_bytes, stage_bytes = stage_bytes + excluded.stage_bytes
+           RETURNING count, uploading, size_bytes, stage_bytes`,
+        )
+        .raw(),
       totals: db.prepare<[string], { count: number; uploading: number; size_bytes: number; stage_bytes: number }>(
         'SELECT count, uploading, size_bytes, stage_bytes FROM project_totals WHERE project_id = ?',
       ),
@@ -157,7 +163,11 @@ export class SqliteStore implements LedgerStore {
           `SELECT ${IMAGE_COLUMNS} FROM images WHERE project_id = ? AND status = 'queued' AND deleted = 0 ORDER BY created_at DESC, image_id DESC LIMIT ?`,
         )
         .raw(),
-      projects: db.prepare<[], { project_id: string }>('SELECT DISTINCT project_id FROM images ORDER BY project_id'),
+      projects: db.prepare<[], string>('SELECT project_id FROM project_totals WHERE count > 0').pluck(),
+      forgetDeadImages: db.prepare<[number]>(
+        `DELETE FROM images WHERE (deleted = 1 OR status IN ('killed', 'pending_delete', 'deleted')) AND updated_at * 1000 < ?`,
+      ),
+      forgetEmptyTotals: db.prepare('DELETE FROM project_totals WHERE count = 0 AND uploading = 0 AND size_bytes = 0 AND stage_bytes = 0'),
       forget: db.prepare('DELETE FROM processed_messages WHERE seen_at < ?'),
       recordAction: db.prepare(
         `INSERT OR IGNORE INTO actions (at_ms, project_id, image_id, action, reason, detail) VALUES (?, ?, ?, ?, ?, ?)`,
@@ -208,6 +218,7 @@ export class SqliteStore implements LedgerStore {
 
   async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
     if (events.length === 0) return { outcomes: [], projects: [] };
+    assertStorable(events);
     const overwrite = options.overwrite ?? false;
     return this.applyBatch.immediate(events, nowMs, !overwrite && (options.dedupe ?? true), overwrite);
   }
@@ -252,7 +263,10 @@ export class SqliteStore implements LedgerStore {
     for (const r of changed.values()) {
       this.stmt.put.run(r.imageId, r.projectId, r.status, r.size, r.createdAt, r.updatedAt, r.timestamp, r.messageId, r.importing, r.protected ? 1 : 0, r.deleted ? 1 : 0);
     }
-    for (const [p, d] of deltas) this.stmt.addTotals.run(p, d.count, d.uploading, d.sizeBytes, d.stageBytes);
+    for (const [p, d] of deltas) {
+      // Thrown inside the transaction, so the whole batch rolls back.
+      for (const v of this.stmt.addTotals.get(p, d.count, d.uploading, d.sizeBytes, d.stageBytes)!) if (!Number.isSafeInteger(v)) throw totalsOverflow(p, v);
+    }
     return result;
   }
 
@@ -270,7 +284,16 @@ export class SqliteStore implements LedgerStore {
   }
 
   async projects(): Promise<string[]> {
-    return this.stmt.projects.all().map((r) => r.project_id);
+    // Sorted as JS sorts (UTF-16), not by SQLite's byte order.
+    return this.stmt.projects.all().sort();
+  }
+
+  async forgetDeadImagesBefore(beforeMs: number): Promise<number> {
+    return this.db.transaction(() => {
+      const n = this.stmt.forgetDeadImages.run(beforeMs).changes;
+      this.stmt.forgetEmptyTotals.run();
+      return n;
+    }).immediate();
   }
 
   async forgetMessagesBefore(beforeMs: number): Promise<number> {

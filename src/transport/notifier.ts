@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { ChannelModel, ConfirmChannel } from 'amqplib';
 import type { Logger } from '../log.js';
+import { scrubFields } from '../redact.js';
 
 /** oslo's timestamp format: UTC, space separator, microseconds only when non-zero. */
 export function osloTimestamp(ms: number): string {
@@ -16,6 +17,8 @@ export function osloTimestamp(ms: number): string {
  * The event types live in their own namespace: never `image.*`, which the enforcer itself reads.
  */
 export function osloNotification(eventType: string, priority: 'INFO' | 'WARN', payload: object, nowMs: number): string {
+  // A reason may quote Glance; whatever it quotes, no secret leaves in a notification.
+  payload = scrubFields(payload);
   const message = {
     message_id: randomUUID(),
     publisher_id: 'glance-quota-enforcer',

@@ -1,4 +1,5 @@
 import { ConfigError } from '../errors.js';
+import { redactUrl } from '../redact.js';
 
 /** One broker to try, in amqplib's terms. */
 export interface BrokerAddress {
@@ -45,17 +46,17 @@ export function parseTransportUrl(url: string): BrokerAddress[] {
     const username = decode(colon >= 0 ? creds.slice(0, colon) : creds, 'user name', url) || 'guest';
     const password = colon >= 0 ? decode(creds.slice(colon + 1), 'password', url) : 'guest';
     const hp = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(hostPort);
-    if (!hp) throw new ConfigError(`TRANSPORT_URL: cannot read the host '${hostPort}' in '${redactTransportUrl(url)}'; expected ${EXAMPLE}`);
+    // The host itself is not quoted: with an unencoded '/' or ',' in a password, what was split
+    // off as a host may be part of the password.
+    if (!hp) throw new ConfigError(`TRANSPORT_URL: cannot read a host in '${redactTransportUrl(url)}' (a password with / , ? # or @ must be percent-encoded); expected ${EXAMPLE}`);
     const port = hp[2] ? Number(hp[2]) : tls ? 5671 : 5672;
     if (port < 1 || port > 65535) throw new ConfigError(`TRANSPORT_URL: port ${port} is out of range in '${redactTransportUrl(url)}'`);
     return { protocol: tls ? 'amqps' : 'amqp', hostname: hp[1]!.replace(/^\[|\]$/g, ''), port, username, password, vhost };
   });
 }
 
-/** The URL with every password replaced, for logs and errors. */
-export function redactTransportUrl(url: string): string {
-  return url.replace(/([/,])([^/,@:]*):([^@/,]*)@/g, '$1$2:***@');
-}
+/** The URL with every password replaced, for logs and errors, even when it does not parse. */
+export const redactTransportUrl = redactUrl;
 
 export function describeBroker(b: BrokerAddress): string {
   return `${b.protocol}://${b.username}@${b.hostname.includes(':') ? `[${b.hostname}]` : b.hostname}:${b.port}/${encodeURIComponent(b.vhost)}`;

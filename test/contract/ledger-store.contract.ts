@@ -1,11 +1,31 @@
+import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { usageOf } from '../../src/ledger/usage.js';
 import { parseNotification, type ImageEvent } from '../../src/notification/parse.js';
+import { Pipeline } from '../../src/enforcer.js';
+import { StoreDataError } from '../../src/errors.js';
+import { applyIsolatingPoison } from '../../src/store/isolate.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import type { LedgerStore } from '../../src/store/port.js';
 import { snapshot } from './shared-ledger.contract.js';
 import { ev, MiB } from '../support/events.js';
-import { captures } from '../support/fixtures.js';
+import { captures, envelope, inner, quotaTestBodies } from '../support/fixtures.js';
+
+/**
+ * Events no store can keep exactly, built directly (the door rejects most of them before any
+ * store sees them; the stores must be safe by themselves).
+ */
+const UNSTORABLE: Record<string, Partial<ImageEvent>> = {
+  'a NUL byte in the image id': { imageId: 'nul\u0000id' },
+  'a NUL byte in the project id': { projectId: 'p\u0000' },
+  'a lone surrogate in the image id': { imageId: 'lone\ud800' },
+  'a lone low surrogate in the message id': { messageId: 'm-\udc00-lone' },
+  'a size past 2^53': { size: 2 ** 63, status: 'active' },
+  'a fractional size': { size: 1.5, status: 'active' },
+  'a negative size': { size: -1, status: 'active' },
+  'a timestamp past 2^53': { timestamp: 1e20 },
+  'a created_at that is not a number': { createdAt: Number.NaN },
+};
 
 /**
  * The behaviour every ledger store must have. Each adapter's test file calls this with a factory
@@ -33,13 +53,14 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
         .flatMap((o) => (o.kind === 'image' ? [o.event] : []));
       const result = await store.applyEvents(events, 1);
       expect(result.outcomes.every((o) => o === 'applied')).toBe(true);
-      const [project] = await store.projects();
-      expect(project).toBe('615696c542784834ac46630e5a22dbe3');
-      const images = await store.images(project!);
+      const project = '615696c542784834ac46630e5a22dbe3';
+      // Every image of the run is gone, so the project is no longer one to reconcile or look up.
+      expect(await store.projects()).toEqual([]);
+      const images = await store.images(project);
       // Three images were created in the run and all three were deleted at its end.
       expect(images).toHaveLength(3);
       expect(images.every((r) => r.deleted)).toBe(true);
-      expect(await store.usage(project!)).toEqual(usageOf(images));
+      expect(await store.usage(project)).toEqual(usageOf(images));
     });
 
     it('reports each message id once: repeats in the batch and in later batches are duplicates', async () => {
@@ -72,7 +93,8 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       for (const p of ['p1', 'p2']) expect(await store.usage(p)).toEqual(usageOf(await store.images(p)));
       expect((await store.usage('p1')).image_count_total).toBe(0);
       expect(await store.usage('p2')).toEqual({ image_count_total: 2, image_count_uploading: 0, image_size_total: 3, image_stage_total: 0 });
-      expect(await store.projects()).toEqual(['p1', 'p2']);
+      // p1 has records still (a tombstone), but no live image.
+      expect(await store.projects()).toEqual(['p2']);
     });
 
     it('reads the newest live queued images for the count rule, as many as asked', async () => {
@@ -114,10 +136,48 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       expect(byId.map((r) => r.status)).toEqual(['queued', 'active', 'saving']);
     });
 
-    it('lists a project whose only images are tombstoned', async () => {
-      await store.applyEvents([ev({ imageId: 'x', projectId: 'gone', status: 'deleted', deleted: true })], 1);
-      expect(await store.projects()).toEqual(['gone']);
+    it('lists only projects with a live image: forged projects whose images are gone cost nothing', async () => {
+      await store.applyEvents(
+        [
+          ev({ imageId: 'x', projectId: 'gone', status: 'deleted', deleted: true }),
+          ev({ imageId: 'k', projectId: 'failed', status: 'killed' }),
+          ev({ imageId: 'q', projectId: 'live', status: 'queued' }),
+          ev({ imageId: 'm', projectId: 'moved-away', status: 'active' }),
+        ],
+        1,
+      );
+      expect(await store.projects()).toEqual(['live', 'moved-away']);
+      await store.applyEvents([ev({ imageId: 'm', projectId: 'live', status: 'active', updatedAt: 2_000 })], 2);
+      expect(await store.projects()).toEqual(['live']);
+      // The records are still there (tombstones are what keep a late create from counting again).
       expect((await store.images('gone'))[0]).toMatchObject({ imageId: 'x', deleted: true });
+    });
+
+    it('forgets dead records past their retention; usage and live records are untouched', async () => {
+      const events = [
+        ev({ imageId: 'old-tomb', projectId: 'gone', status: 'deleted', deleted: true, updatedAt: 100 }),
+        ev({ imageId: 'old-killed', projectId: 'p1', status: 'killed', updatedAt: 100 }),
+        ev({ imageId: 'old-live', projectId: 'p1', status: 'active', size: MiB, updatedAt: 100 }),
+        ev({ imageId: 'new-tomb', projectId: 'p1', status: 'deleted', deleted: true, updatedAt: 300 }),
+        ev({ imageId: 'was-dead', projectId: 'p2', status: 'active', deleted: true, updatedAt: 100 }),
+      ];
+      await store.applyEvents(events, 1);
+      const usage = await store.usage('p1');
+      // updated_at is in seconds: 200 s ago is the cut, exclusive.
+      expect(await store.forgetDeadImagesBefore(100_000)).toBe(0);
+      expect(await store.forgetDeadImagesBefore(200_000)).toBe(3);
+      expect((await store.images('p1')).map((r) => r.imageId).sort()).toEqual(['new-tomb', 'old-live']);
+      expect(await store.images('gone')).toEqual([]);
+      expect(await store.images('p2')).toEqual([]);
+      expect(await store.usage('p1')).toEqual(usage);
+      expect(await store.usage('gone')).toEqual(usageOf([]));
+      expect(await store.projects()).toEqual(['p1']);
+      // The ledger goes on as before: the totals still add up after more changes.
+      await store.applyEvents([ev({ imageId: 'old-live', projectId: 'p1', status: 'deleted', deleted: true, updatedAt: 400 })], 2);
+      expect(await store.usage('p1')).toEqual(usageOf(await store.images('p1')));
+      expect(await store.forgetDeadImagesBefore(1_000_000)).toBe(2);
+      expect(await store.images('p1')).toEqual([]);
+      expect(await store.projects()).toEqual([]);
     });
 
     it('keeps the record fields as given', async () => {
@@ -171,7 +231,7 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       // The bus claimed: image a is active and dated in 9999, image b was deleted in 2099.
       await store.applyEvents(
         [
-          ev({ imageId: 'a', status: 'active', size: 5 * MiB, updatedAt: 253_402_300_799 }),
+          ev({ imageId: 'a', status: 'active', size: 5 * MiB, updatedAt: 8_000_000_000 }),
           ev({ imageId: 'b', status: 'queued', updatedAt: 1_000 }),
           ev({ imageId: 'b', status: 'deleted', deleted: true, updatedAt: 4_070_908_800 }),
         ],
@@ -203,6 +263,105 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       const later = ev({ imageId: 'a', status: 'deleted', deleted: true, updatedAt: 2_200 });
       expect((await store.applyEvents([later], 6)).outcomes).toEqual(['applied']);
       expect((await store.usage('p1')).image_count_total).toBe(1);
+    });
+
+    it.each(Object.entries(UNSTORABLE))('refuses %s with a StoreDataError and keeps nothing of the batch', async (_, hostile) => {
+      const ok = ev({ imageId: 'ok', projectId: 'p2', status: 'active', size: MiB });
+      const err = await store.applyEvents([ok, ev({ imageId: 'bad', ...hostile })], 1).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(StoreDataError);
+      expect(await store.projects()).toEqual([]);
+      expect(await store.usage('p2')).toMatchObject({ image_count_total: 0 });
+      // Nothing was recorded as processed: the good message alone is applied afterwards.
+      expect((await store.applyEvents([ok], 2)).outcomes).toEqual(['applied']);
+    });
+
+    it('refuses a batch that would take a total past 2^53, before writing anything', async () => {
+      const huge = Number.MAX_SAFE_INTEGER - 10;
+      await store.applyEvents([ev({ imageId: 'huge', status: 'active', size: huge })], 1);
+      const other = ev({ imageId: 'other', projectId: 'p2', status: 'active', size: MiB });
+      const err = await store.applyEvents([other, ev({ imageId: 'tip', status: 'active', size: 11 })], 2).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(StoreDataError);
+      expect((err as Error).message).toMatch(/p1.*2\^53/);
+      // The innocent project's totals and the processed ids are untouched (Redis: nothing of
+      // the script was written, 'seen' included).
+      expect(await store.usage('p2')).toMatchObject({ image_count_total: 0 });
+      expect(await store.images('p1')).toHaveLength(1);
+      expect((await store.usage('p1')).image_size_total).toBe(Math.floor(huge / MiB));
+      expect((await store.applyEvents([other], 3)).outcomes).toEqual(['applied']);
+    });
+
+    it('isolates the messages it refuses; every other message of the batch is counted exactly', async () => {
+      await store.applyEvents([ev({ imageId: 'huge', projectId: 'full', status: 'active', size: Number.MAX_SAFE_INTEGER - 10 })], 1);
+      const valid = Array.from({ length: 40 }, (_, i) => ev({ imageId: `img-${i}`, projectId: `p${i % 3}`, status: i % 2 ? 'active' : 'queued', size: i % 2 ? i * MiB : null }));
+      const hostile = [
+        ev({ imageId: 'nul\u0000', projectId: 'p0' }),
+        // Distinct in JS, the same U+FFFD in UTF-8: one ON CONFLICT command would meet one row twice.
+        ev({ imageId: 'x\ud800', projectId: 'p1' }),
+        ev({ imageId: 'x\ud801', projectId: 'p1' }),
+        ev({ imageId: 'tip', projectId: 'full', status: 'active', size: 11 }),
+        ev({ imageId: 'big', projectId: 'p2', status: 'active', size: 2 ** 63 }),
+      ];
+      const batch = [...valid];
+      hostile.forEach((h, k) => batch.splice(k * 9 + 3, 0, h));
+      const { outcomes, projects } = await applyIsolatingPoison(store, batch, 2);
+      outcomes.forEach((o, i) => {
+        if (hostile.includes(batch[i]!)) expect(o).toEqual({ refused: expect.stringMatching(/NUL|surrogate|2\^53/) });
+        else expect(o).toBe('applied');
+      });
+      expect(projects).toEqual(['p0', 'p1', 'p2']);
+      for (const p of ['p0', 'p1', 'p2', 'full']) expect(await store.usage(p)).toEqual(usageOf(await store.images(p)));
+      expect((await store.usage('p1')).image_count_total).toBe(13);
+      expect((await store.images('full')).map((r) => r.imageId)).toEqual(['huge']);
+    });
+
+    it('any mix of valid and unstorable events: every valid one counted as if alone, every other refused', async () => {
+      let run = 0;
+      const hostile = fc.constantFrom<Partial<ImageEvent>>(
+        ...Object.values(UNSTORABLE),
+        { imageId: 'twin\ud800' },
+        { imageId: 'twin\udbff' },
+        { messageId: 'same\udfff', imageId: 'twin\ud800' },
+      );
+      const item = fc.oneof(
+        { weight: 4, arbitrary: fc.record({ image: fc.integer({ min: 0, max: 6 }), project: fc.integer({ min: 0, max: 2 }), status: fc.constantFrom('queued', 'active', 'saving', 'killed'), size: fc.integer({ min: 0, max: 4 * MiB }), deleted: fc.boolean(), updatedAt: fc.integer({ min: 1, max: 9 }) }) },
+        { weight: 1, arbitrary: hostile.map((h) => ({ hostile: h })) },
+      );
+      await fc.assert(
+        fc.asyncProperty(fc.array(item, { minLength: 1, maxLength: 40 }), async (items) => {
+          // Each run writes under projects of its own, so one store serves every run.
+          const tag = `r${++run}-`;
+          const batch = items.map((x) =>
+            'hostile' in x
+              ? ev({ imageId: 'h', ...x.hostile, projectId: x.hostile.projectId ?? `${tag}p0` })
+              : ev({ imageId: `${tag}i${x.image}`, projectId: `${tag}p${x.project}`, status: x.status, size: x.size, deleted: x.deleted, updatedAt: x.updatedAt }),
+          );
+          const { outcomes } = await applyIsolatingPoison(store, batch, run);
+          const oracle = new MemoryStore();
+          const valid = batch.filter((_, i) => !('hostile' in items[i]!));
+          const expected = await oracle.applyEvents(valid, run);
+          expect(outcomes.filter((o) => typeof o !== 'string')).toHaveLength(batch.length - valid.length);
+          expect(outcomes.filter((o) => typeof o === 'string')).toEqual(expected.outcomes);
+          for (const p of [0, 1, 2].map((n) => `${tag}p${n}`)) {
+            const images = (await store.images(p)).sort((a, b) => (a.imageId < b.imageId ? -1 : 1));
+            expect(images).toEqual((await oracle.images(p)).sort((a, b) => (a.imageId < b.imageId ? -1 : 1)));
+            expect(await store.usage(p)).toEqual(usageOf(images));
+          }
+        }),
+        { numRuns: 25 },
+      );
+    }, 60_000);
+
+    it('through the pipeline: the refused message is invalid with its reason, the rest applied', async () => {
+      const bodies = quotaTestBodies();
+      const project = inner(bodies[0]!).payload.owner as string;
+      // The project is one byte short of what the ledger can total, so one more image tips it over.
+      await store.applyEvents([ev({ imageId: 'huge', projectId: project, status: 'active', size: Number.MAX_SAFE_INTEGER - 1 })], 1);
+      const first = inner(bodies[0]!);
+      const tipping = envelope({ ...first, message_id: 'tipping', payload: { ...first.payload, status: 'active', size: 5 } });
+      const pipeline = new Pipeline({ store, limits: { limitsFor: async () => ({}) } });
+      const { outcomes } = await pipeline.ingest([...bodies.slice(1), tipping]);
+      expect(outcomes.slice(0, -1).map((o) => o.result)).toEqual(bodies.slice(1).map(() => 'applied'));
+      expect(outcomes.at(-1)).toEqual({ result: 'invalid', reason: expect.stringMatching(/ledger store refused it: .*2\^53/) });
     });
 
     it("keeps the enforcer's own small values, such as where the scheduled reconcile stopped", async () => {

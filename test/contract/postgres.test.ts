@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { StoreDataError } from '../../src/errors.js';
 import { openStore } from '../../src/store/index.js';
 import { PostgresStore } from '../../src/store/postgres.js';
 import { ev, MiB } from '../support/events.js';
@@ -75,6 +76,27 @@ describe('postgres: a database shared by several consumers', () => {
     await store.close();
   });
 
+  it("calls a refusal of the batch's data (SQLSTATE class 22/23) a StoreDataError, not an outage", async () => {
+    const url = await freshUrl();
+    const store = await PostgresStore.open(url);
+    const schema = new URL(url).searchParams.get('options')!.split('=')[1]!;
+    // A constraint the adapter does not check itself: only PostgreSQL's own refusal tells.
+    await db!.admin.query(`ALTER TABLE ${schema}.images ADD CONSTRAINT short_status CHECK (length(status) < 20)`);
+    const err = await store.applyEvents([ev({ imageId: 'a', status: 'x'.repeat(30) })], 1).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StoreDataError);
+    expect((err as Error).message).toMatch(/SQLSTATE 23514/);
+    expect((err as { cause?: { code?: string } }).cause?.code).toBe('23514');
+    expect(await store.projects()).toEqual([]);
+    // An outage stays an outage: the trigger of the test above, with an ordinary error.
+    await db!.admin.query(`CREATE FUNCTION ${schema}.down() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN RAISE EXCEPTION 'disk full' USING ERRCODE = '53100'; END $$`);
+    await db!.admin.query(`CREATE TRIGGER down BEFORE INSERT ON ${schema}.images FOR EACH ROW EXECUTE FUNCTION ${schema}.down()`);
+    const outage = await store.applyEvents([ev({ imageId: 'b' })], 2).catch((e: unknown) => e);
+    expect(outage).not.toBeInstanceOf(StoreDataError);
+    expect((outage as Error).message).toBe('disk full');
+    await store.close();
+  });
+
   it('runs a batch again after a serialization failure, once', async () => {
     const url = await freshUrl();
     const store = await PostgresStore.open(url);
@@ -119,14 +141,14 @@ describe('postgres: a database shared by several consumers', () => {
       url.protocol = `${scheme}:`;
       if (!url.password) url.password = 's3cret'; // trust auth: accepted and ignored
       const store = await openStore(String(url));
-      expect(store.description).toBe(`${scheme}://${url.username ? `${url.username}@` : ''}${new URL(db!.url).host}/${db!.name}`);
+      expect(store.description).toBe(`${scheme}://${url.username}:***@${new URL(db!.url).host}/${db!.name}`);
       expect(store.description).not.toContain(url.password);
       expect((await store.applyEvents([ev({ imageId: 'a' })], 1)).outcomes).toEqual(['applied']);
       await store.close();
     }
     const err = await openStore('postgres://postgres:s3cret@127.0.0.1:1/nowhere').catch((e: Error) => e);
     expect(err).toBeInstanceOf(Error);
-    expect((err as Error).message).toMatch(/^STORE_URL: cannot connect to PostgreSQL at postgres:\/\/postgres@127\.0\.0\.1:1\/nowhere/);
+    expect((err as Error).message).toMatch(/^STORE_URL: cannot connect to PostgreSQL at postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:1\/nowhere/);
     expect((err as Error).message).not.toContain('s3cret');
   });
 

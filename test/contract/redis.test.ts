@@ -103,7 +103,7 @@ describe('redis: a database shared by several consumers', () => {
     await store.close();
     const err = await openStore('redis://:s3cret@127.0.0.1:1/0').catch((e: Error) => e);
     expect(err).toBeInstanceOf(Error);
-    expect((err as Error).message).toMatch(/^STORE_URL: cannot connect to Redis at redis:\/\/127\.0\.0\.1:1\/0 keys gqe:\*/);
+    expect((err as Error).message).toMatch(/^STORE_URL: cannot connect to Redis at redis:\/\/:\*\*\*@127\.0\.0\.1:1\/0 keys gqe:\*/);
     expect((err as Error).message).not.toContain('s3cret');
   });
 });

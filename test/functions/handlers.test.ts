@@ -26,7 +26,19 @@ import {
   sqsEvent,
   withOutage,
 } from './support.js';
-import { quotaTestBodies } from '../support/fixtures.js';
+import { envelope, inner, quotaTestBodies } from '../support/fixtures.js';
+import { ev } from '../support/events.js';
+
+/**
+ * A body the door accepts but the store refuses: the project already holds 2^53 - 1 bytes (set
+ * up directly in the store), so one more image of 5 bytes would take its total past what the
+ * ledger keeps exactly. Data no door can see as wrong, whatever it validates.
+ */
+async function storeRefusedBody(store: LedgerStore, hugeId = 'huge'): Promise<string> {
+  const first = inner(quotaTestBodies()[0]!);
+  await store.applyEvents([ev({ imageId: hugeId, projectId: first.payload.owner, status: 'active', size: Number.MAX_SAFE_INTEGER - 1 })], 1);
+  return envelope({ ...first, message_id: 'tipping-over', payload: { ...first.payload, status: 'active', size: 5 } });
+}
 
 /*
  * The function doors over a shared ledger (the only kind function mode accepts), fed Lambda
@@ -84,7 +96,8 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
       for (const k of Object.keys(counts) as (keyof typeof counts)[]) counts[k] += messages[k];
     }
     expect(counts).toEqual({ applied: summary.messages.applied, duplicate: 0, ignored: summary.messages.ignored, invalid: 0 });
-    expect(await compareLedgers(services.pipeline, oracle)).toMatchObject({ differences: [], projects: 2 });
+    // The lab project's images were all deleted in the run: only the attacker's project is live.
+    expect(await compareLedgers(services.pipeline, oracle)).toMatchObject({ differences: [], projects: 1 });
     // The decision replay reports is what the function acted on: in dry-run, one would-delete each.
     const toDelete = summary.projects.find((p) => p.projectId === ATTACKER)!.toDelete;
     expect(toDelete).toHaveLength(2);
@@ -161,6 +174,41 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
       const r = await handleSqsEvent(services2, again.event);
       expect(r.batchItemFailures).toEqual([{ itemIdentifier: again.records[0]!.messageId }]);
     }
+  });
+
+  it('sqs: a record the store refuses is reported alone, dead-lettered with its reason; the others count', async () => {
+    const poison = new KeptPoison();
+    const services = servicesOver({ store: store!, glance: MemoryGlance.fromBodies(quotaTestBodies()), poison, env: { ENFORCEMENT_MODE: 'dry-run' } });
+    const refused = await storeRefusedBody(store!);
+    const [, b, c] = quotaTestBodies();
+    const { event, records } = sqsEvent([b!, refused, c!]);
+    const reply = await handleSqsEvent(services, event);
+    expect(reply.messages).toEqual({ applied: 2, duplicate: 0, ignored: 0, invalid: 1 });
+    expect(reply.batchItemFailures).toEqual([]);
+    expect(poison.sent.map((p) => p.sourceMessageId)).toEqual([records[1]!.messageId]);
+    expect(poison.sent[0]!.reason).toMatch(/ledger store refused it: .*2\^53/);
+    // Without a dead-letter queue URL, exactly that record is reported for the redrive policy.
+    // (The enforcement above listed the project in Glance, which has no 'huge' image: the ledger
+    // lost it. Another one makes the next body unstorable again.)
+    await storeRefusedBody(store!, 'huge-again');
+    const bare = servicesOver({ store: store!, glance: new MemoryGlance() });
+    const again = sqsEvent([refused, quotaTestBodies()[0]!]);
+    const r = await handleSqsEvent(bare, again.event);
+    expect(r.batchItemFailures).toEqual([{ itemIdentifier: again.records[0]!.messageId }]);
+    expect(r.messages).toMatchObject({ applied: 1, invalid: 1 });
+  });
+
+  it('amazonmq: a message the store refuses is set aside with its reason; the invocation succeeds', async () => {
+    const { log, lines } = capturedLog();
+    const services = servicesOver({ store: store!, glance: MemoryGlance.fromBodies(quotaTestBodies()), log, env: { ENFORCEMENT_MODE: 'dry-run' } });
+    const refused = await storeRefusedBody(store!);
+    const [, b, c] = quotaTestBodies();
+    const summary = await handleRabbitMqEvent(services, rmqEvent([b!, refused, c!]));
+    expect(summary.messages).toEqual({ applied: 2, duplicate: 0, ignored: 0, invalid: 1 });
+    const setAside = lines.filter((l) => l.msg === 'invalid notification set aside; the batch goes on');
+    expect(setAside.map((l) => l.position)).toEqual([1]);
+    expect(setAside[0]!.reason).toMatch(/ledger store refused it/);
+    expect(setAside[0]!.body).toBe(refused);
   });
 
   it('amazonmq: a store outage fails the invocation; the redelivered batch is then applied once', async () => {

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { main } from '../../src/cli.js';
+import { SqliteStore } from '../../src/store/sqlite.js';
 import { captures, envelope, inner, quotaTestBodies, rawBody } from '../support/fixtures.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'gqe-cli-'));
@@ -47,14 +48,8 @@ describe('replay FILE --json', () => {
     expect(code).toBe(0);
     expect(JSON.parse(stdout)).toEqual({
       messages: { total: 36, applied: 27, duplicate: 0, ignored: 9, invalid: 0 },
-      projects: [
-        {
-          project_id: '615696c542784834ac46630e5a22dbe3',
-          usage: { image_count_total: 0, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 },
-          over: [],
-          to_delete: [],
-        },
-      ],
+      // Every project the file names is decided, as every door does, even when its images are all gone.
+      projects: [{ project_id: '615696c542784834ac46630e5a22dbe3', usage: { image_count_total: 0, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 }, over: [], to_delete: [] }],
     });
   });
 
@@ -111,6 +106,38 @@ describe('replay FILE --json', () => {
   });
 });
 
+describe('forged ids on a terminal', () => {
+  /** Raw control characters a terminal would act on: ESC, BEL, CSI (C1), a bidi override. */
+  const RAW_CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e]/;
+  const EVIL_PROJECT = 'p\u001b[2J\u001b]0;owned\u0007';
+  const EVIL_IMAGE = 'img\u009b31m\u202eexe.jpg';
+
+  it('replay, status and actions print them escaped, never raw', async () => {
+    const db = join(dir, 'forged.db');
+    const store = SqliteStore.open(db);
+    const base = { over: [], usage: { image_count_total: 2, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 }, limits: {} };
+    await store.recordActions([{ ...base, atMs: 1, projectId: EVIL_PROJECT, imageId: EVIL_IMAGE, action: 'skipped', reason: 'status is \u001b[31mactive\nfake line' }]);
+    await store.close();
+    const actions = await run(['actions'], { STORE_URL: `sqlite://${db}` });
+    expect(actions.code).toBe(0);
+    expect(actions.stdout).not.toMatch(RAW_CONTROL);
+    expect(actions.stdout).toContain('p\\x1b[2J\\x1b]0;owned\\x07  img\\x9b31m\\u202eexe.jpg  skipped: status is \\x1b[31mactive\\x0afake line');
+    // One record, one line: a newline in a reason cannot fake another.
+    expect(actions.stdout.trimEnd().split('\n')).toHaveLength(1);
+
+    // A notification with the forged owner, replayed and then asked about.
+    const template = inner(rawBody('image.create'));
+    const forged = envelope({ ...template, payload: { ...template.payload, owner: EVIL_PROJECT, id: EVIL_IMAGE } });
+    const replay = await run(['replay', file('forged.jsonl', [forged]), '--limit', 'image_count_total=0']);
+    expect(replay.code).toBe(0);
+    expect(replay.stdout + replay.stderr).not.toMatch(RAW_CONTROL);
+    const status = await run(['status', '--project', EVIL_PROJECT], { STORE_URL: `sqlite://${db}` });
+    expect(status.code).toBe(0);
+    expect(status.stdout).not.toMatch(RAW_CONTROL);
+    expect(status.stdout).toContain('p\\x1b[2J');
+  });
+});
+
 describe('errors a person can act on', () => {
   it.each([
     [['replay'], {}, /expected exactly one FILE/],
@@ -118,7 +145,7 @@ describe('errors a person can act on', () => {
     [['replay', join(dir, 'x'), '--limit', 'image_count_total=lots'], {}, /--limit: image_count_total must be a whole number/],
     [['replay', join(dir, 'x')], { ENFORCEMENT_MODE: 'yes' }, /ENFORCEMENT_MODE: .*got 'yes'; for example ENFORCEMENT_MODE=dry-run/],
     [['replay', join(dir, 'x')], { QUOTA_LIMITS: 'count=3' }, /QUOTA_LIMITS: unknown resource 'count'/],
-    [['replay', join(dir, 'x'), '--store', 'mysql://u:secret@db/x'], {}, /STORE_URL: unsupported store 'mysql:\/\/\*\*\*@db\/x'/],
+    [['replay', join(dir, 'x'), '--store', 'mysql://u:secret@db/x'], {}, /STORE_URL: unsupported store 'mysql:\/\/u:\*\*\*@db\/x'/],
     [['frobnicate'], {}, /unknown command 'frobnicate'/],
   ])('%j exits non-zero with a clear message', async (args, env, message) => {
     writeFileSync(join(dir, 'x'), '');

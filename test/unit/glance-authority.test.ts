@@ -45,7 +45,7 @@ describe("repairing the ledger from Glance's listing", () => {
     const real = [image('r1', NOW - 3_000), image('r2', NOW - 2_000)];
     const ledger = [
       { ...trueCreate(real[0]!), deleted: true, status: 'deleted', updatedAt: 4_070_908_800 }, // "deleted in 2099"
-      { ...trueCreate(real[1]!), status: 'active', updatedAt: 253_402_300_799 }, // "active in 9999"
+      { ...trueCreate(real[1]!), status: 'active', updatedAt: 8_000_000_000 }, // "active in 9999"
       trueCreate(image('ghost', NOW - 1_000)),
     ];
     const { events, corrections } = repairFromListing(P, ledger, real, view);
@@ -201,7 +201,7 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
           if (fate !== 'lost') events.push(trueCreate(r));
           if (fate.startsWith('forged-delete')) events.push(ev({ imageId: r.id, projectId: P, status: 'deleted', deleted: true, updatedAt: fate.endsWith('future') ? 4_070_908_800 : NOW - 1 }));
         });
-        c.forgedCreates.forEach((f, i) => events.push(ev({ imageId: `forged-${i}`, projectId: P, createdAt: f.future ? 253_402_300_000 : NOW - f.age, eventType: 'image.create' })));
+        c.forgedCreates.forEach((f, i) => events.push(ev({ imageId: `forged-${i}`, projectId: P, createdAt: f.future ? 8_000_000_000 : NOW - f.age, eventType: 'image.create' })));
         // A shuffled arrival, cut into batches, each followed by the door's enforcement.
         const order = fc.sample(fc.shuffledSubarray(events, { minLength: events.length, maxLength: events.length }), { seed: c.seed, numRuns: 1 })[0]!;
         const { store, pipeline, time } = pipelineOver(glance, { image_count_total: c.limit });

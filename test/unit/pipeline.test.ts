@@ -17,7 +17,7 @@ describe('the pipeline keeps its store bounded', () => {
     await pipeline.ingest(bodies.slice(10));
     await store.recordActions([{ ...base, atMs: now, projectId: 'p', imageId: 'new', action: 'skipped', reason: 'r' }]);
 
-    const forgotten = await pipeline.forgetOld({ messagesMs: 5_000, actionsMs: 5_000 });
+    const forgotten = await pipeline.forgetOld({ messagesMs: 5_000, actionsMs: 5_000, deadImagesMs: 5_000 });
     const firstTen = (await pipeline.ingest(bodies.slice(0, 10))).outcomes.filter((o) => o.result === 'applied').length;
     expect(forgotten.actions).toBe(1);
     expect(forgotten.messages).toBe(firstTen);
