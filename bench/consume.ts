@@ -24,7 +24,8 @@
  * are the bench's own and are deleted at the end.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -52,6 +53,8 @@ const { values: args } = parseArgs({
     'many-projects': { type: 'string', default: '10000' },
     'lag-messages': { type: 'string', default: '20000' },
     prefetch: { type: 'string' },
+    /** Write a V8 CPU profile of the first consume drain (1k projects) only, to this file. */
+    'profile-consume': { type: 'string' },
   },
 });
 const N = Number(args.messages);
@@ -175,6 +178,23 @@ async function enforcerDrain(queue: string, dir: string, n: number, limits?: Lim
   return seconds;
 }
 
+/** `run`, under the V8 profiler when `file` is given (`--cpu-prof` would profile the bare drains and the fills too). */
+async function profiled<T>(file: string | undefined, run: () => Promise<T>): Promise<T> {
+  if (!file) return run();
+  const session = new Session();
+  session.connect();
+  await session.post('Profiler.enable');
+  await session.post('Profiler.start');
+  try {
+    return await run();
+  } finally {
+    const { profile } = await session.post('Profiler.stop');
+    writeFileSync(file, JSON.stringify(profile));
+    session.disconnect();
+    console.log(`bench: CPU profile of the consume drain written to ${file}`);
+  }
+}
+
 // Limits high enough that no image is a candidate: the bench has no Glance to verify against,
 // but every touched project is still evaluated, as in production.
 const HIGH = { image_count_total: 100_000, image_size_total: 10_000_000 };
@@ -213,14 +233,15 @@ async function main(): Promise<void> {
     const { bodies } = generateHistory({ seed: 7, projects: Number(args.projects), messages: N });
     console.log(`bench:consume: ${N} realistic notifications, ${args.projects} projects, then ${MANY} projects; PREFETCH=${PREFETCH}, SQLite ledger, dry-run`);
     for (const name of queues) await declare(channel, name);
-    const drain = async (name: string, list: readonly string[], how: BareWay | { limits?: LimitSource }) => {
+    const drain = async (name: string, list: readonly string[], how: BareWay | { limits?: LimitSource; profile?: string }) => {
       await fill(channel, q(name), list);
-      return typeof how === 'string' ? bareDrain(connection, q(name), list.length, how) : enforcerDrain(q(name), dir, list.length, how.limits);
+      if (typeof how === 'string') return bareDrain(connection, q(name), list.length, how);
+      return profiled(how.profile, () => enforcerDrain(q(name), dir, list.length, how.limits));
     };
 
     const ackEach = await drain('ack-each', bodies, 'ack-each');
     const best1 = await drain('best-1', bodies, 'decode-batched');
-    const enf = await drain('enforcer', bodies, {});
+    const enf = await drain('enforcer', bodies, args['profile-consume'] ? { profile: args['profile-consume'] } : {});
     const best2 = await drain('best-2', bodies, 'decode-batched');
     const best = Math.min(best1, best2);
 
