@@ -13,9 +13,10 @@
  *    (c) the enforcer's NotificationConsumer with the SQLite ledger in dry-run, acking only after
  *        each batch is committed, static limits.
  *    The figure is c/b (aim: >= 0.8); c/a is printed beside it.
- * 2. drain, 10k active projects: the same with N bodies spread evenly over 10,000 projects, and
- *    limits from Keystone unified limits: a counting Keystone stand-in on 127.0.0.1
- *    (test/support/keystone-standin.ts) holding a project limit for each of them. Prints the
+ * 2. drain, 10k projects: the same with N bodies spread evenly over 10,000 projects (about 7.5k of
+ *    them active in 100k bodies): the best bare consumer, consume with static limits, and consume
+ *    with limits from Keystone unified limits, read from a counting Keystone stand-in on 127.0.0.1
+ *    (test/support/keystone-standin.ts) holding a project limit for each project. Prints the
  *    Keystone calls made during the drain, and the time of one full limits refresh.
  * 3. lag: notifications published at a steady rate (half the measured drain rate), stamped with
  *    their publish time as Glance stamps them; p50/p99 of publish -> ledger commit.
@@ -226,7 +227,7 @@ async function main(): Promise<void> {
   const connection = await connect();
   const channel = await connection.createConfirmChannel();
   await channel.assertExchange(exchange, 'topic', { durable: false, autoDelete: false });
-  const queues = ['ack-each', 'best-1', 'enforcer', 'best-2', 'many-best-1', 'many-enforcer', 'many-best-2', 'lag'].map((q) => `${exchange}-${q}`);
+  const queues = ['ack-each', 'best-1', 'enforcer', 'best-2', 'many-best-1', 'many-static', 'many-enforcer', 'many-best-2', 'lag'].map((q) => `${exchange}-${q}`);
   const q = (name: string) => `${exchange}-${name}`;
   let standIn: KeystoneStandIn | undefined;
   try {
@@ -251,6 +252,7 @@ async function main(): Promise<void> {
     const keystone = await keystoneLimits(MANY);
     standIn = keystone.standIn;
     const manyBest1 = await drain('many-best-1', many, 'decode-batched');
+    const manyStatic = await drain('many-static', many, {});
     const manyEnf = await drain('many-enforcer', many, { limits: keystone.limits() });
     const calls = { ...standIn.calls };
     const manyBest2 = await drain('many-best-2', many, 'decode-batched');
@@ -298,9 +300,10 @@ async function main(): Promise<void> {
     console.log(row(`bare amqplib, decode + batched acks (best)`, best, [best1, best2]));
     console.log(row(`consume (sqlite, static limits)`, enf));
     console.log(row(`bare amqplib, decode + batched acks, ${MANY} pr.`, manyBest, [manyBest1, manyBest2]));
+    console.log(row(`consume (sqlite, static limits), ${MANY} pr.`, manyStatic));
     console.log(row(`consume (sqlite, Keystone limits), ${MANY} pr.`, manyEnf));
     console.log(`ratio consume / best bare: ${(best / enf).toFixed(2)} (aim >= 0.8); consume / ack-each bare: ${(ackEach / enf).toFixed(2)}`);
-    console.log(`${MANY} projects (${active} active): consume / best bare: ${(manyBest / manyEnf).toFixed(2)}; Keystone calls during the drain: ` +
+    console.log(`${MANY} projects (${active} active): consume / best bare: ${(manyBest / manyStatic).toFixed(2)} static limits, ${(manyBest / manyEnf).toFixed(2)} Keystone limits; Keystone calls during the drain: ` +
       `${calls.tokens} token, ${calls.registeredLimits} registered_limits, ${calls.limits} limits listing, ${calls.limitsOfOneProject} per-project limits; ` +
       `one refresh of ${MANY} projects' limits: ${refreshCalls.registeredLimits + refreshCalls.limits} calls, ${refreshMs.toFixed(0)} ms`);
     console.log(`lag publish -> commit at ${rate} msg/s (${lags.length} image events): p50 ${percentile(lags, 50).toFixed(1)} ms, p99 ${percentile(lags, 99).toFixed(1)} ms`);
