@@ -292,10 +292,14 @@ export class UnifiedLimits implements LimitSource {
   /**
    * The limits of a project found over, read again from Keystone so that a limit raised or lowered
    * a moment ago acts at once. Calls in a burst share one read, and a read starts at most every
-   * `refreshSeconds`; within that, the table just read answers. Never throws for a Keystone failure.
+   * `refreshSeconds` (while Keystone fails, every OUTAGE_RETRY_SECONDS); in between, the table in
+   * hand answers. Never throws for a Keystone failure.
    */
   async refresh(projectId: string): Promise<ProjectLimits> {
-    if (!this.inFlight && (this.lastStartedAt === undefined || this.now() - this.lastStartedAt >= this.refreshMs)) this.startRead();
+    const now = this.now();
+    // During an outage, over projects wait for the outage retry like everyone else.
+    const due = (this.lastStartedAt === undefined || now - this.lastStartedAt >= this.refreshMs) && (!this.stale || now >= this.expiresAt);
+    if (!this.inFlight && due) this.startRead();
     await this.inFlight;
     return (await this.resolve(projectId)).limits;
   }
