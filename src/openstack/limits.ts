@@ -324,9 +324,10 @@ export class UnifiedLimits implements LimitSource {
       const [registered, listing] = await Promise.all([this.source.registeredLimits(), this.source.allProjectLimits()]);
       const byProject = new Map<string, ProjectLimit[]>();
       for (const limit of listing.limits) {
-        const own = byProject.get(limit.project_id!);
+        if (!limit.project_id) continue; // a domain-level limit: the flat model reads none
+        const own = byProject.get(limit.project_id);
         if (own) own.push(limit);
-        else byProject.set(limit.project_id!, [limit]);
+        else byProject.set(limit.project_id, [limit]);
       }
       if (listing.truncated) {
         this.log.error({ listed: listing.limits.length }, 'keystone truncated the project limits listing ([unified_limit] list_limit or [DEFAULT] list_limit in keystone.conf); reading each project on its own until it is unset or above the number of limits');
