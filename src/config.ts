@@ -67,7 +67,7 @@ export const EnvSchema = z.object({
     .int()
     .nonnegative()
     .default(60)
-    .meta({ description: 'How long a project\'s Keystone limits are reused before Keystone is asked again (0: every time). While Keystone is down the last known limits stay in force.' }),
+    .meta({ description: 'How long the table of Keystone limits (every project\'s, read in one listing) is reused before Keystone is asked again (0: every time); a project found over re-reads it at once. While Keystone is down the last known limits stay in force.' }),
   TRANSPORT_URL: z
     .string()
     .default('')

@@ -3,14 +3,15 @@ import { createLogger, type Logger } from '../log.js';
 import type { ProjectLimits } from '../quota/limits.js';
 import type { LimitSource } from '../quota/static-limits.js';
 import { CREATE_RATE, Resource } from '../quota/resources.js';
+import { displayUrl } from './errors.js';
 import type { KeystoneClient } from './keystone.js';
 
 /**
  * Per-project limits from Keystone unified limits, read the way Glance reads them
  * (glance/quota/keystone.py through oslo.limit, flat model): the project limit if there is one,
  * else the registered (default) limit, both for Glance's service and region. On top of that: a
- * static fallback from configuration, and a cache that keeps the last known limits in force while
- * Keystone is away.
+ * static fallback from configuration, and one table of every limit, read in two listings and
+ * kept in force while Keystone is away.
  *
  * The rules, in order: project limit > registered limit > static fallback; a negative value means
  * unlimited; a limit that is nowhere is unlimited, never zero.
@@ -23,14 +24,29 @@ import type { KeystoneClient } from './keystone.js';
  */
 export const DEFAULT_CREATE_RATE_WINDOW_SECONDS = 60;
 
-/** How long a project's limits are reused before Keystone is asked again (LIMITS_CACHE_SECONDS). */
+/** How long the limits table is reused before Keystone is asked again (LIMITS_CACHE_SECONDS). */
 export const DEFAULT_LIMITS_CACHE_SECONDS = 60;
 
 /**
  * While Keystone fails, it is asked again at most this often (or every LIMITS_CACHE_SECONDS if
- * shorter), so an outage costs one slow lookup per project per period, not one per event.
+ * shorter), so an outage costs one slow refresh per period, not one per event.
  */
 export const OUTAGE_RETRY_SECONDS = 10;
+
+/**
+ * `refresh` (a project is over: is its limit still what we think?) reads Keystone at most this
+ * often; a flood puts many projects over at once, and one fresh table answers them all.
+ */
+export const ON_DEMAND_REFRESH_SECONDS = 5;
+
+/**
+ * Only when Keystone truncates the limits listing (`[unified_limit] list_limit`) are projects read
+ * one by one; at most this many of those answers are kept.
+ */
+export const MAX_PROJECT_READS_KEPT = 10_000;
+
+/** `links.next` pages followed per listing; Keystone 22 never sets it, so this is a guard only. */
+export const MAX_LISTING_PAGES = 1_000;
 
 export type { ProjectLimits };
 
@@ -56,8 +72,9 @@ export const ProjectLimit = z.object({
 });
 export type ProjectLimit = z.infer<typeof ProjectLimit>;
 
-const RegisteredLimitList = z.object({ registered_limits: z.array(RegisteredLimit), truncated: z.boolean().optional() });
-const ProjectLimitList = z.object({ limits: z.array(ProjectLimit), truncated: z.boolean().optional() });
+const Links = z.object({ next: z.string().nullish() }).partial().nullish();
+const RegisteredLimitList = z.object({ registered_limits: z.array(RegisteredLimit), truncated: z.boolean().optional(), links: Links });
+const ProjectLimitList = z.object({ limits: z.array(ProjectLimit), truncated: z.boolean().optional(), links: Links });
 
 /**
  * The precedence rule, with no I/O: one value per resource, first found wins, negative = unlimited.
@@ -92,11 +109,21 @@ export function resolveLimits(input: {
   return out;
 }
 
+
+/** Every project limit of the image service in the region, as one listing gave it. */
+export interface ProjectLimitListing {
+  limits: ProjectLimit[];
+  /** Keystone cut the list (`[unified_limit] list_limit` or `[DEFAULT] list_limit`) and gave no next page. */
+  truncated: boolean;
+}
+
 /** Where limits come from; the Keystone adapter below, or a fake in tests. */
 export interface LimitsSource {
   /** The registered (default) limits of the image service, for every resource. */
   registeredLimits(): Promise<RegisteredLimit[]>;
-  /** The project limits of one project for the image service, for every resource. */
+  /** The project limits of every project for the image service, for every resource. */
+  allProjectLimits(): Promise<ProjectLimitListing>;
+  /** The project limits of one project; used only while the full listing comes back truncated. */
   projectLimits(projectId: string): Promise<ProjectLimit[]>;
 }
 
@@ -109,10 +136,11 @@ export interface KeystoneLimitsOptions {
 }
 
 /**
- * Reads limits with the system-scoped token, two calls per refresh: registered limits of the
- * image service (shared by all projects) and the project's limits. Throws `ScopeUnavailableError`
- * at once when the credentials cannot give a system-scoped token, because a project-scoped one
- * would silently read every other project's limits as "none".
+ * Reads limits with the system-scoped token: `GET /v3/registered_limits` and `GET /v3/limits`,
+ * both filtered by the image service and region (the filters oslo.limit uses for Glance), so a
+ * refresh costs two calls whatever the number of projects. Throws `ScopeUnavailableError` at once
+ * when the credentials cannot give a system-scoped token, because a project-scoped one would
+ * silently read every other project's limits as "none".
  */
 export function keystoneLimitsSource(keystone: KeystoneClient, options: KeystoneLimitsOptions = {}): LimitsSource {
   keystone.requireScope('system', 'unified limits');
@@ -135,23 +163,51 @@ export function keystoneLimitsSource(keystone: KeystoneClient, options: Keystone
   };
   const query = (params: Record<string, string | undefined>) =>
     new URLSearchParams(Object.entries(params).filter((e): e is [string, string] => e[1] !== undefined)).toString();
-  const warnIfTruncated = (what: string, truncated: boolean | undefined) => {
-    // Keystone's [DEFAULT] list_limit cuts lists without a next link; a missing limit reads as unlimited.
-    if (truncated) log.warn({ what }, 'keystone truncated a limits list ([DEFAULT] list_limit); some limits may be read as unlimited');
+  // The filters are Keystone's; checking them again here costs nothing and keeps another
+  // service's or region's limit (or a domain-level one) out even if a proxy dropped the query.
+  const ours = (t: { serviceId: string; regionId?: string }) => (l: { service_id: string; region_id?: string | null | undefined }) =>
+    l.service_id === t.serviceId && (t.regionId === undefined || l.region_id === t.regionId);
+  type Page<T> = { items: T[]; truncated?: boolean | undefined; next?: string | null | undefined };
+  /** Follows `links.next` (absent in Keystone 22) only under OS_AUTH_URL: the token goes nowhere else. */
+  async function list<T>(path: string, page: (pathAndQuery: string) => Promise<Page<T>>): Promise<{ items: T[]; truncated: boolean }> {
+    const out: T[] = [];
+    let next = path;
+    for (let pages = 1; ; pages++) {
+      const body = await page(next);
+      out.push(...body.items);
+      if (!body.next) return { items: out, truncated: body.truncated === true };
+      if (pages === MAX_LISTING_PAGES) throw new Error(`keystone: ${path} gave more than ${MAX_LISTING_PAGES} pages; refusing to follow more`);
+      if (!body.next.startsWith(`${keystone.credentials.authUrl}/`)) {
+        throw new Error(`keystone: the next page of ${path} is at ${displayUrl(body.next)}, outside OS_AUTH_URL ${displayUrl(keystone.credentials.authUrl)}; not sending the token there`);
+      }
+      next = body.next.slice(keystone.credentials.authUrl.length);
+    }
+  }
+  const registeredPage = async (pathAndQuery: string): Promise<Page<RegisteredLimit>> => {
+    const b = await keystone.getJson('system', pathAndQuery, RegisteredLimitList);
+    return { items: b.registered_limits, truncated: b.truncated, next: b.links?.next };
+  };
+  const limitsPage = async (pathAndQuery: string): Promise<Page<ProjectLimit>> => {
+    const b = await keystone.getJson('system', pathAndQuery, ProjectLimitList);
+    return { items: b.limits, truncated: b.truncated, next: b.links?.next };
   };
   return {
     async registeredLimits() {
-      const { serviceId, regionId } = await resolveTarget();
-      const body = await keystone.getJson('system', `/registered_limits?${query({ service_id: serviceId, region_id: regionId })}`, RegisteredLimitList);
-      warnIfTruncated('registered_limits', body.truncated);
-      return body.registered_limits;
+      const t = await resolveTarget();
+      const { items, truncated } = await list(`/registered_limits?${query({ service_id: t.serviceId, region_id: t.regionId })}`, registeredPage);
+      // A handful per service and region; a cut here is a Keystone misconfiguration worth a word.
+      if (truncated) log.warn({ what: 'registered_limits' }, 'keystone truncated the registered limits ([unified_limit] list_limit); some resources may be read as unlimited');
+      return items.filter(ours(t));
+    },
+    async allProjectLimits() {
+      const t = await resolveTarget();
+      const { items, truncated } = await list(`/limits?${query({ service_id: t.serviceId, region_id: t.regionId })}`, limitsPage);
+      return { limits: items.filter(ours(t)).filter((l) => l.project_id), truncated };
     },
     async projectLimits(projectId) {
-      const { serviceId, regionId } = await resolveTarget();
-      const body = await keystone.getJson('system', `/limits?${query({ service_id: serviceId, project_id: projectId, region_id: regionId })}`, ProjectLimitList);
-      warnIfTruncated('limits', body.truncated);
-      // Keystone filters on project_id already; this guards against a domain-level limit slipping in.
-      return body.limits.filter((l) => l.project_id === projectId);
+      const t = await resolveTarget();
+      const { items } = await list(`/limits?${query({ service_id: t.serviceId, project_id: projectId, region_id: t.regionId })}`, limitsPage);
+      return items.filter(ours(t)).filter((l) => l.project_id === projectId);
     },
   };
 }
@@ -160,7 +216,7 @@ export type LimitsOrigin = 'keystone' | 'last-known' | 'fallback';
 
 export interface LimitsLookup {
   limits: ProjectLimits;
-  /** keystone: fresh or cached; last-known: Keystone failed, the previous answer stays; fallback: failed with nothing known. */
+  /** keystone: the latest refresh succeeded; last-known: it failed, the previous table stays; fallback: no table yet. */
   origin: LimitsOrigin;
   /** Epoch ms of the Keystone answer behind `limits`; absent for `fallback`. */
   fetchedAt?: number;
@@ -171,16 +227,20 @@ export interface UnifiedLimitsOptions {
   fallback?: LimitSource;
   createRateWindowSeconds?: number;
   cacheSeconds?: number;
+  /** Least time between two reads `refresh` starts; default ON_DEMAND_REFRESH_SECONDS. */
+  refreshSeconds?: number;
   /** Epoch ms; injected by tests. */
   now?: () => number;
   log?: Logger;
 }
 
-interface CacheEntry {
-  limits: ProjectLimits;
-  origin: LimitsOrigin;
-  fetchedAt?: number;
-  expiresAt: number;
+/** One successful read of Keystone: every limit of the image service in the region. */
+interface LimitsTable {
+  registered: RegisteredLimit[];
+  byProject: Map<string, ProjectLimit[]>;
+  /** Keystone cut the project listing: a project's entries here may be incomplete. */
+  truncated: boolean;
+  fetchedAt: number;
 }
 
 /**
@@ -188,16 +248,22 @@ interface CacheEntry {
  *   const keystone = new KeystoneClient(loadCredentials());
  *   const limits = new UnifiedLimits(keystoneLimitsSource(keystone), { ...limitsSettingsFromEnv(), fallback: new StaticLimits({ image_count_total: 100 }) });
  *   await limits.limitsFor(projectId); // { image_count_total: 3, image_size_total: 1000, ... }
+ *   await limits.refresh(projectId);   // the project is over: read Keystone again (rate-limited) first
  */
 export class UnifiedLimits implements LimitSource {
-  private readonly cache = new Map<string, CacheEntry>();
-  private readonly inFlight = new Map<string, Promise<LimitsLookup>>();
-  private registered?: { limits: RegisteredLimit[]; expiresAt: number };
-  private lastRegistered: RegisteredLimit[] = [];
+  private table?: LimitsTable;
+  /** The latest refresh failed: `table` is the last known one. */
+  private stale = false;
+  private expiresAt = 0;
+  private lastStartedAt?: number;
+  private inFlight?: Promise<void>;
+  /** Per-project reads, only while the listing is truncated; keyed by project, for `table.fetchedAt`. */
+  private readonly projectReads = new Map<string, { fetchedAt: number; limits: ProjectLimit[] }>();
   private failureCount = 0;
   private readonly fallback: LimitSource;
   private readonly windowSeconds: number;
   private readonly ttlMs: number;
+  private readonly refreshMs: number;
   private readonly now: () => number;
   private readonly log: Logger;
 
@@ -208,11 +274,12 @@ export class UnifiedLimits implements LimitSource {
     this.fallback = options.fallback ?? { limitsFor: async () => ({}) };
     this.windowSeconds = options.createRateWindowSeconds ?? DEFAULT_CREATE_RATE_WINDOW_SECONDS;
     this.ttlMs = (options.cacheSeconds ?? DEFAULT_LIMITS_CACHE_SECONDS) * 1000;
+    this.refreshMs = (options.refreshSeconds ?? ON_DEMAND_REFRESH_SECONDS) * 1000;
     this.now = options.now ?? Date.now;
     this.log = options.log ?? createLogger();
   }
 
-  /** How many refreshes failed (Keystone unreachable, refused, or answered nonsense) since start. */
+  /** How many reads failed (Keystone unreachable, refused, or answered nonsense) since start. */
   get failures(): number {
     return this.failureCount;
   }
@@ -222,53 +289,93 @@ export class UnifiedLimits implements LimitSource {
     return (await this.lookup(projectId)).limits;
   }
 
-  /** `limitsFor` with where the answer came from. */
-  lookup(projectId: string): Promise<LimitsLookup> {
-    const entry = this.cache.get(projectId);
-    if (entry && this.now() < entry.expiresAt) return Promise.resolve(toLookup(entry));
-    const running = this.inFlight.get(projectId);
-    if (running) return running;
-    const refresh = this.refresh(projectId, entry).finally(() => this.inFlight.delete(projectId));
-    this.inFlight.set(projectId, refresh);
-    return refresh;
+  /**
+   * The limits of a project found over, read again from Keystone so that a limit raised or lowered
+   * a moment ago acts at once. Calls in a burst share one read, and a read starts at most every
+   * `refreshSeconds` (while Keystone fails, every OUTAGE_RETRY_SECONDS); in between, the table in
+   * hand answers. Never throws for a Keystone failure.
+   */
+  async refresh(projectId: string): Promise<ProjectLimits> {
+    const now = this.now();
+    // During an outage, over projects wait for the outage retry like everyone else.
+    const due = (this.lastStartedAt === undefined || now - this.lastStartedAt >= this.refreshMs) && (!this.stale || now >= this.expiresAt);
+    if (!this.inFlight && due) this.startRead();
+    await this.inFlight;
+    return (await this.resolve(projectId)).limits;
   }
 
-  private async refresh(projectId: string, previous: CacheEntry | undefined): Promise<LimitsLookup> {
+  /** `limitsFor` with where the answer came from. */
+  async lookup(projectId: string): Promise<LimitsLookup> {
+    if (this.now() >= this.expiresAt) {
+      if (!this.inFlight) this.startRead();
+      await this.inFlight;
+    }
+    return this.resolve(projectId);
+  }
+
+  private startRead(): void {
     const startedAt = this.now();
+    this.lastStartedAt = startedAt;
+    this.inFlight = this.read(startedAt).finally(() => (this.inFlight = undefined));
+  }
+
+  private async read(startedAt: number): Promise<void> {
     try {
-      const [registered, project] = await Promise.all([this.registeredLimits(startedAt), this.source.projectLimits(projectId)]);
-      const limits = resolveLimits({ registered, project, fallback: await this.fallback.limitsFor(projectId), createRateWindowSeconds: this.windowSeconds });
-      const entry: CacheEntry = { limits, origin: 'keystone', fetchedAt: startedAt, expiresAt: startedAt + this.ttlMs };
-      this.cache.set(projectId, entry);
-      return toLookup(entry);
+      const [registered, listing] = await Promise.all([this.source.registeredLimits(), this.source.allProjectLimits()]);
+      const byProject = new Map<string, ProjectLimit[]>();
+      for (const limit of listing.limits) {
+        if (!limit.project_id) continue; // a domain-level limit: the flat model reads none
+        const own = byProject.get(limit.project_id);
+        if (own) own.push(limit);
+        else byProject.set(limit.project_id, [limit]);
+      }
+      if (listing.truncated) {
+        this.log.error({ listed: listing.limits.length }, 'keystone truncated the project limits listing ([unified_limit] list_limit or [DEFAULT] list_limit in keystone.conf); reading each project on its own until it is unset or above the number of limits');
+      }
+      this.table = { registered, byProject, truncated: listing.truncated, fetchedAt: startedAt };
+      this.projectReads.clear();
+      this.stale = false;
+      this.expiresAt = startedAt + this.ttlMs;
     } catch (error) {
       this.failureCount++;
-      const retryAt = this.now() + Math.min(this.ttlMs, OUTAGE_RETRY_SECONDS * 1000);
-      const reason = error instanceof Error ? error.message : String(error);
-      if (previous && previous.origin !== 'fallback') {
-        this.log.warn({ projectId, failures: this.failureCount, fetchedAt: previous.fetchedAt, err: reason }, 'cannot refresh unified limits; the last known limits stay in force');
-        const kept: CacheEntry = { ...previous, origin: 'last-known', expiresAt: retryAt };
-        this.cache.set(projectId, kept);
-        return toLookup(kept);
+      this.stale = true;
+      this.expiresAt = this.now() + Math.min(this.ttlMs, OUTAGE_RETRY_SECONDS * 1000);
+      const err = error instanceof Error ? error.message : String(error);
+      if (this.table) {
+        this.log.warn({ failures: this.failureCount, fetchedAt: this.table.fetchedAt, err }, 'cannot refresh unified limits; the last known limits stay in force');
+      } else {
+        this.log.error({ failures: this.failureCount, err }, 'cannot read unified limits and none are known yet; using the static fallback limits (absent = unlimited)');
       }
-      // Nothing known for this project: registered limits seen earlier still beat the static fallback.
-      const limits = resolveLimits({ registered: this.lastRegistered, project: [], fallback: await this.fallback.limitsFor(projectId), createRateWindowSeconds: this.windowSeconds });
-      this.log.error({ projectId, failures: this.failureCount, limits, err: reason }, 'cannot read unified limits and none are known for this project; using registered/static fallback limits (absent = unlimited)');
-      const entry: CacheEntry = { limits, origin: 'fallback', expiresAt: retryAt };
-      this.cache.set(projectId, entry);
-      return toLookup(entry);
     }
   }
 
-  private async registeredLimits(now: number): Promise<RegisteredLimit[]> {
-    if (this.registered && now < this.registered.expiresAt) return this.registered.limits;
-    const limits = await this.source.registeredLimits();
-    this.registered = { limits, expiresAt: now + this.ttlMs };
-    this.lastRegistered = limits;
-    return limits;
+  private async resolve(projectId: string): Promise<LimitsLookup> {
+    const fallback = await this.fallback.limitsFor(projectId);
+    const table = this.table;
+    if (!table) {
+      return { limits: resolveLimits({ registered: [], project: [], fallback, createRateWindowSeconds: this.windowSeconds }), origin: 'fallback' };
+    }
+    const project = table.truncated ? await this.projectRead(projectId, table) : (table.byProject.get(projectId) ?? []);
+    return {
+      limits: resolveLimits({ registered: table.registered, project, fallback, createRateWindowSeconds: this.windowSeconds }),
+      origin: this.stale ? 'last-known' : 'keystone',
+      fetchedAt: table.fetchedAt,
+    };
   }
-}
 
-function toLookup(entry: CacheEntry): LimitsLookup {
-  return { limits: entry.limits, origin: entry.origin, ...(entry.fetchedAt !== undefined ? { fetchedAt: entry.fetchedAt } : {}) };
+  /** The old per-project read, for a truncated listing only; kept per table, at most MAX_PROJECT_READS_KEPT. */
+  private async projectRead(projectId: string, table: LimitsTable): Promise<ProjectLimit[]> {
+    const kept = this.projectReads.get(projectId);
+    if (kept && kept.fetchedAt === table.fetchedAt) return kept.limits;
+    try {
+      const limits = await this.source.projectLimits(projectId);
+      if (this.projectReads.size >= MAX_PROJECT_READS_KEPT) this.projectReads.delete(this.projectReads.keys().next().value!);
+      this.projectReads.set(projectId, { fetchedAt: table.fetchedAt, limits });
+      return limits;
+    } catch (error) {
+      this.failureCount++;
+      this.log.warn({ projectId, err: error instanceof Error ? error.message : String(error) }, 'cannot read the project limits of a project missing from a truncated listing; using what the listing gave');
+      return table.byProject.get(projectId) ?? [];
+    }
+  }
 }

@@ -230,6 +230,40 @@ describe('unified limits, read with the system-scoped token', () => {
     expect(await limits.limitsFor(projectId)).toEqual(before);
   });
 
+  it("lists every project's limits in one call, and a lowered limit acts at once on refresh", async () => {
+    const adminToken = (await admin.token('system')).value;
+    const projectIds: string[] = [];
+    for (const n of [1, 2]) {
+      const project = await call('POST', `${lab.authUrl}/projects`, adminToken, { project: { name: `${tag}-all-${n}`, domain_id: 'default', description: 'glance-quota-enforcer lab test; safe to delete' } });
+      expect(project.status, JSON.stringify(project.json)).toBe(201);
+      projectIds.push(project.json.project.id as string);
+      created.projects.push(project.json.project.id as string);
+    }
+    const { serviceId } = await enforcer.endpoint('image', 'system');
+    const res = await call('POST', `${lab.authUrl}/limits`, adminToken, {
+      limits: projectIds.map((projectId, i) => ({ service_id: serviceId, project_id: projectId, region_id: lab.region, resource_name: 'image_count_total', resource_limit: 10 + i })),
+    });
+    expect(res.status, JSON.stringify(res.json)).toBe(201);
+    const limitIds = (res.json.limits as { id: string }[]).map((l) => l.id);
+    created.limits.push(...limitIds);
+
+    const listing = await keystoneLimitsSource(enforcer, { log: quiet }).allProjectLimits();
+    expect(listing.truncated).toBe(false);
+    expect(listing.limits.filter((l) => projectIds.includes(l.project_id ?? '')).map((l) => [l.project_id, l.resource_limit])).toEqual(
+      expect.arrayContaining([[projectIds[0], 10], [projectIds[1], 11]]),
+    );
+    expect(listing.limits.every((l) => l.service_id === serviceId && l.region_id === lab.region && l.project_id)).toBe(true);
+
+    const limits = new UnifiedLimits(keystoneLimitsSource(enforcer, { log: quiet }), { cacheSeconds: 600, refreshSeconds: 0, log: quiet });
+    expect((await limits.limitsFor(projectIds[0]!)).image_count_total).toBe(10);
+    expect((await limits.limitsFor(projectIds[1]!)).image_count_total).toBe(11);
+    // The operator lowers the first project's limit: the table read a moment ago still has 10, a refresh has 3.
+    expect((await call('PATCH', `${lab.authUrl}/limits/${limitIds[0]}`, adminToken, { limit: { resource_limit: 3 } })).status).toBe(200);
+    expect((await limits.limitsFor(projectIds[0]!)).image_count_total).toBe(10);
+    expect((await limits.refresh(projectIds[0]!)).image_count_total).toBe(3);
+    expect((await limits.lookup(projectIds[1]!))).toMatchObject({ limits: { image_count_total: 11 }, origin: 'keystone' });
+  });
+
   it('cannot be read with an application credential, and says why', async () => {
     const projectToken = await enforcer.token('project');
     const res = await call('POST', `${lab.authUrl}/users/${projectToken.userId}/application_credentials`, projectToken.value, { application_credential: { name: tag, description: 'glance-quota-enforcer lab test; safe to delete' } });
