@@ -222,7 +222,10 @@ export class Pipeline {
       const listing: OwnedImage[] = [];
       for await (const image of images.listImages({ owner: projectId })) if (image.owner === projectId) listing.push(image as OwnedImage);
       const corrected = await this.repair(projectId, listing, listedAtMs);
-      const judged = await this.judge(projectId, listing, corrected);
+      // About to delete: a limit raised a moment ago must count, so the limits are read afresh
+      // (rate-limited by the source) rather than from the table's last refresh.
+      const limits = this.limits.refresh ? await this.limits.refresh(projectId) : await this.limits.limitsFor(projectId);
+      const judged = await this.judge(projectId, listing, corrected, limits);
       return { ...judged.report, actions: await this.act(images, judged) };
     });
   }
@@ -236,7 +239,7 @@ export class Pipeline {
     return this.oneAtATime(projectId, async () => {
       const owned = listing.filter((i) => i.owner === projectId);
       const corrected = await this.repair(projectId, owned, listedAtMs, listedElsewhere);
-      return (await this.judge(projectId, owned, corrected)).report;
+      return (await this.judge(projectId, owned, corrected, await this.limits.limitsFor(projectId))).report;
     });
   }
 
@@ -265,7 +268,7 @@ export class Pipeline {
   }
 
   /** Usage and the decision on Glance's listing alone. */
-  private async judge(projectId: string, listing: readonly OwnedImage[], corrected: Partial<Record<CorrectionKind, number>>): Promise<Judged> {
+  private judge(projectId: string, listing: readonly OwnedImage[], corrected: Partial<Record<CorrectionKind, number>>, limits: ProjectLimits): Judged {
     const byId = new Map<string, OwnedImage>();
     const records: ImageRecord[] = [];
     for (const image of listing) {
@@ -273,7 +276,6 @@ export class Pipeline {
       records.push(recordFromEvent(eventFromGlance(image)));
     }
     const usage = usageOf(records);
-    const limits = await this.limits.limitsFor(projectId);
     const exempt = this.exempt.has(projectId);
     const { over, toDelete } = decide(records, usage, limits, exempt, isDeletable);
     // Protected images the rule would have picked first: recorded as skipped, with the reason,

@@ -88,6 +88,17 @@ describe("repairing the ledger from Glance's listing", () => {
 });
 
 describe('enforcement is decided on Glance, never on the bus alone', () => {
+  it('reads the limits afresh before it deletes: a limit raised a moment ago counts', async () => {
+    const glance = new MemoryGlance().add(...Array.from({ length: 5 }, (_, i) => image(`i${i}`, NOW - 100 + i)));
+    const store = new MemoryStore();
+    await store.applyEvents([...glance.images.values()].map(trueCreate), NOW_MS);
+    // The table says 2 (stale); Keystone says 5 now.
+    const limits = { limitsFor: async () => ({ image_count_total: 2 }), refresh: async () => ({ image_count_total: 5 }) };
+    const report = await new Pipeline({ store, limits, images: glance, clock: () => NOW_MS }).enforce(P);
+    expect(report).toMatchObject({ basis: 'glance', over: [], limits: { image_count_total: 5 } });
+    expect(glance.deleted).toEqual([]);
+  });
+
   it('tries every candidate even when one delete fails, then reports the failure', async () => {
     const glance = new MemoryGlance().add(...Array.from({ length: 6 }, (_, i) => image(`i${i}`, NOW - 100 + i)));
     const { store, pipeline } = pipelineOver(glance, { image_count_total: 1 });
