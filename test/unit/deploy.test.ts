@@ -1,0 +1,118 @@
+import { readFileSync, readdirSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config.js';
+import { startHealthServer } from '../../src/health.js';
+import { Metrics } from '../../src/metrics.js';
+import { kustomizeBuild, type Manifest } from '../support/kustomize.js';
+
+const ROOT = join(import.meta.dirname, '..', '..');
+const KUBE = join(ROOT, 'deploy', 'kubernetes');
+const OVERLAYS = readdirSync(join(KUBE, 'overlays'));
+
+/** The schema of each kind, from kubernetes-models (Kubernetes' OpenAPI) and prometheus-operator's CRDs. */
+async function validate(m: Manifest): Promise<void> {
+  const [group, version] = m.apiVersion.includes('/') ? m.apiVersion.split('/') : ['', m.apiVersion];
+  const module =
+    group === 'monitoring.coreos.com'
+      ? `@kubernetes-models/prometheus-operator/${group}/${version}/${m.kind}`
+      : `kubernetes-models/${group ? `${group}/` : ''}${version}/${m.kind}`;
+  const Model = (await import(module))[m.kind] as new (data: unknown) => { validate(): void };
+  new Model(m).validate();
+}
+
+function deploymentOf(manifests: Manifest[]) {
+  const d = manifests.find((m) => m.kind === 'Deployment') as any;
+  return { deployment: d, pod: d.spec.template.spec, container: d.spec.template.spec.containers[0] };
+}
+
+describe.each(OVERLAYS)('deploy/kubernetes/overlays/%s', (overlay) => {
+  const manifests = kustomizeBuild(join(KUBE, 'overlays', overlay));
+
+  it('renders objects that are valid against the Kubernetes and prometheus-operator schemas', async () => {
+    expect(manifests.map((m) => m.kind).sort()).toEqual(expect.arrayContaining(['ConfigMap', 'Deployment', 'PrometheusRule', 'Secret', 'Service', 'ServiceMonitor']));
+    for (const m of manifests) await expect(validate(m), `${m.kind}/${m.metadata.name}`).resolves.toBeUndefined();
+  });
+
+  it('probes paths the health server answers, on the port the enforcer listens on', async () => {
+    const { container } = deploymentOf(manifests);
+    const config = manifests.find((m) => m.kind === 'ConfigMap' && m.metadata.name === 'glance-quota-enforcer-env') as any;
+    const port = container.ports.find((p: any) => p.name === 'metrics').containerPort;
+    expect(port).toBe(loadConfig({}).metricsPort);
+    expect(Number(config.data.METRICS_PORT)).toBe(port);
+    expect(container.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'metrics' });
+    expect(container.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'metrics' });
+    const service = manifests.find((m) => m.kind === 'Service') as any;
+    expect(service.spec.ports[0]).toMatchObject({ port, targetPort: 'metrics' });
+    const monitor = manifests.find((m) => m.kind === 'ServiceMonitor') as any;
+    expect(monitor.spec.endpoints[0]).toMatchObject({ port: 'metrics', path: '/metrics' });
+
+    // The same paths on the real health server: 200 while ready, 503 (not 404) when not.
+    let ready = true;
+    const health = await startHealthServer({ port: 0, host: '127.0.0.1' }, new Metrics(), { ready: async () => ({ ok: ready, detail: {} }) });
+    try {
+      const base = `http://127.0.0.1:${(health.server.address() as AddressInfo).port}`;
+      for (const path of [container.livenessProbe.httpGet.path, container.readinessProbe.httpGet.path, monitor.spec.endpoints[0].path]) {
+        expect((await fetch(base + path)).status, path).toBe(200);
+      }
+      ready = false;
+      expect((await fetch(base + container.readinessProbe.httpGet.path)).status).toBe(503);
+      expect((await fetch(base + container.livenessProbe.httpGet.path)).status).toBe(200);
+    } finally {
+      health.server.close();
+    }
+  });
+
+  it('runs as the image\'s non-root user, with requests, the clouds.yaml Secret and the broker secret', () => {
+    const { pod, container } = deploymentOf(manifests);
+    expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 1000 });
+    expect(container.securityContext).toMatchObject({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true });
+    expect(container.resources.requests).toEqual({ cpu: expect.any(String), memory: expect.any(String) });
+    expect(container.args).toEqual(['consume']);
+    const clouds = pod.volumes.find((v: any) => v.secret?.items?.some((i: any) => i.key === 'clouds.yaml'));
+    expect(container.volumeMounts.find((m: any) => m.name === clouds.name).mountPath).toBe('/etc/openstack');
+    const secret = manifests.find((m) => m.kind === 'Secret' && m.metadata.name === clouds.secret.secretName) as any;
+    expect(Object.keys(secret.stringData)).toEqual(expect.arrayContaining(['clouds.yaml', 'TRANSPORT_URL']));
+    expect(container.env.find((e: any) => e.name === 'TRANSPORT_URL').valueFrom.secretKeyRef).toEqual({ name: secret.metadata.name, key: 'TRANSPORT_URL' });
+  });
+
+  it('alerts only on metrics the enforcer exports', () => {
+    const rules = (manifests.find((m) => m.kind === 'PrometheusRule') as any).spec.groups.flatMap((g: any) => g.rules);
+    const source = readFileSync(join(ROOT, 'src', 'metrics.ts'), 'utf8');
+    const declared = new Set([...source.matchAll(/name: '(gqe_\w+)'/g)].map((m) => m[1]));
+    // Process metrics come from prom-client's defaults under the gqe_ prefix; the corrections
+    // counter comes with the ledger-corrections change (gqe_ledger_corrections_total{kind}).
+    const known = (name: string) => declared.has(name.replace(/_(bucket|sum|count)$/, '')) || name.startsWith('gqe_process_') || name === 'gqe_ledger_corrections_total';
+    const used = rules.flatMap((r: any) => [...String(r.expr).matchAll(/\bgqe_\w+/g)].map((m) => m[0]));
+    expect(used.filter((n: string) => !known(n))).toEqual([]);
+    expect(rules.map((r: any) => r.alert)).toEqual(expect.arrayContaining([
+      'GlanceQuotaEnforcerBrokerDisconnected', 'GlanceQuotaEnforcerStoreErrors', 'GlanceQuotaEnforcerDeadLettersGrowing',
+      'GlanceQuotaEnforcerEnforcementStuck', 'GlanceQuotaEnforcerLedgerCorrections', 'GlanceQuotaEnforcerNoReconcile',
+    ]));
+    expect(rules.every((r: any) => r.labels?.severity && r.annotations?.summary)).toBe(true);
+  });
+});
+
+describe('the two ledgers', () => {
+  it('sqlite: exactly one replica, never two at once, its file on a claimed volume', () => {
+    const manifests = kustomizeBuild(join(KUBE, 'overlays', 'sqlite'));
+    const { deployment, pod, container } = deploymentOf(manifests);
+    expect(deployment.spec.replicas).toBe(1);
+    expect(deployment.spec.strategy).toEqual({ type: 'Recreate' });
+    const store = container.env.find((e: any) => e.name === 'STORE_URL').value as string;
+    const mount = container.volumeMounts.find((m: any) => store.startsWith(`sqlite://${m.mountPath}/`));
+    expect(pod.volumes.find((v: any) => v.name === mount.name).persistentVolumeClaim.claimName)
+      .toBe(manifests.find((m) => m.kind === 'PersistentVolumeClaim')!.metadata.name);
+  });
+
+  it('shared-store: two or more replicas on a PostgreSQL or Redis ledger from a Secret', () => {
+    const manifests = kustomizeBuild(join(KUBE, 'overlays', 'shared-store'));
+    const { deployment, container } = deploymentOf(manifests);
+    expect(deployment.spec.replicas).toBeGreaterThanOrEqual(2);
+    const ref = container.env.find((e: any) => e.name === 'STORE_URL').valueFrom.secretKeyRef;
+    const secret = manifests.find((m) => m.kind === 'Secret' && m.metadata.name === ref.name) as any;
+    expect(secret.stringData[ref.key]).toMatch(/^(postgres|redis|rediss):\/\//);
+    expect(manifests.some((m) => m.kind === 'PersistentVolumeClaim')).toBe(false);
+  });
+});
