@@ -1,4 +1,6 @@
-import { readFileSync, readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -114,5 +116,33 @@ describe('the two ledgers', () => {
     const secret = manifests.find((m) => m.kind === 'Secret' && m.metadata.name === ref.name) as any;
     expect(secret.stringData[ref.key]).toMatch(/^(postgres|redis|rediss):\/\//);
     expect(manifests.some((m) => m.kind === 'PersistentVolumeClaim')).toBe(false);
+  });
+});
+
+describe('deploy/systemd/glance-quota-enforcer.service', () => {
+  const path = join(ROOT, 'deploy', 'systemd', 'glance-quota-enforcer.service');
+  const unit = readFileSync(path, 'utf8');
+  const settings = (key: string) => [...unit.matchAll(new RegExp(`^${key}=(.*)$`, 'gm'))].map((m) => m[1]!);
+
+  it('runs node on the bin directly (npx would leave its child on SIGTERM), as an unprivileged hardened user', () => {
+    expect(settings('ExecStart')).toEqual(['/usr/bin/node /opt/glance-quota-enforcer/bin/glance-quota-enforcer.js consume']);
+    expect(settings('DynamicUser')).toEqual(['yes']);
+    expect(settings('ProtectSystem')).toEqual(['strict']);
+    expect(settings('EnvironmentFile')).toEqual(['/etc/glance-quota-enforcer/enforcer.env']);
+    expect(settings('MemoryDenyWriteExecute')).toEqual([]); // V8's JIT
+  });
+
+  it('keeps the SQLite ledger in its StateDirectory, the one place ProtectSystem=strict lets it write', () => {
+    const [state] = settings('StateDirectory');
+    expect(settings('Environment')).toContain(`STORE_URL=sqlite:///var/lib/${state}/glance-quota.db`);
+  });
+
+  it('is a unit systemd accepts (systemd-analyze verify)', () => {
+    // verify also checks that the command exists: point it at this test's node, wherever it is.
+    const copy = join(mkdtempSync(join(tmpdir(), 'gqe-unit-')), 'glance-quota-enforcer.service');
+    writeFileSync(copy, unit.replace('ExecStart=/usr/bin/node ', `ExecStart=${process.execPath} `));
+    const r = spawnSync('systemd-analyze', ['verify', '--man=no', copy], { encoding: 'utf8', timeout: 30_000 });
+    if (r.error) throw new Error(`systemd-analyze: ${r.error.message}; apt-get install systemd`);
+    expect((r.stdout + r.stderr).split('\n').filter((l) => l.includes('glance-quota-enforcer.service'))).toEqual([]);
   });
 });
