@@ -53,7 +53,7 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
   let glance: ImageService | undefined;
   if (openstackConfigured(env)) {
     try {
-      const keystone = new KeystoneClient(loadCredentials(env), { log });
+      const keystone = new KeystoneClient(loadCredentials(env, { onWarning: (message) => log.warn(message) }), { log });
       glance = new GlanceClient(keystone, { log });
       limits = new UnifiedLimits(keystoneLimitsSource(keystone, { log }), {
         fallback: staticLimits,
