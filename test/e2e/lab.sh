@@ -561,8 +561,7 @@ cmd_env() {
   emit OS_REGION_NAME "$REGION"
   emit OS_INTERFACE public
   # The enforcer's whole environment, so its commands work in the shell that evals this: the
-  # system scope reads unified limits (an `openstack` command scoped to a project then needs
-  # `env -u OS_SYSTEM_SCOPE`, as README shows), TRANSPORT_URL is Glance's own.
+  # system scope reads unified limits, TRANSPORT_URL is Glance's own broker.
   emit OS_SYSTEM_SCOPE all
   emit TRANSPORT_URL "$TRANSPORT_URL"
   emit LAB_DIR "$LAB_DIR"
