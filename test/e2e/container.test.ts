@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { broker } from './support/consumer.js';
-import { lab, labEnv, TestProject } from './support/lab.js';
+import { enforcerEnv, lab, labEnv, TestProject } from './support/lab.js';
 
 /*
  * The image `npm run image` builds, run the way Kolla runs its containers (host networking)
@@ -90,16 +90,11 @@ describe(`the image ${IMAGE} against the lab`, () => {
       await b.drop(queue);
       await b.close();
     });
-    // What an operator's env file holds; STORE_URL is the image's own default, on its /data volume.
+    // The enforcer's lab identity, as an operator's env file holds it; STORE_URL is the image's
+    // own default (its /data volume), the host's PATH and HOME mean nothing inside.
+    const { PATH, HOME, STORE_URL, LOG_LEVEL, ...identity } = enforcerEnv(l);
     const c = await startContainer({
-      OS_AUTH_URL: l.authUrl,
-      OS_USERNAME: 'enforcer',
-      OS_PASSWORD: l.passwords.enforcer,
-      OS_USER_DOMAIN_NAME: 'Default',
-      OS_PROJECT_NAME: 'service',
-      OS_PROJECT_DOMAIN_NAME: 'Default',
-      OS_SYSTEM_SCOPE: 'all',
-      OS_REGION_NAME: l.region,
+      ...(Object.fromEntries(Object.entries(identity).filter(([, v]) => v !== undefined)) as Record<string, string>),
       TRANSPORT_URL: labEnv('LAB_TRANSPORT_URL'),
       QUEUE_NAME: queue,
       PUBLISH_EXCHANGE: `${queue}-out`,
