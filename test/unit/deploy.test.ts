@@ -146,3 +146,29 @@ describe('deploy/systemd/glance-quota-enforcer.service', () => {
     expect((r.stdout + r.stderr).split('\n').filter((l) => l.includes('glance-quota-enforcer.service'))).toEqual([]);
   });
 });
+
+describe('Dockerfile', () => {
+  const dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8');
+  const runtime = dockerfile.slice(dockerfile.lastIndexOf('\nFROM '));
+
+  it('runs node on the bin as PID 1, as the non-root node user, consume by default, from the official Node 22 slim base', () => {
+    expect(dockerfile).toMatch(/^ARG BASE_IMAGE=docker\.io\/library\/node:22-slim$/m);
+    expect(runtime).toMatch(/^ENTRYPOINT \["node", "bin\/glance-quota-enforcer\.js"\]$/m);
+    expect(runtime).toMatch(/^CMD \["consume"\]$/m);
+    expect(runtime).toMatch(/^USER node$/m);
+  });
+
+  it('exposes the port the enforcer listens on and keeps the SQLite ledger on the volume', () => {
+    expect(runtime).toMatch(new RegExp(`^EXPOSE ${loadConfig({}).metricsPort}$`, 'm'));
+    expect(runtime).toMatch(/^VOLUME \/data$/m);
+    expect(runtime).toMatch(/STORE_URL=sqlite:\/\/\/data\//);
+  });
+
+  it('compiles with every type package the project declares (the build stage installs them by name)', () => {
+    const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { devDependencies: Record<string, string> };
+    const tools = /const tools = \[([^\]]*)\]/.exec(dockerfile)![1]!;
+    const named = [...tools.matchAll(/'([^']+)'/g)].map((m) => m[1]);
+    const needed = ['typescript', ...Object.keys(pkg.devDependencies).filter((d) => d.startsWith('@types/'))];
+    expect(needed.filter((d) => !named.includes(d))).toEqual([]);
+  });
+});
