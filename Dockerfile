@@ -20,12 +20,13 @@ WORKDIR /build/app
 COPY package.json package-lock.json ./
 # Production dependencies exactly as locked; --ignore-scripts because the root's `prepare` would
 # compile TypeScript before the sources are here, then the one native addon is built on its own.
+# The addon's sources and objects go at once (12 MB): only better_sqlite3.node is loaded.
 # NODE_EXTRA_CA_CERTS: the build host's CA bundle when scripts/image.sh passes it (a proxy that
 # inspects TLS); absent, node notes that it cannot load it and trusts its own roots.
 RUN --mount=type=cache,target=/root/.npm --mount=type=secret,id=ca-bundle \
     NODE_EXTRA_CA_CERTS=/run/secrets/ca-bundle npm ci --omit=dev --ignore-scripts \
  && npm rebuild better-sqlite3 \
- && (cd node_modules/better-sqlite3 && rm -rf deps src build/deps build/Release/obj.target build/Release/.deps build/Release/test_extension.node) \
+ && (cd node_modules/better-sqlite3 && rm -rf deps src build/deps build/Release/obj build/Release/obj.target build/Release/.deps build/Release/*.a build/Release/test_extension.node) \
  && node -e "require('better-sqlite3')(':memory:').close()"
 # The compiler and the type packages alone, at the lockfile's versions, one directory up (module
 # resolution walks up to /build/node_modules): the full dev tree carries the function deployment's
@@ -39,7 +40,10 @@ RUN --mount=type=cache,target=/root/.npm --mount=type=secret,id=ca-bundle \
 COPY tsconfig.json tsconfig.build.json ./
 COPY src/ src/
 COPY functions/ functions/
-RUN /build/node_modules/.bin/tsc -p tsconfig.build.json
+# Once compiled, what only a compiler or an editor reads (declarations, source maps, markdown:
+# 16 MB) leaves the runtime's node_modules.
+RUN /build/node_modules/.bin/tsc -p tsconfig.build.json \
+ && find node_modules -type f \( -name '*.ts' -o -name '*.mts' -o -name '*.cts' -o -name '*.map' -o -name '*.md' \) -delete
 
 # The runtime is the base without what only builds need (npm, corepack, yarn, Node's C headers:
 # about 90 MB, and tools an attacker in the container could use), flattened so the removal

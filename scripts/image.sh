@@ -49,7 +49,8 @@ local_base() {
   if ! image_exists localhost/gqe-debian:bookworm; then
     say "making a Debian bookworm rootfs with mmdebstrap"
     # As Debian's own -slim images: no manuals, docs (copyright files kept) or translations.
-    mmdebstrap --quiet --variant=minbase --include=ca-certificates --aptopt='APT::Install-Recommends "false"' \
+    # merged-usr hook: /usr merged without the usrmerge package, which brings 50 MB of perl.
+    mmdebstrap --quiet --variant=minbase --include=ca-certificates --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
       --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
       --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
       --dpkgopt='path-exclude=/usr/share/info/*' \
