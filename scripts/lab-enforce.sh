@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the local lab: real Keystone 22 + Glance 25 on loopback (test/e2e/lab.sh), and
 # the enforcer consuming Glance's notifications against them with the embedded SQLite ledger.
-# Against a real cloud, set OS_* (or OS_CLOUD) and TRANSPORT_URL yourself and run `npm start`.
+# Against a real cloud, set OS_* (or OS_CLOUD) and TRANSPORT_URL yourself and run
+# `node bin/glance-quota-enforcer.js consume` (docs/operators.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash test/e2e/lab.sh up
