@@ -10,6 +10,7 @@ import { StaticLimits } from './quota/static-limits.js';
 import { reconcile } from './reconcile.js';
 import { replayFile, replayJson } from './replay.js';
 import { openRuntime } from './runtime.js';
+import { UnifiedLimits } from './openstack/limits.js';
 import { consume } from './consume-command.js';
 import type { EnforcementReport } from './enforcer.js';
 import { openStore } from './store/index.js';
@@ -135,11 +136,17 @@ function statusTable(projects: ProjectReport[]): string {
 
 async function status(args: string[], io: Io): Promise<number> {
   const { values } = parseArgs({ args, options: { project: { type: 'string' }, json: { type: 'boolean' } } });
-  const runtime = await openRuntime(process.env);
+  // status only reads: usage comes from the ledger whatever Keystone says, so limits it cannot
+  // read are a warning (the static QUOTA_LIMITS stand in), never a reason to print nothing.
+  const runtime = await openRuntime(process.env, {
+    onLimitsUnavailable: (reason) => io.stderr(`warning: ${reason}\nwarning: showing QUOTA_LIMITS / QUOTA_LIMITS_FILE limits only ('-' is unlimited)\n`),
+  });
   try {
     const ids = values.project ? [values.project] : await runtime.store.projects();
     const projects: ProjectReport[] = [];
     for (const id of ids) projects.push(await runtime.pipeline.evaluate(id));
+    const failed = runtime.limits instanceof UnifiedLimits ? runtime.limits.failures : 0;
+    if (failed > 0) io.stderr(`warning: Keystone's unified limits could not be read for ${failed} of ${ids.length} project(s) (see the log above); those show registered or QUOTA_LIMITS limits\n`);
     if (values.json) {
       io.stdout(JSON.stringify({ projects: projects.map((p) => ({ project_id: p.projectId, usage: p.usage, limits: limitsJson(p.limits), over: p.over })) }) + '\n');
     } else {

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
 import { rememberSecrets, scrub, urlPasswords } from './redact.js';
@@ -122,8 +123,13 @@ export const EnvSchema = z.object({
     .int()
     .min(0)
     .max(65535)
-    .default(9100)
-    .meta({ description: 'HTTP port of `/healthz`, `/readyz` and `/metrics` (Prometheus) in `consume`; 0 picks a free port.' }),
+    .default(10920)
+    .meta({ description: "HTTP port of `/healthz`, `/readyz` and `/metrics` (Prometheus) in `consume`; 0 picks a free port. Not 9100: that is node_exporter's, which OpenStack hosts commonly run, and the enforcer often shares their network (Kolla's host networking)." }),
+  METRICS_HOST: z
+    .string()
+    .default('0.0.0.0')
+    .refine((v) => isIP(v) !== 0, { message: 'expected an IP address to bind (127.0.0.1, 0.0.0.0, ::, or one of the host\'s addresses)' })
+    .meta({ description: 'Address the `METRICS_PORT` listener binds: `0.0.0.0` (every IPv4 interface, what a container or a remote Prometheus needs), `::`, `127.0.0.1`, or one address such as the host\'s management network.' }),
   PUBLISH_EXCHANGE: z
     .string()
     .default('glance_quota_enforcer')
@@ -180,6 +186,7 @@ export interface Config {
   reconcileIntervalMs: number;
   enforceConcurrency: number;
   metricsPort: number;
+  metricsHost: string;
   sqs: { queueUrl: string; deadLetterQueueUrl: string };
   reconcileBudgetMs: number;
 }
@@ -206,7 +213,8 @@ const EXAMPLES: Record<string, string> = {
   PREFETCH: 'PREFETCH=256',
   QUEUE_MAX_LENGTH: 'QUEUE_MAX_LENGTH=1000000',
   ENFORCE_CONCURRENCY: 'ENFORCE_CONCURRENCY=8',
-  METRICS_PORT: 'METRICS_PORT=9100',
+  METRICS_PORT: 'METRICS_PORT=10920',
+  METRICS_HOST: 'METRICS_HOST=127.0.0.1',
   SQS_QUEUE_URL: 'SQS_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/glance-quota-enforcer-prod-notifications',
   SQS_DEAD_LETTER_QUEUE_URL: 'SQS_DEAD_LETTER_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/glance-quota-enforcer-prod-dead-letters',
   RECONCILE_BUDGET_SECONDS: 'RECONCILE_BUDGET_SECONDS=600',
@@ -270,6 +278,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     reconcileIntervalMs: parseDuration(e.RECONCILE_INTERVAL, 'RECONCILE_INTERVAL'),
     enforceConcurrency: e.ENFORCE_CONCURRENCY,
     metricsPort: e.METRICS_PORT,
+    metricsHost: e.METRICS_HOST,
     sqs: { queueUrl: e.SQS_QUEUE_URL, deadLetterQueueUrl: e.SQS_DEAD_LETTER_QUEUE_URL },
     reconcileBudgetMs: e.RECONCILE_BUDGET_SECONDS * 1000,
   };

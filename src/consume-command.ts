@@ -75,14 +75,14 @@ export async function consume(args: string[]): Promise<number> {
   });
   let connections = 0;
 
-  const health = await startHealthServer(config.metricsPort, metrics, {
+  const health = await startHealthServer({ port: config.metricsPort, host: config.metricsHost }, metrics, {
     ready: async () => {
       const storeOk = await store.usage('readiness-probe').then(() => true, () => false);
       const ok = storeOk && consumer.isConnected;
       return { ok, detail: { broker: consumer.isConnected ? 'connected' : 'disconnected', store: storeOk ? 'ok' : 'failing' } };
     },
   });
-  log.info({ port: health.port, mode: pipeline.mode, store: store.description }, 'health and metrics listening');
+  log.info({ host: config.metricsHost, port: health.port, mode: pipeline.mode, store: store.description }, 'health and metrics listening');
 
   let stopping = false;
   let reconcileTimer: NodeJS.Timeout | undefined;

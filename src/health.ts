@@ -1,5 +1,6 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { ConfigError } from './errors.js';
 import type { Metrics } from './metrics.js';
 
 export interface HealthChecks {
@@ -8,7 +9,7 @@ export interface HealthChecks {
 }
 
 /** `/healthz` (the process serves), `/readyz` (broker and store reachable), `/metrics` (Prometheus). */
-export async function startHealthServer(port: number, metrics: Metrics, checks: HealthChecks): Promise<{ server: Server; port: number }> {
+export async function startHealthServer(listen: { port: number; host: string }, metrics: Metrics, checks: HealthChecks): Promise<{ server: Server; port: number }> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     const reply = (status: number, type: string, body: string) => {
@@ -33,8 +34,12 @@ export async function startHealthServer(port: number, metrics: Metrics, checks: 
     reply(404, 'text/plain', 'not found: try /healthz, /readyz or /metrics\n');
   });
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, '0.0.0.0', () => resolve());
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      // With host networking another exporter may hold the port; say which setting moves ours.
+      const why = err.code === 'EADDRINUSE' ? 'is already in use' : err.code === 'EADDRNOTAVAIL' ? 'is not an address of this host' : `failed (${err.message})`;
+      reject(new ConfigError(`METRICS_HOST/METRICS_PORT: listening on ${listen.host}:${listen.port} ${why}; set METRICS_PORT to a free port (0 picks one) or METRICS_HOST to one of this host's addresses`));
+    });
+    server.listen(listen.port, listen.host, () => resolve());
   });
   return { server, port: (server.address() as AddressInfo).port };
 }

@@ -73,8 +73,11 @@ function spellings(secret: string): string[] {
 
 /**
  * Values that are secrets by the name they come under, whatever their value: `"password": "..."`,
- * `X-Auth-Token: ...`, `token=...`, with or without quotes (escaped ones too).
+ * `X-Auth-Token: ...`, `token=...`, with or without quotes (escaped ones too). A setting's own
+ * name (`token: OS_SYSTEM_SCOPE is not set`) is not a value and is left alone.
  */
+/** One of our own settings' names (case-sensitive): an error about it, not a secret. */
+const SETTING_NAME = /^(?:OS|STORE|TRANSPORT|REDIS)_[A-Z0-9_]+$/;
 const NAMED_SECRET = /((?:x-auth-token|x-subject-token|x-service-token|password|passwd|secret|token|api[_-]?key|authorization)\\*["']?\s*[:=]\s*\\*["']?)(?:Bearer\s+|Basic\s+)?(?![{\[])((?:\\.|[^\s"'\\,;&<>}])+)/gi;
 /** A Keystone Fernet token (or a JWS one) anywhere, even unnamed. */
 const FERNET = /\bgAAAAA[A-Za-z0-9_\-=]{20,}/g;
@@ -97,7 +100,9 @@ export function scrub(text: string, extra: readonly (string | undefined | null)[
   for (const s of all) if (out.includes(s)) out = out.split(s).join(REDACTED);
   out = out.replace(URL_IN_TEXT, (u) => redactUrl(u));
   out = out.replace(FERNET, REDACTED);
-  out = out.replace(NAMED_SECRET, (_, name: string, value: string) => (value === REDACTED || value === MASK ? `${name}${value}` : `${name}${REDACTED}`));
+  out = out.replace(NAMED_SECRET, (_, name: string, value: string) =>
+    value === REDACTED || value === MASK || SETTING_NAME.test(value) ? `${name}${value}` : `${name}${REDACTED}`,
+  );
   return out;
 }
 

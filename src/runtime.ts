@@ -3,6 +3,7 @@ import { Pipeline, type ImageService, type PipelineOptions } from './enforcer.js
 import { ConfigError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import { loadCredentials } from './openstack/credentials.js';
+import { OpenStackConfigError, ScopeUnavailableError } from './openstack/errors.js';
 import { GlanceClient } from './openstack/glance.js';
 import { KeystoneClient } from './openstack/keystone.js';
 import { UnifiedLimits, keystoneLimitsSource } from './openstack/limits.js';
@@ -34,6 +35,12 @@ export interface RuntimeOptions {
   onAction?: (action: ActionRecord) => void | Promise<void>;
   /** Glance's listing corrected the ledger (the metric gqe_ledger_corrections_total). */
   onCorrections?: PipelineOptions['onCorrections'];
+  /**
+   * Read-only commands (status) pass this: when the identity cannot read unified limits (no
+   * OS_SYSTEM_SCOPE, an application credential, a broken clouds.yaml) they go on with the static
+   * limits and report why here, instead of failing. Commands that act never pass it.
+   */
+  onLimitsUnavailable?: (reason: string) => void;
 }
 
 /**
@@ -47,14 +54,20 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
   let limits: LimitSource = staticLimits;
   let glance: ImageService | undefined;
   if (openstackConfigured(env)) {
-    const keystone = new KeystoneClient(loadCredentials(env), { log });
-    limits = new UnifiedLimits(keystoneLimitsSource(keystone, { log }), {
-      fallback: staticLimits,
-      createRateWindowSeconds: config.createRateWindowSeconds,
-      cacheSeconds: config.limitsCacheSeconds,
-      log,
-    });
-    glance = new GlanceClient(keystone, { log });
+    try {
+      const keystone = new KeystoneClient(loadCredentials(env, { onWarning: (message) => log.warn(message) }), { log });
+      glance = new GlanceClient(keystone, { log });
+      limits = new UnifiedLimits(keystoneLimitsSource(keystone, { log }), {
+        fallback: staticLimits,
+        createRateWindowSeconds: config.createRateWindowSeconds,
+        cacheSeconds: config.limitsCacheSeconds,
+        log,
+      });
+    } catch (err) {
+      const recoverable = err instanceof ScopeUnavailableError || err instanceof OpenStackConfigError;
+      if (!options.onLimitsUnavailable || !recoverable) throw err;
+      options.onLimitsUnavailable((err as Error).message);
+    }
   } else if (options.needGlance) {
     throw new ConfigError(
       'OS_AUTH_URL: this command talks to Glance and Keystone, but no OpenStack identity is configured; set OS_CLOUD (with clouds.yaml) or OS_AUTH_URL, OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME and OS_SYSTEM_SCOPE=all',

@@ -59,6 +59,8 @@ const CLOUD_KEYS: Readonly<Record<string, OpenStackEnvVar>> = {
   auth_type: 'OS_AUTH_TYPE',
   region_name: 'OS_REGION_NAME',
   interface: 'OS_INTERFACE',
+  // Kolla-Ansible writes the CA under auth:; the top-level key (openstacksdk's) wins when both are set.
+  'auth.cacert': 'OS_CACERT',
   cacert: 'OS_CACERT',
   image_endpoint_override: 'GLANCE_URL',
 };
@@ -174,6 +176,8 @@ export interface LoadCredentialsOptions {
   home?: string;
   /** Replaces the whole clouds.yaml / secure.yaml search path (tests). */
   searchDirs?: readonly string[];
+  /** A clouds.yaml key that is not read, and why; default: a Node process warning on stderr. */
+  onWarning?: (message: string) => void;
 }
 
 /**
@@ -212,6 +216,21 @@ export function mergeClouds(base: unknown, over: unknown): unknown {
   }
   return out;
 }
+
+/**
+ * clouds.yaml keys the enforcer has no use for and that change nothing it does. Any other key it
+ * does not read is reported (LoadCredentialsOptions.onWarning), never silently dropped: an operator
+ * who wrote it meant something by it.
+ */
+const IGNORED_CLOUD_KEYS = /^(\w+_api_version|verify)$/;
+
+/** Why a clouds.yaml key that Kolla-Ansible or OpenStack-Helm write is not read. */
+const UNREAD_CLOUD_KEYS: Readonly<Record<string, string>> = {
+  identity_interface: 'the enforcer reaches Keystone only at auth.auth_url (set auth_url to the endpoint of that interface)',
+  'auth.domain_name': 'set auth.user_domain_name and auth.project_domain_name (or OS_USER_DOMAIN_NAME and OS_PROJECT_DOMAIN_NAME) instead',
+  'auth.domain_id': 'set auth.user_domain_id and auth.project_domain_id (or OS_USER_DOMAIN_ID and OS_PROJECT_DOMAIN_ID) instead',
+  insecure: 'TLS verification cannot be turned off; set cacert (or OS_CACERT) to the CA of the endpoints',
+};
 
 interface Sourced {
   values: Partial<Record<OpenStackEnvVar, string>>;
@@ -426,6 +445,16 @@ function layCloudUnder(sourced: Sourced, cloud: string, env: NodeJS.ProcessEnv, 
       sourced.values[name] = value;
       sourced.origin[name] = `${key in fromSecure ? secureFile : cloudsFile}, cloud '${cloud}', key ${key}`;
     }
+  }
+  const warn = options.onWarning ?? ((message: string) => process.emitWarning(message, 'CloudsYamlWarning'));
+  for (const key of Object.keys(flat)) {
+    if (key in CLOUD_KEYS || IGNORED_CLOUD_KEYS.test(key)) continue;
+    // Never the value: an unknown key may well hold a secret.
+    const why = UNREAD_CLOUD_KEYS[key] ?? 'the enforcer does not read it (README lists the keys it reads)';
+    warn(`${cloudsFile}, cloud '${cloud}': key ${key} is not used: ${why}`);
+  }
+  if (flat.identity_api_version !== undefined && flat.identity_api_version !== '3') {
+    warn(`${cloudsFile}, cloud '${cloud}': identity_api_version ${flat.identity_api_version} is not used: the enforcer speaks Keystone v3 only`);
   }
 }
 

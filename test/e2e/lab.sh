@@ -560,6 +560,10 @@ cmd_env() {
   emit OS_PROJECT_DOMAIN_NAME Default
   emit OS_REGION_NAME "$REGION"
   emit OS_INTERFACE public
+  # The enforcer's whole environment, so its commands work in the shell that evals this: the
+  # system scope reads unified limits, TRANSPORT_URL is Glance's own broker.
+  emit OS_SYSTEM_SCOPE all
+  emit TRANSPORT_URL "$TRANSPORT_URL"
   emit LAB_DIR "$LAB_DIR"
   emit LAB_REGION "$REGION"
   emit LAB_KEYSTONE_URL "$KEYSTONE_URL"

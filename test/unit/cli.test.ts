@@ -138,6 +138,32 @@ describe('forged ids on a terminal', () => {
   });
 });
 
+describe('status in a shell without a system scope', () => {
+  it('still prints the ledger\'s usage, with the static limits, and says what it cannot read', async () => {
+    const store = `sqlite://${join(dir, 'status.db')}`;
+    expect((await run(['replay', file('status.jsonl', flood('cccc')), '--store', store])).code).toBe(0);
+    const identity = {
+      OS_AUTH_URL: 'http://127.0.0.1:9/v3', OS_USERNAME: 'enforcer', OS_PASSWORD: 'enforcer-pass', OS_USER_DOMAIN_NAME: 'Default',
+      OS_PROJECT_NAME: 'service', OS_PROJECT_DOMAIN_NAME: 'Default', STORE_URL: store, QUOTA_LIMITS: 'image_count_total=3',
+    };
+    const { code, stdout, stderr } = await run(['status'], identity);
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/^cccc\s+5\/3\s+0\/-\s+0\/-\s+0\/-\s+image_count_total$/m);
+    expect(stderr).toContain('warning: unified limits: no system-scoped token: OS_SYSTEM_SCOPE is not set');
+    expect(stderr).toContain('showing QUOTA_LIMITS / QUOTA_LIMITS_FILE limits only');
+    expect(stderr).not.toContain('enforcer-pass');
+  });
+
+  it('is still an error for a command that acts (reconcile)', async () => {
+    const { code, stderr } = await run(['reconcile', '--dry-run'], {
+      OS_AUTH_URL: 'http://127.0.0.1:9/v3', OS_USERNAME: 'enforcer', OS_PASSWORD: 'enforcer-pass', OS_USER_DOMAIN_NAME: 'Default',
+      OS_PROJECT_NAME: 'service', OS_PROJECT_DOMAIN_NAME: 'Default', STORE_URL: 'memory://',
+    });
+    expect(code).not.toBe(0);
+    expect(stderr).toContain('OS_SYSTEM_SCOPE is not set');
+  });
+});
+
 describe('errors a person can act on', () => {
   it.each([
     [['replay'], {}, /expected exactly one FILE/],

@@ -223,6 +223,45 @@ clouds:
     expect(loadCredentials({ OS_CLOUD: 'lab' }, { searchDirs: cloudsSearchDirs({}, { cwd, home }) }).authUrl).toBe('http://from-cwd:5000/v3');
   });
 
+  it('reads the clouds.yaml Kolla-Ansible writes, and says which of its keys it does not use', () => {
+    const pem = write(path.join(dir, 'kolla', 'root.crt'), '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n');
+    const file = write(path.join(dir, 'kolla', 'clouds.yaml'), `
+clouds:
+  kolla-admin:
+    auth:
+      auth_url: https://keystone.internal:5000
+      username: enforcer
+      password: ${PASSWORD}
+      user_domain_name: Default
+      project_name: service
+      project_domain_name: Default
+      domain_name: Default
+      cacert: ${pem}
+      system_scope: all
+    identity_interface: internal
+    identity_api_version: 3
+    region_name: RegionOne
+    interface: internal
+    frobnicate: ${PASSWORD}
+`);
+    const warnings: string[] = [];
+    const c = loadCredentials({ OS_CLOUD: 'kolla-admin', OS_CLIENT_CONFIG_FILE: file }, { searchDirs: [], onWarning: (m) => warnings.push(m) });
+    expect(c).toMatchObject({ caFile: pem, ca: expect.stringContaining('BEGIN CERTIFICATE'), interface: 'internal', systemScope: 'all' });
+    expect(warnings).toEqual([
+      `${file}, cloud 'kolla-admin': key auth.domain_name is not used: set auth.user_domain_name and auth.project_domain_name (or OS_USER_DOMAIN_NAME and OS_PROJECT_DOMAIN_NAME) instead`,
+      `${file}, cloud 'kolla-admin': key identity_interface is not used: the enforcer reaches Keystone only at auth.auth_url (set auth_url to the endpoint of that interface)`,
+      `${file}, cloud 'kolla-admin': key frobnicate is not used: the enforcer does not read it (README lists the keys it reads)`,
+    ]);
+    expect(warnings.join('\n')).not.toContain(PASSWORD);
+  });
+
+  it('prefers the top-level cacert, openstacksdk\'s own, over Kolla\'s auth.cacert', () => {
+    const a = write(path.join(dir, 'ca-a.pem'), '-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n');
+    const b = write(path.join(dir, 'ca-b.pem'), '-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n');
+    const file = write(path.join(dir, 'both-ca.yaml'), `clouds: { c: { cacert: ${a}, auth: { cacert: ${b}, auth_url: "http://k:5000/v3", username: u, password: p, user_domain_name: D, project_name: s, project_domain_name: D } } }`);
+    expect(loadCredentials({ OS_CLOUD: 'c', OS_CLIENT_CONFIG_FILE: file }, { searchDirs: [], onWarning: () => {} }).caFile).toBe(a);
+  });
+
   it('names the clouds it has when OS_CLOUD is not among them', () => {
     const file = write(path.join(dir, 'clouds.yaml'), cloudsYaml);
     const e = configError(() => loadCredentials({ OS_CLOUD: 'prod', OS_CLIENT_CONFIG_FILE: file }, { searchDirs: [] }));
