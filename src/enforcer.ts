@@ -2,7 +2,7 @@ import type { ImageRecord } from './ledger/record.js';
 import { tombstoneOf, type GlanceImageState } from './ledger/synthetic.js';
 import type { Logger } from './log.js';
 import type { ImageEvent } from './notification/parse.js';
-import { parseNotification } from './notification/parse.js';
+import { parseNotification, type DoorLimits } from './notification/parse.js';
 import { decide, recordsNeeded } from './quota/decide.js';
 import type { ProjectLimits } from './quota/limits.js';
 import type { Resource, Usage } from './quota/resources.js';
@@ -73,6 +73,8 @@ export interface PipelineOptions {
   log?: Logger;
   /** Milliseconds since the epoch; injected so tests and replays control time. */
   clock?: () => number;
+  /** MAX_MESSAGE_BYTES and CLOCK_SKEW_SECONDS; the defaults when unset. */
+  door?: DoorLimits;
 }
 
 export class Pipeline {
@@ -86,6 +88,7 @@ export class Pipeline {
   private readonly concurrency: number;
   private readonly wouldDelete = new Set<string>();
   private readonly onAction: PipelineOptions['onAction'];
+  private readonly door: DoorLimits | undefined;
 
   constructor(options: PipelineOptions) {
     this.store = options.store;
@@ -97,6 +100,7 @@ export class Pipeline {
     this.mode = options.mode ?? 'enforce';
     this.concurrency = options.concurrency ?? 4;
     this.onAction = options.onAction;
+    this.door = options.door;
   }
 
   /**
@@ -113,7 +117,7 @@ export class Pipeline {
     const events: ImageEvent[] = [];
     const positions: number[] = [];
     bodies.forEach((body, i) => {
-      const parsed = parseNotification(body);
+      const parsed = parseNotification(body, this.clock(), this.door);
       if (parsed.kind === 'image') {
         events.push(parsed.event);
         positions.push(i);

@@ -7,6 +7,9 @@ import { snapshot } from './shared-ledger.contract.js';
 import { ev, MiB } from '../support/events.js';
 import { captures } from '../support/fixtures.js';
 
+/** The day these tests are judged at: after every captured and generated body. */
+const NOW = Date.UTC(2026, 11, 1);
+
 /**
  * The behaviour every ledger store must have. Each adapter's test file calls this with a factory
  * that gives a fresh, empty store.
@@ -29,7 +32,7 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
 
     it("replays the lab's real notifications into Glance's final state", async () => {
       const events = captures()
-        .map((c) => parseNotification(c.body))
+        .map((c) => parseNotification(c.body, NOW))
         .flatMap((o) => (o.kind === 'image' ? [o.event] : []));
       const result = await store.applyEvents(events, 1);
       expect(result.outcomes.every((o) => o === 'applied')).toBe(true);
