@@ -68,7 +68,7 @@ export const EnvSchema = z.object({
     .int()
     .positive()
     .default(120)
-    .meta({ description: '`consume` and `bridge`: `/readyz` fails when a batch has been in hand (neither acknowledged nor given back) this long, so an orchestrator restarts a stuck consumer.' }),
+    .meta({ description: '`consume`: `/readyz` fails when a batch of deliveries has been in hand (neither acknowledged nor given back to the broker) this long, so an orchestrator restarts a stuck consumer.' }),
   SHUTDOWN_SECONDS: z.coerce
     .number()
     .int()
