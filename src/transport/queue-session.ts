@@ -194,13 +194,16 @@ export abstract class QueueSession {
     this.stopped.abort();
     this.connected = undefined;
     const channel = this.channelInUse;
+    // Taken now: closing the channel ends the session's wait, and run() forgets the connection.
+    const connection = this.connection;
+    const forget = this.forget;
     if (channel && this.consumerTag) await withTimeout(channel.cancel(this.consumerTag), this.timeoutMs, 'basic.cancel').catch(() => {});
     await drain();
     // The channel's Close travels behind its last ack; the connection's Close could overtake it
     // and leave the last batch to be redelivered.
     if (this.channelInUse) await withTimeout(this.channelInUse.close(), this.timeoutMs, 'channel.close').catch(() => {});
-    if (this.connection) await this.closeQuietly(this.connection);
-    this.forget?.();
+    if (connection) await this.closeQuietly(connection);
+    forget?.();
     await this.lost;
   }
 }
