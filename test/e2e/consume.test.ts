@@ -1,48 +1,15 @@
 import { execFileSync } from 'node:child_process';
-import { afterEach, describe, expect, it } from 'vitest';
-import { broker, startConsumer, type RunningConsumer } from './support/consumer.js';
-import { cli, enforcerEnv, lab, TestProject } from './support/lab.js';
+import { describe, expect, it } from 'vitest';
+import { broker } from './support/consumer.js';
+import { cli, enforcerEnv, lab } from './support/lab.js';
+import { oldest, scenario, until } from './support/scenario.js';
 
 /*
  * The main job against the real lab: `consume` on the oslo.messaging bus while a tenant floods
  * queued images past its Keystone limit through a Glance that does not enforce limits itself.
  */
 
-const cleanup: (() => Promise<unknown>)[] = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f().catch(() => {});
-});
-
-async function project(label: string): Promise<TestProject> {
-  const p = await TestProject.create(lab(), label);
-  cleanup.push(() => p.remove());
-  return p;
-}
-
-async function consumer(env: NodeJS.ProcessEnv): Promise<RunningConsumer> {
-  const c = await startConsumer(env);
-  cleanup.push(async () => {
-    await c.stop();
-    const b = await broker();
-    await b.drop(c.queue);
-    await b.close();
-  });
-  return c;
-}
-
-/** The `limit` oldest, by Glance's own order: created_at, then id. */
-function oldest(images: { id: string; created_at: string }[], limit: number): string[] {
-  return [...images].sort((a, b) => a.created_at.localeCompare(b.created_at) || a.id.localeCompare(b.id)).slice(0, limit).map((i) => i.id).sort();
-}
-
-async function until<T>(what: string, deadlineMs: number, probe: () => Promise<T>, done: (v: T) => boolean): Promise<T> {
-  for (;;) {
-    const v = await probe();
-    if (done(v)) return v;
-    if (Date.now() > deadlineMs) throw new Error(`${what}: still ${v instanceof Map ? `${v.size} images` : JSON.stringify(v)} at the deadline`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
+const { cleanup, project, consumer } = scenario();
 
 const FOUR = ['image_count_total', 'image_count_uploading', 'image_size_total', 'image_stage_total'];
 

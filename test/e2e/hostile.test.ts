@@ -1,7 +1,8 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { envelope, inner, rawBody } from '../support/fixtures.js';
 import { broker, startConsumer, type RunningConsumer } from './support/consumer.js';
-import { enforcerEnv, lab, TestProject } from './support/lab.js';
+import { enforcerEnv, lab } from './support/lab.js';
+import { oldest, scenario, until } from './support/scenario.js';
 
 /*
  * Issue 10 on the real lab: what an attacker with publish rights on Glance's exchange sends first
@@ -10,41 +11,7 @@ import { enforcerEnv, lab, TestProject } from './support/lab.js';
  * still exactly 5 left, and SIGTERM exits 0 within 15 s.
  */
 
-const cleanup: (() => Promise<unknown>)[] = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f().catch(() => {});
-});
-
-async function project(label: string): Promise<TestProject> {
-  const p = await TestProject.create(lab(), label);
-  cleanup.push(() => p.remove());
-  return p;
-}
-
-async function consumer(env: NodeJS.ProcessEnv): Promise<RunningConsumer> {
-  const c = await startConsumer(env);
-  cleanup.push(async () => {
-    await c.stop();
-    const b = await broker();
-    await b.drop(c.queue);
-    await b.close();
-  });
-  return c;
-}
-
-/** The `limit` oldest, by Glance's own order: created_at, then id. */
-function oldest(images: { id: string; created_at: string }[], limit: number): string[] {
-  return [...images].sort((a, b) => a.created_at.localeCompare(b.created_at) || a.id.localeCompare(b.id)).slice(0, limit).map((i) => i.id).sort();
-}
-
-async function until<T>(what: string, deadlineMs: number, probe: () => Promise<T>, done: (v: T) => boolean): Promise<T> {
-  for (;;) {
-    const v = await probe();
-    if (done(v)) return v;
-    if (Date.now() > deadlineMs) throw new Error(`${what}: still ${v instanceof Map ? `${v.size} images` : JSON.stringify(v)} at the deadline`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
+const { cleanup, project, consumer, removeAfter } = scenario();
 
 /** SIGTERM, and how long the process took to exit. */
 async function timedStop(c: RunningConsumer): Promise<{ code: number | null; ms: number }> {
@@ -95,13 +62,7 @@ describe('hostile input against consume on the real lab', () => {
     const p = await project('sigterm');
     await p.setLimit('image_count_total', 5);
     const env = enforcerEnv(lab(), { SHUTDOWN_SECONDS: '10' });
-    const first = await startConsumer(env);
-    cleanup.push(async () => {
-      await first.stop();
-      const b = await broker();
-      await b.drop(first.queue);
-      await b.close();
-    });
+    const first = removeAfter(await startConsumer(env));
     const flood = p.flood(60);
     // Stopped while Glance's notifications of the flood are still arriving and being enforced.
     await first.waitFor(/image deleted/, 30_000);
