@@ -51,6 +51,9 @@ describe('hostile input against consume on the real lab', () => {
     expect(reasons.every((r) => Buffer.byteLength(r) <= 1024)).toBe(true);
     expect(await c.metric('gqe_messages_total', 'result="invalid"')).toBe(2);
     expect(await b.count(c.queue)).toBe(0);
+    // Nothing is stuck: the consumer says it is ready, its batches flowing.
+    const ready = await fetch(`http://127.0.0.1:${c.port}/readyz`);
+    expect({ status: ready.status, body: await ready.json() }).toEqual({ status: 200, body: { broker: 'connected', store: 'ok', batch: 'flowing' } });
 
     const { code, ms } = await timedStop(c);
     expect(code).toBe(0);
