@@ -76,3 +76,27 @@ describe('bounded waits and bounded memory in consume', () => {
     expect(last.changed('forged-0', 'image_count_total')).toBe(true);
   });
 });
+
+describe('the enforcement worker at shutdown', () => {
+  it('abandons its backlog and waits for the project in hand only as long as it is told', async () => {
+    const { EnforcementWorker } = await import('../../src/consume.js');
+    const { Metrics } = await import('../../src/metrics.js');
+    const { createLogger } = await import('../../src/log.js');
+    const started: string[] = [];
+    // Glance hangs on the first project: its enforcement never ends.
+    const pipeline = { enforce: (projectId: string) => (started.push(projectId), new Promise(() => {})) } as never;
+    const metrics = new Metrics();
+    const worker = new EnforcementWorker(pipeline, createLogger('silent'), metrics);
+    worker.add(['p1', 'p2', 'p3']);
+    await new Promise((r) => setTimeout(r, 10));
+    const t = Date.now();
+    await worker.stop(200);
+    expect(Date.now() - t).toBeLessThan(1_000);
+    expect(started).toEqual(['p1']);
+    expect((await metrics.pendingProjects.get()).values[0]?.value).toBe(0);
+    // Nothing new is taken after stop.
+    worker.add(['p4']);
+    await new Promise((r) => setTimeout(r, 10));
+    expect(started).toEqual(['p1']);
+  });
+});
