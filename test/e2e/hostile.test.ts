@@ -76,8 +76,10 @@ describe('hostile input against consume on the real lab', () => {
     console.info(`SIGTERM mid-flood: exit ${code} in ${ms} ms`);
 
     // The same ledger: the reconcile at start finds what was left undone.
+    const restarted = Date.now();
     const second = await consumer(env);
-    const left = await until('images left after the restart', Date.now() + 30_000, () => p.images(), (m) => m.size === 5);
+    const left = await until('images left after the restart', Date.now() + 60_000, () => p.images(), (m) => m.size === 5);
+    console.info(`after the restart: ${created.length} created, 5 left ${Date.now() - restarted} ms after the start`);
     expect([...left.keys()].sort()).toEqual(oldest(created, 5));
     expect(await timedStop(second).then((s) => s.code)).toBe(0);
   }, 180_000);
