@@ -92,6 +92,7 @@ async function replay(args: string[], io: Io): Promise<number> {
       store,
       limits: { limitsFor: async (p) => mergeLimits(await limits.limitsFor(p), override) },
       exemptProjects: config.exemptProjects,
+      door: config.door,
       // Replay reports over-quota projects in its output; a log line per project would only repeat it.
       log: undefined,
     });

@@ -57,6 +57,32 @@ export const EnvSchema = z.object({
     .positive()
     .default(7 * 24 * 3600)
     .meta({ description: 'How long processed message ids are kept to recognise duplicates. Merging is idempotent, so a duplicate older than this still changes nothing.' }),
+  MAX_MESSAGE_BYTES: z.coerce
+    .number()
+    .int()
+    .min(1024)
+    .max(64 * 1024 * 1024)
+    .default(1024 * 1024)
+    .meta({ description: 'Largest notification body accepted, in bytes; a larger one is invalid (dead-lettered) before it is parsed, so one huge body cannot exhaust memory. Glance\'s are a few KiB.' }),
+  CLOCK_SKEW_SECONDS: z.coerce
+    .number()
+    .int()
+    .nonnegative()
+    .max(86_400)
+    .default(300)
+    .meta({ description: 'How far ahead of the enforcer\'s clock a notification\'s times (oslo `timestamp`, `created_at`, `updated_at`, `deleted_at`) may be; a later one is invalid (dead-lettered): a forged message dated in the future would otherwise win every merge.' }),
+  STALL_SECONDS: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(120)
+    .meta({ description: '`consume`: `/readyz` fails when a batch of deliveries has been in hand (neither acknowledged nor given back to the broker) this long, so an orchestrator restarts a stuck consumer.' }),
+  SHUTDOWN_SECONDS: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(10)
+    .meta({ description: 'On SIGTERM, `consume` stops taking messages, commits and acknowledges what is in hand, abandons the enforcement backlog (the reconcile at start finds it again) and exits within this many seconds.' }),
   QUOTA_CREATE_RATE_WINDOW: z.coerce
     .number()
     .int()
@@ -171,6 +197,10 @@ export interface Config {
   deletedImageRetentionMs: number;
   createRateWindowSeconds: number;
   limitsCacheSeconds: number;
+  /** What the door admits besides the schemas (src/notification/parse.ts). */
+  door: { maxMessageBytes: number; clockSkewSeconds: number };
+  stallMs: number;
+  shutdownMs: number;
   amqp: {
     transportUrl: string;
     caFile: string;
@@ -209,6 +239,10 @@ const EXAMPLES: Record<string, string> = {
   DELETED_IMAGE_RETENTION_SECONDS: 'DELETED_IMAGE_RETENTION_SECONDS=604800',
   QUOTA_CREATE_RATE_WINDOW: 'QUOTA_CREATE_RATE_WINDOW=60',
   LIMITS_CACHE_SECONDS: 'LIMITS_CACHE_SECONDS=60',
+  MAX_MESSAGE_BYTES: 'MAX_MESSAGE_BYTES=1048576',
+  CLOCK_SKEW_SECONDS: 'CLOCK_SKEW_SECONDS=300',
+  STALL_SECONDS: 'STALL_SECONDS=120',
+  SHUTDOWN_SECONDS: 'SHUTDOWN_SECONDS=10',
   AMQP_DURABLE_QUEUES: 'AMQP_DURABLE_QUEUES=false',
   PREFETCH: 'PREFETCH=256',
   QUEUE_MAX_LENGTH: 'QUEUE_MAX_LENGTH=1000000',
@@ -263,6 +297,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     deletedImageRetentionMs: e.DELETED_IMAGE_RETENTION_SECONDS * 1000,
     createRateWindowSeconds: e.QUOTA_CREATE_RATE_WINDOW,
     limitsCacheSeconds: e.LIMITS_CACHE_SECONDS,
+    door: { maxMessageBytes: e.MAX_MESSAGE_BYTES, clockSkewSeconds: e.CLOCK_SKEW_SECONDS },
+    stallMs: e.STALL_SECONDS * 1000,
+    shutdownMs: e.SHUTDOWN_SECONDS * 1000,
     amqp: {
       transportUrl: e.TRANSPORT_URL,
       caFile: e.TRANSPORT_CA_FILE,

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { EnforcementWorker, NotificationConsumer, backoffMs } from './consume.js';
+import { EnforcementWorker, NotificationConsumer, backoffMs, settlesWithin } from './consume.js';
 import type { EnforcementReport } from './enforcer.js';
 import { startHealthServer } from './health.js';
 import { Metrics } from './metrics.js';
@@ -15,6 +15,29 @@ const EVENT_OF: Record<ActionRecord['action'], string> = {
   'not-deletable': 'quota_enforcer.image.not_deletable',
   gone: 'quota_enforcer.image.gone',
 };
+
+/**
+ * The last set of exceeded resources announced per project, for the projects seen most recently:
+ * project ids come from the bus, so the map is bounded (least recently reported first out). A
+ * project pushed out only has its next limit.exceeded sent again.
+ */
+export class LastOver {
+  private readonly map = new Map<string, string>();
+  constructor(private readonly max = 10_000) {}
+
+  /** Records `key` for the project; true when it differs from the last one recorded. */
+  changed(projectId: string, key: string): boolean {
+    const last = this.map.get(projectId) ?? '';
+    this.map.delete(projectId);
+    if (key) this.map.set(projectId, key); // '' is the default: a project under its limits takes no room
+    while (this.map.size > this.max) this.map.delete(this.map.keys().next().value!);
+    return last !== key;
+  }
+
+  get size(): number {
+    return this.map.size;
+  }
+}
 
 /**
  * `glance-quota-enforcer consume`: wires the consumer, the enforcement worker, the periodic
@@ -45,14 +68,10 @@ export async function consume(args: string[]): Promise<number> {
   if (config.amqp.publishExchange) notifier = new Notifier(config.amqp.publishExchange, config.amqp.publishTopic, config.amqp.durableExchange, log);
 
   // limit.exceeded is sent when a project's set of exceeded resources changes, not on every message.
-  // Only projects over a limit now are kept, so the map is bounded by them, not by every project
-  // (forged ones included) ever seen.
-  const lastOver = new Map<string, string>();
+  const lastOver = new LastOver();
   const onReport = async (report: EnforcementReport) => {
     const key = report.over.join(',');
-    if ((lastOver.get(report.projectId) ?? '') === key) return;
-    if (key) lastOver.set(report.projectId, key);
-    else lastOver.delete(report.projectId);
+    if (!lastOver.changed(report.projectId, key)) return;
     if (key) {
       await notifier?.publish('quota_enforcer.limit.exceeded', 'WARN', {
         project_id: report.projectId, over: report.over, usage: report.usage, limits: report.limits, exempt: report.exempt, mode: pipeline.mode,
@@ -77,9 +96,20 @@ export async function consume(args: string[]): Promise<number> {
 
   const health = await startHealthServer({ port: config.metricsPort, host: config.metricsHost }, metrics, {
     ready: async () => {
-      const storeOk = await store.usage('readiness-probe').then(() => true, () => false);
-      const ok = storeOk && consumer.isConnected;
-      return { ok, detail: { broker: consumer.isConnected ? 'connected' : 'disconnected', store: storeOk ? 'ok' : 'failing' } };
+      // A store that does not answer in 5 s is failing, as one that errs.
+      let storeOk = false;
+      await settlesWithin(store.usage('readiness-probe').then(() => void (storeOk = true), () => {}), 5_000);
+      const heldMs = consumer.batchHeldMs();
+      const stalled = heldMs > config.stallMs;
+      const ok = storeOk && consumer.isConnected && !stalled;
+      return {
+        ok,
+        detail: {
+          broker: consumer.isConnected ? 'connected' : 'disconnected',
+          store: storeOk ? 'ok' : 'failing',
+          batch: stalled ? `stalled: in hand for ${Math.round(heldMs / 1000)} s, over STALL_SECONDS (${config.stallMs / 1000})` : 'flowing',
+        },
+      };
     },
   });
   log.info({ host: config.metricsHost, port: health.port, mode: pipeline.mode, store: store.description }, 'health and metrics listening');
@@ -116,16 +146,29 @@ export async function consume(args: string[]): Promise<number> {
   };
   reconciling = reconcileOnce();
 
+  // SIGTERM within SHUTDOWN_SECONDS: a container platform kills the process after its grace
+  // period, so every step has a share of the budget and what does not fit is abandoned (the
+  // broker redelivers what was not acknowledged; the reconcile at start finds the backlog).
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal }, 'stopping: draining in-flight messages');
+    const deadline = Date.now() + config.shutdownMs;
+    const left = (reserveMs = 0) => Math.max(0, deadline - Date.now() - reserveMs);
+    // Whatever still holds the event loop at the deadline (a Glance call in flight) does not
+    // keep the process: it exits 0, everything that matters being acknowledged or redelivered.
+    setTimeout(() => {
+      log.warn({ shutdownMs: config.shutdownMs }, 'SHUTDOWN_SECONDS reached; exiting with work abandoned');
+      process.exit(0);
+    }, config.shutdownMs).unref();
+    log.info({ signal, shutdownMs: config.shutdownMs }, 'stopping: draining in-flight messages');
     clearTimeout(reconcileTimer);
-    await consumer.stop();
-    await worker.stop();
-    await reconciling?.catch(() => {});
-    await new Promise<void>((resolve) => health.server.close(() => resolve()));
-    await runtime.close();
+    const stoppingWorker = worker.stop(left(1_000) / 2);
+    await consumer.stop(left(1_000) * 0.7);
+    await stoppingWorker;
+    if (!(await settlesWithin(reconciling, left(500)))) log.warn('reconcile in progress abandoned; the next start runs it again');
+    health.server.closeAllConnections?.();
+    await settlesWithin(new Promise<void>((resolve) => health.server.close(() => resolve())), left(300));
+    await settlesWithin(runtime.close(), left());
     log.info('stopped');
   };
   let stopped: Promise<void> = new Promise<void>((resolve) => {

@@ -1,10 +1,23 @@
+import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from './config.js';
 import type { EnforcementReport, IngestResult, Pipeline } from './enforcer.js';
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
-import { deadLetterQueue, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from './transport/amqp.js';
+import { publishDeadLetters, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type DeadLetter } from './transport/amqp.js';
 import { QueueSession, type QueueBinding } from './transport/queue-session.js';
+
+/** Whether `promise` settles within `ms` (it goes on either way). */
+export async function settlesWithin(promise: Promise<unknown> | undefined, ms: number): Promise<boolean> {
+  if (!promise) return true;
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), Math.max(0, ms))));
+  try {
+    return await Promise.race([promise.then(() => true, () => true), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /** Full-jitter exponential backoff, capped: retries of many processes do not march in step. */
 export function backoffMs(attempt: number, baseMs = 200, maxMs = 30_000): number {
@@ -56,10 +69,20 @@ export class EnforcementWorker {
     }
   }
 
-  /** Finish the project in hand, leave the rest (the next start's reconcile finds them). */
-  async stop(): Promise<void> {
+  /**
+   * Take no more projects and abandon the backlog (the next start's reconcile finds it again);
+   * wait at most `graceMs` for the project in hand. Resolves whether it finished or not.
+   */
+  async stop(graceMs = Number.POSITIVE_INFINITY): Promise<void> {
     this.stopped = true;
-    await this.running;
+    if (this.pending.size > 0) this.log.info({ projects: this.pending.size }, 'enforcement backlog abandoned; the reconcile at start finds it again');
+    this.pending.clear();
+    this.metrics.pendingProjects.set(0);
+    if (Number.isFinite(graceMs)) {
+      if (!(await settlesWithin(this.running, graceMs))) this.log.warn({ graceMs }, 'enforcement in hand abandoned at shutdown');
+    } else {
+      await this.running;
+    }
   }
 
   get idle(): boolean {
@@ -76,6 +99,32 @@ export interface ConsumerOptions {
   onCommitted?: (result: IngestResult) => void;
   /** Called with each new connection, e.g. to publish notifications on it. */
   onConnected?: (connection: ChannelModel) => Promise<void>;
+  /** The longest wait on the broker (BROKER_TIMEOUT_MS); tests shorten it. */
+  brokerTimeoutMs?: number;
+}
+
+/**
+ * Bodies whose dead-lettering once threw, remembered (by digest, boundedly) so that their
+ * redelivery is dead-lettered with the reason alone: one message the broker accepted but amqplib
+ * cannot send on must not bring the channel down on every redelivery.
+ */
+export class BareDeadLetters {
+  private readonly digests = new Set<string>();
+  constructor(private readonly max = 1024) {}
+
+  private static digest(content: Uint8Array): string {
+    return createHash('sha256').update(content).digest('base64');
+  }
+
+  remember(content: Uint8Array): void {
+    const d = BareDeadLetters.digest(content);
+    this.digests.delete(d);
+    this.digests.add(d);
+    if (this.digests.size > this.max) this.digests.delete(this.digests.values().next().value!);
+  }
+
+  /** Copy the original's headers: false for a body whose dead-lettering threw before. */
+  copyHeaders = (d: DeadLetter): boolean => this.digests.size === 0 || !this.digests.has(BareDeadLetters.digest(d.msg.content));
 }
 
 /**
@@ -87,9 +136,21 @@ export class NotificationConsumer extends QueueSession {
   private buffer: ConsumeMessage[] = [];
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
+  /** Date.now() when the batch in hand was taken; undefined while none is. */
+  private batchTakenAt: number | undefined;
+  private readonly bare = new BareDeadLetters();
 
   constructor(private readonly o: ConsumerOptions) {
-    super(o.config.amqp, o.log, backoffMs);
+    super(o.config.amqp, o.log, backoffMs, o.brokerTimeoutMs);
+  }
+
+  /**
+   * How long the batch in hand has been neither acknowledged nor given back (0 when none is):
+   * `/readyz` fails past STALL_SECONDS, so that a consumer stuck on the broker or the store is
+   * seen, and restarted, instead of looking healthy.
+   */
+  batchHeldMs(now = Date.now()): number {
+    return this.batchTakenAt === undefined ? 0 : now - this.batchTakenAt;
   }
 
   protected override async opening(connection: ChannelModel): Promise<void> {
@@ -128,10 +189,12 @@ export class NotificationConsumer extends QueueSession {
     if (this.flushing || this.buffer.length === 0 || !this.channel) return;
     const channel = this.channel;
     const batch = this.buffer.splice(0, this.o.config.amqp.prefetch);
+    this.batchTakenAt = Date.now();
     this.flushing = this.flush(channel, batch)
       .catch((err: Error) => this.o.log.error({ err: err.message }, 'batch not acknowledged; the broker will redeliver it'))
       .finally(() => {
         this.flushing = undefined;
+        this.batchTakenAt = undefined;
         if (this.buffer.length > 0) this.schedule();
       });
   }
@@ -151,36 +214,56 @@ export class NotificationConsumer extends QueueSession {
         await sleep(delay);
       }
     }
-    const dead = deadLetterQueue(config.amqp.queue);
     const now = Date.now();
+    const dead: DeadLetter[] = [];
     result.outcomes.forEach((o, i) => {
       metrics.messages.inc({ result: o.result });
       const msg = batch[i]!;
       if (o.result === 'invalid') {
         log.warn({ reason: o.reason, routingKey: msg.fields.routingKey, bytes: msg.content.length }, 'invalid notification dead-lettered');
-        channel.sendToQueue(dead, msg.content, {
-          persistent: true,
-          contentType: msg.properties.contentType,
-          headers: { ...msg.properties.headers, 'x-gqe-reason': o.reason ?? 'invalid', 'x-gqe-routing-key': msg.fields.routingKey, 'x-gqe-exchange': msg.fields.exchange },
-        });
+        dead.push({ msg, reason: o.reason ?? 'invalid' });
       } else if (o.event) {
         metrics.lag.observe(Math.max(0, now / 1000 - o.event.timestamp / 1e6));
       }
     });
     // The dead letters must be safe before their originals are acknowledged.
-    await channel.waitForConfirms();
+    try {
+      await publishDeadLetters(channel, config.amqp.queue, dead, this.timeoutMs, this.bare.copyHeaders);
+    } catch (err) {
+      // Nothing is acknowledged: the channel is given up, the broker delivers the batch again
+      // (its valid messages are duplicates then), and these bodies go without their headers.
+      for (const d of dead) this.bare.remember(d.msg.content);
+      log.error({ err: (err as Error).message, deadLetters: dead.length }, 'dead-lettering failed; reconnecting, the batch comes back');
+      await this.abandonChannel(channel);
+      return;
+    }
     if (channel !== this.channel) return;
-    channel.ack(batch[batch.length - 1]!, true);
+    try {
+      channel.ack(batch[batch.length - 1]!, true);
+    } catch (err) {
+      // The channel closed under us: the broker delivers the batch again, all duplicates.
+      log.warn({ err: (err as Error).message }, 'acknowledgement failed; the batch comes back as duplicates');
+      return;
+    }
     this.o.onCommitted?.(result);
   }
 
-  /** SIGTERM: stop taking messages, commit and ack what is in hand, close. */
-  stop(): Promise<void> {
+  /**
+   * SIGTERM: stop taking messages, commit and ack what is in hand, close. What is still not
+   * settled after `drainMs` (a store or broker that does not answer) is left unacknowledged: the
+   * broker delivers it again to the next consumer.
+   */
+  stop(drainMs = this.o.config.shutdownMs): Promise<void> {
     return this.stopAfter(async () => {
+      const deadline = Date.now() + drainMs;
       // Deliveries already received are committed and acknowledged before closing.
       while (this.flushing || (this.buffer.length > 0 && this.channel)) {
         if (!this.flushing) this.flushNow();
-        await this.flushing;
+        if (!(await settlesWithin(this.flushing, deadline - Date.now()))) {
+          this.o.log.warn({ drainMs, inHand: this.buffer.length }, 'batch in hand not settled in time; left to the broker');
+          this.buffer = [];
+          return;
+        }
       }
     });
   }

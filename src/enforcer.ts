@@ -5,7 +5,7 @@ import { eventFromGlance, tombstoneOf, type GlanceImageState } from './ledger/sy
 import { usageOf } from './ledger/usage.js';
 import type { Logger } from './log.js';
 import type { ImageEvent } from './notification/parse.js';
-import { parseNotification } from './notification/parse.js';
+import { DOOR_DEFAULTS, parseNotification, type DoorLimits } from './notification/parse.js';
 import { decide, isDeletable, recordsNeeded } from './quota/decide.js';
 import type { ProjectLimits } from './quota/limits.js';
 import type { Resource, Usage } from './quota/resources.js';
@@ -97,8 +97,8 @@ export interface PipelineOptions {
   log?: Logger;
   /** Milliseconds since the epoch; injected so tests and replays control time. */
   clock?: () => number;
-  /** How far ahead of now a ledger time is still believed (CLOCK_SKEW_SECONDS); default 5 min. */
-  clockSkewMs?: number;
+  /** MAX_MESSAGE_BYTES and CLOCK_SKEW_SECONDS; the defaults when unset. */
+  door?: DoorLimits;
   /** Called when Glance's listing corrected the ledger (metrics). */
   onCorrections?: (projectId: string, corrections: readonly Correction[]) => void;
 }
@@ -117,6 +117,7 @@ export class Pipeline {
   private readonly onCorrections: PipelineOptions['onCorrections'];
   private readonly clockSkewMs: number;
   private readonly busy = new Map<string, Promise<void>>();
+  private readonly door: DoorLimits | undefined;
 
   constructor(options: PipelineOptions) {
     this.store = options.store;
@@ -128,8 +129,10 @@ export class Pipeline {
     this.mode = options.mode ?? 'enforce';
     this.concurrency = options.concurrency ?? 4;
     this.onAction = options.onAction;
+    this.door = options.door;
     this.onCorrections = options.onCorrections;
-    this.clockSkewMs = options.clockSkewMs ?? 300_000;
+    // A ledger time is believed as far ahead of now as the door lets one in.
+    this.clockSkewMs = (options.door?.clockSkewSeconds ?? DOOR_DEFAULTS.clockSkewSeconds) * 1000;
   }
 
   /**
@@ -147,7 +150,7 @@ export class Pipeline {
     const events: ImageEvent[] = [];
     const positions: number[] = [];
     bodies.forEach((body, i) => {
-      const parsed = parseNotification(body);
+      const parsed = parseNotification(body, this.clock(), this.door);
       if (parsed.kind === 'image') {
         events.push(parsed.event);
         positions.push(i);

@@ -81,6 +81,7 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
     mode: config.mode,
     exemptProjects: config.exemptProjects,
     concurrency: config.enforceConcurrency,
+    door: config.door,
     log,
     ...(options.onAction ? { onAction: options.onAction } : {}),
     ...(options.onCorrections ? { onCorrections: options.onCorrections } : {}),

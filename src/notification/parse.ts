@@ -31,6 +31,21 @@ export interface ImageEvent {
   deleted: boolean;
 }
 
+/** What the door admits besides the schemas: settings, handed in so the core reads no environment. */
+export interface DoorLimits {
+  /** MAX_MESSAGE_BYTES: a larger body is invalid before it is decoded or parsed. */
+  maxMessageBytes: number;
+  /** CLOCK_SKEW_SECONDS: how far ahead of the enforcer's clock a message's times may be. */
+  clockSkewSeconds: number;
+}
+
+export const DOOR_DEFAULTS: Readonly<DoorLimits> = { maxMessageBytes: 1024 * 1024, clockSkewSeconds: 300 };
+
+/** The longest `os_glance_importing_to_stores` believed: a few store names, comma-separated. */
+const MAX_IMPORTING_CHARS = 1024;
+/** Control characters and lone surrogates: nothing a store name has, everything a store chokes on. */
+const UNPRINTABLE = /[\p{Cc}\p{Cs}]/u;
+
 export type ParseOutcome =
   | { kind: 'image'; event: ImageEvent }
   | { kind: 'ignored'; messageId: string; eventType: string; reason: string }
@@ -93,8 +108,58 @@ function ignoredMessage(messageId: string, eventType: string, priority: string):
   return undefined;
 }
 
+function byteLength(body: Uint8Array | string): number {
+  return typeof body === 'string' ? Buffer.byteLength(body, 'utf8') : body.byteLength;
+}
+
+/** A body over MAX_MESSAGE_BYTES, found before it costs a decode or a JSON.parse. */
+function oversized(body: Uint8Array | string, limits: DoorLimits): ParseOutcome | undefined {
+  // A string has at most 3 UTF-8 bytes per UTF-16 unit: most bodies are settled without counting.
+  if (typeof body === 'string' && body.length * 3 <= limits.maxMessageBytes) return undefined;
+  const bytes = byteLength(body);
+  if (bytes <= limits.maxMessageBytes) return undefined;
+  return {
+    kind: 'invalid',
+    reason: `body of ${bytes} bytes is over MAX_MESSAGE_BYTES (${limits.maxMessageBytes}); Glance's notifications are a few KiB, raise MAX_MESSAGE_BYTES only if images really carry that many properties`,
+  };
+}
+
+/**
+ * A time later than the enforcer's clock plus CLOCK_SKEW_SECONDS is not believed: a forged
+ * image.delete dated 2099 would otherwise win every merge forever (ledger ordering takes the
+ * latest time).
+ */
+function fromTheFuture(messageId: string, eventType: string, field: string, value: string, atMs: number, nowMs: number, limits: DoorLimits): ParseOutcome | undefined {
+  const aheadS = Math.floor((atMs - nowMs) / 1000);
+  if (aheadS <= limits.clockSkewSeconds) return undefined;
+  return {
+    kind: 'invalid',
+    reason: `${eventType} ${messageId}: ${field} "${value}" is ${aheadS} s ahead of this enforcer's clock, more than CLOCK_SKEW_SECONDS (${limits.clockSkewSeconds}) allows; forged, or the publisher's clock is wrong (fix it with NTP, or raise CLOCK_SKEW_SECONDS)`,
+  };
+}
+
+/** The times of one image payload, read; undefined when null or absent. */
+interface PayloadTimes {
+  createdAt: number;
+  updatedAt: number | undefined;
+  deletedAt: number | undefined;
+}
+
 /** A valid ledger message with a valid image payload; times already read. */
-function imageOutcome(messageId: string, eventType: string, p: ImagePayload, createdAt: number, updatedAt: number, timestamp: number): ParseOutcome {
+function imageOutcome(messageId: string, eventType: string, p: ImagePayload, times: PayloadTimes, timestamp: number, nowMs: number, limits: DoorLimits): ParseOutcome {
+  const { createdAt, updatedAt, deletedAt } = times;
+  const late =
+    fromTheFuture(messageId, eventType, 'payload.created_at', p.created_at, createdAt * 1000, nowMs, limits) ??
+    (updatedAt === undefined ? undefined : fromTheFuture(messageId, eventType, 'payload.updated_at', p.updated_at!, updatedAt * 1000, nowMs, limits)) ??
+    (deletedAt === undefined ? undefined : fromTheFuture(messageId, eventType, 'payload.deleted_at', p.deleted_at!, deletedAt * 1000, nowMs, limits));
+  if (late) return late;
+  const importing = importingStores(p);
+  if (importing.length > MAX_IMPORTING_CHARS || UNPRINTABLE.test(importing)) {
+    return {
+      kind: 'invalid',
+      reason: `${eventType} ${messageId}: payload os_glance_importing_to_stores: expected store names, at most ${MAX_IMPORTING_CHARS} characters without control characters, got ${importing.length} characters`,
+    };
+  }
   if (p.owner === null) {
     return { kind: 'ignored', messageId, eventType, reason: `image ${p.id} has no owner, so it counts against no project` };
   }
@@ -108,9 +173,9 @@ function imageOutcome(messageId: string, eventType: string, p: ImagePayload, cre
       status: p.status,
       size: p.size ?? null,
       createdAt,
-      updatedAt,
+      updatedAt: updatedAt ?? createdAt,
       timestamp,
-      importing: importingStores(p),
+      importing,
       protected: p.protected ?? false,
       deleted: eventType === 'image.delete' || p.deleted === true,
     },
@@ -119,25 +184,28 @@ function imageOutcome(messageId: string, eventType: string, p: ImagePayload, cre
 
 /**
  * Raw AMQP body in, a typed image event or a typed rejection out. Never throws: a consumer must
- * be able to dead-letter anything it is handed.
+ * be able to dead-letter anything it is handed. `nowMs` is the time the message is judged at
+ * (the core reads no clock): a message dated past it plus CLOCK_SKEW_SECONDS is invalid.
  *
  * @example
- *   const out = parseNotification(delivery.content);
+ *   const out = parseNotification(delivery.content, Date.now());
  *   if (out.kind === 'invalid') deadLetter(delivery, out.reason);
  */
-export function parseNotification(body: Uint8Array | string): ParseOutcome {
+export function parseNotification(body: Uint8Array | string, nowMs: number, limits: DoorLimits = DOOR_DEFAULTS): ParseOutcome {
+  const tooLarge = oversized(body, limits);
+  if (tooLarge) return tooLarge;
   const text = bodyText(body);
   // Nearly every body is well-formed and the plain guards settle it; any other goes through the
   // schemas, which word the rejection. The outcome is parseBySchemas' either way.
-  return parseWellFormed(text) ?? parseBySchemas(text);
+  return parseWellFormed(text, nowMs, limits) ?? parseBySchemas(text, nowMs, limits);
 }
 
 /**
- * The outcome of a body the schemas accept, decided with the plain guards of schema.ts alone
- * (no zod, each timestamp read once); undefined for a body they do not accept, which only the
- * schemas can word a rejection for.
+ * The outcome of a body (within MAX_MESSAGE_BYTES) the schemas accept, decided with the plain
+ * guards of schema.ts alone (no zod, each timestamp read once); undefined for a body they do not
+ * accept, which only the schemas can word a rejection for.
  */
-export function parseWellFormed(text: string): ParseOutcome | undefined {
+export function parseWellFormed(text: string, nowMs: number, limits: DoorLimits = DOOR_DEFAULTS): ParseOutcome | undefined {
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -154,12 +222,14 @@ export function parseWellFormed(text: string): ParseOutcome | undefined {
   }
   const checked = checkOsloMessage(value);
   if (!checked) return undefined;
-  const { message_id: messageId, event_type: eventType, priority, payload } = checked.message;
+  const { message_id: messageId, event_type: eventType, priority, payload, timestamp } = checked.message;
+  const late = fromTheFuture(messageId, eventType, 'timestamp', timestamp, checked.timestampMicros / 1000, nowMs, limits);
+  if (late) return late;
   const ignored = ignoredMessage(messageId, eventType, priority);
   if (ignored) return ignored;
   const image = checkImagePayload(payload);
   if (!image) return undefined;
-  return imageOutcome(messageId, eventType, image.payload, image.createdAt, image.updatedAt ?? image.createdAt, checked.timestampMicros);
+  return imageOutcome(messageId, eventType, image.payload, image, checked.timestampMicros, nowMs, limits);
 }
 
 /**
@@ -168,7 +238,9 @@ export function parseWellFormed(text: string): ParseOutcome | undefined {
  * only hands it bodies the guards turned down, all of which it rejects (the test checks that too),
  * so the times it reads twice (in the `.refine`, then for the event) cost nothing in production.
  */
-export function parseBySchemas(body: Uint8Array | string): ParseOutcome {
+export function parseBySchemas(body: Uint8Array | string, nowMs: number, limits: DoorLimits = DOOR_DEFAULTS): ParseOutcome {
+  const tooLarge = oversized(body, limits);
+  if (tooLarge) return tooLarge;
   const text = bodyText(body);
   const outer = decodeJson(text, 'body');
   if (!outer.ok) return { kind: 'invalid', reason: outer.reason };
@@ -185,11 +257,18 @@ export function parseBySchemas(body: Uint8Array | string): ParseOutcome {
   const msg = OsloMessage.safeParse(inner);
   if (!msg.success) return { kind: 'invalid', reason: `oslo message: ${describeIssues(msg.error, '')}` };
   const { message_id: messageId, event_type: eventType, priority, payload, timestamp } = msg.data;
+  const timestampMicros = osloTimestampMicros(timestamp)!;
+  const late = fromTheFuture(messageId, eventType, 'timestamp', timestamp, timestampMicros / 1000, nowMs, limits);
+  if (late) return late;
   const ignored = ignoredMessage(messageId, eventType, priority);
   if (ignored) return ignored;
   const image = ImagePayload.safeParse(payload);
   if (!image.success) return { kind: 'invalid', reason: `${eventType} ${messageId}: ${describeIssues(image.error, 'payload')}` };
   const p = image.data;
-  const createdAt = isoSeconds(p.created_at)!;
-  return imageOutcome(messageId, eventType, p, createdAt, p.updated_at ? isoSeconds(p.updated_at)! : createdAt, osloTimestampMicros(timestamp)!);
+  const times: PayloadTimes = {
+    createdAt: isoSeconds(p.created_at)!,
+    updatedAt: p.updated_at ? isoSeconds(p.updated_at)! : undefined,
+    deletedAt: p.deleted_at ? isoSeconds(p.deleted_at)! : undefined,
+  };
+  return imageOutcome(messageId, eventType, p, times, timestampMicros, nowMs, limits);
 }

@@ -17,6 +17,20 @@ export const OsloEnvelope = z.object({
 });
 export type OsloEnvelope = z.infer<typeof OsloEnvelope>;
 
+/**
+ * Epoch milliseconds of a calendar date and time, or undefined when it is not one: every field is
+ * checked, never rolled over (`2026-02-30` is not March 2, `10:60` is not 11:00), and years 0-99
+ * stay what they say (Date.UTC would make oslo's `0050` into 1950).
+ */
+function calendarMs(y: number, mo: number, d: number, h: number, mi: number, s: number): number | undefined {
+  if (mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || s > 59) return undefined;
+  const date = new Date(0);
+  date.setUTCFullYear(y, mo - 1, d);
+  if (date.getUTCDate() !== d || date.getUTCMonth() !== mo - 1) return undefined;
+  date.setUTCHours(h, mi, s, 0);
+  return date.getTime();
+}
+
 /** oslo's `timestamp`: UTC, space separator, no zone, microseconds only when non-zero. */
 const OSLO_TIMESTAMP = /^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?$/;
 
@@ -25,36 +39,75 @@ export function osloTimestampMicros(value: string): number | undefined {
   const m = OSLO_TIMESTAMP.exec(value);
   if (!m) return undefined;
   const [, y, mo, d, h, mi, s, frac] = m;
-  const ms = Date.UTC(Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(s));
-  if (Number.isNaN(ms) || new Date(ms).getUTCDate() !== Number(d)) return undefined;
+  const ms = calendarMs(Number(y), Number(mo), Number(d), Number(h), Number(mi), Number(s));
+  if (ms === undefined) return undefined;
   return ms * 1000 + Number((frac ?? '').padEnd(6, '0'));
 }
 
 export const OsloTimestamp = z
   .string()
   .refine((v) => osloTimestampMicros(v) !== undefined, {
-    message: 'expected an oslo timestamp like "2026-11-26 20:27:41.984542" (UTC, no zone)',
+    message: 'expected an oslo timestamp like "2026-11-26 20:27:41.984542" (UTC, no zone, a real calendar date)',
   });
 
 /** Glance payload times: ISO 8601 with `Z` and whole seconds ("2026-11-26T20:27:41Z"). */
-const ISO_SECONDS = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]00:?00)?$/;
+const ISO_SECONDS = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(?:Z|[+-]00:?00)?$/;
 
 export function isoSeconds(value: string): number | undefined {
-  if (!ISO_SECONDS.test(value)) return undefined;
-  // A zone-less value is UTC in Glance (it serialises naive UTC datetimes).
-  const withZone = /Z$|[+-]\d\d:?\d\d$/.test(value) ? value : `${value}Z`;
-  const ms = Date.parse(withZone);
-  return Number.isNaN(ms) ? undefined : Math.floor(ms / 1000);
+  const m = ISO_SECONDS.exec(value);
+  if (!m) return undefined;
+  // Every zone the pattern admits is UTC; a zone-less value is UTC in Glance (it serialises naive
+  // UTC datetimes). The fraction is dropped: Glance keeps whole seconds.
+  const [, y, mo, d, h, mi, s] = m;
+  const ms = calendarMs(Number(y), Number(mo), Number(d), Number(h), Number(mi), Number(s));
+  return ms === undefined ? undefined : ms / 1000;
 }
 
 export const IsoTime = z
   .string()
-  .refine((v) => isoSeconds(v) !== undefined, { message: 'expected an ISO time like "2026-11-26T20:27:41Z"' });
+  .refine((v) => isoSeconds(v) !== undefined, { message: 'expected an ISO time like "2026-11-26T20:27:41Z" (a real calendar date)' });
+
+// ---------------------------------------------------------------------------------------------
+// Identifiers at the door. Everything the ledger stores is bounded and printable here, before any
+// store sees it: a NUL byte, a lone surrogate or a 300 KB id must never reach SQL, Lua or a header.
+
+/**
+ * Glance's own API schema for an image id (glance/api/v2/images.py): a dashed UUID in either case.
+ * Glance makes lowercase uuid4s, but a user may choose the id at create, upper case included; an
+ * id Glance accepts must be counted, or it would be a way round the quota.
+ */
+export const IMAGE_ID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+
+/**
+ * A project id: Keystone makes 32 hex digits (uuid4().hex), its column holds 64 characters, and
+ * LDAP-backed or migrated clouds may use other letters; nothing else (no space, no control
+ * character, nothing to escape) is a project Keystone could have made.
+ */
+export const PROJECT_ID = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** oslo's message_id is str(uuid4()); any printable ASCII word up to 255 characters is accepted. */
+export const MESSAGE_ID = /^[\x21-\x7e]{1,255}$/;
+
+/** `image.create`, `metadef_namespace.create`, ...: printable ASCII, bounded. */
+export const EVENT_TYPE = /^[\x21-\x7e]{1,255}$/;
+
+/** Glance's statuses are lowercase words (queued, saving, active, pending_delete, ...). */
+export const IMAGE_STATUS = /^[a-z_]{1,32}$/;
+
+/**
+ * Largest image size believed: 1 PiB (2^50 bytes), a thousand times Glance's default
+ * `image_size_cap` of 1 TiB. It keeps one image from overflowing a store's 64-bit total alone
+ * (8192 maximal images still fit a bigint) and keeps every size exact in a double.
+ */
+export const MAX_IMAGE_SIZE = 2 ** 50;
+
+const messageIdOf = z.string().regex(MESSAGE_ID, { message: 'expected oslo\'s message id, 1 to 255 printable ASCII characters (a UUID)' });
+const eventTypeOf = z.string().regex(EVENT_TYPE, { message: 'expected an event type like "image.create", 1 to 255 printable ASCII characters' });
 
 export const OsloMessage = z.object({
-  message_id: z.string().min(1),
+  message_id: messageIdOf,
   publisher_id: z.string(),
-  event_type: z.string().min(1),
+  event_type: eventTypeOf,
   priority: z.string(),
   payload: z.unknown(),
   timestamp: OsloTimestamp,
@@ -66,12 +119,22 @@ export type OsloMessage = z.infer<typeof OsloMessage>;
  * required; v1-API payloads lack `tags` and `visibility`, so neither is read.
  */
 export const ImagePayload = z.object({
-  id: z.string().min(1),
-  owner: z.string().min(1).nullable(),
-  status: z.string().min(1),
-  size: z.number().int().nonnegative().nullable().optional(),
+  id: z.string().regex(IMAGE_ID, { message: 'expected an image id as Glance makes it, a UUID like "94c33273-4702-45ad-a25b-17a3ac735dee"' }),
+  owner: z
+    .string()
+    .regex(PROJECT_ID, { message: 'expected a project id: 1 to 64 of A-Z, a-z, 0-9, "_" and "-" (Keystone makes 32 hex digits)' })
+    .nullable(),
+  status: z.string().regex(IMAGE_STATUS, { message: 'expected a Glance image status like "queued": 1 to 32 of a-z and "_"' }),
+  size: z
+    .number()
+    .int()
+    .nonnegative()
+    .max(MAX_IMAGE_SIZE, { message: `expected a size in bytes of at most 1 PiB (${MAX_IMAGE_SIZE})` })
+    .nullable()
+    .optional(),
   created_at: IsoTime,
   updated_at: IsoTime.nullable().optional(),
+  deleted_at: IsoTime.nullable().optional(),
   deleted: z.boolean().optional(),
   protected: z.boolean().optional(),
   properties: z.record(z.string(), z.unknown()).nullable().optional(),
@@ -103,9 +166,9 @@ function isJsonObject(value: unknown): value is JsonObject {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-/** z.string().min(1) */
-function isNonEmptyString(value: unknown): value is string {
-  return typeof value === 'string' && value.length > 0;
+/** z.string().regex(pattern) */
+function matches(value: unknown, pattern: RegExp): value is string {
+  return typeof value === 'string' && pattern.test(value);
 }
 
 /** z.string() */
@@ -173,7 +236,7 @@ export interface CheckedOsloMessage {
 export function checkOsloMessage(value: unknown): CheckedOsloMessage | undefined {
   if (!isJsonObject(value)) return undefined;
   const { message_id, publisher_id, event_type, priority, payload, timestamp } = value;
-  if (!isNonEmptyString(message_id) || !isString(publisher_id) || !isNonEmptyString(event_type) || !isString(priority)) return undefined;
+  if (!matches(message_id, MESSAGE_ID) || !isString(publisher_id) || !matches(event_type, EVENT_TYPE) || !isString(priority)) return undefined;
   // z.unknown() as an object key still requires the key: absent is undefined, which JSON never gives.
   if (payload === undefined || !isString(timestamp)) return undefined;
   const timestampMicros = osloTimestampMicrosOnce(timestamp);
@@ -187,15 +250,17 @@ export interface CheckedImagePayload {
   createdAt: number;
   /** undefined when `updated_at` is null or absent. */
   updatedAt: number | undefined;
+  /** undefined when `deleted_at` is null or absent. */
+  deletedAt: number | undefined;
 }
 
 /** Accepts exactly what ImagePayload accepts (undefined otherwise), reading each time once. */
 export function checkImagePayload(value: unknown): CheckedImagePayload | undefined {
   if (!isJsonObject(value)) return undefined;
-  const { id, owner, status, size, created_at, updated_at, deleted, properties } = value;
-  if (!isNonEmptyString(id) || !(owner === null || isNonEmptyString(owner)) || !isNonEmptyString(status)) return undefined;
+  const { id, owner, status, size, created_at, updated_at, deleted_at, deleted, properties } = value;
+  if (!matches(id, IMAGE_ID) || !(owner === null || matches(owner, PROJECT_ID)) || !matches(status, IMAGE_STATUS)) return undefined;
   // z.number().int() is a safe integer.
-  if (!(size === undefined || size === null || (Number.isSafeInteger(size) && (size as number) >= 0))) return undefined;
+  if (!(size === undefined || size === null || (Number.isSafeInteger(size) && (size as number) >= 0 && (size as number) <= MAX_IMAGE_SIZE))) return undefined;
   const isProtected = value['protected'];
   if (!(deleted === undefined || typeof deleted === 'boolean') || !(isProtected === undefined || typeof isProtected === 'boolean')) return undefined;
   if (!(properties === undefined || properties === null || isJsonObject(properties))) return undefined;
@@ -210,5 +275,11 @@ export function checkImagePayload(value: unknown): CheckedImagePayload | undefin
     updatedAt = isoSecondsOnce(updated_at);
     if (updatedAt === undefined) return undefined;
   }
-  return { payload: value as ImagePayload, createdAt, updatedAt };
+  let deletedAt: number | undefined;
+  if (deleted_at !== undefined && deleted_at !== null) {
+    if (!isString(deleted_at)) return undefined;
+    deletedAt = isoSeconds(deleted_at);
+    if (deletedAt === undefined) return undefined;
+  }
+  return { payload: value as ImagePayload, createdAt, updatedAt, deletedAt };
 }

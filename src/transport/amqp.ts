@@ -6,6 +6,97 @@ import { describeBroker, parseTransportUrl, type BrokerAddress } from './transpo
 
 export type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib';
 
+/**
+ * The longest wait on the broker (a confirm, a declaration, a close) before the channel is given
+ * up: a broker that never answers must not hold a batch, or a shutdown, for ever.
+ */
+export const BROKER_TIMEOUT_MS = 30_000;
+
+/** `x-gqe-reason` is for an operator to read: 1 KiB says why, and keeps the header small. */
+export const MAX_REASON_BYTES = 1024;
+
+/**
+ * The original's headers go along with its dead letter only while they are this small in all.
+ * amqplib encodes a message's headers in a 64 KiB scratch buffer and throws beyond it, after the
+ * confirm was registered: a 65,400-byte header that RabbitMQ accepted from a publisher would
+ * otherwise make every dead-lettering of that message throw, and `consume` stop for good.
+ */
+export const MAX_COPIED_HEADERS_BYTES = 4096;
+
+export class BrokerTimeoutError extends Error {
+  override name = 'BrokerTimeoutError';
+}
+
+/** `promise`, or a BrokerTimeoutError naming `what` after `ms`. */
+export async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new BrokerTimeoutError(`the broker did not answer ${what} within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** `text` cut to at most `maxBytes` of UTF-8 on a character boundary, marked with '…' when cut. */
+export function capUtf8(text: string, maxBytes: number): string {
+  const bytes = Buffer.from(text, 'utf8');
+  if (bytes.length <= maxBytes) return text;
+  let end = Math.max(0, maxBytes - 3); // '…' is 3 bytes
+  while (end > 0 && (bytes[end]! & 0xc0) === 0x80) end--;
+  return `${bytes.subarray(0, end).toString('utf8')}…`;
+}
+
+/** The size of headers as JSON: over what AMQP takes for strings, a bound that errs large. */
+function headersSize(headers: Record<string, unknown>): number {
+  try {
+    return Buffer.byteLength(JSON.stringify(headers) ?? '');
+  } catch {
+    return Number.POSITIVE_INFINITY; // a value JSON cannot write (a BigInt): not copied
+  }
+}
+
+export interface DeadLetter {
+  msg: amqp.ConsumeMessage;
+  reason: string;
+}
+
+/**
+ * The properties of a dead letter: the reason (capped), where the original came from, and the
+ * original's headers when they are small, else only how large they were. Always far below the
+ * 64 KiB amqplib can encode.
+ */
+export function deadLetterProperties({ msg, reason }: DeadLetter, copyHeaders = true): amqp.Options.Publish {
+  const original = (msg.properties.headers ?? {}) as Record<string, unknown>;
+  const size = Object.keys(original).length === 0 ? 0 : headersSize(original);
+  const copied = copyHeaders && size <= MAX_COPIED_HEADERS_BYTES ? original : size > 0 ? { 'x-gqe-headers-dropped-bytes': Number.isFinite(size) ? size : -1 } : {};
+  return {
+    persistent: true,
+    ...(typeof msg.properties.contentType === 'string' ? { contentType: capUtf8(msg.properties.contentType, 255) } : {}),
+    headers: {
+      ...copied,
+      'x-gqe-reason': capUtf8(reason || 'invalid', MAX_REASON_BYTES),
+      'x-gqe-routing-key': msg.fields.routingKey,
+      'x-gqe-exchange': msg.fields.exchange,
+    },
+  };
+}
+
+/**
+ * Puts each message on `<queue>.dead` and waits, at most `timeoutMs`, until the broker confirms
+ * them all: only then may the originals be acknowledged. A publish that throws or a confirm that
+ * does not come rejects; the channel is then unusable (amqplib may have registered a confirm it
+ * will never get), and the caller gives it up without acknowledging anything.
+ */
+export async function publishDeadLetters(channel: amqp.ConfirmChannel, queue: string, items: readonly DeadLetter[], timeoutMs: number, copyHeaders: (d: DeadLetter) => boolean = () => true): Promise<void> {
+  if (items.length === 0) return;
+  const dead = deadLetterQueue(queue);
+  for (const item of items) channel.sendToQueue(dead, item.msg.content, deadLetterProperties(item, copyHeaders(item)));
+  await withTimeout(channel.waitForConfirms(), timeoutMs, `the confirms of ${items.length} dead letters`);
+}
+
 export interface QueueSettings {
   exchange: string;
   durableExchange: boolean;

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { ChannelModel, ConfirmChannel } from 'amqplib';
 import type { Logger } from '../log.js';
 import { scrubFields } from '../redact.js';
+import { BROKER_TIMEOUT_MS, withTimeout } from './amqp.js';
 
 /** oslo's timestamp format: UTC, space separator, microseconds only when non-zero. */
 export function osloTimestamp(ms: number): string {
@@ -40,15 +41,17 @@ export class Notifier {
     private readonly topic: string,
     private readonly durable: boolean,
     private readonly log: Logger,
+    /** The longest wait on the broker: a confirm that never comes must not hold enforcement. */
+    private readonly timeoutMs = BROKER_TIMEOUT_MS,
   ) {}
 
   async attach(connection: ChannelModel): Promise<void> {
-    const channel = await connection.createConfirmChannel();
+    const channel = await withTimeout(connection.createConfirmChannel(), this.timeoutMs, 'a new notification channel');
     channel.on('error', (err: Error) => this.log.warn({ err: err.message }, 'notification channel error'));
     channel.on('close', () => {
       if (this.channel === channel) this.channel = undefined;
     });
-    await channel.assertExchange(this.exchange, 'topic', { durable: this.durable, autoDelete: false });
+    await withTimeout(channel.assertExchange(this.exchange, 'topic', { durable: this.durable, autoDelete: false }), this.timeoutMs, `the declaration of ${this.exchange}`);
     this.channel = channel;
   }
 
@@ -59,13 +62,13 @@ export class Notifier {
       return;
     }
     const body = osloNotification(eventType, priority, payload, Date.now());
-    channel.publish(this.exchange, `${this.topic}.${priority.toLowerCase()}`, Buffer.from(body), {
-      contentType: 'application/json',
-      contentEncoding: 'utf-8',
-      deliveryMode: 2,
-    });
     try {
-      await channel.waitForConfirms();
+      channel.publish(this.exchange, `${this.topic}.${priority.toLowerCase()}`, Buffer.from(body), {
+        contentType: 'application/json',
+        contentEncoding: 'utf-8',
+        deliveryMode: 2,
+      });
+      await withTimeout(channel.waitForConfirms(), this.timeoutMs, `the confirm of ${eventType}`);
     } catch (err) {
       this.log.warn({ eventType, err: (err as Error).message }, 'notification not confirmed by the broker');
     }

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../config.js';
 import type { backoffMs } from '../consume.js';
 import type { Logger } from '../log.js';
-import { connectBroker, declareTopology, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from './amqp.js';
+import { BROKER_TIMEOUT_MS, connectBroker, declareTopology, withTimeout, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from './amqp.js';
 
 /** The queue a session consumes and the binding that fills it, for the door's log line. */
 export interface QueueBinding {
@@ -43,15 +43,19 @@ export abstract class QueueSession {
   private readonly stopped = new AbortController();
   private connected: (() => void) | undefined;
   private lost: Promise<void> = Promise.resolve();
+  /** Ends the wait on the connection in use, for when its own 'close' never comes. */
+  private forget: (() => void) | undefined;
 
   /**
    * @param backoff `backoffMs`, handed in by the door: src/consume.ts imports this module, and
    *   importing it back would break `extends QueueSession` whenever this module is loaded first.
+   * @param timeoutMs the longest wait on the broker (BROKER_TIMEOUT_MS; tests shorten it).
    */
   constructor(
     private readonly amqp: Config['amqp'],
     private readonly log: Logger,
     private readonly backoff: typeof backoffMs,
+    protected readonly timeoutMs = BROKER_TIMEOUT_MS,
   ) {}
 
   /** Each delivery of the channel in use, in order. Deliveries of a lost channel never come here. */
@@ -85,10 +89,11 @@ export abstract class QueueSession {
     let attempt = 0;
     while (!this.stopRequested) {
       try {
-        const closed = await this.connect();
+        // An object, not the promise itself: an async function would wait for a returned promise.
+        const { closed } = await this.connect();
         attempt = 0;
         // stop() came while connecting: nothing was received yet, close at once.
-        if (this.stopRequested) await this.connection?.close().catch(() => {});
+        if (this.stopRequested && this.connection) await this.closeQuietly(this.connection);
         await closed;
       } catch (err) {
         if ((err as Error).name === 'ConfigError') throw err;
@@ -108,40 +113,65 @@ export abstract class QueueSession {
     return new Promise((resolve) => (this.connected = resolve));
   }
 
-  private async connect(): Promise<Promise<void>> {
+  private async connect(): Promise<{ closed: Promise<void> }> {
     const { amqp, log } = this;
     const { connection } = await connectBroker(amqp.transportUrl, amqp.caFile, log);
     let closed!: () => void;
     const done = new Promise<void>((resolve) => (closed = resolve));
     connection.on('error', (err: Error) => log.warn({ err: err.message }, 'broker connection error'));
     connection.on('close', () => closed());
+    const answer = <T>(promise: Promise<T>, what: string) => withTimeout(promise, this.timeoutMs, what);
     try {
-      await declareTopology(connection, amqp);
-      const channel = await connection.createConfirmChannel();
+      await answer(declareTopology(connection, amqp), 'the queue declarations');
+      const channel = await answer(connection.createConfirmChannel(), 'a new channel');
       channel.on('error', (err: Error) => log.warn({ err: err.message }, 'broker channel error'));
       channel.on('close', () => closed());
-      await channel.prefetch(amqp.prefetch);
+      await answer(channel.prefetch(amqp.prefetch), 'basic.qos');
       await this.opening(connection);
       this.connection = connection;
       this.channelInUse = channel;
-      const { consumerTag } = await channel.consume(amqp.queue, (msg) => this.receive(channel, msg), { noAck: false });
+      this.forget = closed;
+      const { consumerTag } = await answer(channel.consume(amqp.queue, (msg) => this.receive(channel, msg), { noAck: false }), 'basic.consume');
       this.consumerTag = consumerTag;
     } catch (err) {
-      await connection.close().catch(() => {});
+      await this.closeQuietly(connection);
       throw err;
     }
     this.consuming({ queue: amqp.queue, exchange: amqp.exchange, routingKey: `${amqp.topic}.info` });
     this.connected?.();
     this.connected = undefined;
     this.lost = done;
-    return done;
+    return { closed: done };
   }
 
   private detach(): void {
     this.channelInUse = undefined;
     this.connection = undefined;
     this.consumerTag = undefined;
+    this.forget = undefined;
     this.detached();
+  }
+
+  /** Closes the connection, waiting at most the broker timeout; then drops its socket. */
+  private async closeQuietly(connection: ChannelModel): Promise<void> {
+    await withTimeout(connection.close(), this.timeoutMs, 'connection.close').catch(() => {
+      // Beyond the timeout the broker is not answering: drop the socket, nothing more to say.
+      (connection as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+    });
+  }
+
+  /**
+   * Gives up `channel` after a publish on it threw or a confirm did not come: nothing more is
+   * acknowledged on it, the connection is closed (at most the broker timeout, then dropped), and
+   * `run()` connects again; the broker delivers every unacknowledged message again.
+   */
+  protected async abandonChannel(channel: ConfirmChannel): Promise<void> {
+    if (channel !== this.channelInUse || !this.connection) return;
+    const connection = this.connection;
+    const forget = this.forget;
+    this.channelInUse = undefined; // from now on no door acknowledges on it
+    await this.closeQuietly(connection);
+    forget?.();
   }
 
   private receive(channel: ConfirmChannel, msg: ConsumeMessage | null): void {
@@ -164,12 +194,16 @@ export abstract class QueueSession {
     this.stopped.abort();
     this.connected = undefined;
     const channel = this.channelInUse;
-    if (channel && this.consumerTag) await channel.cancel(this.consumerTag).catch(() => {});
+    // Taken now: closing the channel ends the session's wait, and run() forgets the connection.
+    const connection = this.connection;
+    const forget = this.forget;
+    if (channel && this.consumerTag) await withTimeout(channel.cancel(this.consumerTag), this.timeoutMs, 'basic.cancel').catch(() => {});
     await drain();
     // The channel's Close travels behind its last ack; the connection's Close could overtake it
     // and leave the last batch to be redelivered.
-    await this.channelInUse?.close().catch(() => {});
-    await this.connection?.close().catch(() => {});
+    if (this.channelInUse) await withTimeout(this.channelInUse.close(), this.timeoutMs, 'channel.close').catch(() => {});
+    if (connection) await this.closeQuietly(connection);
+    forget?.();
     await this.lost;
   }
 }

@@ -3,7 +3,7 @@ import { SendMessageBatchCommand, type SQSClient } from '@aws-sdk/client-sqs';
 import type { Config } from '../config.js';
 import { backoffMs } from '../consume.js';
 import type { Logger } from '../log.js';
-import { deadLetterQueue, type ConfirmChannel, type ConsumeMessage } from './amqp.js';
+import { publishDeadLetters, type ConfirmChannel, type ConsumeMessage, type DeadLetter } from './amqp.js';
 import { QueueSession, type QueueBinding } from './queue-session.js';
 
 /** SQS's limit on one message, and on the sum of one SendMessageBatch's bodies. */
@@ -232,18 +232,22 @@ export class SqsBridge extends QueueSession {
     }
   }
 
-  /** To `<queue>.dead` with the reason, confirmed by the broker before the originals are acked. */
-  private async deadLetter(channel: ConfirmChannel, items: { msg: ConsumeMessage; reason: string }[]): Promise<void> {
-    const dead = deadLetterQueue(this.o.config.amqp.queue);
+  /**
+   * To `<queue>.dead` with the reason, confirmed by the broker before the originals are acked. A
+   * publish that throws or a confirm that does not come gives the channel up, nothing acked: the
+   * broker delivers the messages again on the next connection.
+   */
+  private async deadLetter(channel: ConfirmChannel, items: DeadLetter[]): Promise<void> {
     for (const { msg, reason } of items) {
       this.o.log.warn({ reason, routingKey: msg.fields.routingKey, bytes: msg.content.length }, 'notification dead-lettered instead of forwarded');
-      channel.sendToQueue(dead, msg.content, {
-        persistent: true,
-        contentType: msg.properties.contentType,
-        headers: { ...msg.properties.headers, 'x-gqe-reason': reason, 'x-gqe-routing-key': msg.fields.routingKey, 'x-gqe-exchange': msg.fields.exchange },
-      });
     }
-    await channel.waitForConfirms();
+    try {
+      await publishDeadLetters(channel, this.o.config.amqp.queue, items, this.timeoutMs);
+    } catch (err) {
+      this.o.log.error({ err: (err as Error).message, deadLetters: items.length }, 'dead-lettering failed; reconnecting, the messages come back');
+      await this.abandonChannel(channel);
+      throw err;
+    }
     for (const { msg } of items) if (this.ack(channel, msg)) this.counters.deadLettered++;
   }
 

@@ -27,6 +27,9 @@ const UNSTORABLE: Record<string, Partial<ImageEvent>> = {
   'a created_at that is not a number': { createdAt: Number.NaN },
 };
 
+/** The day these tests are judged at: after every captured and generated body. */
+const NOW = Date.UTC(2026, 11, 1);
+
 /**
  * The behaviour every ledger store must have. Each adapter's test file calls this with a factory
  * that gives a fresh, empty store.
@@ -49,7 +52,7 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
 
     it("replays the lab's real notifications into Glance's final state", async () => {
       const events = captures()
-        .map((c) => parseNotification(c.body))
+        .map((c) => parseNotification(c.body, NOW))
         .flatMap((o) => (o.kind === 'image' ? [o.event] : []));
       const result = await store.applyEvents(events, 1);
       expect(result.outcomes.every((o) => o === 'applied')).toBe(true);

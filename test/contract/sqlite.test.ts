@@ -12,6 +12,9 @@ import { ev, MiB } from '../support/events.js';
 import { generateHistory, withDuplicates } from '../support/generate.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
 
+/** The day these tests are judged at: after every captured and generated body. */
+const NOW = Date.UTC(2026, 11, 1);
+
 const dir = mkdtempSync(join(tmpdir(), 'gqe-sqlite-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 let n = 0;
@@ -76,7 +79,7 @@ describe('sqlite: a batch is read and written set-wise', () => {
   it('leaves the same ledger as MemoryStore after a generated day in batches, redeliveries included', async () => {
     const { bodies } = generateHistory({ seed: 21, projects: 15, messages: 6_000 });
     const events = withDuplicates(bodies, 0.03, 22)
-      .map((b) => parseNotification(b))
+      .map((b) => parseNotification(b, NOW))
       .flatMap((o) => (o.kind === 'image' ? [o.event] : []));
     const sqlite = SqliteStore.open(freshPath());
     const memory = new MemoryStore();

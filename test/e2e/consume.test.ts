@@ -1,19 +1,15 @@
 import { execFileSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { broker } from './support/consumer.js';
-import { afterTest, consumer, project, until } from './support/scenario.js';
 import { cli, enforcerEnv, lab } from './support/lab.js';
+import { oldest, scenario, until } from './support/scenario.js';
 
 /*
  * The main job against the real lab: `consume` on the oslo.messaging bus while a tenant floods
  * queued images past its Keystone limit through a Glance that does not enforce limits itself.
  */
 
-/** The `limit` oldest, by Glance's own order: created_at, then id. */
-function oldest(images: { id: string; created_at: string }[], limit: number): string[] {
-  return [...images].sort((a, b) => a.created_at.localeCompare(b.created_at) || a.id.localeCompare(b.id)).slice(0, limit).map((i) => i.id).sort();
-}
-
+const { cleanup, project, consumer } = scenario();
 
 const FOUR = ['image_count_total', 'image_count_uploading', 'image_size_total', 'image_stage_total'];
 
@@ -82,7 +78,7 @@ describe('consume against real Keystone, Glance and RabbitMQ', () => {
     await p.setLimit('image_count_total', 5);
     const c = await consumer(enforcerEnv(lab()));
     const b = await broker();
-    afterTest(() => b.close());
+    cleanup.push(() => b.close());
 
     const poison = ['not json', '{"oslo.version": "2.0", "oslo.message": "{"}', JSON.stringify({ message_id: 'x', event_type: 'image.create', priority: 'INFO', payload: { id: 'i' }, timestamp: 'yesterday', publisher_id: 'p' })];
     const publishing = (async () => {

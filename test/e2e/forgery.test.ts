@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { envelope, inner, rawBody } from '../support/fixtures.js';
 import { broker } from './support/consumer.js';
-import { consumer, project, until } from './support/scenario.js';
+import { scenario, until } from './support/scenario.js';
 import { enforcerEnv, lab } from './support/lab.js';
 
 /*
@@ -36,6 +36,8 @@ async function publish(bodies: readonly string[]): Promise<void> {
     await b.close();
   }
 }
+
+const { project, consumer } = scenario();
 
 describe('forged notifications on the real bus cost no real image and hide none for long', () => {
   it('forged creates for a project at its limit delete nothing; Glance still counts 3', async () => {

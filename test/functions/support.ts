@@ -235,6 +235,7 @@ export function servicesOver(o: ServicesOptions): FunctionServices {
     mode: config.mode,
     exemptProjects: config.exemptProjects,
     concurrency: config.enforceConcurrency,
+    door: config.door,
     log,
   });
   return { config, log, pipeline, glance: o.glance, ...(o.poison ? { poison: o.poison } : {}), close: () => o.store.close() };

@@ -224,6 +224,26 @@ describe('the bridge from RabbitMQ to SQS', () => {
     expect(dead.find((d) => d.reason.startsWith('body of'))!.bytes).toBe(Buffer.byteLength(oversize));
     expect(await q.ready()).toBe(0);
   });
+
+  it('dead-letters a body SQS cannot carry even when it came with a 65,400-byte header, and goes on forwarding', async () => {
+    sqs.on(SendMessageBatchCommand).callsFake(async (input: SendMessageBatchCommandInput) => ({
+      Successful: (input.Entries ?? []).map((e) => ({ Id: e.Id!, MessageId: 'x', MD5OfMessageBody: '' })),
+      Failed: [],
+    }));
+    const b = await startBridge();
+    const ch = await q.connection.createConfirmChannel();
+    // Not UTF-8, so not for SQS; its header is past what amqplib can send on (64 KiB in all).
+    ch.publish(q.env.NOTIFICATION_EXCHANGE!, `${q.env.NOTIFICATION_TOPIC}.info`, Buffer.from([0x7b, 0xff, 0x7d]), { headers: { 'x-padding': 'p'.repeat(65_400) } });
+    await ch.waitForConfirms();
+    const good = realBodies().slice(0, 5);
+    await q.publish(good);
+    await until('the five forwarded and the poison dead-lettered', () => b.counters.forwarded === 5 && b.counters.deadLettered === 1);
+    const m = await ch.get(`${q.queue}.dead`, { noAck: true });
+    expect(m && m.properties.headers).toMatchObject({ 'x-gqe-reason': expect.stringMatching(/^body is not UTF-8 text/), 'x-gqe-headers-dropped-bytes': expect.any(Number) });
+    expect(m && m.properties.headers?.['x-padding']).toBeUndefined();
+    await ch.close();
+    expect(await q.ready()).toBe(0);
+  });
 });
 
 describe('what the bridge checks before sending', () => {

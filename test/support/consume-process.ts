@@ -44,6 +44,7 @@ const pipeline = new Pipeline({
   limits: new StaticLimits(config.limits.defaults, config.limits.perProject),
   mode: config.mode,
   exemptProjects: config.exemptProjects,
+  door: config.door,
   log,
 });
 const worker = process.env.CONSUME_PROCESS_EVALUATE === '1' ? new EnforcementWorker(pipeline, log, metrics) : undefined;

@@ -27,6 +27,11 @@ async function run(args: string[], env: Record<string, string> = {}) {
   }
 }
 
+/** The i-th flood image of a project: a UUID, as Glance makes image ids, that names both. */
+function imageId(project: string, i: number): string {
+  return `${project.padEnd(8, '0')}-0000-4000-8000-${String(i).padStart(12, '0')}`;
+}
+
 /** Five queued images of one project, created a second apart, the way a flood looks. */
 function flood(project = 'aaaa', count = 5): string[] {
   const template = inner(rawBody('image.create'));
@@ -36,7 +41,7 @@ function flood(project = 'aaaa', count = 5): string[] {
       ...template,
       message_id: `msg-${project}-${i}`,
       timestamp: `2026-11-26 20:30:0${i}.000100`,
-      payload: { ...template.payload, id: `img-${project}-${i}`, owner: project, created_at: t, updated_at: t },
+      payload: { ...template.payload, id: imageId(project, i), owner: project, created_at: t, updated_at: t },
     });
   });
 }
@@ -70,30 +75,32 @@ describe('replay FILE --json', () => {
     const doc = JSON.parse(stdout);
     expect(doc.projects.map((p: { project_id: string }) => p.project_id)).toEqual(['aaaa', 'bbbb']);
     expect(doc.projects[0]).toMatchObject({ over: [], to_delete: [] });
-    expect(doc.projects[1]).toMatchObject({ over: ['image_count_total'], to_delete: ['img-bbbb-4', 'img-bbbb-3', 'img-bbbb-2'] });
+    expect(doc.projects[1]).toMatchObject({ over: ['image_count_total'], to_delete: [imageId('bbbb', 4), imageId('bbbb', 3), imageId('bbbb', 2)] });
   });
 
   it('lets --limit win over QUOTA_LIMITS, and respects EXEMPT_PROJECTS', async () => {
     const path = file('flood2.jsonl', flood('bbbb'));
     const tight = await run(['replay', path, '--json', '--limit', 'image_count_total=4'], { QUOTA_LIMITS: 'image_count_total=1' });
-    expect(JSON.parse(tight.stdout).projects[0].to_delete).toEqual(['img-bbbb-4']);
+    expect(JSON.parse(tight.stdout).projects[0].to_delete).toEqual([imageId('bbbb', 4)]);
     const exempt = await run(['replay', path, '--json', '--limit', 'image_count_total=1'], { EXEMPT_PROJECTS: 'zzz, bbbb' });
     expect(JSON.parse(exempt.stdout).projects[0]).toMatchObject({ over: ['image_count_total'], to_delete: [] });
   });
 
   it("deletes exactly the image Glance's own quota refused with 413 in the lab (limit 3, 4th create)", async () => {
+    // Created in the same second as the third: the larger id goes first, as Glance's listing sorts.
+    const FOURTH = 'ffffffff-0000-4000-8000-000000000004';
     const accepted = quotaTestBodies();
     const third = inner(accepted[2]!);
     const fourth = envelope({
       ...third,
       message_id: 'fourth',
       timestamp: third.timestamp.replace(/:(\d\d)\./, (_: string, s: string) => `:${String(Number(s) + 1).padStart(2, '0')}.`),
-      payload: { ...third.payload, id: 'the-fourth-image' },
+      payload: { ...third.payload, id: FOURTH },
     });
     const path = file('quota.jsonl', [...accepted, fourth]);
     const { stdout } = await run(['replay', path, '--json', '--limit', 'image_count_total=3']);
     const [attacker] = JSON.parse(stdout).projects;
-    expect(attacker).toMatchObject({ project_id: third.payload.owner, over: ['image_count_total'], to_delete: ['the-fourth-image'] });
+    expect(attacker).toMatchObject({ project_id: third.payload.owner, over: ['image_count_total'], to_delete: [FOURTH] });
     expect(attacker.usage.image_count_total).toBe(4);
   });
 
@@ -102,7 +109,7 @@ describe('replay FILE --json', () => {
     const { stdout } = await run(['replay', path, '--limit', 'image_count_total=3']);
     expect(stdout).toMatch(/messages: 5 total, 5 applied, 0 duplicate, 0 ignored, 0 invalid/);
     expect(stdout).toMatch(/cccc\s+5\s+0\s+0\s+0\s+image_count_total\s+2/);
-    expect(stdout).toMatch(/cccc would delete \(newest first\): img-cccc-4 img-cccc-3/);
+    expect(stdout).toMatch(/cccc would delete \(newest first\): cccc0000-0000-4000-8000-000000000004 cccc0000-0000-4000-8000-000000000003/);
   });
 });
 

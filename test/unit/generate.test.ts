@@ -7,6 +7,9 @@ import { MemoryStore } from '../../src/store/memory.js';
 import { captures, rawBody } from '../support/fixtures.js';
 import { encodeBody, generateHistory, osloTimestamp, projectId, withDuplicates } from '../support/generate.js';
 
+/** The day these tests are judged at: after every captured and generated body. */
+const NOW = Date.UTC(2026, 11, 1);
+
 type Json = Record<string, unknown>;
 
 function outer(body: string): Json {
@@ -45,7 +48,7 @@ describe('a generated day of Glance notifications', () => {
   it('parses every body to an image event or a deliberate ignore, never to invalid', () => {
     const kinds: Record<string, number> = {};
     for (const body of withDuplicates(bodies, 0.02, 1)) {
-      const out = parseNotification(body);
+      const out = parseNotification(body, NOW);
       if (out.kind === 'invalid') throw new Error(`invalid: ${out.reason}\n${body}`);
       kinds[out.kind] = (kinds[out.kind] ?? 0) + 1;
     }
@@ -219,7 +222,7 @@ describe('lifecycles as the API produces them (lab NOTES, "Which API call emits 
   it('gives a failed upload a plain-string payload on priority ERROR, as the capture', () => {
     const failed = firstBody((m) => m['priority'] === 'ERROR');
     expect(payloadOf(failed)).toMatch(/^Failed to upload image data for image [0-9a-f-]{36} due to internal error: The client disconnected while sending the body \(\d+ more bytes were expected\)$/);
-    expect(parseNotification(failed).kind).toBe('ignored');
+    expect(parseNotification(failed, NOW).kind).toBe('ignored');
   });
 });
 
@@ -239,7 +242,7 @@ describe('replaying the stream, redeliveries included, gives the generator\'s ow
   });
 
   it('counts per project what the generator left alive', async () => {
-    const pipeline = new Pipeline({ store: new MemoryStore(), limits: new StaticLimits({}), clock: () => 0 });
+    const pipeline = new Pipeline({ store: new MemoryStore(), limits: new StaticLimits({}), clock: () => NOW });
     const stream = withDuplicates(bodies, 0.03, 4);
     for (let i = 0; i < stream.length; i += 500) await pipeline.ingest(stream.slice(i, i + 500));
     for (let i = 0; i < 40; i++) {

@@ -4,6 +4,9 @@ import { checkImagePayload, checkOsloMessage, isoSeconds, osloTimestampMicros } 
 import { captures } from '../support/fixtures.js';
 import { Rng, generateHistory, withDuplicates } from '../support/generate.js';
 
+/** The day these tests are judged at: after every captured and generated body. */
+const NOW = Date.UTC(2026, 11, 1);
+
 /**
  * parseNotification decides well-formed bodies with plain guards and leaves the rest to the zod
  * schemas (src/notification/schema.ts says why). These scenarios hold it to the schemas alone,
@@ -46,17 +49,26 @@ const OSLO_TIMES = [
   '2026-00-10 00:00:00', '2026-11-00 00:00:00', ' 2026-11-26 20:27:41', '2026-11-26 20:27:41\n', '2026-11-26  20:27:41',
   '２０２６-11-26 20:27:41', '2026-11-26 20:27:41.١', '0099-01-01 00:00:00', '0000-01-01 00:00:00', '9999-12-31 23:59:59.999999',
   '2026-11-26', '', '2026-11-26 20:27:4', '20261126 202741',
+  // The door: oslo's year 0050 is not 1950, minute 60 is not the next hour, the future is not believed.
+  '0050-01-01 00:00:00', '2026-11-26 10:60:00', '2099-01-01 00:00:00', '2026-12-01 00:05:00', '2026-12-01 00:05:01',
 ];
 const ISO_TIMES = [
   '2026-11-26T20:27:41Z', '2026-02-30T10:00:00Z', '2026-11-26 20:27:41', '2026-11-26T20:27:41', '2026-11-26T20:27:41+01:00',
   '2026-11-26T20:27:41+00:00', '2026-11-26T20:27:41-0000', '2026-11-26T20:27:41+0000', '2026-11-26T20:27:41.123Z',
   '2026-11-26T20:27:41.123456789Z', '2026-11-26T25:00:00Z', '2026-11-26T20:27:41z', 'yesterday', '', '2026-11-26',
   '1969-12-31T23:59:59Z', '0000-01-01T00:00:00Z', '2026-11-26T20:27:41.Z',
+  '0050-06-15T12:00:00Z', '2026-11-26T10:60:00Z', '2099-01-01T00:00:00Z', '2026-12-01T00:05:00Z', '2026-12-01T00:05:01Z',
 ];
 const PRIORITIES = ['INFO', 'info', 'Info', 'WARN', 'warn', 'ERROR', 'DEBUG', '', 'ınfo', 'CRITICAL', 'SAMPLE', ' INFO'];
 const EVENT_TYPES = ['image.create', 'image.update', 'image.prepare', 'image.upload', 'image.activate', 'image.delete', 'image.send', 'task.run', 'IMAGE.CREATE', 'image.member.create', ''];
 /** Raw JSON put in place of a value: numbers JSON.stringify cannot write (-0, 1e400 = Infinity) and keys it would not. */
-const RAW_SIZES = ['-0', '1e3', '1.0', '9007199254740991', '9007199254740992', '1e400', '-1e-400', '0.5e1', '-1', '3'];
+const RAW_SIZES = ['-0', '1e3', '1.0', '9007199254740991', '9007199254740992', '1e400', '-1e-400', '0.5e1', '-1', '3', '1125899906842624', '1125899906842625'];
+/** What the door admits of ids, owners, statuses and message ids: bounded, printable, as Glance and Keystone make them. */
+const IDS = ['94c33273-4702-45ad-a25b-17a3ac735dee', '94C33273-4702-45AD-A25B-17A3AC735DEE', '94c33273470245ada25b17a3ac735dee', '94c33273-4702-45ad-a25b-17a3ac735de\u0000', '94c33273-4702-45ad-a25b-17a3ac735dee ', 'g4c33273-4702-45ad-a25b-17a3ac735dee', 'image-1'];
+const OWNERS = ['615696c542784834ac46630e5a22dbe3', 'a', 'A_b-9', 'a'.repeat(64), 'a'.repeat(65), 'demo project', 'demo\u001b[31m', 'ab\ud800', 'ab\ud83d\ude00', 'x\u0000'];
+const STATUSES = ['queued', 'pending_delete', 'Queued', 'queued\u0000', 'q'.repeat(33), 'q'.repeat(32)];
+const MESSAGE_IDS = ['5a7e6b1e-7b7c-4c8e-9b1a-0d2c3e4f5a6b', 'x'.repeat(255), 'x'.repeat(256), 'has space', 'nul\u0000', 'é'];
+const STORES = ['file', 'a,b', 'x'.repeat(1024), 'x'.repeat(1025), 'file\u0000', 'file\ud800', '\u{1F600}'];
 const RAW_PROPERTIES = [
   '{"__proto__": {"os_glance_importing_to_stores": "evil"}}',
   '{"__proto__": null}',
@@ -65,7 +77,7 @@ const RAW_PROPERTIES = [
   '[["os_glance_importing_to_stores", "a"]]',
 ];
 const MESSAGE_KEYS = ['message_id', 'publisher_id', 'event_type', 'priority', 'payload', 'timestamp'];
-const PAYLOAD_KEYS = ['id', 'owner', 'status', 'size', 'created_at', 'updated_at', 'deleted', 'protected', 'properties', 'os_glance_importing_to_stores', 'tags', 'visibility', 'name'];
+const PAYLOAD_KEYS = ['id', 'owner', 'status', 'size', 'created_at', 'updated_at', 'deleted_at', 'deleted', 'protected', 'properties', 'os_glance_importing_to_stores', 'tags', 'visibility', 'name'];
 const RAW = '\u0000raw\u0000';
 
 interface Edit {
@@ -96,6 +108,18 @@ const EDITS: Edit[] = [
     { name: `created_at ${JSON.stringify(t)}`, apply: set(['payload', 'created_at'], t) },
     { name: `updated_at ${JSON.stringify(t)}`, apply: set(['payload', 'updated_at'], t) },
   ]),
+  ...IDS.map((v) => ({ name: `id ${JSON.stringify(v)}`, apply: set(['payload', 'id'], v) })),
+  ...OWNERS.map((v) => ({ name: `owner ${JSON.stringify(v)}`, apply: set(['payload', 'owner'], v) })),
+  ...STATUSES.map((v) => ({ name: `status ${JSON.stringify(v)}`, apply: set(['payload', 'status'], v) })),
+  ...MESSAGE_IDS.flatMap((v) => [
+    { name: `message_id ${JSON.stringify(v)}`, apply: set(['message_id'], v) },
+    { name: `event_type ${JSON.stringify(v)}`, apply: set(['event_type'], v) },
+  ]),
+  ...STORES.flatMap((v) => [
+    { name: `stored importing ${JSON.stringify(v)}`, apply: set(['payload', 'properties'], { os_glance_importing_to_stores: v }) },
+    { name: `top-level importing ${JSON.stringify(v)}`, apply: set(['payload', 'os_glance_importing_to_stores'], [v, v]) },
+  ]),
+  ...ISO_TIMES.map((t) => ({ name: `deleted_at ${JSON.stringify(t)}`, apply: set(['payload', 'deleted_at'], t) })),
   ...PRIORITIES.map((p) => ({ name: `priority ${JSON.stringify(p)}`, apply: set(['priority'], p) })),
   ...EVENT_TYPES.map((e) => ({ name: `event_type ${JSON.stringify(e)}`, apply: set(['event_type'], e) })),
   ...RAW_SIZES.map((raw) => ({ name: `size ${raw}`, apply: set(['payload', 'size'], RAW), raw })),
@@ -191,8 +215,8 @@ function poisonBodies(mixed: number, seed: number): string[] {
 function mismatches(bodies: readonly (string | Buffer)[]): string[] {
   const out: string[] = [];
   for (const body of bodies) {
-    const fast: ParseOutcome = parseNotification(body);
-    const reference = parseBySchemas(body);
+    const fast: ParseOutcome = parseNotification(body, NOW);
+    const reference = parseBySchemas(body, NOW);
     // JSON text: the same values, the same reason bytes, the same key order.
     if (JSON.stringify(fast) !== JSON.stringify(reference)) {
       out.push(`${String(body)}\n  fast:    ${JSON.stringify(fast)}\n  schemas: ${JSON.stringify(reference)}`);
@@ -203,14 +227,14 @@ function mismatches(bodies: readonly (string | Buffer)[]): string[] {
 
 /** Bodies that the guards send to the schemas although the schemas accept them. */
 function validButTurnedDown(bodies: readonly string[]): string[] {
-  return bodies.filter((b) => parseWellFormed(b) === undefined && parseBySchemas(b).kind !== 'invalid');
+  return bodies.filter((b) => parseWellFormed(b, NOW) === undefined && parseBySchemas(b, NOW).kind !== 'invalid');
 }
 
 describe('the fast parse equals the schemas', () => {
   it('on a generated day of Glance traffic, redeliveries included, and settles every body without zod', () => {
     expect(mismatches(stream).slice(0, 5)).toEqual([]);
-    expect(stream.filter((b) => parseWellFormed(b) === undefined)).toEqual([]);
-    const kinds = new Set(stream.map((b) => parseNotification(b).kind));
+    expect(stream.filter((b) => parseWellFormed(b, NOW) === undefined)).toEqual([]);
+    const kinds = new Set(stream.map((b) => parseNotification(b, NOW).kind));
     expect([...kinds].sort()).toEqual(['ignored', 'image']);
   });
 
@@ -224,7 +248,7 @@ describe('the fast parse equals the schemas', () => {
 
   it('on a battery of broken bodies, reason text included', () => {
     const kinds: Record<string, number> = {};
-    for (const b of poison) kinds[parseBySchemas(b).kind] = (kinds[parseBySchemas(b).kind] ?? 0) + 1;
+    for (const b of poison) kinds[parseBySchemas(b, NOW).kind] = (kinds[parseBySchemas(b, NOW).kind] ?? 0) + 1;
     // The battery reaches all three outcomes, mostly rejections.
     expect(kinds['invalid']).toBeGreaterThan(4_000);
     expect(kinds['ignored']).toBeGreaterThan(500);
@@ -236,10 +260,27 @@ describe('the fast parse equals the schemas', () => {
     expect(validButTurnedDown(poison).slice(0, 5)).toEqual([]);
   });
 
+  it('rejects a body over MAX_MESSAGE_BYTES the same way on both paths, as text or as bytes', () => {
+    const limits = { maxMessageBytes: 1000, clockSkewSeconds: 300 };
+    const sample = [...poison.slice(0, 500), ...stream.slice(0, 500)];
+    let over = 0;
+    for (const b of sample) {
+      for (const body of [b, Buffer.from(b)]) {
+        const fast = parseNotification(body, NOW, limits);
+        expect(JSON.stringify(fast)).toBe(JSON.stringify(parseBySchemas(body, NOW, limits)));
+        if (Buffer.byteLength(b) > 1000) {
+          over++;
+          expect(fast).toMatchObject({ kind: 'invalid', reason: expect.stringMatching(/MAX_MESSAGE_BYTES \(1000\)/) });
+        }
+      }
+    }
+    expect(over).toBeGreaterThan(100);
+  });
+
   it('gives the same outcome for a body as bytes as for the same body as text', () => {
     const sample = [...poison.slice(0, 300), ...stream.slice(0, 300)];
     expect(mismatches(sample.map((b) => Buffer.from(b)))).toEqual([]);
-    for (const b of sample) expect(parseNotification(Buffer.from(b))).toEqual(parseNotification(b));
+    for (const b of sample) expect(parseNotification(Buffer.from(b), NOW)).toEqual(parseNotification(b, NOW));
   });
 
   it('does not depend on what came before: the remembered second and times never leak into another body', () => {

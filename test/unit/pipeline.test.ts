@@ -6,7 +6,8 @@ import { captures } from '../support/fixtures.js';
 
 describe('the pipeline keeps its store bounded', () => {
   it('forgets processed ids and audit records past their retention, keeping the recent ones', async () => {
-    let now = 1_000_000;
+    // A clock after the captured bodies: the door refuses messages dated after it.
+    let now = Date.UTC(2026, 11, 1);
     const store = new MemoryStore();
     const pipeline = new Pipeline({ store, limits: new StaticLimits({}), clock: () => now });
     const bodies = captures().map((c) => c.body);

@@ -2,41 +2,49 @@ import { afterEach } from 'vitest';
 import { broker, startConsumer, type RunningConsumer } from './consumer.js';
 import { lab, TestProject } from './lab.js';
 
-/*
- * What an end-to-end scenario is made of: projects of its own, a consumer on a queue of its own,
- * and everything removed after each test, whatever it left behind.
+/**
+ * What every end-to-end scenario sets up and tears down: projects of its own and consumers on
+ * queues of their own, all removed after each test whatever happened, in reverse order.
+ *
+ * @example
+ *   const { project, consumer } = scenario();
+ *   it('...', async () => { const p = await project('flood'); const c = await consumer(enforcerEnv(lab())); });
  */
-
-const cleanup: (() => Promise<unknown>)[] = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f().catch(() => {});
-});
-
-/** A Keystone project of the test's own, removed (images, limits and all) after the test. */
-export async function project(label: string): Promise<TestProject> {
-  const p = await TestProject.create(lab(), label);
-  cleanup.push(() => p.remove());
-  return p;
-}
-
-/** `consume` as a real process, stopped and its queues dropped after the test. */
-export async function consumer(env: NodeJS.ProcessEnv): Promise<RunningConsumer> {
-  const c = await startConsumer(env);
-  cleanup.push(async () => {
-    await c.stop();
-    const b = await broker();
-    await b.drop(c.queue);
-    await b.close();
+export function scenario() {
+  const cleanup: (() => Promise<unknown>)[] = [];
+  afterEach(async () => {
+    for (const f of cleanup.splice(0).reverse()) await f().catch(() => {});
   });
-  return c;
+  /** Stopped (if still running) and its queues deleted after the test. */
+  const removeAfter = (c: RunningConsumer): RunningConsumer => {
+    cleanup.push(async () => {
+      await c.stop();
+      const b = await broker();
+      await b.drop(c.queue);
+      await b.close();
+    });
+    return c;
+  };
+  return {
+    cleanup,
+    removeAfter,
+    async project(label: string): Promise<TestProject> {
+      const p = await TestProject.create(lab(), label);
+      cleanup.push(() => p.remove());
+      return p;
+    },
+    async consumer(env: NodeJS.ProcessEnv): Promise<RunningConsumer> {
+      return removeAfter(await startConsumer(env));
+    },
+  };
 }
 
-/** Runs `f` after the test, in reverse order of registration. */
-export function afterTest(f: () => Promise<unknown>): void {
-  cleanup.push(f);
+/** The `limit` oldest, by Glance's own order: created_at, then id. */
+export function oldest(images: { id: string; created_at: string }[], limit: number): string[] {
+  return [...images].sort((a, b) => a.created_at.localeCompare(b.created_at) || a.id.localeCompare(b.id)).slice(0, limit).map((i) => i.id).sort();
 }
 
-/** Polls `probe` every 250 ms until `done`, or throws with the last value at the deadline. */
+/** Polls `probe` until `done` says so, or fails saying what it still was at the deadline. */
 export async function until<T>(what: string, deadlineMs: number, probe: () => Promise<T>, done: (v: T) => boolean): Promise<T> {
   for (;;) {
     const v = await probe();
