@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EnvSchema } from '../../src/config.js';
 
 /*
- * `serverless package` (Framework v3, offline: no AWS account, no credentials, no network),
+ * `serverless package` (osls, offline: no AWS account, no credentials, no network),
  * then the compiled CloudFormation template read back: what `serverless deploy` would create.
  * The same command, with the same environment, is what an operator runs (docs/serverless.md).
  */
@@ -49,7 +49,7 @@ beforeAll(async () => {
   // A clean environment: no AWS credentials or profile of the machine's, no stray enforcer settings.
   const env: Record<string, string> = { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? tmpdir(), ...DEPLOY_ENV };
   try {
-    await run(process.execPath, [join(ROOT, 'node_modules', 'serverless', 'bin', 'serverless.js'), 'package', '--stage', 'ci', '--region', 'eu-west-1', '--package', out, ...PARAMS], {
+    await run(process.execPath, [join(ROOT, 'node_modules', 'osls', 'bin', 'serverless.js'), 'package', '--stage', 'ci', '--region', 'eu-west-1', '--package', out, ...PARAMS], {
       cwd: ROOT,
       env,
       timeout: 150_000,
@@ -74,11 +74,11 @@ function statementsOf(role: string): { Effect: string; Action: string[] | string
 }
 
 describe('serverless package: the CloudFormation stack', () => {
-  it('has the three functions on nodejs20.x, each from the build, in the VPC, with a role of its own', () => {
+  it('has the three functions on nodejs22.x, each from the build, in the VPC, with a role of its own', () => {
     expect(ofType('AWS::Lambda::Function').map(([id]) => id).sort()).toEqual(Object.values(FUNCTIONS).sort());
     for (const [name, id] of Object.entries(FUNCTIONS)) {
       const p = fn(id);
-      expect(p).toMatchObject({ Runtime: 'nodejs20.x', Handler: `dist/functions/${name}.handler`, Role: { 'Fn::GetAtt': [ROLES[name as keyof typeof ROLES], 'Arn'] } });
+      expect(p).toMatchObject({ Runtime: 'nodejs22.x', Handler: `dist/functions/${name}.handler`, Role: { 'Fn::GetAtt': [ROLES[name as keyof typeof ROLES], 'Arn'] } });
       expect(p.VpcConfig).toEqual({ SubnetIds: { 'Fn::Split': [',', 'subnet-0a1b,subnet-0c2d'] }, SecurityGroupIds: { 'Fn::Split': [',', 'sg-0e3f'] } });
     }
     expect(fn(FUNCTIONS.reconcile)).toMatchObject({ Timeout: 900, ReservedConcurrentExecutions: 1 });
@@ -192,12 +192,12 @@ describe('serverless package: the artifact', () => {
     for (const f of ['package.json', 'dist/functions/amazonmq.js', 'dist/functions/sqs.js', 'dist/functions/reconcile.js', 'dist/src/enforcer.js', 'node_modules/zod', 'node_modules/ioredis', 'node_modules/pg']) {
       expect(existsSync(join(unpacked, f)), f).toBe(true);
     }
-    for (const f of ['src', 'test', 'functions', 'serverless.yml', 'node_modules/vitest', 'node_modules/serverless', 'node_modules/typescript', 'node_modules/better-sqlite3/deps', 'data']) {
+    for (const f of ['src', 'test', 'functions', 'serverless.yml', 'node_modules/vitest', 'node_modules/serverless', 'node_modules/osls', 'node_modules/typescript', 'node_modules/better-sqlite3/deps', 'data']) {
       expect(existsSync(join(unpacked, f)), f).toBe(false);
     }
   });
 
-  it("loads each handler from the unpacked artifact, as Lambda's nodejs20.x runtime does", async () => {
+  it("loads each handler from the unpacked artifact, as Lambda's nodejs22.x runtime does", async () => {
     const probe = `
       const names = ['amazonmq', 'sqs', 'reconcile'];
       const kinds = [];
