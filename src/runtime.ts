@@ -32,6 +32,11 @@ export interface RuntimeOptions {
   /** Overrides STORE_URL (replay's --store). */
   storeUrl?: string;
   onAction?: (action: ActionRecord) => void | Promise<void>;
+  /**
+   * Glance and the limits to use instead of those the OS_* identity reaches: the tests of the
+   * function bundles run the bundled pipeline and store over in-memory stand-ins.
+   */
+  openstack?: { glance: ImageService; limits: LimitSource };
 }
 
 /**
@@ -44,7 +49,9 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
   const staticLimits = new StaticLimits(config.limits.defaults, config.limits.perProject);
   let limits: LimitSource = staticLimits;
   let glance: ImageService | undefined;
-  if (openstackConfigured(env)) {
+  if (options.openstack) {
+    ({ glance, limits } = options.openstack);
+  } else if (openstackConfigured(env)) {
     const keystone = new KeystoneClient(loadCredentials(env), { log });
     limits = new UnifiedLimits(keystoneLimitsSource(keystone, { log }), {
       fallback: staticLimits,

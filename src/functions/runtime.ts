@@ -3,7 +3,7 @@ import { loadConfig, type Config } from '../config.js';
 import type { ImageService, Pipeline } from '../enforcer.js';
 import { ConfigError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
-import { openRuntime } from '../runtime.js';
+import { openRuntime, type RuntimeOptions } from '../runtime.js';
 import { storeScheme } from '../store/index.js';
 
 /**
@@ -47,10 +47,10 @@ export function requireSharedStore(storeUrl: string): void {
  * store, Keystone limits, Glance client and pipeline as `consume` (src/runtime.ts), with a shared
  * store required, and the SQS client for poison only when SQS_DEAD_LETTER_QUEUE_URL is set.
  */
-export async function openFunctionServices(env: NodeJS.ProcessEnv = process.env): Promise<FunctionServices> {
+export async function openFunctionServices(env: NodeJS.ProcessEnv = process.env, openstack?: RuntimeOptions['openstack']): Promise<FunctionServices> {
   const config = loadConfig(env);
   requireSharedStore(config.storeUrl);
-  const runtime = await openRuntime(env, { needGlance: true });
+  const runtime = await openRuntime(env, { needGlance: true, ...(openstack ? { openstack } : {}) });
   const { log, pipeline, glance } = runtime;
   let poison: PoisonQueue | undefined;
   let sqs: SQSClient | undefined;
