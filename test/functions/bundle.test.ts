@@ -1,0 +1,119 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { buildFunctions, FUNCTION_NAMES, type BuiltFunction } from '../../scripts/build-functions.js';
+import { Pipeline } from '../../src/enforcer.js';
+import { replayFile, type ReplaySummary } from '../../src/replay.js';
+import { MemoryStore } from '../../src/store/memory.js';
+import type { LedgerStore } from '../../src/store/port.js';
+import { quotaTestBodies } from '../support/fixtures.js';
+import { compareLedgers } from '../support/ledger-oracle.js';
+import { freshLedger, holdService, requireService, type TestLedger } from '../support/services.js';
+import { ATTACKER, ATTACKER_LIMITED, MemoryGlance, chunks, realBodies, rmqEvent, scheduledEvent, sqsEvent } from './support.js';
+
+/*
+ * The function bundles themselves (what serverless.yml packages, scripts/build-functions.ts),
+ * not the sources: each handler imported by Node from its bundle, its own config, pipeline and
+ * store adapter (bundled ioredis / pg) over a real shared ledger, with only Keystone and Glance
+ * played in memory. The same results as `replay` over the same real bodies.
+ */
+
+const dir = mkdtempSync(join(tmpdir(), 'gqe-bundle-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+type Handler = (event: unknown, context?: { awsRequestId?: string }) => Promise<any>;
+type Entry = { handler: Handler; handlerOver: (env: NodeJS.ProcessEnv, openstack: { glance: unknown; limits: unknown }) => Handler };
+
+// Built under a `node_modules` directory, which the test runner leaves to Node's own import
+// (it transforms only the project's files): the bundle runs as Lambda's runtime would run it.
+const nativeImport = (url: string) => import(/* @vite-ignore */ url) as Promise<Entry>;
+
+let built: BuiltFunction[];
+const entries: Partial<Record<(typeof FUNCTION_NAMES)[number], Entry>> = {};
+beforeAll(async () => {
+  built = await buildFunctions(join(dir, 'node_modules', 'lambda'));
+  for (const b of built) entries[b.name] = await nativeImport(pathToFileURL(join(b.dir, 'index.mjs')).href);
+}, 120_000);
+
+async function replayOf(bodies: readonly string[]): Promise<{ oracle: Pipeline; summary: ReplaySummary }> {
+  const file = join(dir, `replay-${Math.random().toString(36).slice(2)}.jsonl`);
+  writeFileSync(file, bodies.join('\n') + '\n');
+  const oracle = new Pipeline({ store: new MemoryStore(), limits: ATTACKER_LIMITED });
+  return { oracle, summary: await replayFile(oracle, file) };
+}
+
+describe('the bundles, as built', () => {
+  it('load no store driver, no AWS SDK and no SQLite at import: those are chunks read on demand', () => {
+    for (const b of built) {
+      const loaded = Object.keys(b.loadedAtImport);
+      expect(loaded.filter((i) => /node_modules\/(ioredis|pg|@aws-sdk|@smithy|better-sqlite3)\//.test(i)), b.name).toEqual([]);
+      expect(loaded.some((i) => i.endsWith('src/enforcer.ts'))).toBe(true);
+      // Both drivers are in the bundle, for whichever STORE_URL names; SQLite is in none.
+      expect(b.inputs.some((i) => i.includes('node_modules/ioredis/')) && b.inputs.some((i) => i.includes('node_modules/pg/'))).toBe(true);
+      expect(b.inputs.filter((i) => /better-sqlite3|src\/store\/sqlite\.ts/.test(i))).toEqual([]);
+      // zod by namespace (scripts/build-functions.ts): what is used of it, not all 450 KB.
+      const zod = Object.entries(b.loadedAtImport).filter(([i]) => i.includes('node_modules/zod/')).reduce((n, [, bytes]) => n + bytes, 0);
+      expect(zod).toBeLessThan(200_000);
+    }
+  });
+});
+
+describe.each(['redis', 'postgres'] as const)('the bundled handlers over a %s ledger', (kind) => {
+  let release: () => void = () => {};
+  let ledger: TestLedger | undefined;
+  let store: LedgerStore | undefined;
+  let down: Error | undefined;
+  beforeAll(async () => {
+    release = await holdService(kind);
+    down = await requireService(kind).then(() => undefined, (err: Error) => err);
+  }, 300_000);
+  afterAll(() => release());
+  beforeEach(async () => {
+    if (down) throw down;
+    ledger = await freshLedger(kind);
+    store = await ledger.open();
+  });
+  afterEach(async () => {
+    await store?.close();
+    await ledger?.cleanUp();
+  });
+
+  const env = (more: Record<string, string> = {}) => ({ ...ledger!.env, LOG_LEVEL: 'silent', ...more });
+
+  it('amazonmq: batches of the real bodies give the same ledger and the same would-deletes as replay', async () => {
+    const bodies = realBodies();
+    const { oracle, summary } = await replayOf(bodies);
+    const glance = MemoryGlance.fromBodies(quotaTestBodies());
+    const handler = entries.amazonmq!.handlerOver(env({ ENFORCEMENT_MODE: 'dry-run' }), { glance, limits: ATTACKER_LIMITED });
+    let applied = 0;
+    for (const batch of chunks(bodies, 10)) applied += (await handler(rmqEvent(batch), { awsRequestId: 'req-1' })).messages.applied;
+    expect(applied).toBe(summary.messages.applied);
+    expect(await compareLedgers(new Pipeline({ store: store!, limits: ATTACKER_LIMITED }), oracle)).toMatchObject({ differences: [], projects: 2 });
+    const toDelete = summary.projects.find((p) => p.projectId === ATTACKER)!.toDelete;
+    const actions = await store!.actions({ projectId: ATTACKER });
+    expect(actions.map((a) => [a.action, a.imageId]).sort()).toEqual(toDelete.map((id) => ['would-delete', id]).sort());
+    expect(glance.deleted).toEqual([]);
+  });
+
+  it('sqs in enforce mode deletes exactly what replay says, and reports only the poison (no dead-letter queue URL)', async () => {
+    const { summary } = await replayOf(realBodies());
+    const glance = MemoryGlance.fromBodies(quotaTestBodies());
+    const handler = entries.sqs!.handlerOver(env(), { glance, limits: ATTACKER_LIMITED });
+    const { event, records } = sqsEvent([...realBodies(), 'this is not JSON {']);
+    const reply = await handler(event);
+    expect(reply.batchItemFailures).toEqual([{ itemIdentifier: records.at(-1)!.messageId }]);
+    expect(glance.deleted.sort()).toEqual([...summary.projects.find((p) => p.projectId === ATTACKER)!.toDelete].sort());
+    expect(await store!.usage(ATTACKER)).toMatchObject({ image_count_total: 1 });
+  });
+
+  it("reconcile: Glance's listing into the ledger, then decide and act", async () => {
+    const glance = MemoryGlance.fromBodies(quotaTestBodies());
+    const handler = entries.reconcile!.handlerOver(env({ ENFORCEMENT_MODE: 'dry-run' }), { glance, limits: ATTACKER_LIMITED });
+    const summary = await handler(scheduledEvent);
+    expect(summary).toMatchObject({ complete: true, remaining: 0 });
+    expect(await store!.usage(ATTACKER)).toMatchObject({ image_count_total: 3 });
+    expect((await store!.actions({ projectId: ATTACKER })).map((a) => a.action)).toEqual(['would-delete', 'would-delete']);
+  });
+});
