@@ -5,6 +5,7 @@ import { ConfigError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { openRuntime, type RuntimeOptions } from '../runtime.js';
 import { storeScheme } from '../store/index.js';
+import { awsSecretReader, resolveSecrets, type SecretReader } from './secrets.js';
 
 /**
  * Where the `sqs` function sets a poison record aside: the stack's dead-letter queue, with the
@@ -37,17 +38,26 @@ export function requireSharedStore(storeUrl: string): void {
   const scheme = storeScheme(storeUrl);
   if (scheme === 'sqlite' || scheme === 'memory') {
     throw new ConfigError(
-      `STORE_URL: a function needs a ledger that all its instances share, ${SHARED}; got ${scheme}://, which would give every Lambda instance a ledger of its own that counts only the images it happened to see`,
+      `STORE_URL: a function needs a ledger that all its instances share, ${SHARED}; got ${scheme}://, which would give every Lambda instance a ledger of its own that counts only the images it happened to see (set STORE_URL_SECRET_ARN, or STORE_URL)`,
     );
   }
 }
 
+/** The secrets this instance has read (AWS Secrets Manager / SSM), kept for its life. */
+const instanceSecrets = awsSecretReader();
+
 /**
- * Builds the services of one function instance from its environment: the same configuration,
- * store, Keystone limits, Glance client and pipeline as `consume` (src/runtime.ts), with a shared
- * store required, and the SQS client for poison only when SQS_DEAD_LETTER_QUEUE_URL is set.
+ * Builds the services of one function instance from its environment: the secrets named by
+ * `<SETTING>_SECRET_ARN` read (src/functions/secrets.ts), then the same configuration, store,
+ * Keystone limits, Glance client and pipeline as `consume` (src/runtime.ts), with a shared store
+ * required, and the SQS client for poison only when SQS_DEAD_LETTER_QUEUE_URL is set.
  */
-export async function openFunctionServices(env: NodeJS.ProcessEnv = process.env, openstack?: RuntimeOptions['openstack']): Promise<FunctionServices> {
+export async function openFunctionServices(
+  given: NodeJS.ProcessEnv = process.env,
+  openstack?: RuntimeOptions['openstack'],
+  secrets: SecretReader = instanceSecrets,
+): Promise<FunctionServices> {
+  const env = await resolveSecrets(given, secrets);
   const config = loadConfig(env);
   requireSharedStore(config.storeUrl);
   const runtime = await openRuntime(env, { needGlance: true, ...(openstack ? { openstack } : {}) });

@@ -21,12 +21,18 @@ afterAll(() => rmSync(out, { recursive: true, force: true }));
 const BROKER = PLACEHOLDER_PARAMS.mqBrokerArn!;
 const SECRET = PLACEHOLDER_PARAMS.mqSecretArn!;
 
-/** The deploy shell of docs/serverless.md, with placeholders; nothing that could reach AWS. */
+const STORE_URL_SECRET = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:gqe-store-url-12AbCd';
+const OS_PASSWORD_PARAMETER = 'arn:aws:ssm:eu-west-1:123456789012:parameter/gqe/os-password';
+
+/**
+ * The deploy shell of docs/serverless.md, the secure way (no secret in it, only where the
+ * secrets are), with placeholders; nothing that could reach AWS.
+ */
 const DEPLOY_ENV: Record<string, string> = {
-  STORE_URL: 'rediss://:s3cret@gqe.abc123.euw1.cache.amazonaws.com:6379/0',
+  STORE_URL_SECRET_ARN: STORE_URL_SECRET,
+  OS_PASSWORD_SECRET_ARN: OS_PASSWORD_PARAMETER,
   OS_AUTH_URL: 'https://keystone.example.com:5000/v3',
   OS_USERNAME: 'glance-quota-enforcer',
-  OS_PASSWORD: 'pw-from-the-deploy-shell',
   OS_PROJECT_NAME: 'admin',
   OS_SYSTEM_SCOPE: 'all',
   ENFORCEMENT_MODE: 'dry-run',
@@ -35,6 +41,7 @@ const DEPLOY_ENV: Record<string, string> = {
 type Resource = { Type: string; Properties: Record<string, any>; DependsOn?: string[] };
 let resources: Record<string, Resource>;
 let outputs: Record<string, { Value: unknown }>;
+let conditions: Record<string, unknown>;
 let artifacts: Record<string, string>;
 
 beforeAll(async () => {
@@ -44,6 +51,7 @@ beforeAll(async () => {
   const template = JSON.parse(readFileSync(join(out, 'cloudformation-template-update-stack.json'), 'utf8'));
   resources = template.Resources;
   outputs = template.Outputs;
+  conditions = template.Conditions ?? {};
 }, 180_000);
 
 const ofType = (type: string) => Object.entries(resources).filter(([, r]) => r.Type === type);
@@ -51,8 +59,19 @@ const fn = (logicalId: string) => resources[logicalId]!.Properties;
 const FUNCTIONS = { amazonmq: 'AmazonmqLambdaFunction', sqs: 'SqsLambdaFunction', reconcile: 'ReconcileLambdaFunction' } as const;
 const ROLES = { amazonmq: 'AmazonMqFunctionRole', sqs: 'SqsFunctionRole', reconcile: 'ReconcileFunctionRole' } as const;
 
+/** A condition of the template, as CloudFormation evaluates it (the forms serverless.yml uses). */
+function holds(condition: any): boolean {
+  if (typeof condition === 'string') return holds(conditions[condition]);
+  if (condition['Fn::Not']) return !holds(condition['Fn::Not'][0]);
+  if (condition['Fn::Equals']) return condition['Fn::Equals'][0] === condition['Fn::Equals'][1];
+  throw new Error(`condition not understood: ${JSON.stringify(condition)}`);
+}
+
+/** A role's statements as IAM gets them: each `Fn::If` resolved, `AWS::NoValue` dropped. */
 function statementsOf(role: string): { Effect: string; Action: string[] | string; Resource: unknown }[] {
-  return resources[role]!.Properties.Policies.flatMap((p: any) => p.PolicyDocument.Statement);
+  return resources[role]!.Properties.Policies.flatMap((p: any) => p.PolicyDocument.Statement)
+    .map((st: any) => (st['Fn::If'] ? st['Fn::If'][holds(st['Fn::If'][0]) ? 1 : 2] : st))
+    .filter((st: any) => st.Ref !== 'AWS::NoValue');
 }
 
 describe('serverless package: the CloudFormation stack', () => {
@@ -109,7 +128,18 @@ describe('serverless package: the CloudFormation stack', () => {
     const known = new Set([...Object.keys(EnvSchema.shape), 'NODE_OPTIONS', 'GLANCE_URL']);
     for (const [name, id] of Object.entries(FUNCTIONS)) {
       const vars: Record<string, unknown> = fn(id).Environment.Variables;
-      expect(vars).toMatchObject({ STORE_URL: DEPLOY_ENV.STORE_URL, OS_AUTH_URL: DEPLOY_ENV.OS_AUTH_URL, OS_PASSWORD: DEPLOY_ENV.OS_PASSWORD, ENFORCEMENT_MODE: 'dry-run', QUOTA_LIMITS: '' });
+      expect(vars).toMatchObject({
+        STORE_URL_SECRET_ARN: STORE_URL_SECRET,
+        OS_PASSWORD_SECRET_ARN: OS_PASSWORD_PARAMETER,
+        OS_APPLICATION_CREDENTIAL_SECRET_ARN: '',
+        // The secrets themselves are not in the function's configuration.
+        STORE_URL: '',
+        OS_PASSWORD: '',
+        OS_APPLICATION_CREDENTIAL_SECRET: '',
+        OS_AUTH_URL: DEPLOY_ENV.OS_AUTH_URL,
+        ENFORCEMENT_MODE: 'dry-run',
+        QUOTA_LIMITS: '',
+      });
       const unknown = Object.keys(vars).filter((v) => !known.has(v) && !v.startsWith('OS_'));
       expect(unknown, `${name}: variables no part of the enforcer reads`).toEqual([]);
       // The broker and the container's knobs are not the functions' business.
@@ -130,9 +160,15 @@ describe('serverless package: the CloudFormation stack', () => {
       Action: ['ec2:CreateNetworkInterface', 'ec2:DescribeNetworkInterfaces', 'ec2:DescribeSubnets', 'ec2:DeleteNetworkInterface', 'ec2:AssignPrivateIpAddresses', 'ec2:UnassignPrivateIpAddresses'],
       Resource: '*',
     };
+    // Exactly the secrets whose ARNs are set; none for the application credential, which is not.
+    const secrets = [
+      { Effect: 'Allow', Action: ['secretsmanager:GetSecretValue', 'ssm:GetParameter'], Resource: STORE_URL_SECRET },
+      { Effect: 'Allow', Action: ['secretsmanager:GetSecretValue', 'ssm:GetParameter'], Resource: OS_PASSWORD_PARAMETER },
+    ];
     expect(statementsOf(ROLES.amazonmq)).toEqual([
       logs('amazonmq'),
       eni,
+      ...secrets,
       { Effect: 'Allow', Action: ['mq:DescribeBroker'], Resource: BROKER },
       { Effect: 'Allow', Action: ['secretsmanager:GetSecretValue'], Resource: SECRET },
       { Effect: 'Allow', Action: ['ec2:DescribeVpcs', 'ec2:DescribeSecurityGroups'], Resource: '*' },
@@ -140,10 +176,11 @@ describe('serverless package: the CloudFormation stack', () => {
     expect(statementsOf(ROLES.sqs)).toEqual([
       logs('sqs'),
       eni,
+      ...secrets,
       { Effect: 'Allow', Action: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes'], Resource: { 'Fn::GetAtt': ['NotificationsQueue', 'Arn'] } },
       { Effect: 'Allow', Action: ['sqs:SendMessage'], Resource: { 'Fn::GetAtt': ['NotificationsDeadLetterQueue', 'Arn'] } },
     ]);
-    expect(statementsOf(ROLES.reconcile)).toEqual([logs('reconcile'), eni]);
+    expect(statementsOf(ROLES.reconcile)).toEqual([logs('reconcile'), eni, ...secrets]);
     for (const role of Object.values(ROLES)) {
       expect(resources[role]!.Properties.AssumeRolePolicyDocument.Statement).toEqual([{ Effect: 'Allow', Principal: { Service: 'lambda.amazonaws.com' }, Action: 'sts:AssumeRole' }]);
       expect(resources[role]!.Properties.ManagedPolicyArns).toBeUndefined();
