@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { pino, type Logger } from 'pino';
 
 export type { Logger };
@@ -15,7 +16,18 @@ export const SECRET_PATHS = [
   'transportUrl', '*.transportUrl',
 ];
 
+/**
+ * Fields that every log line written within a unit of work carries, whichever logger writes it:
+ * in function mode, the Lambda request id of the invocation (src/functions/runtime.ts). A child
+ * logger would reach only the code it is handed to; the pipeline, the store and the OpenStack
+ * clients keep the loggers they were built with at the cold start.
+ */
+export const logContext = new AsyncLocalStorage<Record<string, unknown>>();
+
 /** JSON logs on stderr (stdout stays free for `--json` output). */
 export function createLogger(level = process.env.LOG_LEVEL ?? 'info', destination: NodeJS.WritableStream = process.stderr): Logger {
-  return pino({ level, base: { name: 'glance-quota-enforcer' }, redact: { paths: SECRET_PATHS, censor: '[REDACTED]' } }, destination);
+  return pino(
+    { level, base: { name: 'glance-quota-enforcer' }, redact: { paths: SECRET_PATHS, censor: '[REDACTED]' }, mixin: () => logContext.getStore() ?? {} },
+    destination,
+  );
 }

@@ -1,7 +1,8 @@
 import type { EnforcementReport } from '../enforcer.js';
 import { reconcile } from '../reconcile.js';
 import { parseEvent, ScheduledEvent, type InvocationContext } from './events.js';
-import type { FunctionServices } from './runtime.js';
+import { writeInvocationMetrics, type InvocationMetrics } from './metrics.js';
+import { inInvocation, type FunctionServices } from './runtime.js';
 
 /** Where the scheduled reconcile keeps the last project it finished in the current pass. */
 export const RECONCILE_CURSOR = 'reconcile.cursor';
@@ -106,10 +107,20 @@ export async function reconcileWithinBudget(services: FunctionServices, options:
  *   export const handler = reconcileHandler(servicesFromEnvironment);
  */
 export function reconcileHandler(services: () => Promise<FunctionServices>) {
-  return async (event: unknown, context?: InvocationContext): Promise<BudgetedReconcileSummary> => {
-    parseEvent(ScheduledEvent, event, 'EventBridge schedule');
-    const s = await services();
-    const remaining = context?.getRemainingTimeInMillis?.bind(context);
-    return reconcileWithinBudget(s, { budgetMs: s.config.reconcileBudgetMs, ...(remaining ? { remainingMs: remaining } : {}) });
-  };
+  return (event: unknown, context?: InvocationContext): Promise<BudgetedReconcileSummary> =>
+    inInvocation(context, async () => {
+      parseEvent(ScheduledEvent, event, 'EventBridge schedule');
+      const s = await services();
+      const remaining = context?.getRemainingTimeInMillis?.bind(context);
+      const metrics = (m: InvocationMetrics) => s.metrics && writeInvocationMetrics(s.metrics, 'reconcile', m);
+      try {
+        const summary = await reconcileWithinBudget(s, { budgetMs: s.config.reconcileBudgetMs, ...(remaining ? { remainingMs: remaining } : {}) });
+        metrics({ reports: summary.projects, enforcementErrors: 0 });
+        return summary;
+      } catch (err) {
+        // The run stopped at a project (Keystone, Glance or the store down); the next run resumes there.
+        metrics({ enforcementErrors: 1 });
+        throw err;
+      }
+    });
 }

@@ -2,7 +2,9 @@ import type { SQSClient } from '@aws-sdk/client-sqs';
 import { loadConfig, type Config } from '../config.js';
 import type { ImageService, Pipeline } from '../enforcer.js';
 import { ConfigError } from '../errors.js';
-import { createLogger, type Logger } from '../log.js';
+import { createLogger, logContext, type Logger } from '../log.js';
+import type { InvocationContext } from './events.js';
+import { stdoutMetrics, type MetricsSink } from './metrics.js';
 import { openRuntime, type RuntimeOptions } from '../runtime.js';
 import { storeScheme } from '../store/index.js';
 import { awsSecretReader, resolveSecrets, type SecretReader } from './secrets.js';
@@ -24,6 +26,8 @@ export interface FunctionServices {
   glance: ImageService;
   /** Unset (no SQS_DEAD_LETTER_QUEUE_URL): poison is reported as failed, and redrive moves it. */
   poison?: PoisonQueue;
+  /** Where each invocation's metrics go (CloudWatch EMF on stdout); unset, none are written. */
+  metrics?: MetricsSink;
   close(): Promise<void>;
 }
 
@@ -43,6 +47,16 @@ export function requireSharedStore(storeUrl: string): void {
   }
 }
 
+/** What the tests of the bundles and of the cold start put in place of AWS and OpenStack. */
+export interface FunctionServicesOptions {
+  /** Instead of Keystone and Glance reached with the OS_* identity. */
+  openstack?: RuntimeOptions['openstack'];
+  /** Instead of the instance's AWS Secrets Manager / SSM reader. */
+  secrets?: SecretReader;
+  /** Instead of EMF lines on stdout. */
+  metrics?: MetricsSink;
+}
+
 /** The secrets this instance has read (AWS Secrets Manager / SSM), kept for its life. */
 const instanceSecrets = awsSecretReader();
 
@@ -52,11 +66,8 @@ const instanceSecrets = awsSecretReader();
  * Keystone limits, Glance client and pipeline as `consume` (src/runtime.ts), with a shared store
  * required, and the SQS client for poison only when SQS_DEAD_LETTER_QUEUE_URL is set.
  */
-export async function openFunctionServices(
-  given: NodeJS.ProcessEnv = process.env,
-  openstack?: RuntimeOptions['openstack'],
-  secrets: SecretReader = instanceSecrets,
-): Promise<FunctionServices> {
+export async function openFunctionServices(given: NodeJS.ProcessEnv = process.env, options: FunctionServicesOptions = {}): Promise<FunctionServices> {
+  const { openstack, secrets = instanceSecrets, metrics = stdoutMetrics } = options;
   const env = await resolveSecrets(given, secrets);
   const config = loadConfig(env);
   requireSharedStore(config.storeUrl);
@@ -76,6 +87,7 @@ export async function openFunctionServices(
     log,
     pipeline,
     glance: glance!,
+    metrics,
     ...(poison ? { poison } : {}),
     close: async () => {
       sqs?.destroy();
@@ -102,6 +114,14 @@ export function sqsPoisonQueue(sqs: SQSClient, queueUrl: string): PoisonQueue {
       );
     },
   };
+}
+
+/**
+ * Runs one invocation with its Lambda request id on every log line written meanwhile, by any
+ * logger (`logContext`, src/log.ts): the cold start's, the pipeline's, the OpenStack clients'.
+ */
+export function inInvocation<T>(context: InvocationContext | undefined, work: () => Promise<T>): Promise<T> {
+  return logContext.run(context?.awsRequestId ? { requestId: context.awsRequestId } : {}, work);
 }
 
 /**

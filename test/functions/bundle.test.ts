@@ -24,10 +24,11 @@ const dir = mkdtempSync(join(tmpdir(), 'gqe-bundle-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 type Handler = (event: unknown, context?: { awsRequestId?: string }) => Promise<any>;
-type Entry = { handler: Handler; handlerOver: (env: NodeJS.ProcessEnv, openstack: { glance: unknown; limits: unknown }) => Handler };
+type Entry = { handler: Handler; handlerOver: (env: NodeJS.ProcessEnv, options: { openstack: { glance: unknown; limits: unknown }; metrics?: (line: string) => void }) => Handler };
 
 // Built under a `node_modules` directory, which the test runner leaves to Node's own import
 // (it transforms only the project's files): the bundle runs as Lambda's runtime would run it.
+const quiet = () => {};
 const nativeImport = (url: string) => import(/* @vite-ignore */ url) as Promise<Entry>;
 
 let built: BuiltFunction[];
@@ -86,7 +87,7 @@ describe.each(['redis', 'postgres'] as const)('the bundled handlers over a %s le
     const bodies = realBodies();
     const { oracle, summary } = await replayOf(bodies);
     const glance = MemoryGlance.fromBodies(quotaTestBodies());
-    const handler = entries.amazonmq!.handlerOver(env({ ENFORCEMENT_MODE: 'dry-run' }), { glance, limits: ATTACKER_LIMITED });
+    const handler = entries.amazonmq!.handlerOver(env({ ENFORCEMENT_MODE: 'dry-run' }), { openstack: { glance, limits: ATTACKER_LIMITED }, metrics: quiet });
     let applied = 0;
     for (const batch of chunks(bodies, 10)) applied += (await handler(rmqEvent(batch), { awsRequestId: 'req-1' })).messages.applied;
     expect(applied).toBe(summary.messages.applied);
@@ -100,17 +101,20 @@ describe.each(['redis', 'postgres'] as const)('the bundled handlers over a %s le
   it('sqs in enforce mode deletes exactly what replay says, and reports only the poison (no dead-letter queue URL)', async () => {
     const { summary } = await replayOf(realBodies());
     const glance = MemoryGlance.fromBodies(quotaTestBodies());
-    const handler = entries.sqs!.handlerOver(env(), { glance, limits: ATTACKER_LIMITED });
+    const emf: Record<string, unknown>[] = [];
+    const handler = entries.sqs!.handlerOver(env(), { openstack: { glance, limits: ATTACKER_LIMITED }, metrics: (line) => emf.push(JSON.parse(line)) });
     const { event, records } = sqsEvent([...realBodies(), 'this is not JSON {']);
     const reply = await handler(event);
     expect(reply.batchItemFailures).toEqual([{ itemIdentifier: records.at(-1)!.messageId }]);
     expect(glance.deleted.sort()).toEqual([...summary.projects.find((p) => p.projectId === ATTACKER)!.toDelete].sort());
     expect(await store!.usage(ATTACKER)).toMatchObject({ image_count_total: 1 });
+    // The bundle's metrics, in CloudWatch's embedded metric format.
+    expect(emf.filter((d) => d.action === 'deleted')).toEqual([expect.objectContaining({ function: 'sqs', Actions: 2, _aws: expect.anything() })]);
   });
 
   it("reconcile: Glance's listing into the ledger, then decide and act", async () => {
     const glance = MemoryGlance.fromBodies(quotaTestBodies());
-    const handler = entries.reconcile!.handlerOver(env({ ENFORCEMENT_MODE: 'dry-run' }), { glance, limits: ATTACKER_LIMITED });
+    const handler = entries.reconcile!.handlerOver(env({ ENFORCEMENT_MODE: 'dry-run' }), { openstack: { glance, limits: ATTACKER_LIMITED }, metrics: quiet });
     const summary = await handler(scheduledEvent);
     expect(summary).toMatchObject({ complete: true, remaining: 0 });
     expect(await store!.usage(ATTACKER)).toMatchObject({ image_count_total: 3 });

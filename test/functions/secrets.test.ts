@@ -116,7 +116,7 @@ describe('a function instance whose STORE_URL is a secret', () => {
       OS_SYSTEM_SCOPE: 'all',
       LOG_LEVEL: 'silent',
     };
-    const services = await openFunctionServices(env, undefined, awsSecretReader());
+    const services = await openFunctionServices(env, { secrets: awsSecretReader() });
     try {
       expect(services.pipeline.store.description).toMatch(/^redis:\/\/127\.0\.0\.1:6379\/0 keys gqe-test:/);
       expect(services.config.storeUrl).toBe(ledger!.env.STORE_URL);

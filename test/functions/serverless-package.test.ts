@@ -117,6 +117,22 @@ describe('serverless package: the CloudFormation stack', () => {
     expect(outputs.NotificationsQueueUrl!.Value).toEqual({ Ref: 'NotificationsQueue' });
   });
 
+  it("alarms when anything is in the dead-letter queue, notifying the alarm topic when one is given", () => {
+    const [[, alarm]] = ofType('AWS::CloudWatch::Alarm') as [[string, Resource]];
+    expect(alarm.Properties).toMatchObject({
+      Namespace: 'AWS/SQS',
+      MetricName: 'ApproximateNumberOfMessagesVisible',
+      Dimensions: [{ Name: 'QueueName', Value: { 'Fn::GetAtt': ['NotificationsDeadLetterQueue', 'QueueName'] } }],
+      Threshold: 0,
+      ComparisonOperator: 'GreaterThanThreshold',
+      TreatMissingData: 'notBreaching',
+    });
+    // No --param=alarmTopicArn here: the alarm changes state and notifies no one.
+    const [condition, withTopic, without] = alarm.Properties.AlarmActions['Fn::If'];
+    expect([holds(condition), without]).toEqual([false, { Ref: 'AWS::NoValue' }]);
+    expect(withTopic).toEqual(['']);
+  });
+
   it('runs reconcile on the schedule, with no retry of its own (the next run resumes)', () => {
     const rules = ofType('AWS::Events::Rule');
     expect(rules).toHaveLength(1);

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { loadConfig } from '../../src/config.js';
 import { Pipeline, type DeleteOutcome, type ImageService } from '../../src/enforcer.js';
+import type { MetricsSink } from '../../src/functions/metrics.js';
 import type { FunctionServices, PoisonQueue } from '../../src/functions/runtime.js';
 import type { GlanceImageState } from '../../src/ledger/synthetic.js';
 import { createLogger } from '../../src/log.js';
@@ -222,6 +223,7 @@ export interface ServicesOptions {
   env?: NodeJS.ProcessEnv;
   poison?: PoisonQueue;
   log?: ReturnType<typeof createLogger>;
+  metrics?: MetricsSink;
 }
 
 /** FunctionServices as `openFunctionServices` builds them, over the given store, Glance and limits. */
@@ -237,7 +239,7 @@ export function servicesOver(o: ServicesOptions): FunctionServices {
     concurrency: config.enforceConcurrency,
     log,
   });
-  return { config, log, pipeline, glance: o.glance, ...(o.poison ? { poison: o.poison } : {}), close: () => o.store.close() };
+  return { config, log, pipeline, glance: o.glance, ...(o.poison ? { poison: o.poison } : {}), ...(o.metrics ? { metrics: o.metrics } : {}), close: () => o.store.close() };
 }
 
 /** `items` in consecutive slices of `size`. */
