@@ -2,16 +2,14 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildFunctions, FUNCTION_NAMES, type BuiltFunction } from '../../scripts/build-functions.js';
 import { Pipeline } from '../../src/enforcer.js';
 import { replayFile, type ReplaySummary } from '../../src/replay.js';
 import { MemoryStore } from '../../src/store/memory.js';
-import type { LedgerStore } from '../../src/store/port.js';
 import { quotaTestBodies } from '../support/fixtures.js';
 import { compareLedgers } from '../support/ledger-oracle.js';
-import { freshLedger, holdService, requireService, type TestLedger } from '../support/services.js';
-import { ATTACKER, ATTACKER_LIMITED, MemoryGlance, chunks, realBodies, rmqEvent, scheduledEvent, sqsEvent } from './support.js';
+import { ATTACKER, ATTACKER_LIMITED, MemoryGlance, chunks, freshLedgerPerTest, realBodies, rmqEvent, scheduledEvent, sqsEvent } from './support.js';
 
 /*
  * The function bundles themselves (what serverless.yml packages, scripts/build-functions.ts),
@@ -62,26 +60,9 @@ describe('the bundles, as built', () => {
 });
 
 describe.each(['redis', 'postgres'] as const)('the bundled handlers over a %s ledger', (kind) => {
-  let release: () => void = () => {};
-  let ledger: TestLedger | undefined;
-  let store: LedgerStore | undefined;
-  let down: Error | undefined;
-  beforeAll(async () => {
-    release = await holdService(kind);
-    down = await requireService(kind).then(() => undefined, (err: Error) => err);
-  }, 300_000);
-  afterAll(() => release());
-  beforeEach(async () => {
-    if (down) throw down;
-    ledger = await freshLedger(kind);
-    store = await ledger.open();
-  });
-  afterEach(async () => {
-    await store?.close();
-    await ledger?.cleanUp();
-  });
+  const shared = freshLedgerPerTest(kind);
 
-  const env = (more: Record<string, string> = {}) => ({ ...ledger!.env, LOG_LEVEL: 'silent', ...more });
+  const env = (more: Record<string, string> = {}) => ({ ...shared.ledger.env, LOG_LEVEL: 'silent', ...more });
 
   it('amazonmq: batches of the real bodies give the same ledger and the same would-deletes as replay', async () => {
     const bodies = realBodies();
@@ -91,9 +72,9 @@ describe.each(['redis', 'postgres'] as const)('the bundled handlers over a %s le
     let applied = 0;
     for (const batch of chunks(bodies, 10)) applied += (await handler(rmqEvent(batch), { awsRequestId: 'req-1' })).messages.applied;
     expect(applied).toBe(summary.messages.applied);
-    expect(await compareLedgers(new Pipeline({ store: store!, limits: ATTACKER_LIMITED }), oracle)).toMatchObject({ differences: [], projects: 2 });
+    expect(await compareLedgers(new Pipeline({ store: shared.store, limits: ATTACKER_LIMITED }), oracle)).toMatchObject({ differences: [], projects: 2 });
     const toDelete = summary.projects.find((p) => p.projectId === ATTACKER)!.toDelete;
-    const actions = await store!.actions({ projectId: ATTACKER });
+    const actions = await shared.store.actions({ projectId: ATTACKER });
     expect(actions.map((a) => [a.action, a.imageId]).sort()).toEqual(toDelete.map((id) => ['would-delete', id]).sort());
     expect(glance.deleted).toEqual([]);
   });
@@ -107,7 +88,7 @@ describe.each(['redis', 'postgres'] as const)('the bundled handlers over a %s le
     const reply = await handler(event);
     expect(reply.batchItemFailures).toEqual([{ itemIdentifier: records.at(-1)!.messageId }]);
     expect(glance.deleted.sort()).toEqual([...summary.projects.find((p) => p.projectId === ATTACKER)!.toDelete].sort());
-    expect(await store!.usage(ATTACKER)).toMatchObject({ image_count_total: 1 });
+    expect(await shared.store.usage(ATTACKER)).toMatchObject({ image_count_total: 1 });
     // The bundle's metrics, in CloudWatch's embedded metric format.
     expect(emf.filter((d) => d.action === 'deleted')).toEqual([expect.objectContaining({ function: 'sqs', Actions: 2, _aws: expect.anything() })]);
   });
@@ -117,7 +98,7 @@ describe.each(['redis', 'postgres'] as const)('the bundled handlers over a %s le
     const handler = entries.reconcile!.handlerOver(env({ ENFORCEMENT_MODE: 'dry-run' }), { openstack: { glance, limits: ATTACKER_LIMITED }, metrics: quiet });
     const summary = await handler(scheduledEvent);
     expect(summary).toMatchObject({ complete: true, remaining: 0 });
-    expect(await store!.usage(ATTACKER)).toMatchObject({ image_count_total: 3 });
-    expect((await store!.actions({ projectId: ATTACKER })).map((a) => a.action)).toEqual(['would-delete', 'would-delete']);
+    expect(await shared.store.usage(ATTACKER)).toMatchObject({ image_count_total: 3 });
+    expect((await shared.store.actions({ projectId: ATTACKER })).map((a) => a.action)).toEqual(['would-delete', 'would-delete']);
   });
 });

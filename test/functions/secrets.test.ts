@@ -1,11 +1,11 @@
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { GetParameterCommand, SSMClient } from '@aws-sdk/client-ssm';
 import { mockClient } from 'aws-sdk-client-mock';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import { openFunctionServices } from '../../src/functions/runtime.js';
 import { awsSecretReader, resolveSecrets } from '../../src/functions/secrets.js';
-import { freshLedger, holdService, requireService, type TestLedger } from '../support/services.js';
+import { freshLedgerPerTest } from './support.js';
 
 /*
  * The deployment of docs/serverless.md, the secure way: the function's environment holds only
@@ -87,27 +87,15 @@ describe('secrets named by <SETTING>_SECRET_ARN', () => {
 });
 
 describe('a function instance whose STORE_URL is a secret', () => {
-  let release: () => void = () => {};
-  let ledger: TestLedger | undefined;
-  let down: Error | undefined;
-  beforeAll(async () => {
-    release = await holdService('redis');
-    down = await requireService('redis').then(() => undefined, (err: Error) => err);
-    if (!down) ledger = await freshLedger('redis');
-  }, 300_000);
-  afterAll(async () => {
-    await ledger?.cleanUp();
-    release();
-  });
+  const shared = freshLedgerPerTest('redis');
 
   it('opens the ledger the secret names; the environment holds only ARNs', async () => {
-    if (down) throw down;
-    secretsManager.on(GetSecretValueCommand, { SecretId: STORE_ARN }).resolves({ SecretString: ledger!.env.STORE_URL });
+    secretsManager.on(GetSecretValueCommand, { SecretId: STORE_ARN }).resolves({ SecretString: shared.ledger.env.STORE_URL });
     secretsManager.on(GetSecretValueCommand, { SecretId: PASSWORD_ARN }).resolves({ SecretString: PASSWORD });
     const env = {
       STORE_URL_SECRET_ARN: STORE_ARN,
       OS_PASSWORD_SECRET_ARN: PASSWORD_ARN,
-      REDIS_KEY_PREFIX: ledger!.env.REDIS_KEY_PREFIX,
+      REDIS_KEY_PREFIX: shared.ledger.env.REDIS_KEY_PREFIX,
       OS_AUTH_URL: 'http://127.0.0.1:9/v3',
       OS_USERNAME: 'gqe',
       OS_USER_DOMAIN_NAME: 'Default',
@@ -119,7 +107,7 @@ describe('a function instance whose STORE_URL is a secret', () => {
     const services = await openFunctionServices(env, { secrets: awsSecretReader() });
     try {
       expect(services.pipeline.store.description).toMatch(/^redis:\/\/127\.0\.0\.1:6379\/0 keys gqe-test:/);
-      expect(services.config.storeUrl).toBe(ledger!.env.STORE_URL);
+      expect(services.config.storeUrl).toBe(shared.ledger.env.STORE_URL);
       expect(secretIds().sort()).toEqual([PASSWORD_ARN, STORE_ARN].sort());
     } finally {
       await services.close();

@@ -17,6 +17,8 @@ import type { ProjectLimits } from '../../src/quota/limits.js';
 import type { LimitSource } from '../../src/quota/static-limits.js';
 import type { LedgerStore } from '../../src/store/port.js';
 import { FIXTURES, inner, quotaTestBodies } from '../support/fixtures.js';
+import { freshLedger, holdService, requireService, type TestLedger } from '../support/services.js';
+import { afterAll, afterEach, beforeAll, beforeEach } from 'vitest';
 
 /** The lab's `verify` run: 36 bodies as Glance sent them (one project, three images, all deleted at the end). */
 export function labVerifyBodies(): string[] {
@@ -247,4 +249,41 @@ export function chunks<T>(items: readonly T[], size: number): T[][] {
   const out: T[][] = [];
   for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
   return out;
+}
+
+/**
+ * A fresh shared ledger of `kind` (its own database or key prefix) for each test of the suite
+ * this is called in, opened as `store`; the service is held for the whole suite. Another suite
+ * may hold the service (or have it stopped, for its outage test) for a while. A service that is
+ * down fails every test, with the command that starts it (never a skip).
+ */
+export function freshLedgerPerTest(kind: 'redis' | 'postgres'): { readonly ledger: TestLedger; readonly store: LedgerStore } {
+  let release: () => void = () => {};
+  let ledger: TestLedger | undefined;
+  let store: LedgerStore | undefined;
+  let down: Error | undefined;
+  beforeAll(async () => {
+    release = await holdService(kind);
+    down = await requireService(kind).then(() => undefined, (err: Error) => err);
+  }, 300_000);
+  afterAll(() => release());
+  beforeEach(async () => {
+    if (down) throw down;
+    ledger = await freshLedger(kind);
+    store = await ledger.open();
+  });
+  afterEach(async () => {
+    await store?.close();
+    await ledger?.cleanUp();
+    store = undefined;
+    ledger = undefined;
+  });
+  return {
+    get ledger() {
+      return ledger!;
+    },
+    get store() {
+      return store!;
+    },
+  };
 }
