@@ -83,9 +83,23 @@ describe.each(['redis', 'postgres'] as const)('the bundled handlers over a %s le
     const { summary } = await replayOf(realBodies());
     const glance = MemoryGlance.fromBodies(quotaTestBodies());
     const emf: Record<string, unknown>[] = [];
-    const handler = entries.sqs!.handlerOver(env(), { openstack: { glance, limits: ATTACKER_LIMITED }, metrics: (line) => emf.push(JSON.parse(line)) });
+    const handler = entries.sqs!.handlerOver(env({ LOG_LEVEL: 'info' }), { openstack: { glance, limits: ATTACKER_LIMITED }, metrics: (line) => emf.push(JSON.parse(line)) });
     const { event, records } = sqsEvent([...realBodies(), 'this is not JSON {']);
-    const reply = await handler(event);
+    // The bundle's logger writes to this process's stderr: its lines, read on the way.
+    const logged: string[] = [];
+    const write = process.stderr.write;
+    process.stderr.write = ((chunk: string | Uint8Array) => logged.push(String(chunk)) > 0) as typeof process.stderr.write;
+    let reply;
+    try {
+      reply = await handler(event, { awsRequestId: 'bundle-req-1' });
+    } finally {
+      process.stderr.write = write;
+    }
+    const lines = logged.join('').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+    // Every line, the cold start's and the pipeline's deletions included, carries the request id.
+    expect(lines.map((l) => l.msg)).toEqual(expect.arrayContaining(['function instance ready', 'SQS batch done']));
+    expect(lines.filter((l) => l.imageId !== undefined).length).toBeGreaterThanOrEqual(2);
+    expect(lines.filter((l) => l.requestId !== 'bundle-req-1')).toEqual([]);
     expect(reply.batchItemFailures).toEqual([{ itemIdentifier: records.at(-1)!.messageId }]);
     expect(glance.deleted.sort()).toEqual([...summary.projects.find((p) => p.projectId === ATTACKER)!.toDelete].sort());
     expect(await shared.store.usage(ATTACKER)).toMatchObject({ image_count_total: 1 });
