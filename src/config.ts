@@ -5,6 +5,29 @@ import { ConfigError } from './errors.js';
 import { rememberSecrets, scrub, urlPasswords } from './redact.js';
 import { LimitsFile, parseLimits, type ProjectLimits } from './quota/limits.js';
 
+/** The settings a function may read from AWS Secrets Manager or SSM Parameter Store (src/functions/secrets.ts). */
+export const SECRET_SETTINGS = ['OS_PASSWORD', 'OS_APPLICATION_CREDENTIAL_SECRET', 'STORE_URL'] as const;
+export type SecretSetting = (typeof SECRET_SETTINGS)[number];
+
+/** The service and region of a Secrets Manager secret's or an SSM parameter's ARN; undefined for anything else. */
+export function parseSecretArn(arn: string): { service: 'secretsmanager' | 'ssm'; region: string } | undefined {
+  const m = /^arn:aws[a-z-]*:(secretsmanager|ssm):([a-z0-9-]+):\d{12}:(secret:|parameter\/)./.exec(arn);
+  if (!m || (m[1] === 'secretsmanager') !== (m[3] === 'secret:')) return undefined;
+  return { service: m[1] as 'secretsmanager' | 'ssm', region: m[2]! };
+}
+
+function secretArn(setting: SecretSetting) {
+  return z
+    .string()
+    .default('')
+    .refine((v) => v === '' || parseSecretArn(v) !== undefined, {
+      message: 'expected the ARN of a Secrets Manager secret or an SSM parameter',
+    })
+    .meta({
+      description: `Function mode: \`${setting}\` read at the cold start from this Secrets Manager secret (\`arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME\`, its string value) or SSM parameter (\`arn:aws:ssm:REGION:ACCOUNT:parameter/NAME\`, a SecureString is decrypted), instead of a plain environment variable (docs/serverless.md). Set this or \`${setting}\`, not both.`,
+    });
+}
+
 /**
  * Every setting is an environment variable, declared once here. README's table is checked against
  * this schema by test/unit/config.test.ts, so the two cannot drift apart.
@@ -181,6 +204,9 @@ export const EnvSchema = z.object({
     .positive()
     .default(600)
     .meta({ description: 'Function mode (`reconcile` function): start no new project after this many seconds of a run (nor within 30 s of the function\'s timeout); the next scheduled run resumes after the last project finished.' }),
+  OS_PASSWORD_SECRET_ARN: secretArn('OS_PASSWORD'),
+  OS_APPLICATION_CREDENTIAL_SECRET_ARN: secretArn('OS_APPLICATION_CREDENTIAL_SECRET'),
+  STORE_URL_SECRET_ARN: secretArn('STORE_URL'),
 });
 
 export type Env = z.infer<typeof EnvSchema>;
@@ -219,6 +245,8 @@ export interface Config {
   metricsHost: string;
   sqs: { queueUrl: string; deadLetterQueueUrl: string };
   reconcileBudgetMs: number;
+  /** `<SETTING>_SECRET_ARN`, '' when the setting is a plain value. */
+  secretArns: Record<SecretSetting, string>;
 }
 
 /** `900`, `900s`, `15m`, `1h` to milliseconds. */
@@ -252,6 +280,9 @@ const EXAMPLES: Record<string, string> = {
   SQS_QUEUE_URL: 'SQS_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/glance-quota-enforcer-prod-notifications',
   SQS_DEAD_LETTER_QUEUE_URL: 'SQS_DEAD_LETTER_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/glance-quota-enforcer-prod-dead-letters',
   RECONCILE_BUDGET_SECONDS: 'RECONCILE_BUDGET_SECONDS=600',
+  OS_PASSWORD_SECRET_ARN: 'OS_PASSWORD_SECRET_ARN=arn:aws:secretsmanager:eu-west-1:123456789012:secret:gqe-os-password-AbCdEf',
+  OS_APPLICATION_CREDENTIAL_SECRET_ARN: 'OS_APPLICATION_CREDENTIAL_SECRET_ARN=arn:aws:ssm:eu-west-1:123456789012:parameter/gqe/app-credential-secret',
+  STORE_URL_SECRET_ARN: 'STORE_URL_SECRET_ARN=arn:aws:secretsmanager:eu-west-1:123456789012:secret:gqe-store-url-AbCdEf',
 };
 
 function readLimitsFile(path: string): Record<string, ProjectLimits> {
@@ -318,5 +349,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     metricsHost: e.METRICS_HOST,
     sqs: { queueUrl: e.SQS_QUEUE_URL, deadLetterQueueUrl: e.SQS_DEAD_LETTER_QUEUE_URL },
     reconcileBudgetMs: e.RECONCILE_BUDGET_SECONDS * 1000,
+    secretArns: { OS_PASSWORD: e.OS_PASSWORD_SECRET_ARN, OS_APPLICATION_CREDENTIAL_SECRET: e.OS_APPLICATION_CREDENTIAL_SECRET_ARN, STORE_URL: e.STORE_URL_SECRET_ARN },
   };
 }

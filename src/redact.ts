@@ -74,11 +74,12 @@ function spellings(secret: string): string[] {
 /**
  * Values that are secrets by the name they come under, whatever their value: `"password": "..."`,
  * `X-Auth-Token: ...`, `token=...`, with or without quotes (escaped ones too). A setting's own
- * name (`token: OS_SYSTEM_SCOPE is not set`) is not a value and is left alone.
+ * name (`token: OS_SYSTEM_SCOPE is not set`) is not a value, nor is an ARN's `:secret:<name>`
+ * segment: both are left alone.
  */
 /** One of our own settings' names (case-sensitive): an error about it, not a secret. */
 const SETTING_NAME = /^(?:OS|STORE|TRANSPORT|REDIS)_[A-Z0-9_]+$/;
-const NAMED_SECRET = /((?:x-auth-token|x-subject-token|x-service-token|password|passwd|secret|token|api[_-]?key|authorization)\\*["']?\s*[:=]\s*\\*["']?)(?:Bearer\s+|Basic\s+)?(?![{\[])((?:\\.|[^\s"'\\,;&<>}])+)/gi;
+const NAMED_SECRET = /((?<!:)(?:x-auth-token|x-subject-token|x-service-token|password|passwd|secret|token|api[_-]?key|authorization)\\*["']?\s*[:=]\s*\\*["']?)(?:Bearer\s+|Basic\s+)?(?![{\[])((?:\\.|[^\s"'\\,;&<>}])+)/gi;
 /** A Keystone Fernet token (or a JWS one) anywhere, even unnamed. */
 const FERNET = /\bgAAAAA[A-Za-z0-9_\-=]{20,}/g;
 /** A URL inside a longer text: up to whitespace, a quote or an angle bracket. */

@@ -1,7 +1,8 @@
 import type { MessageOutcome } from '../enforcer.js';
 import { countOutcomes, enforceEach, EnforcementFailedError, excerpt, type MessageCounts } from './batch.js';
 import { decodeHeaders, describeIssue, parseEvent, RabbitMqEvent, RabbitMqMessage, type InvocationContext } from './events.js';
-import type { FunctionServices } from './runtime.js';
+import { writeInvocationMetrics, type InvocationMetrics } from './metrics.js';
+import { inInvocation, type FunctionServices } from './runtime.js';
 
 export interface RabbitMqBatchSummary {
   messages: MessageCounts;
@@ -35,8 +36,9 @@ interface Delivery {
  *   const summary = await handleRabbitMqEvent(services, event);
  *   // { messages: { applied: 27, duplicate: 0, ignored: 9, invalid: 0 }, projects: ['6156...'], actions: 0 }
  */
-export async function handleRabbitMqEvent(services: FunctionServices, event: unknown, context: InvocationContext = {}): Promise<RabbitMqBatchSummary> {
+export async function handleRabbitMqEvent(services: FunctionServices, event: unknown): Promise<RabbitMqBatchSummary> {
   const { log, pipeline } = services;
+  const metrics = (m: InvocationMetrics) => services.metrics && writeInvocationMetrics(services.metrics, 'amazonmq', m);
   const { rmqMessagesByQueue, eventSourceArn } = parseEvent(RabbitMqEvent, event, 'aws:rmq');
   const deliveries: Delivery[] = [];
   for (const [queue, messages] of Object.entries(rmqMessagesByQueue)) {
@@ -52,7 +54,8 @@ export async function handleRabbitMqEvent(services: FunctionServices, event: unk
   try {
     result = await pipeline.ingest(readable.map((d) => d.body));
   } catch (err) {
-    log.error({ err: (err as Error).message, messages: deliveries.length, requestId: context.awsRequestId }, 'store write failed; the invocation fails and Amazon MQ redelivers the batch');
+    log.error({ err: (err as Error).message, messages: deliveries.length }, 'store write failed; the invocation fails and Amazon MQ redelivers the batch');
+    metrics({ storeErrors: 1 });
     throw err;
   }
 
@@ -84,12 +87,13 @@ export async function handleRabbitMqEvent(services: FunctionServices, event: unk
   const projects = pipeline.projectsAfter(result);
   const { reports, failures } = await enforceEach(pipeline, projects, log);
   const actions = reports.reduce((n, r) => n + r.actions.length, 0);
+  metrics({ messages: counts, reports, enforcementErrors: failures.length });
   if (failures.length > 0) {
     const error = new EnforcementFailedError(failures);
-    log.error({ err: error.message, messages: counts, requestId: context.awsRequestId }, 'the invocation fails and Amazon MQ redelivers the batch; it is committed, so only the enforcement runs again');
+    log.error({ err: error.message, messages: counts }, 'the invocation fails and Amazon MQ redelivers the batch; it is committed, so only the enforcement runs again');
     throw error;
   }
-  log.info({ messages: counts, projects: projects.length, actions, requestId: context.awsRequestId }, 'Amazon MQ batch done');
+  log.info({ messages: counts, projects: projects.length, actions }, 'Amazon MQ batch done');
   return { messages: counts, projects, actions };
 }
 
@@ -100,5 +104,5 @@ export async function handleRabbitMqEvent(services: FunctionServices, event: unk
  *   export const handler = amazonMqHandler(servicesFromEnvironment);
  */
 export function amazonMqHandler(services: () => Promise<FunctionServices>) {
-  return async (event: unknown, context?: InvocationContext): Promise<RabbitMqBatchSummary> => handleRabbitMqEvent(await services(), event, context);
+  return (event: unknown, context?: InvocationContext): Promise<RabbitMqBatchSummary> => inInvocation(context, async () => handleRabbitMqEvent(await services(), event));
 }

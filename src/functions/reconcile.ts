@@ -2,12 +2,13 @@ import type { EnforcementReport } from '../enforcer.js';
 import type { CorrectionKind } from '../ledger/repair.js';
 import { reconcile } from '../reconcile.js';
 import { parseEvent, ScheduledEvent, type InvocationContext } from './events.js';
-import type { FunctionServices } from './runtime.js';
+import { writeInvocationMetrics, type InvocationMetrics } from './metrics.js';
+import { inInvocation, type FunctionServices } from './runtime.js';
 
 /** Where the scheduled reconcile keeps the last project it finished in the current pass. */
 export const RECONCILE_CURSOR = 'reconcile.cursor';
 
-/** A run whose first projects all fail this many times in a row fails as a whole. */
+/** A run whose first projects all fail stops after this many, and fails as a whole. */
 const FAILED_IN_A_ROW = 3;
 
 /** Kept free before the function's timeout: no project is started within it. */
@@ -79,6 +80,7 @@ export async function reconcileWithinBudget(services: FunctionServices, options:
   let slowest = 0;
   let cursor = after;
   let done = 0;
+  let firstFailure: Error | undefined;
   for (const projectId of todo) {
     const now = clock();
     // The first project of a run starts even past the budget (the pass listing may have used it
@@ -87,11 +89,8 @@ export async function reconcileWithinBudget(services: FunctionServices, options:
     const summary = await reconcile(pipeline, glance, { projectId });
     slowest = Math.max(slowest, clock() - now);
     done++;
-    if (summary.failures.length > 0 && reports.length === 0 && done >= FAILED_IN_A_ROW) {
-      // Nothing has worked yet: Glance or the store is down, not one project odd. Fail the
-      // invocation (the alarm sees it) and keep the cursor where the last success left it.
-      throw summary.failures[0]!.error;
-    }
+    if (summary.failures.length > 0) firstFailure ??= summary.failures[0]!.error;
+    if (reports.length === 0 && summary.failures.length > 0 && done >= FAILED_IN_A_ROW) break;
     reports.push(...summary.projects);
     listed += summary.listed;
     for (const [k, n] of Object.entries(summary.corrected) as [CorrectionKind, number][]) corrected[k] = (corrected[k] ?? 0) + n;
@@ -108,6 +107,11 @@ export async function reconcileWithinBudget(services: FunctionServices, options:
     }
   }
 
+  if (firstFailure && reports.length === 0) {
+    // Nothing worked: Glance or the store is down, not one project odd. Fail the invocation (the
+    // alarm sees it) and keep the cursor where the last success left it.
+    throw firstFailure;
+  }
   const remaining = todo.length - done;
   const complete = remaining === 0;
   if (complete) {
@@ -129,10 +133,20 @@ export async function reconcileWithinBudget(services: FunctionServices, options:
  *   export const handler = reconcileHandler(servicesFromEnvironment);
  */
 export function reconcileHandler(services: () => Promise<FunctionServices>) {
-  return async (event: unknown, context?: InvocationContext): Promise<BudgetedReconcileSummary> => {
-    parseEvent(ScheduledEvent, event, 'EventBridge schedule');
-    const s = await services();
-    const remaining = context?.getRemainingTimeInMillis?.bind(context);
-    return reconcileWithinBudget(s, { budgetMs: s.config.reconcileBudgetMs, ...(remaining ? { remainingMs: remaining } : {}) });
-  };
+  return (event: unknown, context?: InvocationContext): Promise<BudgetedReconcileSummary> =>
+    inInvocation(context, async () => {
+      parseEvent(ScheduledEvent, event, 'EventBridge schedule');
+      const s = await services();
+      const remaining = context?.getRemainingTimeInMillis?.bind(context);
+      const metrics = (m: InvocationMetrics) => s.metrics && writeInvocationMetrics(s.metrics, 'reconcile', m);
+      try {
+        const summary = await reconcileWithinBudget(s, { budgetMs: s.config.reconcileBudgetMs, ...(remaining ? { remainingMs: remaining } : {}) });
+        metrics({ reports: summary.projects, enforcementErrors: 0 });
+        return summary;
+      } catch (err) {
+        // The run stopped at a project (Keystone, Glance or the store down); the next run resumes there.
+        metrics({ enforcementErrors: 1 });
+        throw err;
+      }
+    });
 }

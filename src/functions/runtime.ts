@@ -2,9 +2,12 @@ import type { SQSClient } from '@aws-sdk/client-sqs';
 import { loadConfig, type Config } from '../config.js';
 import type { ImageService, Pipeline } from '../enforcer.js';
 import { ConfigError } from '../errors.js';
-import { createLogger, type Logger } from '../log.js';
-import { openRuntime } from '../runtime.js';
+import { createLogger, logContext, type Logger } from '../log.js';
+import type { InvocationContext } from './events.js';
+import { stdoutMetrics, type MetricsSink } from './metrics.js';
+import { openRuntime, type RuntimeOptions } from '../runtime.js';
 import { storeScheme } from '../store/index.js';
+import { awsSecretReader, resolveSecrets, type SecretReader } from './secrets.js';
 
 /**
  * Where the `sqs` function sets a poison record aside: the stack's dead-letter queue, with the
@@ -23,6 +26,8 @@ export interface FunctionServices {
   glance: ImageService;
   /** Unset (no SQS_DEAD_LETTER_QUEUE_URL): poison is reported as failed, and redrive moves it. */
   poison?: PoisonQueue;
+  /** Where each invocation's metrics go (CloudWatch EMF on stdout); unset, none are written. */
+  metrics?: MetricsSink;
   close(): Promise<void>;
 }
 
@@ -37,20 +42,36 @@ export function requireSharedStore(storeUrl: string): void {
   const scheme = storeScheme(storeUrl);
   if (scheme === 'sqlite' || scheme === 'memory') {
     throw new ConfigError(
-      `STORE_URL: a function needs a ledger that all its instances share, ${SHARED}; got ${scheme}://, which would give every Lambda instance a ledger of its own that counts only the images it happened to see`,
+      `STORE_URL: a function needs a ledger that all its instances share, ${SHARED}; got ${scheme}://, which would give every Lambda instance a ledger of its own that counts only the images it happened to see (set STORE_URL_SECRET_ARN, or STORE_URL)`,
     );
   }
 }
 
+/** What the tests of the bundles and of the cold start put in place of AWS and OpenStack. */
+export interface FunctionServicesOptions {
+  /** Instead of Keystone and Glance reached with the OS_* identity. */
+  openstack?: RuntimeOptions['openstack'];
+  /** Instead of the instance's AWS Secrets Manager / SSM reader. */
+  secrets?: SecretReader;
+  /** Instead of EMF lines on stdout. */
+  metrics?: MetricsSink;
+}
+
+/** The secrets this instance has read (AWS Secrets Manager / SSM), kept for its life. */
+const instanceSecrets = awsSecretReader();
+
 /**
- * Builds the services of one function instance from its environment: the same configuration,
- * store, Keystone limits, Glance client and pipeline as `consume` (src/runtime.ts), with a shared
- * store required, and the SQS client for poison only when SQS_DEAD_LETTER_QUEUE_URL is set.
+ * Builds the services of one function instance from its environment: the secrets named by
+ * `<SETTING>_SECRET_ARN` read (src/functions/secrets.ts), then the same configuration, store,
+ * Keystone limits, Glance client and pipeline as `consume` (src/runtime.ts), with a shared store
+ * required, and the SQS client for poison only when SQS_DEAD_LETTER_QUEUE_URL is set.
  */
-export async function openFunctionServices(env: NodeJS.ProcessEnv = process.env): Promise<FunctionServices> {
+export async function openFunctionServices(given: NodeJS.ProcessEnv = process.env, options: FunctionServicesOptions = {}): Promise<FunctionServices> {
+  const { openstack, secrets = instanceSecrets, metrics = stdoutMetrics } = options;
+  const env = await resolveSecrets(given, secrets);
   const config = loadConfig(env);
   requireSharedStore(config.storeUrl);
-  const runtime = await openRuntime(env, { needGlance: true });
+  const runtime = await openRuntime(env, { needGlance: true, ...(openstack ? { openstack } : {}) });
   const { log, pipeline, glance } = runtime;
   let poison: PoisonQueue | undefined;
   let sqs: SQSClient | undefined;
@@ -66,6 +87,7 @@ export async function openFunctionServices(env: NodeJS.ProcessEnv = process.env)
     log,
     pipeline,
     glance: glance!,
+    metrics,
     ...(poison ? { poison } : {}),
     close: async () => {
       sqs?.destroy();
@@ -92,6 +114,14 @@ export function sqsPoisonQueue(sqs: SQSClient, queueUrl: string): PoisonQueue {
       );
     },
   };
+}
+
+/**
+ * Runs one invocation with its Lambda request id on every log line written meanwhile, by any
+ * logger (`logContext`, src/log.ts): the cold start's, the pipeline's, the OpenStack clients'.
+ */
+export function inInvocation<T>(context: InvocationContext | undefined, work: () => Promise<T>): Promise<T> {
+  return logContext.run(context?.awsRequestId ? { requestId: context.awsRequestId } : {}, work);
 }
 
 /**

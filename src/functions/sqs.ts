@@ -1,7 +1,8 @@
 import type { IngestResult, MessageOutcome } from '../enforcer.js';
 import { countOutcomes, enforceEach, excerpt, type MessageCounts } from './batch.js';
 import { describeIssue, parseEvent, SqsEvent, SqsRecord, type InvocationContext, type SqsBatchResponse } from './events.js';
-import type { FunctionServices } from './runtime.js';
+import { writeInvocationMetrics, type InvocationMetrics } from './metrics.js';
+import { inInvocation, type FunctionServices } from './runtime.js';
 
 export interface SqsBatchSummary extends SqsBatchResponse {
   messages: MessageCounts;
@@ -27,8 +28,9 @@ export interface SqsBatchSummary extends SqsBatchResponse {
  * @example
  *   const { batchItemFailures } = await handleSqsEvent(services, event);
  */
-export async function handleSqsEvent(services: FunctionServices, event: unknown, context: InvocationContext = {}): Promise<SqsBatchSummary> {
+export async function handleSqsEvent(services: FunctionServices, event: unknown): Promise<SqsBatchSummary> {
   const { log, pipeline, poison } = services;
+  const metrics = (m: InvocationMetrics) => services.metrics && writeInvocationMetrics(services.metrics, 'sqs', m);
   const { Records } = parseEvent(SqsEvent, event, 'aws:sqs');
   const records = Records.map((raw) => {
     const parsed = SqsRecord.safeParse(raw);
@@ -47,7 +49,8 @@ export async function handleSqsEvent(services: FunctionServices, event: unknown,
   try {
     result = await pipeline.ingest(readable.map((r) => r.body!));
   } catch (err) {
-    log.error({ err: (err as Error).message, records: records.length, requestId: context.awsRequestId }, 'store write failed; every record of the batch is reported for retry');
+    log.error({ err: (err as Error).message, records: records.length }, 'store write failed; every record of the batch is reported for retry');
+    metrics({ storeErrors: 1 });
     return every();
   }
 
@@ -79,7 +82,7 @@ export async function handleSqsEvent(services: FunctionServices, event: unknown,
     }),
   );
 
-  const { failures } = await enforceEach(pipeline, pipeline.projectsAfter(result), log);
+  const { reports, failures } = await enforceEach(pipeline, pipeline.projectsAfter(result), log);
   for (const { projectId } of failures) {
     const own = records.filter((_, i) => outcomes[i]!.event?.projectId === projectId);
     const affected = own.length > 0 ? own : records.filter((_, i) => outcomes[i]!.event !== undefined);
@@ -88,7 +91,8 @@ export async function handleSqsEvent(services: FunctionServices, event: unknown,
 
   const batchItemFailures = records.filter((r) => retry.has(r.messageId)).map((r) => ({ itemIdentifier: r.messageId }));
   const messages = countOutcomes(outcomes);
-  log.info({ messages, deadLettered, retried: batchItemFailures.length, failedProjects: failures.map((f) => f.projectId), requestId: context.awsRequestId }, 'SQS batch done');
+  metrics({ messages, reports, enforcementErrors: failures.length });
+  log.info({ messages, deadLettered, retried: batchItemFailures.length, failedProjects: failures.map((f) => f.projectId) }, 'SQS batch done');
   return { batchItemFailures, messages, deadLettered };
 }
 
@@ -100,5 +104,5 @@ export async function handleSqsEvent(services: FunctionServices, event: unknown,
  *   export const handler = sqsHandler(servicesFromEnvironment);
  */
 export function sqsHandler(services: () => Promise<FunctionServices>) {
-  return async (event: unknown, context?: InvocationContext): Promise<SqsBatchSummary> => handleSqsEvent(await services(), event, context);
+  return (event: unknown, context?: InvocationContext): Promise<SqsBatchSummary> => inInvocation(context, async () => handleSqsEvent(await services(), event));
 }

@@ -6,7 +6,7 @@ import { OpenStackUnreachableError, displayUrl } from './errors.js';
 
 /*
  * Why node:http(s) and not the global fetch: OS_CACERT must apply to these calls only, at run time.
- * Node 20's fetch takes a CA only through an undici `Agent` passed as `dispatcher`, and Node 20 does
+ * Node's fetch takes a CA only through an undici `Agent` passed as `dispatcher`, and Node (22) does
  * not export undici (it is internal; `undici` would be one more dependency), while
  * NODE_EXTRA_CA_CERTS is read once at process start. `https.request({ ca })` is public, stable and
  * scoped to the call, so every Keystone and Glance call goes through `send` below, with or

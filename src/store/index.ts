@@ -1,13 +1,8 @@
 import { ConfigError } from '../errors.js';
 import { redactUrl } from '../redact.js';
-import { MemoryStore } from './memory.js';
 import type { LedgerStore } from './port.js';
-import { PostgresStore } from './postgres.js';
-import { DEFAULT_REDIS_KEY_PREFIX, RedisStore } from './redis.js';
-import { SqliteStore } from './sqlite.js';
 
 export type { LedgerStore } from './port.js';
-export { DEFAULT_REDIS_KEY_PREFIX } from './redis.js';
 
 export interface OpenStoreOptions {
   /** REDIS_KEY_PREFIX: where a redis:// ledger's keys start. */
@@ -22,19 +17,22 @@ export function storeScheme(url: string): string | undefined {
 }
 
 /**
- * STORE_URL to a store. `sqlite://./rel.db` and `sqlite:///abs.db` as SQLAlchemy writes them
+ * STORE_URL to a store. Each adapter is imported only when its scheme is asked for: a process
+ * loads one store's driver, never the others'. The functions need this most: a function bundle
+ * holds no better-sqlite3 (a native addon built for one Node ABI), and a cold start on Redis
+ * does not parse pg. `sqlite://./rel.db` and `sqlite:///abs.db` as SQLAlchemy writes them
  * (oslo.db's `connection` option), so operators can reuse what they know; `postgres://` and
  * `postgresql://` as libpq takes them; `redis://` and `rediss://` (TLS) as redis-cli does.
  */
 export async function openStore(url: string, options: OpenStoreOptions = {}): Promise<LedgerStore> {
   const scheme = storeScheme(url);
-  if (scheme === 'memory') return new MemoryStore();
+  if (scheme === 'memory') return new (await import('./memory.js')).MemoryStore();
   if (scheme === 'sqlite') {
     const path = url.slice('sqlite://'.length);
     if (!path) throw new ConfigError(`STORE_URL: no file in '${url}'; for example sqlite://./data/glance-quota.db`);
-    return SqliteStore.open(path);
+    return (await import('./sqlite.js')).SqliteStore.open(path);
   }
-  if (scheme === 'postgres' || scheme === 'postgresql') return PostgresStore.open(url);
-  if (scheme === 'redis' || scheme === 'rediss') return RedisStore.open(url, { keyPrefix: options.redisKeyPrefix ?? DEFAULT_REDIS_KEY_PREFIX });
+  if (scheme === 'postgres' || scheme === 'postgresql') return (await import('./postgres.js')).PostgresStore.open(url);
+  if (scheme === 'redis' || scheme === 'rediss') return (await import('./redis.js')).RedisStore.open(url, { keyPrefix: options.redisKeyPrefix });
   throw new ConfigError(`STORE_URL: unsupported store '${redactUrl(url)}'; use ${FORMS}`);
 }

@@ -84,7 +84,7 @@ describe('a function instance over a real shared ledger', () => {
     const built: FunctionServices[] = [];
     const services = onColdStart(async () => {
       opens++;
-      const s = await openFunctionServices({ ...OPENSTACK, ...ledger.env });
+      const s = await openFunctionServices({ ...OPENSTACK, ...ledger.env }, { metrics: () => {} });
       built.push(s);
       return s;
     });
@@ -103,7 +103,7 @@ describe('a function instance over a real shared ledger', () => {
   it('sends poison to SQS_DEAD_LETTER_QUEUE_URL with the reason as a message attribute', async () => {
     sqs.on(SendMessageCommand).resolves({ MessageId: 'dlq-1' });
     const url = 'https://sqs.eu-west-1.amazonaws.com/123456789012/glance-quota-enforcer-ci-dead-letters';
-    const services = await openFunctionServices({ ...OPENSTACK, ...ledger.env, SQS_DEAD_LETTER_QUEUE_URL: url });
+    const services = await openFunctionServices({ ...OPENSTACK, ...ledger.env, SQS_DEAD_LETTER_QUEUE_URL: url }, { metrics: () => {} });
     expect(services.poison?.description).toBe(url);
     const { event, records } = sqsEvent(['not json at all', ignoredBodies()[0]!]);
     const reply = await sqsHandler(async () => services)(event);

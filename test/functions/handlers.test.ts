@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { Pipeline } from '../../src/enforcer.js';
 import { amazonMqHandler, handleRabbitMqEvent } from '../../src/functions/amazonmq.js';
 import { EventShapeError } from '../../src/functions/events.js';
@@ -11,7 +11,7 @@ import { replayFile, type ReplaySummary } from '../../src/replay.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import type { LedgerStore } from '../../src/store/port.js';
 import { compareLedgers } from '../support/ledger-oracle.js';
-import { freshLedger, holdService, requireService, type LedgerKind, type TestLedger } from '../support/services.js';
+import type { LedgerKind } from '../support/services.js';
 import {
   ATTACKER,
   ATTACKER_LIMITED,
@@ -20,6 +20,7 @@ import {
   MemoryGlance,
   capturedLog,
   chunks,
+  freshLedgerPerTest,
   realBodies,
   rmqEvent,
   servicesOver,
@@ -61,34 +62,13 @@ const GARBAGE = 'this is not JSON {';
 const NOT_A_NOTIFICATION = JSON.stringify({ 'oslo.version': '2.0', 'oslo.message': JSON.stringify({ hello: 'world' }) });
 
 describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function handlers over a %s ledger', (kind) => {
-  let release: () => void = () => {};
-  let ledger: TestLedger | undefined;
-  let store: LedgerStore | undefined;
-  // Another suite may hold the service (or have it stopped, for its outage test) for a while.
-  // A service that is down fails every test, with the command that starts it (never a skip).
-  let down: Error | undefined;
-  beforeAll(async () => {
-    release = await holdService(kind);
-    down = await requireService(kind).then(() => undefined, (err: Error) => err);
-  }, 300_000);
-  afterAll(() => release());
-  beforeEach(async () => {
-    if (down) throw down;
-    ledger = await freshLedger(kind);
-    store = await ledger.open();
-  });
-  afterEach(async () => {
-    await store?.close();
-    await ledger?.cleanUp();
-    store = undefined;
-    ledger = undefined;
-  });
+  const shared = freshLedgerPerTest(kind);
 
   it('amazonmq: batches of the real bodies give the same ledger and the same decision as replay', async () => {
     const bodies = realBodies();
     const { oracle, summary } = await replayOf(bodies);
     const glance = MemoryGlance.fromBodies(quotaTestBodies());
-    const services = servicesOver({ store: store!, glance, env: { ENFORCEMENT_MODE: 'dry-run' } });
+    const services = servicesOver({ store: shared.store, glance, env: { ENFORCEMENT_MODE: 'dry-run' } });
     const counts = { applied: 0, duplicate: 0, ignored: 0, invalid: 0 };
     // Lambda hands the queue over in batches; 10 here, split across two event payloads' worth.
     for (const batch of chunks(bodies, 10)) {
@@ -101,7 +81,7 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
     // The decision replay reports is what the function acted on: in dry-run, one would-delete each.
     const toDelete = summary.projects.find((p) => p.projectId === ATTACKER)!.toDelete;
     expect(toDelete).toHaveLength(2);
-    const actions = await store!.actions({ projectId: ATTACKER });
+    const actions = await shared.store.actions({ projectId: ATTACKER });
     expect(actions.map((a) => a.action)).toEqual(['would-delete', 'would-delete']);
     expect(actions.map((a) => a.imageId).sort()).toEqual([...toDelete].sort());
     expect(glance.deleted).toEqual([]);
@@ -110,7 +90,7 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
   it('sqs: the same bodies give the same ledger as replay, and no record to retry', async () => {
     const bodies = realBodies();
     const { oracle, summary } = await replayOf(bodies);
-    const services = servicesOver({ store: store!, glance: MemoryGlance.fromBodies(quotaTestBodies()), env: { ENFORCEMENT_MODE: 'dry-run' } });
+    const services = servicesOver({ store: shared.store, glance: MemoryGlance.fromBodies(quotaTestBodies()), env: { ENFORCEMENT_MODE: 'dry-run' } });
     let applied = 0;
     for (const batch of chunks(bodies, 10)) {
       const { event } = sqsEvent(batch);
@@ -125,21 +105,21 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
   it('amazonmq in enforce mode deletes exactly the images replay says to delete', async () => {
     const { summary } = await replayOf(realBodies());
     const glance = MemoryGlance.fromBodies(quotaTestBodies());
-    const services = servicesOver({ store: store!, glance });
+    const services = servicesOver({ store: shared.store, glance });
     await handleRabbitMqEvent(services, rmqEvent(realBodies()));
     expect(glance.deleted.sort()).toEqual([...summary.projects.find((p) => p.projectId === ATTACKER)!.toDelete].sort());
-    expect(await store!.usage(ATTACKER)).toMatchObject({ image_count_total: 1 });
-    expect((await store!.actions()).map((a) => a.action)).toEqual(['deleted', 'deleted']);
+    expect(await shared.store.usage(ATTACKER)).toMatchObject({ image_count_total: 1 });
+    expect((await shared.store.actions()).map((a) => a.action)).toEqual(['deleted', 'deleted']);
   });
 
   it('amazonmq: a batch with poison inside succeeds; the poison is logged with its reason and body', async () => {
     const { log, lines } = capturedLog();
-    const services = servicesOver({ store: store!, glance: MemoryGlance.fromBodies(quotaTestBodies()), log, env: { ENFORCEMENT_MODE: 'dry-run' } });
+    const services = servicesOver({ store: shared.store, glance: MemoryGlance.fromBodies(quotaTestBodies()), log, env: { ENFORCEMENT_MODE: 'dry-run' } });
     const [a, b, c] = quotaTestBodies();
     const notBase64 = { raw: { basicProperties: {}, redelivered: true, data: '%%% not base64 %%%' } };
     const summary = await handleRabbitMqEvent(services, rmqEvent([a!, GARBAGE, b!, notBase64, NOT_A_NOTIFICATION, c!]));
     expect(summary.messages).toEqual({ applied: 3, duplicate: 0, ignored: 0, invalid: 3 });
-    expect(await store!.usage(ATTACKER)).toMatchObject({ image_count_total: 3 });
+    expect(await shared.store.usage(ATTACKER)).toMatchObject({ image_count_total: 3 });
     const poison = lines.filter((l) => l.msg === 'invalid notification set aside; the batch goes on');
     expect(poison.map((l) => [l.position, l.queue])).toEqual([[1, 'glance-quota-enforcer::/'], [3, 'glance-quota-enforcer::/'], [4, 'glance-quota-enforcer::/']]);
     expect(poison[0]).toMatchObject({ body: GARBAGE, headers: { 'x-origin': 'glance-api', 'x-count': 1 } });
@@ -149,7 +129,7 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
 
   it('sqs: poison goes to the dead-letter queue with its reason and is not retried', async () => {
     const poison = new KeptPoison();
-    const services = servicesOver({ store: store!, glance: MemoryGlance.fromBodies(quotaTestBodies()), poison, env: { ENFORCEMENT_MODE: 'dry-run' } });
+    const services = servicesOver({ store: shared.store, glance: MemoryGlance.fromBodies(quotaTestBodies()), poison, env: { ENFORCEMENT_MODE: 'dry-run' } });
     const [a, b] = quotaTestBodies();
     const { event, records } = sqsEvent([a!, GARBAGE, b!, NOT_A_NOTIFICATION]);
     const reply = await handleSqsEvent(services, event);
@@ -162,13 +142,13 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
     expect(poison.sent[0]!.reason).toMatch(/JSON/i);
     // Two creates put the project over its limit of 1: Glance's listing, which has all three
     // images, was asked, and its count overwrote the ledger's.
-    expect(await store!.usage(ATTACKER)).toMatchObject({ image_count_total: 3 });
+    expect(await shared.store.usage(ATTACKER)).toMatchObject({ image_count_total: 3 });
 
     // Without a dead-letter queue URL, or when the send fails, the poison is reported, and only it:
     // the queue's redrive policy moves it after maxReceiveCount receives.
     for (const services2 of [
-      servicesOver({ store: store!, glance: new MemoryGlance() }),
-      servicesOver({ store: store!, glance: new MemoryGlance(), poison: Object.assign(new KeptPoison(), { failing: true }) }),
+      servicesOver({ store: shared.store, glance: new MemoryGlance() }),
+      servicesOver({ store: shared.store, glance: new MemoryGlance(), poison: Object.assign(new KeptPoison(), { failing: true }) }),
     ]) {
       const again = sqsEvent([GARBAGE, a!]);
       const r = await handleSqsEvent(services2, again.event);
@@ -178,8 +158,8 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
 
   it('sqs: a record the store refuses is reported alone, dead-lettered with its reason; the others count', async () => {
     const poison = new KeptPoison();
-    const services = servicesOver({ store: store!, glance: MemoryGlance.fromBodies(quotaTestBodies()), poison, env: { ENFORCEMENT_MODE: 'dry-run' } });
-    const refused = await storeRefusedBody(store!);
+    const services = servicesOver({ store: shared.store, glance: MemoryGlance.fromBodies(quotaTestBodies()), poison, env: { ENFORCEMENT_MODE: 'dry-run' } });
+    const refused = await storeRefusedBody(shared.store);
     const [, b, c] = quotaTestBodies();
     const { event, records } = sqsEvent([b!, refused, c!]);
     const reply = await handleSqsEvent(services, event);
@@ -190,8 +170,8 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
     // Without a dead-letter queue URL, exactly that record is reported for the redrive policy.
     // (The enforcement above listed the project in Glance, which has no 'huge' image: the ledger
     // lost it. Another one makes the next body unstorable again.)
-    await storeRefusedBody(store!, 'huge-again');
-    const bare = servicesOver({ store: store!, glance: new MemoryGlance() });
+    await storeRefusedBody(shared.store, 'huge-again');
+    const bare = servicesOver({ store: shared.store, glance: new MemoryGlance() });
     const again = sqsEvent([refused, quotaTestBodies()[0]!]);
     const r = await handleSqsEvent(bare, again.event);
     expect(r.batchItemFailures).toEqual([{ itemIdentifier: again.records[0]!.messageId }]);
@@ -200,8 +180,8 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
 
   it('amazonmq: a message the store refuses is set aside with its reason; the invocation succeeds', async () => {
     const { log, lines } = capturedLog();
-    const services = servicesOver({ store: store!, glance: MemoryGlance.fromBodies(quotaTestBodies()), log, env: { ENFORCEMENT_MODE: 'dry-run' } });
-    const refused = await storeRefusedBody(store!);
+    const services = servicesOver({ store: shared.store, glance: MemoryGlance.fromBodies(quotaTestBodies()), log, env: { ENFORCEMENT_MODE: 'dry-run' } });
+    const refused = await storeRefusedBody(shared.store);
     const [, b, c] = quotaTestBodies();
     const summary = await handleRabbitMqEvent(services, rmqEvent([b!, refused, c!]));
     expect(summary.messages).toEqual({ applied: 2, duplicate: 0, ignored: 0, invalid: 1 });
@@ -212,12 +192,12 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
   });
 
   it('amazonmq: a store outage fails the invocation; the redelivered batch is then applied once', async () => {
-    const failing = withOutage(store!);
+    const failing = withOutage(shared.store);
     const services = servicesOver({ store: failing, glance: MemoryGlance.fromBodies(quotaTestBodies()), env: { ENFORCEMENT_MODE: 'dry-run' } });
     const event = rmqEvent(realBodies());
     failing.down = true;
     await expect(amazonMqHandler(async () => services)(event)).rejects.toThrow(/ledger is unreachable/);
-    expect(await store!.projects()).toEqual([]);
+    expect(await shared.store.projects()).toEqual([]);
     failing.down = false;
     const { messages } = await handleRabbitMqEvent(services, event);
     expect(messages.applied).toBe(30);
@@ -226,7 +206,7 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
   });
 
   it('sqs: a store outage reports every record of the batch, since they shared one write', async () => {
-    const failing = withOutage(store!);
+    const failing = withOutage(shared.store);
     const services = servicesOver({ store: failing, glance: new MemoryGlance(), poison: new KeptPoison() });
     const { event, records } = sqsEvent([...quotaTestBodies(), GARBAGE]);
     failing.down = true;
@@ -236,7 +216,7 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
 
   it('sqs: an enforcement failure reports exactly the records of that project; their retry enforces it', async () => {
     const glance = MemoryGlance.fromBodies(quotaTestBodies());
-    const services = servicesOver({ store: store!, glance });
+    const services = servicesOver({ store: shared.store, glance });
     const { event, records } = sqsEvent(realBodies());
     glance.failing.add(ATTACKER);
     const reply = await handleSqsEvent(services, event);
@@ -251,22 +231,22 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
     expect(second.messages).toEqual({ applied: 0, duplicate: 3, ignored: 0, invalid: 0 });
     expect(second.batchItemFailures).toEqual([]);
     expect(glance.deleted).toHaveLength(2);
-    expect(await store!.usage(ATTACKER)).toMatchObject({ image_count_total: 1 });
-    expect(await store!.usage(LAB_PROJECT)).toMatchObject({ image_count_total: 0 });
+    expect(await shared.store.usage(ATTACKER)).toMatchObject({ image_count_total: 1 });
+    expect(await shared.store.usage(LAB_PROJECT)).toMatchObject({ image_count_total: 0 });
   });
 
   it('amazonmq: an enforcement failure fails the invocation; the redelivered batch enforces without counting twice', async () => {
     const glance = MemoryGlance.fromBodies(quotaTestBodies());
-    const services = servicesOver({ store: store!, glance });
+    const services = servicesOver({ store: shared.store, glance });
     const event = rmqEvent(quotaTestBodies());
     glance.failing.add(ATTACKER);
     await expect(handleRabbitMqEvent(services, event)).rejects.toThrow(/enforcement failed for 1 project\(s\): 81566b2f2198430fbd7aa2d6c0954a76: Glance .* did not answer/);
-    expect(await store!.usage(ATTACKER)).toMatchObject({ image_count_total: 3 });
+    expect(await shared.store.usage(ATTACKER)).toMatchObject({ image_count_total: 3 });
     glance.failing.clear();
     const again = await handleRabbitMqEvent(services, event);
     expect(again.messages).toEqual({ applied: 0, duplicate: 3, ignored: 0, invalid: 0 });
     expect(again.actions).toBe(2);
-    expect(await store!.usage(ATTACKER)).toMatchObject({ image_count_total: 1 });
+    expect(await shared.store.usage(ATTACKER)).toMatchObject({ image_count_total: 1 });
   });
 });
 

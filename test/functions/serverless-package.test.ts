@@ -1,36 +1,38 @@
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildFunctions, FUNCTION_NAMES } from '../../scripts/build-functions.js';
+import { PLACEHOLDER_PARAMS, serverlessPackage, unzip } from '../../scripts/package-functions.js';
 import { EnvSchema } from '../../src/config.js';
 
 /*
- * `serverless package` (Framework v3, offline: no AWS account, no credentials, no network),
- * then the compiled CloudFormation template read back: what `serverless deploy` would create.
- * The same command, with the same environment, is what an operator runs (docs/serverless.md).
+ * `serverless package` (osls, offline: no AWS account, no credentials, no network), then the
+ * compiled CloudFormation template read back: what `serverless deploy` would create. The same
+ * command, with the same environment, is what an operator runs (docs/serverless.md).
  */
 
 const run = promisify(execFile);
-const ROOT = join(import.meta.dirname, '..', '..');
 const out = mkdtempSync(join(tmpdir(), 'gqe-sls-'));
 afterAll(() => rmSync(out, { recursive: true, force: true }));
 
-const BROKER = 'arn:aws:mq:eu-west-1:123456789012:broker:glance:b-0f3c2a1e-1111-2222-3333-444455556666';
-const SECRET = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:gqe-mq-AbCdEf';
+const BROKER = PLACEHOLDER_PARAMS.mqBrokerArn!;
+const SECRET = PLACEHOLDER_PARAMS.mqSecretArn!;
 
-/** The parameters of docs/serverless.md's `serverless deploy`, with placeholders. */
-const PARAMS = [`mqBrokerArn=${BROKER}`, `mqSecretArn=${SECRET}`, 'subnetIds=subnet-0a1b,subnet-0c2d', 'securityGroupIds=sg-0e3f'].map((p) => `--param=${p}`);
+const STORE_URL_SECRET = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:gqe-store-url-12AbCd';
+const OS_PASSWORD_PARAMETER = 'arn:aws:ssm:eu-west-1:123456789012:parameter/gqe/os-password';
 
-/** The deploy shell of docs/serverless.md, with placeholders; nothing that could reach AWS. */
+/**
+ * The deploy shell of docs/serverless.md, the secure way (no secret in it, only where the
+ * secrets are), with placeholders; nothing that could reach AWS.
+ */
 const DEPLOY_ENV: Record<string, string> = {
-  SLS_TELEMETRY_DISABLED: '1',
-  SLS_NOTIFICATIONS_MODE: 'off',
-  STORE_URL: 'rediss://:s3cret@gqe.abc123.euw1.cache.amazonaws.com:6379/0',
+  STORE_URL_SECRET_ARN: STORE_URL_SECRET,
+  OS_PASSWORD_SECRET_ARN: OS_PASSWORD_PARAMETER,
   OS_AUTH_URL: 'https://keystone.example.com:5000/v3',
   OS_USERNAME: 'glance-quota-enforcer',
-  OS_PASSWORD: 'pw-from-the-deploy-shell',
   OS_PROJECT_NAME: 'admin',
   OS_SYSTEM_SCOPE: 'all',
   ENFORCEMENT_MODE: 'dry-run',
@@ -39,29 +41,17 @@ const DEPLOY_ENV: Record<string, string> = {
 type Resource = { Type: string; Properties: Record<string, any>; DependsOn?: string[] };
 let resources: Record<string, Resource>;
 let outputs: Record<string, { Value: unknown }>;
+let conditions: Record<string, unknown>;
+let artifacts: Record<string, string>;
 
 beforeAll(async () => {
-  for (const f of ['amazonmq', 'sqs', 'reconcile']) {
-    if (!existsSync(join(ROOT, 'dist', 'functions', `${f}.js`))) {
-      throw new Error(`dist/functions/${f}.js is missing: the package holds the build; run \`npm run build\` (npm ci runs it) first`);
-    }
-  }
-  // A clean environment: no AWS credentials or profile of the machine's, no stray enforcer settings.
-  const env: Record<string, string> = { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? tmpdir(), ...DEPLOY_ENV };
-  try {
-    await run(process.execPath, [join(ROOT, 'node_modules', 'serverless', 'bin', 'serverless.js'), 'package', '--stage', 'ci', '--region', 'eu-west-1', '--package', out, ...PARAMS], {
-      cwd: ROOT,
-      env,
-      timeout: 150_000,
-      maxBuffer: 16 * 1024 * 1024,
-    });
-  } catch (err) {
-    const e = err as { stdout?: string; stderr?: string; message: string };
-    throw new Error(`serverless package failed: ${e.message}\n${e.stdout ?? ''}\n${e.stderr ?? ''}`);
-  }
+  // What `npm run build` (npm ci) leaves in dist/lambda, built afresh so the package holds these sources.
+  await buildFunctions();
+  artifacts = await serverlessPackage(out, DEPLOY_ENV);
   const template = JSON.parse(readFileSync(join(out, 'cloudformation-template-update-stack.json'), 'utf8'));
   resources = template.Resources;
   outputs = template.Outputs;
+  conditions = template.Conditions ?? {};
 }, 180_000);
 
 const ofType = (type: string) => Object.entries(resources).filter(([, r]) => r.Type === type);
@@ -69,16 +59,27 @@ const fn = (logicalId: string) => resources[logicalId]!.Properties;
 const FUNCTIONS = { amazonmq: 'AmazonmqLambdaFunction', sqs: 'SqsLambdaFunction', reconcile: 'ReconcileLambdaFunction' } as const;
 const ROLES = { amazonmq: 'AmazonMqFunctionRole', sqs: 'SqsFunctionRole', reconcile: 'ReconcileFunctionRole' } as const;
 
+/** A condition of the template, as CloudFormation evaluates it (the forms serverless.yml uses). */
+function holds(condition: any): boolean {
+  if (typeof condition === 'string') return holds(conditions[condition]);
+  if (condition['Fn::Not']) return !holds(condition['Fn::Not'][0]);
+  if (condition['Fn::Equals']) return condition['Fn::Equals'][0] === condition['Fn::Equals'][1];
+  throw new Error(`condition not understood: ${JSON.stringify(condition)}`);
+}
+
+/** A role's statements as IAM gets them: each `Fn::If` resolved, `AWS::NoValue` dropped. */
 function statementsOf(role: string): { Effect: string; Action: string[] | string; Resource: unknown }[] {
-  return resources[role]!.Properties.Policies.flatMap((p: any) => p.PolicyDocument.Statement);
+  return resources[role]!.Properties.Policies.flatMap((p: any) => p.PolicyDocument.Statement)
+    .map((st: any) => (st['Fn::If'] ? st['Fn::If'][holds(st['Fn::If'][0]) ? 1 : 2] : st))
+    .filter((st: any) => st.Ref !== 'AWS::NoValue');
 }
 
 describe('serverless package: the CloudFormation stack', () => {
-  it('has the three functions on nodejs20.x, each from the build, in the VPC, with a role of its own', () => {
+  it('has the three functions on nodejs22.x, each from its own bundle, in the VPC, with a role of its own', () => {
     expect(ofType('AWS::Lambda::Function').map(([id]) => id).sort()).toEqual(Object.values(FUNCTIONS).sort());
     for (const [name, id] of Object.entries(FUNCTIONS)) {
       const p = fn(id);
-      expect(p).toMatchObject({ Runtime: 'nodejs20.x', Handler: `dist/functions/${name}.handler`, Role: { 'Fn::GetAtt': [ROLES[name as keyof typeof ROLES], 'Arn'] } });
+      expect(p).toMatchObject({ Runtime: 'nodejs22.x', Handler: `dist/lambda/${name}/index.handler`, Role: { 'Fn::GetAtt': [ROLES[name as keyof typeof ROLES], 'Arn'] } });
       expect(p.VpcConfig).toEqual({ SubnetIds: { 'Fn::Split': [',', 'subnet-0a1b,subnet-0c2d'] }, SecurityGroupIds: { 'Fn::Split': [',', 'sg-0e3f'] } });
     }
     expect(fn(FUNCTIONS.reconcile)).toMatchObject({ Timeout: 900, ReservedConcurrentExecutions: 1 });
@@ -116,6 +117,22 @@ describe('serverless package: the CloudFormation stack', () => {
     expect(outputs.NotificationsQueueUrl!.Value).toEqual({ Ref: 'NotificationsQueue' });
   });
 
+  it("alarms when anything is in the dead-letter queue, notifying the alarm topic when one is given", () => {
+    const [[, alarm]] = ofType('AWS::CloudWatch::Alarm') as [[string, Resource]];
+    expect(alarm.Properties).toMatchObject({
+      Namespace: 'AWS/SQS',
+      MetricName: 'ApproximateNumberOfMessagesVisible',
+      Dimensions: [{ Name: 'QueueName', Value: { 'Fn::GetAtt': ['NotificationsDeadLetterQueue', 'QueueName'] } }],
+      Threshold: 0,
+      ComparisonOperator: 'GreaterThanThreshold',
+      TreatMissingData: 'notBreaching',
+    });
+    // No --param=alarmTopicArn here: the alarm changes state and notifies no one.
+    const [condition, withTopic, without] = alarm.Properties.AlarmActions['Fn::If'];
+    expect([holds(condition), without]).toEqual([false, { Ref: 'AWS::NoValue' }]);
+    expect(withTopic).toEqual(['']);
+  });
+
   it('runs reconcile on the schedule, with no retry of its own (the next run resumes)', () => {
     const rules = ofType('AWS::Events::Rule');
     expect(rules).toHaveLength(1);
@@ -127,7 +144,18 @@ describe('serverless package: the CloudFormation stack', () => {
     const known = new Set([...Object.keys(EnvSchema.shape), 'NODE_OPTIONS', 'GLANCE_URL']);
     for (const [name, id] of Object.entries(FUNCTIONS)) {
       const vars: Record<string, unknown> = fn(id).Environment.Variables;
-      expect(vars).toMatchObject({ STORE_URL: DEPLOY_ENV.STORE_URL, OS_AUTH_URL: DEPLOY_ENV.OS_AUTH_URL, OS_PASSWORD: DEPLOY_ENV.OS_PASSWORD, ENFORCEMENT_MODE: 'dry-run', QUOTA_LIMITS: '' });
+      expect(vars).toMatchObject({
+        STORE_URL_SECRET_ARN: STORE_URL_SECRET,
+        OS_PASSWORD_SECRET_ARN: OS_PASSWORD_PARAMETER,
+        OS_APPLICATION_CREDENTIAL_SECRET_ARN: '',
+        // The secrets themselves are not in the function's configuration.
+        STORE_URL: '',
+        OS_PASSWORD: '',
+        OS_APPLICATION_CREDENTIAL_SECRET: '',
+        OS_AUTH_URL: DEPLOY_ENV.OS_AUTH_URL,
+        ENFORCEMENT_MODE: 'dry-run',
+        QUOTA_LIMITS: '',
+      });
       const unknown = Object.keys(vars).filter((v) => !known.has(v) && !v.startsWith('OS_'));
       expect(unknown, `${name}: variables no part of the enforcer reads`).toEqual([]);
       // The broker and the container's knobs are not the functions' business.
@@ -148,9 +176,15 @@ describe('serverless package: the CloudFormation stack', () => {
       Action: ['ec2:CreateNetworkInterface', 'ec2:DescribeNetworkInterfaces', 'ec2:DescribeSubnets', 'ec2:DeleteNetworkInterface', 'ec2:AssignPrivateIpAddresses', 'ec2:UnassignPrivateIpAddresses'],
       Resource: '*',
     };
+    // Exactly the secrets whose ARNs are set; none for the application credential, which is not.
+    const secrets = [
+      { Effect: 'Allow', Action: ['secretsmanager:GetSecretValue', 'ssm:GetParameter'], Resource: STORE_URL_SECRET },
+      { Effect: 'Allow', Action: ['secretsmanager:GetSecretValue', 'ssm:GetParameter'], Resource: OS_PASSWORD_PARAMETER },
+    ];
     expect(statementsOf(ROLES.amazonmq)).toEqual([
       logs('amazonmq'),
       eni,
+      ...secrets,
       { Effect: 'Allow', Action: ['mq:DescribeBroker'], Resource: BROKER },
       { Effect: 'Allow', Action: ['secretsmanager:GetSecretValue'], Resource: SECRET },
       { Effect: 'Allow', Action: ['ec2:DescribeVpcs', 'ec2:DescribeSecurityGroups'], Resource: '*' },
@@ -158,10 +192,11 @@ describe('serverless package: the CloudFormation stack', () => {
     expect(statementsOf(ROLES.sqs)).toEqual([
       logs('sqs'),
       eni,
+      ...secrets,
       { Effect: 'Allow', Action: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes'], Resource: { 'Fn::GetAtt': ['NotificationsQueue', 'Arn'] } },
       { Effect: 'Allow', Action: ['sqs:SendMessage'], Resource: { 'Fn::GetAtt': ['NotificationsDeadLetterQueue', 'Arn'] } },
     ]);
-    expect(statementsOf(ROLES.reconcile)).toEqual([logs('reconcile'), eni]);
+    expect(statementsOf(ROLES.reconcile)).toEqual([logs('reconcile'), eni, ...secrets]);
     for (const role of Object.values(ROLES)) {
       expect(resources[role]!.Properties.AssumeRolePolicyDocument.Statement).toEqual([{ Effect: 'Allow', Principal: { Service: 'lambda.amazonaws.com' }, Action: 'sts:AssumeRole' }]);
       expect(resources[role]!.Properties.ManagedPolicyArns).toBeUndefined();
@@ -179,38 +214,42 @@ describe('serverless package: the CloudFormation stack', () => {
   });
 });
 
-describe('serverless package: the artifact', () => {
-  let unpacked: string;
+describe('serverless package: the artifacts', () => {
+  const unpacked = (name: string) => join(out, 'unpacked', name);
+  const files = (dir: string): string[] => readdirSync(dir, { recursive: true, withFileTypes: true }).filter((d) => d.isFile()).map((d) => relative(dir, join(d.parentPath, d.name)));
   beforeAll(async () => {
-    const zips = readdirSync(out).filter((f) => f.endsWith('.zip'));
-    expect(zips).toEqual(['glance-quota-enforcer.zip']);
-    unpacked = join(out, 'unpacked');
-    await run('python3', ['-m', 'zipfile', '-e', join(out, zips[0]!), unpacked]);
+    expect(readdirSync(out).filter((f) => f.endsWith('.zip')).sort()).toEqual(FUNCTION_NAMES.map((n) => `${n}.zip`).sort());
+    for (const name of FUNCTION_NAMES) await unzip(artifacts[name]!, unpacked(name));
   }, 60_000);
 
-  it('holds the build and the production dependencies, no sources, tests or development tools', () => {
-    for (const f of ['package.json', 'dist/functions/amazonmq.js', 'dist/functions/sqs.js', 'dist/functions/reconcile.js', 'dist/src/enforcer.js', 'node_modules/zod', 'node_modules/ioredis', 'node_modules/pg']) {
-      expect(existsSync(join(unpacked, f)), f).toBe(true);
-    }
-    for (const f of ['src', 'test', 'functions', 'serverless.yml', 'node_modules/vitest', 'node_modules/serverless', 'node_modules/typescript', 'node_modules/better-sqlite3/deps', 'data']) {
-      expect(existsSync(join(unpacked, f)), f).toBe(false);
+  it('are one per function, each its bundle and source maps only, well under 3 MB zipped, with no SQLite', () => {
+    for (const name of FUNCTION_NAMES) {
+      const bytes = statSync(artifacts[name]!).size;
+      // The target is 3 MB; the aim, 1 MB. The whole node_modules was 14.3 MB.
+      expect(bytes, `${name}.zip`).toBeLessThan(1024 * 1024);
+      const inside = files(unpacked(name));
+      expect(inside).toContain(`dist/lambda/${name}/index.mjs`);
+      expect(inside).toContain(`dist/lambda/${name}/index.mjs.map`);
+      expect(inside.filter((f) => !f.startsWith(`dist/lambda/${name}/`)), `${name}: files from elsewhere`).toEqual([]);
+      expect(inside.filter((f) => !/\.mjs(\.map)?$/.test(f)), `${name}: not bundle output`).toEqual([]);
+      // Neither the native addon nor any code that would load it.
+      for (const f of inside) expect(readFileSync(join(unpacked(name), f), 'utf8'), f).not.toMatch(/better[-_]sqlite3/);
     }
   });
 
-  it("loads each handler from the unpacked artifact, as Lambda's nodejs20.x runtime does", async () => {
-    const probe = `
-      const names = ['amazonmq', 'sqs', 'reconcile'];
-      const kinds = [];
-      for (const n of names) kinds.push(typeof (await import('./dist/functions/' + n + '.js')).handler);
-      const { handler } = await import('./dist/functions/sqs.js');
-      const refused = await handler({ Records: [] }).then(() => 'ran', (e) => e.message);
-      console.log(JSON.stringify({ kinds, refused }));`;
-    const { stdout } = await run(process.execPath, ['--input-type=module', '-e', probe], {
-      cwd: unpacked,
-      env: { PATH: process.env.PATH ?? '', STORE_URL: 'sqlite:///tmp/gqe-lambda.db', LOG_LEVEL: 'silent' },
-    });
-    const result = JSON.parse(stdout.trim().split('\n').at(-1)!);
-    expect(result.kinds).toEqual(['function', 'function', 'function']);
-    expect(result.refused).toMatch(/^STORE_URL: a function needs a ledger that all its instances share/);
+  it("loads each handler from its unpacked artifact with nothing else on disk, as Lambda's nodejs22.x runtime does", async () => {
+    for (const name of FUNCTION_NAMES) {
+      const probe = `
+        const { handler } = await import('./dist/lambda/${name}/index.mjs');
+        const refused = await handler(${name === 'reconcile' ? "{ source: 'aws.events', 'detail-type': 'Scheduled Event', id: '1', time: '2026-11-26T21:00:00Z', region: 'eu-west-1', account: '123456789012', resources: [], detail: {}, version: '0' }" : name === 'sqs' ? '{ Records: [] }' : "{ eventSource: 'aws:rmq', eventSourceArn: 'arn', rmqMessagesByQueue: {} }"}).then(() => 'ran', (e) => e.message);
+        console.log(JSON.stringify({ kind: typeof handler, refused }));`;
+      const { stdout } = await run(process.execPath, ['--enable-source-maps', '--input-type=module', '-e', probe], {
+        cwd: unpacked(name),
+        env: { PATH: process.env.PATH ?? '', STORE_URL: 'sqlite:///tmp/gqe-lambda.db', LOG_LEVEL: 'silent' },
+      });
+      const result = JSON.parse(stdout.trim().split('\n').at(-1)!);
+      expect(result, name).toEqual({ kind: 'function', refused: expect.stringMatching(/^STORE_URL: a function needs a ledger that all its instances share/) });
+    }
+    expect(existsSync(join(out, 'unpacked', 'sqs', 'node_modules'))).toBe(false);
   });
 });

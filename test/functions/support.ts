@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { loadConfig } from '../../src/config.js';
 import { Pipeline, type DeleteOutcome, type ImageService } from '../../src/enforcer.js';
+import type { MetricsSink } from '../../src/functions/metrics.js';
 import type { FunctionServices, PoisonQueue } from '../../src/functions/runtime.js';
 import type { GlanceImageState } from '../../src/ledger/synthetic.js';
 import { createLogger } from '../../src/log.js';
@@ -16,6 +17,8 @@ import type { ProjectLimits } from '../../src/quota/limits.js';
 import type { LimitSource } from '../../src/quota/static-limits.js';
 import type { LedgerStore } from '../../src/store/port.js';
 import { FIXTURES, inner, quotaTestBodies } from '../support/fixtures.js';
+import { freshLedger, holdService, requireService, type TestLedger } from '../support/services.js';
+import { afterAll, afterEach, beforeAll, beforeEach } from 'vitest';
 
 /** The lab's `verify` run: 36 bodies as Glance sent them (one project, three images, all deleted at the end). */
 export function labVerifyBodies(): string[] {
@@ -222,6 +225,7 @@ export interface ServicesOptions {
   env?: NodeJS.ProcessEnv;
   poison?: PoisonQueue;
   log?: ReturnType<typeof createLogger>;
+  metrics?: MetricsSink;
 }
 
 /** FunctionServices as `openFunctionServices` builds them, over the given store, Glance and limits. */
@@ -238,7 +242,7 @@ export function servicesOver(o: ServicesOptions): FunctionServices {
     door: config.door,
     log,
   });
-  return { config, log, pipeline, glance: o.glance, ...(o.poison ? { poison: o.poison } : {}), close: () => o.store.close() };
+  return { config, log, pipeline, glance: o.glance, ...(o.poison ? { poison: o.poison } : {}), ...(o.metrics ? { metrics: o.metrics } : {}), close: () => o.store.close() };
 }
 
 /** `items` in consecutive slices of `size`. */
@@ -246,4 +250,41 @@ export function chunks<T>(items: readonly T[], size: number): T[][] {
   const out: T[][] = [];
   for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
   return out;
+}
+
+/**
+ * A fresh shared ledger of `kind` (its own database or key prefix) for each test of the suite
+ * this is called in, opened as `store`; the service is held for the whole suite. Another suite
+ * may hold the service (or have it stopped, for its outage test) for a while. A service that is
+ * down fails every test, with the command that starts it (never a skip).
+ */
+export function freshLedgerPerTest(kind: 'redis' | 'postgres'): { readonly ledger: TestLedger; readonly store: LedgerStore } {
+  let release: () => void = () => {};
+  let ledger: TestLedger | undefined;
+  let store: LedgerStore | undefined;
+  let down: Error | undefined;
+  beforeAll(async () => {
+    release = await holdService(kind);
+    down = await requireService(kind).then(() => undefined, (err: Error) => err);
+  }, 300_000);
+  afterAll(() => release());
+  beforeEach(async () => {
+    if (down) throw down;
+    ledger = await freshLedger(kind);
+    store = await ledger.open();
+  });
+  afterEach(async () => {
+    await store?.close();
+    await ledger?.cleanUp();
+    store = undefined;
+    ledger = undefined;
+  });
+  return {
+    get ledger() {
+      return ledger!;
+    },
+    get store() {
+      return store!;
+    },
+  };
 }
