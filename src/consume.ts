@@ -173,9 +173,18 @@ export class NotificationConsumer extends QueueSession {
     this.buffer = [];
   }
 
+  /**
+   * Half the prefetch: while one half is being committed, the broker still has room to deliver
+   * the other half. A whole-prefetch batch left the consumer idle for a broker round trip after
+   * every commit (the broker sends nothing while PREFETCH messages are unacknowledged).
+   */
+  private get batchSize(): number {
+    return Math.max(1, Math.ceil(this.o.config.amqp.prefetch / 2));
+  }
+
   private schedule(): void {
     if (this.flushing) return;
-    if (this.buffer.length >= this.o.config.amqp.prefetch) {
+    if (this.buffer.length >= this.batchSize) {
       this.flushNow();
     } else {
       // A few milliseconds of patience turn a trickle into batches: one transaction for many messages.
@@ -188,7 +197,7 @@ export class NotificationConsumer extends QueueSession {
     this.timer = undefined;
     if (this.flushing || this.buffer.length === 0 || !this.channel) return;
     const channel = this.channel;
-    const batch = this.buffer.splice(0, this.o.config.amqp.prefetch);
+    const batch = this.buffer.splice(0, this.batchSize);
     this.batchTakenAt = Date.now();
     this.flushing = this.flush(channel, batch)
       .catch((err: Error) => this.o.log.error({ err: err.message }, 'batch not acknowledged; the broker will redeliver it'))
@@ -216,8 +225,9 @@ export class NotificationConsumer extends QueueSession {
     }
     const now = Date.now();
     const dead: DeadLetter[] = [];
+    const counts = { applied: 0, duplicate: 0, ignored: 0, invalid: 0 };
     result.outcomes.forEach((o, i) => {
-      metrics.messages.inc({ result: o.result });
+      counts[o.result]++;
       const msg = batch[i]!;
       if (o.result === 'invalid') {
         log.warn({ reason: o.reason, routingKey: msg.fields.routingKey, bytes: msg.content.length }, 'invalid notification dead-lettered');
@@ -226,6 +236,7 @@ export class NotificationConsumer extends QueueSession {
         metrics.lag.observe(Math.max(0, now / 1000 - o.event.timestamp / 1e6));
       }
     });
+    for (const [kind, n] of Object.entries(counts)) if (n > 0) metrics.messages.inc({ result: kind }, n);
     // The dead letters must be safe before their originals are acknowledged.
     try {
       await publishDeadLetters(channel, config.amqp.queue, dead, this.timeoutMs, this.bare.copyHeaders);
