@@ -173,18 +173,9 @@ export class NotificationConsumer extends QueueSession {
     this.buffer = [];
   }
 
-  /**
-   * Half the prefetch: while one half is being committed, the broker still has room to deliver
-   * the other half. A whole-prefetch batch left the consumer idle for a broker round trip after
-   * every commit (the broker sends nothing while PREFETCH messages are unacknowledged).
-   */
-  private get batchSize(): number {
-    return Math.max(1, Math.ceil(this.o.config.amqp.prefetch / 2));
-  }
-
   private schedule(): void {
     if (this.flushing) return;
-    if (this.buffer.length >= this.batchSize) {
+    if (this.buffer.length >= this.o.config.amqp.prefetch) {
       this.flushNow();
     } else {
       // A few milliseconds of patience turn a trickle into batches: one transaction for many messages.
@@ -197,7 +188,7 @@ export class NotificationConsumer extends QueueSession {
     this.timer = undefined;
     if (this.flushing || this.buffer.length === 0 || !this.channel) return;
     const channel = this.channel;
-    const batch = this.buffer.splice(0, this.batchSize);
+    const batch = this.buffer.splice(0, this.o.config.amqp.prefetch);
     this.batchTakenAt = Date.now();
     this.flushing = this.flush(channel, batch)
       .catch((err: Error) => this.o.log.error({ err: err.message }, 'batch not acknowledged; the broker will redeliver it'))
