@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
-import { EnforcementWorker, NotificationConsumer, backoffMs, settlesWithin } from './consume.js';
+import { EnforcementWorker, NotificationConsumer, settlesWithin } from './consume.js';
+import { backoffMs } from './retry.js';
 import type { EnforcementReport } from './enforcer.js';
 import { startHealthServer } from './health.js';
 import { Metrics } from './metrics.js';

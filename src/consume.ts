@@ -4,6 +4,7 @@ import type { Config } from './config.js';
 import type { EnforcementReport, IngestResult, Pipeline } from './enforcer.js';
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
+import { backoffMs } from './retry.js';
 import { publishDeadLetters, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type DeadLetter } from './transport/amqp.js';
 import { QueueSession, type QueueBinding } from './transport/queue-session.js';
 
@@ -17,11 +18,6 @@ export async function settlesWithin(promise: Promise<unknown> | undefined, ms: n
   } finally {
     clearTimeout(timer);
   }
-}
-
-/** Full-jitter exponential backoff, capped: retries of many processes do not march in step. */
-export function backoffMs(attempt: number, baseMs = 200, maxMs = 30_000): number {
-  return Math.floor(Math.random() * Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 20)));
 }
 
 /**
@@ -141,7 +137,7 @@ export class NotificationConsumer extends QueueSession {
   private readonly bare = new BareDeadLetters();
 
   constructor(private readonly o: ConsumerOptions) {
-    super(o.config.amqp, o.log, backoffMs, o.brokerTimeoutMs);
+    super(o.config.amqp, o.log, o.brokerTimeoutMs);
   }
 
   /**

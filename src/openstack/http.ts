@@ -3,6 +3,7 @@ import https from 'node:https';
 import { setTimeout as sleepMs } from 'node:timers/promises';
 import type { Logger } from '../log.js';
 import { OpenStackUnreachableError, displayUrl } from './errors.js';
+import { backoffMs } from '../retry.js';
 
 /*
  * Why node:http(s) and not the global fetch: OS_CACERT must apply to these calls only, at run time.
@@ -43,10 +44,9 @@ export interface RetryPolicy {
 /** 4 attempts, about 0.25 + 0.5 + 1 s of waiting at most, 10 s per attempt. */
 export const DEFAULT_RETRY_POLICY: RetryPolicy = { attempts: 4, baseDelayMs: 250, maxDelayMs: 4_000, timeoutMs: 10_000 };
 
-/** Delay before retry number `retry` (1 for the first retry). */
+/** Delay before retry number `retry` (1 for the first retry): its ceiling is `baseDelayMs` at first. */
 export function backoffDelayMs(retry: number, policy: RetryPolicy, random: () => number = Math.random): number {
-  const ceiling = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** Math.max(0, retry - 1));
-  return Math.floor(random() * ceiling);
+  return backoffMs(retry - 1, policy.baseDelayMs, policy.maxDelayMs, random);
 }
 
 /**

@@ -8,6 +8,7 @@ import type { ActionKind, ActionRecord, ApplyOptions, LedgerStore } from './port
 import { StoreDataError, StoreUnavailableError } from '../errors.js';
 import { assertStorable, totalsOverflow } from './storable.js';
 import { redactUrl } from '../redact.js';
+import { backoffMs } from '../retry.js';
 
 /**
  * Schema changes, applied in order at open; `schema_migrations` records which ones a database has.
@@ -248,7 +249,7 @@ export class PostgresStore implements LedgerStore {
         client.off('error', onError);
         client.release(broken);
       }
-      await sleep(Math.random() * 10 * 2 ** attempt);
+      await sleep(backoffMs(attempt, 10, Number.POSITIVE_INFINITY));
     }
   }
 

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../config.js';
-import type { backoffMs } from '../consume.js';
 import type { Logger } from '../log.js';
+import { backoffMs } from '../retry.js';
 import { BROKER_TIMEOUT_MS, connectBroker, declareTopology, withTimeout, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from './amqp.js';
 
 /** The queue a session consumes and the binding that fills it, for the door's log line. */
@@ -30,7 +30,7 @@ export interface QueueBinding {
  *     protected detached() { this.inHand = []; } // the broker delivers them again
  *     stop() { return this.stopAfter(async () => { for (const m of this.inHand.splice(0)) this.channel?.ack(m); }); }
  *   }
- *   const tally = new Tally(config.amqp, log, backoffMs);
+ *   const tally = new Tally(config.amqp, log);
  *   process.once('SIGTERM', () => void tally.stop());
  *   await tally.run();
  */
@@ -47,14 +47,11 @@ export abstract class QueueSession {
   private forget: (() => void) | undefined;
 
   /**
-   * @param backoff `backoffMs`, handed in by the door: src/consume.ts imports this module, and
-   *   importing it back would break `extends QueueSession` whenever this module is loaded first.
    * @param timeoutMs the longest wait on the broker (BROKER_TIMEOUT_MS; tests shorten it).
    */
   constructor(
     private readonly amqp: Config['amqp'],
     private readonly log: Logger,
-    private readonly backoff: typeof backoffMs,
     protected readonly timeoutMs = BROKER_TIMEOUT_MS,
   ) {}
 
@@ -101,7 +98,7 @@ export abstract class QueueSession {
       }
       this.detach();
       if (this.stopRequested) break;
-      const delay = this.backoff(++attempt, 500, 15_000);
+      const delay = backoffMs(++attempt, 500, 15_000);
       this.log.info({ retryInMs: delay, attempt }, 'reconnecting to the broker');
       await sleep(delay, undefined, { signal: this.stopped.signal }).catch(() => {});
     }

@@ -1,8 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SendMessageBatchCommand, type SQSClient } from '@aws-sdk/client-sqs';
 import type { Config } from '../config.js';
-import { backoffMs } from '../consume.js';
 import type { Logger } from '../log.js';
+import { backoffMs } from '../retry.js';
 import { publishDeadLetters, type ConfirmChannel, type ConsumeMessage, type DeadLetter } from './amqp.js';
 import { QueueSession, type QueueBinding } from './queue-session.js';
 
@@ -105,7 +105,7 @@ export class SqsBridge extends QueueSession {
   private readonly drainTimeoutMs: number;
 
   constructor(private readonly o: BridgeOptions) {
-    super(o.config.amqp, o.log, backoffMs);
+    super(o.config.amqp, o.log);
     this.concurrency = o.concurrency ?? 4;
     this.retryBaseMs = o.retryBaseMs ?? 200;
     this.drainTimeoutMs = o.drainTimeoutMs ?? 20_000;
