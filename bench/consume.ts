@@ -33,7 +33,6 @@ import { parseArgs } from 'node:util';
 import amqp from 'amqplib';
 import { loadConfig } from '../src/config.js';
 import { NotificationConsumer, EnforcementWorker } from '../src/consume.js';
-import { Pipeline } from '../src/enforcer.js';
 import { createLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics.js';
 import { StaticLimits } from '../src/quota/static-limits.js';
@@ -46,6 +45,7 @@ import { UnifiedLimits, keystoneLimitsSource } from '../src/openstack/limits.js'
 import type { LimitSource } from '../src/quota/static-limits.js';
 import { generateHistory, osloTimestamp, projectId } from '../test/support/generate.js';
 import { keystoneStandIn, projectLimit, registeredLimit, type KeystoneStandIn } from '../test/support/keystone-standin.js';
+import { pipelineOf } from '../src/runtime.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -141,7 +141,7 @@ function enforcer(queue: string, dir: string, onCommitted: (committed: number, l
   const log = createLogger('warn');
   const metrics = new Metrics();
   const store = SqliteStore.open(join(dir, `${queue}.db`));
-  const pipeline = new Pipeline({ store, limits, mode: 'dry-run', log });
+  const pipeline = pipelineOf({ store, limits, mode: 'dry-run', log });
   const worker = new EnforcementWorker(pipeline, log, metrics);
   const consumer = new NotificationConsumer({
     config,

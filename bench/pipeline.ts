@@ -15,13 +15,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { Pipeline } from '../src/enforcer.js';
 import { parseLimits, type ProjectLimits } from '../src/quota/limits.js';
 import { StaticLimits } from '../src/quota/static-limits.js';
 import { MemoryStore } from '../src/store/memory.js';
 import type { LedgerStore } from '../src/store/port.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 import { generateHistory, withDuplicates } from '../test/support/generate.js';
+import { pipelineOf } from '../src/runtime.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -70,7 +70,7 @@ interface Variant {
 }
 
 async function drive(store: LedgerStore, limits: ProjectLimits, bodies: readonly string[]): Promise<RunStats> {
-  const pipeline = new Pipeline({ store, limits: new StaticLimits(limits) });
+  const pipeline = pipelineOf({ store, limits: new StaticLimits(limits) });
   const outcomes: Record<string, number> = {};
   let evaluations = 0;
   let overReports = 0;

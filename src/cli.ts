@@ -2,11 +2,9 @@ import { printable, scrub } from './redact.js';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config.js';
-import { Pipeline, type ProjectReport } from './enforcer.js';
-import { createLogger } from './log.js';
+import type { ProjectReport } from './enforcer.js';
 import { mergeLimits, parseLimits, type ProjectLimits } from './quota/limits.js';
 import { USAGE_RESOURCES } from './quota/resources.js';
-import { StaticLimits } from './quota/static-limits.js';
 import { reconcile } from './reconcile.js';
 import { replayFile, replayJson } from './replay.js';
 import { openRuntime } from './runtime.js';
@@ -81,21 +79,21 @@ async function replay(args: string[], io: Io): Promise<number> {
   });
   const file = positionals[0];
   if (!file || positionals.length > 1) throw new ConfigError('replay: expected exactly one FILE, e.g. replay notifications.jsonl');
-  const config = loadConfig();
   let override: ProjectLimits = {};
   for (const l of values.limit ?? []) override = mergeLimits(override, parseLimits(l, '--limit'));
-  const limits = new StaticLimits(config.limits.defaults, config.limits.perProject);
-  const store = await openStore(values.store ?? 'memory://', { redisKeyPrefix: config.redisKeyPrefix });
-  const log = createLogger(config.logLevel);
-  try {
-    const pipeline = new Pipeline({
-      store,
-      limits: { limitsFor: async (p) => mergeLimits(await limits.limitsFor(p), override) },
-      exemptProjects: config.exemptProjects,
-      door: config.door,
+  const runtime = await openRuntime(process.env, {
+    // replay reads a file into its own ledger: memory unless --store says otherwise, never STORE_URL.
+    storeUrl: values.store ?? 'memory://',
+    overrides: {
+      limits: (configured) => ({ limitsFor: async (p) => mergeLimits(await configured.limitsFor(p), override) }),
+      // Decides, never acts: no Glance, whatever OS_* says.
+      glance: null,
       // Replay reports over-quota projects in its output; a log line per project would only repeat it.
-      log: undefined,
-    });
+      log: null,
+    },
+  });
+  const { pipeline, log } = runtime;
+  try {
     const summary = await replayFile(pipeline, file, {
       onInvalid: (line, reason) => io.stderr(`${printable(file)}:${line}: invalid: ${printable(reason)}\n`),
     });
@@ -112,7 +110,7 @@ async function replay(args: string[], io: Io): Promise<number> {
     }
     return 0;
   } finally {
-    await store.close();
+    await runtime.close();
   }
 }
 

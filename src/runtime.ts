@@ -1,5 +1,5 @@
 import { loadConfig, type Config } from './config.js';
-import { Pipeline, type ImageService, type PipelineOptions } from './enforcer.js';
+import { Pipeline, type EnforcementMode, type ImageService, type PipelineOptions } from './enforcer.js';
 import { ConfigError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import { loadCredentials } from './openstack/credentials.js';
@@ -32,6 +32,8 @@ export interface RuntimeOptions {
   needGlance?: boolean;
   /** Overrides STORE_URL (replay's --store). */
   storeUrl?: string;
+  /** Checks the configuration before anything is opened (function mode requires a shared store). */
+  check?: (config: Config) => void;
   onAction?: (action: ActionRecord) => void | Promise<void>;
   /** Glance's listing corrected the ledger (the metric gqe_ledger_corrections_total). */
   onCorrections?: PipelineOptions['onCorrections'];
@@ -41,11 +43,45 @@ export interface RuntimeOptions {
    * limits and report why here, instead of failing. Commands that act never pass it.
    */
   onLimitsUnavailable?: (reason: string) => void;
-  /**
-   * Glance and the limits to use instead of those the OS_* identity reaches: the tests of the
-   * function bundles run the bundled pipeline and store over in-memory stand-ins.
-   */
-  openstack?: { glance: ImageService; limits: LimitSource };
+  /** Parts to use instead of those the environment names: tests, benches, replay. */
+  overrides?: RuntimeOverrides;
+}
+
+/**
+ * What a test, a bench or `replay` puts in place of what the environment names. Giving `limits` or
+ * `glance` leaves OpenStack alone: the OS_* identity is not read.
+ */
+export interface RuntimeOverrides {
+  /** Instead of opening STORE_URL; `close()` closes it all the same. */
+  store?: LedgerStore;
+  /** A source, or one built over the static QUOTA_LIMITS (replay's --limit). */
+  limits?: LimitSource | ((configured: LimitSource) => LimitSource);
+  /** Instead of the Glance the OS_* identity reaches; `null`: none, the pipeline decides but never acts. */
+  glance?: ImageService | null;
+  /** Instead of a logger at LOG_LEVEL; `null`: the pipeline logs nothing (replay reports in its output). */
+  log?: Logger | null;
+  clock?: () => number;
+  mode?: EnforcementMode;
+}
+
+/** The parts a pipeline is built over; the rest comes from the configuration. */
+export type PipelineParts = Pick<PipelineOptions, 'store' | 'limits'> & Partial<PipelineOptions>;
+
+/**
+ * The one place a `Pipeline` is built: the configuration's mode, exemptions, concurrency and door
+ * limits over the given parts (which win). Without a configuration, the pipeline's own defaults:
+ * tests and benches that need no environment.
+ *
+ * @example
+ *   const pipeline = pipelineOf({ store: new MemoryStore(), limits: new StaticLimits({}) });
+ */
+export function pipelineOf(parts: PipelineParts, config?: Config): Pipeline {
+  return new Pipeline({
+    ...(config
+      ? { mode: config.mode, exemptProjects: config.exemptProjects, concurrency: config.enforceConcurrency, door: config.door }
+      : {}),
+    ...parts,
+  });
 }
 
 /**
@@ -54,12 +90,16 @@ export interface RuntimeOptions {
  */
 export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options: RuntimeOptions = {}): Promise<Runtime> {
   const config = loadConfig(env);
-  const log = createLogger(config.logLevel);
+  options.check?.(config);
+  const overrides = options.overrides ?? {};
+  const log = overrides.log ?? createLogger(config.logLevel);
   const staticLimits = new StaticLimits(config.limits.defaults, config.limits.perProject);
   let limits: LimitSource = staticLimits;
   let glance: ImageService | undefined;
-  if (options.openstack) {
-    ({ glance, limits } = options.openstack);
+  if (overrides.limits !== undefined || overrides.glance !== undefined) {
+    const given = overrides.limits;
+    limits = typeof given === 'function' ? given(staticLimits) : (given ?? staticLimits);
+    glance = overrides.glance ?? undefined;
   } else if (openstackConfigured(env)) {
     try {
       const keystone = new KeystoneClient(loadCredentials(env, { onWarning: (message) => log.warn(message) }), { log });
@@ -80,18 +120,19 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
       'OS_AUTH_URL: this command talks to Glance and Keystone, but no OpenStack identity is configured; set OS_CLOUD (with clouds.yaml) or OS_AUTH_URL, OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME and OS_SYSTEM_SCOPE=all',
     );
   }
-  const store = await openStore(options.storeUrl ?? config.storeUrl, { redisKeyPrefix: config.redisKeyPrefix });
-  const pipeline = new Pipeline({
-    store,
-    limits,
-    images: glance,
-    mode: config.mode,
-    exemptProjects: config.exemptProjects,
-    concurrency: config.enforceConcurrency,
-    door: config.door,
-    log,
-    ...(options.onAction ? { onAction: options.onAction } : {}),
-    ...(options.onCorrections ? { onCorrections: options.onCorrections } : {}),
-  });
+  const store = overrides.store ?? (await openStore(options.storeUrl ?? config.storeUrl, { redisKeyPrefix: config.redisKeyPrefix }));
+  const pipeline = pipelineOf(
+    {
+      store,
+      limits,
+      images: glance,
+      ...(overrides.log === null ? {} : { log }),
+      ...(overrides.clock ? { clock: overrides.clock } : {}),
+      ...(overrides.mode ? { mode: overrides.mode } : {}),
+      ...(options.onAction ? { onAction: options.onAction } : {}),
+      ...(options.onCorrections ? { onCorrections: options.onCorrections } : {}),
+    },
+    config,
+  );
   return { config, log, store, limits, glance, pipeline, close: () => store.close() };
 }

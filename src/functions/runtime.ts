@@ -1,11 +1,12 @@
 import type { SQSClient } from '@aws-sdk/client-sqs';
-import { loadConfig, type Config } from '../config.js';
+import type { Config } from '../config.js';
 import type { ImageService, Pipeline } from '../enforcer.js';
 import { ConfigError } from '../errors.js';
 import { createLogger, logContext, type Logger } from '../log.js';
 import type { InvocationContext } from './events.js';
 import { stdoutMetrics, type MetricsSink } from './metrics.js';
-import { openRuntime, type RuntimeOptions } from '../runtime.js';
+import type { LimitSource } from '../quota/static-limits.js';
+import { openRuntime } from '../runtime.js';
 import { storeScheme } from '../store/index.js';
 import { awsSecretReader, resolveSecrets, type SecretReader } from './secrets.js';
 
@@ -50,7 +51,7 @@ export function requireSharedStore(storeUrl: string): void {
 /** What the tests of the bundles and of the cold start put in place of AWS and OpenStack. */
 export interface FunctionServicesOptions {
   /** Instead of Keystone and Glance reached with the OS_* identity. */
-  openstack?: RuntimeOptions['openstack'];
+  openstack?: { glance: ImageService; limits: LimitSource };
   /** Instead of the instance's AWS Secrets Manager / SSM reader. */
   secrets?: SecretReader;
   /** Instead of EMF lines on stdout. */
@@ -69,10 +70,8 @@ const instanceSecrets = awsSecretReader();
 export async function openFunctionServices(given: NodeJS.ProcessEnv = process.env, options: FunctionServicesOptions = {}): Promise<FunctionServices> {
   const { openstack, secrets = instanceSecrets, metrics = stdoutMetrics } = options;
   const env = await resolveSecrets(given, secrets);
-  const config = loadConfig(env);
-  requireSharedStore(config.storeUrl);
-  const runtime = await openRuntime(env, { needGlance: true, ...(openstack ? { openstack } : {}) });
-  const { log, pipeline, glance } = runtime;
+  const runtime = await openRuntime(env, { needGlance: true, check: (config) => requireSharedStore(config.storeUrl), ...(openstack ? { overrides: openstack } : {}) });
+  const { config, log, pipeline, glance } = runtime;
   let poison: PoisonQueue | undefined;
   let sqs: SQSClient | undefined;
   if (config.sqs.deadLetterQueueUrl) {

@@ -2,7 +2,6 @@ import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { usageOf } from '../../src/ledger/usage.js';
 import { parseNotification, type ImageEvent } from '../../src/notification/parse.js';
-import { Pipeline } from '../../src/enforcer.js';
 import { StoreDataError } from '../../src/errors.js';
 import { applyIsolatingPoison } from '../../src/store/isolate.js';
 import { MemoryStore } from '../../src/store/memory.js';
@@ -10,6 +9,7 @@ import type { LedgerStore } from '../../src/store/port.js';
 import { snapshot } from './shared-ledger.contract.js';
 import { ev, MiB } from '../support/events.js';
 import { captures, envelope, inner, quotaTestBodies } from '../support/fixtures.js';
+import { pipelineOf } from '../../src/runtime.js';
 
 /**
  * Events no store can keep exactly, built directly (the door rejects most of them before any
@@ -361,7 +361,7 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       await store.applyEvents([ev({ imageId: 'huge', projectId: project, status: 'active', size: Number.MAX_SAFE_INTEGER - 1 })], 1);
       const first = inner(bodies[0]!);
       const tipping = envelope({ ...first, message_id: 'tipping', payload: { ...first.payload, status: 'active', size: 5 } });
-      const pipeline = new Pipeline({ store, limits: { limitsFor: async () => ({}) } });
+      const pipeline = pipelineOf({ store, limits: { limitsFor: async () => ({}) } });
       const { outcomes } = await pipeline.ingest([...bodies.slice(1), tipping]);
       expect(outcomes.slice(0, -1).map((o) => o.result)).toEqual(bodies.slice(1).map(() => 'applied'));
       expect(outcomes.at(-1)).toEqual({ result: 'invalid', reason: expect.stringMatching(/ledger store refused it: .*2\^53/) });

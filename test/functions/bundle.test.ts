@@ -10,6 +10,7 @@ import { MemoryStore } from '../../src/store/memory.js';
 import { quotaTestBodies } from '../support/fixtures.js';
 import { compareLedgers } from '../support/ledger-oracle.js';
 import { ATTACKER, ATTACKER_LIMITED, MemoryGlance, chunks, freshLedgerPerTest, realBodies, rmqEvent, scheduledEvent, sqsEvent } from './support.js';
+import { pipelineOf } from '../../src/runtime.js';
 
 /*
  * The function bundles themselves (what serverless.yml packages, scripts/build-functions.ts),
@@ -39,7 +40,7 @@ beforeAll(async () => {
 async function replayOf(bodies: readonly string[]): Promise<{ oracle: Pipeline; summary: ReplaySummary }> {
   const file = join(dir, `replay-${Math.random().toString(36).slice(2)}.jsonl`);
   writeFileSync(file, bodies.join('\n') + '\n');
-  const oracle = new Pipeline({ store: new MemoryStore(), limits: ATTACKER_LIMITED });
+  const oracle = pipelineOf({ store: new MemoryStore(), limits: ATTACKER_LIMITED });
   return { oracle, summary: await replayFile(oracle, file) };
 }
 
@@ -72,7 +73,7 @@ describe.each(['redis', 'postgres'] as const)('the bundled handlers over a %s le
     let applied = 0;
     for (const batch of chunks(bodies, 10)) applied += (await handler(rmqEvent(batch), { awsRequestId: 'req-1' })).messages.applied;
     expect(applied).toBe(summary.messages.applied);
-    expect(await compareLedgers(new Pipeline({ store: shared.store, limits: ATTACKER_LIMITED }), oracle)).toMatchObject({ differences: [], projects: 1 });
+    expect(await compareLedgers(pipelineOf({ store: shared.store, limits: ATTACKER_LIMITED }), oracle)).toMatchObject({ differences: [], projects: 1 });
     const toDelete = summary.projects.find((p) => p.projectId === ATTACKER)!.toDelete;
     const actions = await shared.store.actions({ projectId: ATTACKER });
     expect(actions.map((a) => [a.action, a.imageId]).sort()).toEqual(toDelete.map((id) => ['would-delete', id]).sort());

@@ -29,6 +29,7 @@ import {
 } from './support.js';
 import { envelope, inner, quotaTestBodies } from '../support/fixtures.js';
 import { ev } from '../support/events.js';
+import { pipelineOf } from '../../src/runtime.js';
 
 /**
  * A body the door accepts but the store refuses: the project already holds 2^53 - 1 bytes (set
@@ -54,7 +55,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 async function replayOf(bodies: readonly string[]): Promise<{ oracle: Pipeline; summary: ReplaySummary }> {
   const file = join(dir, `replay-${Math.random().toString(36).slice(2)}.jsonl`);
   writeFileSync(file, bodies.join('\n') + '\n');
-  const oracle = new Pipeline({ store: new MemoryStore(), limits: ATTACKER_LIMITED });
+  const oracle = pipelineOf({ store: new MemoryStore(), limits: ATTACKER_LIMITED });
   return { oracle, summary: await replayFile(oracle, file) };
 }
 

@@ -9,6 +9,7 @@ import { reconcile } from '../../src/reconcile.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { ev } from '../support/events.js';
 import { MemoryGlance, scheduledEvent, servicesOver } from './support.js';
+import { pipelineOf } from '../../src/runtime.js';
 
 /*
  * The scheduled reconcile: the CLI's reconcile, project by project, within a budget; a pass that
@@ -87,7 +88,7 @@ describe('the scheduled reconcile', () => {
     // The CLI's reconcile of the same cloud, in one go, into a fresh ledger: the same ledger.
     const cli = cloud();
     await seedVanished(cli.store);
-    const oracle = new Pipeline({ store: cli.store, limits, images: cli.glance });
+    const oracle = pipelineOf({ store: cli.store, limits, images: cli.glance });
     await reconcile(oracle, cli.glance);
     expect(await ledgerOf(services.pipeline)).toEqual(await ledgerOf(oracle));
     // p-z's only image vanished from Glance: tombstoned, it leaves the projects to look after.

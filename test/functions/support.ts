@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { loadConfig } from '../../src/config.js';
-import { Pipeline, type DeleteOutcome, type ImageService } from '../../src/enforcer.js';
+import { type DeleteOutcome, type ImageService } from '../../src/enforcer.js';
 import type { MetricsSink } from '../../src/functions/metrics.js';
 import type { FunctionServices, PoisonQueue } from '../../src/functions/runtime.js';
 import type { GlanceImageState } from '../../src/ledger/synthetic.js';
@@ -19,6 +19,7 @@ import type { LedgerStore } from '../../src/store/port.js';
 import { FIXTURES, inner, quotaTestBodies } from '../support/fixtures.js';
 import { freshLedger, holdService, requireService, type TestLedger } from '../support/services.js';
 import { afterAll, afterEach, beforeAll, beforeEach } from 'vitest';
+import { pipelineOf } from '../../src/runtime.js';
 
 /** The lab's `verify` run: 36 bodies as Glance sent them (one project, three images, all deleted at the end). */
 export function labVerifyBodies(): string[] {
@@ -228,20 +229,11 @@ export interface ServicesOptions {
   metrics?: MetricsSink;
 }
 
-/** FunctionServices as `openFunctionServices` builds them, over the given store, Glance and limits. */
+/** FunctionServices as `openFunctionServices` builds them (`pipelineOf`, src/runtime.ts), over the given store, Glance and limits. */
 export function servicesOver(o: ServicesOptions): FunctionServices {
   const config = loadConfig(o.env ?? {});
   const log = o.log ?? createLogger('silent');
-  const pipeline = new Pipeline({
-    store: o.store,
-    limits: o.limits ?? ATTACKER_LIMITED,
-    images: o.glance,
-    mode: config.mode,
-    exemptProjects: config.exemptProjects,
-    concurrency: config.enforceConcurrency,
-    door: config.door,
-    log,
-  });
+  const pipeline = pipelineOf({ store: o.store, limits: o.limits ?? ATTACKER_LIMITED, images: o.glance, log }, config);
   return { config, log, pipeline, glance: o.glance, ...(o.poison ? { poison: o.poison } : {}), ...(o.metrics ? { metrics: o.metrics } : {}), close: () => o.store.close() };
 }
 

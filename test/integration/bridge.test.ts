@@ -4,7 +4,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { main } from '../../src/cli.js';
 import { loadConfig } from '../../src/config.js';
-import { Pipeline } from '../../src/enforcer.js';
 import { handleSqsEvent } from '../../src/functions/sqs.js';
 import { createLogger } from '../../src/log.js';
 import { MemoryStore } from '../../src/store/memory.js';
@@ -13,6 +12,7 @@ import { ATTACKER_LIMITED, MemoryGlance, chunks, realBodies, servicesOver, sqsEv
 import { quotaTestBodies } from '../support/fixtures.js';
 import { compareLedgers } from '../support/ledger-oracle.js';
 import { freshLedger, freshQueue, holdService, requireService, type TestQueue } from '../support/services.js';
+import { pipelineOf } from '../../src/runtime.js';
 
 /*
  * `glance-quota-enforcer bridge` against the real RabbitMQ, with SQS played by
@@ -176,7 +176,7 @@ describe('the bridge from RabbitMQ to SQS', () => {
         counts.applied += reply.messages.applied;
         counts.duplicate += reply.messages.duplicate;
       }
-      const oracle = new Pipeline({ store: new MemoryStore(), limits: ATTACKER_LIMITED });
+      const oracle = pipelineOf({ store: new MemoryStore(), limits: ATTACKER_LIMITED });
       const { outcomes } = await oracle.ingest(bodies);
       expect(counts.applied).toBe(outcomes.filter((o) => o.result === 'applied').length);
       expect(counts.duplicate).toBe(lost.filter((body) => outcomes[bodies.indexOf(body)]!.result === 'applied').length);

@@ -2,13 +2,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import { NotificationConsumer } from '../../src/consume.js';
-import { Pipeline, type IngestResult } from '../../src/enforcer.js';
+import { type IngestResult } from '../../src/enforcer.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { envelope, inner, rawBody } from '../support/fixtures.js';
 import { freshQueue, requireService, type TestQueue } from '../support/services.js';
+import { pipelineOf } from '../../src/runtime.js';
 
 /*
  * Dead-lettering against the real RabbitMQ: what the broker accepts from a publisher must never
@@ -87,7 +88,7 @@ describe('dead-lettering on the real broker', () => {
 
   function start(env: Record<string, string> = {}, options: Partial<ConstructorParameters<typeof NotificationConsumer>[0]> = {}): NotificationConsumer {
     const config = loadConfig({ ...q.env, PREFETCH: '16', ...env });
-    const pipeline = new Pipeline({ store, limits: new StaticLimits({}), door: config.door });
+    const pipeline = pipelineOf({ store, limits: new StaticLimits({}), door: config.door });
     consumer = new NotificationConsumer({ config, pipeline, log: createLogger(process.env.TEST_LOG ?? 'silent'), metrics: new Metrics(), onCommitted: (r) => committed.push(r), ...options });
     running = consumer.run();
     return consumer;
@@ -95,7 +96,7 @@ describe('dead-lettering on the real broker', () => {
 
   function startFaulty(fault: FaultyConsumer['fault']): FaultyConsumer {
     const config = loadConfig({ ...q.env, PREFETCH: '16' });
-    const pipeline = new Pipeline({ store, limits: new StaticLimits({}), door: config.door });
+    const pipeline = pipelineOf({ store, limits: new StaticLimits({}), door: config.door });
     const faulty = new FaultyConsumer({ config, pipeline, log: createLogger(process.env.TEST_LOG ?? 'silent'), metrics: new Metrics(), onCommitted: (r) => committed.push(r), brokerTimeoutMs: 500 });
     faulty.fault = fault;
     consumer = faulty;

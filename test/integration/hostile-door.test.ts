@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
-import { Pipeline, type IngestResult } from '../../src/enforcer.js';
+import { type IngestResult } from '../../src/enforcer.js';
 import { handleRabbitMqEvent } from '../../src/functions/amazonmq.js';
 import { handleSqsEvent } from '../../src/functions/sqs.js';
 import { usageOf } from '../../src/ledger/usage.js';
@@ -12,6 +12,7 @@ import type { LedgerStore } from '../../src/store/port.js';
 import { KeptPoison, MemoryGlance, chunks, rmqEvent, servicesOver, sqsEvent } from '../functions/support.js';
 import { envelope, inner, rawBody } from '../support/fixtures.js';
 import { freshLedger, requireServices, type LedgerKind, type TestLedger } from '../support/services.js';
+import { pipelineOf } from '../../src/runtime.js';
 
 /*
  * Hostile bodies at the door of every store and of both function handlers: what an attacker with
@@ -163,7 +164,7 @@ async function checkTotals(store: LedgerStore, s: Stream): Promise<void> {
 }
 
 async function throughPipeline(store: LedgerStore, s: Stream, batch: number): Promise<void> {
-  const pipeline = new Pipeline({ store, limits: new StaticLimits({}), door: config.door });
+  const pipeline = pipelineOf({ store, limits: new StaticLimits({}), door: config.door });
   const outcomes: IngestResult['outcomes'] = [];
   for (const part of chunks(s.bodies, batch)) outcomes.push(...(await noStall(pipeline.ingest(part), 'ingest')).outcomes);
   checkOutcomes(s, outcomes);

@@ -3,8 +3,8 @@
  *
  *   node --import tsx test/support/consume-process.ts
  *
- * The same NotificationConsumer and Pipeline as `glance-quota-enforcer consume`, built from
- * `loadConfig(process.env)` and `openStore`, with the static limits (QUOTA_LIMITS) and no Glance:
+ * The same NotificationConsumer and Pipeline as `glance-quota-enforcer consume`, built by
+ * `openRuntime(process.env)` (src/runtime.ts), with the static limits (QUOTA_LIMITS) and no Glance:
  * the ledger is what is under test, and `enforce` is never called. Start it with many of these
  * on one queue and one STORE_URL to have many consumers share a ledger.
  *
@@ -23,30 +23,18 @@
  * Logs (pino, JSON) go to stderr. SIGTERM drains and exits 0.
  */
 import { createInterface } from 'node:readline';
-import { loadConfig } from '../../src/config.js';
 import { EnforcementWorker, NotificationConsumer } from '../../src/consume.js';
-import { Pipeline, type MessageResult } from '../../src/enforcer.js';
-import { createLogger } from '../../src/log.js';
+import type { MessageResult } from '../../src/enforcer.js';
 import { Metrics } from '../../src/metrics.js';
-import { StaticLimits } from '../../src/quota/static-limits.js';
-import { openStore } from '../../src/store/index.js';
+import { openRuntime } from '../../src/runtime.js';
 
 function say(event: string, detail: object = {}): void {
   process.stdout.write(`${JSON.stringify({ event, ...detail })}\n`);
 }
 
-const config = loadConfig(process.env);
-const log = createLogger(config.logLevel);
+// Static limits (QUOTA_LIMITS) and no Glance, whatever OS_* says: the ledger is under test.
+const { config, log, store, pipeline, close } = await openRuntime(process.env, { overrides: { limits: (configured) => configured, glance: null } });
 const metrics = new Metrics();
-const store = await openStore(config.storeUrl, { redisKeyPrefix: config.redisKeyPrefix });
-const pipeline = new Pipeline({
-  store,
-  limits: new StaticLimits(config.limits.defaults, config.limits.perProject),
-  mode: config.mode,
-  exemptProjects: config.exemptProjects,
-  door: config.door,
-  log,
-});
 const worker = process.env.CONSUME_PROCESS_EVALUATE === '1' ? new EnforcementWorker(pipeline, log, metrics) : undefined;
 const consumer = new NotificationConsumer({
   config,
@@ -66,7 +54,7 @@ process.once('SIGTERM', () => {
   stopping = (async () => {
     await consumer.stop();
     await worker?.stop();
-    await store.close();
+    await close();
     say('stopped');
   })();
 });

@@ -9,13 +9,14 @@ import { parseLimits } from '../../src/quota/limits.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import type { LedgerStore } from '../../src/store/port.js';
+import { pipelineOf } from '../../src/runtime.js';
 
 // The port does not fix the order of `images`.
 const byId = (records: ImageRecord[]) => records.sort((a, b) => (a.imageId < b.imageId ? -1 : a.imageId > b.imageId ? 1 : 0));
 
 /** A decision pipeline (no Glance) over `store` with QUOTA_LIMITS-style `limits`. */
 export function decider(store: LedgerStore, limits: string): Pipeline {
-  return new Pipeline({ store, limits: new StaticLimits(parseLimits(limits, 'QUOTA_LIMITS')) });
+  return pipelineOf({ store, limits: new StaticLimits(parseLimits(limits, 'QUOTA_LIMITS')) });
 }
 
 export interface Replay {

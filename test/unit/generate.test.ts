@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { Pipeline } from '../../src/enforcer.js';
 import { parseNotification } from '../../src/notification/parse.js';
 import { osloTimestampMicros } from '../../src/notification/schema.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { captures, rawBody } from '../support/fixtures.js';
 import { encodeBody, generateHistory, osloTimestamp, projectId, withDuplicates } from '../support/generate.js';
+import { pipelineOf } from '../../src/runtime.js';
 
 /** The day these tests are judged at: after every captured and generated body. */
 const NOW = Date.UTC(2026, 11, 1);
@@ -242,7 +242,7 @@ describe('replaying the stream, redeliveries included, gives the generator\'s ow
   });
 
   it('counts per project what the generator left alive', async () => {
-    const pipeline = new Pipeline({ store: new MemoryStore(), limits: new StaticLimits({}), clock: () => NOW });
+    const pipeline = pipelineOf({ store: new MemoryStore(), limits: new StaticLimits({}), clock: () => NOW });
     const stream = withDuplicates(bodies, 0.03, 4);
     for (let i = 0; i < stream.length; i += 500) await pipeline.ingest(stream.slice(i, i + 500));
     for (let i = 0; i < 40; i++) {
