@@ -104,7 +104,8 @@ export interface PipelineOptions {
 }
 
 export class Pipeline {
-  readonly store: LedgerStore;
+  /** Private: every door reaches the ledger through the pipeline's steps, never around them. */
+  private readonly store: LedgerStore;
   private readonly limits: LimitSource;
   private readonly exempt: ReadonlySet<string>;
   private readonly log: Logger | undefined;
@@ -352,6 +353,43 @@ export class Pipeline {
     } finally {
       if (this.busy.get(projectId) === tail) this.busy.delete(projectId);
     }
+  }
+
+  /** Every project the ledger knows (reconcile adds them to Glance's owners). */
+  projects(): Promise<string[]> {
+    return this.store.projects();
+  }
+
+  /** The ledger's records of one project, as the ledger holds them (status, tests). */
+  records(projectId: string): Promise<ImageRecord[]> {
+    return this.store.images(projectId);
+  }
+
+  /** The ledger's usage of one project (Glance's definitions, src/ledger/usage.ts). */
+  usage(projectId: string): Promise<Usage> {
+    return this.store.usage(projectId);
+  }
+
+  /**
+   * A small named value kept beside the ledger, e.g. where the scheduled reconcile stopped
+   * (`reconcile.cursor`); `undefined` until first set.
+   *
+   * @example
+   *   await pipeline.setState('reconcile.cursor', projectId);
+   *   const after = (await pipeline.state('reconcile.cursor')) ?? '';
+   */
+  state(key: string): Promise<string | undefined> {
+    return this.store.getState(key);
+  }
+
+  /** Sets (or replaces) the value of `key`; see `state`. */
+  setState(key: string, value: string): Promise<void> {
+    return this.store.setState(key, value);
+  }
+
+  /** Where the ledger is, credentials redacted (the store's description): for log lines. */
+  get ledgerDescription(): string {
+    return this.store.description;
   }
 
   /**

@@ -68,7 +68,7 @@ export async function reconcile(pipeline: Pipeline, images: ImageService, option
     list.push(image as OwnedImage);
     byProject.set(image.owner, list);
   }
-  const projects = [...new Set([...byProject.keys(), ...(await pipeline.store.projects())])].sort();
+  const projects = [...new Set([...byProject.keys(), ...(await pipeline.projects())])].sort();
 
   const reports: EnforcementReport[] = [];
   for (const [i, projectId] of projects.entries()) {

@@ -65,11 +65,11 @@ export async function reconcileWithinBudget(services: FunctionServices, options:
   // may start at all, not even the first project of a run.
   const hardDeadline = started + (options.remainingMs?.() ?? Infinity) - TIMEOUT_MARGIN_MS;
   const deadline = Math.min(started + options.budgetMs, hardDeadline);
-  const after = (await pipeline.store.getState(RECONCILE_CURSOR)) ?? '';
+  const after = (await pipeline.state(RECONCILE_CURSOR)) ?? '';
 
   const owners = new Set<string>();
   for await (const image of glance.listImages()) if (image.owner !== null) owners.add(image.owner);
-  const pass = [...new Set([...owners, ...(await pipeline.store.projects())])].sort();
+  const pass = [...new Set([...owners, ...(await pipeline.projects())])].sort();
   const todo = pass.filter((p) => p > after);
   log.info({ projects: pass.length, resumeAfter: after || undefined, todo: todo.length, listingMs: clock() - started }, 'reconcile run starts');
 
@@ -103,7 +103,7 @@ export async function reconcileWithinBudget(services: FunctionServices, options:
     // failures alone resumes before them.
     if (summary.failures.length === 0) {
       cursor = projectId;
-      await pipeline.store.setState(RECONCILE_CURSOR, cursor);
+      await pipeline.setState(RECONCILE_CURSOR, cursor);
     }
   }
 
@@ -116,7 +116,7 @@ export async function reconcileWithinBudget(services: FunctionServices, options:
   const complete = remaining === 0;
   if (complete) {
     cursor = '';
-    await pipeline.store.setState(RECONCILE_CURSOR, cursor);
+    await pipeline.setState(RECONCILE_CURSOR, cursor);
     // Once per pass, as `consume` does after each full reconcile.
     await pipeline.forgetOld({ messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs, deadImagesMs: config.deletedImageRetentionMs });
   }

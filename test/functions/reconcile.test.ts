@@ -44,9 +44,9 @@ function cloud(): { glance: MemoryGlance; store: MemoryStore } {
  */
 async function ledgerOf(pipeline: Pipeline) {
   const out: Record<string, unknown> = {};
-  for (const p of await pipeline.store.projects()) {
+  for (const p of await pipeline.projects()) {
     const { usage, over, toDelete } = await pipeline.evaluate(p);
-    const records = (await pipeline.store.images(p))
+    const records = (await pipeline.records(p))
       .map(({ imageId, projectId, status, size, createdAt, deleted, protected: isProtected }) => ({ imageId, projectId, status, size, createdAt, deleted, isProtected }))
       .sort((a, b) => (a.imageId < b.imageId ? -1 : 1));
     out[p] = { usage, over, toDelete, records };

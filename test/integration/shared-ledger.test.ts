@@ -58,7 +58,8 @@ describe.each(['postgres', 'redis'] as const)('%s: one ledger shared by four con
         expect(await queue.dead()).toBe(0);
 
         const replay = await replayInMemory(bodies, LIMITS);
-        const shared = decider(await ledger.open(), LIMITS);
+        const sharedStore = await ledger.open();
+        const shared = decider(sharedStore, LIMITS);
         try {
           const comparison = await compareLedgers(shared, replay.pipeline);
           expect(comparison.differences).toEqual([]);
@@ -78,7 +79,7 @@ describe.each(['postgres', 'redis'] as const)('%s: one ledger shared by four con
               `applied ${applied} (replay ${replay.counts.applied}), duplicates ${duplicates} (replay ${replay.counts.duplicate})`,
           );
         } finally {
-          await shared.store.close();
+          await sharedStore.close();
         }
       } finally {
         stopPublishing.abort();

@@ -77,7 +77,8 @@ describe.each(['postgres', 'redis'] as const)('%s stopped for 10 s under one con
         expect(await queue.ready(), `messages back in the queue after a clean SIGTERM: the last ack did not reach the broker before the close\n${consumer.tail()}`).toBe(0);
         expect(await queue.dead()).toBe(0);
 
-        const shared = decider(await ledger.open(), LIMITS);
+        const sharedStore = await ledger.open();
+        const shared = decider(sharedStore, LIMITS);
         try {
           if (kind === 'postgres') {
             const replay = await replayInMemory(bodies, LIMITS);
@@ -86,10 +87,10 @@ describe.each(['postgres', 'redis'] as const)('%s stopped for 10 s under one con
             expect(comparison.candidates).toBeGreaterThan(0);
           } else {
             // Redis came back empty: the ledger holds only what was applied after the restart.
-            expect((await shared.store.projects()).length).toBeGreaterThan(0);
+            expect((await shared.projects()).length).toBeGreaterThan(0);
           }
         } finally {
-          await shared.store.close();
+          await sharedStore.close();
         }
         console.info(
           `${kind}: ${bodies.length} bodies at ${PER_SECOND}/s; down for ${((outage.restartAt - outage.downAt) / 1000).toFixed(1)} s ` +

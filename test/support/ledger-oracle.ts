@@ -55,7 +55,7 @@ export async function compareLedgers(shared: Pipeline, oracle: Pipeline, max = 5
     if (differences.length < max) differences.push(`${what}: shared ${JSON.stringify(got)}, replay ${JSON.stringify(want)}`);
     else if (differences.length === max) differences.push('...');
   };
-  const [sharedProjects, oracleProjects] = [await shared.store.projects(), await oracle.store.projects()];
+  const [sharedProjects, oracleProjects] = [await shared.projects(), await oracle.projects()];
   if (!isDeepStrictEqual(sharedProjects, oracleProjects)) {
     const only = (a: string[], b: string[]) => a.filter((p) => !b.includes(p));
     differ('projects()', { count: sharedProjects.length, only: only(sharedProjects, oracleProjects) }, { count: oracleProjects.length, only: only(oracleProjects, sharedProjects) });
@@ -64,13 +64,13 @@ export async function compareLedgers(shared: Pipeline, oracle: Pipeline, max = 5
   let overProjects = 0;
   let candidates = 0;
   for (const p of oracleProjects) {
-    const [got, want] = [byId(await shared.store.images(p)), byId(await oracle.store.images(p))];
+    const [got, want] = [byId(await shared.records(p)), byId(await oracle.records(p))];
     images += want.length;
     if (!isDeepStrictEqual(got, want)) {
       const wrong = want.filter((r) => !isDeepStrictEqual(got.find((g) => g.imageId === r.imageId), r));
       differ(`images(${p}) (${wrong.length} of ${want.length} records differ, first)`, got.find((g) => g.imageId === wrong[0]?.imageId) ?? null, wrong[0] ?? null);
     }
-    const [gotUsage, wantUsage] = [await shared.store.usage(p), await oracle.store.usage(p)];
+    const [gotUsage, wantUsage] = [await shared.usage(p), await oracle.usage(p)];
     if (!isDeepStrictEqual(gotUsage, wantUsage)) differ(`usage(${p})`, gotUsage, wantUsage);
     const [gotDecision, wantDecision] = [await shared.evaluate(p), await oracle.evaluate(p)];
     if (wantDecision.over.length > 0) overProjects++;
