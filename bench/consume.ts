@@ -41,7 +41,7 @@ import { SqliteStore } from '../src/store/sqlite.js';
 import { parseTransportUrl } from '../src/transport/transport-url.js';
 import { loadCredentials } from '../src/openstack/credentials.js';
 import { KeystoneClient } from '../src/openstack/keystone.js';
-import { UnifiedLimits, keystoneLimitsSource } from '../src/openstack/limits.js';
+import { UnifiedLimits, keystoneLimitsReader } from '../src/openstack/limits.js';
 import type { LimitSource } from '../src/quota/static-limits.js';
 import { generateHistory, osloTimestamp, projectId } from '../test/support/generate.js';
 import { keystoneStandIn, projectLimit, registeredLimit, type KeystoneStandIn } from '../test/support/keystone-standin.js';
@@ -209,7 +209,7 @@ async function keystoneLimits(projects: number) {
   });
   const log = createLogger('warn');
   const keystone = new KeystoneClient(loadCredentials(standIn.env, { searchDirs: [] }), { log });
-  const limits = () => new UnifiedLimits(keystoneLimitsSource(keystone, { log }), { fallback: HIGH_STATIC_LIMITS, log });
+  const limits = () => new UnifiedLimits(keystoneLimitsReader(keystone, { log }), { fallback: HIGH_STATIC_LIMITS, log });
   return { standIn, limits };
 }
 

@@ -64,6 +64,7 @@ interface Judged {
 /** Image ids a dry run remembers as already reported. */
 const WOULD_DELETE_MEMORY = 100_000;
 
+/** What a DELETE did; `refused` carries Glance's status (403: protected, 409: in use) and message. */
 export type DeleteOutcome = { result: 'deleted' } | { result: 'gone' } | { result: 'refused'; status: number; reason: string };
 
 /** What the pipeline needs of Glance's API (src/openstack/glance.ts implements it). */

@@ -6,7 +6,7 @@ import { loadCredentials } from './openstack/credentials.js';
 import { OpenStackConfigError, ScopeUnavailableError } from './openstack/errors.js';
 import { GlanceClient } from './openstack/glance.js';
 import { KeystoneClient } from './openstack/keystone.js';
-import { UnifiedLimits, keystoneLimitsSource } from './openstack/limits.js';
+import { UnifiedLimits, keystoneLimitsReader } from './openstack/limits.js';
 import { StaticLimits, type LimitSource } from './quota/static-limits.js';
 import { openStore } from './store/index.js';
 import type { ActionRecord, LedgerStore } from './store/port.js';
@@ -104,7 +104,7 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
     try {
       const keystone = new KeystoneClient(loadCredentials(env, { onWarning: (message) => log.warn(message) }), { log });
       glance = new GlanceClient(keystone, { log });
-      limits = new UnifiedLimits(keystoneLimitsSource(keystone, { log }), {
+      limits = new UnifiedLimits(keystoneLimitsReader(keystone, { log }), {
         fallback: staticLimits,
         createRateWindowSeconds: config.createRateWindowSeconds,
         cacheSeconds: config.limitsCacheSeconds,

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { DeleteOutcome } from '../enforcer.js';
 import { createLogger, type Logger } from '../log.js';
 import { OpenStackHttpError, displayUrl, scrub } from './errors.js';
 import type { HttpResponse, RetryingTransport } from './http.js';
@@ -56,10 +57,6 @@ export type GlanceImage = z.infer<typeof GlanceImage>;
 
 const ImagePage = z.object({ images: z.array(z.unknown()), next: z.string().optional() });
 
-export type DeleteOutcome =
-  | { result: 'deleted' }
-  | { result: 'gone' }
-  | { result: 'refused'; status: 403 | 409; reason: string };
 
 export interface ListImagesOptions {
   /** Project id whose images to list; without it, every project's (the admin token sees them all). */

@@ -117,8 +117,12 @@ export interface ProjectLimitListing {
   truncated: boolean;
 }
 
-/** Where limits come from; the Keystone adapter below, or a fake in tests. */
-export interface LimitsSource {
+/**
+ * Keystone's unified limits as `UnifiedLimits` reads them: the Keystone adapter below, or a fake in
+ * tests. Not a `LimitSource` (src/quota/static-limits.ts): it returns Keystone's raw entries, which
+ * `UnifiedLimits` turns into one.
+ */
+export interface KeystoneLimitsReader {
   /** The registered (default) limits of the image service, for every resource. */
   registeredLimits(): Promise<RegisteredLimit[]>;
   /** The project limits of every project for the image service, for every resource. */
@@ -142,7 +146,7 @@ export interface KeystoneLimitsOptions {
  * when the credentials cannot give a system-scoped token, because a project-scoped one would
  * silently read every other project's limits as "none".
  */
-export function keystoneLimitsSource(keystone: KeystoneClient, options: KeystoneLimitsOptions = {}): LimitsSource {
+export function keystoneLimitsReader(keystone: KeystoneClient, options: KeystoneLimitsOptions = {}): KeystoneLimitsReader {
   keystone.requireScope('system', 'unified limits');
   const log = options.log ?? createLogger();
   let target: Promise<{ serviceId: string; regionId?: string }> | undefined;
@@ -246,7 +250,7 @@ interface LimitsTable {
 /**
  * @example
  *   const keystone = new KeystoneClient(loadCredentials());
- *   const limits = new UnifiedLimits(keystoneLimitsSource(keystone), { ...limitsSettingsFromEnv(), fallback: new StaticLimits({ image_count_total: 100 }) });
+ *   const limits = new UnifiedLimits(keystoneLimitsReader(keystone), { cacheSeconds: 300, fallback: new StaticLimits({ image_count_total: 100 }) });
  *   await limits.limitsFor(projectId); // { image_count_total: 3, image_size_total: 1000, ... }
  *   await limits.refresh(projectId);   // the project is over: read Keystone again (rate-limited) first
  */
@@ -268,7 +272,7 @@ export class UnifiedLimits implements LimitSource {
   private readonly log: Logger;
 
   constructor(
-    private readonly source: LimitsSource,
+    private readonly source: KeystoneLimitsReader,
     options: UnifiedLimitsOptions = {},
   ) {
     this.fallback = options.fallback ?? { limitsFor: async () => ({}) };

@@ -6,7 +6,7 @@ import { loadCredentials } from '../../src/openstack/credentials.js';
 import { KeystoneAuthError, ScopeUnavailableError } from '../../src/openstack/errors.js';
 import { GlanceClient } from '../../src/openstack/glance.js';
 import { KeystoneClient } from '../../src/openstack/keystone.js';
-import { UnifiedLimits, keystoneLimitsSource } from '../../src/openstack/limits.js';
+import { UnifiedLimits, keystoneLimitsReader } from '../../src/openstack/limits.js';
 import { USAGE_RESOURCES } from '../../src/quota/resources.js';
 
 /*
@@ -192,11 +192,11 @@ describe('Keystone, as the enforcer', () => {
 
 describe('unified limits, read with the system-scoped token', () => {
   it('reads the four registered limits of the image service', async () => {
-    const registered = await keystoneLimitsSource(enforcer, { log: quiet }).registeredLimits();
+    const registered = await keystoneLimitsReader(enforcer, { log: quiet }).registeredLimits();
     const names = registered.map((l) => l.resource_name);
     for (const resource of USAGE_RESOURCES) expect(names).toContain(resource);
     expect(registered.every((l) => l.region_id === lab.region && Number.isInteger(l.default_limit))).toBe(true);
-    const limits = await new UnifiedLimits(keystoneLimitsSource(enforcer, { log: quiet }), { log: quiet }).limitsFor(lab.demoProjectId);
+    const limits = await new UnifiedLimits(keystoneLimitsReader(enforcer, { log: quiet }), { log: quiet }).limitsFor(lab.demoProjectId);
     expect(limits).toEqual(Object.fromEntries(registered.filter((l) => (USAGE_RESOURCES as readonly string[]).includes(l.resource_name)).map((l) => [l.resource_name, l.default_limit])));
   });
 
@@ -208,7 +208,7 @@ describe('unified limits, read with the system-scoped token', () => {
     const projectId = project.json.project.id as string;
     created.projects.push(projectId);
 
-    const limits = new UnifiedLimits(keystoneLimitsSource(enforcer, { log: quiet }), { cacheSeconds: 0, log: quiet });
+    const limits = new UnifiedLimits(keystoneLimitsReader(enforcer, { log: quiet }), { cacheSeconds: 0, log: quiet });
     const before = await limits.limitsFor(projectId);
     expect(before.image_count_total).toBeGreaterThan(2);
 
@@ -247,14 +247,14 @@ describe('unified limits, read with the system-scoped token', () => {
     const limitIds = (res.json.limits as { id: string }[]).map((l) => l.id);
     created.limits.push(...limitIds);
 
-    const listing = await keystoneLimitsSource(enforcer, { log: quiet }).allProjectLimits();
+    const listing = await keystoneLimitsReader(enforcer, { log: quiet }).allProjectLimits();
     expect(listing.truncated).toBe(false);
     expect(listing.limits.filter((l) => projectIds.includes(l.project_id ?? '')).map((l) => [l.project_id, l.resource_limit])).toEqual(
       expect.arrayContaining([[projectIds[0], 10], [projectIds[1], 11]]),
     );
     expect(listing.limits.every((l) => l.service_id === serviceId && l.region_id === lab.region && l.project_id)).toBe(true);
 
-    const limits = new UnifiedLimits(keystoneLimitsSource(enforcer, { log: quiet }), { cacheSeconds: 600, refreshSeconds: 0, log: quiet });
+    const limits = new UnifiedLimits(keystoneLimitsReader(enforcer, { log: quiet }), { cacheSeconds: 600, refreshSeconds: 0, log: quiet });
     expect((await limits.limitsFor(projectIds[0]!)).image_count_total).toBe(10);
     expect((await limits.limitsFor(projectIds[1]!)).image_count_total).toBe(11);
     // The operator lowers the first project's limit: the table read a moment ago still has 10, a refresh has 3.
@@ -278,8 +278,8 @@ describe('unified limits, read with the system-scoped token', () => {
     const token = await viaAppCred.token('project');
     expect(token.projectId).toBe(projectToken.projectId);
     expect(token.roles).toContain('admin');
-    expect(() => keystoneLimitsSource(viaAppCred)).toThrow(ScopeUnavailableError);
-    expect(() => keystoneLimitsSource(viaAppCred)).toThrow(/unified limits: no system-scoped token: application credentials are bound to the project/);
+    expect(() => keystoneLimitsReader(viaAppCred)).toThrow(ScopeUnavailableError);
+    expect(() => keystoneLimitsReader(viaAppCred)).toThrow(/unified limits: no system-scoped token: application credentials are bound to the project/);
     // Its project token is enough for Glance.
     const id = await demoCreatesImage();
     await expect(new GlanceClient(viaAppCred, { log: quiet }).getImage(id)).resolves.toMatchObject({ id, owner: lab.demoProjectId });

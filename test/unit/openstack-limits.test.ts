@@ -12,9 +12,9 @@ import {
   ON_DEMAND_REFRESH_SECONDS,
   OUTAGE_RETRY_SECONDS,
   UnifiedLimits,
-  keystoneLimitsSource,
+  keystoneLimitsReader,
   resolveLimits,
-  type LimitsSource,
+  type KeystoneLimitsReader,
   type ProjectLimit,
   type RegisteredLimit,
 } from '../../src/openstack/limits.js';
@@ -76,7 +76,7 @@ describe('settings', () => {
 function fakeSource() {
   const state = { registered: [...LAB_REGISTERED], project: new Map<string, ProjectLimit[]>(), down: false, truncated: false, calls: { registered: 0, all: 0, project: 0 } };
   const unreachable = (path: string) => new OpenStackUnreachableError('keystone', 'GET', `http://keystone/v3${path}`, 4, `keystone: GET http://keystone/v3${path} got no answer after 4 attempts`);
-  const source: LimitsSource = {
+  const source: KeystoneLimitsReader = {
     async registeredLimits() {
       state.calls.registered++;
       if (state.down) throw unreachable('/registered_limits');
@@ -240,7 +240,7 @@ describe('against a counting Keystone stand-in (HTTP on 127.0.0.1)', () => {
     for (const projects of [10, 10_000]) {
       const { s, keystone } = await standIn(projects);
       let now = 1_000_000;
-      const limits = new UnifiedLimits(keystoneLimitsSource(keystone, { log: quiet }), { cacheSeconds: 60, now: () => now, log: quiet });
+      const limits = new UnifiedLimits(keystoneLimitsReader(keystone, { log: quiet }), { cacheSeconds: 60, now: () => now, log: quiet });
       for (let i = 0; i < projects; i++) expect((await limits.limitsFor(`p-${i}`)).image_count_total).toBe(1_000 + i);
       now += 61_000;
       s.resetCalls();
@@ -256,21 +256,21 @@ describe('against a counting Keystone stand-in (HTTP on 127.0.0.1)', () => {
     const { s, keystone } = await standIn(0, {
       limits: [projectLimit('attacker', 'image_count_total', 3), projectLimit('attacker', 'image_count_total', 1, 'RegionTwo'), projectLimit('demo', 'image_size_total', -1)],
     });
-    const limits = new UnifiedLimits(keystoneLimitsSource(keystone, { log: quiet }), { fallback: new StaticLimits({ image_count_total: 50, image_create_rate: { count: 5, windowSeconds: 60 } }), log: quiet });
+    const limits = new UnifiedLimits(keystoneLimitsReader(keystone, { log: quiet }), { fallback: new StaticLimits({ image_count_total: 50, image_create_rate: { count: 5, windowSeconds: 60 } }), log: quiet });
     expect(await limits.limitsFor('attacker')).toEqual({ image_count_total: 3, image_count_uploading: 10, image_size_total: 1000, image_stage_total: 1000, image_create_rate: { count: 5, windowSeconds: 60 } });
     expect(await limits.limitsFor('demo')).toEqual({ image_count_total: 100, image_count_uploading: 10, image_stage_total: 1000, image_create_rate: { count: 5, windowSeconds: 60 } });
     expect(s.calls).toEqual({ tokens: 1, registeredLimits: 1, limits: 1, limitsOfOneProject: 0 });
 
     // The same Keystone seen from RegionTwo: its own registered and project limits.
     const two = new KeystoneClient(loadCredentials({ ...s.env, OS_REGION_NAME: 'RegionTwo' }, { searchDirs: [] }), { log: quiet, retry: fast, sleep: async () => {} });
-    expect(await new UnifiedLimits(keystoneLimitsSource(two, { log: quiet }), { log: quiet }).limitsFor('attacker')).toEqual({ image_count_total: 1 });
-    expect(await new UnifiedLimits(keystoneLimitsSource(two, { log: quiet }), { log: quiet }).limitsFor('demo')).toEqual({ image_count_total: 7 });
+    expect(await new UnifiedLimits(keystoneLimitsReader(two, { log: quiet }), { log: quiet }).limitsFor('attacker')).toEqual({ image_count_total: 1 });
+    expect(await new UnifiedLimits(keystoneLimitsReader(two, { log: quiet }), { log: quiet }).limitsFor('demo')).toEqual({ image_count_total: 7 });
   });
 
   it('keeps the table while Keystone answers 503, and the static limits before the first answer', async () => {
     const { s, keystone } = await standIn(3);
     let now = 1_000_000;
-    const limits = new UnifiedLimits(keystoneLimitsSource(keystone, { log: quiet }), { cacheSeconds: 60, now: () => now, fallback: new StaticLimits({ image_count_total: 50 }), log: quiet });
+    const limits = new UnifiedLimits(keystoneLimitsReader(keystone, { log: quiet }), { cacheSeconds: 60, now: () => now, fallback: new StaticLimits({ image_count_total: 50 }), log: quiet });
     s.down = true;
     expect(await limits.lookup('p-1')).toEqual({ limits: { image_count_total: 50 }, origin: 'fallback' });
     s.down = false;
@@ -285,7 +285,7 @@ describe('against a counting Keystone stand-in (HTTP on 127.0.0.1)', () => {
   it("follows a paginating Keystone's next links, but never sends the token to another host", async () => {
     const { s, keystone } = await standIn(25);
     s.pageSize = 10;
-    const source = keystoneLimitsSource(keystone, { log: quiet });
+    const source = keystoneLimitsReader(keystone, { log: quiet });
     const listing = await source.allProjectLimits();
     expect(listing.limits.map((l) => l.project_id)).toEqual(Array.from({ length: 25 }, (_, i) => `p-${i}`));
     expect(s.calls.limits).toBe(3);
@@ -295,7 +295,7 @@ describe('against a counting Keystone stand-in (HTTP on 127.0.0.1)', () => {
 
   it('reads a truncated listing (list_limit) as partial, and each project on its own', async () => {
     const { s, keystone } = await standIn(50, { listLimit: 10 });
-    const limits = new UnifiedLimits(keystoneLimitsSource(keystone, { log: quiet }), { log: quiet });
+    const limits = new UnifiedLimits(keystoneLimitsReader(keystone, { log: quiet }), { log: quiet });
     expect(await limits.limitsFor('p-42')).toMatchObject({ image_count_total: 1_042 });
     expect(s.calls).toMatchObject({ registeredLimits: 1, limits: 1, limitsOfOneProject: 1 });
   });
