@@ -318,19 +318,30 @@ export class Pipeline {
       }
       const action: ActionRecord = { atMs: this.clock(), projectId, imageId, action: kind, reason, over: report.over, usage: report.usage, limits: report.limits };
       actions.push(action);
-      // Audited and applied one by one, as they happen: a crash loses no record of a deletion.
+      // Audited one by one, as they happen: a crash loses no record of a deletion. What only
+      // informs (the outgoing notification, the ledger's tombstone) waits for the end of the
+      // pass, so that a slot goes on to its next DELETE at Glance's pace (bench:flood).
       for (const a of await this.store.recordActions([action])) {
         this.log?.info({ ...a, mode: this.mode }, `image ${a.action}`);
-        await this.onAction?.(a);
+        if (this.onAction) announced.push(Promise.resolve().then(() => this.onAction!(a)));
       }
-      // Glance says the image is gone: the ledger stops counting it now, not when (or if) the
-      // image.delete notification arrives.
-      if (kind === 'deleted' || kind === 'gone') {
-        const now = this.clock();
-        await this.store.applyEvents([tombstoneOf(recordFromEvent(eventFromGlance(image)), now)], now, { overwrite: true });
-      }
+      // Glance says the image is gone: the ledger stops counting it at the end of this pass, not
+      // when (or if) the image.delete notification arrives.
+      if (kind === 'deleted' || kind === 'gone') gone.push(image);
     };
-    await forEachLimited(candidates, this.concurrency, actOn);
+    const announced: Promise<void>[] = [];
+    const gone: OwnedImage[] = [];
+    try {
+      await forEachLimited(candidates, this.concurrency, actOn);
+    } finally {
+      if (gone.length > 0) {
+        const now = this.clock();
+        await this.store.applyEvents(gone.map((image) => tombstoneOf(recordFromEvent(eventFromGlance(image)), now)), now, { overwrite: true });
+      }
+      for (const r of await Promise.allSettled(announced)) {
+        if (r.status === 'rejected') this.log?.warn({ projectId, err: (r.reason as Error)?.message }, 'announcing an action failed; it is in the audit all the same');
+      }
+    }
     return actions;
   }
 
