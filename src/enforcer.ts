@@ -69,7 +69,6 @@ export type DeleteOutcome = { result: 'deleted' } | { result: 'gone' } | { resul
 
 /** What the pipeline needs of Glance's API (src/openstack/glance.ts implements it). */
 export interface ImageService {
-  getImage(id: string): Promise<GlanceImageState | null>;
   deleteImage(id: string): Promise<DeleteOutcome>;
   /**
    * Every image but deleted ones, of one owner or of everyone, all pages. An image it cannot read
@@ -230,7 +229,7 @@ export class Pipeline {
       // About to delete: a limit raised a moment ago must count, so the limits are read afresh
       // (rate-limited by the source) rather than from the table's last refresh.
       const limits = this.limits.refresh ? await this.limits.refresh(projectId) : await this.limits.limitsFor(projectId);
-      const judged = await this.judge(projectId, listing, corrected, limits);
+      const judged = this.judge(projectId, listing, corrected, limits);
       return { ...judged.report, actions: await this.act(images, judged) };
     });
   }
@@ -244,7 +243,7 @@ export class Pipeline {
     return this.oneAtATime(projectId, async () => {
       const owned = listing.filter((i) => i.owner === projectId);
       const corrected = await this.repair(projectId, owned, listedAtMs, listedElsewhere);
-      return (await this.judge(projectId, owned, corrected, await this.limits.limitsFor(projectId))).report;
+      return this.judge(projectId, owned, corrected, await this.limits.limitsFor(projectId)).report;
     });
   }
 
