@@ -32,7 +32,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import amqp from 'amqplib';
 import { loadConfig } from '../src/config.js';
-import { NotificationConsumer, EnforcementWorker } from '../src/consume.js';
+import { NotificationConsumer, EnforcementWorker } from '../src/doors/consume.js';
 import { createLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics.js';
 import { StaticLimits } from '../src/quota/static-limits.js';
@@ -45,7 +45,7 @@ import { UnifiedLimits, keystoneLimitsReader } from '../src/openstack/limits.js'
 import type { LimitSource } from '../src/quota/static-limits.js';
 import { generateHistory, osloTimestamp, projectId } from '../test/support/generate.js';
 import { keystoneStandIn, projectLimit, registeredLimit, type KeystoneStandIn } from '../test/support/keystone-standin.js';
-import { pipelineOf } from '../src/runtime.js';
+import { pipelineOf } from '../src/composition-root.js';
 
 const { values: args } = parseArgs({
   options: {

@@ -21,7 +21,7 @@ import { MemoryStore } from '../src/store/memory.js';
 import type { LedgerStore } from '../src/store/port.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 import { generateHistory, withDuplicates } from '../test/support/generate.js';
-import { pipelineOf } from '../src/runtime.js';
+import { pipelineOf } from '../src/composition-root.js';
 
 const { values: args } = parseArgs({
   options: {

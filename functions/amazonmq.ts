@@ -1,5 +1,5 @@
-import { amazonMqHandler } from '../src/functions/amazonmq.js';
-import { onColdStart, openFunctionServices, servicesFromEnvironment, type FunctionServicesOptions } from '../src/functions/runtime.js';
+import { amazonMqHandler } from '../src/doors/lambda/amazonmq.js';
+import { onColdStart, openFunctionServices, servicesFromEnvironment, type FunctionServicesOptions } from '../src/doors/lambda/instance.js';
 
 /** Amazon MQ (RabbitMQ) trigger: Glance's notifications from the broker's queue (serverless.yml `rabbitmq`). */
 export const handler = amazonMqHandler(servicesFromEnvironment);

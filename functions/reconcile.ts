@@ -1,5 +1,5 @@
-import { reconcileHandler } from '../src/functions/reconcile.js';
-import { onColdStart, openFunctionServices, servicesFromEnvironment, type FunctionServicesOptions } from '../src/functions/runtime.js';
+import { reconcileHandler } from '../src/doors/lambda/reconcile.js';
+import { onColdStart, openFunctionServices, servicesFromEnvironment, type FunctionServicesOptions } from '../src/doors/lambda/instance.js';
 
 /** Scheduled trigger: the CLI's reconcile, within RECONCILE_BUDGET_SECONDS, resuming where it stopped (serverless.yml `schedule`). */
 export const handler = reconcileHandler(servicesFromEnvironment);

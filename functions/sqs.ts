@@ -1,5 +1,5 @@
-import { sqsHandler } from '../src/functions/sqs.js';
-import { onColdStart, openFunctionServices, servicesFromEnvironment, type FunctionServicesOptions } from '../src/functions/runtime.js';
+import { sqsHandler } from '../src/doors/lambda/sqs.js';
+import { onColdStart, openFunctionServices, servicesFromEnvironment, type FunctionServicesOptions } from '../src/doors/lambda/instance.js';
 
 /** SQS trigger: Glance's notifications forwarded by `glance-quota-enforcer bridge` (serverless.yml `sqs`). */
 export const handler = sqsHandler(servicesFromEnvironment);

@@ -2,15 +2,15 @@ import { printable, scrub } from './redact.js';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config.js';
-import type { ProjectReport } from './enforcer.js';
+import type { ProjectReport } from './pipeline.js';
 import { mergeLimits, parseLimits, type ProjectLimits } from './quota/limits.js';
 import { USAGE_RESOURCES } from './quota/resources.js';
-import { reconcile } from './reconcile.js';
-import { replayFile, replayJson } from './replay.js';
-import { openRuntime } from './runtime.js';
+import { reconcile } from './doors/reconcile.js';
+import { replayFile, replayJson } from './doors/replay.js';
+import { openRuntime } from './composition-root.js';
 import { UnifiedLimits } from './openstack/limits.js';
-import { consume } from './consume-command.js';
-import type { EnforcementReport } from './enforcer.js';
+import { consume } from './commands/consume.js';
+import type { EnforcementReport } from './pipeline.js';
 import { openStore } from './store/index.js';
 
 const USAGE = `glance-quota-enforcer: per-project image quotas for OpenStack Glance, enforced from its notifications
@@ -270,7 +270,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       case 'consume':
         return await consume(rest);
       case 'bridge': // loaded on demand: the AWS SDK is for this command only
-        return await (await import('./bridge-command.js')).bridge(rest);
+        return await (await import('./commands/bridge.js')).bridge(rest);
       default:
         io.stderr(`unknown command '${command}'\n\n${USAGE}\n`);
         return 2;

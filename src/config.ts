@@ -5,7 +5,7 @@ import { ConfigError } from './errors.js';
 import { rememberSecrets, scrub, urlPasswords } from './redact.js';
 import { LimitsFile, parseLimits, type ProjectLimits } from './quota/limits.js';
 
-/** The settings a function may read from AWS Secrets Manager or SSM Parameter Store (src/functions/secrets.ts). */
+/** The settings a function may read from AWS Secrets Manager or SSM Parameter Store (src/doors/lambda/secrets.ts). */
 export const SECRET_SETTINGS = ['OS_PASSWORD', 'OS_APPLICATION_CREDENTIAL_SECRET', 'STORE_URL'] as const;
 export type SecretSetting = (typeof SECRET_SETTINGS)[number];
 

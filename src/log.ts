@@ -19,7 +19,7 @@ export const SECRET_PATHS = [
 
 /**
  * Fields that every log line written within a unit of work carries, whichever logger writes it:
- * in function mode, the Lambda request id of the invocation (src/functions/runtime.ts). A child
+ * in function mode, the Lambda request id of the invocation (src/doors/lambda/instance.ts). A child
  * logger would reach only the code it is handed to; the pipeline, the store and the OpenStack
  * clients keep the loggers they were built with at the cold start.
  */

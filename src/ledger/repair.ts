@@ -1,6 +1,6 @@
 import type { ImageEvent } from '../notification/parse.js';
 import type { ImageRecord } from './record.js';
-import { eventFromGlance, tombstoneOf, type GlanceImageState } from './synthetic.js';
+import { eventFromGlance, tombstoneOf, type GlanceImageState } from './glance-image.js';
 import { isLive } from './usage.js';
 
 /**

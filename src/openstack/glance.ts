@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import type { DeleteOutcome } from '../enforcer.js';
+import type { DeleteOutcome } from '../pipeline.js';
 import { createLogger, type Logger } from '../log.js';
 import { OpenStackHttpError, displayUrl, scrub } from './errors.js';
 import type { HttpResponse, RetryingTransport } from './http.js';

@@ -9,7 +9,7 @@ import type { LedgerStore } from '../../src/store/port.js';
 import { snapshot } from './shared-ledger.contract.js';
 import { ev, MiB } from '../support/events.js';
 import { captures, envelope, inner, quotaTestBodies } from '../support/fixtures.js';
-import { pipelineOf } from '../../src/runtime.js';
+import { pipelineOf } from '../../src/composition-root.js';
 
 /**
  * Events no store can keep exactly, built directly (the door rejects most of them before any

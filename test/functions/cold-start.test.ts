@@ -4,9 +4,9 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { handler as amazonmqEntry } from '../../functions/amazonmq.js';
 import { handler as reconcileEntry } from '../../functions/reconcile.js';
 import { handler as sqsEntry } from '../../functions/sqs.js';
-import { amazonMqHandler } from '../../src/functions/amazonmq.js';
-import { onColdStart, openFunctionServices, requireSharedStore, type FunctionServices } from '../../src/functions/runtime.js';
-import { sqsHandler } from '../../src/functions/sqs.js';
+import { amazonMqHandler } from '../../src/doors/lambda/amazonmq.js';
+import { onColdStart, openFunctionServices, requireSharedStore, type FunctionServices } from '../../src/doors/lambda/instance.js';
+import { sqsHandler } from '../../src/doors/lambda/sqs.js';
 import { createLogger } from '../../src/log.js';
 import { captures } from '../support/fixtures.js';
 import { freshLedger, holdService, requireService, type TestLedger } from '../support/services.js';

@@ -2,12 +2,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Pipeline } from '../../src/enforcer.js';
-import { amazonMqHandler, handleRabbitMqEvent } from '../../src/functions/amazonmq.js';
-import { EventShapeError } from '../../src/functions/events.js';
-import type { FunctionServices } from '../../src/functions/runtime.js';
-import { handleSqsEvent, sqsHandler } from '../../src/functions/sqs.js';
-import { replayFile, type ReplaySummary } from '../../src/replay.js';
+import { Pipeline } from '../../src/pipeline.js';
+import { amazonMqHandler, handleRabbitMqEvent } from '../../src/doors/lambda/amazonmq.js';
+import { EventShapeError } from '../../src/doors/lambda/events.js';
+import type { FunctionServices } from '../../src/doors/lambda/instance.js';
+import { handleSqsEvent, sqsHandler } from '../../src/doors/lambda/sqs.js';
+import { replayFile, type ReplaySummary } from '../../src/doors/replay.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import type { LedgerStore } from '../../src/store/port.js';
 import { compareLedgers } from '../support/ledger-oracle.js';
@@ -29,7 +29,7 @@ import {
 } from './support.js';
 import { envelope, inner, quotaTestBodies } from '../support/fixtures.js';
 import { ev } from '../support/events.js';
-import { pipelineOf } from '../../src/runtime.js';
+import { pipelineOf } from '../../src/composition-root.js';
 
 /**
  * A body the door accepts but the store refuses: the project already holds 2^53 - 1 bytes (set
@@ -51,7 +51,7 @@ async function storeRefusedBody(store: LedgerStore, hugeId = 'huge'): Promise<st
 const dir = mkdtempSync(join(tmpdir(), 'gqe-functions-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-/** `replay` (src/replay.ts) of the bodies into a fresh memory ledger, with the same limits. */
+/** `replay` (src/doors/replay.ts) of the bodies into a fresh memory ledger, with the same limits. */
 async function replayOf(bodies: readonly string[]): Promise<{ oracle: Pipeline; summary: ReplaySummary }> {
   const file = join(dir, `replay-${Math.random().toString(36).slice(2)}.jsonl`);
   writeFileSync(file, bodies.join('\n') + '\n');

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { amazonMqHandler } from '../../src/functions/amazonmq.js';
-import { NAMESPACE } from '../../src/functions/metrics.js';
-import { reconcileHandler } from '../../src/functions/reconcile.js';
-import { sqsHandler } from '../../src/functions/sqs.js';
+import { amazonMqHandler } from '../../src/doors/lambda/amazonmq.js';
+import { NAMESPACE } from '../../src/doors/lambda/metrics.js';
+import { reconcileHandler } from '../../src/doors/lambda/reconcile.js';
+import { sqsHandler } from '../../src/doors/lambda/sqs.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { quotaTestBodies } from '../support/fixtures.js';
 import { ATTACKER, MemoryGlance, capturedLog, realBodies, rmqEvent, scheduledEvent, servicesOver, sqsEvent, withOutage } from './support.js';

@@ -1,15 +1,15 @@
 import { describe, expect, it } from 'vitest';
-import { Pipeline } from '../../src/enforcer.js';
-import { EventShapeError } from '../../src/functions/events.js';
-import { RECONCILE_CURSOR, reconcileHandler, reconcileWithinBudget, TIMEOUT_MARGIN_MS } from '../../src/functions/reconcile.js';
-import type { GlanceImageState } from '../../src/ledger/synthetic.js';
+import { Pipeline } from '../../src/pipeline.js';
+import { EventShapeError } from '../../src/doors/lambda/events.js';
+import { RECONCILE_CURSOR, reconcileHandler, reconcileWithinBudget, TIMEOUT_MARGIN_MS } from '../../src/doors/lambda/reconcile.js';
+import type { GlanceImageState } from '../../src/ledger/glance-image.js';
 import type { ProjectLimits } from '../../src/quota/limits.js';
 import type { LimitSource } from '../../src/quota/static-limits.js';
-import { reconcile } from '../../src/reconcile.js';
+import { reconcile } from '../../src/doors/reconcile.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { ev } from '../support/events.js';
 import { MemoryGlance, scheduledEvent, servicesOver } from './support.js';
-import { pipelineOf } from '../../src/runtime.js';
+import { pipelineOf } from '../../src/composition-root.js';
 
 /*
  * The scheduled reconcile: the CLI's reconcile, project by project, within a budget; a pass that

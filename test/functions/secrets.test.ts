@@ -3,8 +3,8 @@ import { GetParameterCommand, SSMClient } from '@aws-sdk/client-ssm';
 import { mockClient } from 'aws-sdk-client-mock';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
-import { openFunctionServices } from '../../src/functions/runtime.js';
-import { awsSecretReader, resolveSecrets } from '../../src/functions/secrets.js';
+import { openFunctionServices } from '../../src/doors/lambda/instance.js';
+import { awsSecretReader, resolveSecrets } from '../../src/doors/lambda/secrets.js';
 import { freshLedgerPerTest } from './support.js';
 
 /*

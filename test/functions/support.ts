@@ -1,17 +1,17 @@
 /**
  * What the function tests share: Lambda events built from real captured bodies, a Glance that
  * lives in memory, a store that can be made to fail, and services wired as a cold start wires
- * them (src/functions/runtime.ts) but over those.
+ * them (src/doors/lambda/instance.ts) but over those.
  */
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { loadConfig } from '../../src/config.js';
-import { type DeleteOutcome, type ImageService } from '../../src/enforcer.js';
-import type { MetricsSink } from '../../src/functions/metrics.js';
-import type { FunctionServices, PoisonQueue } from '../../src/functions/runtime.js';
-import type { GlanceImageState } from '../../src/ledger/synthetic.js';
+import { type DeleteOutcome, type ImageService } from '../../src/pipeline.js';
+import type { MetricsSink } from '../../src/doors/lambda/metrics.js';
+import type { FunctionServices, PoisonQueue } from '../../src/doors/lambda/instance.js';
+import type { GlanceImageState } from '../../src/ledger/glance-image.js';
 import { createLogger } from '../../src/log.js';
 import type { ProjectLimits } from '../../src/quota/limits.js';
 import type { LimitSource } from '../../src/quota/static-limits.js';
@@ -19,7 +19,7 @@ import type { LedgerStore } from '../../src/store/port.js';
 import { FIXTURES, inner, quotaTestBodies } from '../support/fixtures.js';
 import { freshLedger, holdService, requireService, type TestLedger } from '../support/services.js';
 import { afterAll, afterEach, beforeAll, beforeEach } from 'vitest';
-import { pipelineOf } from '../../src/runtime.js';
+import { pipelineOf } from '../../src/composition-root.js';
 
 /** The lab's `verify` run: 36 bodies as Glance sent them (one project, three images, all deleted at the end). */
 export function labVerifyBodies(): string[] {
@@ -229,7 +229,7 @@ export interface ServicesOptions {
   metrics?: MetricsSink;
 }
 
-/** FunctionServices as `openFunctionServices` builds them (`pipelineOf`, src/runtime.ts), over the given store, Glance and limits. */
+/** FunctionServices as `openFunctionServices` builds them (`pipelineOf`, src/composition-root.ts), over the given store, Glance and limits. */
 export function servicesOver(o: ServicesOptions): FunctionServices {
   const config = loadConfig(o.env ?? {});
   const log = o.log ?? createLogger('silent');

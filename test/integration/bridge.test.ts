@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { main } from '../../src/cli.js';
 import { loadConfig } from '../../src/config.js';
-import { handleSqsEvent } from '../../src/functions/sqs.js';
+import { handleSqsEvent } from '../../src/doors/lambda/sqs.js';
 import { createLogger } from '../../src/log.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { regionOfQueueUrl, SQS_MAX_MESSAGE_BYTES, SqsBridge, sqsBody } from '../../src/transport/sqs-bridge.js';
@@ -12,7 +12,7 @@ import { ATTACKER_LIMITED, MemoryGlance, chunks, realBodies, servicesOver, sqsEv
 import { quotaTestBodies } from '../support/fixtures.js';
 import { compareLedgers } from '../support/ledger-oracle.js';
 import { freshLedger, freshQueue, holdService, requireService, type TestQueue } from '../support/services.js';
-import { pipelineOf } from '../../src/runtime.js';
+import { pipelineOf } from '../../src/composition-root.js';
 
 /*
  * `glance-quota-enforcer bridge` against the real RabbitMQ, with SQS played by

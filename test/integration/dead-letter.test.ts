@@ -1,15 +1,15 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
-import { NotificationConsumer } from '../../src/consume.js';
-import { type IngestResult } from '../../src/enforcer.js';
+import { NotificationConsumer } from '../../src/doors/consume.js';
+import { type IngestResult } from '../../src/pipeline.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { envelope, inner, rawBody } from '../support/fixtures.js';
 import { freshQueue, requireService, type TestQueue } from '../support/services.js';
-import { pipelineOf } from '../../src/runtime.js';
+import { pipelineOf } from '../../src/composition-root.js';
 
 /*
  * Dead-lettering against the real RabbitMQ: what the broker accepts from a publisher must never

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { amazonMqHandler } from '../../src/functions/amazonmq.js';
-import { handleSqsEvent } from '../../src/functions/sqs.js';
+import { amazonMqHandler } from '../../src/doors/lambda/amazonmq.js';
+import { handleSqsEvent } from '../../src/doors/lambda/sqs.js';
 import type { LedgerStore } from '../../src/store/port.js';
 import { KeptPoison, MemoryGlance, realBodies, rmqEvent, servicesOver, sqsEvent } from '../functions/support.js';
 import { quotaTestBodies } from '../support/fixtures.js';

@@ -1,9 +1,9 @@
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
-import { type IngestResult } from '../../src/enforcer.js';
-import { handleRabbitMqEvent } from '../../src/functions/amazonmq.js';
-import { handleSqsEvent } from '../../src/functions/sqs.js';
+import { type IngestResult } from '../../src/pipeline.js';
+import { handleRabbitMqEvent } from '../../src/doors/lambda/amazonmq.js';
+import { handleSqsEvent } from '../../src/doors/lambda/sqs.js';
 import { usageOf } from '../../src/ledger/usage.js';
 import { MAX_IMAGE_SIZE } from '../../src/notification/schema.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';
@@ -12,7 +12,7 @@ import type { LedgerStore } from '../../src/store/port.js';
 import { KeptPoison, MemoryGlance, chunks, rmqEvent, servicesOver, sqsEvent } from '../functions/support.js';
 import { envelope, inner, rawBody } from '../support/fixtures.js';
 import { freshLedger, requireServices, type LedgerKind, type TestLedger } from '../support/services.js';
-import { pipelineOf } from '../../src/runtime.js';
+import { pipelineOf } from '../../src/composition-root.js';
 
 /*
  * Hostile bodies at the door of every store and of both function handlers: what an attacker with

@@ -4,7 +4,7 @@
  *   node --import tsx test/support/consume-process.ts
  *
  * The same NotificationConsumer and Pipeline as `glance-quota-enforcer consume`, built by
- * `openRuntime(process.env)` (src/runtime.ts), with the static limits (QUOTA_LIMITS) and no Glance:
+ * `openRuntime(process.env)` (src/composition-root.ts), with the static limits (QUOTA_LIMITS) and no Glance:
  * the ledger is what is under test, and `enforce` is never called. Start it with many of these
  * on one queue and one STORE_URL to have many consumers share a ledger.
  *
@@ -23,10 +23,10 @@
  * Logs (pino, JSON) go to stderr. SIGTERM drains and exits 0.
  */
 import { createInterface } from 'node:readline';
-import { EnforcementWorker, NotificationConsumer } from '../../src/consume.js';
-import type { MessageResult } from '../../src/enforcer.js';
+import { EnforcementWorker, NotificationConsumer } from '../../src/doors/consume.js';
+import type { MessageResult } from '../../src/pipeline.js';
 import { Metrics } from '../../src/metrics.js';
-import { openRuntime } from '../../src/runtime.js';
+import { openRuntime } from '../../src/composition-root.js';
 
 function say(event: string, detail: object = {}): void {
   process.stdout.write(`${JSON.stringify({ event, ...detail })}\n`);

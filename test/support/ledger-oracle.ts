@@ -3,13 +3,13 @@
  * project-by-project comparison of a shared ledger with it (records, usage, and the decision).
  */
 import { isDeepStrictEqual } from 'node:util';
-import { Pipeline, type MessageResult } from '../../src/enforcer.js';
+import { Pipeline, type MessageResult } from '../../src/pipeline.js';
 import type { ImageRecord } from '../../src/ledger/record.js';
 import { parseLimits } from '../../src/quota/limits.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import type { LedgerStore } from '../../src/store/port.js';
-import { pipelineOf } from '../../src/runtime.js';
+import { pipelineOf } from '../../src/composition-root.js';
 
 // The port does not fix the order of `images`.
 const byId = (records: ImageRecord[]) => records.sort((a, b) => (a.imageId < b.imageId ? -1 : a.imageId > b.imageId ? 1 : 0));

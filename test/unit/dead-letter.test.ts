@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { LastOver } from '../../src/consume-command.js';
-import { BareDeadLetters, settlesWithin } from '../../src/consume.js';
+import { LastOver } from '../../src/commands/consume.js';
+import { BareDeadLetters, settlesWithin } from '../../src/doors/consume.js';
 import { MAX_COPIED_HEADERS_BYTES, MAX_REASON_BYTES, capUtf8, deadLetterProperties, type DeadLetter } from '../../src/transport/amqp.js';
 
 function delivery(content: string, headers: Record<string, unknown> = {}): DeadLetter['msg'] {
@@ -79,7 +79,7 @@ describe('bounded waits and bounded memory in consume', () => {
 
 describe('the enforcement worker at shutdown', () => {
   it('abandons its backlog and waits for the project in hand only as long as it is told', async () => {
-    const { EnforcementWorker } = await import('../../src/consume.js');
+    const { EnforcementWorker } = await import('../../src/doors/consume.js');
     const { Metrics } = await import('../../src/metrics.js');
     const { createLogger } = await import('../../src/log.js');
     const started: string[] = [];

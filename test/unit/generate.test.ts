@@ -5,7 +5,7 @@ import { StaticLimits } from '../../src/quota/static-limits.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { captures, rawBody } from '../support/fixtures.js';
 import { encodeBody, generateHistory, osloTimestamp, projectId, withDuplicates } from '../support/generate.js';
-import { pipelineOf } from '../../src/runtime.js';
+import { pipelineOf } from '../../src/composition-root.js';
 
 /** The day these tests are judged at: after every captured and generated body. */
 const NOW = Date.UTC(2026, 11, 1);

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { Pipeline } from '../../src/enforcer.js';
-import type { GlanceImageState } from '../../src/ledger/synthetic.js';
+import { Pipeline } from '../../src/pipeline.js';
+import type { GlanceImageState } from '../../src/ledger/glance-image.js';
 import { repairFromListing, type OwnedImage } from '../../src/ledger/repair.js';
 import type { ImageEvent } from '../../src/notification/parse.js';
 import type { ProjectLimits } from '../../src/quota/limits.js';
@@ -227,7 +227,7 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
         // what Glance says. (A forged delete dated the very second of a listing is news newer
         // than that listing; the next one judges it.)
         time.nowMs += 600_000;
-        const { reconcile } = await import('../../src/reconcile.js');
+        const { reconcile } = await import('../../src/doors/reconcile.js');
         await reconcile(pipeline, glance, {});
         expect(new Set(glance.deleted)).toEqual(mayGo);
         expect((await store.usage(P)).image_count_total).toBe(glance.images.size);

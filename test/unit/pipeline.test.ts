@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Pipeline } from '../../src/enforcer.js';
+import { Pipeline } from '../../src/pipeline.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { captures } from '../support/fixtures.js';

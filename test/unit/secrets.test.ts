@@ -191,7 +191,7 @@ describe('no secret reaches any output channel, whatever Keystone and Glance ech
     expect(audit.map((a) => a.action)).toEqual(['not-deletable', 'not-deletable', 'would-delete', 'would-delete']);
     expectClean('audit table', JSON.stringify(audit));
 
-    // The notification `consume` publishes for each action (src/consume-command.ts builds it from
+    // The notification `consume` publishes for each action (src/commands/consume.ts builds it from
     // the audited record); and one built from raw server text, in a fresh process's memory.
     const notification = osloNotification('quota_enforcer.image.not_deletable', 'INFO', { reason: audit[0]!.reason }, Date.now());
     expectClean('notification', notification);

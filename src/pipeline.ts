@@ -1,7 +1,7 @@
 import { ConfigError } from './errors.js';
 import { recordFromEvent, type ImageRecord } from './ledger/record.js';
 import { countCorrections, repairFromListing, type Correction, type CorrectionKind, type OwnedImage } from './ledger/repair.js';
-import { eventFromGlance, tombstoneOf, type GlanceImageState } from './ledger/synthetic.js';
+import { eventFromGlance, tombstoneOf, type GlanceImageState } from './ledger/glance-image.js';
 import { usageOf } from './ledger/usage.js';
 import type { Logger } from './log.js';
 import type { ImageEvent } from './notification/parse.js';

@@ -1,5 +1,5 @@
-import type { EnforcementReport } from '../enforcer.js';
-import type { ActionKind } from '../store/port.js';
+import type { EnforcementReport } from '../../pipeline.js';
+import type { ActionKind } from '../../store/port.js';
 import type { MessageCounts } from './batch.js';
 
 /**

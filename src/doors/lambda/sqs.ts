@@ -1,8 +1,8 @@
-import type { IngestResult, MessageOutcome } from '../enforcer.js';
+import type { IngestResult, MessageOutcome } from '../../pipeline.js';
 import { countOutcomes, enforceEach, excerpt, type MessageCounts } from './batch.js';
 import { describeIssue, parseEvent, SqsEvent, SqsRecord, type InvocationContext, type SqsBatchResponse } from './events.js';
 import { writeInvocationMetrics, type InvocationMetrics } from './metrics.js';
-import { inInvocation, type FunctionServices } from './runtime.js';
+import { inInvocation, type FunctionServices } from './instance.js';
 
 export interface SqsBatchSummary extends SqsBatchResponse {
   messages: MessageCounts;

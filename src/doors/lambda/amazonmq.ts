@@ -1,8 +1,8 @@
-import type { MessageOutcome } from '../enforcer.js';
+import type { MessageOutcome } from '../../pipeline.js';
 import { countOutcomes, enforceEach, EnforcementFailedError, excerpt, type MessageCounts } from './batch.js';
 import { decodeHeaders, describeIssue, parseEvent, RabbitMqEvent, RabbitMqMessage, type InvocationContext } from './events.js';
 import { writeInvocationMetrics, type InvocationMetrics } from './metrics.js';
-import { inInvocation, type FunctionServices } from './runtime.js';
+import { inInvocation, type FunctionServices } from './instance.js';
 
 export interface RabbitMqBatchSummary {
   messages: MessageCounts;

@@ -1,5 +1,5 @@
-import type { EnforcementReport, MessageOutcome, MessageResult, Pipeline } from '../enforcer.js';
-import type { Logger } from '../log.js';
+import type { EnforcementReport, MessageOutcome, MessageResult, Pipeline } from '../../pipeline.js';
+import type { Logger } from '../../log.js';
 
 /**
  * What the two message doors of function mode (Amazon MQ, SQS) do with a batch once decoded:

@@ -1,5 +1,5 @@
-import type { EnforcementReport, ImageService, Pipeline, ProjectReport } from './enforcer.js';
-import type { CorrectionKind, OwnedImage } from './ledger/repair.js';
+import type { EnforcementReport, ImageService, Pipeline, ProjectReport } from '../pipeline.js';
+import type { CorrectionKind, OwnedImage } from '../ledger/repair.js';
 
 export interface ReconcileOptions {
   /** Only this project; otherwise every project that owns images in Glance or live ones in the ledger. */

@@ -1,13 +1,13 @@
 import type { SQSClient } from '@aws-sdk/client-sqs';
-import type { Config } from '../config.js';
-import type { ImageService, Pipeline } from '../enforcer.js';
-import { ConfigError } from '../errors.js';
-import { createLogger, logContext, type Logger } from '../log.js';
+import type { Config } from '../../config.js';
+import type { ImageService, Pipeline } from '../../pipeline.js';
+import { ConfigError } from '../../errors.js';
+import { createLogger, logContext, type Logger } from '../../log.js';
 import type { InvocationContext } from './events.js';
 import { stdoutMetrics, type MetricsSink } from './metrics.js';
-import type { LimitSource } from '../quota/static-limits.js';
-import { openRuntime } from '../runtime.js';
-import { storeScheme } from '../store/index.js';
+import type { LimitSource } from '../../quota/static-limits.js';
+import { openRuntime } from '../../composition-root.js';
+import { storeScheme } from '../../store/index.js';
 import { awsSecretReader, resolveSecrets, type SecretReader } from './secrets.js';
 
 /**
@@ -63,8 +63,8 @@ const instanceSecrets = awsSecretReader();
 
 /**
  * Builds the services of one function instance from its environment: the secrets named by
- * `<SETTING>_SECRET_ARN` read (src/functions/secrets.ts), then the same configuration, store,
- * Keystone limits, Glance client and pipeline as `consume` (src/runtime.ts), with a shared store
+ * `<SETTING>_SECRET_ARN` read (src/doors/lambda/secrets.ts), then the same configuration, store,
+ * Keystone limits, Glance client and pipeline as `consume` (src/composition-root.ts), with a shared store
  * required, and the SQS client for poison only when SQS_DEAD_LETTER_QUEUE_URL is set.
  */
 export async function openFunctionServices(given: NodeJS.ProcessEnv = process.env, options: FunctionServicesOptions = {}): Promise<FunctionServices> {
@@ -76,7 +76,7 @@ export async function openFunctionServices(given: NodeJS.ProcessEnv = process.en
   let sqs: SQSClient | undefined;
   if (config.sqs.deadLetterQueueUrl) {
     // Loaded only here: the amazonmq and reconcile functions never pay for the SDK.
-    const [{ SQSClient }, { regionOfQueueUrl }] = await Promise.all([import('@aws-sdk/client-sqs'), import('../transport/sqs-bridge.js')]);
+    const [{ SQSClient }, { regionOfQueueUrl }] = await Promise.all([import('@aws-sdk/client-sqs'), import('../../transport/sqs-bridge.js')]);
     sqs = new SQSClient({ region: env.AWS_REGION || regionOfQueueUrl(config.sqs.deadLetterQueueUrl) });
     poison = sqsPoisonQueue(sqs, config.sqs.deadLetterQueueUrl);
   }

@@ -1,5 +1,5 @@
-import { loadConfig, parseSecretArn, SECRET_SETTINGS, type SecretSetting } from '../config.js';
-import { ConfigError } from '../errors.js';
+import { loadConfig, parseSecretArn, SECRET_SETTINGS, type SecretSetting } from '../../config.js';
+import { ConfigError } from '../../errors.js';
 
 /**
  * The enforcer's secrets in function mode: `OS_PASSWORD`, `OS_APPLICATION_CREDENTIAL_SECRET` and

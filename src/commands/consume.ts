@@ -1,13 +1,13 @@
 import { parseArgs } from 'node:util';
-import { EnforcementWorker, NotificationConsumer, settlesWithin } from './consume.js';
-import { backoffMs } from './retry.js';
-import type { EnforcementReport } from './enforcer.js';
-import { startHealthServer } from './health.js';
-import { Metrics } from './metrics.js';
-import { reconcile } from './reconcile.js';
-import { openRuntime } from './runtime.js';
-import type { ActionRecord } from './store/port.js';
-import { Notifier } from './transport/notifier.js';
+import { EnforcementWorker, NotificationConsumer, settlesWithin } from '../doors/consume.js';
+import { backoffMs } from '../retry.js';
+import type { EnforcementReport } from '../pipeline.js';
+import { startHealthServer } from '../health.js';
+import { Metrics } from '../metrics.js';
+import { reconcile } from '../doors/reconcile.js';
+import { openRuntime } from '../composition-root.js';
+import type { ActionRecord } from '../store/port.js';
+import { Notifier } from '../transport/notifier.js';
 
 const EVENT_OF: Record<ActionRecord['action'], string> = {
   deleted: 'quota_enforcer.image.deleted',

@@ -1,5 +1,5 @@
 import { loadConfig, type Config } from './config.js';
-import { Pipeline, type EnforcementMode, type ImageService, type PipelineOptions } from './enforcer.js';
+import { Pipeline, type EnforcementMode, type ImageService, type PipelineOptions } from './pipeline.js';
 import { ConfigError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import { loadCredentials } from './openstack/credentials.js';

@@ -1,12 +1,12 @@
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Config } from './config.js';
-import type { EnforcementReport, IngestResult, Pipeline } from './enforcer.js';
-import type { Logger } from './log.js';
-import type { Metrics } from './metrics.js';
-import { backoffMs } from './retry.js';
-import { publishDeadLetters, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type DeadLetter } from './transport/amqp.js';
-import { QueueSession, type QueueBinding } from './transport/queue-session.js';
+import type { Config } from '../config.js';
+import type { EnforcementReport, IngestResult, Pipeline } from '../pipeline.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics.js';
+import { backoffMs } from '../retry.js';
+import { publishDeadLetters, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type DeadLetter } from '../transport/amqp.js';
+import { QueueSession, type QueueBinding } from '../transport/queue-session.js';
 
 /** Whether `promise` settles within `ms` (it goes on either way). */
 export async function settlesWithin(promise: Promise<unknown> | undefined, ms: number): Promise<boolean> {

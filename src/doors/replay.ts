@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
-import type { MessageResult, Pipeline, ProjectReport } from './enforcer.js';
+import type { MessageResult, Pipeline, ProjectReport } from '../pipeline.js';
 
 export interface ReplaySummary {
   messages: Record<'total' | MessageResult, number>;

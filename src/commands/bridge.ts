@@ -1,9 +1,9 @@
 import { parseArgs } from 'node:util';
 import { SQSClient } from '@aws-sdk/client-sqs';
-import { loadConfig } from './config.js';
-import { ConfigError } from './errors.js';
-import { createLogger } from './log.js';
-import { regionOfQueueUrl, SqsBridge } from './transport/sqs-bridge.js';
+import { loadConfig } from '../config.js';
+import { ConfigError } from '../errors.js';
+import { createLogger } from '../log.js';
+import { regionOfQueueUrl, SqsBridge } from '../transport/sqs-bridge.js';
 
 /**
  * `glance-quota-enforcer bridge`: for a cloud whose RabbitMQ is on premises while the enforcer

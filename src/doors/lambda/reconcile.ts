@@ -1,9 +1,9 @@
-import type { EnforcementReport } from '../enforcer.js';
-import type { CorrectionKind } from '../ledger/repair.js';
+import type { EnforcementReport } from '../../pipeline.js';
+import type { CorrectionKind } from '../../ledger/repair.js';
 import { reconcile } from '../reconcile.js';
 import { parseEvent, ScheduledEvent, type InvocationContext } from './events.js';
 import { writeInvocationMetrics, type InvocationMetrics } from './metrics.js';
-import { inInvocation, type FunctionServices } from './runtime.js';
+import { inInvocation, type FunctionServices } from './instance.js';
 
 /** Where the scheduled reconcile keeps the last project it finished in the current pass. */
 export const RECONCILE_CURSOR = 'reconcile.cursor';
