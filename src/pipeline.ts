@@ -1,7 +1,7 @@
 import { ConfigError } from './errors.js';
 import { recordFromEvent, type ImageRecord } from './ledger/record.js';
-import { countCorrections, repairFromListing, type Correction, type CorrectionKind, type OwnedImage } from './ledger/repair.js';
-import { eventFromGlance, tombstoneOf, type GlanceImageState } from './ledger/glance-image.js';
+import { countCorrections, repairFromListing, type Correction, type CorrectionKind } from './ledger/repair.js';
+import { eventFromGlance, tombstoneOf, type GlanceImage, type OwnedImage } from './ledger/glance-image.js';
 import { usageOf } from './ledger/usage.js';
 import type { Logger } from './log.js';
 import type { ImageEvent } from './notification/parse.js';
@@ -74,7 +74,7 @@ export interface ImageService {
    * Every image but deleted ones, of one owner or of everyone, all pages. An image it cannot read
    * is left out and reported to `onUnreadable`, never fails the listing.
    */
-  listImages(query?: { owner?: string; onUnreadable?: (imageId: string, reason: string) => void }): AsyncIterable<GlanceImageState>;
+  listImages(query?: { owner?: string; onUnreadable?: (imageId: string, reason: string) => void }): AsyncIterable<GlanceImage>;
 }
 
 export type EnforcementMode = 'enforce' | 'dry-run';

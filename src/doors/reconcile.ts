@@ -1,5 +1,6 @@
 import type { EnforcementReport, ImageService, Pipeline, ProjectReport } from '../pipeline.js';
-import type { CorrectionKind, OwnedImage } from '../ledger/repair.js';
+import type { OwnedImage } from '../ledger/glance-image.js';
+import type { CorrectionKind } from '../ledger/repair.js';
 
 export interface ReconcileOptions {
   /** Only this project; otherwise every project that owns images in Glance or live ones in the ledger. */

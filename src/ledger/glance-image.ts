@@ -1,25 +1,49 @@
+import { z } from 'zod';
 import type { ImageEvent } from '../notification/parse.js';
 import { isoSeconds } from '../notification/schema.js';
 import type { ImageRecord } from './record.js';
 
-/** An image as Glance's v2 API shows it: what reconcile and verification read. */
-export interface GlanceImageState {
-  id: string;
-  owner: string | null;
-  status: string;
-  protected: boolean;
-  size: number | null;
-  created_at: string;
-  updated_at: string;
-  os_glance_importing_to_stores?: string | null | undefined;
-}
+export const ImageStatus = z.enum(['queued', 'saving', 'uploading', 'importing', 'active', 'deactivated', 'killed', 'deleted', 'pending_delete']);
+export type ImageStatus = z.infer<typeof ImageStatus>;
+
+export const ImageVisibility = z.enum(['public', 'private', 'shared', 'community']);
+export type ImageVisibility = z.infer<typeof ImageVisibility>;
+
+/**
+ * An image as Glance's v2 API shows it (`GET /v2/images`, one entry of a listing), reduced to what
+ * quota enforcement reads: the one type for a Glance image, from the client's parsing to the
+ * ledger's repair and the last check before a DELETE.
+ */
+export const GlanceImage = z.object({
+  id: z.string(),
+  name: z.string().nullish(),
+  owner: z.string().nullable(),
+  status: ImageStatus,
+  /** Bytes; null until data is uploaded. */
+  size: z.number().int().nullable(),
+  created_at: z.string(),
+  updated_at: z.string(),
+  protected: z.boolean(),
+  visibility: ImageVisibility,
+  os_hidden: z.boolean().optional(),
+  /**
+   * Comma-separated stores an import is still copying to: a top-level string property of the v2
+   * image body, absent on images that never went through an import. While non-empty, the staged
+   * data counts toward image_stage_total.
+   */
+  os_glance_importing_to_stores: z.string().optional(),
+});
+export type GlanceImage = z.infer<typeof GlanceImage>;
+
+/** A listed image that counts against a project: Glance's quota ignores an image with no owner. */
+export type OwnedImage = GlanceImage & { owner: string };
 
 /**
  * Glance's API state as a ledger event. The API gives whole seconds only, so the event takes the
  * lowest version within its `updated_at` second: a notification from that same second (which has
  * microseconds and may be later than the listing) wins the tie.
  */
-export function eventFromGlance(image: GlanceImageState & { owner: string }): ImageEvent {
+export function eventFromGlance(image: OwnedImage): ImageEvent {
   const createdAt = isoSeconds(image.created_at) ?? 0;
   const updatedAt = isoSeconds(image.updated_at) ?? createdAt;
   return {

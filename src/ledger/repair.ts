@@ -1,6 +1,6 @@
 import type { ImageEvent } from '../notification/parse.js';
 import type { ImageRecord } from './record.js';
-import { eventFromGlance, tombstoneOf, type GlanceImageState } from './glance-image.js';
+import { eventFromGlance, tombstoneOf, type OwnedImage } from './glance-image.js';
 import { isLive } from './usage.js';
 
 /**
@@ -20,8 +20,6 @@ export interface Correction {
   kind: CorrectionKind;
   imageId: string;
 }
-
-export type OwnedImage = GlanceImageState & { owner: string };
 
 /**
  * A notification normally reaches the ledger well within this after Glance's change: a listing

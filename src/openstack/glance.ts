@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { GlanceImage } from '../ledger/glance-image.js';
 import type { DeleteOutcome } from '../pipeline.js';
 import { createLogger, type Logger } from '../log.js';
 import { OpenStackHttpError, displayUrl, scrub } from './errors.js';
@@ -26,34 +27,6 @@ import type { KeystoneClient } from './keystone.js';
  *   Errors come as JSON `{"message", "code", "title"}` only with `Accept: application/json`,
  *   otherwise as an HTML page.
  */
-
-export const ImageStatus = z.enum(['queued', 'saving', 'uploading', 'importing', 'active', 'deactivated', 'killed', 'deleted', 'pending_delete']);
-export type ImageStatus = z.infer<typeof ImageStatus>;
-
-export const ImageVisibility = z.enum(['public', 'private', 'shared', 'community']);
-export type ImageVisibility = z.infer<typeof ImageVisibility>;
-
-/** An image as `GET /v2/images/{id}` returns it, reduced to what quota enforcement reads. */
-export const GlanceImage = z.object({
-  id: z.string(),
-  name: z.string().nullish(),
-  owner: z.string().nullable(),
-  status: ImageStatus,
-  /** Bytes; null until data is uploaded. */
-  size: z.number().int().nullable(),
-  created_at: z.string(),
-  updated_at: z.string(),
-  protected: z.boolean(),
-  visibility: ImageVisibility,
-  os_hidden: z.boolean().optional(),
-  /**
-   * Comma-separated stores an import is still copying to: a top-level string property of the v2
-   * image body, absent on images that never went through an import. While non-empty, the staged
-   * data counts toward image_stage_total.
-   */
-  os_glance_importing_to_stores: z.string().optional(),
-});
-export type GlanceImage = z.infer<typeof GlanceImage>;
 
 const ImagePage = z.object({ images: z.array(z.unknown()), next: z.string().optional() });
 

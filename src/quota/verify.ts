@@ -1,10 +1,7 @@
-/** What Glance's API says about a candidate right now: the only facts a deletion may rest on. */
-export interface ImageFacts {
-  id: string;
-  owner: string | null;
-  status: string;
-  protected: boolean;
-}
+import type { GlanceImage } from '../ledger/glance-image.js';
+
+/** What Glance's listing says about a candidate: the only facts a deletion may rest on. */
+export type ImageFacts = Pick<GlanceImage, 'id' | 'owner' | 'status' | 'protected'>;
 
 export type Verdict = { removable: true } | { removable: false; reason: string };
 

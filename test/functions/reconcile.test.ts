@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { Pipeline } from '../../src/pipeline.js';
 import { EventShapeError } from '../../src/doors/lambda/events.js';
 import { RECONCILE_CURSOR, reconcileHandler, reconcileWithinBudget, TIMEOUT_MARGIN_MS } from '../../src/doors/lambda/reconcile.js';
-import type { GlanceImageState } from '../../src/ledger/glance-image.js';
+import type { GlanceImage, ImageStatus } from '../../src/ledger/glance-image.js';
 import type { ProjectLimits } from '../../src/quota/limits.js';
 import type { LimitSource } from '../../src/quota/static-limits.js';
 import { reconcile } from '../../src/doors/reconcile.js';
@@ -19,9 +19,9 @@ import { pipelineOf } from '../../src/composition-root.js';
 /** p-c is over its limit of 1 with four queued images; the others are within theirs. */
 const limits: LimitSource = { limitsFor: async (p: string): Promise<ProjectLimits> => (p === 'p-c' ? { image_count_total: 1 } : {}) };
 
-function image(id: string, owner: string, status = 'queued', second = 0): GlanceImageState {
+function image(id: string, owner: string, status: ImageStatus = 'queued', second = 0): GlanceImage {
   const at = `2026-11-26T20:00:${String(second).padStart(2, '0')}Z`;
-  return { id, owner, status, protected: false, size: status === 'active' ? 1024 : null, created_at: at, updated_at: at };
+  return { id, owner, status, protected: false, size: status === 'active' ? 1024 : null, created_at: at, updated_at: at, visibility: 'private' };
 }
 
 /** Five projects in Glance, and one image the ledger knows that Glance no longer has. */

@@ -11,7 +11,7 @@ import { loadConfig } from '../../src/config.js';
 import { type DeleteOutcome, type ImageService } from '../../src/pipeline.js';
 import type { MetricsSink } from '../../src/doors/lambda/metrics.js';
 import type { FunctionServices, PoisonQueue } from '../../src/doors/lambda/instance.js';
-import type { GlanceImageState } from '../../src/ledger/glance-image.js';
+import type { GlanceImage } from '../../src/ledger/glance-image.js';
 import { createLogger } from '../../src/log.js';
 import type { ProjectLimits } from '../../src/quota/limits.js';
 import type { LimitSource } from '../../src/quota/static-limits.js';
@@ -119,7 +119,7 @@ export const scheduledEvent = {
 
 /** Glance's images as its API shows them, kept in memory; a project's calls can be made to fail. */
 export class MemoryGlance implements ImageService {
-  readonly images = new Map<string, GlanceImageState>();
+  readonly images = new Map<string, GlanceImage>();
   readonly deleted: string[] = [];
   readonly calls: string[] = [];
   /** Owners whose listing (by owner), reads and deletes fail, as an unreachable Glance would. */
@@ -127,7 +127,7 @@ export class MemoryGlance implements ImageService {
   /** Called on every listing, e.g. to move a test clock. */
   onList: (owner: string | undefined) => void = () => {};
 
-  add(...images: GlanceImageState[]): this {
+  add(...images: GlanceImage[]): this {
     for (const i of images) this.images.set(i.id, i);
     return this;
   }
@@ -137,7 +137,7 @@ export class MemoryGlance implements ImageService {
     const glance = new MemoryGlance();
     for (const body of bodies) {
       const p = inner(body).payload;
-      glance.add({ id: p.id, owner: p.owner, status: p.status, protected: p.protected, size: p.size, created_at: p.created_at, updated_at: p.updated_at });
+      glance.add({ id: p.id, owner: p.owner, status: p.status, protected: p.protected, size: p.size, created_at: p.created_at, updated_at: p.updated_at, visibility: p.visibility });
     }
     return glance;
   }
@@ -146,7 +146,7 @@ export class MemoryGlance implements ImageService {
     if (owner && this.failing.has(owner)) throw new Error(`Glance at http://glance.test:9292 did not answer (project ${owner})`);
   }
 
-  async getImage(id: string): Promise<GlanceImageState | null> {
+  async getImage(id: string): Promise<GlanceImage | null> {
     this.calls.push(`GET ${id}`);
     const image = this.images.get(id);
     this.fail(image?.owner);
@@ -163,7 +163,7 @@ export class MemoryGlance implements ImageService {
     return { result: 'deleted' };
   }
 
-  async *listImages(query: { owner?: string } = {}): AsyncIterable<GlanceImageState> {
+  async *listImages(query: { owner?: string } = {}): AsyncIterable<GlanceImage> {
     this.calls.push(`LIST ${query.owner ?? '*'}`);
     this.onList(query.owner);
     if (query.owner) this.fail(query.owner);

@@ -100,7 +100,7 @@ describe('limits syntax', () => {
 });
 
 describe('verification against what Glance says', () => {
-  const glance = { id: 'x', owner: 'p1', status: 'queued', protected: false };
+  const glance = { id: 'x', owner: 'p1', status: 'queued', protected: false } as const;
   it('confirms only a queued, unprotected image of the project', async () => {
     const { verifyCandidate } = await import('../../src/quota/verify.js');
     expect(verifyCandidate(glance, 'p1')).toEqual({ removable: true });

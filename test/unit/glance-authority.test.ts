@@ -1,8 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { Pipeline } from '../../src/pipeline.js';
-import type { GlanceImageState } from '../../src/ledger/glance-image.js';
-import { repairFromListing, type OwnedImage } from '../../src/ledger/repair.js';
+import type { GlanceImage, OwnedImage } from '../../src/ledger/glance-image.js';
+import { repairFromListing } from '../../src/ledger/repair.js';
 import type { ImageEvent } from '../../src/notification/parse.js';
 import type { ProjectLimits } from '../../src/quota/limits.js';
 import { MemoryStore } from '../../src/store/memory.js';
@@ -21,12 +21,12 @@ const NOW = NOW_MS / 1000;
 const iso = (seconds: number) => new Date(seconds * 1000).toISOString().replace(/\.\d+Z$/, 'Z');
 const limitsOf = (l: ProjectLimits) => ({ limitsFor: async () => l });
 
-function image(id: string, createdAt: number, extra: Partial<GlanceImageState> = {}): OwnedImage {
-  return { id, owner: P, status: 'queued', protected: false, size: null, created_at: iso(createdAt), updated_at: iso(createdAt), ...extra } as OwnedImage;
+function image(id: string, createdAt: number, extra: Partial<GlanceImage> = {}): OwnedImage {
+  return { id, owner: P, status: 'queued', protected: false, size: null, created_at: iso(createdAt), updated_at: iso(createdAt), visibility: 'private', ...extra } as OwnedImage;
 }
 
 /** What the notification of a Glance image would say (a true create). */
-function trueCreate(i: GlanceImageState): ImageEvent {
+function trueCreate(i: GlanceImage): ImageEvent {
   const created = Date.parse(i.created_at) / 1000;
   return ev({ imageId: i.id, projectId: i.owner!, status: i.status, createdAt: created, updatedAt: created, protected: i.protected, eventType: 'image.create' });
 }
