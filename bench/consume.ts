@@ -42,7 +42,7 @@ import { parseTransportUrl } from '../src/transport/transport-url.js';
 import { loadCredentials } from '../src/openstack/credentials.js';
 import { KeystoneClient } from '../src/openstack/keystone.js';
 import { UnifiedLimits, keystoneLimitsReader } from '../src/openstack/limits.js';
-import type { LimitSource } from '../src/quota/static-limits.js';
+import type { LimitSource } from '../src/quota/limits.js';
 import { generateHistory, osloTimestamp, projectId } from '../test/support/generate.js';
 import { keystoneStandIn, projectLimit, registeredLimit, type KeystoneStandIn } from '../test/support/keystone-standin.js';
 import { pipelineOf } from '../src/composition-root.js';

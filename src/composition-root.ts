@@ -7,7 +7,8 @@ import { OpenStackConfigError, ScopeUnavailableError } from './openstack/errors.
 import { GlanceClient } from './openstack/glance.js';
 import { KeystoneClient } from './openstack/keystone.js';
 import { UnifiedLimits, keystoneLimitsReader } from './openstack/limits.js';
-import { StaticLimits, type LimitSource } from './quota/static-limits.js';
+import type { LimitSource } from './quota/limits.js';
+import { StaticLimits } from './quota/static-limits.js';
 import { openStore } from './store/index.js';
 import type { ActionRecord, LedgerStore } from './store/port.js';
 

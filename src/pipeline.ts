@@ -9,7 +9,7 @@ import { DOOR_DEFAULTS, parseNotification, type DoorLimits } from './notificatio
 import { decide, isDeletable, recordsNeeded } from './quota/decide.js';
 import type { ProjectLimits } from './quota/limits.js';
 import type { Resource, Usage } from './quota/resources.js';
-import type { LimitSource } from './quota/static-limits.js';
+import type { LimitSource } from './quota/limits.js';
 import { verifyCandidate } from './quota/verify.js';
 import { applyIsolatingPoison } from './store/isolate.js';
 import type { ActionRecord, LedgerStore } from './store/port.js';

@@ -1,8 +1,6 @@
 import { z } from 'zod';
 import { createLogger, type Logger } from '../log.js';
-import type { ProjectLimits } from '../quota/limits.js';
-import type { LimitSource } from '../quota/static-limits.js';
-import { CREATE_RATE, Resource } from '../quota/resources.js';
+import { resolveLimits, type LimitSource, type ProjectLimits } from '../quota/limits.js';
 import { displayUrl } from './errors.js';
 import type { KeystoneClient } from './keystone.js';
 
@@ -76,38 +74,6 @@ const Links = z.object({ next: z.string().nullish() }).partial().nullish();
 const RegisteredLimitList = z.object({ registered_limits: z.array(RegisteredLimit), truncated: z.boolean().optional(), links: Links });
 const ProjectLimitList = z.object({ limits: z.array(ProjectLimit), truncated: z.boolean().optional(), links: Links });
 
-/**
- * The precedence rule, with no I/O: one value per resource, first found wins, negative = unlimited.
- * Names other than the five resources (another service's limits, typos) are ignored.
- */
-export function resolveLimits(input: {
-  registered: readonly Pick<RegisteredLimit, 'resource_name' | 'default_limit'>[];
-  project: readonly Pick<ProjectLimit, 'resource_name' | 'resource_limit'>[];
-  /** The static limits (QUOTA_LIMITS, QUOTA_LIMITS_FILE) of this project, already parsed. */
-  fallback?: ProjectLimits;
-  createRateWindowSeconds: number;
-}): ProjectLimits {
-  const out: ProjectLimits = {};
-  for (const resource of Resource.options) {
-    const value =
-      input.project.find((l) => l.resource_name === resource)?.resource_limit ??
-      input.registered.find((l) => l.resource_name === resource)?.default_limit;
-    if (value === undefined) {
-      // Nothing in Keystone: the static limit, whose rate carries its own window ("20/60s").
-      const fallback = input.fallback?.[resource];
-      if (resource === CREATE_RATE) {
-        if (input.fallback?.image_create_rate) out.image_create_rate = input.fallback.image_create_rate;
-      } else if (typeof fallback === 'number' && fallback >= 0) {
-        out[resource] = fallback;
-      }
-      continue;
-    }
-    if (value < 0) continue;
-    if (resource === CREATE_RATE) out.image_create_rate = { count: value, windowSeconds: input.createRateWindowSeconds };
-    else out[resource] = value;
-  }
-  return out;
-}
 
 
 /** Every project limit of the image service in the region, as one listing gave it. */

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
-import { USAGE_RESOURCES, type UsageResource } from './resources.js';
+import { CREATE_RATE, Resource, USAGE_RESOURCES, type UsageResource } from './resources.js';
 
 /** N images per W seconds. */
 export interface CreateRate {
@@ -78,4 +78,57 @@ export type LimitsFile = z.infer<typeof LimitsFile>;
 /** The later source wins, resource by resource. */
 export function mergeLimits(...layers: (ProjectLimits | undefined)[]): ProjectLimits {
   return Object.assign({}, ...layers.filter(Boolean)) as ProjectLimits;
+}
+
+/** Where a project's limits come from; Keystone unified limits and the static table both fit. */
+export interface LimitSource {
+  limitsFor(projectId: string): Promise<ProjectLimits>;
+  /**
+   * The limits of a project found over, read again at the source first, so that a limit changed a
+   * moment ago acts at once (Keystone: rate-limited and shared by a burst of callers). A source
+   * without one has nothing to re-read: `limitsFor` is already current.
+   */
+  refresh?(projectId: string): Promise<ProjectLimits>;
+}
+
+/**
+ * The quota rule for where a limit comes from, as Glance's own quota module reads unified limits
+ * (oslo.limit): the project's limit in Keystone, else the registered default, else the static one
+ * (QUOTA_LIMITS, QUOTA_LIMITS_FILE). One value per resource, first found wins; a negative value
+ * is unlimited. Names other than the five resources (another service's limits, typos) are ignored.
+ * No I/O: `UnifiedLimits` (src/openstack/limits.ts) feeds it what Keystone listed.
+ *
+ * @example
+ *   resolveLimits({ registered: [{ resource_name: 'image_count_total', default_limit: 100 }], project: [], createRateWindowSeconds: 60 });
+ *   // { image_count_total: 100 }
+ */
+export function resolveLimits(input: {
+  /** Keystone's registered (default) limits of the image service. */
+  registered: readonly { resource_name: string; default_limit: number }[];
+  /** Keystone's limits of this project. */
+  project: readonly { resource_name: string; resource_limit: number }[];
+  /** The static limits (QUOTA_LIMITS, QUOTA_LIMITS_FILE) of this project, already parsed. */
+  fallback?: ProjectLimits;
+  createRateWindowSeconds: number;
+}): ProjectLimits {
+  const out: ProjectLimits = {};
+  for (const resource of Resource.options) {
+    const value =
+      input.project.find((l) => l.resource_name === resource)?.resource_limit ??
+      input.registered.find((l) => l.resource_name === resource)?.default_limit;
+    if (value === undefined) {
+      // Nothing in Keystone: the static limit, whose rate carries its own window ("20/60s").
+      const fallback = input.fallback?.[resource];
+      if (resource === CREATE_RATE) {
+        if (input.fallback?.image_create_rate) out.image_create_rate = input.fallback.image_create_rate;
+      } else if (typeof fallback === 'number' && fallback >= 0) {
+        out[resource] = fallback;
+      }
+      continue;
+    }
+    if (value < 0) continue;
+    if (resource === CREATE_RATE) out.image_create_rate = { count: value, windowSeconds: input.createRateWindowSeconds };
+    else out[resource] = value;
+  }
+  return out;
 }

@@ -4,7 +4,7 @@ import { EventShapeError } from '../../src/doors/lambda/events.js';
 import { RECONCILE_CURSOR, reconcileHandler, reconcileWithinBudget, TIMEOUT_MARGIN_MS } from '../../src/doors/lambda/reconcile.js';
 import type { GlanceImage, ImageStatus } from '../../src/ledger/glance-image.js';
 import type { ProjectLimits } from '../../src/quota/limits.js';
-import type { LimitSource } from '../../src/quota/static-limits.js';
+import type { LimitSource } from '../../src/quota/limits.js';
 import { reconcile } from '../../src/doors/reconcile.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { ev } from '../support/events.js';

@@ -14,7 +14,7 @@ import type { FunctionServices, PoisonQueue } from '../../src/doors/lambda/insta
 import type { GlanceImage } from '../../src/ledger/glance-image.js';
 import { createLogger } from '../../src/log.js';
 import type { ProjectLimits } from '../../src/quota/limits.js';
-import type { LimitSource } from '../../src/quota/static-limits.js';
+import type { LimitSource } from '../../src/quota/limits.js';
 import type { LedgerStore } from '../../src/store/port.js';
 import { FIXTURES, inner, quotaTestBodies } from '../support/fixtures.js';
 import { freshLedger, holdService, requireService, type TestLedger } from '../support/services.js';

@@ -1,3 +1,4 @@
+import { resolveLimits } from '../../src/quota/limits.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';
 import { Writable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -13,7 +14,6 @@ import {
   OUTAGE_RETRY_SECONDS,
   UnifiedLimits,
   keystoneLimitsReader,
-  resolveLimits,
   type KeystoneLimitsReader,
   type ProjectLimit,
   type RegisteredLimit,

@@ -5,7 +5,7 @@ import { ConfigError } from '../../errors.js';
 import { createLogger, logContext, type Logger } from '../../log.js';
 import type { InvocationContext } from './events.js';
 import { stdoutMetrics, type MetricsSink } from './metrics.js';
-import type { LimitSource } from '../../quota/static-limits.js';
+import type { LimitSource } from '../../quota/limits.js';
 import { openRuntime } from '../../composition-root.js';
 import { storeScheme } from '../../store/index.js';
 import { awsSecretReader, resolveSecrets, type SecretReader } from './secrets.js';
