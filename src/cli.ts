@@ -1,7 +1,7 @@
 import { printable, scrub } from './redact.js';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { ConfigError, loadConfig } from './config.js';
+import { ConfigError } from './config.js';
 import type { ProjectReport } from './pipeline.js';
 import { mergeLimits, parseLimits, type ProjectLimits } from './quota/limits.js';
 import { USAGE_RESOURCES } from './quota/resources.js';
@@ -11,7 +11,6 @@ import { openRuntime } from './composition-root.js';
 import { UnifiedLimits } from './openstack/limits.js';
 import { consume } from './commands/consume.js';
 import type { EnforcementReport } from './pipeline.js';
-import { openStore } from './store/index.js';
 
 const USAGE = `glance-quota-enforcer: per-project image quotas for OpenStack Glance, enforced from its notifications
 
@@ -27,7 +26,9 @@ Usage:
       Overwrite the ledger of one project, or of every project that owns images, with Glance's
       listing (the truth), then decide and act on that listing alone: delete the newest queued
       images past the quota (--dry-run or ENFORCEMENT_MODE=dry-run: only record the would-delete).
-      A project that fails is reported and the others go on (exit 1 if any failed).
+      A project that fails is reported and the others go on (exit 1 if any failed); a pass whose
+      first 3 projects all fail stops. A full pass ends by pruning what is past its retention
+      (MESSAGE_, AUDIT_, DELETED_IMAGE_RETENTION_SECONDS), as consume's reconcile does.
   glance-quota-enforcer consume
       The long-lived enforcer: consume Glance's notifications from RabbitMQ (TRANSPORT_URL) into
       the ledger, enforce as projects change, reconcile at start and every RECONCILE_INTERVAL,
@@ -141,7 +142,7 @@ async function status(args: string[], io: Io): Promise<number> {
     onLimitsUnavailable: (reason) => io.stderr(`warning: ${reason}\nwarning: showing QUOTA_LIMITS / QUOTA_LIMITS_FILE limits only ('-' is unlimited)\n`),
   });
   try {
-    const ids = values.project ? [values.project] : await runtime.store.projects();
+    const ids = values.project ? [values.project] : await runtime.pipeline.projects();
     const projects: ProjectReport[] = [];
     for (const id of ids) projects.push(await runtime.pipeline.evaluate(id));
     const failed = runtime.limits instanceof UnifiedLimits ? runtime.limits.failures : 0;
@@ -184,6 +185,9 @@ async function reconcileCommand(args: string[], io: Io): Promise<number> {
         corrected: summary.corrected,
         unreadable: summary.unreadable,
         failures: summary.failures.map((f) => ({ project_id: f.projectId, error: f.error.message })),
+        complete: summary.complete,
+        remaining: summary.remaining,
+        pruned: summary.pruned,
         duration_ms: summary.durationMs,
         actions: totals,
         projects: summary.projects.map((p: EnforcementReport) => ({
@@ -206,7 +210,8 @@ async function reconcileCommand(args: string[], io: Io): Promise<number> {
     }
     // The other projects were reconciled all the same; the exit code tells cron something failed.
     for (const f of summary.failures) io.stderr(`reconcile of project ${f.projectId} failed: ${f.error.message}\n`);
-    return summary.failures.length > 0 ? 1 : 0;
+    if (!summary.complete) io.stderr(`reconcile stopped with ${summary.remaining} project(s) not reached: its first projects all failed\n`);
+    return summary.failures.length > 0 || !summary.complete ? 1 : 0;
   } finally {
     await runtime.close();
   }
@@ -216,10 +221,10 @@ async function actionsCommand(args: string[], io: Io): Promise<number> {
   const { values } = parseArgs({ args, options: { project: { type: 'string' }, since: { type: 'string' }, json: { type: 'boolean' } } });
   const sinceMs = values.since === undefined ? undefined : Date.parse(values.since);
   if (sinceMs !== undefined && Number.isNaN(sinceMs)) throw new ConfigError(`--since: expected an ISO time such as 2026-11-26T20:00:00Z, got '${values.since}'`);
-  const config = loadConfig();
-  const store = await openStore(config.storeUrl, { redisKeyPrefix: config.redisKeyPrefix });
+  // The audit trail is in the ledger alone: no OpenStack identity is read, whatever OS_* says.
+  const runtime = await openRuntime(process.env, { overrides: { glance: null } });
   try {
-    const actions = await store.actions({ ...(values.project ? { projectId: values.project } : {}), ...(sinceMs !== undefined ? { sinceMs } : {}) });
+    const actions = await runtime.pipeline.audit({ ...(values.project ? { projectId: values.project } : {}), ...(sinceMs !== undefined ? { sinceMs } : {}) });
     if (values.json) {
       io.stdout(JSON.stringify({
         actions: actions.map((a) => ({ at: new Date(a.atMs).toISOString(), project_id: a.projectId, image_id: a.imageId, action: a.action, reason: a.reason, over: a.over, usage: a.usage, limits: limitsJson(a.limits) })),
@@ -229,7 +234,7 @@ async function actionsCommand(args: string[], io: Io): Promise<number> {
     }
     return 0;
   } finally {
-    await store.close();
+    await runtime.close();
   }
 }
 

@@ -12,11 +12,13 @@ import { StaticLimits } from './quota/static-limits.js';
 import { openStore } from './store/index.js';
 import type { ActionRecord, LedgerStore } from './store/port.js';
 
-/** Everything a command needs, built from the environment in one place. */
+/**
+ * Everything a command needs, built from the environment in one place. The ledger is reached only
+ * through the pipeline (its store is private); `close()` closes it.
+ */
 export interface Runtime {
   config: Config;
   log: Logger;
-  store: LedgerStore;
   limits: LimitSource;
   glance: ImageService | undefined;
   pipeline: Pipeline;
@@ -79,7 +81,13 @@ export type PipelineParts = Pick<PipelineOptions, 'store' | 'limits'> & Partial<
 export function pipelineOf(parts: PipelineParts, config?: Config): Pipeline {
   return new Pipeline({
     ...(config
-      ? { mode: config.mode, exemptProjects: config.exemptProjects, concurrency: config.enforceConcurrency, door: config.door }
+      ? {
+          mode: config.mode,
+          exemptProjects: config.exemptProjects,
+          concurrency: config.enforceConcurrency,
+          door: config.door,
+          retention: { messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs, deadImagesMs: config.deletedImageRetentionMs },
+        }
       : {}),
     ...parts,
   });
@@ -135,5 +143,5 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
     },
     config,
   );
-  return { config, log, store, limits, glance, pipeline, close: () => store.close() };
+  return { config, log, limits, glance, pipeline, close: () => store.close() };
 }

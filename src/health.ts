@@ -2,6 +2,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ConfigError } from './errors.js';
 import type { Metrics } from './metrics.js';
+import { settlesWithin } from './retry.js';
 
 export interface HealthChecks {
   /** Connected to the broker and the store answers. */
@@ -42,4 +43,29 @@ export async function startHealthServer(listen: { port: number; host: string }, 
     server.listen(listen.port, listen.host, () => resolve());
   });
   return { server, port: (server.address() as AddressInfo).port };
+}
+
+/**
+ * `consume`'s `/readyz`: the store answers within 5 s (one that does not is failing, as one that
+ * errs), the broker is connected, and no batch has been held past STALL_SECONDS, so that a
+ * consumer stuck on the broker or the store is seen, and restarted, instead of looking healthy.
+ */
+export function consumerReadiness(o: { storeAnswers: () => Promise<unknown>; connected: () => boolean; batchHeldMs: () => number; stallMs: number }): HealthChecks {
+  return {
+    ready: async () => {
+      let storeOk = false;
+      await settlesWithin(o.storeAnswers().then(() => void (storeOk = true), () => {}), 5_000);
+      const connected = o.connected();
+      const heldMs = o.batchHeldMs();
+      const stalled = heldMs > o.stallMs;
+      return {
+        ok: storeOk && connected && !stalled,
+        detail: {
+          broker: connected ? 'connected' : 'disconnected',
+          store: storeOk ? 'ok' : 'failing',
+          batch: stalled ? `stalled: in hand for ${Math.round(heldMs / 1000)} s, over STALL_SECONDS (${o.stallMs / 1000})` : 'flowing',
+        },
+      };
+    },
+  };
 }

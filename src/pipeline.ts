@@ -83,6 +83,22 @@ export interface EnforcementReport extends ProjectReport {
   actions: ActionRecord[];
 }
 
+/** A project whose decision or act failed (Keystone, Glance or the store): the others went on. */
+export interface ProjectFailure {
+  projectId: string;
+  error: Error;
+}
+
+/** How long the store keeps what only bounds it (MESSAGE_, AUDIT_, DELETED_IMAGE_RETENTION_SECONDS). */
+export interface Retention {
+  messagesMs: number;
+  actionsMs: number;
+  deadImagesMs: number;
+}
+
+/** The configuration's defaults (src/config.ts; a test keeps the two equal): 7 days, 90 days, 7 days. */
+export const DEFAULT_RETENTION: Retention = { messagesMs: 604_800_000, actionsMs: 7_776_000_000, deadImagesMs: 604_800_000 };
+
 export interface PipelineOptions {
   store: LedgerStore;
   limits: LimitSource;
@@ -101,6 +117,8 @@ export interface PipelineOptions {
   door?: DoorLimits;
   /** Called when Glance's listing corrected the ledger (metrics). */
   onCorrections?: (projectId: string, corrections: readonly Correction[]) => void;
+  /** What `prune` keeps; DEFAULT_RETENTION when unset. */
+  retention?: Retention;
 }
 
 export class Pipeline {
@@ -119,6 +137,7 @@ export class Pipeline {
   private readonly clockSkewMs: number;
   private readonly busy = new Map<string, Promise<void>>();
   private readonly door: DoorLimits | undefined;
+  private readonly retention: Retention;
 
   constructor(options: PipelineOptions) {
     this.store = options.store;
@@ -132,6 +151,7 @@ export class Pipeline {
     this.onAction = options.onAction;
     this.door = options.door;
     this.onCorrections = options.onCorrections;
+    this.retention = options.retention ?? DEFAULT_RETENTION;
     // A ledger time is believed as far ahead of now as the door lets one in.
     this.clockSkewMs = (options.door?.clockSkewSeconds ?? DOOR_DEFAULTS.clockSkewSeconds) * 1000;
   }
@@ -212,6 +232,26 @@ export class Pipeline {
     if (this.mode === 'dry-run' && estimate.toDelete.every((id) => this.wouldDelete.has(id))) return { ...estimate, actions: [] };
     this.log?.info({ projectId, usage: estimate.usage, limits: estimate.limits, over: estimate.over, candidates: estimate.toDelete.length }, 'ledger says over quota; asking Glance');
     return this.enforceOnGlance(projectId);
+  }
+
+  /**
+   * `enforce` for each project, one after the other. A failure (Keystone, Glance, the store) is
+   * collected and logged, and the projects after it are still enforced: the door decides what a
+   * failure means for its acknowledgement (a function fails its batch, the worker retries).
+   */
+  async enforceAll(projects: readonly string[]): Promise<{ reports: EnforcementReport[]; failures: ProjectFailure[] }> {
+    const reports: EnforcementReport[] = [];
+    const failures: ProjectFailure[] = [];
+    for (const projectId of projects) {
+      try {
+        reports.push(await this.enforce(projectId));
+      } catch (err) {
+        const error = err instanceof Error ? err : new Error(String(err));
+        this.log?.warn({ projectId, err: error.message, kind: error.name }, 'enforcement failed');
+        failures.push({ projectId, error });
+      }
+    }
+    return { reports, failures };
   }
 
   /**
@@ -403,18 +443,23 @@ export class Pipeline {
     return this.store.description;
   }
 
+  /** The audit trail, oldest first: every deletion, would-delete and skip, with its reason. */
+  audit(query: { projectId?: string; sinceMs?: number } = {}): Promise<ActionRecord[]> {
+    return this.store.actions(query);
+  }
+
   /**
    * Keep the store bounded: processed message ids past their retention (dedupe stays exact within
    * it, and merging is idempotent beyond it), audit records past theirs, and records of deleted
-   * images past theirs (a reconcile has since confirmed with Glance what they said). Run once per
-   * reconcile.
+   * images past theirs (a reconcile has since confirmed with Glance what they said). Every full
+   * reconcile pass ends with it, whichever door ran the pass.
    */
-  async forgetOld(retention: { messagesMs: number; actionsMs: number; deadImagesMs: number }): Promise<{ messages: number; actions: number; deadImages: number }> {
+  async prune(): Promise<{ messages: number; actions: number; deadImages: number }> {
     const now = this.clock();
     return {
-      messages: await this.store.forgetMessagesBefore(now - retention.messagesMs),
-      actions: await this.store.forgetActionsBefore(now - retention.actionsMs),
-      deadImages: await this.store.forgetDeadImagesBefore(now - retention.deadImagesMs),
+      messages: await this.store.forgetMessagesBefore(now - this.retention.messagesMs),
+      actions: await this.store.forgetActionsBefore(now - this.retention.actionsMs),
+      deadImages: await this.store.forgetDeadImagesBefore(now - this.retention.deadImagesMs),
     };
   }
 }

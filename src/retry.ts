@@ -1,4 +1,6 @@
 /**
+ * Retrying and waiting with a deadline, for every loop that does either.
+ *
  * The one backoff every retry loop uses (the consumer's reconnections and enforcement retries, the
  * SQS bridge, the scheduled reconcile, OpenStack calls, PostgreSQL serialization retries).
  *
@@ -14,4 +16,16 @@
 export function backoffMs(attempt: number, baseMs = 200, maxMs = 30_000, random: () => number = Math.random): number {
   // The exponent stops at 20 so that a long outage cannot overflow the ceiling to Infinity.
   return Math.floor(random() * Math.min(maxMs, baseMs * 2 ** Math.min(Math.max(0, attempt), 20)));
+}
+
+/** Whether `promise` settles within `ms` (it goes on either way). */
+export async function settlesWithin(promise: Promise<unknown> | undefined, ms: number): Promise<boolean> {
+  if (!promise) return true;
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), Math.max(0, ms))));
+  try {
+    return await Promise.race([promise.then(() => true, () => true), late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }

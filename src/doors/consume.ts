@@ -4,21 +4,9 @@ import type { Config } from '../config.js';
 import type { EnforcementReport, IngestResult, Pipeline } from '../pipeline.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
-import { backoffMs } from '../retry.js';
+import { backoffMs, settlesWithin } from '../retry.js';
 import { publishDeadLetters, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type DeadLetter } from '../transport/amqp.js';
 import { QueueSession, type QueueBinding } from '../transport/queue-session.js';
-
-/** Whether `promise` settles within `ms` (it goes on either way). */
-export async function settlesWithin(promise: Promise<unknown> | undefined, ms: number): Promise<boolean> {
-  if (!promise) return true;
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), Math.max(0, ms))));
-  try {
-    return await Promise.race([promise.then(() => true, () => true), late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /**
  * Projects whose ledger changed wait here for a decision, one at a time, each at most once in the

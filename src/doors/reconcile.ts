@@ -1,20 +1,35 @@
-import type { EnforcementReport, ImageService, Pipeline, ProjectReport } from '../pipeline.js';
 import type { OwnedImage } from '../ledger/glance-image.js';
 import type { CorrectionKind } from '../ledger/repair.js';
+import type { EnforcementReport, ImageService, Pipeline, ProjectFailure, ProjectReport } from '../pipeline.js';
+import { backoffMs } from '../retry.js';
+
+/** Where a budgeted reconcile keeps the last project it finished in the current pass. */
+export const RECONCILE_CURSOR = 'reconcile.cursor';
+
+/** Kept free before a function's timeout: no project is started within it. */
+export const TIMEOUT_MARGIN_MS = 30_000;
+
+/** A pass whose first projects all fail stops after this many: Glance or the store is down, not one project odd. */
+export const FAILED_IN_A_ROW = 3;
 
 export interface ReconcileOptions {
-  /** Only this project; otherwise every project that owns images in Glance or live ones in the ledger. */
+  /** Only this project, on a fresh listing of its own; otherwise the whole pass. */
   projectId?: string;
+  /** Start no project after this long (RECONCILE_BUDGET_SECONDS); unset, the pass runs to its end. */
+  budgetMs?: number;
+  /** Lambda's `context.getRemainingTimeInMillis`: no project is started within TIMEOUT_MARGIN_MS of the timeout. */
+  remainingMs?: () => number;
+  /**
+   * Resume after the project where the last run stopped (RECONCILE_CURSOR, kept beside the ledger
+   * and set after every project), and clear it when the pass completes: for runs that a budget cuts.
+   */
+  resume?: boolean;
   /** Called after each project, for a progress bar. */
   onProgress?: (done: number, total: number, projectId: string) => void;
 }
 
-export interface ProjectFailure {
-  projectId: string;
-  error: Error;
-}
-
 export interface ReconcileSummary {
+  /** The projects reconciled in this run, in order. */
   projects: EnforcementReport[];
   /** Images Glance listed. */
   listed: number;
@@ -24,25 +39,46 @@ export interface ReconcileSummary {
   corrected: Partial<Record<CorrectionKind, number>>;
   /** Projects whose reconcile failed (Glance, Keystone or the store): the rest went on. */
   failures: ProjectFailure[];
+  /** The pass reached its last project (then the store was pruned); false when a budget or failures cut it. */
+  complete: boolean;
+  /** Projects of the pass still to do. */
+  remaining: number;
+  /** With `resume`: where the next run starts (after this project; '' when the pass is complete). */
+  cursor: string;
+  /** What `Pipeline.prune` forgot at the end of a complete pass. */
+  pruned?: { messages: number; actions: number; deadImages: number };
   durationMs: number;
 }
 
 /**
- * The reconcile door: Glance's listing is the truth. Each project's ledger is overwritten with
- * what Glance lists (src/ledger/repair.ts), and a project Glance shows over its quota is enforced
- * on a fresh listing of its own. Catches up on whatever the bus lost or forged: images made
- * before the enforcer ran, a purged queue, notifications turned off for a while, forged deletes.
- * One project's failure is counted and the others go on.
+ * The reconcile door, the one implementation the CLI, `consume` and the scheduled function run:
+ * Glance's listing is the truth. One listing of every image (all pages, every visibility, hidden
+ * ones too) is written over each project's ledger (`Pipeline.applyListing`), and a project that
+ * listing shows over its quota is enforced on a fresh listing of its own (`enforceOnGlance`).
+ * Catches up on whatever the bus lost or forged: images made before the enforcer ran, a purged
+ * queue, notifications turned off for a while, forged deletes.
+ *
+ * Projects go in sorted order. One project's failure is collected and the others go on; a pass
+ * whose first FAILED_IN_A_ROW projects all fail stops there. A budget stops the run before a
+ * project that would not fit; with `resume`, the next run starts after the last project done (a
+ * run that dies half-way through a project does it again, which is harmless: reconcile is
+ * idempotent). A complete pass ends with `Pipeline.prune`.
  *
  * @example
- *   const summary = await reconcile(pipeline, glance, { projectId: 'abc' });
+ *   const summary = await reconcile(pipeline, glance);                          // the CLI, consume
+ *   const run = await reconcile(pipeline, glance, { budgetMs: 600_000, resume: true, remainingMs }); // the function
  */
 export async function reconcile(pipeline: Pipeline, images: ImageService, options: ReconcileOptions = {}): Promise<ReconcileSummary> {
   const started = pipeline.now();
   const failures: ProjectFailure[] = [];
   const failed = (projectId: string, err: unknown) => failures.push({ projectId, error: err instanceof Error ? err : new Error(String(err)) });
-  let unreadable = 0;
-  const onUnreadable = () => void unreadable++;
+  const summary = (projects: EnforcementReport[], rest: Pick<ReconcileSummary, 'listed' | 'unreadable' | 'complete' | 'remaining' | 'cursor' | 'pruned'>): ReconcileSummary => ({
+    projects,
+    corrected: sumCorrected(projects),
+    failures,
+    ...rest,
+    durationMs: pipeline.now() - started,
+  });
 
   if (options.projectId) {
     // One project: its own listing is fresh, so the truth path decides and acts on it at once.
@@ -54,13 +90,20 @@ export async function reconcile(pipeline: Pipeline, images: ImageService, option
       failed(projectId, err);
     }
     options.onProgress?.(1, 1, projectId);
-    return { projects, listed: projects[0]?.usage.image_count_total ?? 0, unreadable, corrected: sumCorrected(projects), failures, durationMs: pipeline.now() - started };
+    return summary(projects, { listed: projects[0]?.usage.image_count_total ?? 0, unreadable: 0, complete: projects.length === 1, remaining: 0, cursor: '' });
   }
+
+  // The budget is when to stop starting projects; the timeout (less a margin) is when nothing may
+  // start at all, not even the first project of a run.
+  const hardDeadline = started + (options.remainingMs?.() ?? Infinity) - TIMEOUT_MARGIN_MS;
+  const deadline = Math.min(started + (options.budgetMs ?? Infinity), hardDeadline);
+  const after = options.resume ? ((await pipeline.state(RECONCILE_CURSOR)) ?? '') : '';
 
   const byProject = new Map<string, OwnedImage[]>();
   const everyId = new Set<string>();
   let listed = 0;
-  for await (const image of images.listImages({ onUnreadable })) {
+  let unreadable = 0;
+  for await (const image of images.listImages({ onUnreadable: () => void unreadable++ })) {
     // An image with no owner counts against no project, as in Glance's own quota.
     if (image.owner === null) continue;
     listed++;
@@ -69,23 +112,96 @@ export async function reconcile(pipeline: Pipeline, images: ImageService, option
     list.push(image as OwnedImage);
     byProject.set(image.owner, list);
   }
-  const projects = [...new Set([...byProject.keys(), ...(await pipeline.projects())])].sort();
+  const pass = [...new Set([...byProject.keys(), ...(await pipeline.projects())])].sort();
+  const todo = pass.filter((p) => p > after);
 
   const reports: EnforcementReport[] = [];
-  for (const [i, projectId] of projects.entries()) {
+  let cursor = after;
+  let done = 0;
+  let slowest = 0;
+  for (const projectId of todo) {
+    const now = pipeline.now();
+    // The first project of a run starts even past the budget (the listing may have used it up),
+    // or a pass over a large cloud could never move.
+    if (now >= hardDeadline || (done > 0 && now + slowest > deadline)) break;
     try {
       const judged: ProjectReport = await pipeline.applyListing(projectId, byProject.get(projectId) ?? [], started, everyId);
       reports.push(judged.toDelete.length > 0 ? await pipeline.enforceOnGlance(projectId) : { ...judged, actions: [] });
+      // A failed project moves the cursor only with the next success: a run that dies after
+      // failures alone resumes before them.
+      cursor = projectId;
+      if (options.resume) await pipeline.setState(RECONCILE_CURSOR, cursor);
     } catch (err) {
       failed(projectId, err);
     }
-    options.onProgress?.(i + 1, projects.length, projectId);
+    slowest = Math.max(slowest, pipeline.now() - now);
+    done++;
+    options.onProgress?.(done, todo.length, projectId);
+    if (reports.length === 0 && failures.length >= FAILED_IN_A_ROW) break;
   }
-  return { projects: reports, listed, unreadable, corrected: sumCorrected(reports), failures, durationMs: pipeline.now() - started };
+
+  const remaining = todo.length - done;
+  if (remaining > 0) return summary(reports, { listed, unreadable, complete: false, remaining, cursor });
+  if (options.resume) await pipeline.setState(RECONCILE_CURSOR, '');
+  return summary(reports, { listed, unreadable, complete: true, remaining: 0, cursor: '', pruned: await pipeline.prune() });
 }
 
 function sumCorrected(reports: readonly ProjectReport[]): Partial<Record<CorrectionKind, number>> {
   const sum: Partial<Record<CorrectionKind, number>> = {};
   for (const r of reports) for (const [k, n] of Object.entries(r.corrected ?? {}) as [CorrectionKind, number][]) sum[k] = (sum[k] ?? 0) + n;
   return sum;
+}
+
+/**
+ * `consume`'s schedule for the reconcile: one at start, then every RECONCILE_INTERVAL; a failed
+ * run comes back after a backoff (5 s doubling to 5 min); `soon()` runs one as soon as the run in
+ * hand is over (after a broker reconnect, when Glance's notifications may have reached no queue).
+ */
+export class ReconcileSchedule {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private stopped = false;
+
+  constructor(
+    private readonly run: () => Promise<ReconcileSummary>,
+    private readonly o: {
+      intervalMs: number;
+      onSummary: (summary: ReconcileSummary) => void | Promise<void>;
+      onFailure: (err: unknown, retryInMs: number) => void;
+    },
+  ) {}
+
+  start(): void {
+    this.running = this.once(0);
+  }
+
+  soon(): void {
+    void (async () => {
+      await this.running?.catch(() => {});
+      if (this.stopped) return;
+      clearTimeout(this.timer);
+      this.running = this.once(0);
+    })();
+  }
+
+  /** No more runs; the run in hand, if any (it goes on until it settles or the process exits). */
+  stop(): Promise<void> | undefined {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    return this.running;
+  }
+
+  private async once(failedBefore: number): Promise<void> {
+    let next: { failed: number; inMs: number };
+    try {
+      await this.o.onSummary(await this.run());
+      next = { failed: 0, inMs: this.o.intervalMs };
+    } catch (err) {
+      const delay = backoffMs(failedBefore + 1, 5_000, 300_000);
+      this.o.onFailure(err, delay);
+      next = { failed: failedBefore + 1, inMs: delay };
+    }
+    if (this.stopped || next.inMs <= 0) return;
+    this.timer = setTimeout(() => (this.running = this.once(next.failed)), next.inMs);
+  }
 }

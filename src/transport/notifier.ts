@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { ChannelModel, ConfirmChannel } from 'amqplib';
 import type { Logger } from '../log.js';
+import type { ProjectReport } from '../pipeline.js';
+import type { ActionRecord } from '../store/port.js';
 import { scrubFields } from '../redact.js';
 import { BROKER_TIMEOUT_MS, withTimeout } from './amqp.js';
 
@@ -72,5 +74,68 @@ export class Notifier {
     } catch (err) {
       this.log.warn({ eventType, err: (err as Error).message }, 'notification not confirmed by the broker');
     }
+  }
+}
+
+const EVENT_OF: Record<ActionRecord['action'], string> = {
+  deleted: 'quota_enforcer.image.deleted',
+  'would-delete': 'quota_enforcer.image.would_delete',
+  skipped: 'quota_enforcer.image.skipped',
+  'not-deletable': 'quota_enforcer.image.not_deletable',
+  gone: 'quota_enforcer.image.gone',
+};
+
+/**
+ * The last set of exceeded resources announced per project, for the projects seen most recently:
+ * project ids come from the bus, so the map is bounded (least recently reported first out). A
+ * project pushed out only has its next limit.exceeded sent again.
+ */
+export class LastOver {
+  private readonly map = new Map<string, string>();
+  constructor(private readonly max = 10_000) {}
+
+  /** Records `key` for the project; true when it differs from the last one recorded. */
+  changed(projectId: string, key: string): boolean {
+    const last = this.map.get(projectId) ?? '';
+    this.map.delete(projectId);
+    if (key) this.map.set(projectId, key); // '' is the default: a project under its limits takes no room
+    while (this.map.size > this.max) this.map.delete(this.map.keys().next().value!);
+    return last !== key;
+  }
+
+  get size(): number {
+    return this.map.size;
+  }
+}
+
+/**
+ * What `consume` tells the bus (PUBLISH_EXCHANGE): one `quota_enforcer.image.*` per audited action,
+ * and `quota_enforcer.limit.exceeded` when a project's set of exceeded resources changes, not on
+ * every message. Without a notifier, nothing is published.
+ */
+export class QuotaNotifications {
+  private readonly lastOver = new LastOver();
+
+  constructor(
+    private readonly notifier: Notifier | undefined,
+    private readonly mode: () => string,
+  ) {}
+
+  attach(connection: ChannelModel): Promise<void> {
+    return this.notifier?.attach(connection) ?? Promise.resolve();
+  }
+
+  async action(a: ActionRecord): Promise<void> {
+    await this.notifier?.publish(EVENT_OF[a.action], 'INFO', {
+      project_id: a.projectId, image_id: a.imageId, action: a.action, reason: a.reason, mode: this.mode(), over: a.over, usage: a.usage, limits: a.limits,
+    });
+  }
+
+  async report(r: ProjectReport): Promise<void> {
+    const key = r.over.join(',');
+    if (!this.lastOver.changed(r.projectId, key) || !key) return;
+    await this.notifier?.publish('quota_enforcer.limit.exceeded', 'WARN', {
+      project_id: r.projectId, over: r.over, usage: r.usage, limits: r.limits, exempt: r.exempt, mode: this.mode(),
+    });
   }
 }

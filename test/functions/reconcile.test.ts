@@ -1,19 +1,19 @@
 import { describe, expect, it } from 'vitest';
 import { Pipeline } from '../../src/pipeline.js';
 import { EventShapeError } from '../../src/doors/lambda/events.js';
-import { RECONCILE_CURSOR, reconcileHandler, reconcileWithinBudget, TIMEOUT_MARGIN_MS } from '../../src/doors/lambda/reconcile.js';
+import { reconcileHandler } from '../../src/doors/lambda/reconcile.js';
 import type { GlanceImage, ImageStatus } from '../../src/ledger/glance-image.js';
 import type { ProjectLimits } from '../../src/quota/limits.js';
 import type { LimitSource } from '../../src/quota/limits.js';
-import { reconcile } from '../../src/doors/reconcile.js';
+import { FAILED_IN_A_ROW, reconcile, RECONCILE_CURSOR, TIMEOUT_MARGIN_MS } from '../../src/doors/reconcile.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { ev } from '../support/events.js';
-import { MemoryGlance, scheduledEvent, servicesOver } from './support.js';
+import { MemoryGlance, scheduledEvent, servicesOver, withOutage } from './support.js';
 import { pipelineOf } from '../../src/composition-root.js';
 
 /*
- * The scheduled reconcile: the CLI's reconcile, project by project, within a budget; a pass that
- * does not fit in one run resumes at the next one from the cursor in the store.
+ * The scheduled reconcile: the CLI's reconcile (the one reconcile door), within a budget; a pass
+ * that does not fit in one run resumes at the next one from the cursor in the store.
  */
 
 /** p-c is over its limit of 1 with four queued images; the others are within theirs. */
@@ -58,38 +58,48 @@ async function seedVanished(store: MemoryStore): Promise<void> {
   await store.applyEvents([ev({ imageId: 'z-1', projectId: 'p-z', status: 'active', createdAt: 1_000 })], 1);
 }
 
+/** Each project's decision takes 100 ms of the test clock (the limits are read once per project). */
+function timed(clock: { now: number }, source: LimitSource = limits): LimitSource {
+  return { limitsFor: async (p) => ((clock.now += 100), source.limitsFor(p)) };
+}
+
 describe('the scheduled reconcile', () => {
   it('spreads a pass over runs within the budget, resuming after the last project finished, and ends like the CLI', async () => {
     const { glance, store } = cloud();
     await seedVanished(store);
-    // Every listing takes 100 ms of the clock: the pass listing, then one per project.
-    let now = 0;
-    glance.onList = () => void (now += 100);
-    const services = servicesOver({ store, glance, limits });
-    const budget = { budgetMs: 450, clock: () => now };
+    // The listing takes 100 ms of the clock, and so does each project's decision.
+    const clock = { now: 0 };
+    glance.onList = () => void (clock.now += 100);
+    const services = servicesOver({ store, glance, limits: timed(clock), clock: () => clock.now });
+    const budget = { budgetMs: 450, resume: true };
 
-    const first = await reconcileWithinBudget(services, budget);
+    const first = await reconcile(services.pipeline, glance, budget);
+    // p-c, over its limit, is acted on a fresh listing of its own: the slowest project so far.
     expect(first.projects.map((p) => p.projectId)).toEqual(['p-a', 'p-b', 'p-c']);
     expect(first).toMatchObject({ complete: false, remaining: 3, cursor: 'p-c' });
+    expect(first.pruned).toBeUndefined();
     expect(await store.getState(RECONCILE_CURSOR)).toBe('p-c');
     expect(glance.deleted.sort()).toEqual(['c-2', 'c-3', 'c-4']);
 
-    now = 10_000;
-    const second = await reconcileWithinBudget(services, budget);
+    clock.now = 10_000;
+    const second = await reconcile(services.pipeline, glance, budget);
     expect(second.projects.map((p) => p.projectId)).toEqual(['p-d', 'p-e', 'p-z']);
-    expect(second).toMatchObject({ complete: true, remaining: 0, cursor: '', corrected: { vanished: 1 }, failed: [] });
+    expect(second).toMatchObject({ complete: true, remaining: 0, cursor: '', corrected: { vanished: 1 }, failures: [] });
+    // A complete pass prunes the store, whichever door ran it.
+    expect(second.pruned).toEqual({ messages: expect.any(Number), actions: expect.any(Number), deadImages: expect.any(Number) });
     expect(await store.getState(RECONCILE_CURSOR)).toBe('');
 
     // A new pass starts from the first project again.
-    now = 20_000;
-    const third = await reconcileWithinBudget(services, budget);
+    clock.now = 20_000;
+    const third = await reconcile(services.pipeline, glance, budget);
     expect(third.projects[0]!.projectId).toBe('p-a');
 
     // The CLI's reconcile of the same cloud, in one go, into a fresh ledger: the same ledger.
     const cli = cloud();
     await seedVanished(cli.store);
     const oracle = pipelineOf({ store: cli.store, limits, images: cli.glance });
-    await reconcile(oracle, cli.glance);
+    const once = await reconcile(oracle, cli.glance);
+    expect(once).toMatchObject({ complete: true, cursor: '' });
     expect(await ledgerOf(services.pipeline)).toEqual(await ledgerOf(oracle));
     // p-z's only image vanished from Glance: tombstoned, it leaves the projects to look after.
     expect(Object.keys(await ledgerOf(oracle))).toEqual(['p-a', 'p-b', 'p-c', 'p-d', 'p-e']);
@@ -98,14 +108,14 @@ describe('the scheduled reconcile', () => {
 
   it('always finishes at least one project, and starts none within 30 s of the function timeout', async () => {
     const { glance, store } = cloud();
-    let now = 0;
-    glance.onList = () => void (now += 100);
-    const services = servicesOver({ store, glance, limits });
+    const clock = { now: 0 };
+    glance.onList = () => void (clock.now += 100);
+    const services = servicesOver({ store, glance, limits: timed(clock), clock: () => clock.now });
     // The listing alone spent the budget: one project still moves the pass on.
-    const tight = await reconcileWithinBudget(services, { budgetMs: 50, clock: () => now });
+    const tight = await reconcile(services.pipeline, glance, { budgetMs: 50, resume: true });
     expect(tight.projects.map((p) => p.projectId)).toEqual(['p-a']);
     // Lambda says the timeout is near: the budget does not matter, nothing is started.
-    const late = await reconcileWithinBudget(services, { budgetMs: 600_000, remainingMs: () => TIMEOUT_MARGIN_MS - 1, clock: () => now });
+    const late = await reconcile(services.pipeline, glance, { budgetMs: 600_000, resume: true, remainingMs: () => TIMEOUT_MARGIN_MS - 1 });
     expect(late.projects).toEqual([]);
     expect(late.cursor).toBe('p-a');
   });
@@ -114,22 +124,38 @@ describe('the scheduled reconcile', () => {
     const { glance, store } = cloud();
     glance.failing.add('p-c');
     const services = servicesOver({ store, glance, limits });
-    const run = await reconcileWithinBudget(services, { budgetMs: 600_000 });
+    const run = await reconcile(services.pipeline, glance, { budgetMs: 600_000, resume: true });
     expect(run.projects.map((p) => p.projectId)).toEqual(['p-a', 'p-b', 'p-d', 'p-e']);
-    expect(run).toMatchObject({ complete: true, failed: ['p-c'] });
+    expect(run).toMatchObject({ complete: true });
+    expect(run.failures.map((f) => f.projectId)).toEqual(['p-c']);
     glance.failing.clear();
-    const next = await reconcileWithinBudget(services, { budgetMs: 600_000 });
+    const next = await reconcile(services.pipeline, glance, { budgetMs: 600_000, resume: true });
     expect(next.projects.map((p) => p.projectId)).toContain('p-c');
-    expect(next.failed).toEqual([]);
+    expect(next.failures).toEqual([]);
   });
 
-  it('fails the run and keeps the cursor when nothing works (Glance down)', async () => {
+  it('fails the run and keeps the cursor when Glance does not answer', async () => {
     const { glance, store } = cloud();
     const services = servicesOver({ store, glance, limits });
     await store.setState(RECONCILE_CURSOR, 'p-a');
-    for (const p of ['p-b', 'p-c', 'p-d', 'p-e']) glance.failing.add(p);
-    await expect(reconcileWithinBudget(services, { budgetMs: 600_000 })).rejects.toThrow(/Glance .* did not answer/);
+    glance.failing.add('*');
+    await expect(reconcileHandler(async () => services)(scheduledEvent)).rejects.toThrow(/Glance .* did not answer/);
     expect(await store.getState(RECONCILE_CURSOR)).toBe('p-a');
+  });
+
+  it(`stops after its first ${FAILED_IN_A_ROW} projects all fail (the store is down), fails the run and keeps the cursor`, async () => {
+    const { glance, store } = cloud();
+    const ledger = withOutage(store);
+    const services = servicesOver({ store: ledger, glance, limits });
+    await store.setState(RECONCILE_CURSOR, 'p-a');
+    ledger.down = true;
+    const handler = reconcileHandler(async () => services);
+    await expect(handler(scheduledEvent)).rejects.toThrow(/ledger is unreachable/);
+    expect(await store.getState(RECONCILE_CURSOR)).toBe('p-a');
+    // The same pass, run by the CLI: three failures, then it stops rather than hammer the rest.
+    const run = await reconcile(services.pipeline, glance);
+    expect(run.failures.map((f) => f.projectId)).toEqual(['p-a', 'p-b', 'p-c']);
+    expect(run).toMatchObject({ complete: false, remaining: 2, projects: [] });
   });
 
   it('takes its budget from RECONCILE_BUDGET_SECONDS and its deadline from the Lambda context', async () => {

@@ -122,7 +122,7 @@ export class MemoryGlance implements ImageService {
   readonly images = new Map<string, GlanceImage>();
   readonly deleted: string[] = [];
   readonly calls: string[] = [];
-  /** Owners whose listing (by owner), reads and deletes fail, as an unreachable Glance would. */
+  /** Owners whose listing (by owner), reads and deletes fail, as an unreachable Glance would; '*': every call. */
   readonly failing = new Set<string>();
   /** Called on every listing, e.g. to move a test clock. */
   onList: (owner: string | undefined) => void = () => {};
@@ -143,7 +143,7 @@ export class MemoryGlance implements ImageService {
   }
 
   private fail(owner: string | null | undefined): void {
-    if (owner && this.failing.has(owner)) throw new Error(`Glance at http://glance.test:9292 did not answer (project ${owner})`);
+    if (this.failing.has('*') || (owner && this.failing.has(owner))) throw new Error(`Glance at http://glance.test:9292 did not answer (project ${owner})`);
   }
 
   async getImage(id: string): Promise<GlanceImage | null> {
@@ -166,7 +166,7 @@ export class MemoryGlance implements ImageService {
   async *listImages(query: { owner?: string } = {}): AsyncIterable<GlanceImage> {
     this.calls.push(`LIST ${query.owner ?? '*'}`);
     this.onList(query.owner);
-    if (query.owner) this.fail(query.owner);
+    this.fail(query.owner ?? null);
     for (const image of [...this.images.values()].sort((a, b) => (a.id < b.id ? -1 : 1))) {
       if (query.owner === undefined || image.owner === query.owner) yield { ...image };
     }
@@ -227,13 +227,15 @@ export interface ServicesOptions {
   poison?: PoisonQueue;
   log?: ReturnType<typeof createLogger>;
   metrics?: MetricsSink;
+  /** The pipeline's clock (ms), for tests of budgets. */
+  clock?: () => number;
 }
 
 /** FunctionServices as `openFunctionServices` builds them (`pipelineOf`, src/composition-root.ts), over the given store, Glance and limits. */
 export function servicesOver(o: ServicesOptions): FunctionServices {
   const config = loadConfig(o.env ?? {});
   const log = o.log ?? createLogger('silent');
-  const pipeline = pipelineOf({ store: o.store, limits: o.limits ?? ATTACKER_LIMITED, images: o.glance, log }, config);
+  const pipeline = pipelineOf({ store: o.store, limits: o.limits ?? ATTACKER_LIMITED, images: o.glance, log, ...(o.clock ? { clock: o.clock } : {}) }, config);
   return { config, log, pipeline, glance: o.glance, ...(o.poison ? { poison: o.poison } : {}), ...(o.metrics ? { metrics: o.metrics } : {}), close: () => o.store.close() };
 }
 

@@ -33,7 +33,7 @@ function say(event: string, detail: object = {}): void {
 }
 
 // Static limits (QUOTA_LIMITS) and no Glance, whatever OS_* says: the ledger is under test.
-const { config, log, store, pipeline, close } = await openRuntime(process.env, { overrides: { limits: (configured) => configured, glance: null } });
+const { config, log, pipeline, close } = await openRuntime(process.env, { overrides: { limits: (configured) => configured, glance: null } });
 const metrics = new Metrics();
 const worker = process.env.CONSUME_PROCESS_EVALUATE === '1' ? new EnforcementWorker(pipeline, log, metrics) : undefined;
 const consumer = new NotificationConsumer({
@@ -59,7 +59,7 @@ process.once('SIGTERM', () => {
   })();
 });
 
-say('ready', { pid: process.pid, store: store.description });
+say('ready', { pid: process.pid, store: pipeline.ledgerDescription });
 if (process.env.CONSUME_PROCESS_WAIT_FOR_GO === '1') {
   const lines = createInterface({ input: process.stdin });
   await new Promise<void>((resolve) => lines.on('line', (line) => line.trim() === 'go' && resolve()));

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { LastOver } from '../../src/commands/consume.js';
-import { BareDeadLetters, settlesWithin } from '../../src/doors/consume.js';
+import { LastOver } from '../../src/transport/notifier.js';
+import { BareDeadLetters } from '../../src/doors/consume.js';
+import { settlesWithin } from '../../src/retry.js';
 import { MAX_COPIED_HEADERS_BYTES, MAX_REASON_BYTES, capUtf8, deadLetterProperties, type DeadLetter } from '../../src/transport/amqp.js';
 
 function delivery(content: string, headers: Record<string, unknown> = {}): DeadLetter['msg'] {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { Pipeline } from '../../src/pipeline.js';
+import { loadConfig } from '../../src/config.js';
+import { DEFAULT_RETENTION, Pipeline } from '../../src/pipeline.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { captures } from '../support/fixtures.js';
@@ -9,7 +10,7 @@ describe('the pipeline keeps its store bounded', () => {
     // A clock after the captured bodies: the door refuses messages dated after it.
     let now = Date.UTC(2026, 11, 1);
     const store = new MemoryStore();
-    const pipeline = new Pipeline({ store, limits: new StaticLimits({}), clock: () => now });
+    const pipeline = new Pipeline({ store, limits: new StaticLimits({}), clock: () => now, retention: { messagesMs: 5_000, actionsMs: 5_000, deadImagesMs: 5_000 } });
     const bodies = captures().map((c) => c.body);
     await pipeline.ingest(bodies.slice(0, 10));
     const base = { over: [], usage: { image_count_total: 0, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 }, limits: {} };
@@ -18,7 +19,7 @@ describe('the pipeline keeps its store bounded', () => {
     await pipeline.ingest(bodies.slice(10));
     await store.recordActions([{ ...base, atMs: now, projectId: 'p', imageId: 'new', action: 'skipped', reason: 'r' }]);
 
-    const forgotten = await pipeline.forgetOld({ messagesMs: 5_000, actionsMs: 5_000, deadImagesMs: 5_000 });
+    const forgotten = await pipeline.prune();
     const firstTen = (await pipeline.ingest(bodies.slice(0, 10))).outcomes.filter((o) => o.result === 'applied').length;
     expect(forgotten.actions).toBe(1);
     expect(forgotten.messages).toBe(firstTen);
@@ -26,5 +27,10 @@ describe('the pipeline keeps its store bounded', () => {
     expect((await store.actions()).map((a) => a.imageId)).toEqual(['new']);
     // Ids of the later batch are still remembered: their redelivery is a duplicate.
     expect((await pipeline.ingest(bodies.slice(10))).outcomes.some((o) => o.result === 'applied')).toBe(false);
+  });
+
+  it("keeps, by default, what the configuration's defaults keep", () => {
+    const config = loadConfig({});
+    expect(DEFAULT_RETENTION).toEqual({ messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs, deadImagesMs: config.deletedImageRetentionMs });
   });
 });

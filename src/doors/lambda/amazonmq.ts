@@ -1,5 +1,5 @@
 import type { MessageOutcome } from '../../pipeline.js';
-import { countOutcomes, enforceEach, EnforcementFailedError, excerpt, type MessageCounts } from './batch.js';
+import { countOutcomes, EnforcementFailedError, excerpt, type MessageCounts } from './batch.js';
 import { decodeHeaders, describeIssue, parseEvent, RabbitMqEvent, RabbitMqMessage, type InvocationContext } from './events.js';
 import { writeInvocationMetrics, type InvocationMetrics } from './metrics.js';
 import { inInvocation, type FunctionServices } from './instance.js';
@@ -85,7 +85,7 @@ export async function handleRabbitMqEvent(services: FunctionServices, event: unk
 
   const counts = countOutcomes(outcomes);
   const projects = pipeline.projectsAfter(result);
-  const { reports, failures } = await enforceEach(pipeline, projects, log);
+  const { reports, failures } = await pipeline.enforceAll(projects);
   const actions = reports.reduce((n, r) => n + r.actions.length, 0);
   metrics({ messages: counts, reports, enforcementErrors: failures.length });
   if (failures.length > 0) {

@@ -1,41 +1,12 @@
-import type { EnforcementReport, MessageOutcome, MessageResult, Pipeline } from '../../pipeline.js';
-import type { Logger } from '../../log.js';
+import type { MessageOutcome, MessageResult, ProjectFailure } from '../../pipeline.js';
 
 /**
- * What the two message doors of function mode (Amazon MQ, SQS) do with a batch once decoded:
- * the same `Pipeline.ingest` as `consume`, then the decision and the action for every project the
- * batch names, at once, in the invocation. `consume` hands projects to a worker that retries in
- * the background; a function has no background, so its retry is the redelivery of the batch.
+ * What the two message doors of function mode (Amazon MQ, SQS) share: counting outcomes, the
+ * error that fails an invocation for its projects, the excerpt of a poison body. Both run
+ * `Pipeline.ingest`, then `Pipeline.enforceAll` for the projects the batch names, at once, in the
+ * invocation: `consume` hands projects to a worker that retries in the background; a function has
+ * no background, so its retry is the redelivery of the batch.
  */
-
-export interface ProjectFailure {
-  projectId: string;
-  error: Error;
-}
-
-export interface BatchEnforcement {
-  reports: EnforcementReport[];
-  failures: ProjectFailure[];
-}
-
-/**
- * `Pipeline.enforce` for each project, one after the other; a failure (Keystone, Glance, the
- * store) is collected, and the projects after it are still enforced.
- */
-export async function enforceEach(pipeline: Pipeline, projects: readonly string[], log: Logger): Promise<BatchEnforcement> {
-  const reports: EnforcementReport[] = [];
-  const failures: ProjectFailure[] = [];
-  for (const projectId of projects) {
-    try {
-      reports.push(await pipeline.enforce(projectId));
-    } catch (err) {
-      const error = err instanceof Error ? err : new Error(String(err));
-      log.warn({ projectId, err: error.message, kind: error.name }, 'enforcement failed; the batch comes back for it');
-      failures.push({ projectId, error });
-    }
-  }
-  return { reports, failures };
-}
 
 export type MessageCounts = Record<MessageResult, number>;
 

@@ -80,7 +80,7 @@ export async function openFunctionServices(given: NodeJS.ProcessEnv = process.en
     sqs = new SQSClient({ region: env.AWS_REGION || regionOfQueueUrl(config.sqs.deadLetterQueueUrl) });
     poison = sqsPoisonQueue(sqs, config.sqs.deadLetterQueueUrl);
   }
-  log.info({ store: runtime.store.description, mode: pipeline.mode, poison: poison?.description ?? 'reported for redrive' }, 'function instance ready');
+  log.info({ store: pipeline.ledgerDescription, mode: pipeline.mode, poison: poison?.description ?? 'reported for redrive' }, 'function instance ready');
   return {
     config,
     log,

@@ -1,5 +1,5 @@
 import type { IngestResult, MessageOutcome } from '../../pipeline.js';
-import { countOutcomes, enforceEach, excerpt, type MessageCounts } from './batch.js';
+import { countOutcomes, excerpt, type MessageCounts } from './batch.js';
 import { describeIssue, parseEvent, SqsEvent, SqsRecord, type InvocationContext, type SqsBatchResponse } from './events.js';
 import { writeInvocationMetrics, type InvocationMetrics } from './metrics.js';
 import { inInvocation, type FunctionServices } from './instance.js';
@@ -82,7 +82,7 @@ export async function handleSqsEvent(services: FunctionServices, event: unknown)
     }),
   );
 
-  const { reports, failures } = await enforceEach(pipeline, pipeline.projectsAfter(result), log);
+  const { reports, failures } = await pipeline.enforceAll(pipeline.projectsAfter(result));
   for (const { projectId } of failures) {
     const own = records.filter((_, i) => outcomes[i]!.event?.projectId === projectId);
     const affected = own.length > 0 ? own : records.filter((_, i) => outcomes[i]!.event !== undefined);
