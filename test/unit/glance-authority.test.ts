@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { Pipeline } from '../../src/pipeline.js';
+import { pipelineOf } from '../../src/composition-root.js';
 import type { GlanceImage, OwnedImage } from '../../src/ledger/glance-image.js';
 import { repairFromListing } from '../../src/ledger/repair.js';
 import type { ImageEvent } from '../../src/notification/parse.js';
@@ -34,7 +34,7 @@ function trueCreate(i: GlanceImage): ImageEvent {
 function pipelineOver(glance: MemoryGlance, limits: ProjectLimits, mode: 'enforce' | 'dry-run' = 'enforce') {
   const store = new MemoryStore();
   const time = { nowMs: NOW_MS };
-  const pipeline = new Pipeline({ store, limits: limitsOf(limits), images: glance, mode, clock: () => time.nowMs, concurrency: 4 });
+  const pipeline = pipelineOf({ store, limits: limitsOf(limits), images: glance, mode, clock: () => time.nowMs, concurrency: 4 });
   return { store, pipeline, time };
 }
 
@@ -94,7 +94,7 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
     await store.applyEvents([...glance.images.values()].map(trueCreate), NOW_MS);
     // The table says 2 (stale); Keystone says 5 now.
     const limits = { limitsFor: async () => ({ image_count_total: 2 }), refresh: async () => ({ image_count_total: 5 }) };
-    const report = await new Pipeline({ store, limits, images: glance, clock: () => NOW_MS }).enforce(P);
+    const report = await pipelineOf({ store, limits, images: glance, clock: () => NOW_MS }).enforce(P);
     expect(report).toMatchObject({ basis: 'glance', over: [], limits: { image_count_total: 5 } });
     expect(glance.deleted).toEqual([]);
   });
@@ -122,7 +122,7 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
     await store.applyEvents(forged, NOW_MS);
     expect((await store.usage(P)).image_count_total).toBe(13);
     const corrections: string[] = [];
-    const withHook = new Pipeline({ store, limits: limitsOf({ image_count_total: 3 }), images: glance, clock: () => NOW_MS, onCorrections: (_p, c) => corrections.push(...c.map((x) => x.kind)) });
+    const withHook = pipelineOf({ store, limits: limitsOf({ image_count_total: 3 }), images: glance, clock: () => NOW_MS, onCorrections: (_p, c) => corrections.push(...c.map((x) => x.kind)) });
     const report = await withHook.enforce(P);
     expect(report).toMatchObject({ basis: 'glance', over: [], actions: [], usage: { image_count_total: 3 } });
     expect(glance.deleted).toEqual([]);
