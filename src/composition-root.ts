@@ -94,6 +94,15 @@ export function pipelineOf(parts: PipelineParts, config?: Config): Pipeline {
 }
 
 /**
+ * The configuration and the logger alone, for a command with no ledger (`bridge`): the same
+ * loading and checks as `openRuntime`'s.
+ */
+export function openConfig(env: NodeJS.ProcessEnv = process.env): { config: Config; log: Logger } {
+  const config = loadConfig(env);
+  return { config, log: createLogger(config.logLevel) };
+}
+
+/**
  * Wires config -> store, limits (Keystone unified limits over the static ones, when OpenStack is
  * configured) and Glance -> the pipeline.
  */

@@ -1,8 +1,7 @@
 import { parseArgs } from 'node:util';
 import { SQSClient } from '@aws-sdk/client-sqs';
-import { loadConfig } from '../config.js';
+import { openConfig } from '../composition-root.js';
 import { ConfigError } from '../errors.js';
-import { createLogger } from '../log.js';
 import { regionOfQueueUrl, SqsBridge } from '../transport/sqs-bridge.js';
 
 /**
@@ -19,7 +18,7 @@ import { regionOfQueueUrl, SqsBridge } from '../transport/sqs-bridge.js';
  */
 export async function bridge(args: string[]): Promise<number> {
   parseArgs({ args, options: {} });
-  const config = loadConfig(process.env);
+  const { config, log } = openConfig(process.env);
   const queueUrl = config.sqs.queueUrl;
   if (!queueUrl) {
     throw new ConfigError(
@@ -28,7 +27,6 @@ export async function bridge(args: string[]): Promise<number> {
   }
   const region = process.env.AWS_REGION?.trim() || process.env.AWS_DEFAULT_REGION?.trim() || regionOfQueueUrl(queueUrl);
   if (!region) throw new ConfigError(`AWS_REGION: not set, and SQS_QUEUE_URL '${queueUrl}' names no region; set AWS_REGION=eu-west-1 (the queue's region)`);
-  const log = createLogger(config.logLevel);
   const sqs = new SQSClient({ region, requestHandler: { connectionTimeout: 5_000, requestTimeout: 30_000 } });
   const bridge = new SqsBridge({ config, sqs, queueUrl, log });
 
