@@ -4,6 +4,7 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { OpenStackConfigError, scrub } from './errors.js';
+import { firstIssue } from '../zod-issues.js';
 
 /**
  * Where the enforcer's OpenStack identity comes from: the same OS_* variables and clouds.yaml that
@@ -271,8 +272,8 @@ export function loadCredentials(env: NodeJS.ProcessEnv = process.env, options: L
 
   const parsed = OpenStackSettings.safeParse(sourced.values);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    const name = String(issue.path[0]) as OpenStackEnvVar;
+    const issue = firstIssue(parsed.error);
+    const name = String(issue.field) as OpenStackEnvVar;
     const raw = sourced.values[name];
     const got = SECRET_VARS.has(name) || raw === undefined ? '' : `, got '${shownValue(raw, sourced)}'`;
     throw new OpenStackConfigError(name, `${label(name, sourced)}: ${issue.message}${got}`);

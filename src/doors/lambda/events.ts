@@ -1,5 +1,6 @@
 import type { Context, SQSBatchResponse } from 'aws-lambda';
 import { z } from 'zod';
+import { describeIssues } from '../../zod-issues.js';
 
 /**
  * The events Lambda hands the function handlers, as zod schemas. Powertools has no schema for
@@ -97,11 +98,9 @@ export function parseEvent<T>(schema: z.ZodType<T>, event: unknown, trigger: str
   throw new EventShapeError(`the event is not an ${trigger} event (${describeIssue(parsed.error)}); check the function's events in serverless.yml`);
 }
 
-/** The first issue of a zod error, as `field.path: message`. */
+/** The first issue of a zod error, as `field.path: message` (src/zod-issues.ts). */
 export function describeIssue(error: z.ZodError): string {
-  const issue = error.issues[0];
-  if (!issue) return 'invalid';
-  return `${issue.path.length > 0 ? issue.path.join('.') : '(root)'}: ${issue.message}`;
+  return describeIssues(error, { max: 1 });
 }
 
 /**
