@@ -291,7 +291,7 @@ function readLimitsFile(path: string): Record<string, ProjectLimits> {
   try {
     raw = JSON.parse(readFileSync(path, 'utf8'));
   } catch (err) {
-    throw new ConfigError(`QUOTA_LIMITS_FILE: cannot read '${path}' as JSON (${(err as Error).message})`);
+    throw new ConfigError(`QUOTA_LIMITS_FILE: cannot read '${path}' as JSON (${(err as Error).message})`, { cause: err });
   }
   const parsed = LimitsFile.safeParse(raw);
   if (!parsed.success) {

@@ -408,7 +408,7 @@ function readCa(file: string | undefined, where: string): { caFile?: string; ca?
     pem = readFileSync(file, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? 'unreadable';
-    throw new OpenStackConfigError('OS_CACERT', `${where}: cannot read '${file}' (${code}); set it to a readable PEM file holding the CA of the Keystone and Glance certificates`);
+    throw new OpenStackConfigError('OS_CACERT', `${where}: cannot read '${file}' (${code}); set it to a readable PEM file holding the CA of the Keystone and Glance certificates`, { cause: error });
   }
   if (!pem.includes('-----BEGIN CERTIFICATE-----')) {
     throw new OpenStackConfigError('OS_CACERT', `${where}: '${file}' holds no PEM certificate (no '-----BEGIN CERTIFICATE-----' line); point it at the CA bundle in PEM form`);
@@ -469,7 +469,7 @@ function readCloudsFile(file: string): unknown {
     text = readFileSync(file, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? 'unreadable';
-    throw new OpenStackConfigError('OS_CLOUD', `OS_CLOUD: cannot read ${file} (${code}); fix its permissions or set OS_CLIENT_CONFIG_FILE to another file`);
+    throw new OpenStackConfigError('OS_CLOUD', `OS_CLOUD: cannot read ${file} (${code}); fix its permissions or set OS_CLIENT_CONFIG_FILE to another file`, { cause: error });
   }
   try {
     // YAML 1.2 is a superset of JSON, so clouds.json parses here too.

@@ -1,5 +1,6 @@
 import type { EnforcementReport, MessageOutcome, MessageResult, Pipeline } from '../../pipeline.js';
 import type { Logger } from '../../log.js';
+import { EnforcerError } from '../../errors.js';
 
 /**
  * What the two message doors of function mode (Amazon MQ, SQS) do with a batch once decoded:
@@ -46,8 +47,8 @@ export function countOutcomes(outcomes: readonly (MessageOutcome | undefined)[])
 }
 
 /** Failed projects, for an invocation's error: "p1: Glance answered 503 ...; p2: ...". */
-export class EnforcementFailedError extends Error {
-  override name = 'EnforcementFailedError';
+export class EnforcementFailedError extends EnforcerError {
+  override readonly code = 'ENFORCEMENT_FAILED';
   constructor(readonly failures: readonly ProjectFailure[]) {
     super(`enforcement failed for ${failures.length} project(s): ${failures.map((f) => `${f.projectId}: ${f.error.message}`).join('; ')}`);
   }

@@ -1,5 +1,6 @@
 import type { Context, SQSBatchResponse } from 'aws-lambda';
 import { z } from 'zod';
+import { EnforcerError } from '../../errors.js';
 import { describeIssues } from '../../zod-issues.js';
 
 /**
@@ -87,8 +88,8 @@ export const ScheduledEvent = z
 export type InvocationContext = Partial<Pick<Context, 'awsRequestId' | 'getRemainingTimeInMillis'>>;
 
 /** The event does not have the shape its trigger gives: the function is wired to the wrong source. */
-export class EventShapeError extends Error {
-  override name = 'EventShapeError';
+export class EventShapeError extends EnforcerError {
+  override readonly code = 'EVENT_SHAPE';
 }
 
 /** `schema.parse`, with an error that names the trigger and the field, for the function's log. */
