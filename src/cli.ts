@@ -2,6 +2,7 @@ import { printable, scrub } from './redact.js';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigError } from './config.js';
+import { EnforcerError, type ErrorCode } from './errors.js';
 import type { ProjectReport } from './pipeline.js';
 import { mergeLimits, parseLimits, type ProjectLimits } from './quota/limits.js';
 import { USAGE_RESOURCES } from './quota/resources.js';
@@ -238,17 +239,54 @@ async function actionsCommand(args: string[], io: Io): Promise<number> {
   }
 }
 
-/** Errors whose message says all a person needs: printed alone, without a stack. */
-const OPERATOR_ERRORS = new Set([
-  'ConfigError',
-  'StoreUnavailableError',
-  'OpenStackConfigError',
-  'KeystoneAuthError',
-  'ScopeUnavailableError',
-  'CatalogError',
-  'OpenStackHttpError',
-  'OpenStackUnreachableError',
-]);
+/** How the CLI ends on an error: its exit code, and whether the message alone is printed. */
+export interface ErrorExit {
+  /** 2: the operator must fix the input or the configuration; 1: an operational failure. */
+  exit: 1 | 2;
+  /** The message says all a person needs: printed alone, without a stack trace. */
+  messageOnly: boolean;
+}
+
+/**
+ * Every error the CLI expects, by its stable code: each `EnforcerError` code, and the codes of the
+ * node errors a person causes (a bad flag, a file that is not there). Any other error is a bug:
+ * `main` rethrows it.
+ */
+export const ERROR_EXITS: Readonly<Record<ErrorCode | 'ERR_PARSE_ARGS_*' | 'ENOENT', ErrorExit>> = {
+  CONFIG: { exit: 2, messageOnly: true },
+  OPENSTACK_CONFIG: { exit: 2, messageOnly: true },
+  SCOPE_UNAVAILABLE: { exit: 2, messageOnly: true },
+  'ERR_PARSE_ARGS_*': { exit: 2, messageOnly: true },
+  STORE_UNAVAILABLE: { exit: 1, messageOnly: true },
+  KEYSTONE_AUTH: { exit: 1, messageOnly: true },
+  CATALOG: { exit: 1, messageOnly: true },
+  OPENSTACK_HTTP: { exit: 1, messageOnly: true },
+  OPENSTACK_UNREACHABLE: { exit: 1, messageOnly: true },
+  BROKER_UNAVAILABLE: { exit: 1, messageOnly: true },
+  BROKER_TIMEOUT: { exit: 1, messageOnly: true },
+  ENOENT: { exit: 1, messageOnly: true },
+  STORE_DATA: { exit: 1, messageOnly: false },
+  ENFORCEMENT_FAILED: { exit: 1, messageOnly: false },
+  EVENT_SHAPE: { exit: 1, messageOnly: false },
+};
+
+/** The entry of `ERROR_EXITS` for `err`; undefined for an error the CLI does not expect. */
+export function errorExit(err: unknown): ErrorExit | undefined {
+  if (err instanceof EnforcerError) return ERROR_EXITS[err.code];
+  const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
+  if (typeof code !== 'string') return undefined;
+  if (code.startsWith('ERR_PARSE_ARGS')) return ERROR_EXITS['ERR_PARSE_ARGS_*'];
+  return code === 'ENOENT' ? ERROR_EXITS.ENOENT : undefined;
+}
+
+/** The stack of `err` and of each error it wraps (`cause`), for an error whose message is not enough. */
+function withStack(err: Error): string {
+  const parts: string[] = [];
+  for (let e: unknown = err; e instanceof Error && parts.length < 5; e = e.cause) {
+    parts.push(`${parts.length > 0 ? 'caused by: ' : ''}${e.stack ?? `${e.name}: ${e.message}`}`);
+  }
+  return parts.join('\n');
+}
 
 /** Entry point of the bin; returns the exit code. */
 export async function main(argv: string[], io: Io = processIo): Promise<number> {
@@ -282,18 +320,11 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     }
   } catch (err) {
     // An error may quote what a server or a store said, or a value from the environment.
-    const shown = () => `${scrub((err as Error).message).split('\n').map((line) => printable(line)).join('\n')}\n`;
-    if (err instanceof ConfigError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      io.stderr(shown());
-      return 2;
-    }
-    if (err instanceof Error && OPERATOR_ERRORS.has(err.name)) {
-      io.stderr(shown());
-      return 1;
-    }
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      io.stderr(shown());
-      return 1;
+    const shown = (text = (err as Error).message) => `${scrub(text).split('\n').map((line) => printable(line)).join('\n')}\n`;
+    const handling = errorExit(err);
+    if (handling) {
+      io.stderr(handling.messageOnly ? shown() : shown(withStack(err as Error)));
+      return handling.exit;
     }
     if (err instanceof Error) err.message = scrub(err.message);
     throw err;

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
+import { firstIssue } from './zod-issues.js';
 import { rememberSecrets, scrub, urlPasswords } from './redact.js';
 import { LimitsFile, parseLimits, type ProjectLimits } from './quota/limits.js';
 
@@ -290,13 +291,13 @@ function readLimitsFile(path: string): Record<string, ProjectLimits> {
   try {
     raw = JSON.parse(readFileSync(path, 'utf8'));
   } catch (err) {
-    throw new ConfigError(`QUOTA_LIMITS_FILE: cannot read '${path}' as JSON (${(err as Error).message})`);
+    throw new ConfigError(`QUOTA_LIMITS_FILE: cannot read '${path}' as JSON (${(err as Error).message})`, { cause: err });
   }
   const parsed = LimitsFile.safeParse(raw);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
+    const issue = firstIssue(parsed.error);
     throw new ConfigError(
-      `QUOTA_LIMITS_FILE: '${path}' at ${issue.path.join('.') || '(root)'}: ${issue.message}; expected {"<project id>": {"image_count_total": 10}}`,
+      `QUOTA_LIMITS_FILE: '${path}' at ${issue.path}: ${issue.message}; expected {"<project id>": {"image_count_total": 10}}`,
     );
   }
   return parsed.data;
@@ -307,8 +308,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const known = Object.fromEntries(Object.keys(EnvSchema.shape).map((k) => [k, env[k] === '' ? undefined : env[k]]));
   const parsed = EnvSchema.safeParse(known);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    const name = String(issue.path[0]);
+    const issue = firstIssue(parsed.error);
+    const name = String(issue.field);
     const example = EXAMPLES[name];
     throw new ConfigError(`${name}: ${issue.message}, got '${scrub(String(env[name]))}'${example ? `; for example ${example}` : ''}`);
   }

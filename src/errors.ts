@@ -1,14 +1,50 @@
 /**
+ * The stable code of each error the enforcer throws on purpose. A code never changes once given:
+ * the CLI maps it to an exit code (src/cli.ts, `ERROR_EXITS`), and code that must tell errors apart
+ * can key on it rather than on a class name. Every class below and in the adapters
+ * (src/openstack/errors.ts, src/transport/amqp.ts, src/doors/lambda/) has exactly one.
+ */
+export type ErrorCode =
+  | 'CONFIG'
+  | 'STORE_UNAVAILABLE'
+  | 'STORE_DATA'
+  | 'OPENSTACK_CONFIG'
+  | 'KEYSTONE_AUTH'
+  | 'SCOPE_UNAVAILABLE'
+  | 'CATALOG'
+  | 'OPENSTACK_HTTP'
+  | 'OPENSTACK_UNREACHABLE'
+  | 'BROKER_TIMEOUT'
+  | 'BROKER_UNAVAILABLE'
+  | 'ENFORCEMENT_FAILED'
+  | 'EVENT_SHAPE';
+
+/**
+ * The base of every error the enforcer throws on purpose: a stable `code`, `name` set from the
+ * class (esbuild keeps class names in the function bundles), and the wrapped error as `cause`.
+ * The message stays the one a person reads; `cause` is never printed in place of it.
+ */
+export abstract class EnforcerError extends Error {
+  abstract readonly code: ErrorCode;
+
+  /** `options.cause`: the error this one wraps (ES2022), kept for a stack trace or a debugger. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/**
  * Thrown for input a human must fix (environment, flags, files). Its message names the input and
  * shows a value that works; the CLI prints it alone, without a stack trace.
  */
-export class ConfigError extends Error {
-  override name = 'ConfigError';
+export class ConfigError extends EnforcerError {
+  override readonly code = 'CONFIG';
 }
 
 /** The ledger store cannot be opened or reached; the message names STORE_URL and what to check. */
-export class StoreUnavailableError extends Error {
-  override name = 'StoreUnavailableError';
+export class StoreUnavailableError extends EnforcerError {
+  override readonly code = 'STORE_UNAVAILABLE';
 }
 
 /**
@@ -17,9 +53,6 @@ export class StoreUnavailableError extends Error {
  * because it is down: retrying the same batch fails again. `Pipeline.ingest` splits the batch to
  * find the message at fault and makes only that one `invalid`; an outage is any other error.
  */
-export class StoreDataError extends Error {
-  override name = 'StoreDataError';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-  }
+export class StoreDataError extends EnforcerError {
+  override readonly code = 'STORE_DATA';
 }

@@ -1,4 +1,3 @@
-import type { z } from 'zod';
 import {
   ImagePayload,
   OsloEnvelope,
@@ -9,6 +8,7 @@ import {
   isoSeconds,
   osloTimestampMicros,
 } from './schema.js';
+import { describeIssues } from '../zod-issues.js';
 
 /** One image's state as one notification tells it. Times are numbers so ordering is exact. */
 export interface ImageEvent {
@@ -60,13 +60,6 @@ export const LEDGER_EVENTS: ReadonlySet<string> = new Set([
   'image.activate',
   'image.delete',
 ]);
-
-function describeIssues(error: z.ZodError, prefix: string): string {
-  return error.issues
-    .slice(0, 3)
-    .map((i) => `${[prefix, ...i.path.map(String)].filter(Boolean).join('.') || '(root)'}: ${i.message}`)
-    .join('; ');
-}
 
 function decodeJson(text: string, what: string): { ok: true; value: unknown } | { ok: false; reason: string } {
   try {
@@ -248,14 +241,14 @@ export function parseBySchemas(body: Uint8Array | string, nowMs: number, limits:
   let inner: unknown = outer.value;
   if (isWrapped(inner)) {
     const envelope = OsloEnvelope.safeParse(inner);
-    if (!envelope.success) return { kind: 'invalid', reason: `oslo envelope: ${describeIssues(envelope.error, '')}` };
+    if (!envelope.success) return { kind: 'invalid', reason: `oslo envelope: ${describeIssues(envelope.error)}` };
     const decoded = decodeJson(envelope.data['oslo.message'], 'oslo.message');
     if (!decoded.ok) return { kind: 'invalid', reason: decoded.reason };
     inner = decoded.value;
   }
 
   const msg = OsloMessage.safeParse(inner);
-  if (!msg.success) return { kind: 'invalid', reason: `oslo message: ${describeIssues(msg.error, '')}` };
+  if (!msg.success) return { kind: 'invalid', reason: `oslo message: ${describeIssues(msg.error)}` };
   const { message_id: messageId, event_type: eventType, priority, payload, timestamp } = msg.data;
   const timestampMicros = osloTimestampMicros(timestamp)!;
   const late = fromTheFuture(messageId, eventType, 'timestamp', timestamp, timestampMicros / 1000, nowMs, limits);
@@ -263,7 +256,7 @@ export function parseBySchemas(body: Uint8Array | string, nowMs: number, limits:
   const ignored = ignoredMessage(messageId, eventType, priority);
   if (ignored) return ignored;
   const image = ImagePayload.safeParse(payload);
-  if (!image.success) return { kind: 'invalid', reason: `${eventType} ${messageId}: ${describeIssues(image.error, 'payload')}` };
+  if (!image.success) return { kind: 'invalid', reason: `${eventType} ${messageId}: ${describeIssues(image.error, { prefix: 'payload' })}` };
   const p = image.data;
   const times: PayloadTimes = {
     createdAt: isoSeconds(p.created_at)!,

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { OpenStackConfigError, scrub } from './errors.js';
+import { firstIssue } from '../zod-issues.js';
 
 /**
  * Where the enforcer's OpenStack identity comes from: the same OS_* variables and clouds.yaml that
@@ -271,8 +272,8 @@ export function loadCredentials(env: NodeJS.ProcessEnv = process.env, options: L
 
   const parsed = OpenStackSettings.safeParse(sourced.values);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    const name = String(issue.path[0]) as OpenStackEnvVar;
+    const issue = firstIssue(parsed.error);
+    const name = String(issue.field) as OpenStackEnvVar;
     const raw = sourced.values[name];
     const got = SECRET_VARS.has(name) || raw === undefined ? '' : `, got '${shownValue(raw, sourced)}'`;
     throw new OpenStackConfigError(name, `${label(name, sourced)}: ${issue.message}${got}`);
@@ -407,7 +408,7 @@ function readCa(file: string | undefined, where: string): { caFile?: string; ca?
     pem = readFileSync(file, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? 'unreadable';
-    throw new OpenStackConfigError('OS_CACERT', `${where}: cannot read '${file}' (${code}); set it to a readable PEM file holding the CA of the Keystone and Glance certificates`);
+    throw new OpenStackConfigError('OS_CACERT', `${where}: cannot read '${file}' (${code}); set it to a readable PEM file holding the CA of the Keystone and Glance certificates`, { cause: error });
   }
   if (!pem.includes('-----BEGIN CERTIFICATE-----')) {
     throw new OpenStackConfigError('OS_CACERT', `${where}: '${file}' holds no PEM certificate (no '-----BEGIN CERTIFICATE-----' line); point it at the CA bundle in PEM form`);
@@ -468,7 +469,7 @@ function readCloudsFile(file: string): unknown {
     text = readFileSync(file, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? 'unreadable';
-    throw new OpenStackConfigError('OS_CLOUD', `OS_CLOUD: cannot read ${file} (${code}); fix its permissions or set OS_CLIENT_CONFIG_FILE to another file`);
+    throw new OpenStackConfigError('OS_CLOUD', `OS_CLOUD: cannot read ${file} (${code}); fix its permissions or set OS_CLIENT_CONFIG_FILE to another file`, { cause: error });
   }
   try {
     // YAML 1.2 is a superset of JSON, so clouds.json parses here too.

@@ -3,6 +3,7 @@ import { GlanceImage } from '../ledger/glance-image.js';
 import type { DeleteOutcome } from '../pipeline.js';
 import { createLogger, type Logger } from '../log.js';
 import { OpenStackHttpError, displayUrl, scrub } from './errors.js';
+import { firstIssue } from '../zod-issues.js';
 import type { HttpResponse, RetryingTransport } from './http.js';
 import type { KeystoneClient } from './keystone.js';
 
@@ -162,8 +163,8 @@ export class GlanceClient {
     const parsed = GlanceImage.safeParse(raw);
     if (parsed.success) return parsed.data;
     const id = typeof raw === 'object' && raw !== null && 'id' in raw ? String((raw as { id: unknown }).id) : '?';
-    const issue = parsed.error.issues[0];
-    throw new OpenStackHttpError('glance', 'GET', displayUrl(url), 200, `glance: image ${id} has an unexpected '${issue?.path.join('.') ?? '?'}': ${issue?.message ?? 'invalid'}`);
+    const issue = firstIssue(parsed.error);
+    throw new OpenStackHttpError('glance', 'GET', displayUrl(url), 200, `glance: image ${id} has an unexpected '${issue.path}': ${issue.message}`);
   }
 
   private unexpected(method: string, url: string, response: HttpResponse): OpenStackHttpError {

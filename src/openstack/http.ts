@@ -118,6 +118,7 @@ export function retryingTransport(options: RetryingTransportOptions): RetryingTr
   const { policy, service, log } = options;
   return async (request) => {
     let lastError = '';
+    let lastCause: unknown;
     for (let attempt = 1; attempt <= policy.attempts; attempt++) {
       if (attempt > 1) await sleep(backoffDelayMs(attempt - 1, policy, options.random));
       const transportOptions: TransportOptions = { timeoutMs: policy.timeoutMs, ...(options.ca ? { ca: options.ca } : {}) };
@@ -132,9 +133,11 @@ export function retryingTransport(options: RetryingTransportOptions): RetryingTr
             service, request.method, displayUrl(request.url), attempt,
             `${service}: ${request.method} ${displayUrl(request.url)}: the server's certificate is not trusted (${describeConnectionError(error)}). ` +
               `Set OS_CACERT to the PEM file of the CA that signed it${options.ca ? ' (the current OS_CACERT does not hold it)' : ''}.`,
+            { cause: error },
           );
         }
         lastError = describeConnectionError(error);
+        lastCause = error;
       }
       if (attempt < policy.attempts) {
         log.warn({ service, method: request.method, url: displayUrl(request.url), attempt, of: policy.attempts, error: lastError }, `${service} call failed, retrying`);
@@ -145,6 +148,7 @@ export function retryingTransport(options: RetryingTransportOptions): RetryingTr
       `${service}: ${request.method} ${displayUrl(request.url)} got no answer after ${policy.attempts} attempts (last: ${lastError}). ` +
         `Check that ${service === 'keystone' ? 'OS_AUTH_URL' : 'the image endpoint (catalog or GLANCE_URL)'} is reachable from this host` +
         `${request.url.startsWith('https:') ? ' and that OS_CACERT holds the CA of its certificate' : ''}.`,
+      { cause: lastCause },
     );
   };
 }

@@ -10,6 +10,7 @@ import {
   displayUrl,
   scrub,
 } from './errors.js';
+import { firstIssue } from '../zod-issues.js';
 import {
   DEFAULT_RETRY_POLICY,
   retryingTransport,
@@ -246,7 +247,8 @@ export class KeystoneClient {
     }
     const parsed = schema.safeParse(parseJson(response.text));
     if (!parsed.success) {
-      throw new OpenStackHttpError('keystone', 'GET', displayUrl(url), response.status, `keystone: GET ${displayUrl(url)} answered a body the enforcer does not understand: ${parsed.error.issues[0]?.message ?? 'invalid'} at ${parsed.error.issues[0]?.path.join('.') ?? '?'}`);
+      const issue = firstIssue(parsed.error);
+      throw new OpenStackHttpError('keystone', 'GET', displayUrl(url), response.status, `keystone: GET ${displayUrl(url)} answered a body the enforcer does not understand: ${issue.message} at ${issue.path}`);
     }
     return parsed.data;
   }

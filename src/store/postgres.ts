@@ -191,7 +191,7 @@ export class PostgresStore implements LedgerStore {
       client = await pool.connect();
     } catch (err) {
       await pool.end();
-      throw new StoreUnavailableError(`STORE_URL: cannot connect to PostgreSQL at ${description} (${(err as Error).message}); check the host, port, database and credentials`);
+      throw new StoreUnavailableError(`STORE_URL: cannot connect to PostgreSQL at ${description} (${(err as Error).message}); check the host, port, database and credentials`, { cause: err });
     }
     const onError = () => {}; // the failing query rejects; see transaction()
     client.on('error', onError);

@@ -420,7 +420,7 @@ export class RedisStore implements LedgerStore {
       redis.disconnect();
       // connect() only says "Connection is closed."; the socket's own error says why.
       const reason = (lastError ?? (err as Error)).message;
-      throw new StoreUnavailableError(`STORE_URL: cannot connect to Redis at ${description} (${reason}); check the host, port, database and password`);
+      throw new StoreUnavailableError(`STORE_URL: cannot connect to Redis at ${description} (${reason}); check the host, port, database and password`, { cause: lastError ?? err });
     }
     return new RedisStore(redis, keyPrefix, description);
   }

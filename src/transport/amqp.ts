@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import amqp from 'amqplib';
-import { ConfigError } from '../errors.js';
+import { ConfigError, EnforcerError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { describeBroker, parseTransportUrl, type BrokerAddress } from './transport-url.js';
 
@@ -23,8 +23,8 @@ export const MAX_REASON_BYTES = 1024;
  */
 export const MAX_COPIED_HEADERS_BYTES = 4096;
 
-export class BrokerTimeoutError extends Error {
-  override name = 'BrokerTimeoutError';
+export class BrokerTimeoutError extends EnforcerError {
+  override readonly code = 'BROKER_TIMEOUT';
 }
 
 /** `promise`, or a BrokerTimeoutError naming `what` after `ms`. */
@@ -122,7 +122,7 @@ export async function connectBroker(transportUrl: string, caFile: string, log: L
     try {
       ca = readFileSync(caFile);
     } catch (err) {
-      throw new ConfigError(`TRANSPORT_CA_FILE: cannot read '${caFile}' (${(err as Error).message})`);
+      throw new ConfigError(`TRANSPORT_CA_FILE: cannot read '${caFile}' (${(err as Error).message})`, { cause: err });
     }
   }
   const failures: string[] = [];
@@ -138,8 +138,8 @@ export async function connectBroker(transportUrl: string, caFile: string, log: L
   throw new BrokerUnavailableError(`no broker of TRANSPORT_URL answered: ${failures.join('; ')}`);
 }
 
-export class BrokerUnavailableError extends Error {
-  override name = 'BrokerUnavailableError';
+export class BrokerUnavailableError extends EnforcerError {
+  override readonly code = 'BROKER_UNAVAILABLE';
 }
 
 function isPreconditionFailed(err: unknown): boolean {
@@ -158,7 +158,7 @@ export async function declareTopology(connection: amqp.ChannelModel, s: QueueSet
     try {
       await declare(ch);
     } catch (err) {
-      if (isPreconditionFailed(err)) throw new ConfigError(`${what} exists with other properties (RabbitMQ 406 PRECONDITION_FAILED): ${fix}`);
+      if (isPreconditionFailed(err)) throw new ConfigError(`${what} exists with other properties (RabbitMQ 406 PRECONDITION_FAILED): ${fix}`, { cause: err });
       throw err;
     }
     await ch.close().catch(() => {});

@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../config.js';
+import { ConfigError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { backoffMs } from '../retry.js';
 import { BROKER_TIMEOUT_MS, connectBroker, declareTopology, withTimeout, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from './amqp.js';
@@ -93,7 +94,7 @@ export abstract class QueueSession {
         if (this.stopRequested && this.connection) await this.closeQuietly(this.connection);
         await closed;
       } catch (err) {
-        if ((err as Error).name === 'ConfigError') throw err;
+        if (err instanceof ConfigError) throw err;
         this.log.warn({ err: (err as Error).message }, 'broker connection failed');
       }
       this.detach();

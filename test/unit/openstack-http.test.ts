@@ -136,6 +136,7 @@ describe('a retrying transport', () => {
     const error = await call({ method: 'POST', url: `${server.url}/v3/auth/tokens` }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(OpenStackUnreachableError);
     expect((error as Error).message).toMatch(/^keystone: POST http:\/\/127\.0\.0\.1:\d+\/v3\/auth\/tokens got no answer after 4 attempts \(last: connect ECONNREFUSED 127\.0\.0\.1:\d+\)\. Check that OS_AUTH_URL is reachable/);
+    expect((error as Error).cause).toMatchObject({ code: 'ECONNREFUSED' });
     expect(sleeps).toHaveLength(fast.attempts - 1);
   });
 

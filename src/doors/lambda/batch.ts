@@ -1,3 +1,4 @@
+import { EnforcerError } from '../../errors.js';
 import type { MessageOutcome, MessageResult, ProjectFailure } from '../../pipeline.js';
 
 /**
@@ -17,8 +18,8 @@ export function countOutcomes(outcomes: readonly (MessageOutcome | undefined)[])
 }
 
 /** Failed projects, for an invocation's error: "p1: Glance answered 503 ...; p2: ...". */
-export class EnforcementFailedError extends Error {
-  override name = 'EnforcementFailedError';
+export class EnforcementFailedError extends EnforcerError {
+  override readonly code = 'ENFORCEMENT_FAILED';
   constructor(readonly failures: readonly ProjectFailure[]) {
     super(`enforcement failed for ${failures.length} project(s): ${failures.map((f) => `${f.projectId}: ${f.error.message}`).join('; ')}`);
   }

@@ -1,5 +1,7 @@
 import type { Context, SQSBatchResponse } from 'aws-lambda';
 import { z } from 'zod';
+import { EnforcerError } from '../../errors.js';
+import { describeIssues } from '../../zod-issues.js';
 
 /**
  * The events Lambda hands the function handlers, as zod schemas. Powertools has no schema for
@@ -86,8 +88,8 @@ export const ScheduledEvent = z
 export type InvocationContext = Partial<Pick<Context, 'awsRequestId' | 'getRemainingTimeInMillis'>>;
 
 /** The event does not have the shape its trigger gives: the function is wired to the wrong source. */
-export class EventShapeError extends Error {
-  override name = 'EventShapeError';
+export class EventShapeError extends EnforcerError {
+  override readonly code = 'EVENT_SHAPE';
 }
 
 /** `schema.parse`, with an error that names the trigger and the field, for the function's log. */
@@ -97,11 +99,9 @@ export function parseEvent<T>(schema: z.ZodType<T>, event: unknown, trigger: str
   throw new EventShapeError(`the event is not an ${trigger} event (${describeIssue(parsed.error)}); check the function's events in serverless.yml`);
 }
 
-/** The first issue of a zod error, as `field.path: message`. */
+/** The first issue of a zod error, as `field.path: message` (src/zod-issues.ts). */
 export function describeIssue(error: z.ZodError): string {
-  const issue = error.issues[0];
-  if (!issue) return 'invalid';
-  return `${issue.path.length > 0 ? issue.path.join('.') : '(root)'}: ${issue.message}`;
+  return describeIssues(error, { max: 1 });
 }
 
 /**

@@ -50,7 +50,7 @@ async function readSecret(name: SecretSetting, arn: string, env: NodeJS.ProcessE
   } catch (err) {
     const e = err as Error;
     const action = service === 'secretsmanager' ? 'secretsmanager:GetSecretValue' : 'ssm:GetParameter';
-    throw new ConfigError(`${variable}: cannot read ${arn} (${e.name}: ${e.message}); check that it exists and that the function's role allows ${action} on it`);
+    throw new ConfigError(`${variable}: cannot read ${arn} (${e.name}: ${e.message}); check that it exists and that the function's role allows ${action} on it`, { cause: err });
   }
   value = value.replace(/\r?\n$/, '');
   if (value === '') throw new ConfigError(`${variable}: ${arn} is empty; put the ${name} value in it`);
