@@ -5,7 +5,7 @@ import { ZERO_TOTALS, usageFromTotals, type UsageTotals } from '../ledger/usage.
 import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
 import type { ActionKind, ActionRecord, ApplyOptions, LedgerStore } from './port.js';
-import { StoreDataError, StoreUnavailableError } from '../errors.js';
+import { ConfigError, StoreDataError, StoreUnavailableError } from '../errors.js';
 import { assertStorable, totalsOverflow } from './storable.js';
 import { redactUrl } from '../redact.js';
 import { backoffMs } from '../retry.js';
@@ -204,7 +204,7 @@ export class PostgresStore implements LedgerStore {
       const { rows } = await client.query<{ version: number | null }>('SELECT max(version) AS version FROM schema_migrations');
       const version = rows[0]?.version ?? 0;
       if (version > MIGRATIONS.length) {
-        throw new Error(
+        throw new ConfigError(
           `STORE_URL: ${description} has schema version ${version}, newer than this enforcer knows (${MIGRATIONS.length}); upgrade the enforcer`,
         );
       }

@@ -1,6 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
+import { ConfigError, StoreUnavailableError } from '../errors.js';
 import { applyEventsTo, type ApplyResult, type LedgerTransaction } from '../ledger/apply.js';
 import type { ImageRecord } from '../ledger/record.js';
 import { ZERO_TOTALS, usageFromTotals } from '../ledger/usage.js';
@@ -191,7 +192,7 @@ export class SqliteStore implements LedgerStore {
     try {
       db = new Database(path);
     } catch (err) {
-      throw new Error(`STORE_URL: cannot open SQLite file '${path}' (${(err as Error).message}); check the path and its permissions`);
+      throw new StoreUnavailableError(`STORE_URL: cannot open SQLite file '${path}' (${(err as Error).message}); check the path and its permissions`, { cause: err });
     }
     db.pragma('journal_mode = WAL');
     // NORMAL in WAL mode: a commit survives a process crash; only an OS crash can lose the last ones,
@@ -207,7 +208,7 @@ export class SqliteStore implements LedgerStore {
     const version = db.pragma('user_version', { simple: true }) as number;
     if (version > MIGRATIONS.length) {
       db.close();
-      throw new Error(`STORE_URL: '${path}' has schema version ${version}, newer than this enforcer knows (${MIGRATIONS.length}); upgrade the enforcer`);
+      throw new ConfigError(`STORE_URL: '${path}' has schema version ${version}, newer than this enforcer knows (${MIGRATIONS.length}); upgrade the enforcer`);
     }
     db.transaction(() => {
       for (let v = version; v < MIGRATIONS.length; v++) db.exec(MIGRATIONS[v]!);
