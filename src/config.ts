@@ -303,17 +303,33 @@ function readLimitsFile(path: string): Record<string, ProjectLimits> {
   return parsed.data;
 }
 
-/** Validates the environment; every error names the variable and shows a value that works. */
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  const known = Object.fromEntries(Object.keys(EnvSchema.shape).map((k) => [k, env[k] === '' ? undefined : env[k]]));
-  const parsed = EnvSchema.safeParse(known);
+/** The variables `schema` knows, an empty one as unset; the first bad one named, with a value that works. */
+function parseEnv<S extends z.ZodObject>(schema: S, env: NodeJS.ProcessEnv): z.infer<S> {
+  const known = Object.fromEntries(Object.keys(schema.shape).map((k) => [k, env[k] === '' ? undefined : env[k]]));
+  const parsed = schema.safeParse(known);
   if (!parsed.success) {
     const issue = firstIssue(parsed.error);
     const name = String(issue.field);
     const example = EXAMPLES[name];
     throw new ConfigError(`${name}: ${issue.message}, got '${scrub(String(env[name]))}'${example ? `; for example ${example}` : ''}`);
   }
-  const e = parsed.data;
+  return parsed.data;
+}
+
+const SecretArnsSchema = EnvSchema.pick({ OS_PASSWORD_SECRET_ARN: true, OS_APPLICATION_CREDENTIAL_SECRET_ARN: true, STORE_URL_SECRET_ARN: true });
+
+/**
+ * Only the `<SETTING>_SECRET_ARN` variables, '' for a setting given as a plain value: what function
+ * mode reads first, so that the configuration is loaded once, with the secrets' values in it.
+ */
+export function loadSecretArns(env: NodeJS.ProcessEnv = process.env): Record<SecretSetting, string> {
+  const e = parseEnv(SecretArnsSchema, env);
+  return { OS_PASSWORD: e.OS_PASSWORD_SECRET_ARN, OS_APPLICATION_CREDENTIAL_SECRET: e.OS_APPLICATION_CREDENTIAL_SECRET_ARN, STORE_URL: e.STORE_URL_SECRET_ARN };
+}
+
+/** Validates the environment; every error names the variable and shows a value that works. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const e = parseEnv(EnvSchema, env);
   // The passwords in the URLs stay out of every log line and error from now on (src/redact.ts).
   rememberSecrets(...urlPasswords(e.STORE_URL), ...urlPasswords(e.TRANSPORT_URL ?? ''));
   const defaults = parseLimits(e.QUOTA_LIMITS, 'QUOTA_LIMITS');
@@ -350,6 +366,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     metricsHost: e.METRICS_HOST,
     sqs: { queueUrl: e.SQS_QUEUE_URL, deadLetterQueueUrl: e.SQS_DEAD_LETTER_QUEUE_URL },
     reconcileBudgetMs: e.RECONCILE_BUDGET_SECONDS * 1000,
-    secretArns: { OS_PASSWORD: e.OS_PASSWORD_SECRET_ARN, OS_APPLICATION_CREDENTIAL_SECRET: e.OS_APPLICATION_CREDENTIAL_SECRET_ARN, STORE_URL: e.STORE_URL_SECRET_ARN },
+    secretArns: loadSecretArns(env),
   };
 }

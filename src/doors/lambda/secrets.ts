@@ -1,4 +1,4 @@
-import { loadConfig, parseSecretArn, SECRET_SETTINGS, type SecretSetting } from '../../config.js';
+import { loadSecretArns, parseSecretArn, SECRET_SETTINGS, type SecretSetting } from '../../config.js';
 import { ConfigError } from '../../errors.js';
 
 /**
@@ -33,7 +33,7 @@ function serviceOf(arn: string): { service: 'secretsmanager' | 'ssm'; region: st
  *   const env = await resolveSecrets(process.env);   // OS_PASSWORD_SECRET_ARN=arn:aws:secretsmanager:...
  */
 export async function resolveSecrets(env: NodeJS.ProcessEnv, reader: SecretReader = awsSecretReader()): Promise<NodeJS.ProcessEnv> {
-  const { secretArns } = loadConfig(env);
+  const secretArns = loadSecretArns(env);
   const wanted = SECRET_SETTINGS.filter((name) => secretArns[name] !== '');
   if (wanted.length === 0) return env;
   const values = await Promise.all(wanted.map((name) => readSecret(name, secretArns[name], env, reader)));
