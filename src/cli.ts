@@ -1,18 +1,12 @@
-import { printable, scrub } from './redact.js';
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
-import { ConfigError } from './config.js';
-import { EnforcerError, type ErrorCode } from './errors.js';
-import type { ProjectReport } from './pipeline.js';
-import { mergeLimits, parseLimits, type ProjectLimits } from './quota/limits.js';
-import { USAGE_RESOURCES } from './quota/resources.js';
-import { reconcile } from './doors/reconcile.js';
-import { replayFile, replayJson } from './doors/replay.js';
-import { openRuntime } from './composition-root.js';
-import { UnifiedLimits } from './openstack/limits.js';
+import { actionsCommand } from './commands/actions.js';
 import { consume } from './commands/consume.js';
-import type { EnforcementReport } from './pipeline.js';
-
+import { processIo, type Io } from './commands/output.js';
+import { reconcileCommand } from './commands/reconcile.js';
+import { replay } from './commands/replay.js';
+import { status } from './commands/status.js';
+import { EnforcerError, type ErrorCode } from './errors.js';
+import { printable, scrub } from './redact.js';
 const USAGE = `glance-quota-enforcer: per-project image quotas for OpenStack Glance, enforced from its notifications
 
 Usage:
@@ -46,197 +40,9 @@ Usage:
 
 Configuration is by environment variables (README.md lists them all).`;
 
-interface Io {
-  stdout: (text: string) => void;
-  stderr: (text: string) => void;
-}
-
-const processIo: Io = {
-  stdout: (t) => void process.stdout.write(t),
-  stderr: (t) => void process.stderr.write(t),
-};
-
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
   return pkg.version;
-}
-
-function formatTable(projects: ProjectReport[]): string {
-  const header = ['project', ...USAGE_RESOURCES, 'over', 'to_delete'];
-  const rows = projects.map((p) => [
-    printable(p.projectId),
-    ...USAGE_RESOURCES.map((r) => String(p.usage[r])),
-    p.over.join(',') || '-',
-    String(p.toDelete.length),
-  ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  return [header, ...rows].map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n';
-}
-
-async function replay(args: string[], io: Io): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: { limit: { type: 'string', multiple: true }, json: { type: 'boolean' }, store: { type: 'string' } },
-  });
-  const file = positionals[0];
-  if (!file || positionals.length > 1) throw new ConfigError('replay: expected exactly one FILE, e.g. replay notifications.jsonl');
-  let override: ProjectLimits = {};
-  for (const l of values.limit ?? []) override = mergeLimits(override, parseLimits(l, '--limit'));
-  const runtime = await openRuntime(process.env, {
-    // replay reads a file into its own ledger: memory unless --store says otherwise, never STORE_URL.
-    storeUrl: values.store ?? 'memory://',
-    overrides: {
-      limits: (configured) => ({ limitsFor: async (p) => mergeLimits(await configured.limitsFor(p), override) }),
-      // Decides, never acts: no Glance, whatever OS_* says.
-      glance: null,
-      // Replay reports over-quota projects in its output; a log line per project would only repeat it.
-      log: null,
-    },
-  });
-  const { pipeline, log } = runtime;
-  try {
-    const summary = await replayFile(pipeline, file, {
-      onInvalid: (line, reason) => io.stderr(`${printable(file)}:${line}: invalid: ${printable(reason)}\n`),
-    });
-    log.debug({ messages: summary.messages }, 'replay done');
-    if (values.json) {
-      io.stdout(JSON.stringify(replayJson(summary)) + '\n');
-    } else {
-      const m = summary.messages;
-      io.stdout(`messages: ${m.total} total, ${m.applied} applied, ${m.duplicate} duplicate, ${m.ignored} ignored, ${m.invalid} invalid\n\n`);
-      io.stdout(formatTable(summary.projects));
-      for (const p of summary.projects.filter((p) => p.toDelete.length > 0)) {
-        io.stdout(`\n${printable(p.projectId)} would delete (newest first): ${p.toDelete.map(printable).join(' ')}\n`);
-      }
-    }
-    return 0;
-  } finally {
-    await runtime.close();
-  }
-}
-
-/** Limits as operators write them: sizes in MiB, the rate as N/Ws; absent = unlimited. */
-function limitsJson(limits: ProjectLimits): Record<string, number | string> {
-  const out: Record<string, number | string> = {};
-  for (const r of USAGE_RESOURCES) if (limits[r] !== undefined) out[r] = limits[r];
-  if (limits.image_create_rate) out.image_create_rate = `${limits.image_create_rate.count}/${limits.image_create_rate.windowSeconds}s`;
-  return out;
-}
-
-function statusTable(projects: ProjectReport[]): string {
-  const header = ['project', ...USAGE_RESOURCES.map((r) => `${r} (use/limit)`), 'over'];
-  const rows = projects.map((p) => [
-    printable(p.projectId),
-    ...USAGE_RESOURCES.map((r) => `${p.usage[r]}/${p.limits[r] ?? '-'}`),
-    p.over.join(',') || '-',
-  ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  return [header, ...rows].map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n';
-}
-
-async function status(args: string[], io: Io): Promise<number> {
-  const { values } = parseArgs({ args, options: { project: { type: 'string' }, json: { type: 'boolean' } } });
-  // status only reads: usage comes from the ledger whatever Keystone says, so limits it cannot
-  // read are a warning (the static QUOTA_LIMITS stand in), never a reason to print nothing.
-  const runtime = await openRuntime(process.env, {
-    onLimitsUnavailable: (reason) => io.stderr(`warning: ${reason}\nwarning: showing QUOTA_LIMITS / QUOTA_LIMITS_FILE limits only ('-' is unlimited)\n`),
-  });
-  try {
-    const ids = values.project ? [values.project] : await runtime.pipeline.projects();
-    const projects: ProjectReport[] = [];
-    for (const id of ids) projects.push(await runtime.pipeline.evaluate(id));
-    const failed = runtime.limits instanceof UnifiedLimits ? runtime.limits.failures : 0;
-    if (failed > 0) io.stderr(`warning: Keystone's unified limits could not be read for ${failed} of ${ids.length} project(s) (see the log above); those show registered or QUOTA_LIMITS limits\n`);
-    if (values.json) {
-      io.stdout(JSON.stringify({ projects: projects.map((p) => ({ project_id: p.projectId, usage: p.usage, limits: limitsJson(p.limits), over: p.over })) }) + '\n');
-    } else {
-      io.stdout(statusTable(projects));
-    }
-    return 0;
-  } finally {
-    await runtime.close();
-  }
-}
-
-function progressBar(io: Io, enabled: boolean) {
-  return (done: number, total: number, projectId: string) => {
-    if (!enabled || total < 2) return;
-    const width = 30;
-    const filled = Math.round((done / total) * width);
-    io.stderr(`\r[${'#'.repeat(filled)}${' '.repeat(width - filled)}] ${done}/${total} projects ${printable(projectId.slice(0, 12))}${done === total ? '\n' : ''}`);
-  };
-}
-
-async function reconcileCommand(args: string[], io: Io): Promise<number> {
-  const { values } = parseArgs({ args, options: { project: { type: 'string' }, json: { type: 'boolean' }, 'dry-run': { type: 'boolean' } } });
-  const env = values['dry-run'] ? { ...process.env, ENFORCEMENT_MODE: 'dry-run' } : process.env;
-  const runtime = await openRuntime(env, { needGlance: true });
-  try {
-    const summary = await reconcile(runtime.pipeline, runtime.glance!, {
-      ...(values.project ? { projectId: values.project } : {}),
-      onProgress: progressBar(io, !values.json && Boolean(process.stderr.isTTY)),
-    });
-    const count = (kind: string) => summary.projects.reduce((n, p) => n + p.actions.filter((a) => a.action === kind).length, 0);
-    const totals = { deleted: count('deleted'), would_delete: count('would-delete'), skipped: count('skipped'), not_deletable: count('not-deletable'), gone: count('gone') };
-    if (values.json) {
-      io.stdout(JSON.stringify({
-        mode: runtime.pipeline.mode,
-        listed: summary.listed,
-        corrected: summary.corrected,
-        unreadable: summary.unreadable,
-        failures: summary.failures.map((f) => ({ project_id: f.projectId, error: f.error.message })),
-        complete: summary.complete,
-        remaining: summary.remaining,
-        pruned: summary.pruned,
-        duration_ms: summary.durationMs,
-        actions: totals,
-        projects: summary.projects.map((p: EnforcementReport) => ({
-          project_id: p.projectId,
-          usage: p.usage,
-          limits: limitsJson(p.limits),
-          over: p.over,
-          actions: p.actions.map((a) => ({ image_id: a.imageId, action: a.action, reason: a.reason })),
-        })),
-      }) + '\n');
-    } else {
-      const over = summary.projects.filter((p) => p.over.length > 0);
-      io.stdout(
-        `reconcile (${runtime.pipeline.mode}): ${summary.projects.length} projects, ${summary.listed} images listed, ` +
-          `ledger corrected ${JSON.stringify(summary.corrected)}, ${summary.failures.length} failed, ` +
-          `${over.length} over quota; ${totals.deleted} deleted, ${totals.would_delete} would-delete, ${totals.skipped} skipped, ` +
-          `${totals.not_deletable} not deletable, ${totals.gone} gone, in ${(summary.durationMs / 1000).toFixed(1)} s\n`,
-      );
-      for (const p of summary.projects) for (const a of p.actions) io.stdout(`  ${printable(p.projectId)} ${printable(a.imageId)} ${a.action}: ${printable(scrub(a.reason))}\n`);
-    }
-    // The other projects were reconciled all the same; the exit code tells cron something failed.
-    for (const f of summary.failures) io.stderr(`reconcile of project ${f.projectId} failed: ${f.error.message}\n`);
-    if (!summary.complete) io.stderr(`reconcile stopped with ${summary.remaining} project(s) not reached: its first projects all failed\n`);
-    return summary.failures.length > 0 || !summary.complete ? 1 : 0;
-  } finally {
-    await runtime.close();
-  }
-}
-
-async function actionsCommand(args: string[], io: Io): Promise<number> {
-  const { values } = parseArgs({ args, options: { project: { type: 'string' }, since: { type: 'string' }, json: { type: 'boolean' } } });
-  const sinceMs = values.since === undefined ? undefined : Date.parse(values.since);
-  if (sinceMs !== undefined && Number.isNaN(sinceMs)) throw new ConfigError(`--since: expected an ISO time such as 2026-11-26T20:00:00Z, got '${values.since}'`);
-  // The audit trail is in the ledger alone: no OpenStack identity is read, whatever OS_* says.
-  const runtime = await openRuntime(process.env, { overrides: { glance: null } });
-  try {
-    const actions = await runtime.pipeline.audit({ ...(values.project ? { projectId: values.project } : {}), ...(sinceMs !== undefined ? { sinceMs } : {}) });
-    if (values.json) {
-      io.stdout(JSON.stringify({
-        actions: actions.map((a) => ({ at: new Date(a.atMs).toISOString(), project_id: a.projectId, image_id: a.imageId, action: a.action, reason: a.reason, over: a.over, usage: a.usage, limits: limitsJson(a.limits) })),
-      }) + '\n');
-    } else {
-      for (const a of actions) io.stdout(`${new Date(a.atMs).toISOString()}  ${printable(a.projectId)}  ${printable(a.imageId)}  ${a.action}: ${printable(scrub(a.reason))}\n`);
-    }
-    return 0;
-  } finally {
-    await runtime.close();
-  }
 }
 
 /** How the CLI ends on an error: its exit code, and whether the message alone is printed. */
