@@ -1,5 +1,4 @@
-import type { MessageOutcome } from '../../pipeline.js';
-import { countOutcomes, EnforcementFailedError, excerpt, type MessageCounts } from './batch.js';
+import { countOutcomes, EnforcementFailedError, excerpt, ingestRecords, type MessageCounts } from './batch.js';
 import { decodeHeaders, describeIssue, parseEvent, RabbitMqEvent, RabbitMqMessage, type InvocationContext } from './events.js';
 import { writeInvocationMetrics, type InvocationMetrics } from './metrics.js';
 import { inInvocation, type FunctionServices } from './instance.js';
@@ -48,20 +47,16 @@ export async function handleRabbitMqEvent(services: FunctionServices, event: unk
       else deliveries.push({ queue, index, body: undefined, unreadable: `aws:rmq message: ${describeIssue(parsed.error)}`, message });
     });
   }
-  const readable = deliveries.filter((d): d is Delivery & { body: Buffer } => d.body !== undefined);
-
-  let result;
+  let ingested;
   try {
-    result = await pipeline.ingest(readable.map((d) => d.body));
+    ingested = await ingestRecords(pipeline, deliveries);
   } catch (err) {
     log.error({ err: (err as Error).message, messages: deliveries.length }, 'store write failed; the invocation fails and Amazon MQ redelivers the batch');
     metrics({ storeErrors: 1 });
     throw err;
   }
 
-  // One outcome per delivery, in event order: the pipeline's, or `invalid` for the unreadable.
-  let next = 0;
-  const outcomes: MessageOutcome[] = deliveries.map((d) => (d.unreadable ? { result: 'invalid', reason: d.unreadable } : result.outcomes[next++]!));
+  const { result, outcomes } = ingested;
   deliveries.forEach((d, i) => {
     const outcome = outcomes[i]!;
     if (outcome.result !== 'invalid') return;

@@ -1,5 +1,5 @@
 import { EnforcerError } from '../../errors.js';
-import type { MessageOutcome, MessageResult, ProjectFailure } from '../../pipeline.js';
+import type { IngestResult, MessageOutcome, MessageResult, Pipeline, ProjectFailure } from '../../pipeline.js';
 
 /**
  * What the two message doors of function mode (Amazon MQ, SQS) share: counting outcomes, the
@@ -8,6 +8,25 @@ import type { MessageOutcome, MessageResult, ProjectFailure } from '../../pipeli
  * invocation: `consume` hands projects to a worker that retries in the background; a function has
  * no background, so its retry is the redelivery of the batch.
  */
+
+/** A record of a function's event as the door decoded it: its body, or why it could not be read at all. */
+export interface DecodedRecord {
+  body: Uint8Array | string | undefined;
+  /** Set when the record itself is malformed: its body (if any) is not fed to the pipeline. */
+  unreadable?: string | undefined;
+}
+
+/**
+ * `Pipeline.ingest` of the readable records, and one outcome per record in event order: the
+ * pipeline's, or `invalid` with the reason for an unreadable one. Rejects as `ingest` does (a
+ * store outage), and then nothing of the batch is committed.
+ */
+export async function ingestRecords(pipeline: Pipeline, records: readonly DecodedRecord[]): Promise<{ result: IngestResult; outcomes: MessageOutcome[] }> {
+  const result = await pipeline.ingest(records.filter((r) => r.unreadable === undefined && r.body !== undefined).map((r) => r.body!));
+  let next = 0;
+  const outcomes = records.map((r): MessageOutcome => (r.unreadable !== undefined || r.body === undefined ? { result: 'invalid', reason: r.unreadable ?? 'no body' } : result.outcomes[next++]!));
+  return { result, outcomes };
+}
 
 export type MessageCounts = Record<MessageResult, number>;
 

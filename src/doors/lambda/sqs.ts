@@ -1,5 +1,4 @@
-import type { IngestResult, MessageOutcome } from '../../pipeline.js';
-import { countOutcomes, excerpt, type MessageCounts } from './batch.js';
+import { countOutcomes, excerpt, ingestRecords, type MessageCounts } from './batch.js';
 import { describeIssue, parseEvent, SqsEvent, SqsRecord, type InvocationContext, type SqsBatchResponse } from './events.js';
 import { writeInvocationMetrics, type InvocationMetrics } from './metrics.js';
 import { inInvocation, type FunctionServices } from './instance.js';
@@ -38,24 +37,22 @@ export async function handleSqsEvent(services: FunctionServices, event: unknown)
       ? { messageId: raw.messageId, body: parsed.data.body, unreadable: undefined }
       : { messageId: raw.messageId, body: typeof raw.body === 'string' ? raw.body : undefined, unreadable: `aws:sqs record: ${describeIssue(parsed.error)}` };
   });
-  const readable = records.filter((r) => r.unreadable === undefined);
   const every = (): SqsBatchSummary => ({
     batchItemFailures: records.map((r) => ({ itemIdentifier: r.messageId })),
     messages: { applied: 0, duplicate: 0, ignored: 0, invalid: 0 },
     deadLettered: 0,
   });
 
-  let result: IngestResult;
+  let ingested;
   try {
-    result = await pipeline.ingest(readable.map((r) => r.body!));
+    ingested = await ingestRecords(pipeline, records);
   } catch (err) {
     log.error({ err: (err as Error).message, records: records.length }, 'store write failed; every record of the batch is reported for retry');
     metrics({ storeErrors: 1 });
     return every();
   }
 
-  let next = 0;
-  const outcomes: MessageOutcome[] = records.map((r) => (r.unreadable ? { result: 'invalid', reason: r.unreadable } : result.outcomes[next++]!));
+  const { result, outcomes } = ingested;
   const retry = new Set<string>();
 
   // Poison: to the dead-letter queue now, or reported for the redrive policy to move.
