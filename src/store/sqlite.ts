@@ -3,7 +3,7 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { applyEventsTo, type ApplyResult, type LedgerTransaction } from '../ledger/apply.js';
 import type { ImageRecord } from '../ledger/record.js';
-import { ZERO_TOTALS, usageFromTotals } from '../ledger/usage.js';
+import { ZERO_TOTALS, usageFromTotals, type UsageTotals } from '../ledger/usage.js';
 import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
 import type { ActionKind, ActionRecord, ApplyOptions, LedgerStore } from './port.js';
@@ -263,11 +263,14 @@ export class SqliteStore implements LedgerStore {
     for (const r of changed.values()) {
       this.stmt.put.run(r.imageId, r.projectId, r.status, r.size, r.createdAt, r.updatedAt, r.timestamp, r.messageId, r.importing, r.protected ? 1 : 0, r.deleted ? 1 : 0);
     }
+    const totals = new Map<string, UsageTotals>();
     for (const [p, d] of deltas) {
+      const t = this.stmt.addTotals.get(p, d.count, d.uploading, d.sizeBytes, d.stageBytes)!;
       // Thrown inside the transaction, so the whole batch rolls back.
-      for (const v of this.stmt.addTotals.get(p, d.count, d.uploading, d.sizeBytes, d.stageBytes)!) if (!Number.isSafeInteger(v)) throw totalsOverflow(p, v);
+      for (const v of t) if (!Number.isSafeInteger(v)) throw totalsOverflow(p, v);
+      totals.set(p, { count: t[0]!, uploading: t[1]!, sizeBytes: t[2]!, stageBytes: t[3]! });
     }
-    return result;
+    return { ...result, totals };
   }
 
   async usage(projectId: string): Promise<Usage> {
