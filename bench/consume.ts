@@ -11,7 +11,8 @@
  *        before and after (c), and the faster of the two counts, so the baseline is never flattered
  *        down by a noisy neighbour;
  *    (c) the enforcer's NotificationConsumer with the SQLite ledger in dry-run, acking only after
- *        each batch is committed, static limits.
+ *        each batch is committed, static limits; with `--stores sqlite,redis,postgres`, the same
+ *        with each of those ledgers (a fresh Redis key prefix, a fresh PostgreSQL database).
  *    The figure is c/b (aim: >= 0.8); c/a is printed beside it.
  * 2. drain, 10k projects: the same with N bodies spread evenly over 10,000 projects (about 7.5k of
  *    them active in 100k bodies): the best bare consumer, consume with static limits, and consume
@@ -21,14 +22,15 @@
  * 3. lag: notifications published at a steady rate (half the measured drain rate), stamped with
  *    their publish time as Glance stamps them; p50/p99 of publish -> ledger commit.
  *
- * Needs RabbitMQ (TRANSPORT_URL, default the machine's guest@127.0.0.1:5672). Queues and exchanges
- * are the bench's own and are deleted at the end.
+ * Needs RabbitMQ (TRANSPORT_URL, default the machine's guest@127.0.0.1:5672), and Redis and
+ * PostgreSQL for their rows (TEST_REDIS_URL, TEST_POSTGRES_URL, as the tests). Queues, exchanges,
+ * key prefixes and databases are the bench's own and are deleted at the end. `--sections` runs
+ * some of 1-3 only (`drain`, `many`, `lag`).
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
 import amqp from 'amqplib';
 import { loadConfig } from '../src/config.js';
@@ -37,7 +39,7 @@ import { createLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics.js';
 import { StaticLimits } from '../src/quota/static-limits.js';
 import { parseLimits } from '../src/quota/limits.js';
-import { SqliteStore } from '../src/store/sqlite.js';
+import type { LedgerStore } from '../src/store/port.js';
 import { parseTransportUrl } from '../src/transport/transport-url.js';
 import { loadCredentials } from '../src/openstack/credentials.js';
 import { KeystoneClient } from '../src/openstack/keystone.js';
@@ -46,6 +48,7 @@ import type { LimitSource } from '../src/quota/limits.js';
 import { generateHistory, osloTimestamp, projectId } from '../test/support/generate.js';
 import { keystoneStandIn, projectLimit, registeredLimit, type KeystoneStandIn } from '../test/support/keystone-standin.js';
 import { pipelineOf } from '../src/composition-root.js';
+import { freshLedger, holdService, requireServices, type LedgerKind } from '../test/support/services.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -53,12 +56,22 @@ const { values: args } = parseArgs({
     projects: { type: 'string', default: '1000' },
     'many-projects': { type: 'string', default: '10000' },
     'lag-messages': { type: 'string', default: '20000' },
+    /** The lag section's publish rate (msg/s); by default half the first consume drain's rate (10k without one). */
+    'lag-rate': { type: 'string' },
     prefetch: { type: 'string' },
+    /** The ledgers of the consume rows of the 1k-project drain, in order: sqlite, redis, postgres. */
+    stores: { type: 'string', default: 'sqlite' },
+    /** Which parts run: drain (1k projects), many (10k projects), lag. */
+    sections: { type: 'string', default: 'drain,many,lag' },
     /** Write a V8 CPU profile of the first consume drain (1k projects) only, to this file. */
     'profile-consume': { type: 'string' },
   },
 });
 const N = Number(args.messages);
+const STORES = args.stores.split(',').filter(Boolean) as LedgerKind[];
+for (const k of STORES) if (!['sqlite', 'redis', 'postgres'].includes(k)) throw new Error(`bench: --stores: unknown store '${k}'; use sqlite, redis, postgres`);
+const SECTIONS = new Set(args.sections.split(','));
+for (const k of SECTIONS) if (!['drain', 'many', 'lag'].includes(k)) throw new Error(`bench: --sections: unknown section '${k}'; use drain, many, lag`);
 const LAG_N = Number(args['lag-messages']);
 const MANY = Number(args['many-projects']);
 const TRANSPORT_URL = process.env.TRANSPORT_URL ?? 'rabbit://guest:guest@127.0.0.1:5672/';
@@ -128,7 +141,7 @@ async function bareDrain(connection: amqp.ChannelModel, queue: string, n: number
   return seconds;
 }
 
-function enforcer(queue: string, dir: string, onCommitted: (committed: number, lagsMs: number[]) => void, limits: LimitSource = HIGH_STATIC_LIMITS) {
+function enforcer(queue: string, store: LedgerStore, onCommitted: (committed: number, lagsMs: number[]) => void, limits: LimitSource = HIGH_STATIC_LIMITS) {
   const config = loadConfig({
     TRANSPORT_URL,
     PREFETCH: String(PREFETCH),
@@ -140,7 +153,6 @@ function enforcer(queue: string, dir: string, onCommitted: (committed: number, l
   });
   const log = createLogger('warn');
   const metrics = new Metrics();
-  const store = SqliteStore.open(join(dir, `${queue}.db`));
   const pipeline = pipelineOf({ store, limits, mode: 'dry-run', log });
   const worker = new EnforcementWorker(pipeline, log, metrics);
   const consumer = new NotificationConsumer({
@@ -149,21 +161,38 @@ function enforcer(queue: string, dir: string, onCommitted: (committed: number, l
     log,
     metrics,
     onCommitted: (r) => {
-      worker.add(r.projects);
+      // As `consume` does (src/commands/consume.ts).
+      worker.add(pipeline.projectsAfter(r));
       const now = Date.now();
       const lags: number[] = [];
       for (const o of r.outcomes) if (o.event) lags.push(now - o.event.timestamp / 1000);
       onCommitted(r.outcomes.length, lags);
     },
   });
-  return { consumer, worker, store };
+  return { consumer, worker };
 }
 
-async function enforcerDrain(queue: string, dir: string, n: number, limits?: LimitSource): Promise<number> {
+/** A fresh ledger of `kind` (SQLite: a file in a temporary directory), opened in this process; `close` also deletes it. */
+async function ledger(kind: LedgerKind): Promise<{ store: LedgerStore; close: () => Promise<void> }> {
+  const release = kind === 'sqlite' ? () => {} : await holdService(kind);
+  const fresh = await freshLedger(kind);
+  const store = await fresh.open();
+  return {
+    store,
+    close: async () => {
+      await store.close();
+      await fresh.cleanUp();
+      release();
+    },
+  };
+}
+
+async function enforcerDrain(queue: string, kind: LedgerKind, n: number, limits?: LimitSource): Promise<number> {
+  const { store, close } = await ledger(kind);
   let done = 0;
   let finish!: () => void;
   const finished = new Promise<void>((r) => (finish = r));
-  const e = enforcer(queue, dir, (k) => {
+  const e = enforcer(queue, store, (k) => {
     done += k;
     if (done >= n) finish();
   }, limits);
@@ -175,7 +204,7 @@ async function enforcerDrain(queue: string, dir: string, n: number, limits?: Lim
   await e.consumer.stop();
   await e.worker.stop();
   await running;
-  await e.store.close();
+  await close();
   return seconds;
 }
 
@@ -223,90 +252,110 @@ function stamp(body: string, nowMs: number): string {
 }
 
 async function main(): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'gqe-bench-consume-'));
+  await requireServices('rabbitmq', ...STORES.filter((k): k is 'redis' | 'postgres' => k !== 'sqlite'));
   const connection = await connect();
   const channel = await connection.createConfirmChannel();
   await channel.assertExchange(exchange, 'topic', { durable: false, autoDelete: false });
-  const queues = ['ack-each', 'best-1', 'enforcer', 'best-2', 'many-best-1', 'many-static', 'many-enforcer', 'many-best-2', 'lag'].map((q) => `${exchange}-${q}`);
   const q = (name: string) => `${exchange}-${name}`;
+  const queues: string[] = [];
   let standIn: KeystoneStandIn | undefined;
+  const lines: string[] = [];
+  const row = (name: string, seconds: number, runs: number[] = [seconds]) =>
+    `${name.padEnd(44)} ${String(N).padStart(8)} ${seconds.toFixed(2).padStart(8)} ${String(Math.round(N / seconds)).padStart(9)}  ${runs.map((r) => r.toFixed(2)).join(' ')}`;
   try {
     const { bodies } = generateHistory({ seed: 7, projects: Number(args.projects), messages: N });
-    console.log(`bench:consume: ${N} realistic notifications, ${args.projects} projects, then ${MANY} projects; PREFETCH=${PREFETCH}, SQLite ledger, dry-run`);
-    for (const name of queues) await declare(channel, name);
-    const drain = async (name: string, list: readonly string[], how: BareWay | { limits?: LimitSource; profile?: string }) => {
+    console.log(`bench:consume: ${N} realistic notifications, ${args.projects} projects, then ${MANY} projects; PREFETCH=${PREFETCH}, ${STORES.join(', ')} ledger, dry-run, load ${loadavg()[0]!.toFixed(1)}`);
+    const drain = async (name: string, list: readonly string[], how: BareWay | { store?: LedgerKind; limits?: LimitSource; profile?: string }) => {
+      queues.push(q(name));
+      await declare(channel, q(name));
       await fill(channel, q(name), list);
       if (typeof how === 'string') return bareDrain(connection, q(name), list.length, how);
-      return profiled(how.profile, () => enforcerDrain(q(name), dir, list.length, how.limits));
+      return profiled(how.profile, () => enforcerDrain(q(name), how.store ?? 'sqlite', list.length, how.limits));
     };
 
-    const ackEach = await drain('ack-each', bodies, 'ack-each');
-    const best1 = await drain('best-1', bodies, 'decode-batched');
-    const enf = await drain('enforcer', bodies, args['profile-consume'] ? { profile: args['profile-consume'] } : {});
-    const best2 = await drain('best-2', bodies, 'decode-batched');
-    const best = Math.min(best1, best2);
-
-    // Many active projects, limits from Keystone: the same drains on bodies spread evenly over MANY projects.
-    const many = generateHistory({ seed: 13, projects: MANY, messages: N, projectSkew: 0 }).bodies;
-    const active = new Set(many.map((b) => /\\"owner\\": \\"([^\\]*)\\"/.exec(b)?.[1]).filter(Boolean)).size;
-    const keystone = await keystoneLimits(MANY);
-    standIn = keystone.standIn;
-    const manyBest1 = await drain('many-best-1', many, 'decode-batched');
-    const manyStatic = await drain('many-static', many, {});
-    const manyEnf = await drain('many-enforcer', many, { limits: keystone.limits() });
-    const calls = { ...standIn.calls };
-    const manyBest2 = await drain('many-best-2', many, 'decode-batched');
-    const manyBest = Math.min(manyBest1, manyBest2);
-    // One read of the whole table, from cold (the token is the client's, already issued).
-    standIn.resetCalls();
-    const refreshStarted = performance.now();
-    await keystone.limits().limitsFor(projectId(0));
-    const refreshMs = performance.now() - refreshStarted;
-    const refreshCalls = { ...standIn.calls };
-
-    // Lag at a steady rate well under the drain rate, so it measures the pipeline, not a backlog.
-    const rate = Math.max(500, Math.floor((N / enf) * 0.5));
-    const lags: number[] = [];
-    let done = 0;
-    let finish!: () => void;
-    const finished = new Promise<void>((r) => (finish = r));
-    const e = enforcer(q('lag'), dir, (k, l) => {
-      lags.push(...l);
-      done += k;
-      if (done >= LAG_N) finish();
-    });
-    const running = e.consumer.run();
-    await e.consumer.whenConnected();
-    const lagBodies = generateHistory({ seed: 11, projects: Number(args.projects), messages: LAG_N }).bodies;
-    const t0 = performance.now();
-    for (let i = 0; i < lagBodies.length; i++) {
-      const due = t0 + (i / rate) * 1000;
-      const wait = due - performance.now();
-      if (wait > 1) await new Promise((r) => setTimeout(r, wait));
-      channel.publish(exchange, `${q('lag')}.info`, Buffer.from(stamp(lagBodies[i]!, Date.now())), { contentType: 'application/json', deliveryMode: 2 });
-      if (i % 1000 === 999) await channel.waitForConfirms();
+    let drainRate: number | undefined;
+    if (SECTIONS.has('drain')) {
+      const ackEach = await drain('ack-each', bodies, 'ack-each');
+      const best1 = await drain('best-1', bodies, 'decode-batched');
+      const consumed: [LedgerKind, number][] = [];
+      for (const [i, store] of STORES.entries()) {
+        consumed.push([store, await drain(`enforcer-${store}`, bodies, { store, ...(i === 0 && args['profile-consume'] ? { profile: args['profile-consume'] } : {}) })]);
+      }
+      const best2 = await drain('best-2', bodies, 'decode-batched');
+      const best = Math.min(best1, best2);
+      drainRate = N / consumed[0]![1];
+      lines.push(row(`bare amqplib, ack each (${args.projects} projects)`, ackEach));
+      lines.push(row(`bare amqplib, decode + batched acks (best)`, best, [best1, best2]));
+      for (const [store, seconds] of consumed) lines.push(row(`consume (${store}, static limits)`, seconds));
+      for (const [store, seconds] of consumed) {
+        lines.push(`ratio consume (${store}) / best bare: ${(best / seconds).toFixed(2)}${store === 'sqlite' ? ' (aim >= 0.8)' : ''}; consume / ack-each bare: ${(ackEach / seconds).toFixed(2)}`);
+      }
     }
-    await finished;
-    await e.consumer.stop();
-    await e.worker.stop();
-    await running;
-    await e.store.close();
-    lags.sort((a, b) => a - b);
 
-    const row = (name: string, seconds: number, runs: number[] = [seconds]) =>
-      `${name.padEnd(44)} ${String(N).padStart(8)} ${seconds.toFixed(2).padStart(8)} ${String(Math.round(N / seconds)).padStart(9)}  ${runs.map((r) => r.toFixed(2)).join(' ')}`;
+    if (SECTIONS.has('many')) {
+      // Many active projects, limits from Keystone: the same drains on bodies spread evenly over MANY projects.
+      const many = generateHistory({ seed: 13, projects: MANY, messages: N, projectSkew: 0 }).bodies;
+      const active = new Set(many.map((b) => /\\"owner\\": \\"([^\\]*)\\"/.exec(b)?.[1]).filter(Boolean)).size;
+      const keystone = await keystoneLimits(MANY);
+      standIn = keystone.standIn;
+      const manyBest1 = await drain('many-best-1', many, 'decode-batched');
+      const manyStatic = await drain('many-static', many, {});
+      const manyEnf = await drain('many-enforcer', many, { limits: keystone.limits() });
+      const calls = { ...standIn.calls };
+      const manyBest2 = await drain('many-best-2', many, 'decode-batched');
+      const manyBest = Math.min(manyBest1, manyBest2);
+      // One read of the whole table, from cold (the token is the client's, already issued).
+      standIn.resetCalls();
+      const refreshStarted = performance.now();
+      await keystone.limits().limitsFor(projectId(0));
+      const refreshMs = performance.now() - refreshStarted;
+      const refreshCalls = { ...standIn.calls };
+      lines.push(row(`bare amqplib, decode + batched acks, ${MANY} pr.`, manyBest, [manyBest1, manyBest2]));
+      lines.push(row(`consume (sqlite, static limits), ${MANY} pr.`, manyStatic));
+      lines.push(row(`consume (sqlite, Keystone limits), ${MANY} pr.`, manyEnf));
+      lines.push(`${MANY} projects (${active} active): consume / best bare: ${(manyBest / manyStatic).toFixed(2)} static limits, ${(manyBest / manyEnf).toFixed(2)} Keystone limits; Keystone calls during the drain: ` +
+        `${calls.tokens} token, ${calls.registeredLimits} registered_limits, ${calls.limits} limits listing, ${calls.limitsOfOneProject} per-project limits; ` +
+        `one refresh of ${MANY} projects' limits: ${refreshCalls.registeredLimits + refreshCalls.limits} calls, ${refreshMs.toFixed(0)} ms`);
+    }
+
+    if (SECTIONS.has('lag')) {
+      // Lag at a steady rate well under the drain rate, so it measures the pipeline, not a backlog.
+      const rate = args['lag-rate'] ? Number(args['lag-rate']) : Math.max(500, Math.floor((drainRate ?? 10_000) * 0.5));
+      const lags: number[] = [];
+      let done = 0;
+      let finish!: () => void;
+      const finished = new Promise<void>((r) => (finish = r));
+      queues.push(q('lag'));
+      await declare(channel, q('lag'));
+      const { store, close } = await ledger('sqlite');
+      const e = enforcer(q('lag'), store, (k, l) => {
+        lags.push(...l);
+        done += k;
+        if (done >= LAG_N) finish();
+      });
+      const running = e.consumer.run();
+      await e.consumer.whenConnected();
+      const lagBodies = generateHistory({ seed: 11, projects: Number(args.projects), messages: LAG_N }).bodies;
+      const t0 = performance.now();
+      for (let i = 0; i < lagBodies.length; i++) {
+        const due = t0 + (i / rate) * 1000;
+        const wait = due - performance.now();
+        if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+        channel.publish(exchange, `${q('lag')}.info`, Buffer.from(stamp(lagBodies[i]!, Date.now())), { contentType: 'application/json', deliveryMode: 2 });
+        if (i % 1000 === 999) await channel.waitForConfirms();
+      }
+      await finished;
+      await e.consumer.stop();
+      await e.worker.stop();
+      await running;
+      await close();
+      lags.sort((a, b) => a - b);
+      lines.push(`lag publish -> commit at ${rate} msg/s (${lags.length} image events): p50 ${percentile(lags, 50).toFixed(1)} ms, p99 ${percentile(lags, 99).toFixed(1)} ms`);
+    }
+
     console.log(`${'variant'.padEnd(44)} ${'messages'.padStart(8)} ${'seconds'.padStart(8)} ${'msg/s'.padStart(9)}  runs (s)`);
-    console.log(row(`bare amqplib, ack each (${args.projects} projects)`, ackEach));
-    console.log(row(`bare amqplib, decode + batched acks (best)`, best, [best1, best2]));
-    console.log(row(`consume (sqlite, static limits)`, enf));
-    console.log(row(`bare amqplib, decode + batched acks, ${MANY} pr.`, manyBest, [manyBest1, manyBest2]));
-    console.log(row(`consume (sqlite, static limits), ${MANY} pr.`, manyStatic));
-    console.log(row(`consume (sqlite, Keystone limits), ${MANY} pr.`, manyEnf));
-    console.log(`ratio consume / best bare: ${(best / enf).toFixed(2)} (aim >= 0.8); consume / ack-each bare: ${(ackEach / enf).toFixed(2)}`);
-    console.log(`${MANY} projects (${active} active): consume / best bare: ${(manyBest / manyStatic).toFixed(2)} static limits, ${(manyBest / manyEnf).toFixed(2)} Keystone limits; Keystone calls during the drain: ` +
-      `${calls.tokens} token, ${calls.registeredLimits} registered_limits, ${calls.limits} limits listing, ${calls.limitsOfOneProject} per-project limits; ` +
-      `one refresh of ${MANY} projects' limits: ${refreshCalls.registeredLimits + refreshCalls.limits} calls, ${refreshMs.toFixed(0)} ms`);
-    console.log(`lag publish -> commit at ${rate} msg/s (${lags.length} image events): p50 ${percentile(lags, 50).toFixed(1)} ms, p99 ${percentile(lags, 99).toFixed(1)} ms`);
+    for (const line of lines) console.log(line);
+    console.log(`load average at the end: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
   } finally {
     await standIn?.close();
     for (const name of queues) {
@@ -315,7 +364,6 @@ async function main(): Promise<void> {
     }
     await channel.deleteExchange(exchange).catch(() => {});
     await connection.close().catch(() => {});
-    rmSync(dir, { recursive: true, force: true });
   }
 }
 

@@ -142,8 +142,15 @@ const VARIANTS: Variant[] = [
   sqliteVariant('sqlite-rate', WITH_RATE),
 ];
 
-/** Throughput the issue asks for, per store, on a 2-core dev machine. */
+/**
+ * The issue's aims (memory >= 100k msg/s, SQLite >= 30k msg/s on a 2-core dev machine) as times
+ * over the JSON.parse baseline, which is what compares between machines and runs: on the machine
+ * the aims were set on (bench/README.md, 2026-11-26) the baseline ran 178.6k msg/s, so 100k msg/s
+ * is 1.79x the baseline's time and 30k msg/s is 5.95x.
+ */
+const BASELINE_WHEN_AIMED = 178_617;
 const AIMS: Record<string, number> = { memory: 100_000, 'memory-rate': 100_000, sqlite: 30_000, 'sqlite-rate': 30_000 };
+const aimTimes = (rate: number) => BASELINE_WHEN_AIMED / rate;
 
 function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -217,10 +224,10 @@ async function main(): Promise<void> {
     const s = median(all);
     const rate = bodies.length / s;
     const aim = AIMS[v.name];
-    const verdict = aim === undefined ? '' : `${rate >= aim ? 'met' : 'MISSED'} (>= ${aim / 1000}k msg/s)`;
+    const verdict = aim === undefined ? '' : `${s / baseline <= aimTimes(aim) ? 'met' : 'MISSED'} (<= ${aimTimes(aim).toFixed(2)}x baseline, i.e. ${aim / 1000}k msg/s; ${rate >= aim ? 'met' : 'missed'} here in msg/s)`;
     console.log(
       `${pad(v.name, 12, true)} ${pad(bodies.length, 9)} ${pad(s.toFixed(3), 8)} ${pad(Math.round(rate), 9)} ` +
-        `${pad((s / baseline).toFixed(1), 10)} ${pad(v === BASELINE ? '' : split(median(ingestShare.get(v.name)!)), 11)}  ` +
+        `${pad((s / baseline).toFixed(2), 10)} ${pad(v === BASELINE ? '' : split(median(ingestShare.get(v.name)!)), 11)}  ` +
         `${pad(all.map((x) => x.toFixed(2)).join(' '), 22, true)} ${verdict}`,
     );
   }

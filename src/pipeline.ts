@@ -2,7 +2,7 @@ import { ConfigError } from './errors.js';
 import { recordFromEvent, type ImageRecord } from './ledger/record.js';
 import { countCorrections, repairFromListing, type Correction, type CorrectionKind } from './ledger/repair.js';
 import { eventFromGlance, tombstoneOf, type GlanceImage, type OwnedImage } from './ledger/glance-image.js';
-import { usageOf } from './ledger/usage.js';
+import { usageFromTotals, usageOf, type UsageTotals } from './ledger/usage.js';
 import type { Logger } from './log.js';
 import type { ImageEvent } from './notification/parse.js';
 import { DOOR_DEFAULTS, parseNotification, type DoorLimits } from './notification/parse.js';
@@ -63,6 +63,13 @@ interface Judged {
 
 /** Image ids a dry run remembers as already reported. */
 const WOULD_DELETE_MEMORY = 100_000;
+
+/**
+ * Totals a batch committed are taken as the project's usage by the next `evaluate` of it for this
+ * long; past it (or past this many projects waiting), `evaluate` reads the store.
+ */
+const COMMITTED_TOTALS_MS = 5_000;
+const COMMITTED_TOTALS_MAX = 100_000;
 
 /** What a DELETE did; `refused` carries Glance's status (403: protected, 409: in use) and message. */
 export type DeleteOutcome = { result: 'deleted' } | { result: 'gone' } | { result: 'refused'; status: number; reason: string };
@@ -138,6 +145,13 @@ export class Pipeline {
   private readonly busy = new Map<string, Promise<void>>();
   private readonly door: DoorLimits | undefined;
   private readonly retention: Retention;
+  /**
+   * Per project, the totals the last batch that changed it committed (stores that return them,
+   * `ApplyResult.totals`) and when: what `evaluate` would otherwise read back from the store, one
+   * query per project, right after the batch wrote it. Taken once; dropped by any other write
+   * this pipeline makes to the project (a repair from Glance, a tombstone).
+   */
+  private readonly committed = new Map<string, { totals: UsageTotals; atMs: number }>();
 
   constructor(options: PipelineOptions) {
     this.store = options.store;
@@ -170,8 +184,9 @@ export class Pipeline {
     const outcomes: MessageOutcome[] = new Array(bodies.length);
     const events: ImageEvent[] = [];
     const positions: number[] = [];
+    const now = this.clock();
     bodies.forEach((body, i) => {
-      const parsed = parseNotification(body, this.clock(), this.door);
+      const parsed = parseNotification(body, now, this.door);
       if (parsed.kind === 'image') {
         events.push(parsed.event);
         positions.push(i);
@@ -183,6 +198,15 @@ export class Pipeline {
     // A message whose data the store refuses is isolated and made invalid (dead-lettered by the
     // door); it never holds up the messages behind it.
     const applied = await applyIsolatingPoison(this.store, events, this.clock());
+    if (applied.totals && applied.totals.size > 0) {
+      if (this.committed.size + applied.totals.size > COMMITTED_TOTALS_MAX) this.committed.clear();
+      const atMs = this.clock();
+      for (const [projectId, totals] of applied.totals) {
+        // Re-inserted, so that the map stays in commit order.
+        this.committed.delete(projectId);
+        this.committed.set(projectId, { totals, atMs });
+      }
+    }
     applied.outcomes.forEach((result, k) => {
       outcomes[positions[k]!] = typeof result === 'string'
         ? { result, event: events[k]! }
@@ -196,7 +220,8 @@ export class Pipeline {
    * changed, and those named by its duplicates. A batch whose enforcement failed comes back whole
    * (redelivered, or retried); its messages are then duplicates that change nothing, and without
    * them the project would wait for the next reconcile. Deciding a project under its limits costs
-   * one read of the store.
+   * no read of the store when the store returned the totals the batch committed for it
+   * (`ApplyResult.totals`: every store here does), else one.
    */
   projectsAfter(result: IngestResult): string[] {
     const projects = new Set(result.projects);
@@ -209,9 +234,14 @@ export class Pipeline {
     return this.clock();
   }
 
-  /** Usage, limits and the decision for one project, read from the ledger: the estimate. */
+  /**
+   * Usage, limits and the decision for one project, from the ledger: the estimate. Usage is the
+   * totals the last batch that changed the project committed, when the store returned them and
+   * they are recent (`committed`), or else read from the store; either way an act is decided on
+   * Glance's listing only.
+   */
   async evaluate(projectId: string): Promise<ProjectReport> {
-    const [usage, limits] = await Promise.all([this.store.usage(projectId), this.limits.limitsFor(projectId)]);
+    const [usage, limits] = await Promise.all([this.committedUsage(projectId) ?? this.store.usage(projectId), this.limits.limitsFor(projectId)]);
     const exempt = this.exempt.has(projectId);
     // Most messages leave a project under its limits: then no image needs to be read at all.
     const needed = recordsNeeded(usage, limits);
@@ -287,6 +317,14 @@ export class Pipeline {
     });
   }
 
+  /** The project's committed totals as usage, taken once, if they are recent enough. */
+  private committedUsage(projectId: string): Usage | undefined {
+    const c = this.committed.get(projectId);
+    if (!c) return undefined;
+    this.committed.delete(projectId);
+    return this.clock() - c.atMs <= COMMITTED_TOTALS_MS ? usageFromTotals(c.totals) : undefined;
+  }
+
   private requireImages(): ImageService {
     if (!this.images) throw new ConfigError('enforce: no Glance API configured; the pipeline can only decide (replay)');
     return this.images;
@@ -302,6 +340,7 @@ export class Pipeline {
     const nowMs = this.clock();
     const ledger = await this.store.images(projectId);
     const { events, corrections } = repairFromListing(projectId, ledger, listing, { listedAtMs, nowMs, skewMs: this.clockSkewMs, ...(listedElsewhere ? { listedElsewhere } : {}) });
+    this.committed.delete(projectId);
     if (events.length > 0) await this.store.applyEvents(events, nowMs, { overwrite: true });
     const counts = countCorrections(corrections);
     if (corrections.length === 0) return counts;
@@ -374,6 +413,7 @@ export class Pipeline {
       await forEachLimited(candidates, this.concurrency, actOn);
     } finally {
       if (gone.length > 0) {
+        this.committed.delete(projectId);
         const now = this.clock();
         await this.store.applyEvents(gone.map((image) => tombstoneOf(recordFromEvent(eventFromGlance(image)), now)), now, { overwrite: true });
       }

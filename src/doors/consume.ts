@@ -157,9 +157,19 @@ export class NotificationConsumer extends QueueSession {
     this.buffer = [];
   }
 
+  /**
+   * The largest batch committed in one store write: half the PREFETCH window, so that while one
+   * batch is committed the broker goes on sending the next into the other half (a whole window per
+   * batch is stop-and-wait: the broker waits on every commit, the consumer on every ack). Under a
+   * backlog, batches fill to this; a trickle is committed after at most 5 ms.
+   */
+  private get maxBatch(): number {
+    return Math.max(1, Math.floor(this.o.config.amqp.prefetch / 2));
+  }
+
   private schedule(): void {
     if (this.flushing) return;
-    if (this.buffer.length >= this.o.config.amqp.prefetch) {
+    if (this.buffer.length >= this.maxBatch) {
       this.flushNow();
     } else {
       // A few milliseconds of patience turn a trickle into batches: one transaction for many messages.
@@ -172,7 +182,7 @@ export class NotificationConsumer extends QueueSession {
     this.timer = undefined;
     if (this.flushing || this.buffer.length === 0 || !this.channel) return;
     const channel = this.channel;
-    const batch = this.buffer.splice(0, this.o.config.amqp.prefetch);
+    const batch = this.buffer.splice(0, this.maxBatch);
     this.batchTakenAt = Date.now();
     this.flushing = this.flush(channel, batch)
       .catch((err: Error) => this.o.log.error({ err: err.message }, 'batch not acknowledged; the broker will redeliver it'))

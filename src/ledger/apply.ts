@@ -9,6 +9,12 @@ export interface ApplyResult {
   outcomes: ApplyOutcome[];
   /** Projects whose records changed (both sides of an ownership change), sorted. */
   projects: string[];
+  /**
+   * Where the store has them at hand (it wrote them in the same transaction): the totals of some
+   * or all of `projects` as this batch committed them, so that deciding for them right after needs
+   * no read of the store. A project left out is read with `usage`.
+   */
+  totals?: ReadonlyMap<string, UsageTotals>;
 }
 
 /**

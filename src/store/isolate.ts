@@ -1,5 +1,6 @@
 import { StoreDataError } from '../errors.js';
 import type { ApplyOutcome } from '../ledger/apply.js';
+import type { UsageTotals } from '../ledger/usage.js';
 import type { ImageEvent } from '../notification/parse.js';
 import type { LedgerStore } from './port.js';
 
@@ -13,6 +14,8 @@ export interface IsolatedApplyResult {
   outcomes: (ApplyOutcome | RefusedByStore)[];
   /** Projects whose records changed, sorted. */
   projects: string[];
+  /** As `ApplyResult.totals`: the committed totals of some or all of `projects`. */
+  totals?: ReadonlyMap<string, UsageTotals>;
 }
 
 /**
@@ -36,6 +39,8 @@ export async function applyIsolatingPoison(store: LedgerStore, events: readonly 
     const middle = Math.ceil(events.length / 2);
     const first = await applyIsolatingPoison(store, events.slice(0, middle), nowMs);
     const second = await applyIsolatingPoison(store, events.slice(middle), nowMs);
-    return { outcomes: [...first.outcomes, ...second.outcomes], projects: [...new Set([...first.projects, ...second.projects])].sort() };
+    // The second half committed after the first: its totals are the newer.
+    const totals = new Map([...(first.totals ?? []), ...(second.totals ?? [])]);
+    return { outcomes: [...first.outcomes, ...second.outcomes], projects: [...new Set([...first.projects, ...second.projects])].sort(), totals };
   }
 }

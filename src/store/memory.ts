@@ -52,7 +52,7 @@ export class MemoryStore implements LedgerStore {
       ids.add(r.imageId);
     }
     for (const [project, t] of totals) this.totals.set(project, t);
-    return result;
+    return { ...result, totals: new Map(totals) };
   }
 
   async usage(projectId: string): Promise<Usage> {

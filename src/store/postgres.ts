@@ -310,11 +310,12 @@ export class PostgresStore implements LedgerStore {
         );
       }
 
+      const totals = new Map<string, UsageTotals>();
       const changed = [...deltas]
         .filter(([, d]) => d.count !== 0 || d.uploading !== 0 || d.sizeBytes !== 0 || d.stageBytes !== 0)
         .sort(([a], [b]) => (a < b ? -1 : 1));
       if (changed.length > 0) {
-        const totals = (k: keyof UsageTotals) => changed.map(([, d]) => d[k]);
+        const delta = (k: keyof UsageTotals) => changed.map(([, d]) => d[k]);
         const { rows: after } = await client.query<{ project_id: string; count: string; uploading: string; size_bytes: string; stage_bytes: string }>(
           `INSERT INTO project_totals (project_id, count, uploading, size_bytes, stage_bytes)
            SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) AS t(p) ORDER BY p
@@ -323,16 +324,18 @@ export class PostgresStore implements LedgerStore {
              size_bytes = project_totals.size_bytes + excluded.size_bytes,
              stage_bytes = project_totals.stage_bytes + excluded.stage_bytes
            RETURNING project_id, count, uploading, size_bytes, stage_bytes`,
-          [changed.map(([p]) => p), totals('count'), totals('uploading'), totals('sizeBytes'), totals('stageBytes')],
+          [changed.map(([p]) => p), delta('count'), delta('uploading'), delta('sizeBytes'), delta('stageBytes')],
         );
         // BIGINT holds 2^63, but usage() reads totals as JS numbers, exact only up to 2^53.
         for (const r of after) {
           for (const v of [r.count, r.uploading, r.size_bytes, r.stage_bytes]) {
             if (!Number.isSafeInteger(Number(v))) throw totalsOverflow(r.project_id, Number(v));
           }
+          totals.set(r.project_id, { count: Number(r.count), uploading: Number(r.uploading), sizeBytes: Number(r.size_bytes), stageBytes: Number(r.stage_bytes) });
         }
       }
-      return result;
+      // Projects whose totals this batch left as they were are not here: `usage` reads them.
+      return { ...result, totals };
     });
   }
 

@@ -1,7 +1,7 @@
 import { Redis } from 'ioredis';
 import type { ApplyResult, ApplyOutcome } from '../ledger/apply.js';
 import type { ImageRecord } from '../ledger/record.js';
-import { usageFromTotals } from '../ledger/usage.js';
+import { usageFromTotals, type UsageTotals } from '../ledger/usage.js';
 import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
 import { ConfigError } from '../errors.js';
@@ -213,11 +213,15 @@ end
 -- 'seen' was written). Totals stay within 2^53, where doubles (Lua's numbers, and JS's) are exact.
 local MAX_TOTAL = 9007199254740991
 local TOTAL_FIELDS = { 'count', 'uploading', 'size', 'stage' }
+local after_totals = {}
 for _, project in ipairs(delta_order) do
   local d = deltas[project]
   local current_totals = redis.call('HMGET', P .. 'totals:' .. project, unpack(TOTAL_FIELDS))
+  local after = {}
+  after_totals[project] = after
   for k = 1, 4 do
     local total = (tonumber(current_totals[k]) or 0) + d[k]
+    after[k] = total
     if total > MAX_TOTAL or total < -MAX_TOTAL then
       return redis.error_reply('GQE_DATA project ' .. project .. ': its ' .. TOTAL_FIELDS[k] .. ' total would reach ' ..
         string.format('%.0f', total) .. ', past 2^53, which the ledger cannot keep exactly: the batch was not applied')
@@ -260,8 +264,14 @@ for _, project in ipairs(delta_order) do
   end
 end
 
-local reply = { table.concat(outcomes) }
+-- The outcomes, the number of changed projects and their ids, then each changed project's new
+-- totals (count, uploading, size, stage), so that deciding for them needs no second read.
+local reply = { table.concat(outcomes), tostring(#changed_list) }
 for _, project in ipairs(changed_list) do reply[#reply + 1] = project end
+for _, project in ipairs(changed_list) do
+  local t = after_totals[project]
+  for k = 1, 4 do reply[#reply + 1] = t and string.format('%.0f', t[k]) or '' end
+end
 return reply
 `;
 
@@ -429,12 +439,18 @@ export class RedisStore implements LedgerStore {
     if (events.length === 0) return { outcomes: [], projects: [] };
     assertStorable(events);
     const args = [this.prefix, String(nowMs), options.overwrite ? 'o' : options.dedupe ?? true ? '1' : '0', ...events.flatMap(eventArgs)];
-    const [codes = '', ...projects] = await this.redis.gqeApply(...args).catch((err: Error) => {
+    const [codes = '', n = '0', ...rest] = await this.redis.gqeApply(...args).catch((err: Error) => {
       // The script's own bound check: the same batch would fail forever, so the pipeline bisects it.
       throw /\bGQE_DATA\b/.test(err.message) ? new StoreDataError(err.message.replace(/^.*?GQE_DATA /, 'Redis refused the batch: '), { cause: err }) : err;
     });
     const outcomes = [...codes].map((c): ApplyOutcome => (c === 'd' ? 'duplicate' : 'applied'));
-    return { outcomes, projects: projects.sort() };
+    const projects = rest.slice(0, Number(n));
+    const totals = new Map<string, UsageTotals>();
+    projects.forEach((p, i) => {
+      const at = projects.length + 4 * i;
+      if (rest[at] !== '') totals.set(p, { count: Number(rest[at]), uploading: Number(rest[at + 1]), sizeBytes: Number(rest[at + 2]), stageBytes: Number(rest[at + 3]) });
+    });
+    return { outcomes, projects: projects.sort(), totals };
   }
 
   async usage(projectId: string): Promise<Usage> {

@@ -1,10 +1,12 @@
 import { mkdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { ConfigError, StoreUnavailableError } from '../errors.js';
 import { applyEventsTo, type ApplyResult, type LedgerTransaction } from '../ledger/apply.js';
 import type { ImageRecord } from '../ledger/record.js';
-import { ZERO_TOTALS, usageFromTotals } from '../ledger/usage.js';
+import { ZERO_TOTALS, usageFromTotals, type UsageTotals } from '../ledger/usage.js';
 import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
 import type { ActionKind, ActionRecord, ApplyOptions, LedgerStore } from './port.js';
@@ -67,6 +69,31 @@ interface ActionRow {
   detail: string;
 }
 
+/**
+ * The checkpointer: a thread with a connection of its own that copies the WAL into the database
+ * file (`wal_checkpoint(PASSIVE)`: it never blocks the writer) whenever the store says it wrote.
+ * Done by the writer itself, a checkpoint stopped the event loop for 50-60 ms every few dozen
+ * batches (two fsyncs and the copy), with every delivery waiting behind it. CommonJS, run with
+ * `eval`, so that it needs no file of its own in the build.
+ */
+const CHECKPOINTER = `
+const { parentPort, workerData } = require('node:worker_threads');
+const Database = require(workerData.module);
+const db = new Database(workerData.path);
+db.pragma('busy_timeout = 5000');
+parentPort.on('message', (m) => {
+  if (m === 'close') {
+    db.close();
+    parentPort.close();
+    return;
+  }
+  db.pragma('wal_checkpoint(PASSIVE)');
+});
+`;
+
+/** The least time between two checkpoints the store asks for. */
+const CHECKPOINT_EVERY_MS = 50;
+
 /** The columns of `images` in the order ImageRow has them. */
 const IMAGE_COLUMNS = 'image_id, project_id, status, size, created_at, updated_at, ts, message_id, importing, protected, deleted';
 
@@ -119,9 +146,14 @@ export class SqliteStore implements LedgerStore {
   private readonly db: Database.Database;
   private readonly stmt;
   private readonly applyBatch: Database.Transaction<(events: readonly ImageEvent[], nowMs: number, dedupe: boolean, overwrite: boolean) => ApplyResult>;
+  /** A file's checkpointer, started by the first write; undefined for ':memory:' or after it failed. */
+  private checkpointer: Worker | undefined;
+  private checkpointerFailed: boolean;
+  private lastCheckpointMs = 0;
 
-  private constructor(db: Database.Database, path: string) {
+  private constructor(db: Database.Database, private readonly path: string) {
     this.db = db;
+    this.checkpointerFailed = path === ':memory:';
     this.description = `sqlite://${path}`;
     // A batch is read and written set-wise: its ids go in as one JSON array (json_each) per
     // statement, not one native call per event. The reads answer with each id's position in that
@@ -202,7 +234,9 @@ export class SqliteStore implements LedgerStore {
     // dirties ~700 B-tree pages, so the default (1000 pages) checkpointed about once per batch.
     // 10000 pages (a WAL of up to ~40 MiB, reused) took applyEvents for the bench's 200k messages
     // from 8.1-9.3 s to 5.3-5.5 s (synchronous=OFF: 4.0-4.2 s). 30000 gained little more;
-    // cache_size=64MiB and mmap_size gained nothing measurable, a 1 KiB page_size lost.
+    // cache_size=64MiB and mmap_size gained nothing measurable, a 1 KiB page_size lost. A file's
+    // checkpoints are then taken by the checkpointer thread (CHECKPOINTER), well before 10000
+    // pages; this one stays as the bound should that thread fall behind or fail.
     db.pragma('wal_autocheckpoint = 10000');
     db.pragma('busy_timeout = 5000');
     const version = db.pragma('user_version', { simple: true }) as number;
@@ -221,7 +255,46 @@ export class SqliteStore implements LedgerStore {
     if (events.length === 0) return { outcomes: [], projects: [] };
     assertStorable(events);
     const overwrite = options.overwrite ?? false;
-    return this.applyBatch.immediate(events, nowMs, !overwrite && (options.dedupe ?? true), overwrite);
+    const result = this.applyBatch.immediate(events, nowMs, !overwrite && (options.dedupe ?? true), overwrite);
+    this.wrote();
+    return result;
+  }
+
+  /** After a commit: ask the checkpointer for a checkpoint, at most every CHECKPOINT_EVERY_MS. */
+  private wrote(): void {
+    if (this.checkpointerFailed) return;
+    const now = Date.now();
+    if (now - this.lastCheckpointMs < CHECKPOINT_EVERY_MS) return;
+    this.lastCheckpointMs = now;
+    if (!this.checkpointer) {
+      try {
+        const worker = new Worker(CHECKPOINTER, { eval: true, workerData: { module: createRequire(import.meta.url).resolve('better-sqlite3'), path: this.path } });
+        // It must not keep a process alive that forgot to close the store.
+        worker.unref();
+        // The thread is gone; without it, the writer checkpoints as before (wal_autocheckpoint).
+        worker.on('error', () => {
+          if (this.checkpointer === worker) this.checkpointer = undefined;
+          this.checkpointerFailed = true;
+        });
+        this.checkpointer = worker;
+      } catch {
+        this.checkpointerFailed = true;
+        return;
+      }
+    }
+    this.checkpointer.postMessage('checkpoint');
+  }
+
+  /** Lets the checkpointer finish the checkpoint in hand, close its connection and exit. */
+  private async stopCheckpointer(): Promise<void> {
+    const worker = this.checkpointer;
+    this.checkpointer = undefined;
+    if (!worker) return;
+    const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+    // Waited for: it must keep the process alive until then.
+    worker.ref();
+    worker.postMessage('close');
+    await exited;
   }
 
   /**
@@ -264,11 +337,14 @@ export class SqliteStore implements LedgerStore {
     for (const r of changed.values()) {
       this.stmt.put.run(r.imageId, r.projectId, r.status, r.size, r.createdAt, r.updatedAt, r.timestamp, r.messageId, r.importing, r.protected ? 1 : 0, r.deleted ? 1 : 0);
     }
+    const totals = new Map<string, UsageTotals>();
     for (const [p, d] of deltas) {
+      const t = this.stmt.addTotals.get(p, d.count, d.uploading, d.sizeBytes, d.stageBytes)!;
       // Thrown inside the transaction, so the whole batch rolls back.
-      for (const v of this.stmt.addTotals.get(p, d.count, d.uploading, d.sizeBytes, d.stageBytes)!) if (!Number.isSafeInteger(v)) throw totalsOverflow(p, v);
+      for (const v of t) if (!Number.isSafeInteger(v)) throw totalsOverflow(p, v);
+      totals.set(p, { count: t[0]!, uploading: t[1]!, sizeBytes: t[2]!, stageBytes: t[3]! });
     }
-    return result;
+    return { ...result, totals };
   }
 
   async usage(projectId: string): Promise<Usage> {
@@ -335,6 +411,8 @@ export class SqliteStore implements LedgerStore {
   }
 
   async close(): Promise<void> {
+    this.checkpointerFailed = true;
+    await this.stopCheckpointer();
     if (this.db.open) this.db.close();
   }
 }

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { usageOf } from '../../src/ledger/usage.js';
+import { usageFromTotals, usageOf } from '../../src/ledger/usage.js';
 import { parseNotification, type ImageEvent } from '../../src/notification/parse.js';
 import { StoreDataError } from '../../src/errors.js';
 import { applyIsolatingPoison } from '../../src/store/isolate.js';
@@ -74,6 +74,22 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       expect(r2.outcomes).toEqual(['duplicate']);
       expect(r2.projects).toEqual([]);
       expect((await store.usage('p1')).image_size_total).toBe(3);
+    });
+
+    it('returns, when it returns totals at all, the totals it committed for the projects the batch changed', async () => {
+      const batches: ImageEvent[][] = [
+        [ev({ imageId: 'a', status: 'active', size: 3 * MiB }), ev({ imageId: 'b', projectId: 'p2', status: 'queued' })],
+        [ev({ imageId: 'b', projectId: 'p2', status: 'saving', size: 2 * MiB, updatedAt: 2 }), ev({ imageId: 'c', status: 'uploading', size: MiB })],
+        // An owner change, then a delete: both sides' totals move.
+        [ev({ imageId: 'a', projectId: 'p2', status: 'active', size: 3 * MiB, updatedAt: 3 }), ev({ imageId: 'c', status: 'uploading', size: MiB, deleted: true, updatedAt: 4 })],
+      ];
+      for (const [i, batch] of batches.entries()) {
+        const result = await store.applyEvents(batch, 10 + i);
+        for (const [p, totals] of result.totals ?? []) {
+          expect(result.projects).toContain(p);
+          expect(usageFromTotals(totals)).toEqual(await store.usage(p));
+        }
+      }
     });
 
     it('keeps totals equal to a scan of the records through updates, deletes and owner changes', async () => {

@@ -4,6 +4,7 @@ import { DEFAULT_RETENTION, Pipeline } from '../../src/pipeline.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { captures } from '../support/fixtures.js';
+import { MemoryGlance } from '../functions/support.js';
 
 describe('the pipeline keeps its store bounded', () => {
   it('forgets processed ids and audit records past their retention, keeping the recent ones', async () => {
@@ -32,5 +33,61 @@ describe('the pipeline keeps its store bounded', () => {
   it("keeps, by default, what the configuration's defaults keep", () => {
     const config = loadConfig({});
     expect(DEFAULT_RETENTION).toEqual({ messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs, deadImagesMs: config.deletedImageRetentionMs });
+  });
+});
+
+describe('the pipeline decides after a batch on the totals the batch committed', () => {
+  it('reads no usage from the store for projects the batch changed, and reads it again once they are taken', async () => {
+    const now = Date.UTC(2026, 11, 1);
+    const store = new MemoryStore();
+    let reads = 0;
+    const usage = store.usage.bind(store);
+    store.usage = (projectId: string) => {
+      reads++;
+      return usage(projectId);
+    };
+    const pipeline = new Pipeline({ store, limits: new StaticLimits({}), clock: () => now });
+    const result = await pipeline.ingest(captures().map((c) => c.body));
+    expect(result.projects.length).toBeGreaterThan(0);
+    for (const p of result.projects) expect((await pipeline.evaluate(p)).usage).toEqual(await usage(p));
+    expect(reads).toBe(0);
+    // Taken once: the next decision reads the store.
+    await pipeline.evaluate(result.projects[0]!);
+    expect(reads).toBe(1);
+  });
+
+  it("reads the store after Glance's listing rewrote the project", async () => {
+    const now = Date.UTC(2026, 11, 1);
+    const store = new MemoryStore();
+    let reads = 0;
+    const usage = store.usage.bind(store);
+    store.usage = (projectId: string) => {
+      reads++;
+      return usage(projectId);
+    };
+    // Glance has none of the images the notifications told of: the listing tombstones them all.
+    const pipeline = new Pipeline({ store, limits: new StaticLimits({}), images: new MemoryGlance(), clock: () => now });
+    const { projects } = await pipeline.ingest(captures().map((c) => c.body));
+    const p = projects[0]!;
+    await pipeline.enforceOnGlance(p);
+    const report = await pipeline.evaluate(p);
+    expect(reads).toBe(1);
+    expect(report.usage.image_count_total).toBe(0);
+  });
+
+  it('reads the store when the totals are more than a few seconds old', async () => {
+    let now = Date.UTC(2026, 11, 1);
+    const store = new MemoryStore();
+    let reads = 0;
+    const usage = store.usage.bind(store);
+    store.usage = (projectId: string) => {
+      reads++;
+      return usage(projectId);
+    };
+    const pipeline = new Pipeline({ store, limits: new StaticLimits({}), clock: () => now });
+    const { projects } = await pipeline.ingest(captures().map((c) => c.body));
+    now += 60_000;
+    for (const p of projects) await pipeline.evaluate(p);
+    expect(reads).toBe(projects.length);
   });
 });
