@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util';
 import { openRuntime } from '../composition-root.js';
-import { EnforcementWorker, NotificationConsumer } from '../doors/consume.js';
+import { NotificationConsumer } from '../doors/consume.js';
+import { EnforcementWorker } from '../doors/enforcement-worker.js';
 import { reconcile, ReconcileSchedule } from '../doors/reconcile.js';
 import { consumerReadiness, startHealthServer } from '../health.js';
 import { Metrics } from '../metrics.js';

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import amqp from 'amqplib';
 import { ConfigError, EnforcerError } from '../errors.js';
@@ -185,4 +186,28 @@ export async function declareTopology(connection: amqp.ChannelModel, s: QueueSet
       await ch.bindQueue(s.queue, s.exchange, `${s.topic}.info`);
     },
   );
+}
+
+/**
+ * Bodies whose dead-lettering once threw, remembered (by digest, boundedly) so that their
+ * redelivery is dead-lettered with the reason alone: one message the broker accepted but amqplib
+ * cannot send on must not bring the channel down on every redelivery.
+ */
+export class BareDeadLetters {
+  private readonly digests = new Set<string>();
+  constructor(private readonly max = 1024) {}
+
+  private static digest(content: Uint8Array): string {
+    return createHash('sha256').update(content).digest('base64');
+  }
+
+  remember(content: Uint8Array): void {
+    const d = BareDeadLetters.digest(content);
+    this.digests.delete(d);
+    this.digests.add(d);
+    if (this.digests.size > this.max) this.digests.delete(this.digests.values().next().value!);
+  }
+
+  /** Copy the original's headers: false for a body whose dead-lettering threw before. */
+  copyHeaders = (d: DeadLetter): boolean => this.digests.size === 0 || !this.digests.has(BareDeadLetters.digest(d.msg.content));
 }

@@ -23,7 +23,8 @@
  * Logs (pino, JSON) go to stderr. SIGTERM drains and exits 0.
  */
 import { createInterface } from 'node:readline';
-import { EnforcementWorker, NotificationConsumer } from '../../src/doors/consume.js';
+import { NotificationConsumer } from '../../src/doors/consume.js';
+import { EnforcementWorker } from '../../src/doors/enforcement-worker.js';
 import type { MessageResult } from '../../src/pipeline.js';
 import { Metrics } from '../../src/metrics.js';
 import { openRuntime } from '../../src/composition-root.js';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { LastOver } from '../../src/transport/notifier.js';
-import { BareDeadLetters } from '../../src/doors/consume.js';
+import { BareDeadLetters } from '../../src/transport/amqp.js';
 import { settlesWithin } from '../../src/retry.js';
 import { MAX_COPIED_HEADERS_BYTES, MAX_REASON_BYTES, capUtf8, deadLetterProperties, type DeadLetter } from '../../src/transport/amqp.js';
 
@@ -80,7 +80,7 @@ describe('bounded waits and bounded memory in consume', () => {
 
 describe('the enforcement worker at shutdown', () => {
   it('abandons its backlog and waits for the project in hand only as long as it is told', async () => {
-    const { EnforcementWorker } = await import('../../src/doors/consume.js');
+    const { EnforcementWorker } = await import('../../src/doors/enforcement-worker.js');
     const { Metrics } = await import('../../src/metrics.js');
     const { createLogger } = await import('../../src/log.js');
     const started: string[] = [];
