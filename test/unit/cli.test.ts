@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { main } from '../../src/cli.js';
+import { runCli } from '../support/cli.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import { captures, envelope, inner, quotaTestBodies, rawBody } from '../support/fixtures.js';
 
@@ -14,18 +14,7 @@ function file(name: string, lines: string[]): string {
   return path;
 }
 
-async function run(args: string[], env: Record<string, string> = {}) {
-  let stdout = '';
-  let stderr = '';
-  const saved = { ...process.env };
-  Object.assign(process.env, { LOG_LEVEL: 'silent' }, env);
-  try {
-    const code = await main(args, { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t) });
-    return { code, stdout, stderr };
-  } finally {
-    process.env = saved;
-  }
-}
+const run = runCli;
 
 /** The i-th flood image of a project: a UUID, as Glance makes image ids, that names both. */
 function imageId(project: string, i: number): string {

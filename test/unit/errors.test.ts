@@ -1,7 +1,8 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
-import { ERROR_EXITS, errorExit, main } from '../../src/cli.js';
+import { ERROR_EXITS, errorExit } from '../../src/cli.js';
+import { runCli } from '../support/cli.js';
 import { loadConfig } from '../../src/config.js';
 import { EnforcementFailedError } from '../../src/doors/lambda/batch.js';
 import { EventShapeError } from '../../src/doors/lambda/events.js';
@@ -138,18 +139,7 @@ describe('ERROR_EXITS', () => {
 });
 
 describe('main, on an error', () => {
-  async function run(args: string[], env: Record<string, string> = {}) {
-    let stdout = '';
-    let stderr = '';
-    const saved = { ...process.env };
-    Object.assign(process.env, { LOG_LEVEL: 'silent' }, env);
-    try {
-      const code = await main(args, { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t) });
-      return { code, stdout, stderr };
-    } finally {
-      process.env = saved;
-    }
-  }
+  const run = runCli;
 
   it.each([
     ['a ConfigError', ['replay'], {}, 2, 'replay: expected exactly one FILE, e.g. replay notifications.jsonl\n'],

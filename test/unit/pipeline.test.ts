@@ -36,58 +36,52 @@ describe('the pipeline keeps its store bounded', () => {
   });
 });
 
+/** A MemoryStore that counts its `usage` reads; `usage` reads without counting. */
+function countingUsageReads() {
+  const store = new MemoryStore();
+  const reads = { count: 0 };
+  const usage = store.usage.bind(store);
+  store.usage = (projectId: string) => {
+    reads.count++;
+    return usage(projectId);
+  };
+  return { store, reads, usage };
+}
+
 describe('the pipeline decides after a batch on the totals the batch committed', () => {
   it('reads no usage from the store for projects the batch changed, and reads it again once they are taken', async () => {
     const now = Date.UTC(2026, 11, 1);
-    const store = new MemoryStore();
-    let reads = 0;
-    const usage = store.usage.bind(store);
-    store.usage = (projectId: string) => {
-      reads++;
-      return usage(projectId);
-    };
+    const { store, reads, usage } = countingUsageReads();
     const pipeline = new Pipeline({ store, limits: new StaticLimits({}), clock: () => now });
     const result = await pipeline.ingest(captures().map((c) => c.body));
     expect(result.projects.length).toBeGreaterThan(0);
     for (const p of result.projects) expect((await pipeline.evaluate(p)).usage).toEqual(await usage(p));
-    expect(reads).toBe(0);
+    expect(reads.count).toBe(0);
     // Taken once: the next decision reads the store.
     await pipeline.evaluate(result.projects[0]!);
-    expect(reads).toBe(1);
+    expect(reads.count).toBe(1);
   });
 
   it("reads the store after Glance's listing rewrote the project", async () => {
     const now = Date.UTC(2026, 11, 1);
-    const store = new MemoryStore();
-    let reads = 0;
-    const usage = store.usage.bind(store);
-    store.usage = (projectId: string) => {
-      reads++;
-      return usage(projectId);
-    };
+    const { store, reads } = countingUsageReads();
     // Glance has none of the images the notifications told of: the listing tombstones them all.
     const pipeline = new Pipeline({ store, limits: new StaticLimits({}), images: new MemoryGlance(), clock: () => now });
     const { projects } = await pipeline.ingest(captures().map((c) => c.body));
     const p = projects[0]!;
     await pipeline.enforceOnGlance(p);
     const report = await pipeline.evaluate(p);
-    expect(reads).toBe(1);
+    expect(reads.count).toBe(1);
     expect(report.usage.image_count_total).toBe(0);
   });
 
   it('reads the store when the totals are more than a few seconds old', async () => {
     let now = Date.UTC(2026, 11, 1);
-    const store = new MemoryStore();
-    let reads = 0;
-    const usage = store.usage.bind(store);
-    store.usage = (projectId: string) => {
-      reads++;
-      return usage(projectId);
-    };
+    const { store, reads } = countingUsageReads();
     const pipeline = new Pipeline({ store, limits: new StaticLimits({}), clock: () => now });
     const { projects } = await pipeline.ingest(captures().map((c) => c.body));
     now += 60_000;
     for (const p of projects) await pipeline.evaluate(p);
-    expect(reads).toBe(projects.length);
+    expect(reads.count).toBe(projects.length);
   });
 });
