@@ -56,3 +56,8 @@ export class StoreUnavailableError extends EnforcerError {
 export class StoreDataError extends EnforcerError {
   override readonly code = 'STORE_DATA';
 }
+
+/** The stable code of an error the enforcer threw on purpose, for a log line; undefined for any other. */
+export function errorCode(err: unknown): ErrorCode | undefined {
+  return err instanceof EnforcerError ? err.code : undefined;
+}

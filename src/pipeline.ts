@@ -1,4 +1,4 @@
-import { ConfigError } from './errors.js';
+import { ConfigError, errorCode } from './errors.js';
 import { recordFromEvent, type ImageRecord } from './ledger/record.js';
 import { countCorrections, repairFromListing, type Correction, type CorrectionKind } from './ledger/repair.js';
 import { eventFromGlance, tombstoneOf, type GlanceImage, type OwnedImage } from './ledger/glance-image.js';
@@ -277,7 +277,7 @@ export class Pipeline {
         reports.push(await this.enforce(projectId));
       } catch (err) {
         const error = err instanceof Error ? err : new Error(String(err));
-        this.log?.warn({ projectId, err: error.message, kind: error.name }, 'enforcement failed');
+        this.log?.warn({ projectId, err: error.message, kind: error.name, code: errorCode(error) }, 'enforcement failed');
         failures.push({ projectId, error });
       }
     }

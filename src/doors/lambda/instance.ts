@@ -1,7 +1,7 @@
 import type { SQSClient } from '@aws-sdk/client-sqs';
 import type { Config } from '../../config.js';
 import type { ImageService, Pipeline } from '../../pipeline.js';
-import { ConfigError } from '../../errors.js';
+import { ConfigError, errorCode } from '../../errors.js';
 import { createLogger, logContext, type Logger } from '../../log.js';
 import type { InvocationContext } from './events.js';
 import { stdoutMetrics, type MetricsSink } from './metrics.js';
@@ -137,7 +137,7 @@ export function onColdStart(open: () => Promise<FunctionServices>, log: () => Lo
     (services ??= open().catch((err: unknown) => {
       services = undefined;
       // Said plainly, before Lambda's own report of the failed invocation.
-      log().fatal({ err: (err as Error).message, kind: (err as Error).name }, 'function cannot start');
+      log().fatal({ err: (err as Error).message, kind: (err as Error).name, code: errorCode(err) }, 'function cannot start');
       throw err;
     }));
 }
