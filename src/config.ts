@@ -323,7 +323,10 @@ const SecretArnsSchema = EnvSchema.pick({ OS_PASSWORD_SECRET_ARN: true, OS_APPLI
  * mode reads first, so that the configuration is loaded once, with the secrets' values in it.
  */
 export function loadSecretArns(env: NodeJS.ProcessEnv = process.env): Record<SecretSetting, string> {
-  const e = parseEnv(SecretArnsSchema, env);
+  return secretArnsOf(parseEnv(SecretArnsSchema, env));
+}
+
+function secretArnsOf(e: z.infer<typeof SecretArnsSchema>): Record<SecretSetting, string> {
   return { OS_PASSWORD: e.OS_PASSWORD_SECRET_ARN, OS_APPLICATION_CREDENTIAL_SECRET: e.OS_APPLICATION_CREDENTIAL_SECRET_ARN, STORE_URL: e.STORE_URL_SECRET_ARN };
 }
 
@@ -366,6 +369,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     metricsHost: e.METRICS_HOST,
     sqs: { queueUrl: e.SQS_QUEUE_URL, deadLetterQueueUrl: e.SQS_DEAD_LETTER_QUEUE_URL },
     reconcileBudgetMs: e.RECONCILE_BUDGET_SECONDS * 1000,
-    secretArns: loadSecretArns(env),
+    secretArns: secretArnsOf(e),
   };
 }

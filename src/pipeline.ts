@@ -4,12 +4,10 @@ import { countCorrections, repairFromListing, type Correction, type CorrectionKi
 import { eventFromGlance, tombstoneOf, type GlanceImage, type OwnedImage } from './ledger/glance-image.js';
 import { usageFromTotals, usageOf, type UsageTotals } from './ledger/usage.js';
 import type { Logger } from './log.js';
-import type { ImageEvent } from './notification/parse.js';
-import { DOOR_DEFAULTS, parseNotification, type DoorLimits } from './notification/parse.js';
+import { DOOR_DEFAULTS, parseNotification, type DoorLimits, type ImageEvent } from './notification/parse.js';
 import { decide, isDeletable, recordsNeeded } from './quota/decide.js';
-import type { ProjectLimits } from './quota/limits.js';
+import type { LimitSource, ProjectLimits } from './quota/limits.js';
 import type { Resource, Usage } from './quota/resources.js';
-import type { LimitSource } from './quota/limits.js';
 import { verifyCandidate } from './quota/verify.js';
 import { applyIsolatingPoison } from './store/isolate.js';
 import type { ActionRecord, LedgerStore } from './store/port.js';

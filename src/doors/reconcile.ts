@@ -39,7 +39,7 @@ export interface ReconcileSummary {
   corrected: Partial<Record<CorrectionKind, number>>;
   /** Projects whose reconcile failed (Glance, Keystone or the store): the rest went on. */
   failures: ProjectFailure[];
-  /** The pass reached its last project (then the store was pruned); false when a budget or failures cut it. */
+  /** The run reached its last project (a whole pass then prunes the store); false when a budget or failures cut it. */
   complete: boolean;
   /** Projects of the pass still to do. */
   remaining: number;
@@ -90,7 +90,7 @@ export async function reconcile(pipeline: Pipeline, images: ImageService, option
       failed(projectId, err);
     }
     options.onProgress?.(1, 1, projectId);
-    return summary(projects, { listed: projects[0]?.usage.image_count_total ?? 0, unreadable: 0, complete: projects.length === 1, remaining: 0, cursor: '' });
+    return summary(projects, { listed: projects[0]?.usage.image_count_total ?? 0, unreadable: 0, complete: true, remaining: 0, cursor: '' });
   }
 
   // The budget is when to stop starting projects; the timeout (less a margin) is when nothing may
