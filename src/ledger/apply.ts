@@ -23,11 +23,19 @@ export interface ApplyResult {
  * server-side and are held to the same contract suite.
  */
 export interface LedgerTransaction {
-  seen(messageId: string): boolean;
-  markSeen(messageId: string, atMs: number): void;
+  /**
+   * Whether the store holds this message already. A redelivery repeats the body byte for byte, so
+   * a store may key by the message id alone or by the id and the oslo timestamp (SQLite: the
+   * timestamp leads its key, which makes its inserts appends).
+   */
+  seen(message: MessageKey): boolean;
+  markSeen(message: MessageKey, atMs: number): void;
   get(imageId: string): ImageRecord | undefined;
   put(record: ImageRecord): void;
 }
+
+/** What identifies a notification for dedupe. */
+export type MessageKey = Pick<ImageEvent, 'messageId' | 'timestamp'>;
 
 export interface AppliedBatch extends ApplyResult {
   /** Per project, what the batch changed in its totals: the store adds these in the same transaction. */
@@ -59,11 +67,11 @@ export function applyEventsTo(tx: LedgerTransaction, events: readonly ImageEvent
     deltas.set(project, addTotals(deltas.get(project) ?? ZERO_TOTALS, delta, sign));
   for (const event of events) {
     if (dedupe) {
-      if (tx.seen(event.messageId)) {
+      if (tx.seen(event)) {
         outcomes.push('duplicate');
         continue;
       }
-      tx.markSeen(event.messageId, nowMs);
+      tx.markSeen(event, nowMs);
     }
     outcomes.push('applied');
     const before = tx.get(event.imageId);

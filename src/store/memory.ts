@@ -32,8 +32,8 @@ export class MemoryStore implements LedgerStore {
     const staged = new Map<string, ImageRecord>();
     const seen = new Map<string, number>();
     const tx: LedgerTransaction = {
-      seen: (id) => seen.has(id) || this.seenAt.has(id),
-      markSeen: (id, at) => void seen.set(id, at),
+      seen: (m) => seen.has(m.messageId) || this.seenAt.has(m.messageId),
+      markSeen: (m, at) => void seen.set(m.messageId, at),
       get: (id) => staged.get(id) ?? this.records.get(id),
       put: (r) => void staged.set(r.imageId, r),
     };

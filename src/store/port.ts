@@ -47,8 +47,9 @@ export interface LedgerStore {
 
   /**
    * Apply a batch atomically: either every event's effect and its message id are committed, or
-   * none is. A message id seen before (within the retention) changes nothing and is reported
-   * as 'duplicate', also when it repeats inside the batch.
+   * none is. A message seen before (within the retention) changes nothing and is reported as
+   * 'duplicate', also when it repeats inside the batch. A redelivery repeats the body byte for
+   * byte; SQLite knows a message by its id and oslo timestamp, the other stores by the id alone.
    */
   applyEvents(events: readonly ImageEvent[], nowMs: number, options?: ApplyOptions): Promise<ApplyResult>;
 

@@ -286,8 +286,8 @@ export class PostgresStore implements LedgerStore {
       const marked = new Set<string>();
       const staged = new Map<string, ImageRecord>();
       const tx: LedgerTransaction = {
-        seen: (id) => !claimed.has(id) || marked.has(id),
-        markSeen: (id) => void marked.add(id),
+        seen: (m) => !claimed.has(m.messageId) || marked.has(m.messageId),
+        markSeen: (m) => void marked.add(m.messageId),
         get: (id) => staged.get(id) ?? current.get(id),
         put: (r) => void staged.set(r.imageId, r),
       };

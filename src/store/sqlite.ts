@@ -4,7 +4,7 @@ import { dirname } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { ConfigError, StoreUnavailableError } from '../errors.js';
-import { applyEventsTo, type ApplyResult, type LedgerTransaction } from '../ledger/apply.js';
+import { applyEventsTo, type ApplyResult, type LedgerTransaction, type MessageKey } from '../ledger/apply.js';
 import type { ImageRecord } from '../ledger/record.js';
 import { ZERO_TOTALS, usageFromTotals, type UsageTotals } from '../ledger/usage.js';
 import type { ImageEvent } from '../notification/parse.js';
@@ -58,6 +58,19 @@ const MIGRATIONS: readonly string[] = [
    );`,
   // The count rule's read: a project's live queued images, newest first, without a scan.
   `CREATE INDEX images_removable ON images (project_id, created_at DESC, image_id DESC) WHERE status = 'queued' AND deleted = 0;`,
+  // Dedupe keyed by (oslo timestamp, message id), which a redelivery repeats byte for byte.
+  // Keyed by the random uuid4 id alone, each insert landed on a B-tree page of its own: about 226
+  // of the 360 pages a batch appended to the WAL (bench/README.md). With the timestamp first, a
+  // batch's inserts are appends to the right edge. Lookups still find redeliveries of any age.
+  // processed_messages stays for the ids it holds, is read until retention empties it, and no
+  // longer grows.
+  `CREATE TABLE processed (
+     ts         INTEGER NOT NULL,
+     message_id TEXT NOT NULL,
+     seen_at    INTEGER NOT NULL,
+     PRIMARY KEY (ts, message_id)
+   ) WITHOUT ROWID;
+   CREATE INDEX processed_by_seen ON processed (seen_at);`,
 ];
 
 interface ActionRow {
@@ -160,10 +173,15 @@ export class SqliteStore implements LedgerStore {
     // array (json_each's `key`), never with the id as read back: a string that is not well-formed
     // UTF-16 (a lone surrogate, which JSON allows) is stored as bytes that do not decode to it again.
     this.stmt = {
+      // The batch's messages as one JSON array of [timestamp, id] pairs.
       seenOf: db
-        .prepare<[string], number>('SELECT j.key FROM json_each(?) AS j JOIN processed_messages AS m ON m.message_id = j.value')
+        .prepare<[string], number>(
+          `SELECT j.key FROM json_each(?) AS j WHERE
+             EXISTS (SELECT 1 FROM processed AS m WHERE m.ts = j.value ->> 0 AND m.message_id = j.value ->> 1)
+             OR EXISTS (SELECT 1 FROM processed_messages AS o WHERE o.message_id = j.value ->> 1)`,
+        )
         .pluck(),
-      markSeen: db.prepare<[number, string]>('INSERT INTO processed_messages (message_id, seen_at) SELECT value, ? FROM json_each(?)'),
+      markSeen: db.prepare<[number, string]>('INSERT INTO processed (ts, message_id, seen_at) SELECT value ->> 0, value ->> 1, ? FROM json_each(?)'),
       imagesOf: db
         .prepare<[string], KeyedImageRow>(`SELECT ${IMAGE_COLUMNS}, j.key FROM json_each(?) AS j JOIN images ON images.image_id = j.value`)
         .raw(),
@@ -201,7 +219,8 @@ export class SqliteStore implements LedgerStore {
         `DELETE FROM images WHERE (deleted = 1 OR status IN ('killed', 'pending_delete', 'deleted')) AND updated_at * 1000 < ?`,
       ),
       forgetEmptyTotals: db.prepare('DELETE FROM project_totals WHERE count = 0 AND uploading = 0 AND size_bytes = 0 AND stage_bytes = 0'),
-      forget: db.prepare('DELETE FROM processed_messages WHERE seen_at < ?'),
+      forget: db.prepare('DELETE FROM processed WHERE seen_at < ?'),
+      forgetOld: db.prepare('DELETE FROM processed_messages WHERE seen_at < ?'),
       recordAction: db.prepare(
         `INSERT OR IGNORE INTO actions (at_ms, project_id, image_id, action, reason, detail) VALUES (?, ?, ?, ?, ?, ?)`,
       ),
@@ -231,7 +250,8 @@ export class SqliteStore implements LedgerStore {
     // which the broker then redelivers because they were not yet acked.
     db.pragma('synchronous = NORMAL');
     // Then the only fsyncs are at checkpoints. A batch of 1000 random (uuid4) message ids alone
-    // dirties ~700 B-tree pages, so the default (1000 pages) checkpointed about once per batch.
+    // dirtied ~700 B-tree pages when dedupe was keyed by them (it is keyed by timestamp first
+    // since schema 5), so the default (1000 pages) checkpointed about once per batch.
     // 10000 pages (a WAL of up to ~40 MiB, reused) took applyEvents for the bench's 200k messages
     // from 8.1-9.3 s to 5.3-5.5 s (synchronous=OFF: 4.0-4.2 s). 30000 gained little more;
     // cache_size=64MiB and mmap_size gained nothing measurable, a 1 KiB page_size lost. A file's
@@ -304,10 +324,11 @@ export class SqliteStore implements LedgerStore {
    * statements made four native calls per event, half of SQLite's ingest time (bench/README.md).
    */
   private applyInTransaction(events: readonly ImageEvent[], nowMs: number, dedupe: boolean, overwrite: boolean): ApplyResult {
+    // Keyed "<timestamp> <id>": the timestamp is a number, so the first space ends it.
+    const keyOf = (m: MessageKey) => `${m.timestamp} ${m.messageId}`;
     const seen = new Set<string>();
     if (dedupe) {
-      const messageIds = events.map((e) => e.messageId);
-      for (const at of this.stmt.seenOf.all(JSON.stringify(messageIds))) seen.add(messageIds[at]!);
+      for (const at of this.stmt.seenOf.all(JSON.stringify(events.map((e) => [e.timestamp, e.messageId])))) seen.add(keyOf(events[at]!));
     }
     const records = new Map<string, ImageRecord>();
     const imageIds = [...new Set(events.map((e) => e.imageId))];
@@ -316,15 +337,15 @@ export class SqliteStore implements LedgerStore {
       records.set(imageId, fromRow(row, imageId));
     }
     // Staged as in MemoryStore: the tables are written once the rules have run on the whole batch.
-    const newlySeen = new Map<number, string[]>();
+    const newlySeen = new Map<number, [number, string][]>();
     const changed = new Map<string, ImageRecord>();
     const tx: LedgerTransaction = {
-      seen: (id) => seen.has(id),
-      markSeen: (id, at) => {
-        seen.add(id);
-        const ids = newlySeen.get(at);
-        if (ids) ids.push(id);
-        else newlySeen.set(at, [id]);
+      seen: (m) => seen.has(keyOf(m)),
+      markSeen: (m, at) => {
+        seen.add(keyOf(m));
+        const pairs = newlySeen.get(at);
+        if (pairs) pairs.push([m.timestamp, m.messageId]);
+        else newlySeen.set(at, [[m.timestamp, m.messageId]]);
       },
       get: (id) => records.get(id),
       put: (r) => {
@@ -333,7 +354,7 @@ export class SqliteStore implements LedgerStore {
       },
     };
     const { deltas, ...result } = applyEventsTo(tx, events, nowMs, dedupe, overwrite);
-    for (const [at, ids] of newlySeen) this.stmt.markSeen.run(at, JSON.stringify(ids));
+    for (const [at, pairs] of newlySeen) this.stmt.markSeen.run(at, JSON.stringify(pairs));
     for (const r of changed.values()) {
       this.stmt.put.run(r.imageId, r.projectId, r.status, r.size, r.createdAt, r.updatedAt, r.timestamp, r.messageId, r.importing, r.protected ? 1 : 0, r.deleted ? 1 : 0);
     }
@@ -374,7 +395,7 @@ export class SqliteStore implements LedgerStore {
   }
 
   async forgetMessagesBefore(beforeMs: number): Promise<number> {
-    return this.stmt.forget.run(beforeMs).changes;
+    return this.db.transaction(() => this.stmt.forget.run(beforeMs).changes + this.stmt.forgetOld.run(beforeMs).changes).immediate();
   }
 
   async recordActions(actions: readonly ActionRecord[]): Promise<ActionRecord[]> {

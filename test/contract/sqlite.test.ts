@@ -56,6 +56,39 @@ describe('sqlite: a file on disk', () => {
     await store.close();
   });
 
+  it('still knows the message ids a file recorded before dedupe was keyed by timestamp, until retention forgets them', async () => {
+    const path = freshPath();
+    const a = ev({ imageId: 'a', status: 'active', size: 2 * MiB });
+    const store = SqliteStore.open(path);
+    await store.applyEvents([a], 1_000);
+    await store.close();
+    // Back to schema version 4: the id in processed_messages only, no processed table.
+    const db = new Database(path);
+    db.exec(`INSERT INTO processed_messages (message_id, seen_at) SELECT message_id, seen_at FROM processed;
+             DROP TABLE processed;
+             PRAGMA user_version = 4;`);
+    db.close();
+    const upgraded = SqliteStore.open(path);
+    expect((await upgraded.applyEvents([a], 2_000)).outcomes).toEqual(['duplicate']);
+    const b = ev({ imageId: 'b', status: 'active', size: MiB });
+    expect((await upgraded.applyEvents([b, b], 3_000)).outcomes).toEqual(['applied', 'duplicate']);
+    // One from each table.
+    expect(await upgraded.forgetMessagesBefore(10_000)).toBe(2);
+    expect((await upgraded.applyEvents([a, b], 11_000)).outcomes).toEqual(['applied', 'applied']);
+    expect((await upgraded.usage('p1')).image_size_total).toBe(3);
+    await upgraded.close();
+  });
+
+  it('takes a message that reuses a known id with another oslo timestamp as a new one (a redelivery repeats both)', async () => {
+    const store = SqliteStore.open(freshPath());
+    const a = ev({ imageId: 'a', status: 'queued', updatedAt: 10, timestamp: 10_000_000 });
+    const sameIdLater = { ...a, status: 'active', size: MiB, updatedAt: 11, timestamp: 11_000_000 };
+    expect((await store.applyEvents([a], 1)).outcomes).toEqual(['applied']);
+    expect((await store.applyEvents([a, sameIdLater, sameIdLater], 2)).outcomes).toEqual(['duplicate', 'applied', 'duplicate']);
+    expect(await store.usage('p1')).toMatchObject({ image_count_total: 1, image_size_total: 1 });
+    await store.close();
+  });
+
   it('refuses a file from a newer enforcer instead of corrupting it', async () => {
     const path = freshPath();
     const db = new Database(path);
