@@ -7,6 +7,12 @@ import type { Usage } from '../quota/resources.js';
 import type { ActionRecord, ApplyOptions, LedgerStore } from './port.js';
 import { assertStorable, totalsOverflow } from './storable.js';
 
+function idsOf(index: Map<string, Set<string>>, projectId: string): Set<string> {
+  let ids = index.get(projectId);
+  if (!ids) index.set(projectId, (ids = new Set()));
+  return ids;
+}
+
 const isZero = (t: UsageTotals) => t.count === 0 && t.uploading === 0 && t.sizeBytes === 0 && t.stageBytes === 0;
 
 /**
@@ -20,6 +26,12 @@ export class MemoryStore implements LedgerStore {
   readonly description = 'memory://';
   private readonly records = new Map<string, ImageRecord>();
   private readonly byProject = new Map<string, Set<string>>();
+  /**
+   * Per project, the ids of its removable (live queued) images: the count rule reads only these,
+   * and a busy project holds thousands of images of which a handful are queued. Filtering and
+   * sorting all of them at every evaluation was 8% of the memory pipeline bench.
+   */
+  private readonly removableByProject = new Map<string, Set<string>>();
   private readonly totals = new Map<string, UsageTotals>();
   private readonly seenAt = new Map<string, number>();
   private audit: ActionRecord[] = [];
@@ -46,10 +58,13 @@ export class MemoryStore implements LedgerStore {
     for (const r of staged.values()) {
       const previous = this.records.get(r.imageId);
       if (previous && previous.projectId !== r.projectId) this.byProject.get(previous.projectId)?.delete(r.imageId);
+      if (previous) {
+        const was = this.removableByProject.get(previous.projectId);
+        if (was?.delete(r.imageId) && was.size === 0) this.removableByProject.delete(previous.projectId);
+      }
       this.records.set(r.imageId, r);
-      let ids = this.byProject.get(r.projectId);
-      if (!ids) this.byProject.set(r.projectId, (ids = new Set()));
-      ids.add(r.imageId);
+      idsOf(this.byProject, r.projectId).add(r.imageId);
+      if (isRemovable(r)) idsOf(this.removableByProject, r.projectId).add(r.imageId);
     }
     for (const [project, t] of totals) this.totals.set(project, t);
     return { ...result, totals: new Map(totals) };
@@ -64,7 +79,7 @@ export class MemoryStore implements LedgerStore {
   }
 
   async removableImages(projectId: string, limit: number): Promise<ImageRecord[]> {
-    return (await this.images(projectId)).filter(isRemovable).sort(newestFirst).slice(0, limit);
+    return [...(this.removableByProject.get(projectId) ?? [])].map((id) => this.records.get(id)!).sort(newestFirst).slice(0, limit);
   }
 
   async projects(): Promise<string[]> {

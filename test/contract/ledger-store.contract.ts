@@ -132,6 +132,20 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       expect((await store.removableImages('p1', 3)).map((r) => r.imageId)).toEqual(['new', 'b', 'a']);
       expect((await store.removableImages('p1', 10)).map((r) => r.imageId)).toEqual(['new', 'b', 'a', 'old']);
       expect(await store.removableImages('nobody', 5)).toEqual([]);
+      // Leaving queued, changing owner, being deleted: each takes an image out of its old project's list.
+      await store.applyEvents(
+        [
+          ev({ imageId: 'b', status: 'saving', createdAt: 30, updatedAt: 2_000 }),
+          ev({ imageId: 'old', projectId: 'p2', status: 'queued', createdAt: 10, updatedAt: 2_000 }),
+          ev({ imageId: 'a', status: 'deleted', deleted: true, createdAt: 30, updatedAt: 2_000 }),
+        ],
+        2,
+      );
+      expect((await store.removableImages('p1', 10)).map((r) => r.imageId)).toEqual(['new']);
+      expect((await store.removableImages('p2', 10)).map((r) => r.imageId)).toEqual(['other', 'old']);
+      // Glance's word puts one back.
+      await store.applyEvents([ev({ imageId: 'b', status: 'queued', createdAt: 30, updatedAt: 1 })], 3, { overwrite: true });
+      expect((await store.removableImages('p1', 10)).map((r) => r.imageId)).toEqual(['new', 'b']);
     });
 
     it('orders versions exactly: microseconds near 2^52 and message ids as JavaScript compares them', async () => {
