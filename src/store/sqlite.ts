@@ -58,17 +58,17 @@ const MIGRATIONS: readonly string[] = [
    );`,
   // The count rule's read: a project's live queued images, newest first, without a scan.
   `CREATE INDEX images_removable ON images (project_id, created_at DESC, image_id DESC) WHERE status = 'queued' AND deleted = 0;`,
-  // Dedupe keyed by (oslo timestamp, message id), which a redelivery repeats byte for byte.
+  // Dedupe keyed by "<oslo timestamp> <message id>", which a redelivery repeats byte for byte.
   // Keyed by the random uuid4 id alone, each insert landed on a B-tree page of its own: about 226
   // of the 360 pages a batch appended to the WAL (bench/README.md). With the timestamp first, a
-  // batch's inserts are appends to the right edge. Lookups still find redeliveries of any age.
-  // processed_messages stays for the ids it holds, is read until retention empties it, and no
-  // longer grows.
+  // batch's inserts are appends to the right edge; lookups still find redeliveries of any age. One
+  // text column, not two: a [timestamp, id] pair per JSON element cost a JSON parse per field read
+  // (json_each, then ->> 0 and ->> 1), which made lookups 7x and inserts 1.7x slower.
+  // processed_messages keeps the ids an older file holds, is read only while it holds any, and
+  // no longer grows.
   `CREATE TABLE processed (
-     ts         INTEGER NOT NULL,
-     message_id TEXT NOT NULL,
-     seen_at    INTEGER NOT NULL,
-     PRIMARY KEY (ts, message_id)
+     key     TEXT PRIMARY KEY,
+     seen_at INTEGER NOT NULL
    ) WITHOUT ROWID;
    CREATE INDEX processed_by_seen ON processed (seen_at);`,
 ];
@@ -131,6 +131,14 @@ type ImageRow = [
 /** An ImageRow followed by the position of its image id in the batch's JSON array. */
 type KeyedImageRow = [...ImageRow, key: number];
 
+/**
+ * A message's dedupe key: "<oslo timestamp in µs> <message id>". The timestamp is digits only, so
+ * the first space ends it; leading, it orders the keys by time (16 digits from 2001 to 2286).
+ */
+function messageKey(m: MessageKey): string {
+  return `${m.timestamp} ${m.messageId}`;
+}
+
 function fromRow(r: ImageRow | KeyedImageRow, imageId: string = r[0]): ImageRecord {
   return {
     imageId,
@@ -163,6 +171,8 @@ export class SqliteStore implements LedgerStore {
   private checkpointer: Worker | undefined;
   private checkpointerFailed: boolean;
   private lastCheckpointMs = 0;
+  /** Whether processed_messages (the dedupe of schemas 1-4) still holds ids to look up. */
+  private holdsIdsBefore5: boolean;
 
   private constructor(db: Database.Database, private readonly path: string) {
     this.db = db;
@@ -173,15 +183,14 @@ export class SqliteStore implements LedgerStore {
     // array (json_each's `key`), never with the id as read back: a string that is not well-formed
     // UTF-16 (a lone surrogate, which JSON allows) is stored as bytes that do not decode to it again.
     this.stmt = {
-      // The batch's messages as one JSON array of [timestamp, id] pairs.
-      seenOf: db
-        .prepare<[string], number>(
-          `SELECT j.key FROM json_each(?) AS j WHERE
-             EXISTS (SELECT 1 FROM processed AS m WHERE m.ts = j.value ->> 0 AND m.message_id = j.value ->> 1)
-             OR EXISTS (SELECT 1 FROM processed_messages AS o WHERE o.message_id = j.value ->> 1)`,
-        )
+      // A batch's messages as one JSON array of keys (messageKey).
+      seenOf: db.prepare<[string], number>('SELECT j.key FROM json_each(?) AS j JOIN processed AS m ON m.key = j.value').pluck(),
+      markSeen: db.prepare<[number, string]>('INSERT INTO processed (key, seen_at) SELECT value, ? FROM json_each(?)'),
+      // Ids a file recorded before schema 5, as one JSON array of message ids.
+      seenBefore5: db
+        .prepare<[string], number>('SELECT j.key FROM json_each(?) AS j JOIN processed_messages AS m ON m.message_id = j.value')
         .pluck(),
-      markSeen: db.prepare<[number, string]>('INSERT INTO processed (ts, message_id, seen_at) SELECT value ->> 0, value ->> 1, ? FROM json_each(?)'),
+      anySeenBefore5: db.prepare<[], number>('SELECT EXISTS (SELECT 1 FROM processed_messages)').pluck(),
       imagesOf: db
         .prepare<[string], KeyedImageRow>(`SELECT ${IMAGE_COLUMNS}, j.key FROM json_each(?) AS j JOIN images ON images.image_id = j.value`)
         .raw(),
@@ -220,7 +229,7 @@ export class SqliteStore implements LedgerStore {
       ),
       forgetEmptyTotals: db.prepare('DELETE FROM project_totals WHERE count = 0 AND uploading = 0 AND size_bytes = 0 AND stage_bytes = 0'),
       forget: db.prepare('DELETE FROM processed WHERE seen_at < ?'),
-      forgetOld: db.prepare('DELETE FROM processed_messages WHERE seen_at < ?'),
+      forgetBefore5: db.prepare('DELETE FROM processed_messages WHERE seen_at < ?'),
       recordAction: db.prepare(
         `INSERT OR IGNORE INTO actions (at_ms, project_id, image_id, action, reason, detail) VALUES (?, ?, ?, ?, ?, ?)`,
       ),
@@ -231,6 +240,7 @@ export class SqliteStore implements LedgerStore {
       getState: db.prepare<[string], string>('SELECT value FROM enforcer_state WHERE key = ?').pluck(),
       setState: db.prepare<[string, string]>('INSERT INTO enforcer_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
     };
+    this.holdsIdsBefore5 = this.stmt.anySeenBefore5.get() === 1;
     this.applyBatch = db.transaction((events: readonly ImageEvent[], nowMs: number, dedupe: boolean, overwrite: boolean) =>
       this.applyInTransaction(events, nowMs, dedupe, overwrite),
     );
@@ -324,11 +334,13 @@ export class SqliteStore implements LedgerStore {
    * statements made four native calls per event, half of SQLite's ingest time (bench/README.md).
    */
   private applyInTransaction(events: readonly ImageEvent[], nowMs: number, dedupe: boolean, overwrite: boolean): ApplyResult {
-    // Keyed "<timestamp> <id>": the timestamp is a number, so the first space ends it.
-    const keyOf = (m: MessageKey) => `${m.timestamp} ${m.messageId}`;
     const seen = new Set<string>();
     if (dedupe) {
-      for (const at of this.stmt.seenOf.all(JSON.stringify(events.map((e) => [e.timestamp, e.messageId])))) seen.add(keyOf(events[at]!));
+      const keys = events.map(messageKey);
+      for (const at of this.stmt.seenOf.all(JSON.stringify(keys))) seen.add(keys[at]!);
+      if (this.holdsIdsBefore5) {
+        for (const at of this.stmt.seenBefore5.all(JSON.stringify(events.map((e) => e.messageId)))) seen.add(keys[at]!);
+      }
     }
     const records = new Map<string, ImageRecord>();
     const imageIds = [...new Set(events.map((e) => e.imageId))];
@@ -337,15 +349,16 @@ export class SqliteStore implements LedgerStore {
       records.set(imageId, fromRow(row, imageId));
     }
     // Staged as in MemoryStore: the tables are written once the rules have run on the whole batch.
-    const newlySeen = new Map<number, [number, string][]>();
+    const newlySeen = new Map<number, string[]>();
     const changed = new Map<string, ImageRecord>();
     const tx: LedgerTransaction = {
-      seen: (m) => seen.has(keyOf(m)),
+      seen: (m) => seen.has(messageKey(m)),
       markSeen: (m, at) => {
-        seen.add(keyOf(m));
-        const pairs = newlySeen.get(at);
-        if (pairs) pairs.push([m.timestamp, m.messageId]);
-        else newlySeen.set(at, [[m.timestamp, m.messageId]]);
+        const key = messageKey(m);
+        seen.add(key);
+        const keys = newlySeen.get(at);
+        if (keys) keys.push(key);
+        else newlySeen.set(at, [key]);
       },
       get: (id) => records.get(id),
       put: (r) => {
@@ -354,7 +367,7 @@ export class SqliteStore implements LedgerStore {
       },
     };
     const { deltas, ...result } = applyEventsTo(tx, events, nowMs, dedupe, overwrite);
-    for (const [at, pairs] of newlySeen) this.stmt.markSeen.run(at, JSON.stringify(pairs));
+    for (const [at, keys] of newlySeen) this.stmt.markSeen.run(at, JSON.stringify(keys));
     for (const r of changed.values()) {
       this.stmt.put.run(r.imageId, r.projectId, r.status, r.size, r.createdAt, r.updatedAt, r.timestamp, r.messageId, r.importing, r.protected ? 1 : 0, r.deleted ? 1 : 0);
     }
@@ -395,7 +408,13 @@ export class SqliteStore implements LedgerStore {
   }
 
   async forgetMessagesBefore(beforeMs: number): Promise<number> {
-    return this.db.transaction(() => this.stmt.forget.run(beforeMs).changes + this.stmt.forgetOld.run(beforeMs).changes).immediate();
+    return this.db.transaction(() => {
+      const n = this.stmt.forget.run(beforeMs).changes;
+      if (!this.holdsIdsBefore5) return n;
+      const old = this.stmt.forgetBefore5.run(beforeMs).changes;
+      this.holdsIdsBefore5 = this.stmt.anySeenBefore5.get() === 1;
+      return n + old;
+    }).immediate();
   }
 
   async recordActions(actions: readonly ActionRecord[]): Promise<ActionRecord[]> {

@@ -64,7 +64,7 @@ describe('sqlite: a file on disk', () => {
     await store.close();
     // Back to schema version 4: the id in processed_messages only, no processed table.
     const db = new Database(path);
-    db.exec(`INSERT INTO processed_messages (message_id, seen_at) SELECT message_id, seen_at FROM processed;
+    db.exec(`INSERT INTO processed_messages (message_id, seen_at) SELECT substr(key, instr(key, ' ') + 1), seen_at FROM processed;
              DROP TABLE processed;
              PRAGMA user_version = 4;`);
     db.close();
