@@ -13,7 +13,10 @@
  *    (c) the enforcer's NotificationConsumer with the SQLite ledger in dry-run, acking only after
  *        each batch is committed, static limits; with `--stores sqlite,redis,postgres`, the same
  *        with each of those ledgers (a fresh Redis key prefix, a fresh PostgreSQL database).
- *    The figure is c/b (aim: >= 0.8); c/a is printed beside it.
+ *    The figure is c/b (aim: >= 0.8); c/a is printed beside it. Each run also shows the CPU
+ *    it cost a message, this process (all threads) / the broker (beam.smp, from /proc): on a
+ *    shared 2-core machine the two share the cores, so what consume spends above the bare
+ *    consumer is what the ratio loses, and CPU per message varies less than msg/s.
  * 2. drain, 10k projects: the same with N bodies spread evenly over 10,000 projects (about 7.5k of
  *    them active in 100k bodies): the best bare consumer, consume with static limits, and consume
  *    with limits from Keystone unified limits, read from a counting Keystone stand-in on 127.0.0.1
@@ -28,7 +31,7 @@
  * some of 1-3 only (`drain`, `many`, `lag`).
  */
 import { randomUUID } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import { loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
@@ -243,6 +246,47 @@ async function keystoneLimits(projects: number) {
   return { standIn, limits };
 }
 
+/** The broker's Erlang VM on this machine, if it runs here: its CPU time is read from /proc. */
+function brokerPid(): number | undefined {
+  try {
+    for (const pid of readdirSync('/proc')) {
+      if (!/^\d+$/.test(pid)) continue;
+      const comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+      if (comm === 'beam.smp') return Number(pid);
+    }
+  } catch {
+    // not Linux, or /proc not readable: the broker's share is then not reported
+  }
+  return undefined;
+}
+
+/** CPU seconds (user + system) of a process from /proc/PID/stat; undefined when unreadable. */
+function processCpuSeconds(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * CPU per message of this process (all its threads) and of the broker while `run` drains `n`
+ * messages. Less noisy than msg/s on a shared machine, and it shows whose CPU a drain spends.
+ */
+async function metered<T>(n: number, run: () => Promise<T>): Promise<{ result: T; cpu: string }> {
+  const pid = brokerPid();
+  const broker0 = processCpuSeconds(pid);
+  const own0 = process.cpuUsage();
+  const result = await run();
+  const own = process.cpuUsage(own0);
+  const broker1 = processCpuSeconds(pid);
+  const ownUs = (own.user + own.system) / n;
+  const brokerUs = broker0 === undefined || broker1 === undefined ? undefined : ((broker1 - broker0) * 1e6) / n;
+  return { result, cpu: `${ownUs.toFixed(0)}${brokerUs === undefined ? '' : `/${brokerUs.toFixed(0)}`}` };
+}
+
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
 }
@@ -261,8 +305,10 @@ async function main(): Promise<void> {
   const queues: string[] = [];
   let standIn: KeystoneStandIn | undefined;
   const lines: string[] = [];
+  /** Each drain's seconds -> "own/broker" CPU µs a message. */
+  const cpuOf = new Map<number, string>();
   const row = (name: string, seconds: number, runs: number[] = [seconds]) =>
-    `${name.padEnd(44)} ${String(N).padStart(8)} ${seconds.toFixed(2).padStart(8)} ${String(Math.round(N / seconds)).padStart(9)}  ${runs.map((r) => r.toFixed(2)).join(' ')}`;
+    `${name.padEnd(44)} ${String(N).padStart(8)} ${seconds.toFixed(2).padStart(8)} ${String(Math.round(N / seconds)).padStart(9)}  ${runs.map((r) => `${r.toFixed(2)} (${cpuOf.get(r) ?? '?'})`).join(' ')}`;
   try {
     const { bodies } = generateHistory({ seed: 7, projects: Number(args.projects), messages: N });
     console.log(`bench:consume: ${N} realistic notifications, ${args.projects} projects, then ${MANY} projects; PREFETCH=${PREFETCH}, ${STORES.join(', ')} ledger, dry-run, load ${loadavg()[0]!.toFixed(1)}`);
@@ -270,8 +316,13 @@ async function main(): Promise<void> {
       queues.push(q(name));
       await declare(channel, q(name));
       await fill(channel, q(name), list);
-      if (typeof how === 'string') return bareDrain(connection, q(name), list.length, how);
-      return profiled(how.profile, () => enforcerDrain(q(name), how.store ?? 'sqlite', list.length, how.limits));
+      const { result, cpu } = await metered(list.length, () =>
+        typeof how === 'string'
+          ? bareDrain(connection, q(name), list.length, how)
+          : profiled(how.profile, () => enforcerDrain(q(name), how.store ?? 'sqlite', list.length, how.limits)),
+      );
+      cpuOf.set(result, cpu);
+      return result;
     };
 
     let drainRate: number | undefined;
@@ -354,7 +405,7 @@ async function main(): Promise<void> {
       lines.push(`lag publish -> commit at ${rate} msg/s (${lags.length} image events): p50 ${percentile(lags, 50).toFixed(1)} ms, p99 ${percentile(lags, 99).toFixed(1)} ms`);
     }
 
-    console.log(`${'variant'.padEnd(44)} ${'messages'.padStart(8)} ${'seconds'.padStart(8)} ${'msg/s'.padStart(9)}  runs (s)`);
+    console.log(`${'variant'.padEnd(44)} ${'messages'.padStart(8)} ${'seconds'.padStart(8)} ${'msg/s'.padStart(9)}  runs: seconds (CPU µs a message: this process/broker)`);
     for (const line of lines) console.log(line);
     console.log(`load average at the end: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
   } finally {
