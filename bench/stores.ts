@@ -20,6 +20,7 @@
  */
 import { availableParallelism, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
+import { loadConfig } from '../src/config.js';
 import { killAll, startConsumers, waitUntil, type ConsumerProcess } from '../test/support/consumers.js';
 import { generateHistory, withDuplicates } from '../test/support/generate.js';
 import { freshLedger, freshQueue, holdService, requireServices, type LedgerKind, type ServiceName, type TestQueue } from '../test/support/services.js';
@@ -28,7 +29,8 @@ const { values: args } = parseArgs({
   options: {
     messages: { type: 'string', default: '50000' },
     projects: { type: 'string', default: '1000' },
-    prefetch: { type: 'string', default: '256' },
+    /** consume's PREFETCH unless given. */
+    prefetch: { type: 'string' },
     consumers: { type: 'string', default: '4' },
     only: { type: 'string', default: 'sqlite,postgres,redis' },
     seed: { type: 'string', default: '1' },
@@ -36,7 +38,7 @@ const { values: args } = parseArgs({
     'ledger-only': { type: 'boolean', default: false },
   },
 });
-const PREFETCH = Number(args.prefetch);
+const PREFETCH = loadConfig(args.prefetch ? { PREFETCH: args.prefetch } : {}).amqp.prefetch;
 const MANY = Number(args.consumers);
 const ROUNDS = Number(args.rounds);
 const kinds = args.only.split(',').map((s) => s.trim()) as LedgerKind[];
