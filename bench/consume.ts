@@ -23,17 +23,21 @@
  *    (test/support/keystone-standin.ts) holding a project limit for each project. Prints the
  *    Keystone calls made during the drain, and the time of one full limits refresh.
  * 3. lag: notifications published at a steady rate (half the measured drain rate), stamped with
- *    their publish time as Glance stamps them; p50/p99 of publish -> ledger commit.
+ *    their publish time as Glance stamps them, by a publisher in a process of its own
+ *    (bench/lag-publisher.ts; `--lag-publisher inline` runs it in this one, as before); p50/p99 of
+ *    publish -> ledger commit.
  *
  * Needs RabbitMQ (TRANSPORT_URL, default the machine's guest@127.0.0.1:5672), and Redis and
  * PostgreSQL for their rows (TEST_REDIS_URL, TEST_POSTGRES_URL, as the tests). Queues, exchanges,
  * key prefixes and databases are the bench's own and are deleted at the end. `--sections` runs
  * some of 1-3 only (`drain`, `many`, `lag`).
  */
+import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import { loadavg } from 'node:os';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import amqp from 'amqplib';
 import { loadConfig } from '../src/config.js';
@@ -45,11 +49,13 @@ import { StaticLimits } from '../src/quota/static-limits.js';
 import { parseLimits } from '../src/quota/limits.js';
 import type { LedgerStore } from '../src/store/port.js';
 import { parseTransportUrl } from '../src/transport/transport-url.js';
+import { osloTimestampMicros } from '../src/notification/schema.js';
 import { loadCredentials } from '../src/openstack/credentials.js';
 import { KeystoneClient } from '../src/openstack/keystone.js';
 import { UnifiedLimits, keystoneLimitsReader } from '../src/openstack/limits.js';
 import type { LimitSource } from '../src/quota/limits.js';
-import { generateHistory, osloTimestamp, projectId } from '../test/support/generate.js';
+import { generateHistory, projectId } from '../test/support/generate.js';
+import { publishAtRate, type PublisherArgs } from './lag-publisher.js';
 import { keystoneStandIn, projectLimit, registeredLimit, type KeystoneStandIn } from '../test/support/keystone-standin.js';
 import { pipelineOf } from '../src/composition-root.js';
 import { freshLedger, holdService, requireServices, type LedgerKind } from '../test/support/services.js';
@@ -67,6 +73,8 @@ const { values: args } = parseArgs({
     stores: { type: 'string', default: 'sqlite' },
     /** Which parts run: drain (1k projects), many (10k projects), lag. */
     sections: { type: 'string', default: 'drain,many,lag' },
+    /** Where the lag section's publisher runs: `process` (its own, as Glance's is) or `inline` (this one). */
+    'lag-publisher': { type: 'string', default: 'process' },
     /** Write a V8 CPU profile of the first consume drain (1k projects) only, to this file. */
     'profile-consume': { type: 'string' },
   },
@@ -76,6 +84,7 @@ const STORES = args.stores.split(',').filter(Boolean) as LedgerKind[];
 for (const k of STORES) if (!['sqlite', 'redis', 'postgres'].includes(k)) throw new Error(`bench: --stores: unknown store '${k}'; use sqlite, redis, postgres`);
 const SECTIONS = new Set(args.sections.split(','));
 for (const k of SECTIONS) if (!['drain', 'many', 'lag'].includes(k)) throw new Error(`bench: --sections: unknown section '${k}'; use drain, many, lag`);
+if (!['process', 'inline'].includes(args['lag-publisher'])) throw new Error(`bench: --lag-publisher: expected process or inline, got '${args['lag-publisher']}'`);
 const LAG_N = Number(args['lag-messages']);
 const MANY = Number(args['many-projects']);
 const TRANSPORT_URL = process.env.TRANSPORT_URL ?? 'rabbit://guest:guest@127.0.0.1:5672/';
@@ -143,6 +152,38 @@ async function bareDrain(connection: amqp.ChannelModel, queue: string, n: number
   await channel.close();
   if (way === 'decode-batched' && decoded === 0) throw new Error('bench: the bare consumer decoded no event_type; the bodies are not Glance notifications');
   return seconds;
+}
+
+/**
+ * The best bare consumer (decode both layers, batched acks, consume's PREFETCH) receiving what
+ * `publish` sends: each message's publish -> receive time (ms, sorted), from its oslo timestamp.
+ */
+async function bareLags(connection: amqp.ChannelModel, queue: string, n: number, publish: () => Promise<void>): Promise<number[]> {
+  const channel = await connection.createChannel();
+  await channel.prefetch(PREFETCH);
+  const ackEvery = Math.max(1, Math.floor(PREFETCH / 2));
+  const lags: number[] = [];
+  let sinceAck = 0;
+  const received = new Promise<void>((resolve) => {
+    void channel.consume(queue, (msg) => {
+      if (!msg) return;
+      const now = Date.now();
+      const envelope = JSON.parse(msg.content.toString('utf8')) as Record<string, unknown>;
+      const message = (typeof envelope['oslo.message'] === 'string' ? JSON.parse(envelope['oslo.message']) : envelope) as { timestamp?: string };
+      const micros = typeof message.timestamp === 'string' ? osloTimestampMicros(message.timestamp) : undefined;
+      if (micros !== undefined) lags.push(now - micros / 1000);
+      if (++sinceAck === ackEvery || lags.length === n) {
+        channel.ack(msg, true);
+        sinceAck = 0;
+      }
+      if (lags.length === n) resolve();
+    });
+  });
+  await publish();
+  await received;
+  await channel.close();
+  if (lags.length !== n) throw new Error(`bench: the bare lag consumer read ${lags.length} timestamps of ${n}`);
+  return lags.sort((a, b) => a - b);
 }
 
 function enforcer(queue: string, store: LedgerStore, onCommitted: (committed: number, lagsMs: number[]) => void, limits: LimitSource = HIGH_STATIC_LIMITS) {
@@ -291,9 +332,18 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
 }
 
-/** Re-stamp a body with the current time, as Glance stamps a notification when it sends it. */
-function stamp(body: string, nowMs: number): string {
-  return body.replace(/\\"timestamp\\": \\"[^\\]*\\"/, `\\"timestamp\\": \\"${osloTimestamp(nowMs * 1000)}\\"`);
+const LAG_SEED = 11;
+
+/** bench/lag-publisher.ts as a child process; resolves when it has published (and had confirmed) every message. */
+function publisherProcess(a: PublisherArgs): Promise<void> {
+  const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('./lag-publisher.ts', import.meta.url))], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+    env: { ...process.env, GQE_LAG_PUBLISHER: JSON.stringify(a) },
+  });
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`bench: the lag publisher exited with ${code}`))));
+  });
 }
 
 async function main(): Promise<void> {
@@ -373,6 +423,23 @@ async function main(): Promise<void> {
     if (SECTIONS.has('lag')) {
       // Lag at a steady rate well under the drain rate, so it measures the pipeline, not a backlog.
       const rate = args['lag-rate'] ? Number(args['lag-rate']) : Math.max(500, Math.floor((drainRate ?? 10_000) * 0.5));
+      const publish = async (queue: string) => {
+        const routingKey = `${queue}.info`;
+        if (args['lag-publisher'] === 'inline') {
+          const lagBodies = generateHistory({ seed: LAG_SEED, projects: Number(args.projects), messages: LAG_N }).bodies;
+          await publishAtRate(channel, exchange, routingKey, lagBodies, rate);
+        } else {
+          await publisherProcess({ broker: parseTransportUrl(TRANSPORT_URL)[0]!, exchange, routingKey, rate, count: LAG_N, projects: Number(args.projects), seed: LAG_SEED });
+        }
+      };
+      const publisher = args['lag-publisher'] === 'inline' ? 'in this process' : 'in a process of its own';
+
+      // The broker's own share: the best bare consumer's publish -> receive at the same rate.
+      queues.push(q('lag-bare'));
+      await declare(channel, q('lag-bare'));
+      const bare = await bareLags(connection, q('lag-bare'), LAG_N, () => publish(q('lag-bare')));
+      lines.push(`lag publish -> receive, best bare consumer, at ${rate} msg/s (${bare.length} messages, publisher ${publisher}): p50 ${percentile(bare, 50).toFixed(1)} ms, p99 ${percentile(bare, 99).toFixed(1)} ms`);
+
       const lags: number[] = [];
       let done = 0;
       let finish!: () => void;
@@ -387,22 +454,14 @@ async function main(): Promise<void> {
       });
       const running = e.consumer.run();
       await e.consumer.whenConnected();
-      const lagBodies = generateHistory({ seed: 11, projects: Number(args.projects), messages: LAG_N }).bodies;
-      const t0 = performance.now();
-      for (let i = 0; i < lagBodies.length; i++) {
-        const due = t0 + (i / rate) * 1000;
-        const wait = due - performance.now();
-        if (wait > 1) await new Promise((r) => setTimeout(r, wait));
-        channel.publish(exchange, `${q('lag')}.info`, Buffer.from(stamp(lagBodies[i]!, Date.now())), { contentType: 'application/json', deliveryMode: 2 });
-        if (i % 1000 === 999) await channel.waitForConfirms();
-      }
+      await publish(q('lag'));
       await finished;
       await e.consumer.stop();
       await e.worker.stop();
       await running;
       await close();
       lags.sort((a, b) => a - b);
-      lines.push(`lag publish -> commit at ${rate} msg/s (${lags.length} image events): p50 ${percentile(lags, 50).toFixed(1)} ms, p99 ${percentile(lags, 99).toFixed(1)} ms`);
+      lines.push(`lag publish -> commit at ${rate} msg/s (${lags.length} image events, publisher ${publisher}): p50 ${percentile(lags, 50).toFixed(1)} ms, p99 ${percentile(lags, 99).toFixed(1)} ms`);
     }
 
     console.log(`${'variant'.padEnd(44)} ${'messages'.padStart(8)} ${'seconds'.padStart(8)} ${'msg/s'.padStart(9)}  runs: seconds (CPU µs a message: this process/broker)`);
