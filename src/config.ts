@@ -156,8 +156,8 @@ export const EnvSchema = z.object({
     .number()
     .int()
     .positive()
-    .default(2048)
-    .meta({ description: 'Unacknowledged messages in flight; a batch committed in one store write is at most half of it, so that the next batch arrives during a commit.' }),
+    .default(4096)
+    .meta({ description: 'Unacknowledged messages in flight; a batch committed in one store write is at most a quarter of it, so that the next batches arrive during a commit.' }),
   RECONCILE_INTERVAL: z
     .string()
     .default('15m')
@@ -273,7 +273,7 @@ const EXAMPLES: Record<string, string> = {
   STALL_SECONDS: 'STALL_SECONDS=120',
   SHUTDOWN_SECONDS: 'SHUTDOWN_SECONDS=10',
   AMQP_DURABLE_QUEUES: 'AMQP_DURABLE_QUEUES=false',
-  PREFETCH: 'PREFETCH=2048',
+  PREFETCH: 'PREFETCH=4096',
   QUEUE_MAX_LENGTH: 'QUEUE_MAX_LENGTH=1000000',
   ENFORCE_CONCURRENCY: 'ENFORCE_CONCURRENCY=8',
   METRICS_PORT: 'METRICS_PORT=10920',

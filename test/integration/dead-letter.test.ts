@@ -141,6 +141,17 @@ describe('dead-lettering on the real broker', () => {
     expect(await q.ready()).toBe(0);
   });
 
+  it('commits a backlog in batches of a quarter of PREFETCH, all of it applied and acknowledged', async () => {
+    // Published before the consumer starts: the broker fills the whole window (16) at once.
+    await q.publish(creates(40));
+    start();
+    await until('the 40 creates applied', () => applied() === 40);
+    const sizes = committed.map((r) => r.outcomes.length);
+    expect(Math.max(...sizes)).toBe(4);
+    expect(sizes.reduce((a, b) => a + b, 0)).toBe(40);
+    await until('the queue empty', async () => (await q.ready()) === 0);
+  });
+
   it('copies small headers of the original along with the reason', async () => {
     start();
     await consumer!.whenConnected();
