@@ -25,7 +25,9 @@
  * 3. lag: notifications published at a steady rate (half the measured drain rate), stamped with
  *    their publish time as Glance stamps them, by a publisher in a process of its own
  *    (bench/lag-publisher.ts; `--lag-publisher inline` runs it in this one, as before); p50/p99 of
- *    publish -> ledger commit.
+ *    publish -> ledger commit, and of its two parts: publish -> receive (the broker's, which the
+ *    best bare consumer's own lag at the same rate shows too) and receive -> commit (the
+ *    enforcer's own).
  *
  * Needs RabbitMQ (TRANSPORT_URL, default the machine's guest@127.0.0.1:5672), and Redis and
  * PostgreSQL for their rows (TEST_REDIS_URL, TEST_POSTGRES_URL, as the tests). Queues, exchanges,
@@ -58,6 +60,7 @@ import { generateHistory, projectId } from '../test/support/generate.js';
 import { publishAtRate, type PublisherArgs } from './lag-publisher.js';
 import { keystoneStandIn, projectLimit, registeredLimit, type KeystoneStandIn } from '../test/support/keystone-standin.js';
 import { pipelineOf } from '../src/composition-root.js';
+import type { IngestResult } from '../src/pipeline.js';
 import { freshLedger, holdService, requireServices, type LedgerKind } from '../test/support/services.js';
 
 const { values: args } = parseArgs({
@@ -172,7 +175,20 @@ async function bareLags(connection: amqp.ChannelModel, queue: string, n: number,
   return lags.sort((a, b) => a - b);
 }
 
-function enforcer(queue: string, store: LedgerStore, onCommitted: (committed: number, lagsMs: number[]) => void, limits: LimitSource = HIGH_STATIC_LIMITS) {
+/**
+ * NotificationConsumer noting when each delivery reached it, in delivery order. Batches are taken
+ * from the front of its buffer and committed in order, so the k-th outcome committed is the k-th
+ * delivery (the bench loses no channel, so nothing is redelivered).
+ */
+class TimedConsumer extends NotificationConsumer {
+  readonly receivedAt: number[] = [];
+  protected override deliver(msg: amqp.ConsumeMessage): void {
+    this.receivedAt.push(Date.now());
+    super.deliver(msg);
+  }
+}
+
+function enforcer(queue: string, store: LedgerStore, onCommitted: (result: IngestResult, committedAtMs: number) => void, limits: LimitSource = HIGH_STATIC_LIMITS) {
   const config = loadConfig({
     TRANSPORT_URL,
     PREFETCH: String(PREFETCH),
@@ -186,7 +202,7 @@ function enforcer(queue: string, store: LedgerStore, onCommitted: (committed: nu
   const metrics = new Metrics();
   const pipeline = pipelineOf({ store, limits, mode: 'dry-run', log });
   const worker = new EnforcementWorker(pipeline, log, metrics);
-  const consumer = new NotificationConsumer({
+  const consumer = new TimedConsumer({
     config,
     pipeline,
     log,
@@ -194,10 +210,7 @@ function enforcer(queue: string, store: LedgerStore, onCommitted: (committed: nu
     onCommitted: (r) => {
       // As `consume` does (src/commands/consume.ts).
       worker.add(pipeline.projectsAfter(r));
-      const now = Date.now();
-      const lags: number[] = [];
-      for (const o of r.outcomes) if (o.event) lags.push(now - o.event.timestamp / 1000);
-      onCommitted(r.outcomes.length, lags);
+      onCommitted(r, Date.now());
     },
   });
   return { consumer, worker };
@@ -223,8 +236,8 @@ async function enforcerDrain(queue: string, kind: LedgerKind, n: number, limits?
   let done = 0;
   let finish!: () => void;
   const finished = new Promise<void>((r) => (finish = r));
-  const e = enforcer(queue, store, (k) => {
-    done += k;
+  const e = enforcer(queue, store, (r) => {
+    done += r.outcomes.length;
     if (done >= n) finish();
   }, limits);
   const running = e.consumer.run();
@@ -428,16 +441,27 @@ async function main(): Promise<void> {
       const bare = await bareLags(connection, q('lag-bare'), LAG_N, () => publish(q('lag-bare')));
       lines.push(`lag publish -> receive, best bare consumer, at ${rate} msg/s (${bare.length} messages, publisher ${publisher}): p50 ${percentile(bare, 50).toFixed(1)} ms, p99 ${percentile(bare, 99).toFixed(1)} ms`);
 
+      // Per image event: publish -> commit, and its two parts, publish -> receive (the broker's,
+      // as the bare consumer saw it) and receive -> commit (the enforcer's own).
       const lags: number[] = [];
+      const toReceive: number[] = [];
+      const toCommit: number[] = [];
       let done = 0;
       let finish!: () => void;
       const finished = new Promise<void>((r) => (finish = r));
       queues.push(q('lag'));
       await declare(channel, q('lag'));
       const { store, close } = await ledger('sqlite');
-      const e = enforcer(q('lag'), store, (k, l) => {
-        lags.push(...l);
-        done += k;
+      const e = enforcer(q('lag'), store, (r, committedAt) => {
+        r.outcomes.forEach((o, i) => {
+          if (!o.event) return;
+          const published = o.event.timestamp / 1000;
+          const received = e.consumer.receivedAt[done + i]!;
+          lags.push(committedAt - published);
+          toReceive.push(received - published);
+          toCommit.push(committedAt - received);
+        });
+        done += r.outcomes.length;
         if (done >= LAG_N) finish();
       });
       const running = e.consumer.run();
@@ -448,8 +472,13 @@ async function main(): Promise<void> {
       await e.worker.stop();
       await running;
       await close();
-      lags.sort((a, b) => a - b);
-      lines.push(`lag publish -> commit at ${rate} msg/s (${lags.length} image events, publisher ${publisher}): p50 ${percentile(lags, 50).toFixed(1)} ms, p99 ${percentile(lags, 99).toFixed(1)} ms`);
+      if (e.consumer.receivedAt.length !== LAG_N) throw new Error(`bench: consume received ${e.consumer.receivedAt.length} deliveries of ${LAG_N}; one was redelivered, and the receive times no longer line up`);
+      const p = (xs: number[]) => {
+        xs.sort((a, b) => a - b);
+        return `p50 ${percentile(xs, 50).toFixed(1)} ms, p99 ${percentile(xs, 99).toFixed(1)} ms`;
+      };
+      lines.push(`lag publish -> commit at ${rate} msg/s (${lags.length} image events, publisher ${publisher}): ${p(lags)}`);
+      lines.push(`  of which publish -> receive ${p(toReceive)}; receive -> commit (the enforcer's own) ${p(toCommit)}`);
     }
 
     console.log(`${'variant'.padEnd(44)} ${'messages'.padStart(8)} ${'seconds'.padStart(8)} ${'msg/s'.padStart(9)}  runs: seconds (CPU µs a message: this process/broker)`);
