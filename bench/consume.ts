@@ -12,7 +12,9 @@
  *        down by a noisy neighbour;
  *    (c) the enforcer's NotificationConsumer with the SQLite ledger in dry-run, acking only after
  *        each batch is committed, static limits; with `--stores sqlite,redis,postgres`, the same
- *        with each of those ledgers (a fresh Redis key prefix, a fresh PostgreSQL database).
+ *        with each of those ledgers (a fresh Redis key prefix, a fresh PostgreSQL database);
+ *    (d) the reference: oslo.messaging's own notification listener (bench/oslo-listener.py, Debian's
+ *        python3-oslo.messaging) on the first `--oslo-messages` bodies, when it is installed.
  *    The figure is c/b (aim: >= 0.8); c/a is printed beside it. Each run also shows the CPU
  *    it cost a message, this process (all threads) / the broker (beam.smp, from /proc): on a
  *    shared 2-core machine the two share the cores, so what consume spends above the bare
@@ -34,7 +36,7 @@
  * key prefixes and databases are the bench's own and are deleted at the end. `--sections` runs
  * some of 1-3 only (`drain`, `many`, `lag`).
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
@@ -78,6 +80,8 @@ const { values: args } = parseArgs({
     sections: { type: 'string', default: 'drain,many,lag' },
     /** Where the lag section's publisher runs: `process` (its own, as Glance's is) or `inline` (this one). */
     'lag-publisher': { type: 'string', default: 'process' },
+    /** Bodies for the reference row, oslo.messaging's own listener (it drains about 2k msg/s); 0 leaves the row out. */
+    'oslo-messages': { type: 'string', default: '20000' },
     /** Write a V8 CPU profile of the first consume drain (1k projects) only, to this file. */
     'profile-consume': { type: 'string' },
   },
@@ -89,6 +93,7 @@ const SECTIONS = new Set(args.sections.split(','));
 for (const k of SECTIONS) if (!['drain', 'many', 'lag'].includes(k)) throw new Error(`bench: --sections: unknown section '${k}'; use drain, many, lag`);
 if (!['process', 'inline'].includes(args['lag-publisher'])) throw new Error(`bench: --lag-publisher: expected process or inline, got '${args['lag-publisher']}'`);
 const LAG_N = Number(args['lag-messages']);
+const OSLO_N = Number(args['oslo-messages']);
 const MANY = Number(args['many-projects']);
 const TRANSPORT_URL = process.env.TRANSPORT_URL ?? 'rabbit://guest:guest@127.0.0.1:5672/';
 /** consume's PREFETCH (its default unless --prefetch), used by every bare consumer too. */
@@ -351,6 +356,45 @@ function publisherProcess(a: PublisherArgs): Promise<void> {
   });
 }
 
+/** Debian's python3, which has python3-oslo.messaging once the lab is installed. */
+const OSLO_PYTHON = '/usr/bin/python3';
+
+/** Why oslo.messaging's listener cannot run here, or undefined when it can. */
+function osloMissing(): string | undefined {
+  const probe = spawnSync(OSLO_PYTHON, ['-c', 'import oslo_messaging'], { encoding: 'utf8' });
+  if (probe.status === 0) return undefined;
+  return `${OSLO_PYTHON} cannot import oslo_messaging (${(probe.error?.message ?? probe.stderr.trim().split('\n').pop()) || `exit ${probe.status}`}); install python3-oslo.messaging (the lab does: bash test/e2e/lab.sh up)`;
+}
+
+/**
+ * The reference row: bench/oslo-listener.py, oslo.messaging's notification listener with its
+ * defaults, draining `n` bodies from `<topic>.info`, declared here as oslo declares it (not
+ * durable, not auto-deleted, no arguments) and filled before it starts. Its CPU is the listener
+ * process's own, as it reports it.
+ */
+async function osloDrain(channel: amqp.ConfirmChannel, topic: string, bodies: readonly string[]): Promise<Run> {
+  const queue = `${topic}.info`;
+  await channel.assertQueue(queue, { durable: false, autoDelete: false });
+  await channel.bindQueue(queue, exchange, queue);
+  await fill(channel, topic, bodies);
+  const pid = brokerPid();
+  const broker0 = processCpuSeconds(pid);
+  const out = await new Promise<string>((resolve, reject) => {
+    const child = spawn(OSLO_PYTHON, [fileURLToPath(new URL('./oslo-listener.py', import.meta.url))], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      env: { ...process.env, GQE_OSLO_LISTENER: JSON.stringify({ url: TRANSPORT_URL, exchange, topic, count: bodies.length, timeoutSeconds: Math.max(60, bodies.length / 200) }) },
+    });
+    let stdout = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString('utf8')));
+    child.once('error', reject);
+    child.once('exit', (code) => (code === 0 ? resolve(stdout) : reject(new Error(`bench: bench/oslo-listener.py exited with ${code}`))));
+  });
+  const broker1 = processCpuSeconds(pid);
+  const { seconds, cpuSeconds } = JSON.parse(out.trim().split('\n').pop()!) as { seconds: number; cpuSeconds: number };
+  const brokerUs = broker0 === undefined || broker1 === undefined ? undefined : ((broker1 - broker0) * 1e6) / bodies.length;
+  return { seconds, cpu: `${((cpuSeconds * 1e6) / bodies.length).toFixed(0)}${brokerUs === undefined ? '' : `/${brokerUs.toFixed(0)}`}` };
+}
+
 async function main(): Promise<void> {
   await requireServices('rabbitmq', ...STORES.filter((k): k is 'redis' | 'postgres' => k !== 'sqlite'));
   const connection = await connect();
@@ -360,8 +404,8 @@ async function main(): Promise<void> {
   const queues: string[] = [];
   let standIn: KeystoneStandIn | undefined;
   const lines: string[] = [];
-  const row = (name: string, run: Run, runs: Run[] = [run]) =>
-    `${name.padEnd(44)} ${String(N).padStart(8)} ${run.seconds.toFixed(2).padStart(8)} ${String(Math.round(N / run.seconds)).padStart(9)}  ${runs.map((r) => `${r.seconds.toFixed(2)} (${r.cpu})`).join(' ')}`;
+  const row = (name: string, run: Run, runs: Run[] = [run], n = N) =>
+    `${name.padEnd(44)} ${String(n).padStart(8)} ${run.seconds.toFixed(2).padStart(8)} ${String(Math.round(n / run.seconds)).padStart(9)}  ${runs.map((r) => `${r.seconds.toFixed(2)} (${r.cpu})`).join(' ')}`;
   try {
     const { bodies } = generateHistory({ seed: 7, projects: Number(args.projects), messages: N });
     console.log(`bench:consume: ${N} realistic notifications, ${args.projects} projects, then ${MANY} projects; PREFETCH=${PREFETCH}, ${STORES.join(', ')} ledger, dry-run, load ${loadavg()[0]!.toFixed(1)}`);
@@ -392,6 +436,18 @@ async function main(): Promise<void> {
       for (const [store, run] of consumed) lines.push(row(`consume (${store}, static limits)`, run));
       for (const [store, { seconds }] of consumed) {
         lines.push(`ratio consume (${store}) / best bare: ${(best.seconds / seconds).toFixed(2)}${store === 'sqlite' ? ' (aim >= 0.8)' : ''}; consume / ack-each bare: ${(ackEach.seconds / seconds).toFixed(2)}`);
+      }
+      if (OSLO_N > 0) {
+        const missing = osloMissing();
+        if (missing) {
+          lines.push(`oslo.messaging notification listener: not run: ${missing}`);
+        } else {
+          const oslo = bodies.slice(0, OSLO_N);
+          queues.push(`${q('oslo')}.info`);
+          const run = await osloDrain(channel, q('oslo'), oslo);
+          lines.push(row('oslo.messaging listener (python3, threading)', run, [run], oslo.length));
+          lines.push(`consume (${STORES[0]}) / oslo.messaging listener, in msg/s: ${((N / consumed[0]![1].seconds) / (oslo.length / run.seconds)).toFixed(1)}x`);
+        }
       }
     }
 
