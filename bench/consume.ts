@@ -322,15 +322,20 @@ interface Run {
   cpu: string;
 }
 
-/** `run` (a drain of `n` messages, resolving to its seconds) with the CPU it cost, to show whose CPU a drain spends. */
-async function metered(n: number, run: () => Promise<number>): Promise<Run> {
+/**
+ * `run` (a drain of `n` messages, resolving to its seconds) with the CPU it cost, to show whose CPU
+ * a drain spends. A drain by another process resolves to its seconds and that process's CPU seconds,
+ * which then stand for this one's.
+ */
+async function metered(n: number, run: () => Promise<number | { seconds: number; cpuSeconds: number }>): Promise<Run> {
   const pid = brokerPid();
   const broker0 = processCpuSeconds(pid);
   const own0 = process.cpuUsage();
-  const seconds = await run();
+  const result = await run();
   const own = process.cpuUsage(own0);
   const broker1 = processCpuSeconds(pid);
-  const ownUs = (own.user + own.system) / n;
+  const { seconds, cpuSeconds } = typeof result === 'number' ? { seconds: result, cpuSeconds: (own.user + own.system) / 1e6 } : result;
+  const ownUs = (cpuSeconds * 1e6) / n;
   const brokerUs = broker0 === undefined || broker1 === undefined ? undefined : ((broker1 - broker0) * 1e6) / n;
   return { seconds, cpu: `${ownUs.toFixed(0)}${brokerUs === undefined ? '' : `/${brokerUs.toFixed(0)}`}` };
 }
@@ -377,22 +382,22 @@ async function osloDrain(channel: amqp.ConfirmChannel, topic: string, bodies: re
   await channel.assertQueue(queue, { durable: false, autoDelete: false });
   await channel.bindQueue(queue, exchange, queue);
   await fill(channel, topic, bodies);
-  const pid = brokerPid();
-  const broker0 = processCpuSeconds(pid);
+  return metered(bodies.length, () => osloListener(topic, bodies.length));
+}
+
+/** bench/oslo-listener.py draining `count` messages of `<topic>.info`: its seconds and CPU seconds. */
+async function osloListener(topic: string, count: number): Promise<{ seconds: number; cpuSeconds: number }> {
   const out = await new Promise<string>((resolve, reject) => {
     const child = spawn(OSLO_PYTHON, [fileURLToPath(new URL('./oslo-listener.py', import.meta.url))], {
       stdio: ['ignore', 'pipe', 'inherit'],
-      env: { ...process.env, GQE_OSLO_LISTENER: JSON.stringify({ url: TRANSPORT_URL, exchange, topic, count: bodies.length, timeoutSeconds: Math.max(60, bodies.length / 200) }) },
+      env: { ...process.env, GQE_OSLO_LISTENER: JSON.stringify({ url: TRANSPORT_URL, exchange, topic, count, timeoutSeconds: Math.max(60, count / 200) }) },
     });
     let stdout = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString('utf8')));
     child.once('error', reject);
     child.once('exit', (code) => (code === 0 ? resolve(stdout) : reject(new Error(`bench: bench/oslo-listener.py exited with ${code}`))));
   });
-  const broker1 = processCpuSeconds(pid);
-  const { seconds, cpuSeconds } = JSON.parse(out.trim().split('\n').pop()!) as { seconds: number; cpuSeconds: number };
-  const brokerUs = broker0 === undefined || broker1 === undefined ? undefined : ((broker1 - broker0) * 1e6) / bodies.length;
-  return { seconds, cpu: `${((cpuSeconds * 1e6) / bodies.length).toFixed(0)}${brokerUs === undefined ? '' : `/${brokerUs.toFixed(0)}`}` };
+  return JSON.parse(out.trim().split('\n').pop()!) as { seconds: number; cpuSeconds: number };
 }
 
 async function main(): Promise<void> {

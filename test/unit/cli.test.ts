@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { runCli } from '../support/cli.js';
+import { runCli as run } from '../support/cli.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import { captures, envelope, inner, quotaTestBodies, rawBody } from '../support/fixtures.js';
 
@@ -13,8 +13,6 @@ function file(name: string, lines: string[]): string {
   writeFileSync(path, lines.join('\n') + '\n');
   return path;
 }
-
-const run = runCli;
 
 /** The i-th flood image of a project: a UUID, as Glance makes image ids, that names both. */
 function imageId(project: string, i: number): string {

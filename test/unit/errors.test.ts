@@ -2,7 +2,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
 import { ERROR_EXITS, errorExit } from '../../src/cli.js';
-import { runCli } from '../support/cli.js';
+import { runCli as run } from '../support/cli.js';
 import { loadConfig } from '../../src/config.js';
 import { EnforcementFailedError } from '../../src/doors/lambda/batch.js';
 import { EventShapeError } from '../../src/doors/lambda/events.js';
@@ -139,8 +139,6 @@ describe('ERROR_EXITS', () => {
 });
 
 describe('main, on an error', () => {
-  const run = runCli;
-
   it.each([
     ['a ConfigError', ['replay'], {}, 2, 'replay: expected exactly one FILE, e.g. replay notifications.jsonl\n'],
     ['an unknown flag (ERR_PARSE_ARGS_UNKNOWN_OPTION)', ['status', '--nope'], {}, 2, /^Unknown option '--nope'/],
