@@ -53,7 +53,7 @@ export async function consume(args: string[]): Promise<number> {
     pipeline,
     log,
     metrics,
-    onCommitted: (result) => worker.add(pipeline.projectsAfter(result)),
+    onCommitted: (result) => worker.add(result.projects),
     onConnected: async (connection) => {
       await announce.attach(connection);
       // After a broker restart, Glance's non-durable exchange (and our binding to it) was gone for
@@ -64,9 +64,9 @@ export async function consume(args: string[]): Promise<number> {
   const health = await startHealthServer(
     { port: config.metricsPort, host: config.metricsHost },
     metrics,
-    consumerReadiness({ storeAnswers: () => pipeline.usage('readiness-probe'), connected: () => consumer.isConnected, batchHeldMs: () => consumer.batchHeldMs(), stallMs: config.stallMs }),
+    consumerReadiness({ storeAnswers: () => pipeline.ledger.usage('readiness-probe'), connected: () => consumer.isConnected, batchHeldMs: () => consumer.batchHeldMs(), stallMs: config.stallMs }),
   );
-  log.info({ host: config.metricsHost, port: health.port, mode: pipeline.mode, store: pipeline.ledgerDescription }, 'health and metrics listening');
+  log.info({ host: config.metricsHost, port: health.port, mode: pipeline.mode, store: pipeline.ledger.description }, 'health and metrics listening');
   schedule.start();
 
   // SIGTERM within SHUTDOWN_SECONDS: a container platform kills the process after its grace

@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
 import { openRuntime } from '../composition-root.js';
 import { reconcile } from '../doors/reconcile.js';
-import type { EnforcementReport } from '../pipeline.js';
+import type { EnforcementReport } from '../pipeline/index.js';
 import { printable, scrub } from '../redact.js';
 import { limitsJson, type Io } from './output.js';
 

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { GlanceImage } from '../ledger/glance-image.js';
-import type { DeleteOutcome } from '../pipeline.js';
+import type { DeleteOutcome } from '../pipeline/ports.js';
 import { createLogger, type Logger } from '../log.js';
 import { OpenStackHttpError, displayUrl, scrub } from './errors.js';
 import { firstIssue } from '../zod-issues.js';

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { ChannelModel, ConfirmChannel } from 'amqplib';
 import type { Logger } from '../log.js';
-import type { ProjectReport } from '../pipeline.js';
+import type { ProjectReport } from '../pipeline/ports.js';
 import type { ActionRecord } from '../store/port.js';
 import { scrubFields } from '../redact.js';
 import { BROKER_TIMEOUT_MS, withTimeout } from './amqp.js';

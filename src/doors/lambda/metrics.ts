@@ -1,4 +1,4 @@
-import type { EnforcementReport } from '../../pipeline.js';
+import type { EnforcementReport } from '../../pipeline/index.js';
 import type { ActionKind } from '../../store/port.js';
 import type { MessageCounts } from './batch.js';
 

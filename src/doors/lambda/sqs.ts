@@ -79,7 +79,7 @@ export async function handleSqsEvent(services: FunctionServices, event: unknown)
     }),
   );
 
-  const { reports, failures } = await pipeline.enforceAll(pipeline.projectsAfter(result));
+  const { reports, failures } = await pipeline.enforceAll(result.projects);
   for (const { projectId } of failures) {
     const own = records.filter((_, i) => outcomes[i]!.event?.projectId === projectId);
     const affected = own.length > 0 ? own : records.filter((_, i) => outcomes[i]!.event !== undefined);

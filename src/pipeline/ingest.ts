@@ -1,0 +1,68 @@
+import type { UsageTotals } from '../ledger/usage.js';
+import { parseNotification, type DoorLimits, type ImageEvent } from '../notification/parse.js';
+import { applyIsolatingPoison } from '../store/isolate.js';
+import type { LedgerStore } from '../store/port.js';
+import type { CommittedTotals } from './committed.js';
+
+export type MessageResult = 'applied' | 'duplicate' | 'ignored' | 'invalid';
+
+export interface MessageOutcome {
+  result: MessageResult;
+  /** Why a message was ignored or invalid: for the log line and the dead-letter header. */
+  reason?: string;
+  event?: ImageEvent;
+}
+
+/** What one batch did: the one result of a write, from the store's commit to the door's acks. */
+export interface IngestResult {
+  /** One per body, in input order. */
+  outcomes: MessageOutcome[];
+  /**
+   * The projects to decide for next, sorted: those whose ledger the batch changed, and those named
+   * by its duplicates. A batch whose enforcement failed comes back whole (redelivered, or
+   * retried); its messages are then duplicates that change nothing, and without them the project
+   * would wait for the next reconcile.
+   */
+  projects: string[];
+}
+
+export interface IngestParts {
+  store: LedgerStore;
+  door: DoorLimits;
+  clock: () => number;
+  committed: CommittedTotals;
+}
+
+/**
+ * Parse a batch of raw bodies and apply the image events in one atomic store write. Invalid and
+ * ignored bodies never fail the batch, nor does a message the store refuses for its data (it is
+ * isolated by bisection and made invalid); a store outage rejects the whole call, so the caller
+ * acknowledges nothing and the broker redelivers.
+ */
+export async function ingest({ store, door, clock, committed }: IngestParts, bodies: readonly (Uint8Array | string)[]): Promise<IngestResult> {
+  const outcomes: MessageOutcome[] = new Array(bodies.length);
+  const events: ImageEvent[] = [];
+  const positions: number[] = [];
+  const now = clock();
+  bodies.forEach((body, i) => {
+    const parsed = parseNotification(body, now, door);
+    if (parsed.kind === 'image') {
+      events.push(parsed.event);
+      positions.push(i);
+    } else {
+      outcomes[i] = { result: parsed.kind, reason: parsed.reason };
+    }
+  });
+  if (events.length === 0) return { outcomes, projects: [] };
+  // A message whose data the store refuses is isolated and made invalid (dead-lettered by the
+  // door); it never holds up the messages behind it.
+  const applied = await applyIsolatingPoison(store, events, clock());
+  if (applied.totals) committed.remember(applied.totals as ReadonlyMap<string, UsageTotals>, clock());
+  const projects = new Set(applied.projects);
+  applied.outcomes.forEach((result, k) => {
+    const event = events[k]!;
+    if (result === 'duplicate') projects.add(event.projectId);
+    outcomes[positions[k]!] = typeof result === 'string' ? { result, event } : { result: 'invalid', reason: `the ledger store refused it: ${result.refused}` };
+  });
+  return { outcomes, projects: [...projects].sort() };
+}
