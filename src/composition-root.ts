@@ -84,6 +84,7 @@ let defaults: Config | undefined;
 export function pipelineOf(parts: PipelineParts, config: Config = (defaults ??= loadConfig({}))): Pipeline {
   return new Pipeline({
     mode: config.mode,
+    protectedPolicy: config.protectedQueued,
     exemptProjects: config.exemptProjects,
     concurrency: config.enforceConcurrency,
     door: config.door,

@@ -27,6 +27,7 @@ export async function consume(args: string[]): Promise<number> {
     },
   });
   const { config, log, pipeline } = runtime;
+  metrics.watchLimits(runtime.limits);
   const publishing = config.amqp.publishExchange ? new Notifier(config.amqp.publishExchange, config.amqp.publishTopic, config.amqp.durableExchange, log) : undefined;
   const announce = (notifications = new QuotaNotifications(publishing, () => pipeline.mode));
 
@@ -64,7 +65,13 @@ export async function consume(args: string[]): Promise<number> {
   const health = await startHealthServer(
     { port: config.metricsPort, host: config.metricsHost },
     metrics,
-    consumerReadiness({ storeAnswers: () => pipeline.ledger.usage('readiness-probe'), connected: () => consumer.isConnected, batchHeldMs: () => consumer.batchHeldMs(), stallMs: config.stallMs }),
+    consumerReadiness({
+      storeAnswers: () => pipeline.ledger.usage('readiness-probe'),
+      connected: () => consumer.isConnected,
+      batchHeldMs: () => consumer.batchHeldMs(),
+      stallMs: config.stallMs,
+      limits: () => runtime.limits.status?.() ?? { trusted: true, detail: 'static' },
+    }),
   );
   log.info({ host: config.metricsHost, port: health.port, mode: pipeline.mode, store: pipeline.ledger.description }, 'health and metrics listening');
   schedule.start();

@@ -2,7 +2,8 @@ import type { LRUCache } from 'lru-cache';
 import type { Correction } from '../ledger/repair.js';
 import type { Logger } from '../log.js';
 import type { LimitSource } from '../quota/limits.js';
-import type { ActionRecord, LedgerStore } from '../store/port.js';
+import type { ProtectedPolicy } from '../quota/verify.js';
+import type { ActionKind, ActionRecord, LedgerStore } from '../store/port.js';
 import type { CommittedTotals } from './committed.js';
 import type { EnforcementMode, ImageService } from './ports.js';
 
@@ -13,6 +14,8 @@ export interface PipelineContext {
   /** Glance's API; without it the pipeline decides but never acts (replay). */
   images: ImageService | undefined;
   mode: EnforcementMode;
+  /** PROTECTED_QUEUED_IMAGES. */
+  protectedPolicy: ProtectedPolicy;
   exempt: ReadonlySet<string>;
   /** Candidates of one project verified and acted on at once. */
   concurrency: number;
@@ -23,8 +26,11 @@ export interface PipelineContext {
   onAction: ((action: ActionRecord) => void | Promise<void>) | undefined;
   onCorrections: ((projectId: string, corrections: readonly Correction[]) => void) | undefined;
   committed: CommittedTotals;
-  /** Image ids a dry run has already reported. */
-  wouldDelete: LRUCache<string, true>;
+  /**
+   * Images audited with an outcome that leaves them in place (a dry run's `would-delete`, a kept
+   * `protected`): each is audited once, not again at every listing that finds it past the limit.
+   */
+  reported: LRUCache<string, ActionKind>;
   locks: ProjectLocks;
 }
 

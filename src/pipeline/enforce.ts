@@ -1,10 +1,11 @@
-import { ConfigError, errorCode } from '../errors.js';
+import { ConfigError, LimitsUnavailableError, errorCode } from '../errors.js';
 import { tombstoneOf, type OwnedImage } from '../ledger/glance-image.js';
 import { eventFromGlance } from '../ledger/glance-image.js';
 import { recordFromEvent } from '../ledger/record.js';
 import { decide, recordsNeeded } from '../quota/decide.js';
+import { confirmLimits } from '../quota/limits.js';
 import { verifyCandidate } from '../quota/verify.js';
-import type { ActionRecord } from '../store/port.js';
+import type { ActionKind, ActionRecord } from '../store/port.js';
 import type { PipelineContext } from './context.js';
 import { judge, type Judgement } from './judge.js';
 import { repair } from './listing.js';
@@ -22,7 +23,7 @@ export async function evaluate(ctx: PipelineContext, projectId: string): Promise
   // Most messages leave a project under its limits: then no image needs to be read at all.
   const needed = recordsNeeded(usage, limits);
   const records = !needed ? [] : 'all' in needed ? await ctx.store.images(projectId) : await ctx.store.removableImages(projectId, needed.removable);
-  const { over, toDelete } = decide(records, usage, limits, exempt);
+  const { over, toDelete } = decide(records, usage, limits, { exempt, nowSeconds: Math.floor(ctx.clock() / 1000) });
   return { projectId, usage, limits, over, toDelete, exempt, basis: 'ledger' };
 }
 
@@ -35,7 +36,7 @@ export async function enforce(ctx: PipelineContext, projectId: string): Promise<
   const estimate = await evaluate(ctx, projectId);
   if (estimate.toDelete.length === 0 || !ctx.images) return { ...estimate, actions: [] };
   // A dry run sees the same candidates on every message of a flood: Glance is asked once for them.
-  if (ctx.mode === 'dry-run' && estimate.toDelete.every((id) => ctx.wouldDelete.has(id))) return { ...estimate, actions: [] };
+  if (ctx.mode === 'dry-run' && estimate.toDelete.every((id) => ctx.reported.get(id) === 'would-delete')) return { ...estimate, actions: [] };
   ctx.log?.info({ projectId, usage: estimate.usage, limits: estimate.limits, over: estimate.over, candidates: estimate.toDelete.length }, 'ledger says over quota; asking Glance');
   return enforceOnGlance(ctx, projectId);
 }
@@ -63,7 +64,9 @@ export async function enforceAll(ctx: PipelineContext, projects: readonly string
 /**
  * The truth path: list the project in Glance (all pages), overwrite the ledger with what Glance
  * says, compute usage with Glance's definitions from the listing, and delete at most (Glance's
- * count - limit) images, the newest queued ones by Glance's `created_at`, then id.
+ * count - limit) images, the newest queued ones by Glance's `created_at`, then id. Acting needs
+ * limits the configured source itself gave (`LimitSource.confirm`): on any other, the project is
+ * reported and `LimitsUnavailableError` thrown, so that the door retries it later.
  */
 export function enforceOnGlance(ctx: PipelineContext, projectId: string): Promise<EnforcementReport> {
   const images = requireImages(ctx);
@@ -74,8 +77,12 @@ export function enforceOnGlance(ctx: PipelineContext, projectId: string): Promis
     const corrected = await repair(ctx, projectId, listing, listedAtMs);
     // About to delete: a limit raised a moment ago must count, so the limits are read afresh
     // (rate-limited by the source) rather than from the table's last refresh.
-    const limits = ctx.limits.refresh ? await ctx.limits.refresh(projectId) : await ctx.limits.limitsFor(projectId);
-    const judged = judge(ctx, projectId, listing, corrected, limits);
+    const confirmed = await confirmLimits(ctx.limits, projectId);
+    const judged = judge(ctx, projectId, listing, corrected, confirmed.limits);
+    if (!confirmed.trusted && judged.report.toDelete.length > 0) {
+      ctx.log?.warn({ projectId, usage: judged.report.usage, over: judged.report.over, candidates: judged.report.toDelete.length, reason: confirmed.reason }, 'project over quota, but its limits are not from the configured source: nothing is deleted until they are');
+      throw new LimitsUnavailableError(`limits of ${projectId} unavailable: ${confirmed.reason}; ${judged.report.toDelete.length} candidates left in place until Keystone answers`);
+    }
     return { ...judged.report, actions: await act(ctx, images, judged) };
   });
 }
@@ -85,33 +92,53 @@ function requireImages(ctx: PipelineContext): ImageService {
   return ctx.images;
 }
 
-/** Delete (or, in dry-run, record) each candidate Glance's listing gave; audit every action. */
-async function act(ctx: PipelineContext, images: ImageService, { report, byId, passedOver }: Judgement): Promise<ActionRecord[]> {
+/** What one candidate came to: the audit's kind and reason, and whether Glance no longer has it. */
+interface Outcome {
+  kind: ActionKind;
+  reason: string;
+  gone: boolean;
+}
+
+/**
+ * Each candidate of the decision is read back from Glance right before the act (the listing may be
+ * seconds old: an upload may have started since), and acted on only if Glance still says it is
+ * this project's and queued: unprotected first if its owner protected it, then deleted (in
+ * dry-run, recorded). Every outcome is audited with what Glance said; one that leaves the image in
+ * place (a would-delete, a kept protected image) once per image, not at every listing.
+ */
+async function act(ctx: PipelineContext, images: ImageService, { report, byId }: Judgement): Promise<ActionRecord[]> {
   const { projectId } = report;
-  // A dry run records each would-delete once, however many messages find the project over.
-  const fresh = (ids: readonly string[]) => (ctx.mode === 'dry-run' ? ids.filter((id) => !ctx.wouldDelete.has(id)) : ids);
-  const candidates = [...fresh(passedOver), ...fresh(report.toDelete)];
+  const past = `queued image past ${report.over.join(', ')}`;
+  // Already audited as left in place, and the listing shows nothing new: no GET, no second row.
+  const reportedBefore = (id: string) => {
+    const kind = ctx.reported.get(id);
+    return kind === 'would-delete' ? ctx.mode === 'dry-run' : kind === 'protected' && byId.get(id)?.protected === true && ctx.protectedPolicy === 'report';
+  };
+  const candidates = report.toDelete.filter((id) => !reportedBefore(id));
   const actions: ActionRecord[] = [];
   const announced: Promise<void>[] = [];
   const gone: OwnedImage[] = [];
-  const actOn = async (imageId: string): Promise<void> => {
-    const image = byId.get(imageId)!;
-    // The listing already says so; kept as the last guard before a DELETE that cannot be undone.
-    const verdict = verifyCandidate(image, projectId);
-    let kind: ActionRecord['action'];
-    let reason: string;
-    if (!verdict.removable) {
-      if (ctx.mode === 'dry-run') ctx.wouldDelete.set(imageId, true);
-      [kind, reason] = ['skipped', verdict.reason];
-    } else if (ctx.mode === 'dry-run') {
-      ctx.wouldDelete.set(imageId, true);
-      [kind, reason] = ['would-delete', `queued image past ${report.over.join(', ')} (dry-run)`];
-    } else {
-      const outcome = await images.deleteImage(imageId);
-      if (outcome.result === 'refused') [kind, reason] = ['not-deletable', `Glance refused the delete with ${outcome.status}: ${outcome.reason}`];
-      else if (outcome.result === 'gone') [kind, reason] = ['gone', 'Glance answered 404 to the delete'];
-      else [kind, reason] = ['deleted', `queued image past ${report.over.join(', ')}`];
+
+  const decideOn = async (imageId: string): Promise<Outcome> => {
+    const now = await images.getImage(imageId);
+    const said = now ? `Glance said: ${now.status}, owner ${now.owner ?? 'none'}${now.protected ? ', protected' : ''}` : 'Glance said: 404';
+    const verdict = verifyCandidate(now, projectId, ctx.protectedPolicy);
+    if (!verdict.removable) return { kind: verdict.kind, reason: `${verdict.reason} (${said})`, gone: now === null };
+    if (ctx.mode === 'dry-run') return { kind: 'would-delete', reason: `${past}${verdict.unprotectFirst ? ', protected: would be unprotected first' : ''} (dry-run; ${said})`, gone: false };
+    if (verdict.unprotectFirst) {
+      const cleared = await images.unprotectImage(imageId);
+      if (cleared.result === 'gone') return { kind: 'gone', reason: 'Glance answered 404 to clearing its protected flag', gone: true };
+      if (cleared.result === 'refused') return { kind: 'not-deletable', reason: `Glance refused to clear its protected flag with ${cleared.status}: ${cleared.reason}`, gone: false };
     }
+    const deleted = await images.deleteImage(imageId);
+    if (deleted.result === 'refused') return { kind: 'not-deletable', reason: `Glance refused the delete with ${deleted.status}: ${deleted.reason}`, gone: false };
+    if (deleted.result === 'gone') return { kind: 'gone', reason: 'Glance answered 404 to the delete', gone: true };
+    return { kind: 'deleted', reason: `${past}${verdict.unprotectFirst ? '; its protected flag was cleared first (PROTECTED_QUEUED_IMAGES=unprotect)' : ''} (${said})`, gone: true };
+  };
+
+  const actOn = async (imageId: string): Promise<void> => {
+    const { kind, reason, gone: isGone } = await decideOn(imageId);
+    if (kind === 'would-delete' || kind === 'protected') ctx.reported.set(imageId, kind);
     const action: ActionRecord = { atMs: ctx.clock(), projectId, imageId, action: kind, reason, over: report.over, usage: report.usage, limits: report.limits };
     actions.push(action);
     // Audited one by one, as they happen: a crash loses no record of a deletion. What only
@@ -123,7 +150,7 @@ async function act(ctx: PipelineContext, images: ImageService, { report, byId, p
     }
     // Glance says the image is gone: the ledger stops counting it at the end of this pass, not
     // when (or if) the image.delete notification arrives.
-    if (kind === 'deleted' || kind === 'gone') gone.push(image);
+    if (isGone) gone.push(byId.get(imageId)!);
   };
   try {
     await forEachLimited(candidates, ctx.concurrency, actOn);

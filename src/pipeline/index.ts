@@ -4,7 +4,8 @@ import type { OwnedImage } from '../ledger/glance-image.js';
 import type { Logger } from '../log.js';
 import type { DoorLimits } from '../notification/parse.js';
 import type { LimitSource } from '../quota/limits.js';
-import type { ActionRecord, LedgerStore } from '../store/port.js';
+import type { ProtectedPolicy } from '../quota/verify.js';
+import type { ActionKind, ActionRecord, LedgerStore } from '../store/port.js';
 import { CommittedTotals } from './committed.js';
 import { ProjectLocks, type PipelineContext } from './context.js';
 import { enforce, enforceAll, enforceOnGlance, evaluate } from './enforce.js';
@@ -12,7 +13,7 @@ import { ingest, type IngestResult } from './ingest.js';
 import { applyListing } from './listing.js';
 import type { EnforcementMode, EnforcementReport, ImageService, ProjectFailure, ProjectReport } from './ports.js';
 
-export type { DeleteOutcome, EnforcementMode, EnforcementReport, ImageService, ProjectFailure, ProjectReport } from './ports.js';
+export type { DeleteOutcome, EnforcementMode, EnforcementReport, ImageService, ProjectFailure, ProjectReport, UnprotectOutcome } from './ports.js';
 export type { IngestResult, MessageOutcome, MessageResult } from './ingest.js';
 
 /*
@@ -27,8 +28,8 @@ export type { IngestResult, MessageOutcome, MessageResult } from './ingest.js';
  * decided on Glance's own listing, never on the ledger.
  */
 
-/** Image ids a dry run remembers as already reported. */
-const WOULD_DELETE_MEMORY = 100_000;
+/** Images remembered as audited with an outcome that leaves them in place. */
+const REPORTED_MEMORY = 100_000;
 
 /** How long the store keeps what only bounds it (MESSAGE_, AUDIT_, DELETED_IMAGE_RETENTION_SECONDS). */
 export interface Retention {
@@ -50,6 +51,8 @@ export interface PipelineOptions {
   /** Glance's API; without it the pipeline decides but never acts (replay). */
   images?: ImageService | undefined;
   mode: EnforcementMode;
+  /** PROTECTED_QUEUED_IMAGES. */
+  protectedPolicy: ProtectedPolicy;
   /** Candidates of one project verified and acted on at once (ENFORCE_CONCURRENCY). */
   concurrency: number;
   exemptProjects: ReadonlySet<string>;
@@ -91,6 +94,7 @@ export class Pipeline {
       limits: options.limits,
       images: options.images,
       mode: options.mode,
+      protectedPolicy: options.protectedPolicy,
       exempt: options.exemptProjects,
       concurrency: options.concurrency,
       // A ledger time is believed as far ahead of now as the door lets one in.
@@ -100,7 +104,7 @@ export class Pipeline {
       onAction: options.onAction,
       onCorrections: options.onCorrections,
       committed: new CommittedTotals(),
-      wouldDelete: new LRUCache<string, true>({ max: WOULD_DELETE_MEMORY }),
+      reported: new LRUCache<string, ActionKind>({ max: REPORTED_MEMORY }),
       locks: new ProjectLocks(),
     };
   }

@@ -43,6 +43,8 @@ export async function ingest({ store, door, clock, committed }: IngestParts, bod
   const outcomes: MessageOutcome[] = new Array(bodies.length);
   const events: ImageEvent[] = [];
   const positions: number[] = [];
+  /** Bodies too large to parse whose scanned event is applied: they stay invalid (dead-lettered). */
+  const scanned = new Map<number, string>();
   const now = clock();
   bodies.forEach((body, i) => {
     const parsed = parseNotification(body, now, door);
@@ -51,6 +53,11 @@ export async function ingest({ store, door, clock, committed }: IngestParts, bod
       positions.push(i);
     } else {
       outcomes[i] = { result: parsed.kind, reason: parsed.reason };
+      if (parsed.kind === 'invalid' && parsed.event) {
+        scanned.set(events.length, parsed.reason);
+        events.push(parsed.event);
+        positions.push(i);
+      }
     }
   });
   if (events.length === 0) return { outcomes, projects: [] };
@@ -61,6 +68,13 @@ export async function ingest({ store, door, clock, committed }: IngestParts, bod
   const projects = new Set(applied.projects);
   applied.outcomes.forEach((result, k) => {
     const event = events[k]!;
+    const scannedReason = scanned.get(k);
+    if (scannedReason !== undefined) {
+      // Dead-lettered all the same; its project is decided on whether the ledger changed or not.
+      projects.add(event.projectId);
+      outcomes[positions[k]!] = { result: 'invalid', reason: scannedReason, event };
+      return;
+    }
     if (result === 'duplicate') projects.add(event.projectId);
     outcomes[positions[k]!] = typeof result === 'string' ? { result, event } : { result: 'invalid', reason: `the ledger store refused it: ${result.refused}` };
   });

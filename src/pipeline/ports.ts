@@ -13,11 +13,16 @@ import type { ActionRecord } from '../store/port.js';
 /** What a DELETE did; `refused` carries Glance's status (403: protected, 409: in use) and message. */
 export type DeleteOutcome = { result: 'deleted' } | { result: 'gone' } | { result: 'refused'; status: number; reason: string };
 
+/** What clearing an image's `protected` flag did; `refused` carries Glance's status and message. */
+export type UnprotectOutcome = { result: 'unprotected' } | { result: 'gone' } | { result: 'refused'; status: number; reason: string };
+
 /** What the pipeline needs of Glance's API (src/openstack/glance.ts implements it). */
 export interface ImageService {
   /** The image as Glance shows it now, or null when Glance does not know it (404). */
   getImage(id: string): Promise<GlanceImage | null>;
   deleteImage(id: string): Promise<DeleteOutcome>;
+  /** `protected` set to false (Glance refuses to DELETE a protected image, even for an admin). */
+  unprotectImage(id: string): Promise<UnprotectOutcome>;
   /**
    * Every image but deleted ones, of one owner or of everyone, all pages. An image it cannot read
    * is left out and reported to `onUnreadable`, never fails the listing.

@@ -81,6 +81,7 @@ const EVENT_OF: Record<ActionRecord['action'], string> = {
   deleted: 'quota_enforcer.image.deleted',
   'would-delete': 'quota_enforcer.image.would_delete',
   skipped: 'quota_enforcer.image.skipped',
+  protected: 'quota_enforcer.image.protected',
   'not-deletable': 'quota_enforcer.image.not_deletable',
   gone: 'quota_enforcer.image.gone',
 };
