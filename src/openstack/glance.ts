@@ -1,10 +1,10 @@
-import { z } from 'zod';
+import { Tokenizer, TokenType } from '@streamparser/json';
 import { GlanceImage } from '../ledger/glance-image.js';
 import type { DeleteOutcome, UnprotectOutcome } from '../pipeline/ports.js';
 import { createLogger, type Logger } from '../log.js';
 import { OpenStackHttpError, displayUrl, scrub } from './errors.js';
 import { firstIssue } from '../zod-issues.js';
-import type { HttpResponse, RetryingTransport } from './http.js';
+import { ResponseBodyError, type BodySink, type HttpResponse, type RetryingTransport } from './http.js';
 import type { KeystoneClient } from './keystone.js';
 
 /**
@@ -29,13 +29,24 @@ import type { KeystoneClient } from './keystone.js';
  *   otherwise as an HTML page.
  */
 
-const ImagePage = z.object({ images: z.array(z.unknown()), next: z.string().optional() });
+/** Default GLANCE_RESPONSE_MAX_BYTES (src/config.ts holds the setting). */
+export const DEFAULT_RESPONSE_MAX_BYTES = 64 * 1024 * 1024;
+
+/**
+ * What a listing page should weigh. An honest image is 1-3 KiB, so 1000 of them stay well under it
+ * and the page size stays at the limit asked for; images fattened with MB-sized properties shrink
+ * the next page until it is about this size again.
+ */
+export const PAGE_TARGET_BYTES = 4 * 1024 * 1024;
 
 
 export interface ListImagesOptions {
   /** Project id whose images to list; without it, every project's (the admin token sees them all). */
   owner?: string;
-  /** Page size; Glance caps it at its api_limit_max (default 1000). */
+  /**
+   * Largest page size; Glance caps it at its api_limit_max (default 1000). The first page asks for
+   * this many; later pages ask for fewer while pages weigh more than PAGE_TARGET_BYTES.
+   */
   limit?: number;
   /**
    * Called for a listed image the enforcer cannot read (an unknown status, an odd id): it is left
@@ -48,6 +59,8 @@ export interface ListImagesOptions {
 export interface GlanceClientOptions {
   /** Base URL of Glance (no /v2); default GLANCE_URL, else the catalog's image endpoint. */
   glanceUrl?: string;
+  /** GLANCE_RESPONSE_MAX_BYTES: bytes one Glance answer may have; default DEFAULT_RESPONSE_MAX_BYTES. */
+  responseMaxBytes?: number;
   log?: Logger;
 }
 
@@ -74,10 +87,14 @@ export class GlanceClient {
   /** The image, or null when Glance does not know it (404: never existed, or deleted). */
   async getImage(id: string): Promise<GlanceImage | null> {
     const url = `${await this.base()}/v2/images/${encodeURIComponent(id)}`;
-    const response = await this.call('GET', url);
-    if (response.status === 404) return null;
-    if (response.status !== 200) throw this.unexpected('GET', url, response);
-    return this.parseImage(url, parseJson(response.text));
+    const read = await this.read(url, 'image').catch((error: unknown) => {
+      throw error instanceof ResponseBodyError && error.tooLarge ? this.overCap(url, `image ${id}`) : error;
+    });
+    if (read.response.status === 404) return null;
+    if (read.response.status !== 200) throw this.unexpected('GET', url, read.response);
+    const [raw] = read.body.images;
+    if (raw === undefined) throw new OpenStackHttpError('glance', 'GET', displayUrl(url), 200, `glance: GET ${displayUrl(url)} answered a body that is not an image; is the image endpoint really Glance v2?`);
+    return this.parseImage(url, raw);
   }
 
   /**
@@ -117,34 +134,103 @@ export class GlanceClient {
 
   /**
    * Every image of `owner` that Glance lists (see the module comment: not killed or deleted ones),
-   * whatever its visibility, hidden or not, page after page.
+   * whatever its visibility, hidden or not, page after page; each id once, even when its os_hidden
+   * flipped between the two passes.
    */
   async *listImages(options: ListImagesOptions = {}): AsyncGenerator<GlanceImage, void, undefined> {
     const base = await this.base();
+    const maxLimit = options.limit ?? 1000;
+    const listed = new Set<string>();
     for (const hidden of ['false', 'true']) {
       let marker: string | undefined;
+      let limit = maxLimit;
       const seen = new Set<string>();
       for (;;) {
-        const params = new URLSearchParams({ ...(options.owner ? { owner: options.owner } : {}), visibility: 'all', os_hidden: hidden, limit: String(options.limit ?? 1000) });
-        if (marker) params.set('marker', marker);
-        const url = `${base}/v2/images?${params.toString()}`;
-        const response = await this.call('GET', url);
-        if (response.status !== 200) throw this.unexpected('GET', url, response);
-        const page = ImagePage.safeParse(parseJson(response.text));
-        if (!page.success) throw new OpenStackHttpError('glance', 'GET', displayUrl(url), 200, `glance: GET ${displayUrl(url)} answered a body without an images list; is the image endpoint really Glance v2?`);
-        for (const raw of page.data.images) {
-          const image = this.readListed(url, raw, options);
-          if (image) yield image;
+        const page = await this.listPage(base, options, hidden, marker, limit);
+        for (const raw of page.body.images) {
+          const image = this.readListed(page.url, raw, options);
+          if (!image || listed.has(image.id)) continue;
+          listed.add(image.id);
+          yield image;
         }
+        limit = nextPageSize(page.body, page.limit, maxLimit);
         // Rebuild the next page from its marker instead of following `next` verbatim: `next` is a
         // path from Glance's root, which is wrong behind a proxy that serves Glance under a prefix.
-        const next = page.data.next ? new URLSearchParams(page.data.next.split('?')[1] ?? '').get('marker') : null;
+        const nextLink = page.body.next;
+        const next = typeof nextLink === 'string' ? new URLSearchParams(nextLink.split('?')[1] ?? '').get('marker') : null;
         if (!next) break;
-        if (seen.has(next)) throw new OpenStackHttpError('glance', 'GET', displayUrl(url), 200, `glance: listing images of ${options.owner ?? 'every project'} returned marker ${next} twice; stopping instead of looping`);
+        if (seen.has(next)) throw new OpenStackHttpError('glance', 'GET', displayUrl(page.url), 200, `glance: listing images of ${options.owner ?? 'every project'} returned marker ${next} twice; stopping instead of looping`);
         seen.add(next);
         marker = next;
       }
     }
+  }
+
+  /**
+   * One page of a listing. A page over GLANCE_RESPONSE_MAX_BYTES is asked again with fewer images
+   * (as many as were whole before the cap, at most half as many), down to a single image: only an
+   * image that alone is over the cap fails the listing.
+   */
+  private async listPage(base: string, options: ListImagesOptions, hidden: string, marker: string | undefined, limit: number): Promise<{ url: string; limit: number; body: ImagesBody }> {
+    for (;;) {
+      const params = new URLSearchParams({ ...(options.owner ? { owner: options.owner } : {}), visibility: 'all', os_hidden: hidden, limit: String(limit) });
+      if (marker) params.set('marker', marker);
+      const url = `${base}/v2/images?${params.toString()}`;
+      let read: { response: HttpResponse; body: ImagesBody };
+      let partial: ImagesBody | undefined;
+      try {
+        read = await this.read(url, 'listing', (body) => (partial = body));
+      } catch (error) {
+        if (!(error instanceof ResponseBodyError && error.tooLarge)) throw error;
+        if (limit > 1) {
+          const whole = partial?.images.length ?? 0;
+          const smaller = Math.max(1, Math.min(Math.floor(limit / 2), whole));
+          this.log.warn({ owner: options.owner, limit, smaller, maxBytes: this.maxBytes }, 'a glance listing page is over GLANCE_RESPONSE_MAX_BYTES; asking again with fewer images');
+          limit = smaller;
+          continue;
+        }
+        const id = partial?.partialId;
+        const which = id ? `image ${id}` : `the image after ${marker ? `marker ${marker}` : 'the start'}`;
+        throw this.overCap(url, `${which} of ${options.owner ? `project ${options.owner}` : 'the listing'} (os_hidden=${hidden})`);
+      }
+      if (read.response.status !== 200) throw this.unexpected('GET', url, read.response);
+      if (!read.body.hasImages) throw new OpenStackHttpError('glance', 'GET', displayUrl(url), 200, `glance: GET ${displayUrl(url)} answered a body without an images list; is the image endpoint really Glance v2?`);
+      return { url, limit, body: read.body };
+    }
+  }
+
+  private get maxBytes(): number {
+    return this.options.responseMaxBytes ?? DEFAULT_RESPONSE_MAX_BYTES;
+  }
+
+  /**
+   * GET `url`, its 200 body read as it streams in (`ImagesBody`), bounded by GLANCE_RESPONSE_MAX_BYTES.
+   * `reading` sees each attempt's reader, for what it had read when a cap cut the body off.
+   */
+  private async read(url: string, shape: 'listing' | 'image', reading?: (body: ImagesBody) => void): Promise<{ response: HttpResponse; body: ImagesBody }> {
+    let body = new ImagesBody(shape, url);
+    const response = await this.keystone.withToken('project', (token) =>
+      this.transport({
+        method: 'GET',
+        url,
+        headers: { accept: 'application/json', 'x-auth-token': token },
+        maxBodyBytes: this.maxBytes,
+        sink: () => {
+          body = new ImagesBody(shape, url);
+          reading?.(body);
+          return body;
+        },
+      }),
+    );
+    return { response, body };
+  }
+
+  private overCap(url: string, which: string): OpenStackHttpError {
+    return new OpenStackHttpError(
+      'glance', 'GET', displayUrl(url), 200,
+      `glance: GET ${displayUrl(url)}: ${which} alone is over GLANCE_RESPONSE_MAX_BYTES (${this.maxBytes} bytes), so this listing is given up; ` +
+        'raise GLANCE_RESPONSE_MAX_BYTES above the image\'s size, or have its owner remove its large properties',
+    );
   }
 
   private call(method: 'GET' | 'DELETE', url: string): Promise<HttpResponse> {
@@ -208,11 +294,125 @@ export function glanceMessage(response: Pick<HttpResponse, 'text'>): string {
   return scrub(text).replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 300) || '(empty body)';
 }
 
-function parseJson(text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return undefined;
+/** The page size after a page: PAGE_TARGET_BYTES worth of images of this page's average weight, 1 to `maxLimit`. */
+export function nextPageSize(page: Pick<ImagesBody, 'bytes' | 'images'>, limit: number, maxLimit: number): number {
+  if (page.images.length === 0) return limit;
+  const average = page.bytes / page.images.length;
+  return Math.max(1, Math.min(maxLimit, Math.floor(PAGE_TARGET_BYTES / average)));
+}
+
+/** The fields of an image the enforcer reads (GlanceImage); every other key is skipped as it streams by. */
+const KEPT_FIELDS: ReadonlySet<string> = new Set(Object.keys(GlanceImage.shape));
+
+interface OpenContainer {
+  object: boolean;
+  /** The key whose value comes next (objects). */
+  key?: string;
+  expectKey: boolean;
+}
+
+/**
+ * A Glance body (`{"images": [...], "next": ...}` for a listing, the image object itself for a GET)
+ * read token by token as it streams in. It keeps only KEPT_FIELDS of each image and `next`: a
+ * tenant's MB-sized extra properties (top-level keys of the image in the v2 API) pass through the
+ * tokenizer one string at a time and are dropped at once, so a page costs the memory of what the
+ * rule reads, whatever it weighs. A kept field that holds an object or an array is kept as an
+ * empty one, for the schema to name it.
+ */
+export class ImagesBody implements BodySink {
+  /** The images, each with its kept fields only (or what stood in an image's place, for the schema to refuse). */
+  readonly images: unknown[] = [];
+  next: unknown;
+  /** A listing's `images` was an array. */
+  hasImages = false;
+  bytes = 0;
+  private readonly tokenizer = new Tokenizer();
+  private readonly open: OpenContainer[] = [];
+  private image: Record<string, unknown> | undefined;
+  private complete = false;
+  private readonly imageDepth: number;
+
+  constructor(
+    shape: 'listing' | 'image',
+    private readonly url = '',
+  ) {
+    this.imageDepth = shape === 'listing' ? 2 : 0;
+    this.tokenizer.onToken = ({ token, value }) => this.token(token, value);
+  }
+
+  /** The id of the image being read when the body was cut off, if its id came before the cut. */
+  get partialId(): string | undefined {
+    const id = this.image?.id;
+    return typeof id === 'string' ? id.slice(0, 64) : undefined;
+  }
+
+  write(chunk: Buffer): void {
+    this.bytes += chunk.length;
+    this.unreadable(() => this.tokenizer.write(chunk));
+  }
+
+  end(): void {
+    this.unreadable(() => {
+      this.tokenizer.end();
+      if (!this.complete) throw new Error('the JSON body ended before its last value did');
+    });
+  }
+
+  private unreadable(step: () => void): void {
+    try {
+      step();
+    } catch (error) {
+      const url = displayUrl(this.url);
+      throw new OpenStackHttpError('glance', 'GET', url, 200, `glance: GET ${url} answered a body the enforcer cannot read as JSON (${(error as Error).message.slice(0, 200)}); is the image endpoint really Glance v2?`);
+    }
+  }
+
+  private token(token: TokenType, value: unknown): void {
+    if (this.complete) throw new Error('the JSON body goes on after its value');
+    const top = this.open.at(-1);
+    if (token === TokenType.COLON) return;
+    if (token === TokenType.COMMA) {
+      if (top?.object) top.expectKey = true;
+      return;
+    }
+    if (token === TokenType.RIGHT_BRACE || token === TokenType.RIGHT_BRACKET) {
+      // The tokenizer checks words, not grammar: the nesting is checked here, the rest is Glance's JSON encoder's.
+      if (!top || top.object !== (token === TokenType.RIGHT_BRACE)) throw new Error(`the JSON body closes a ${token === TokenType.RIGHT_BRACE ? 'brace' : 'bracket'} it did not open`);
+      this.open.pop();
+      if (this.open.length === this.imageDepth && this.image) {
+        this.images.push(this.image);
+        this.image = undefined;
+      }
+      if (this.open.length === 0) this.complete = true;
+      return;
+    }
+    if (top?.object && top.expectKey) {
+      if (token !== TokenType.STRING) throw new Error('the JSON body has an object key that is not a string');
+      top.key = value as string;
+      top.expectKey = false;
+      return;
+    }
+    const container = token === TokenType.LEFT_BRACE || token === TokenType.LEFT_BRACKET;
+    const depth = this.open.length;
+    const standIn = container ? (token === TokenType.LEFT_BRACE ? {} : []) : value;
+    if (depth === this.imageDepth && this.inImages()) {
+      if (token === TokenType.LEFT_BRACE) this.image = {};
+      else this.images.push(standIn);
+    } else if (this.image && depth === this.imageDepth + 1 && KEPT_FIELDS.has(top!.key!)) {
+      this.image[top!.key!] = standIn;
+    } else if (this.imageDepth === 2 && depth === 1) {
+      if (top!.key === 'images') this.hasImages = token === TokenType.LEFT_BRACKET;
+      else if (top!.key === 'next') this.next = standIn;
+    }
+    if (container) this.open.push({ object: token === TokenType.LEFT_BRACE, expectKey: token === TokenType.LEFT_BRACE });
+    else if (depth === 0) this.complete = true;
+  }
+
+  /** The value about to start is an element of a listing's `images` (or the root, for a GET). */
+  private inImages(): boolean {
+    if (this.imageDepth === 0) return true;
+    const [root, list] = this.open;
+    return root!.object && root!.key === 'images' && !list!.object;
   }
 }
 
