@@ -126,7 +126,7 @@ export function send(request: HttpRequest, options: TransportOptions): Promise<H
       // A refused body aborts the request: nothing more is read, and the socket is not reused.
       const refuse = (error: ResponseBodyError) => {
         fail(error);
-        req.destroy(error);
+        req.destroy();
       };
       res.on('data', (chunk: Buffer) => {
         if (settled) return;
