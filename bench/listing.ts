@@ -55,7 +55,7 @@ function run(owner: string, buffered: boolean): Promise<Run> {
         resolve({ ok: false, error: line.trim().slice(0, 160) });
         return;
       }
-      resolve({ ok: true, ...(JSON.parse(stdout) as Run) });
+      resolve({ ...(JSON.parse(stdout) as Run), ok: true });
     });
   });
 }
@@ -72,7 +72,7 @@ for (const scenario of scenarios) {
   const sum = (runs: Run[]) => {
     const ok = runs.filter((x) => x.ok);
     if (ok.length < runs.length) return { failed: runs.find((x) => !x.ok)!.error };
-    return { listed: ok[0]!.listed, ms: median(ok.map((x) => x.ms!)), rssGrowthMB: median(ok.map((x) => x.growthBytes!)) / MB };
+    return { listed: ok[0]!.listed!, ms: median(ok.map((x) => x.ms!)), rssGrowthMB: median(ok.map((x) => x.growthBytes!)) / MB };
   };
   const s = sum(streamed);
   const b = sum(buffered);
@@ -80,7 +80,7 @@ for (const scenario of scenarios) {
     scenario: scenario.name,
     streamed: s,
     buffered: b,
-    ...('ms' in s && 'ms' in b ? { timeRatio: s.ms! / b.ms!, rssRatio: s.rssGrowthMB / b.rssGrowthMB } : {}),
+    ...(s.ms !== undefined && b.ms !== undefined ? { timeRatio: s.ms / b.ms, rssRatio: s.rssGrowthMB! / b.rssGrowthMB! } : {}),
   });
 }
 await standIn.close();

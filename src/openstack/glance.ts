@@ -1,9 +1,9 @@
-import { Tokenizer, TokenType } from '@streamparser/json';
 import { GlanceImage } from '../ledger/glance-image.js';
 import type { DeleteOutcome, UnprotectOutcome } from '../pipeline/ports.js';
 import { createLogger, type Logger } from '../log.js';
 import { OpenStackHttpError, displayUrl, scrub } from './errors.js';
 import { firstIssue } from '../zod-issues.js';
+import { JsonTokenizer, Token, type TokenReader } from './json-stream.js';
 import { ResponseBodyError, type BodySink, type HttpResponse, type RetryingTransport } from './http.js';
 import type { KeystoneClient } from './keystone.js';
 
@@ -301,6 +301,10 @@ export function nextPageSize(page: Pick<ImagesBody, 'bytes' | 'images'>, limit: 
   return Math.max(1, Math.min(maxLimit, Math.floor(PAGE_TARGET_BYTES / average)));
 }
 
+function literal(token: Token, value: string | number | undefined): unknown {
+  return token === Token.True ? true : token === Token.False ? false : token === Token.Null ? null : value;
+}
+
 /** The fields of an image the enforcer reads (GlanceImage); every other key is skipped as it streams by. */
 const KEPT_FIELDS: ReadonlySet<string> = new Set(Object.keys(GlanceImage.shape));
 
@@ -314,19 +318,19 @@ interface OpenContainer {
 /**
  * A Glance body (`{"images": [...], "next": ...}` for a listing, the image object itself for a GET)
  * read token by token as it streams in. It keeps only KEPT_FIELDS of each image and `next`: a
- * tenant's MB-sized extra properties (top-level keys of the image in the v2 API) pass through the
- * tokenizer one string at a time and are dropped at once, so a page costs the memory of what the
- * rule reads, whatever it weighs. A kept field that holds an object or an array is kept as an
+ * tenant's MB-sized extra properties (top-level keys of the image in the v2 API) are skipped by
+ * the tokenizer without being decoded, so a page costs the memory of what the rule reads,
+ * whatever it weighs. A kept field that holds an object or an array is kept as an
  * empty one, for the schema to name it.
  */
-export class ImagesBody implements BodySink {
+export class ImagesBody implements BodySink, TokenReader {
   /** The images, each with its kept fields only (or what stood in an image's place, for the schema to refuse). */
   readonly images: unknown[] = [];
   next: unknown;
   /** A listing's `images` was an array. */
   hasImages = false;
   bytes = 0;
-  private readonly tokenizer = new Tokenizer();
+  private readonly tokenizer = new JsonTokenizer(this);
   private readonly open: OpenContainer[] = [];
   private image: Record<string, unknown> | undefined;
   private complete = false;
@@ -337,7 +341,6 @@ export class ImagesBody implements BodySink {
     private readonly url = '',
   ) {
     this.imageDepth = shape === 'listing' ? 2 : 0;
-    this.tokenizer.onToken = ({ token, value }) => this.token(token, value);
   }
 
   /** The id of the image being read when the body was cut off, if its id came before the cut. */
@@ -367,17 +370,28 @@ export class ImagesBody implements BodySink {
     }
   }
 
-  private token(token: TokenType, value: unknown): void {
+  /** Keys of the root and of an image, and the values of KEPT_FIELDS and `next`: nothing else is decoded. */
+  wantString(): boolean {
+    const top = this.open.at(-1);
+    const depth = this.open.length;
+    if (!top) return false;
+    const inImage = this.image !== undefined && depth === this.imageDepth + 1;
+    if (top.object && top.expectKey) return depth === 1 || inImage;
+    if (inImage) return KEPT_FIELDS.has(top.key!);
+    return this.imageDepth === 2 && depth === 1 && top.key === 'next';
+  }
+
+  token(token: Token, value?: string | number): void {
     if (this.complete) throw new Error('the JSON body goes on after its value');
     const top = this.open.at(-1);
-    if (token === TokenType.COLON) return;
-    if (token === TokenType.COMMA) {
+    if (token === Token.Colon) return;
+    if (token === Token.Comma) {
       if (top?.object) top.expectKey = true;
       return;
     }
-    if (token === TokenType.RIGHT_BRACE || token === TokenType.RIGHT_BRACKET) {
+    if (token === Token.EndObject || token === Token.EndArray) {
       // The tokenizer checks words, not grammar: the nesting is checked here, the rest is Glance's JSON encoder's.
-      if (!top || top.object !== (token === TokenType.RIGHT_BRACE)) throw new Error(`the JSON body closes a ${token === TokenType.RIGHT_BRACE ? 'brace' : 'bracket'} it did not open`);
+      if (!top || top.object !== (token === Token.EndObject)) throw new Error(`the JSON body closes a ${token === Token.EndObject ? 'brace' : 'bracket'} it did not open`);
       this.open.pop();
       if (this.open.length === this.imageDepth && this.image) {
         this.images.push(this.image);
@@ -387,24 +401,25 @@ export class ImagesBody implements BodySink {
       return;
     }
     if (top?.object && top.expectKey) {
-      if (token !== TokenType.STRING) throw new Error('the JSON body has an object key that is not a string');
-      top.key = value as string;
+      if (token !== Token.String) throw new Error('the JSON body has an object key that is not a string');
+      top.key = value as string | undefined;
       top.expectKey = false;
       return;
     }
-    const container = token === TokenType.LEFT_BRACE || token === TokenType.LEFT_BRACKET;
+    const container = token === Token.BeginObject || token === Token.BeginArray;
     const depth = this.open.length;
-    const standIn = container ? (token === TokenType.LEFT_BRACE ? {} : []) : value;
+    // A string not decoded (where an image should be) stands in as '...', for the schema to refuse.
+    const standIn = container ? (token === Token.BeginObject ? {} : []) : token === Token.String ? (value ?? '...') : literal(token, value);
     if (depth === this.imageDepth && this.inImages()) {
-      if (token === TokenType.LEFT_BRACE) this.image = {};
+      if (token === Token.BeginObject) this.image = {};
       else this.images.push(standIn);
     } else if (this.image && depth === this.imageDepth + 1 && KEPT_FIELDS.has(top!.key!)) {
       this.image[top!.key!] = standIn;
     } else if (this.imageDepth === 2 && depth === 1) {
-      if (top!.key === 'images') this.hasImages = token === TokenType.LEFT_BRACKET;
+      if (top!.key === 'images') this.hasImages = token === Token.BeginArray;
       else if (top!.key === 'next') this.next = standIn;
     }
-    if (container) this.open.push({ object: token === TokenType.LEFT_BRACE, expectKey: token === TokenType.LEFT_BRACE });
+    if (container) this.open.push({ object: token === Token.BeginObject, expectKey: token === Token.BeginObject });
     else if (depth === 0) this.complete = true;
   }
 

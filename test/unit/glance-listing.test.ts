@@ -2,7 +2,9 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
+import { GlanceImage } from '../../src/ledger/glance-image.js';
 import { createLogger } from '../../src/log.js';
 import { loadCredentials } from '../../src/openstack/credentials.js';
 import { OpenStackHttpError } from '../../src/openstack/errors.js';
@@ -126,6 +128,53 @@ describe('listing a project whose images carry MBs of properties', () => {
     expect(result.listed).toBe(100);
     // The buffered client held the 120 MB body, its string and its parse: well over 300 MB.
     expect(result.growthBytes).toBeLessThan(150 * MB);
+  });
+});
+
+describe('a listing read as a stream', () => {
+  const kept = Object.keys(GlanceImage.shape);
+  const text = fc.string({ unit: fc.constantFrom('\\', '"', 'a', 'é', '😀', '\n', '\u0001', '\ud800', ' ') });
+  const value = fc.oneof(text, fc.jsonValue());
+  const image = fc.dictionary(fc.oneof(fc.constantFrom(...kept, 'fat', 'tags', 'self'), text), value);
+  const body = fc.record({ images: fc.array(image, { maxLength: 6 }), next: fc.option(text, { nil: undefined }), schema: fc.jsonValue() });
+
+  it('keeps what JSON.parse would, field for field, however the body is cut into chunks', () => {
+    fc.assert(
+      fc.property(body, fc.array(fc.nat(), { maxLength: 12 }), fc.constantFrom(undefined, 1, '\t'), (page, cuts, indent) => {
+        const bytes = Buffer.from(JSON.stringify(page, null, indent));
+        const reader = new ImagesBody('listing');
+        let at = 0;
+        for (const cut of [...cuts.map((c) => c % (bytes.length + 1)).sort((a, b) => a - b), bytes.length]) {
+          reader.write(bytes.subarray(at, Math.max(at, cut)));
+          at = Math.max(at, cut);
+        }
+        reader.end();
+        const parsed = JSON.parse(bytes.toString('utf8')) as { images: Record<string, unknown>[]; next?: unknown };
+        const standIn = (v: unknown) => (Array.isArray(v) ? [] : typeof v === 'object' && v !== null ? {} : v);
+        expect(reader.images).toEqual(parsed.images.map((i) => Object.fromEntries(Object.entries(i).filter(([k]) => kept.includes(k)).map(([k, v]) => [k, standIn(v)]))));
+        expect(reader.next).toEqual(parsed.next);
+        expect(reader.bytes).toBe(bytes.length);
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it.each([
+    ['{"images": []} "x"', /the JSON body goes on after its value/],
+    ['{"images": [1}', /closes a brace it did not open/],
+    ['{"images": [], 7: 1}', /an object key that is not a string/],
+    ['{"images": [{"id": "a"}]', /ended before its last value did/],
+    ['{"images": [{"id": "a\\"}]}', /ends inside a string/],
+    ['{"images": [{"id": tru}]}', /'tru' is not true, false or null/],
+    ['{"images": [{"size": 1.}]}', /'1\.' is not a number/],
+    ['{"images": [{"id": "\u0001"}]}', /control character/],
+    ["{'images': []}", /unexpected "'" at byte 1/],
+  ])('refuses %s', (text, error) => {
+    const reader = new ImagesBody('listing');
+    expect(() => {
+      reader.write(Buffer.from(text));
+      reader.end();
+    }).toThrow(error);
   });
 });
 
