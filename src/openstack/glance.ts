@@ -301,8 +301,20 @@ export function nextPageSize(page: Pick<ImagesBody, 'bytes' | 'images'>, limit: 
   return Math.max(1, Math.min(maxLimit, Math.floor(PAGE_TARGET_BYTES / average)));
 }
 
-function literal(token: Token, value: string | number | undefined): unknown {
-  return token === Token.True ? true : token === Token.False ? false : token === Token.Null ? null : value;
+/**
+ * What a kept value is recorded as: itself, or an empty object or array for a container (the
+ * schema then names the field), or '...' for a string not decoded (where an image should be).
+ */
+function standIn(token: Token, value: string | number | undefined): unknown {
+  switch (token) {
+    case Token.BeginObject: return {};
+    case Token.BeginArray: return [];
+    case Token.True: return true;
+    case Token.False: return false;
+    case Token.Null: return null;
+    case Token.String: return value ?? '...';
+    default: return value;
+  }
 }
 
 /** The fields of an image the enforcer reads (GlanceImage); every other key is skipped as it streams by. */
@@ -383,7 +395,9 @@ export class ImagesBody implements BodySink, TokenReader {
 
   token(token: Token, value?: string | number): void {
     if (this.complete) throw new Error('the JSON body goes on after its value');
-    const top = this.open.at(-1);
+    const open = this.open;
+    const depth = open.length;
+    const top = depth > 0 ? open[depth - 1] : undefined;
     if (token === Token.Colon) return;
     if (token === Token.Comma) {
       if (top?.object) top.expectKey = true;
@@ -392,34 +406,31 @@ export class ImagesBody implements BodySink, TokenReader {
     if (token === Token.EndObject || token === Token.EndArray) {
       // The tokenizer checks words, not grammar: the nesting is checked here, the rest is Glance's JSON encoder's.
       if (!top || top.object !== (token === Token.EndObject)) throw new Error(`the JSON body closes a ${token === Token.EndObject ? 'brace' : 'bracket'} it did not open`);
-      this.open.pop();
-      if (this.open.length === this.imageDepth && this.image) {
+      open.pop();
+      if (depth - 1 === this.imageDepth && this.image) {
         this.images.push(this.image);
         this.image = undefined;
       }
-      if (this.open.length === 0) this.complete = true;
+      if (depth === 1) this.complete = true;
       return;
     }
-    if (top?.object && top.expectKey) {
+    if (top?.expectKey) {
       if (token !== Token.String) throw new Error('the JSON body has an object key that is not a string');
       top.key = value as string | undefined;
       top.expectKey = false;
       return;
     }
-    const container = token === Token.BeginObject || token === Token.BeginArray;
-    const depth = this.open.length;
-    // A string not decoded (where an image should be) stands in as '...', for the schema to refuse.
-    const standIn = container ? (token === Token.BeginObject ? {} : []) : token === Token.String ? (value ?? '...') : literal(token, value);
-    if (depth === this.imageDepth && this.inImages()) {
+    if (this.image !== undefined && depth === this.imageDepth + 1) {
+      const key = top!.key;
+      if (key !== undefined && KEPT_FIELDS.has(key)) this.image[key] = standIn(token, value);
+    } else if (depth === this.imageDepth && this.inImages()) {
       if (token === Token.BeginObject) this.image = {};
-      else this.images.push(standIn);
-    } else if (this.image && depth === this.imageDepth + 1 && KEPT_FIELDS.has(top!.key!)) {
-      this.image[top!.key!] = standIn;
+      else this.images.push(standIn(token, value));
     } else if (this.imageDepth === 2 && depth === 1) {
       if (top!.key === 'images') this.hasImages = token === Token.BeginArray;
-      else if (top!.key === 'next') this.next = standIn;
+      else if (top!.key === 'next') this.next = standIn(token, value);
     }
-    if (container) this.open.push({ object: token === Token.BeginObject, expectKey: token === Token.BeginObject });
+    if (token === Token.BeginObject || token === Token.BeginArray) open.push({ object: token === Token.BeginObject, expectKey: token === Token.BeginObject });
     else if (depth === 0) this.complete = true;
   }
 
