@@ -2,7 +2,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { setTimeout as sleepMs } from 'node:timers/promises';
 import type { Logger } from '../log.js';
-import { OpenStackUnreachableError, displayUrl } from './errors.js';
+import { OpenStackHttpError, OpenStackUnreachableError, displayUrl } from './errors.js';
 import { backoffMs } from '../retry.js';
 
 /*
@@ -44,14 +44,17 @@ export const ERROR_BODY_KEPT_BYTES = 64 * 1024;
  * A body that was refused rather than lost: over `maxBodyBytes` (`tooLarge`), or thrown out by its
  * sink (`cause`). Asking again brings the same body, so the retrying transport does not.
  */
-export class ResponseBodyError extends Error {
+export class ResponseBodyError extends OpenStackHttpError {
   constructor(
-    message: string,
+    service: 'keystone' | 'glance',
+    request: HttpRequest,
+    status: number,
+    detail: string,
     readonly tooLarge?: { limit: number },
     options?: ErrorOptions,
   ) {
-    super(message, options);
-    this.name = 'ResponseBodyError';
+    super(service, request.method, displayUrl(request.url), status, `${service}: ${request.method} ${displayUrl(request.url)}: ${detail}`);
+    if (options?.cause !== undefined) this.cause = options.cause;
   }
 }
 
@@ -95,6 +98,8 @@ export interface TransportOptions {
   /** PEM bundle trusted for https (OS_CACERT). Like `verify=<cacert>` in openstacksdk, it replaces the default roots. */
   ca?: string;
   timeoutMs: number;
+  /** Who is asked, for the errors of a refused body; default glance (the only one that streams). */
+  service?: 'keystone' | 'glance';
 }
 
 /** One attempt. Rejects on connection errors, timeouts and refused bodies; any HTTP status resolves. */
@@ -104,6 +109,7 @@ export function send(request: HttpRequest, options: TransportOptions): Promise<H
   const headers: Record<string, string> = { ...request.headers };
   if (request.body !== undefined) headers['content-length'] = String(Buffer.byteLength(request.body));
   const signal = AbortSignal.timeout(options.timeoutMs);
+  const service = options.service ?? 'glance';
   return new Promise<HttpResponse>((resolve, reject) => {
     let settled = false;
     // The timeout covers the body too: a server that sends headers and then stalls is also cut off.
@@ -132,14 +138,14 @@ export function send(request: HttpRequest, options: TransportOptions): Promise<H
         if (settled) return;
         bytes += chunk.length;
         if (request.maxBodyBytes !== undefined && bytes > request.maxBodyBytes) {
-          refuse(new ResponseBodyError(`the body is over ${request.maxBodyBytes} bytes`, { limit: request.maxBodyBytes }));
+          refuse(new ResponseBodyError(service, request, status, `the body is over ${request.maxBodyBytes} bytes`, { limit: request.maxBodyBytes }));
           return;
         }
         if (sink) {
           try {
             sink.write(chunk);
           } catch (error) {
-            refuse(new ResponseBodyError(`the body was refused: ${(error as Error).message}`, undefined, { cause: error }));
+            refuse(new ResponseBodyError(service, request, status, `the body was refused: ${(error as Error).message}`, undefined, { cause: error }));
           }
         } else if (!streamed) {
           chunks.push(chunk);
@@ -156,7 +162,7 @@ export function send(request: HttpRequest, options: TransportOptions): Promise<H
           try {
             sink.end();
           } catch (error) {
-            fail(new ResponseBodyError(`the body was refused: ${(error as Error).message}`, undefined, { cause: error }));
+            fail(new ResponseBodyError(service, request, status, `the body was refused: ${(error as Error).message}`, undefined, { cause: error }));
             return;
           }
         }
@@ -200,7 +206,7 @@ export function retryingTransport(options: RetryingTransportOptions): RetryingTr
     let lastCause: unknown;
     for (let attempt = 1; attempt <= policy.attempts; attempt++) {
       if (attempt > 1) await sleep(backoffDelayMs(attempt - 1, policy, options.random));
-      const transportOptions: TransportOptions = { timeoutMs: policy.timeoutMs, ...(options.ca ? { ca: options.ca } : {}) };
+      const transportOptions: TransportOptions = { timeoutMs: policy.timeoutMs, service, ...(options.ca ? { ca: options.ca } : {}) };
       try {
         const response = await send(request, transportOptions);
         if (!isRetryableStatus(response.status) || attempt === policy.attempts) return response;
