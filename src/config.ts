@@ -99,7 +99,7 @@ export const EnvSchema = z.object({
     .min(1024 * 1024)
     .max(1024 * 1024 * 1024)
     .default(DEFAULT_RESPONSE_MAX_BYTES)
-    .meta({ description: "Largest Glance answer read, in bytes. Listings are read as a stream that keeps only the fields the rule needs (memory grows with the largest single property, not with this), pages aim at 4 MiB, and a page over this is asked again with fewer images; only an image that alone is over it fails its project's listing, with an error naming it (the process goes on). An honest image is 1-3 KiB; on MySQL a property value holds at most 64 KiB, so an image at most 8 MiB (128 properties, `image_property_quota`); on PostgreSQL or SQLite Glance accepts MBs per property." }),
+    .meta({ description: "Largest Glance answer read, in bytes. Listings are read as a stream that keeps only the fields the rule needs (memory does not grow with this: skipped values are never held), pages aim at 4 MiB, and a page over this is asked again with fewer images; only an image that alone is over it fails the listing it is in (its project's, or a reconcile's listing of every project), with an error naming it; the process goes on. An honest image is 1-3 KiB; on MySQL a property value holds at most 64 KiB, so an image at most about 8 MiB (128 properties, `image_property_quota`); on PostgreSQL or SQLite Glance accepts MBs per property." }),
   CLOCK_SKEW_SECONDS: z.coerce
     .number()
     .int()

@@ -124,7 +124,11 @@ export class GlanceClient {
     const url = `${await this.base()}/v2/images/${encodeURIComponent(id)}`;
     const body = JSON.stringify([{ op: 'replace', path: '/protected', value: false }]);
     const response = await this.keystone.withToken('project', (token) =>
-      this.transport({ method: 'PATCH', url, body, headers: { accept: 'application/json', 'content-type': 'application/openstack-images-v2.1-json-patch', 'x-auth-token': token } }),
+      this.transport({
+        method: 'PATCH', url, body, headers: { accept: 'application/json', 'content-type': 'application/openstack-images-v2.1-json-patch', 'x-auth-token': token },
+        // The answer is the whole image, MBs of a tenant's properties included; only its status counts.
+        sink: () => DISCARD,
+      }),
     );
     if (response.status === 200) return { result: 'unprotected' };
     if (response.status === 404) return { result: 'gone' };
@@ -293,6 +297,9 @@ export function glanceMessage(response: Pick<HttpResponse, 'text'>): string {
   }
   return scrub(text).replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 300) || '(empty body)';
 }
+
+/** Reads a body and keeps nothing of it. */
+const DISCARD: BodySink = { write: () => {}, end: () => {} };
 
 /** The page size after a page: PAGE_TARGET_BYTES worth of images of this page's average weight, 1 to `maxLimit`. */
 export function nextPageSize(page: Pick<ImagesBody, 'bytes' | 'images'>, limit: number, maxLimit: number): number {

@@ -166,8 +166,16 @@ export function send(request: HttpRequest, options: TransportOptions): Promise<H
             return;
           }
         }
+        let text: string;
+        try {
+          text = Buffer.concat(chunks).toString('utf8');
+        } catch (error) {
+          // Over 512 MiB a body cannot be one string (ERR_STRING_TOO_LONG): fail the call, not the process.
+          fail(error as Error);
+          return;
+        }
         settled = true;
-        resolve({ status, headers: out, text: Buffer.concat(chunks).toString('utf8') });
+        resolve({ status, headers: out, text });
       });
     };
     const req = isHttps

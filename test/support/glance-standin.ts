@@ -106,6 +106,7 @@ export async function glanceStandIn(images: StandInImage[] = []): Promise<Glance
         res.writeHead(404, { 'content-type': 'application/json' }).end('{"message": "No image found"}');
         return;
       }
+      // GET, or PATCH (Glance answers a patch with the whole image).
       res.writeHead(200, { 'content-type': 'application/json' });
       for (const piece of pieces(image)) await write(res, piece);
       res.end();

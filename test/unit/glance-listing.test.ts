@@ -63,6 +63,8 @@ describe('listing a project whose images carry MBs of properties', () => {
     ]);
     expect(unreadable).toEqual([]);
     await expect(client.getImage('i-3')).resolves.toEqual({ id: 'i-3', status: 'queued', os_hidden: true, ...fields });
+    // A patch's answer is the whole image too: read through, kept nowhere.
+    await expect(client.unprotectImage('i-3')).resolves.toEqual({ result: 'unprotected' });
   });
 
   it('asks for smaller pages while pages are heavy, and for full ones again when they are light', async () => {
