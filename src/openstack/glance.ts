@@ -3,7 +3,7 @@ import type { DeleteOutcome, UnprotectOutcome } from '../pipeline/ports.js';
 import { createLogger, type Logger } from '../log.js';
 import { OpenStackHttpError, displayUrl, scrub } from './errors.js';
 import { firstIssue } from '../zod-issues.js';
-import { JsonTokenizer, Token, type TokenReader } from './json-stream.js';
+import { JsonTokenizer, Token, type TokenReader } from '../json-stream.js';
 import { ResponseBodyError, type BodySink, type HttpResponse, type RetryingTransport } from './http.js';
 import type { KeystoneClient } from './keystone.js';
 
