@@ -40,6 +40,8 @@ export interface RuntimeOptions {
   onAction?: (action: ActionRecord) => void | Promise<void>;
   /** Glance's listing corrected the ledger (the metric gqe_ledger_corrections_total). */
   onCorrections?: PipelineOptions['onCorrections'];
+  /** Every decision's usage and limits (the gauges gqe_project_usage and gqe_project_limit). */
+  onDecision?: PipelineOptions['onDecision'];
   /**
    * Read-only commands (status) pass this: when the identity cannot read unified limits (no
    * OS_SYSTEM_SCOPE, an application credential, a broken clouds.yaml) they go on with the static
@@ -149,6 +151,7 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
       ...(overrides.mode ? { mode: overrides.mode } : {}),
       ...(options.onAction ? { onAction: options.onAction } : {}),
       ...(options.onCorrections ? { onCorrections: options.onCorrections } : {}),
+      ...(options.onDecision ? { onDecision: options.onDecision } : {}),
     },
     config,
   );
