@@ -7,6 +7,7 @@ import { OpenStackConfigError, ScopeUnavailableError } from './openstack/errors.
 import { GlanceClient } from './openstack/glance.js';
 import { KeystoneClient } from './openstack/keystone.js';
 import { UnifiedLimits, keystoneLimitsReader } from './openstack/limits.js';
+import { keystoneProjectNames, type ProjectNames } from './openstack/projects.js';
 import type { LimitSource } from './quota/limits.js';
 import { StaticLimits } from './quota/static-limits.js';
 import { openStore } from './store/index.js';
@@ -21,6 +22,8 @@ export interface Runtime {
   log: Logger;
   limits: LimitSource;
   glance: ImageService | undefined;
+  /** Keystone's project names, when an OpenStack identity is configured (status). */
+  projectNames: ProjectNames | undefined;
   pipeline: Pipeline;
   close(): Promise<void>;
 }
@@ -116,6 +119,7 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
   const staticLimits = new StaticLimits(config.limits.defaults, config.limits.perProject);
   let limits: LimitSource = staticLimits;
   let glance: ImageService | undefined;
+  let projectNames: ProjectNames | undefined;
   if (overrides.limits !== undefined || overrides.glance !== undefined) {
     const given = overrides.limits;
     limits = typeof given === 'function' ? given(staticLimits) : (given ?? staticLimits);
@@ -124,6 +128,7 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
     try {
       const keystone = new KeystoneClient(loadCredentials(env, { onWarning: (message) => log.warn(message) }), { log });
       glance = new GlanceClient(keystone, { log, responseMaxBytes: config.glanceResponseMaxBytes });
+      projectNames = keystoneProjectNames(keystone);
       limits = new UnifiedLimits(keystoneLimitsReader(keystone, { log }), {
         fallback: staticLimits,
         createRateWindowSeconds: config.createRateWindowSeconds,
@@ -155,5 +160,5 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
     },
     config,
   );
-  return { config, log, limits, glance, pipeline, close: () => store.close() };
+  return { config, log, limits, glance, projectNames, pipeline, close: () => store.close() };
 }
