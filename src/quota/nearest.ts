@@ -33,20 +33,33 @@ export interface ProjectFill {
   over: readonly string[];
 }
 
+/** What orders a project among the others: over a limit or not, then its fullness (-1: no limit). */
+interface Rank {
+  projectId: string;
+  over: boolean;
+  fullness: number;
+}
+
+function rankOf(p: ProjectFill): Rank {
+  return { projectId: p.projectId, over: p.over.length > 0, fullness: fullness(p.usage, p.limits) ?? -1 };
+}
+
+function byRank(a: Rank, b: Rank): number {
+  if (a.over !== b.over) return a.over ? -1 : 1;
+  if (a.fullness !== b.fullness) return b.fullness > a.fullness ? 1 : -1;
+  return a.projectId < b.projectId ? -1 : a.projectId > b.projectId ? 1 : 0;
+}
+
 /**
- * Nearest their limits first: fullest first, projects over a limit before those that are not
- * (a project over `image_create_rate` alone can be far from every count and size), projects with
+ * Nearest their limits first: projects over a limit before those that are not (a project over
+ * `image_create_rate` alone can be far from every count and size), then the fullest, projects with
  * no limit at all last; ties by project id, so the order is the same on every run.
  */
 export function nearestFirst(a: ProjectFill, b: ProjectFill): number {
-  const overA = a.over.length > 0 ? 1 : 0;
-  const overB = b.over.length > 0 ? 1 : 0;
-  if (overA !== overB) return overB - overA;
-  const fa = fullness(a.usage, a.limits) ?? -1;
-  const fb = fullness(b.usage, b.limits) ?? -1;
-  if (fa !== fb) return fb > fa ? 1 : -1;
-  return a.projectId < b.projectId ? -1 : a.projectId > b.projectId ? 1 : 0;
+  return byRank(rankOf(a), rankOf(b));
 }
+
+type Kept = Rank & { fill: ProjectFill };
 
 /**
  * The N projects nearest or over their limits, kept in memory as decisions come, so that what
@@ -56,21 +69,22 @@ export function nearestFirst(a: ProjectFill, b: ProjectFill): number {
  * it, so a project whose usage fell keeps its place (with its new figures) until the next pass.
  */
 export class NearestProjects {
-  private readonly kept = new Map<string, ProjectFill>();
+  private readonly kept = new Map<string, Kept>();
 
   constructor(readonly size: number) {}
 
   /** Takes one decision; returns the project ids that left the set. */
   observe(p: ProjectFill): string[] {
     if (this.size <= 0) return [];
+    const entry: Kept = { ...rankOf(p), fill: p };
     if (this.kept.has(p.projectId) || this.kept.size < this.size) {
-      this.kept.set(p.projectId, p);
+      this.kept.set(p.projectId, entry);
       return [];
     }
     const least = this.least();
-    if (nearestFirst(p, least) >= 0) return [];
+    if (byRank(entry, least) >= 0) return [];
     this.kept.delete(least.projectId);
-    this.kept.set(p.projectId, p);
+    this.kept.set(p.projectId, entry);
     return [least.projectId];
   }
 
@@ -79,15 +93,14 @@ export class NearestProjects {
    * (those the pass could not decide) keep their place and figures. Returns the ids that left.
    */
   replaceAll(projects: Iterable<ProjectFill>, keep: ReadonlySet<string> = new Set()): string[] {
-    const kept = [...this.kept.values()].filter((p) => keep.has(p.projectId));
-    const seen = new Set(kept.map((p) => p.projectId));
-    const all = [...kept];
-    for (const p of projects) if (!seen.has(p.projectId)) all.push(p);
-    const top = all.sort(nearestFirst).slice(0, Math.max(0, this.size));
-    const stay = new Set(top.map((p) => p.projectId));
+    const all = [...this.kept.values()].filter((k) => keep.has(k.projectId));
+    const seen = new Set(all.map((k) => k.projectId));
+    for (const p of projects) if (!seen.has(p.projectId)) all.push({ ...rankOf(p), fill: p });
+    const top = all.sort(byRank).slice(0, Math.max(0, this.size));
+    const stay = new Set(top.map((k) => k.projectId));
     const left = [...this.kept.keys()].filter((id) => !stay.has(id));
     this.kept.clear();
-    for (const p of top) this.kept.set(p.projectId, p);
+    for (const k of top) this.kept.set(k.projectId, k);
     return left;
   }
 
@@ -97,12 +110,13 @@ export class NearestProjects {
 
   /** Nearest first. */
   list(): ProjectFill[] {
-    return [...this.kept.values()].sort(nearestFirst);
+    return [...this.kept.values()].sort(byRank).map((k) => k.fill);
   }
 
-  private least(): ProjectFill {
-    let least: ProjectFill | undefined;
-    for (const p of this.kept.values()) if (!least || nearestFirst(p, least) > 0) least = p;
+  /** The last of the N: a scan of N ranks computed once each, on a decision that may displace it. */
+  private least(): Kept {
+    let least: Kept | undefined;
+    for (const k of this.kept.values()) if (!least || byRank(k, least) > 0) least = k;
     return least!;
   }
 }
