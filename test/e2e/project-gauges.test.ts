@@ -19,16 +19,30 @@ describe('what operators see of a flooded project', () => {
     const c = await consumer(env);
 
     const created = await p.flood(10);
-    const left = await until('images left', Date.now() + 15_000, () => p.images(), (m) => m.size === 5);
+    const left = await until(
+      'images left',
+      Date.now() + 15_000,
+      () => p.images(),
+      (m) => m.size === 5,
+    );
     expect([...left.keys()].sort()).toEqual(oldest(created, 5));
 
     // The gauges follow every decision: the last ones, on the deletions' own notifications, say 5.
     const labels = `project="${p.id}",resource="image_count_total"`;
-    const gauges = await until('gauges', Date.now() + 15_000, async () => [await c.metric('gqe_project_usage', labels), await c.metric('gqe_project_limit', labels)], ([u, l]) => u === 5 && l === 5);
+    const gauges = await until(
+      'gauges',
+      Date.now() + 15_000,
+      async () => [await c.metric('gqe_project_usage', labels), await c.metric('gqe_project_limit', labels)],
+      ([u, l]) => u === 5 && l === 5,
+    );
     expect(gauges).toEqual([5, 5]);
 
-    const status = await until('status', Date.now() + 10_000, async () => JSON.parse((await cli(['status', '--json'], env)).stdout), (s) =>
-      s.projects.some((x: { project_id: string; usage: { image_count_total: number } }) => x.project_id === p.id && x.usage.image_count_total === 5));
+    const status = await until(
+      'status',
+      Date.now() + 10_000,
+      async () => JSON.parse((await cli(['status', '--json'], env)).stdout),
+      (s) => s.projects.some((x: { project_id: string; usage: { image_count_total: number } }) => x.project_id === p.id && x.usage.image_count_total === 5),
+    );
     const ids = status.projects.map((x: { project_id: string }) => x.project_id);
     const ours = status.projects[ids.indexOf(p.id)];
     expect(ours).toMatchObject({ project_name: p.name, fullness: 1, usage: { image_count_total: 5 }, limits: { image_count_total: 5 }, over: [] });

@@ -15,16 +15,25 @@ import { kustomizeBuild } from '../support/kustomize.js';
 const ROOT = join(import.meta.dirname, '..', '..');
 const TESTS = join(ROOT, 'test', 'alerts', 'prometheusrule.promtool.yaml');
 
-interface RuleTest { name: string; input_series: { series: string; values: string }[]; alert_rule_test?: { eval_time: string; alertname: string; exp_alerts: unknown[] }[] }
+interface RuleTest {
+  name: string;
+  input_series: { series: string; values: string }[];
+  alert_rule_test?: { eval_time: string; alertname: string; exp_alerts: unknown[] }[];
+}
 
 function promtool(args: string[], cwd: string): { status: number | null; output: string } {
   const r = spawnSync('promtool', args, { cwd, encoding: 'utf8', timeout: 60_000 });
-  if (r.error) throw new Error(`promtool: ${r.error.message}. It comes with Debian's prometheus package: apt-get install --no-install-recommends prometheus (.ci/run installs it)`);
+  if (r.error)
+    throw new Error(
+      `promtool: ${r.error.message}. It comes with Debian's prometheus package: apt-get install --no-install-recommends prometheus (.ci/run installs it)`,
+    );
   return { status: r.status, output: r.stdout + r.stderr };
 }
 
 describe('the shipped PrometheusRule, under promtool', () => {
-  const rendered = kustomizeBuild(join(ROOT, 'deploy', 'kubernetes', 'overlays', 'sqlite')).find((m) => m.kind === 'PrometheusRule') as unknown as { spec: { groups: { rules: { alert: string }[] }[] } };
+  const rendered = kustomizeBuild(join(ROOT, 'deploy', 'kubernetes', 'overlays', 'sqlite')).find((m) => m.kind === 'PrometheusRule') as unknown as {
+    spec: { groups: { rules: { alert: string }[] }[] };
+  };
   const alerts = rendered.spec.groups.flatMap((g) => g.rules.map((r) => r.alert));
   const tests = (parseYaml(readFileSync(TESTS, 'utf8')) as { tests: RuleTest[] }).tests;
 
@@ -48,7 +57,10 @@ describe('the shipped PrometheusRule, under promtool', () => {
       const mine = checks.filter((c) => c.alertname === alert);
       const firing = mine.filter((c) => c.exp_alerts.length > 0);
       expect(firing.length, `${alert} fires in no test`).toBeGreaterThan(0);
-      expect(mine.some((c) => c.exp_alerts.length === 0), `${alert} is quiet in no test`).toBe(true);
+      expect(
+        mine.some((c) => c.exp_alerts.length === 0),
+        `${alert} is quiet in no test`,
+      ).toBe(true);
       // promtool compares the whole list of alerts: a series beside the firing ones that raises
       // none is a quiet series.
       for (const c of firing) expect(c.test.input_series.length, `${alert} in '${c.test.name}': no quiet series`).toBeGreaterThan(c.exp_alerts.length);

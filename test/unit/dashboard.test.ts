@@ -20,8 +20,22 @@ const COMING_FROM_THE_ADMISSION_ENDPOINT = [
   { name: 'gqe_admission_seconds', type: 'histogram' },
 ];
 
-interface Panel { title: string; type: string; id: number; datasource?: { uid: string }; targets?: { expr: string; datasource?: { uid: string } }[]; panels?: Panel[] }
-const dashboard = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as { uid: string; panels: Panel[]; templating: { list: { name: string; type: string; query: string | { query: string } }[] } };
+/** Grafana's variable syntax (not a template string): how every query names its data source. */
+const DATASOURCE_VARIABLE = '$' + '{datasource}';
+
+interface Panel {
+  title: string;
+  type: string;
+  id: number;
+  datasource?: { uid: string };
+  targets?: { expr: string; datasource?: { uid: string } }[];
+  panels?: Panel[];
+}
+const dashboard = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as {
+  uid: string;
+  panels: Panel[];
+  templating: { list: { name: string; type: string; query: string | { query: string } }[] };
+};
 const panels = dashboard.panels.flatMap((p) => [p, ...(p.panels ?? [])]);
 
 /** Grafana's variables as values PromQL accepts: `$__rate_interval` a range, `$job` a label value. */
@@ -62,23 +76,35 @@ describe('the Grafana dashboard', () => {
     expect(unknown).toEqual([]);
     // What operators asked to see: projects nearest their limits, deletions and refusals, lag,
     // dead letters, corrections, admission decisions.
-    expect([...used]).toEqual(expect.arrayContaining([
-      'gqe_project_usage', 'gqe_project_limit', 'gqe_projects_over_limit', 'gqe_actions_total', 'gqe_notification_lag_seconds_bucket',
-      'gqe_messages_total', 'gqe_ledger_corrections_total', 'gqe_admission_decisions_total', 'gqe_admission_seconds_bucket',
-    ]));
+    expect([...used]).toEqual(
+      expect.arrayContaining([
+        'gqe_project_usage',
+        'gqe_project_limit',
+        'gqe_projects_over_limit',
+        'gqe_actions_total',
+        'gqe_notification_lag_seconds_bucket',
+        'gqe_messages_total',
+        'gqe_ledger_corrections_total',
+        'gqe_admission_decisions_total',
+        'gqe_admission_seconds_bucket',
+      ]),
+    );
   });
 
   it('reads PromQL with its grammar: a broken query fails the test, label values are not metrics', () => {
     expect(() => metricNames('sum(rate(gqe_actions_total[5m])')).toThrow(/does not parse/);
-    expect(metricNames('sum by (action) (rate(gqe_actions_total{action="gqe_fake"}[5m])) / on (job) {__name__="gqe_messages_total"}')).toEqual(['gqe_actions_total', 'gqe_messages_total']);
+    expect(metricNames('sum by (action) (rate(gqe_actions_total{action="gqe_fake"}[5m])) / on (job) {__name__="gqe_messages_total"}')).toEqual([
+      'gqe_actions_total',
+      'gqe_messages_total',
+    ]);
   });
 
   it('imports anywhere: every query uses the datasource variable, panel ids are unique, the grid is 24 wide', () => {
     expect(dashboard.uid).toBe('glance-quota-enforcer');
     expect(dashboard.templating.list.find((v) => v.name === 'datasource')).toMatchObject({ type: 'datasource', query: 'prometheus' });
     for (const p of panels.filter((p) => p.type !== 'row')) {
-      expect({ [p.title]: p.datasource?.uid }).toEqual({ [p.title]: '${datasource}' });
-      for (const t of p.targets ?? []) expect({ [p.title]: t.datasource?.uid }).toEqual({ [p.title]: '${datasource}' });
+      expect({ [p.title]: p.datasource?.uid }).toEqual({ [p.title]: DATASOURCE_VARIABLE });
+      for (const t of p.targets ?? []) expect({ [p.title]: t.datasource?.uid }).toEqual({ [p.title]: DATASOURCE_VARIABLE });
     }
     const ids = panels.map((p) => p.id);
     expect(new Set(ids).size).toBe(ids.length);

@@ -48,7 +48,14 @@ describe('how near a project is to its limits', () => {
 
   it('orders projects over a limit first, then the fullest, those with no limit last, ties by id', () => {
     const rateOnly: ProjectFill = { ...project('rate', 1, 100), over: ['image_create_rate'] };
-    const sorted = [project('none', 500), project('half', 5, 10), project('b-full', 10, 10), project('a-full', 10, 10), rateOnly, project('twice', 20, 10)].sort(nearestFirst);
+    const sorted = [
+      project('none', 500),
+      project('half', 5, 10),
+      project('b-full', 10, 10),
+      project('a-full', 10, 10),
+      rateOnly,
+      project('twice', 20, 10),
+    ].sort(nearestFirst);
     expect(sorted.map((p) => p.projectId)).toEqual(['twice', 'rate', 'a-full', 'b-full', 'half', 'none']);
   });
 });
@@ -63,10 +70,13 @@ describe('the N projects nearest their limits', () => {
     expect(nearest.list().map((p) => p.projectId)).toEqual(['p2', 'p3']);
     // A kept project's new figures replace its old ones, nearer or not.
     expect(nearest.observe(project('p3', 20, 10))).toEqual([]);
-    expect(nearest.list().map((p) => [p.projectId, p.usage.image_count_total])).toEqual([['p3', 20], ['p2', 5]]);
+    expect(nearest.list().map((p) => [p.projectId, p.usage.image_count_total])).toEqual([
+      ['p3', 20],
+      ['p2', 5],
+    ]);
   });
 
-  it('after a whole pass holds exactly the pass\'s nearest, except the projects the pass failed on', () => {
+  it("after a whole pass holds exactly the pass's nearest, except the projects the pass failed on", () => {
     const nearest = new NearestProjects(3);
     for (const p of [project('a', 9, 10), project('b', 8, 10), project('c', 7, 10)]) nearest.observe(p);
     const left = nearest.replaceAll([project('a', 1, 10), project('b', 8, 10), project('d', 6, 10), project('e', 5, 10)], new Set(['c']));
@@ -87,19 +97,33 @@ describe('per-project gauges on /metrics', () => {
     for (const [labels, value] of usage) if (labels.endsWith('resource="image_count_total"')) expect(value).toBe(96);
     // Every project over its limit is counted, not only those with gauges: 46 of every 97 hold 51 to 96.
     const overCount = Array.from({ length: 10_000 }, (_, i) => i % 97).filter((n) => n > 50).length;
-    expect(await series(metrics, 'gqe_projects_over_limit')).toEqual(new Map([
-      ['resource="image_count_total"', overCount], ['resource="image_count_uploading"', 0], ['resource="image_size_total"', 0],
-      ['resource="image_stage_total"', 0], ['resource="image_create_rate"', 0],
-    ]));
+    expect(await series(metrics, 'gqe_projects_over_limit')).toEqual(
+      new Map([
+        ['resource="image_count_total"', overCount],
+        ['resource="image_count_uploading"', 0],
+        ['resource="image_size_total"', 0],
+        ['resource="image_stage_total"', 0],
+        ['resource="image_create_rate"', 0],
+      ]),
+    );
   });
 
   it('show usage against limit for the flooded project, with no limit series for an unlimited resource', async () => {
     const metrics = new Metrics({ projects: 10 });
-    metrics.observeDecision({ projectId: 'flooded', usage: { ...NONE, image_count_total: 10 }, limits: { image_count_total: 5, image_size_total: -1 }, over: ['image_count_total'] });
-    expect(await series(metrics, 'gqe_project_usage')).toEqual(new Map([
-      ['project="flooded",resource="image_count_total"', 10], ['project="flooded",resource="image_count_uploading"', 0],
-      ['project="flooded",resource="image_size_total"', 0], ['project="flooded",resource="image_stage_total"', 0],
-    ]));
+    metrics.observeDecision({
+      projectId: 'flooded',
+      usage: { ...NONE, image_count_total: 10 },
+      limits: { image_count_total: 5, image_size_total: -1 },
+      over: ['image_count_total'],
+    });
+    expect(await series(metrics, 'gqe_project_usage')).toEqual(
+      new Map([
+        ['project="flooded",resource="image_count_total"', 10],
+        ['project="flooded",resource="image_count_uploading"', 0],
+        ['project="flooded",resource="image_size_total"', 0],
+        ['project="flooded",resource="image_stage_total"', 0],
+      ]),
+    );
     expect(await series(metrics, 'gqe_project_limit')).toEqual(new Map([['project="flooded",resource="image_count_total"', 5]]));
     expect((await series(metrics, 'gqe_projects_over_limit')).get('resource="image_count_total"')).toBe(1);
 
@@ -159,7 +183,10 @@ describe('the pipeline reports every decision', () => {
     const p = projects[0]!;
     await pipeline.evaluate(p);
     const report = await pipeline.enforceOnGlance(p);
-    expect(decisions.map((d) => [d.projectId, d.basis])).toEqual([[p, 'ledger'], [p, 'glance']]);
+    expect(decisions.map((d) => [d.projectId, d.basis])).toEqual([
+      [p, 'ledger'],
+      [p, 'glance'],
+    ]);
     expect(decisions[1]).toMatchObject({ usage: report.usage, limits: { image_count_total: 0 }, over: report.over });
   });
 });
