@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -31,9 +31,10 @@ function promtool(args: string[], cwd: string): { status: number | null; output:
 }
 
 describe('the shipped PrometheusRule, under promtool', () => {
-  const rendered = kustomizeBuild(join(ROOT, 'deploy', 'kubernetes', 'overlays', 'sqlite')).find((m) => m.kind === 'PrometheusRule') as unknown as {
-    spec: { groups: { rules: { alert: string }[] }[] };
-  };
+  type Rule = { spec: { groups: { rules: { alert: string }[] }[] } };
+  const overlays = readdirSync(join(ROOT, 'deploy', 'kubernetes', 'overlays'));
+  const ruleOf = (overlay: string) => kustomizeBuild(join(ROOT, 'deploy', 'kubernetes', 'overlays', overlay)).find((m) => m.kind === 'PrometheusRule') as unknown as Rule;
+  const rendered = ruleOf('sqlite');
   const alerts = rendered.spec.groups.flatMap((g) => g.rules.map((r) => r.alert));
   const tests = (parseYaml(readFileSync(TESTS, 'utf8')) as { tests: RuleTest[] }).tests;
 
@@ -47,6 +48,10 @@ describe('the shipped PrometheusRule, under promtool', () => {
     const run = promtool(['test', 'rules', 'tests.yaml'], dir);
     expect(run.status, run.output).toBe(0);
     expect(run.output).toContain('SUCCESS');
+  });
+
+  it('is the rule every overlay ships', () => {
+    for (const overlay of overlays) expect({ [overlay]: ruleOf(overlay).spec }).toEqual({ [overlay]: rendered.spec });
   });
 
   it('has, for every alert, a moment it fires and one it is quiet, with a series that never fires beside the one that does', () => {
