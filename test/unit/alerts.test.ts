@@ -33,7 +33,8 @@ function promtool(args: string[], cwd: string): { status: number | null; output:
 describe('the shipped PrometheusRule, under promtool', () => {
   type Rule = { spec: { groups: { rules: { alert: string }[] }[] } };
   const overlays = readdirSync(join(ROOT, 'deploy', 'kubernetes', 'overlays'));
-  const ruleOf = (overlay: string) => kustomizeBuild(join(ROOT, 'deploy', 'kubernetes', 'overlays', overlay)).find((m) => m.kind === 'PrometheusRule') as unknown as Rule;
+  const ruleOf = (overlay: string) =>
+    kustomizeBuild(join(ROOT, 'deploy', 'kubernetes', 'overlays', overlay)).find((m) => m.kind === 'PrometheusRule') as unknown as Rule;
   const rendered = ruleOf('sqlite');
   const alerts = rendered.spec.groups.flatMap((g) => g.rules.map((r) => r.alert));
   const tests = (parseYaml(readFileSync(TESTS, 'utf8')) as { tests: RuleTest[] }).tests;
