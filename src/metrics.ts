@@ -106,7 +106,12 @@ export class Metrics {
     for (const resource of Resource.options) this.projectsOver.set({ resource }, 0);
   }
 
-  /** One decision (the ledger's estimate or Glance's listing): the per-project gauges follow it. */
+  /**
+   * One decision (the ledger's estimate or Glance's listing): the per-project gauges follow it.
+   *
+   * @example
+   *   openRuntime(env, { onDecision: (report) => metrics.observeDecision(report) });
+   */
   observeDecision(p: ProjectFill): void {
     this.forget(this.nearest.observe(p));
     if (this.nearest.has(p.projectId)) this.export(p);

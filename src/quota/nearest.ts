@@ -67,6 +67,11 @@ type Kept = Rank & { fill: ProjectFill };
  * `replaceAll` a whole reconcile pass, after which the set is exact. Between passes a project
  * enters when a decision puts it above the least of the N and stays until one nearer displaces
  * it, so a project whose usage fell keeps its place (with its new figures) until the next pass.
+ *
+ * @example
+ *   const nearest = new NearestProjects(100);
+ *   const left = nearest.observe(report);          // ids whose gauges must leave the registry
+ *   nearest.replaceAll(pass.projects, failedIds);  // after a complete reconcile pass
  */
 export class NearestProjects {
   private readonly kept = new Map<string, Kept>();
