@@ -7,6 +7,7 @@ import { OpenStackConfigError, ScopeUnavailableError } from './openstack/errors.
 import { GlanceClient } from './openstack/glance.js';
 import { KeystoneClient } from './openstack/keystone.js';
 import { UnifiedLimits, keystoneLimitsReader } from './openstack/limits.js';
+import { keystoneProjectNames, type ProjectNames } from './openstack/projects.js';
 import type { LimitSource } from './quota/limits.js';
 import { StaticLimits } from './quota/static-limits.js';
 import { openStore } from './store/index.js';
@@ -21,6 +22,8 @@ export interface Runtime {
   log: Logger;
   limits: LimitSource;
   glance: ImageService | undefined;
+  /** Keystone's project names, when an OpenStack identity is configured (status). */
+  projectNames: ProjectNames | undefined;
   pipeline: Pipeline;
   close(): Promise<void>;
 }
@@ -40,6 +43,8 @@ export interface RuntimeOptions {
   onAction?: (action: ActionRecord) => void | Promise<void>;
   /** Glance's listing corrected the ledger (the metric gqe_ledger_corrections_total). */
   onCorrections?: PipelineOptions['onCorrections'];
+  /** Every decision's usage and limits (the gauges gqe_project_usage and gqe_project_limit). */
+  onDecision?: PipelineOptions['onDecision'];
   /**
    * Read-only commands (status) pass this: when the identity cannot read unified limits (no
    * OS_SYSTEM_SCOPE, an application credential, a broken clouds.yaml) they go on with the static
@@ -114,6 +119,7 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
   const staticLimits = new StaticLimits(config.limits.defaults, config.limits.perProject);
   let limits: LimitSource = staticLimits;
   let glance: ImageService | undefined;
+  let projectNames: ProjectNames | undefined;
   if (overrides.limits !== undefined || overrides.glance !== undefined) {
     const given = overrides.limits;
     limits = typeof given === 'function' ? given(staticLimits) : (given ?? staticLimits);
@@ -122,6 +128,7 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
     try {
       const keystone = new KeystoneClient(loadCredentials(env, { onWarning: (message) => log.warn(message) }), { log });
       glance = new GlanceClient(keystone, { log, responseMaxBytes: config.glanceResponseMaxBytes });
+      projectNames = keystoneProjectNames(keystone);
       limits = new UnifiedLimits(keystoneLimitsReader(keystone, { log }), {
         fallback: staticLimits,
         createRateWindowSeconds: config.createRateWindowSeconds,
@@ -149,8 +156,9 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
       ...(overrides.mode ? { mode: overrides.mode } : {}),
       ...(options.onAction ? { onAction: options.onAction } : {}),
       ...(options.onCorrections ? { onCorrections: options.onCorrections } : {}),
+      ...(options.onDecision ? { onDecision: options.onDecision } : {}),
     },
     config,
   );
-  return { config, log, limits, glance, pipeline, close: () => store.close() };
+  return { config, log, limits, glance, projectNames, pipeline, close: () => store.close() };
 }
