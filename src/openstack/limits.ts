@@ -275,24 +275,27 @@ export class UnifiedLimits implements LimitSource {
   }
 
   /**
-   * `refresh`, and trusted only when the latest read of Keystone succeeded: while Keystone fails
-   * (an outage, a role without system-scope reader), neither the static fallback nor the last
-   * known table is acted on. A limit raised during the outage would otherwise cost real images.
+   * `refresh`, and trusted only while the table in hand is Keystone's own answer of no longer ago
+   * than LIMITS_CACHE_SECONDS, the freshness the enforcer works with when Keystone is well: a
+   * Keystone blip does not stop enforcement, an outage longer than that does. Neither the static
+   * fallback (before a first read) nor an older table is ever acted on: a limit raised during the
+   * outage would otherwise cost real images.
    */
   async confirm(projectId: string): Promise<ConfirmedLimits> {
     await this.refresh(projectId);
-    const { limits, origin, fetchedAt } = await this.resolve(projectId);
-    if (origin === 'keystone') return { trusted: true, limits };
-    const reason =
-      origin === 'fallback'
-        ? `Keystone's unified limits could not be read yet (${this.failureCount} failed reads); the static limits are not a stand-in for them`
-        : `the latest read of Keystone's unified limits failed; the table in hand is from ${new Date(fetchedAt ?? 0).toISOString()}`;
-    return { trusted: false, limits, reason };
+    const { limits } = await this.resolve(projectId);
+    const { trusted, detail } = this.status();
+    return trusted ? { trusted, limits } : { trusted, limits, reason: detail };
   }
 
   status(): { trusted: boolean; detail: string } {
-    if (!this.table) return { trusted: false, detail: this.failureCount > 0 ? `unavailable: Keystone's unified limits could not be read yet (${this.failureCount} failed reads)` : 'not read yet' };
-    if (this.stale) return { trusted: false, detail: `unavailable: the latest read failed; the table from ${new Date(this.table.fetchedAt).toISOString()} is not acted on` };
+    if (!this.table) {
+      return { trusted: false, detail: `unavailable: Keystone's unified limits could not be read yet (${this.failureCount} failed reads); the static limits are not a stand-in for them` };
+    }
+    const ageMs = this.now() - this.table.fetchedAt;
+    if (this.stale && ageMs > this.ttlMs) {
+      return { trusted: false, detail: `unavailable: the latest reads of Keystone's unified limits failed; the table in hand, from ${new Date(this.table.fetchedAt).toISOString()}, is older than LIMITS_CACHE_SECONDS (${this.ttlMs / 1000})` };
+    }
     return { trusted: true, detail: 'keystone' };
   }
 

@@ -212,10 +212,14 @@ describe('the limits table', () => {
     state.down = false;
     now += OUTAGE_RETRY_SECONDS * 1000;
     expect(await limits.confirm('attacker')).toMatchObject({ trusted: true, limits: { image_count_total: 3 } });
-    // Keystone goes away again: the table from before is reported, not acted on.
+    // Keystone blips: the table it gave a moment ago (within LIMITS_CACHE_SECONDS) still acts.
     state.down = true;
     now += 2_000;
-    expect(await limits.confirm('attacker')).toMatchObject({ trusted: false, limits: { image_count_total: 3 }, reason: expect.stringMatching(/latest read .* failed/) });
+    expect(await limits.confirm('attacker')).toMatchObject({ trusted: true, limits: { image_count_total: 3 } });
+    // The outage outlasts LIMITS_CACHE_SECONDS: that table is reported, not acted on.
+    now += 61_000;
+    expect(await limits.confirm('attacker')).toMatchObject({ trusted: false, limits: { image_count_total: 3 }, reason: expect.stringMatching(/latest reads .* failed.*older than LIMITS_CACHE_SECONDS \(60\)/) });
+    expect(limits.status().trusted).toBe(false);
     state.down = false;
     now += OUTAGE_RETRY_SECONDS * 1000;
     expect((await limits.confirm('attacker')).trusted).toBe(true);
