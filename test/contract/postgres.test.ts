@@ -5,6 +5,7 @@ import { PostgresStore } from '../../src/store/postgres.js';
 import { ev, MiB } from '../support/events.js';
 import { freshPostgresDatabase, holdService, type TestDatabase } from '../support/services.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
+import { describeAdmissionStore } from './admission.contract.js';
 import { itAppliesConcurrentWritersExactlyOnce } from './shared-ledger.contract.js';
 
 /**
@@ -43,6 +44,7 @@ afterAll(async () => {
 const freshUrl = () => db!.freshSchemaUrl();
 
 describeLedgerStore('postgres', async () => PostgresStore.open(await freshUrl()));
+describeAdmissionStore('postgres', async () => PostgresStore.open(await freshUrl()));
 
 
 describe('postgres: a database shared by several consumers', () => {

@@ -5,6 +5,7 @@ import { RedisStore } from '../../src/store/redis.js';
 import { ev, MiB } from '../support/events.js';
 import { connectRedisForTests, holdService, REDIS_URL, type TestRedis } from '../support/services.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
+import { describeAdmissionStore } from './admission.contract.js';
 import { itAppliesConcurrentWritersExactlyOnce } from './shared-ledger.contract.js';
 
 /**
@@ -45,6 +46,7 @@ afterAll(async () => {
 });
 
 describeLedgerStore('redis', async () => RedisStore.open(SERVER_URL, { keyPrefix: freshPrefix() }));
+describeAdmissionStore('redis', async () => RedisStore.open(SERVER_URL, { keyPrefix: freshPrefix() }));
 
 
 describe('redis: a database shared by several consumers', () => {
