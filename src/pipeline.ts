@@ -5,6 +5,7 @@ import { eventFromGlance, tombstoneOf, type GlanceImage, type OwnedImage } from 
 import { usageFromTotals, usageOf, type UsageTotals } from './ledger/usage.js';
 import type { Logger } from './log.js';
 import { DOOR_DEFAULTS, parseNotification, type DoorLimits, type ImageEvent } from './notification/parse.js';
+import { createsByProject } from './quota/admission.js';
 import { decide, isDeletable, recordsNeeded } from './quota/decide.js';
 import type { LimitSource, ProjectLimits } from './quota/limits.js';
 import type { Resource, Usage } from './quota/resources.js';
@@ -196,6 +197,7 @@ export class Pipeline {
     // A message whose data the store refuses is isolated and made invalid (dead-lettered by the
     // door); it never holds up the messages behind it.
     const applied = await applyIsolatingPoison(this.store, events, this.clock());
+    await this.endReservations(events, applied.outcomes);
     if (applied.totals && applied.totals.size > 0) {
       if (this.committed.size + applied.totals.size > COMMITTED_TOTALS_MAX) this.committed.clear();
       const atMs = this.clock();
@@ -211,6 +213,21 @@ export class Pipeline {
         : { result: 'invalid', reason: `the ledger store refused it: ${result.refused}` };
     });
     return { outcomes, projects: applied.projects };
+  }
+
+  /**
+   * The admission endpoint's reservations that the batch's image.creates fulfil. After the commit,
+   * never before: for a moment both count, which can only refuse, never admit too many. A store
+   * that fails here fails nothing else: the reservations end at their TTL instead.
+   */
+  private async endReservations(events: readonly ImageEvent[], outcomes: readonly unknown[]): Promise<void> {
+    const creates = createsByProject(events, outcomes);
+    if (creates.size === 0) return;
+    try {
+      await this.store.releaseReservations(creates, this.clock());
+    } catch (err) {
+      this.log?.warn({ err: (err as Error).message, projects: creates.size }, 'ending admission reservations failed; they end at ADMISSION_RESERVATION_SECONDS');
+    }
   }
 
   /**

@@ -107,3 +107,16 @@ export function glanceOverLimitBody(message: string): string {
     title: 'Request Entity Too Large',
   });
 }
+
+/**
+ * Per project, how many of a committed batch's events were new `image.create`s: each ends one of
+ * the project's admission reservations, its image being in the count from now on. Duplicates end
+ * none (their first delivery did).
+ */
+export function createsByProject(events: readonly { eventType: string; projectId: string }[], outcomes: readonly unknown[]): Map<string, number> {
+  const creates = new Map<string, number>();
+  events.forEach((e, i) => {
+    if (e.eventType === 'image.create' && outcomes[i] === 'applied') creates.set(e.projectId, (creates.get(e.projectId) ?? 0) + 1);
+  });
+  return creates;
+}
