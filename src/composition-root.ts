@@ -181,7 +181,7 @@ export function admissionGateOf(runtime: Runtime, onAnswer?: AdmissionOptions['o
     ledger: runtime.admission.ledger,
     limits,
     tokenOwner: (token) => tokens.lookup(token),
-    ...(runtime.glance ? { confirmOnGlance: (projectId: string) => pipeline.enforceOnGlance(projectId) } : {}),
+    ...(runtime.glance ? { confirmOnGlance: async (projectId: string) => (await pipeline.enforceOnGlance(projectId)).usage.image_count_total } : {}),
     exemptProjects: config.exemptProjects,
     mode: config.mode,
     failClosed: config.admission.failClosed,

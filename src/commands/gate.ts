@@ -44,9 +44,12 @@ export async function gate(args: string[]): Promise<number> {
     for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => resolve());
   });
   log.info('stopping');
+  // The proxy holds keep-alive connections open: idle ones go now, the rest once answered.
+  const closed = Promise.all([endpoint.server, health.server].map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
   endpoint.server.closeIdleConnections();
   health.server.closeAllConnections();
-  await settlesWithin(new Promise<void>((resolve) => endpoint.server.close(() => resolve())), config.shutdownMs / 2);
+  if (!(await settlesWithin(closed, config.shutdownMs / 2))) endpoint.server.closeAllConnections();
   await settlesWithin(runtime.close(), config.shutdownMs / 2);
+  log.info('stopped');
   return 0;
 }

@@ -2,6 +2,7 @@ import type { Logger } from '../log.js';
 import type { SubjectToken } from '../openstack/keystone.js';
 import {
   boundsFor,
+  discounted,
   glanceOverLimitMessage,
   judgeAdmission,
   routeOf,
@@ -55,7 +56,7 @@ export interface AdmissionAnswer {
 }
 
 /** What admission needs of the ledger: the atomic reservation, and the records for the rate rule. */
-export type AdmissionLedger = Pick<LedgerStore, 'reserveCreate' | 'images'>;
+export type AdmissionLedger = Pick<LedgerStore, 'reserveCreate' | 'images' | 'usage'>;
 
 export interface AdmissionOptions {
   ledger: AdmissionLedger;
@@ -63,10 +64,11 @@ export interface AdmissionOptions {
   /** Keystone's word on a client token (KeystoneClient.validateToken through TokenProjects). */
   tokenOwner: (token: string) => Promise<SubjectToken | undefined>;
   /**
-   * Glance's listing of the project written over the ledger (Pipeline.enforceOnGlance): asked when
-   * the ledger alone puts the project at its limit, since forged notifications can put it there.
+   * Glance's listing of the project written over the ledger (Pipeline.enforceOnGlance), answering
+   * Glance's image_count_total: asked when the ledger alone puts the project at its limit, since
+   * forged notifications can put it there.
    */
-  confirmOnGlance?: (projectId: string) => Promise<unknown>;
+  confirmOnGlance?: (projectId: string) => Promise<number>;
   exemptProjects?: ReadonlySet<string>;
   /** dry-run: a refusal is counted and logged, and the create allowed. */
   mode?: 'enforce' | 'dry-run';
@@ -79,6 +81,12 @@ export interface AdmissionOptions {
   clock?: () => number;
 }
 
+/** What Glance's listing said of a project: how many images the ledger counts that Glance does not. */
+interface Confirmation {
+  atMs: number;
+  phantom: number;
+}
+
 /** Projects whose confirmation on Glance is remembered at most. */
 const CONFIRMED_MAX = 10_000;
 
@@ -89,8 +97,8 @@ const CONFIRMED_MAX = 10_000;
  *   // { decision: 'deny', reason: 'over-limit', over: { message: 'Project ... is over a limit for [...]' } }
  */
 export class AdmissionGate {
-  private readonly confirmedAt = new Map<string, number>();
-  private readonly confirming = new Map<string, Promise<unknown>>();
+  private readonly confirmed = new Map<string, Confirmation>();
+  private readonly confirming = new Map<string, Promise<Confirmation>>();
   private readonly clock: () => number;
   private readonly timeoutMs: number;
   private readonly reservationMs: number;
@@ -153,15 +161,17 @@ export class AdmissionGate {
     let seen = await this.reserve(projectId, bounds);
     if (seen.admitted) return { decision: 'allow', reason: 'under-limit', projectId };
     let verdict = judgeAdmission(seen.count, seen.reserved, bounds);
-    // The ledger's count (or recent creates) is part of why: it may hold forged creates. Glance's
-    // listing decides, once per ADMISSION_CONFIRM_SECONDS per project; the endpoint's own
-    // reservations need no confirmation.
-    if (!verdict.admit && !verdict.byReservations && this.o.confirmOnGlance && !this.recentlyConfirmed(projectId)) {
-      await this.confirm(projectId);
-      bounds = await this.boundsOf(projectId, limits);
-      seen = await this.reserve(projectId, bounds);
-      if (seen.admitted) return { decision: 'allow', reason: 'ledger-corrected', projectId };
-      verdict = judgeAdmission(seen.count, seen.reserved, bounds);
+    // The ledger's count (or recent creates) is part of why, and it may hold forged creates:
+    // Glance's count decides (confirmed at most once per ADMISSION_CONFIRM_SECONDS per project).
+    // The endpoint's own reservations need no confirmation.
+    if (!verdict.admit && !verdict.byReservations && this.o.confirmOnGlance) {
+      const { phantom } = this.confirmation(projectId) ?? (await this.confirm(projectId));
+      if (phantom > 0) {
+        const glanceBounds = discounted(bounds, phantom);
+        seen = await this.reserve(projectId, glanceBounds);
+        if (seen.admitted) return { decision: 'allow', reason: 'ledger-corrected', projectId };
+        verdict = judgeAdmission(Math.max(0, seen.count - phantom), seen.reserved, { ...glanceBounds, ...(bounds.countLimit !== undefined ? { countLimit: bounds.countLimit } : {}) });
+      }
     }
     if (verdict.admit) {
       // The store refused, the rule (on what the store saw) admits: a store bug, not a quota.
@@ -186,21 +196,33 @@ export class AdmissionGate {
     return boundsFor(limits, recent);
   }
 
-  private recentlyConfirmed(projectId: string): boolean {
-    const at = this.confirmedAt.get(projectId);
-    return at !== undefined && this.clock() - at < this.confirmMs;
+  /** The last confirmation on Glance, while it is fresh (ADMISSION_CONFIRM_SECONDS). */
+  private confirmation(projectId: string): Confirmation | undefined {
+    const c = this.confirmed.get(projectId);
+    return c && this.clock() - c.atMs < this.confirmMs ? c : undefined;
   }
 
-  /** One listing per project at a time: a burst of refused creates waits for the same one. */
-  private async confirm(projectId: string): Promise<void> {
+  /**
+   * Glance's count of the project, against the ledger's once Glance's listing has repaired it:
+   * the ledger's excess (`phantom`) is what forged creates left there that the repair spared (a
+   * record dated within the clock skew of the listing is left for the next one), or deletes still
+   * on the bus. One listing per project at a time: a burst of refusals waits for the same one.
+   */
+  private async confirm(projectId: string): Promise<Confirmation> {
     let pending = this.confirming.get(projectId);
     if (!pending) {
-      pending = this.o.confirmOnGlance!(projectId).finally(() => this.confirming.delete(projectId));
+      pending = (async () => {
+        const glanceCount = await this.o.confirmOnGlance!(projectId);
+        const ledgerCount = (await this.o.ledger.usage(projectId)).image_count_total;
+        const confirmation = { atMs: this.clock(), phantom: Math.max(0, ledgerCount - glanceCount) };
+        this.confirmed.delete(projectId);
+        this.confirmed.set(projectId, confirmation);
+        if (this.confirmed.size > CONFIRMED_MAX) this.confirmed.delete(this.confirmed.keys().next().value as string);
+        return confirmation;
+      })().finally(() => this.confirming.delete(projectId));
       this.confirming.set(projectId, pending);
     }
-    await pending;
-    this.confirmedAt.delete(projectId);
-    this.confirmedAt.set(projectId, this.clock());
-    if (this.confirmedAt.size > CONFIRMED_MAX) this.confirmedAt.delete(this.confirmedAt.keys().next().value as string);
+    return pending;
   }
+
 }

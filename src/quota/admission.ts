@@ -67,6 +67,18 @@ export function boundsFor(limits: ProjectLimits, recentCreates: number): Admissi
   return bounds;
 }
 
+/**
+ * The bounds that make the store's check (on the ledger's count) Glance's check: `phantom` images
+ * the ledger counts and Glance's listing does not are added to the count limit, and taken from the
+ * recent creates (forged creates are dated when the forger likes, so the window cannot tell).
+ */
+export function discounted(bounds: AdmissionBounds, phantom: number): AdmissionBounds {
+  return {
+    ...(bounds.countLimit !== undefined ? { countLimit: bounds.countLimit + phantom } : {}),
+    ...(bounds.rate ? { rate: { count: bounds.rate.count, recent: Math.max(0, bounds.rate.recent - phantom) } } : {}),
+  };
+}
+
 export type AdmissionVerdict =
   | { admit: true }
   | { admit: false; resource: Resource; limit: number; usage: number; byReservations: boolean };

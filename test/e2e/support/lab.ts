@@ -112,6 +112,11 @@ export class TestProject {
     return r.json.id;
   }
 
+  /** POST /v2/images (or `path`, verbatim) as the project's member at `baseUrl` (Glance, or a proxy in front of it). */
+  async createAt(baseUrl: string, name: string, path = '/v2/images'): Promise<{ status: number; json: any; text: string }> {
+    return call('POST', `${baseUrl}${path}`, this.memberToken, { name, disk_format: 'raw', container_format: 'bare' });
+  }
+
   /** `n` creates at once, as a flood looks; returns each image with its created_at. */
   async flood(n: number, prefix = 'flood'): Promise<{ id: string; created_at: string }[]> {
     return Promise.all(
