@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,17 +26,17 @@ export interface RunningNginx {
  * address, Glance, the admission endpoint), run by Debian's nginx-light in a directory of its own.
  * nginx must be installed (test/e2e/lab.sh installs nginx-light); a missing one fails the test.
  */
-export async function startNginx(o: { glanceUrl: string; admissionPort: number }): Promise<RunningNginx> {
+export async function startNginx(o: { glanceUrl: string; admissionPort: number; configFile?: string }): Promise<RunningNginx> {
   const dir = mkdtempSync(join(tmpdir(), 'gqe-nginx-'));
   // nginx's workers run as www-data: its temp paths must be theirs to write.
   chmodSync(dir, 0o777);
   const port = await freePort();
   const glance = new URL(o.glanceUrl).host;
-  const conf = readFileSync(SHIPPED, 'utf8')
+  const conf = readFileSync(o.configFile ?? SHIPPED, 'utf8')
     .replace(/server 127\.0\.0\.1:9292;/, `server ${glance};`)
     .replace(/server 127\.0\.0\.1:10921;/, `server 127.0.0.1:${o.admissionPort};`)
     .replace(/listen 127\.0\.0\.1:9294;/, `listen 127.0.0.1:${port};`);
-  if (!conf.includes(`:${port};`) || !conf.includes(`:${o.admissionPort};`)) throw new Error(`${SHIPPED}: its ADAPT lines changed; update test/e2e/support/nginx.ts`);
+  if (!conf.includes(`:${port};`) || !conf.includes(`:${o.admissionPort};`)) throw new Error(`${o.configFile ?? SHIPPED}: its ADAPT lines changed; update test/e2e/support/nginx.ts`);
   writeFileSync(join(dir, 'glance.conf'), conf);
   writeFileSync(
     join(dir, 'nginx.conf'),
@@ -53,7 +53,10 @@ export async function startNginx(o: { glanceUrl: string; admissionPort: number }
   for (;;) {
     const up = await Promise.race([fetch(`${url}/`, { signal: AbortSignal.timeout(1_000) }).then(() => true, () => false), spawnError]);
     if (up) break;
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`nginx did not start: ${stderr}${readFileSync(join(dir, 'error.log'), 'utf8')}`);
+    if (child.exitCode !== null || Date.now() > deadline) {
+      const log = join(dir, 'error.log');
+      throw new Error(`nginx did not start: ${stderr}${existsSync(log) ? readFileSync(log, 'utf8') : ''}`);
+    }
     await new Promise((r) => setTimeout(r, 100));
   }
   return {

@@ -1,0 +1,130 @@
+/**
+ * What a create pays for the admission check (issue 21), against the real lab:
+ *
+ *   eval "$(bash test/e2e/lab.sh env)" && npm run build && npm run bench:admission
+ *   npm run bench:admission -- --creates 100 --store sqlite
+ *
+ * One fresh project (test/e2e/support/lab.ts TestProject) with image_count_total far above what
+ * the run makes, one member token for every request (after the first, the endpoint's token cache
+ * hits), `glance-quota-enforcer gate` as a real process over a SQLite (or --store) ledger, and
+ * two nginx (Debian's nginx-light) from the shipped deploy/nginx config: one as shipped, one the
+ * same with its auth_request lines removed. Each iteration times one POST /v2/images, one after
+ * the other, on each of, in an order that rotates:
+ *
+ *   glance        Glance itself (:9292, use_keystone_limits=False)
+ *   nginx         nginx without the check, in front of it
+ *   nginx+gate    nginx with the check (the shipped config)
+ *   unified       the lab's oracle glance-api (:9293, same database, use_keystone_limits=True):
+ *                 Glance's own unified limits, the anchor
+ *
+ * plus the check alone, as nginx asks it (a GET with X-Original-Method/URI, the token, keep-alive).
+ * Every image is deleted after its round, outside the timing. The gate's cost is nginx+gate minus
+ * nginx (medians and p99s of the same run); unified limits' is unified minus glance.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { enforcerEnv, lab, TestProject } from '../test/e2e/support/lab.js';
+import { freePort, startNginx, type RunningNginx } from '../test/e2e/support/nginx.js';
+
+const { values: args } = parseArgs({ options: { creates: { type: 'string', default: '100' }, store: { type: 'string', default: 'sqlite' } } });
+const N = Number(args.creates);
+if (!(N >= 10 && N <= 1000)) throw new Error('bench:admission: --creates in [10, 1000]');
+const l = lab();
+for (const url of [l.authUrl, l.glanceUrl, l.oracleUrl]) {
+  if (!/^https?:\/\/(127\.0\.0\.1|localhost|\[::1\])[:/]/.test(url)) throw new Error(`bench:admission runs against a lab on loopback only, not ${url}`);
+}
+const BIN = join(import.meta.dirname, '..', 'bin', 'glance-quota-enforcer.js');
+
+function stats(ms: number[]) {
+  const s = [...ms].sort((a, b) => a - b);
+  const at = (q: number) => s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)]!;
+  return { median: at(0.5), p99: at(0.99), n: s.length };
+}
+const f = (ms: number) => ms.toFixed(2).padStart(8);
+
+async function startGate(env: NodeJS.ProcessEnv): Promise<{ port: number; metricsPort: number; stop(): Promise<void> }> {
+  const port = await freePort();
+  const child = spawn(process.execPath, [BIN, 'gate'], { env: { ...env, ADMISSION_PORT: String(port), METRICS_PORT: '0', LOG_LEVEL: 'info' }, stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  const listening = new Promise<{ metricsPort: number }>((resolve, reject) => {
+    child.stderr!.on('data', (c: Buffer) => {
+      log += c.toString();
+      const line = log.split('\n').find((l) => l.includes('admission endpoint listening'));
+      if (line) resolve(JSON.parse(line));
+    });
+    child.on('exit', (code) => reject(new Error(`gate exited with ${code}: ${log.slice(-2000)}`)));
+  });
+  const { metricsPort } = await listening;
+  return { port, metricsPort, stop: async () => void (child.kill('SIGTERM'), await new Promise((r) => child.on('exit', r))) };
+}
+
+/** The shipped config without its check: the same proxy, minus auth_request. */
+async function plainNginx(admissionPort: number): Promise<RunningNginx> {
+  const shipped = join(import.meta.dirname, '..', 'deploy', 'nginx', 'glance-api-admission.conf');
+  const dir = mkdtempSync(join(tmpdir(), 'gqe-bench-conf-'));
+  const plain = readFileSync(shipped, 'utf8').split('\n').filter((line) => !/^\s*(auth_request|error_page)\s/.test(line)).join('\n');
+  writeFileSync(join(dir, 'glance-api-admission.conf'), plain);
+  return startNginx({ glanceUrl: l.glanceUrl, admissionPort, configFile: join(dir, 'glance-api-admission.conf') });
+}
+
+async function main(): Promise<void> {
+  const p = await TestProject.create(l, 'bench-admission');
+  const stops: (() => Promise<unknown>)[] = [() => p.remove()];
+  try {
+    await p.setLimit('image_count_total', 1_000_000);
+    const storeDir = mkdtempSync(join(tmpdir(), 'gqe-bench-admission-'));
+    const storeUrl = args.store === 'sqlite' ? `sqlite://${join(storeDir, 'ledger.db')}` : args.store;
+    const gate = await startGate(enforcerEnv(l, { STORE_URL: storeUrl }));
+    stops.unshift(() => gate.stop());
+    const checked = await startNginx({ glanceUrl: l.glanceUrl, admissionPort: gate.port });
+    stops.unshift(() => checked.stop());
+    const plain = await plainNginx(gate.port);
+    stops.unshift(() => plain.stop());
+
+    const targets: Record<string, string> = { glance: l.glanceUrl, nginx: plain.url, 'nginx+gate': checked.url, unified: l.oracleUrl };
+    const names = Object.keys(targets);
+    const times: Record<string, number[]> = Object.fromEntries([...names, 'check alone'].map((n) => [n, []]));
+    const token = p.token;
+    const checkUrl = `http://127.0.0.1:${gate.port}/admission/v1/image-create`;
+    // Warm every path once (TCP pools, the gate's token cache and limits table, Keystone's caches).
+    for (const name of names) await p.createAt(targets[name]!, 'bench-warm');
+    const started = Date.now();
+    for (let i = 0; i < N; i++) {
+      const order = names.map((_, k) => names[(k + i) % names.length]!);
+      for (const name of order) {
+        const t0 = performance.now();
+        const r = await p.createAt(targets[name]!, `bench-${i}`);
+        times[name]!.push(performance.now() - t0);
+        if (r.status !== 201) throw new Error(`${name}: create answered ${r.status}: ${r.text.slice(0, 200)}`);
+      }
+      const t0 = performance.now();
+      const check = await fetch(checkUrl, { headers: { 'x-original-method': 'POST', 'x-original-uri': '/v2/images', 'x-auth-token': token } });
+      await check.arrayBuffer();
+      times['check alone']!.push(performance.now() - t0);
+      if (i % 10 === 9) await p.removeImages();
+    }
+    const elapsed = (Date.now() - started) / 1000;
+    const metrics = await (await fetch(`http://127.0.0.1:${gate.metricsPort}/metrics`)).text();
+    const decisions = metrics.split('\n').filter((m) => m.startsWith('gqe_admission_decisions_total{'));
+
+    const s = Object.fromEntries(Object.entries(times).map(([k, v]) => [k, stats(v)]));
+    console.log(`bench:admission, ${N} creates per path, one after the other, ${elapsed.toFixed(0)} s, store ${storeUrl.replace(/\/\/.*@/, '//***@')}`);
+    console.log(`path          median ms   p99 ms`);
+    for (const [k, v] of Object.entries(s)) console.log(`${k.padEnd(12)} ${f(v.median)} ${f(v.p99)}`);
+    const gain = (a: string, b: string) => `median ${(s[a]!.median - s[b]!.median).toFixed(2)} ms, p99 ${(s[a]!.p99 - s[b]!.p99).toFixed(2)} ms`;
+    console.log(`the check's cost (nginx+gate - nginx): ${gain('nginx+gate', 'nginx')}`);
+    console.log(`nginx's own cost (nginx - glance):     ${gain('nginx', 'glance')}`);
+    console.log(`unified limits' cost (unified - glance): ${gain('unified', 'glance')}`);
+    // The difference of two create times is within the noise of one create on a busy machine;
+    // the check alone, timed the way nginx asks it, is its cost without that noise.
+    console.log(`unified limits' cost / the check alone (medians): ${((s.unified!.median - s.glance!.median) / s['check alone']!.median).toFixed(0)}x`);
+    console.log(`gate decisions: ${decisions.join('; ')}`);
+  } finally {
+    for (const stop of stops) await stop().catch((err: Error) => console.error(`cleanup: ${err.message}`));
+  }
+}
+
+await main();
