@@ -10,8 +10,8 @@ import type { AdmissionAnswer, AdmissionGate } from './admission.js';
  * X-Original-Method and X-Original-URI (nginx's auth_request subrequest is a GET of its own),
  * else this request's own method and path (Envoy's ext_authz sends the original); the client's
  * X-Auth-Token. Allow: 200, empty body (Envoy allows only on 200). Deny: 403 with X-Quota-*
- * headers, X-Quota-Message in Glance's words; `?deny_status=413` answers 413 with Glance's JSON
- * body itself. Never a 5xx: the proxy reads one as "the check failed".
+ * headers, X-Quota-Message in Glance's words; `?deny_status=413` (or the header
+ * X-Quota-Deny-Status: 413) answers 413 with Glance's JSON body itself. Never a 5xx: the proxy reads one as "the check failed".
  */
 export const ADMISSION_PATH = '/admission/v1/image-create';
 
@@ -60,7 +60,10 @@ async function serve(gate: AdmissionGate, req: IncomingMessage, res: ServerRespo
   // The check carries no body worth reading (Envoy may forward one): drained, never buffered.
   req.resume();
   const answer = await gate.decide(admissionRequestOf(req));
-  const { status, headers, body } = httpAnswer(answer, url.searchParams.get('deny_status') === '413' ? 413 : 403);
+  // Envoy appends the original path to its path_prefix, so it cannot carry the query: it says
+  // the same with a header of the check request (authorization_request.headers_to_add).
+  const as413 = url.searchParams.get('deny_status') === '413' || header(req, 'x-quota-deny-status') === '413';
+  const { status, headers, body } = httpAnswer(answer, as413 ? 413 : 403);
   res.writeHead(status, { ...headers, 'content-length': String(Buffer.byteLength(body)) });
   res.end(body);
 }

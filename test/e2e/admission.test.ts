@@ -62,6 +62,9 @@ describe('the admission endpoint behind nginx, in front of the real Glance', () 
       expect({ trick, status: r.status }).toEqual({ trick, status: 413 });
       expect(r.json.message).toContain(overLimit(p.id, 5));
     }
+    // Nor can a client speak for the proxy: its own X-Original-* and X-Quota-Deny-Status are replaced.
+    const spoofed = await p.createAt(nginx.url, 'spoofed', '/v2/images', { 'x-original-method': 'GET', 'x-original-uri': '/v2/images/x', 'x-quota-deny-status': '413' });
+    expect(spoofed.status).toBe(413);
     expect(await glanceRows(p.id)).toBe(5);
     // Not a create: listing through the proxy is untouched.
     expect((await p.images()).size).toBe(5);

@@ -276,8 +276,9 @@ describe('the HTTP contract', () => {
       expect(as413.status).toBe(413);
       expect(((await as413.json()) as { code: string }).code).toBe('413 Request Entity Too Large');
       // Envoy's ext_authz: the original method, and the original path after the prefix.
-      const envoy = await ask({ 'x-auth-token': TOKEN }, '/v2/images', 'POST');
-      expect(envoy.status).toBe(403);
+      const envoy = await ask({ 'x-auth-token': TOKEN, 'x-quota-deny-status': '413' }, '/v2/images', 'POST');
+      expect(envoy.status).toBe(413);
+      expect(((await envoy.json()) as { message: string }).message).toContain(`Project ${P} is over a limit`);
       expect((await ask({ 'x-auth-token': TOKEN }, '/v2/images', 'GET')).status).toBe(200);
       expect((await fetch(`http://127.0.0.1:${port}/other`)).status).toBe(404);
     } finally {

@@ -113,8 +113,8 @@ export class TestProject {
   }
 
   /** POST /v2/images (or `path`, verbatim) as the project's member at `baseUrl` (Glance, or a proxy in front of it). */
-  async createAt(baseUrl: string, name: string, path = '/v2/images'): Promise<{ status: number; json: any; text: string }> {
-    return call('POST', `${baseUrl}${path}`, this.memberToken, { name, disk_format: 'raw', container_format: 'bare' });
+  async createAt(baseUrl: string, name: string, path = '/v2/images', headers: Record<string, string> = {}): Promise<{ status: number; json: any; text: string }> {
+    return call('POST', `${baseUrl}${path}`, this.memberToken, { name, disk_format: 'raw', container_format: 'bare' }, headers);
   }
 
   /** `n` creates at once, as a flood looks; returns each image with its created_at. */
