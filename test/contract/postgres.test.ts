@@ -125,7 +125,7 @@ describe('postgres: a database shared by several consumers', () => {
     const stores = await Promise.all([PostgresStore.open(url), PostgresStore.open(url), PostgresStore.open(url)]);
     const schema = new URL(url).searchParams.get('options')!.split('=')[1]!;
     const { rows } = await db!.admin.query(`SELECT version FROM ${schema}.schema_migrations ORDER BY version`);
-    expect(rows).toEqual([{ version: 1 }, { version: 2 }, { version: 3 }]);
+    expect(rows).toEqual([{ version: 1 }, { version: 2 }, { version: 3 }, { version: 4 }]);
     await Promise.all(stores.map((s) => s.close()));
   });
 

@@ -68,6 +68,7 @@ describe('sqlite: a file on disk', () => {
     const db = new Database(path);
     db.exec(`INSERT INTO processed_messages (message_id, seen_at) SELECT substr(key, instr(key, ' ') + 1), seen_at FROM processed;
              DROP TABLE processed;
+             DROP TABLE admission_reservations;
              PRAGMA user_version = 4;`);
     db.close();
     const upgraded = SqliteStore.open(path);
