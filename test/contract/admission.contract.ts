@@ -68,3 +68,23 @@ export function describeAdmissionStore(name: string, open: () => Promise<LedgerS
     });
   });
 }
+
+/**
+ * Several gates over one shared database (`gate` beside each proxy): `openPair` gives two stores
+ * on the same data, each with connections of its own.
+ */
+export function itAdmitsExactlyAcrossGates(what: string, openPair: () => Promise<[LedgerStore, LedgerStore]>): void {
+  it(`admits exactly the limit when two gates on separate ${what} take a burst together`, async () => {
+    const [a, b] = await openPair();
+    try {
+      await a.applyEvents([ev({ imageId: 'x1', projectId: 'shared' }), ev({ imageId: 'x2', projectId: 'shared' })], T);
+      const outcomes = await Promise.all(Array.from({ length: 60 }, (_, i) => (i % 2 ? a : b).reserveCreate('shared', { countLimit: 7 }, T, T + TTL)));
+      expect(outcomes.filter((o) => o.admitted)).toHaveLength(5);
+      // One image.create seen by either ends one reservation for both.
+      expect(await b.releaseReservations(new Map([['shared', 1]]), T + 1)).toBe(1);
+      expect((await a.reserveCreate('shared', { countLimit: 7 }, T + 2, T + TTL)).reserved).toBe(4);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+}

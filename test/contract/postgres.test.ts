@@ -5,7 +5,7 @@ import { PostgresStore } from '../../src/store/postgres.js';
 import { ev, MiB } from '../support/events.js';
 import { freshPostgresDatabase, holdService, type TestDatabase } from '../support/services.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
-import { describeAdmissionStore } from './admission.contract.js';
+import { describeAdmissionStore, itAdmitsExactlyAcrossGates } from './admission.contract.js';
 import { itAppliesConcurrentWritersExactlyOnce } from './shared-ledger.contract.js';
 
 /**
@@ -116,6 +116,11 @@ describe('postgres: a database shared by several consumers', () => {
   });
 
   itAppliesConcurrentWritersExactlyOnce('connection pools', async () => {
+    const url = await freshUrl();
+    return [await PostgresStore.open(url), await PostgresStore.open(url)];
+  });
+
+  itAdmitsExactlyAcrossGates('connection pools', async () => {
     const url = await freshUrl();
     return [await PostgresStore.open(url), await PostgresStore.open(url)];
   });
