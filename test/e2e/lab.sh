@@ -20,13 +20,13 @@
 #             -> its GET /v2/info/usage (project-scoped token) is Glance's own usage count
 #                                                                             :$ORACLE_PORT (9293)
 #   proxy     nginx (Debian's nginx-light) in front of glance, deploy/nginx/'s config: every
-#             request is checked by the enforcer's admission endpoint on :$ADMISSION_PORT
+#             request is checked by the enforcer's admission endpoint on :$GATE_PORT
 #             (10921: `gate`, or `consume` with ADMISSION_PORT=10921); while none answers
 #             there, requests pass unchecked (fail open)                      :$PROXY_PORT (9294)
 #   rabbitmq  the machine's broker on :$AMQP_PORT (5672, guest/guest); started with
 #             `rabbitmq-server -detached` (and stopped by `down`) only when nothing answers there
 #
-# Environment: LAB_DIR (/tmp/gqe-lab), KEYSTONE_PORT, GLANCE_PORT, ORACLE_PORT, AMQP_PORT,
+# Environment: LAB_DIR (/tmp/gqe-lab), KEYSTONE_PORT, GLANCE_PORT, ORACLE_PORT, PROXY_PORT, GATE_PORT, AMQP_PORT,
 #   LAB_TIMEOUT (120 s per service), FORCE_SEED=1 (re-run the idempotent keystone seeding).
 set -euo pipefail
 
@@ -44,7 +44,7 @@ KEYSTONE_PORT=${KEYSTONE_PORT:-5000}
 GLANCE_PORT=${GLANCE_PORT:-9292}
 ORACLE_PORT=${ORACLE_PORT:-9293}
 PROXY_PORT=${PROXY_PORT:-9294}
-ADMISSION_PORT=${ADMISSION_PORT:-10921}
+GATE_PORT=${GATE_PORT:-10921}
 AMQP_PORT=${AMQP_PORT:-5672}
 LAB_TIMEOUT=${LAB_TIMEOUT:-120}
 
@@ -491,7 +491,7 @@ NGINX_SHIPPED=$HERE/../../deploy/nginx/glance-api-admission.conf
 
 proxy_conf() {   # the shipped config with the lab's three addresses (its ADAPT lines)
   sed -e "s|server 127.0.0.1:9292;|server $HOST:$GLANCE_PORT;|" \
-      -e "s|server 127.0.0.1:10921;|server $HOST:$ADMISSION_PORT;|" \
+      -e "s|server 127.0.0.1:10921;|server $HOST:$GATE_PORT;|" \
       -e "s|listen 127.0.0.1:9294;|listen $HOST:$PROXY_PORT;|" "$NGINX_SHIPPED"
 }
 
@@ -526,7 +526,7 @@ start_proxy() {   # nginx in front of glance; restarted when its config changed
   fi
   port_open "$PROXY_PORT" && die "port $PROXY_PORT is in use by something that is not this lab"
   nginx -t -q -c "$ETC/nginx/nginx.conf" -p "$LAB_DIR/nginx/" || die "nginx refused $ETC/nginx/nginx.conf"
-  log "starting glance-proxy (nginx) on :$PROXY_PORT, admission endpoint :$ADMISSION_PORT"
+  log "starting glance-proxy (nginx) on :$PROXY_PORT, admission endpoint :$GATE_PORT"
   spawn glance-proxy "$LOG/glance-proxy.stdout.log" nginx -c "$ETC/nginx/nginx.conf" -p "$LAB_DIR/nginx/"
   wait_until "glance proxy $PROXY_URL" proxy_ok
 }
@@ -597,7 +597,7 @@ cmd_status() {
   _line keystone keystone uwsgi "$KEYSTONE_URL" keystone_ok
   _line glance glance-api glance-api "$GLANCE_URL" glance_ok "$GLANCE_URL"
   _line oracle glance-oracle glance-api "$ORACLE_URL" glance_ok "$ORACLE_URL"
-  _line proxy glance-proxy nginx "$PROXY_URL -> admission :$ADMISSION_PORT" proxy_ok
+  _line proxy glance-proxy nginx "$PROXY_URL -> admission :$GATE_PORT" proxy_ok
   local owner=machine; [ -e "$RUN/rabbitmq.owned" ] && owner="started by lab"
   _line rabbitmq rabbitmq beam "amqp://$HOST:$AMQP_PORT ($owner)" port_open "$AMQP_PORT"
   return $rc
@@ -626,7 +626,7 @@ cmd_env() {
   emit LAB_GLANCE_URL "$GLANCE_URL"
   emit LAB_GLANCE_ORACLE_URL "$ORACLE_URL"
   emit LAB_GLANCE_PROXY_URL "$PROXY_URL"
-  emit LAB_ADMISSION_PORT "$ADMISSION_PORT"
+  emit LAB_GATE_PORT "$GATE_PORT"
   emit LAB_GLANCE_UNIFIED_LIMITS 0
   emit LAB_TRANSPORT_URL "$TRANSPORT_URL"
   emit LAB_AMQP_URL "$AMQP_URL"
