@@ -166,12 +166,13 @@ export class AdmissionGate {
     // The endpoint's own reservations need no confirmation.
     if (!verdict.admit && !verdict.byReservations && this.o.confirmOnGlance) {
       const { phantom } = this.confirmation(projectId) ?? (await this.confirm(projectId));
-      if (phantom > 0) {
-        const glanceBounds = discounted(bounds, phantom);
-        seen = await this.reserve(projectId, glanceBounds);
-        if (seen.admitted) return { decision: 'allow', reason: 'ledger-corrected', projectId };
-        verdict = judgeAdmission(Math.max(0, seen.count - phantom), seen.reserved, { ...glanceBounds, ...(bounds.countLimit !== undefined ? { countLimit: bounds.countLimit } : {}) });
-      }
+      // The confirmation re-read the project's limits at the source (a limit raised a moment ago
+      // counts), as the cleanup does before it acts.
+      bounds = await this.boundsOf(projectId, await this.o.limits.limitsFor(projectId));
+      const glanceBounds = discounted(bounds, phantom);
+      seen = await this.reserve(projectId, glanceBounds);
+      if (seen.admitted) return { decision: 'allow', reason: 'ledger-corrected', projectId };
+      verdict = judgeAdmission(Math.max(0, seen.count - phantom), seen.reserved, { ...glanceBounds, ...(bounds.countLimit !== undefined ? { countLimit: bounds.countLimit } : {}) });
     }
     if (verdict.admit) {
       // The store refused, the rule (on what the store saw) admits: a store bug, not a quota.

@@ -145,6 +145,24 @@ describe('the admission door', () => {
     expect(await gate.decide(create)).toMatchObject({ decision: 'deny', over: { resource: 'image_create_rate', limit: 3, usage: 3 } });
   });
 
+  it('counts a limit raised a moment ago: the confirmation re-reads the limits at the source', async () => {
+    const store = new MemoryStore();
+    await pipelineOf({ store, limits: new StaticLimits({}), clock: () => NOW }).ingest([createBody(P)]);
+    let keystone = 1;
+    let table = 1;
+    const limits = { limitsFor: async () => ({ image_count_total: table }), refresh: async () => ({ image_count_total: (table = keystone) }) };
+    const gate = new AdmissionGate({
+      ledger: store, limits, clock: () => NOW,
+      tokenOwner: async () => ({ projectId: P, expiresAtMs: NOW + 60_000 }),
+      // As Pipeline.enforceOnGlance does: the limits afresh, then Glance's count.
+      confirmOnGlance: async (p) => (await limits.refresh(), (await store.usage(p)).image_count_total),
+      confirmMs: 0,
+    });
+    expect(await gate.decide(create)).toMatchObject({ decision: 'deny', over: { limit: 1, usage: 1 } });
+    keystone = 3;
+    expect(await gate.decide(create)).toMatchObject({ decision: 'allow', reason: 'ledger-corrected' });
+  });
+
   it('allows exempt projects, unlimited ones, and in dry-run reports the refusal it would make', async () => {
     const exempt = gateOver(new MemoryStore(), 'image_count_total=0', { exemptProjects: new Set([P]) }).gate;
     expect(await exempt.decide(create)).toMatchObject({ decision: 'allow', reason: 'exempt' });
