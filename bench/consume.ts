@@ -62,7 +62,7 @@ import { generateHistory, projectId } from '../test/support/generate.js';
 import { publishAtRate, type PublisherArgs } from './lag-publisher.js';
 import { keystoneStandIn, projectLimit, registeredLimit, type KeystoneStandIn } from '../test/support/keystone-standin.js';
 import { pipelineOf } from '../src/composition-root.js';
-import type { IngestResult } from '../src/pipeline.js';
+import type { IngestResult } from '../src/pipeline/index.js';
 import { freshLedger, holdService, requireServices, type LedgerKind } from '../test/support/services.js';
 
 const { values: args } = parseArgs({
@@ -214,7 +214,7 @@ function enforcer(queue: string, store: LedgerStore, onCommitted: (result: Inges
     metrics,
     onCommitted: (r) => {
       // As `consume` does (src/commands/consume.ts).
-      worker.add(pipeline.projectsAfter(r));
+      worker.add(r.projects);
       onCommitted(r, Date.now());
     },
   });

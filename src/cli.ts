@@ -79,6 +79,7 @@ export const ERROR_EXITS: Readonly<Record<ErrorCode | 'ERR_PARSE_ARGS_*' | 'ENOE
   STORE_DATA: { exit: 1, messageOnly: false },
   ENFORCEMENT_FAILED: { exit: 1, messageOnly: false },
   EVENT_SHAPE: { exit: 1, messageOnly: false },
+  LIMITS_UNAVAILABLE: { exit: 1, messageOnly: true },
 };
 
 /** The entry of `ERROR_EXITS` for `err`; undefined for an error the CLI does not expect. */

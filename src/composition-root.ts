@@ -1,5 +1,5 @@
 import { loadConfig, type Config } from './config.js';
-import { Pipeline, type EnforcementMode, type ImageService, type PipelineOptions } from './pipeline.js';
+import { Pipeline, type EnforcementMode, type ImageService, type PipelineOptions } from './pipeline/index.js';
 import { ConfigError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import { loadCredentials } from './openstack/credentials.js';
@@ -75,28 +75,28 @@ export interface RuntimeOverrides {
   mode?: EnforcementMode;
 }
 
-/** The parts a pipeline is built over; the rest comes from the configuration. */
+/** The parts a pipeline is built over; the settings come from the configuration. */
 export type PipelineParts = Pick<PipelineOptions, 'store' | 'limits'> & Partial<PipelineOptions>;
 
+/** The configuration of an empty environment: the defaults, for pipelines built without one. */
+let defaults: Config | undefined;
+
 /**
- * The one place a `Pipeline` is built: the configuration's mode, exemptions, concurrency and door
- * limits over the given parts (which win). Without a configuration, the pipeline's own defaults:
- * tests and benches that need no environment.
+ * The one place a `Pipeline` is built: the configuration's mode, exemptions, concurrency, door
+ * limits and retention over the given parts (which win). Without a configuration, the defaults
+ * of the configuration's schema (src/config.ts): tests and benches that need no environment.
  *
  * @example
  *   const pipeline = pipelineOf({ store: new MemoryStore(), limits: new StaticLimits({}) });
  */
-export function pipelineOf(parts: PipelineParts, config?: Config): Pipeline {
+export function pipelineOf(parts: PipelineParts, config: Config = (defaults ??= loadConfig({}))): Pipeline {
   return new Pipeline({
-    ...(config
-      ? {
-          mode: config.mode,
-          exemptProjects: config.exemptProjects,
-          concurrency: config.enforceConcurrency,
-          door: config.door,
-          retention: { messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs, deadImagesMs: config.deletedImageRetentionMs },
-        }
-      : {}),
+    mode: config.mode,
+    protectedPolicy: config.protectedQueued,
+    exemptProjects: config.exemptProjects,
+    concurrency: config.enforceConcurrency,
+    door: config.door,
+    retention: { messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs, deadImagesMs: config.deletedImageRetentionMs },
     ...parts,
   });
 }

@@ -67,6 +67,10 @@ export const EnvSchema = z.object({
     .string()
     .default('')
     .meta({ description: 'Comma-separated project ids that are reported when over but never get an image deleted.' }),
+  PROTECTED_QUEUED_IMAGES: z
+    .enum(['unprotect', 'report'])
+    .default('unprotect')
+    .meta({ description: "What to do with a queued image past the limit that its owner marked `protected` at create (Glance refuses to DELETE a protected image, even for an admin): `unprotect` clears the flag (PATCH) and deletes it, as Glance's own quota would have refused its POST and a queued image holds no data; `report` leaves it and audits it once as `protected` (the alert GlanceQuotaProtectedOverLimit). Either way it is counted in its own place: the project's other images never go instead." }),
   ENFORCEMENT_MODE: z
     .enum(['enforce', 'dry-run'])
     .default('enforce')
@@ -152,6 +156,12 @@ export const EnvSchema = z.object({
     .positive()
     .default(1_000_000)
     .meta({ description: 'Most messages the queue (and its dead-letter queue) may hold while the enforcer is down; the oldest are dropped beyond it, and the reconcile at start catches up.' }),
+  QUEUE_MAX_BYTES: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(1024 * 1024 * 1024)
+    .meta({ description: 'Most bytes of message bodies the queue (and, apart, its dead-letter queue) may hold (`x-max-length-bytes`): a flood of fat notifications cannot fill the broker\'s disk. The oldest are dropped beyond it, and the reconcile catches up. A queue declared before with other bounds must be deleted first (the error says how).' }),
   PREFETCH: z.coerce
     .number()
     .int()
@@ -256,6 +266,7 @@ export interface Config {
   limits: { defaults: ProjectLimits; perProject: Record<string, ProjectLimits> };
   exemptProjects: Set<string>;
   mode: 'enforce' | 'dry-run';
+  protectedQueued: Env['PROTECTED_QUEUED_IMAGES'];
   logLevel: Env['LOG_LEVEL'];
   messageRetentionMs: number;
   auditRetentionMs: number;
@@ -274,6 +285,7 @@ export interface Config {
     topic: string;
     queue: string;
     maxLength: number;
+    maxBytes: number;
     prefetch: number;
     publishExchange: string;
     publishTopic: string;
@@ -323,6 +335,8 @@ const EXAMPLES: Record<string, string> = {
   AMQP_DURABLE_QUEUES: 'AMQP_DURABLE_QUEUES=false',
   PREFETCH: 'PREFETCH=4096',
   QUEUE_MAX_LENGTH: 'QUEUE_MAX_LENGTH=1000000',
+  QUEUE_MAX_BYTES: 'QUEUE_MAX_BYTES=1073741824',
+  PROTECTED_QUEUED_IMAGES: 'PROTECTED_QUEUED_IMAGES=report',
   ENFORCE_CONCURRENCY: 'ENFORCE_CONCURRENCY=8',
   METRICS_PORT: 'METRICS_PORT=10920',
   METRICS_HOST: 'METRICS_HOST=127.0.0.1',
@@ -397,6 +411,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     limits: { defaults, perProject: e.QUOTA_LIMITS_FILE ? readLimitsFile(e.QUOTA_LIMITS_FILE) : {} },
     exemptProjects: new Set(e.EXEMPT_PROJECTS.split(',').map((p) => p.trim()).filter(Boolean)),
     mode: e.ENFORCEMENT_MODE,
+    protectedQueued: e.PROTECTED_QUEUED_IMAGES,
     logLevel: e.LOG_LEVEL,
     messageRetentionMs: e.MESSAGE_RETENTION_SECONDS * 1000,
     auditRetentionMs: e.AUDIT_RETENTION_SECONDS * 1000,
@@ -414,6 +429,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       topic: e.NOTIFICATION_TOPIC,
       queue: e.QUEUE_NAME,
       maxLength: e.QUEUE_MAX_LENGTH,
+      maxBytes: e.QUEUE_MAX_BYTES,
       prefetch: e.PREFETCH,
       publishExchange: e.PUBLISH_EXCHANGE,
       publishTopic: e.PUBLISH_TOPIC,

@@ -17,7 +17,8 @@ export type ErrorCode =
   | 'BROKER_TIMEOUT'
   | 'BROKER_UNAVAILABLE'
   | 'ENFORCEMENT_FAILED'
-  | 'EVENT_SHAPE';
+  | 'EVENT_SHAPE'
+  | 'LIMITS_UNAVAILABLE';
 
 /**
  * The base of every error the enforcer throws on purpose: a stable `code`, `name` set from the
@@ -55,6 +56,15 @@ export class StoreUnavailableError extends EnforcerError {
  */
 export class StoreDataError extends EnforcerError {
   override readonly code = 'STORE_DATA';
+}
+
+/**
+ * A project is over, but its limits did not come from the configured source (Keystone failed, and
+ * only a fallback or a stale table is in hand): nothing is deleted. The door retries it as any
+ * failed enforcement (the consume worker with backoff, a function's batch, the next reconcile).
+ */
+export class LimitsUnavailableError extends EnforcerError {
+  override readonly code = 'LIMITS_UNAVAILABLE';
 }
 
 /** The stable code of an error the enforcer threw on purpose, for a log line; undefined for any other. */

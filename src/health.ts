@@ -47,10 +47,18 @@ export async function startHealthServer(listen: { port: number; host: string }, 
 
 /**
  * `consume`'s `/readyz`: the store answers within 5 s (one that does not is failing, as one that
- * errs), the broker is connected, and no batch has been held past STALL_SECONDS, so that a
+ * errs), the broker is connected, the limits source answers (while it fails nothing is deleted),
+ * and no batch has been held past STALL_SECONDS, so that a
  * consumer stuck on the broker or the store is seen, and restarted, instead of looking healthy.
  */
-export function consumerReadiness(o: { storeAnswers: () => Promise<unknown>; connected: () => boolean; batchHeldMs: () => number; stallMs: number }): HealthChecks {
+export function consumerReadiness(o: {
+  storeAnswers: () => Promise<unknown>;
+  connected: () => boolean;
+  batchHeldMs: () => number;
+  stallMs: number;
+  /** The limits source's own status: while it fails, nothing is deleted, and the consumer says so. */
+  limits?: () => { trusted: boolean; detail: string };
+}): HealthChecks {
   return {
     ready: async () => {
       let storeOk = false;
@@ -58,9 +66,11 @@ export function consumerReadiness(o: { storeAnswers: () => Promise<unknown>; con
       const connected = o.connected();
       const heldMs = o.batchHeldMs();
       const stalled = heldMs > o.stallMs;
+      const limits = o.limits?.() ?? { trusted: true, detail: 'static' };
       return {
-        ok: storeOk && connected && !stalled,
+        ok: storeOk && connected && !stalled && limits.trusted,
         detail: {
+          limits: limits.detail,
           broker: connected ? 'connected' : 'disconnected',
           store: storeOk ? 'ok' : 'failing',
           batch: stalled ? `stalled: in hand for ${Math.round(heldMs / 1000)} s, over STALL_SECONDS (${o.stallMs / 1000})` : 'flowing',

@@ -14,7 +14,7 @@ export class Metrics {
   });
   readonly actions = new Counter({
     name: 'gqe_actions_total',
-    help: 'Enforcement actions, by kind: deleted, would-delete, skipped, not-deletable, gone',
+    help: 'Enforcement actions, by kind: deleted, would-delete, skipped, protected, not-deletable, gone',
     labelNames: ['action'] as const,
     registers: [this.registry],
   });
@@ -78,8 +78,21 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  private limitsStatus: () => boolean = () => true;
+  readonly limitsTrusted: Gauge = new Gauge({
+    name: 'gqe_limits_trusted',
+    help: '1 while the configured limits source answers (Keystone read, or static limits configured); 0 while it fails: projects over are reported, nothing is deleted',
+    registers: [this.registry],
+    collect: (): void => this.limitsTrusted.set(this.limitsStatus() ? 1 : 0),
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'gqe_' });
+  }
+
+  /** gqe_limits_trusted follows the source's own status at every scrape. */
+  watchLimits(source: { status?(): { trusted: boolean } }): void {
+    this.limitsStatus = () => source.status?.().trusted !== false;
   }
 
   countCorrections(corrections: readonly { kind: string }[]): void {

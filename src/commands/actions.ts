@@ -12,7 +12,7 @@ export async function actionsCommand(args: string[], io: Io): Promise<number> {
   // The audit trail is in the ledger alone: no OpenStack identity is read, whatever OS_* says.
   const runtime = await openRuntime(process.env, { overrides: { glance: null } });
   try {
-    const actions = await runtime.pipeline.audit({ ...(values.project ? { projectId: values.project } : {}), ...(sinceMs !== undefined ? { sinceMs } : {}) });
+    const actions = await runtime.pipeline.ledger.actions({ ...(values.project ? { projectId: values.project } : {}), ...(sinceMs !== undefined ? { sinceMs } : {}) });
     if (values.json) {
       io.stdout(JSON.stringify({
         actions: actions.map((a) => ({ at: new Date(a.atMs).toISOString(), project_id: a.projectId, image_id: a.imageId, action: a.action, reason: a.reason, over: a.over, usage: a.usage, limits: limitsJson(a.limits) })),

@@ -28,6 +28,7 @@ export async function consume(args: string[]): Promise<number> {
     },
   });
   const { config, log, pipeline } = runtime;
+  metrics.watchLimits(runtime.limits);
   const publishing = config.amqp.publishExchange ? new Notifier(config.amqp.publishExchange, config.amqp.publishTopic, config.amqp.durableExchange, log) : undefined;
   const announce = (notifications = new QuotaNotifications(publishing, () => pipeline.mode));
 
@@ -54,7 +55,7 @@ export async function consume(args: string[]): Promise<number> {
     pipeline,
     log,
     metrics,
-    onCommitted: (result) => worker.add(pipeline.projectsAfter(result)),
+    onCommitted: (result) => worker.add(result.projects),
     onConnected: async (connection) => {
       await announce.attach(connection);
       // After a broker restart, Glance's non-durable exchange (and our binding to it) was gone for
@@ -65,9 +66,15 @@ export async function consume(args: string[]): Promise<number> {
   const health = await startHealthServer(
     { port: config.metricsPort, host: config.metricsHost },
     metrics,
-    consumerReadiness({ storeAnswers: () => pipeline.usage('readiness-probe'), connected: () => consumer.isConnected, batchHeldMs: () => consumer.batchHeldMs(), stallMs: config.stallMs }),
+    consumerReadiness({
+      storeAnswers: () => pipeline.ledger.usage('readiness-probe'),
+      connected: () => consumer.isConnected,
+      batchHeldMs: () => consumer.batchHeldMs(),
+      stallMs: config.stallMs,
+      limits: () => runtime.limits.status?.() ?? { trusted: true, detail: 'static' },
+    }),
   );
-  log.info({ host: config.metricsHost, port: health.port, mode: pipeline.mode, store: pipeline.ledgerDescription }, 'health and metrics listening');
+  log.info({ host: config.metricsHost, port: health.port, mode: pipeline.mode, store: pipeline.ledger.description }, 'health and metrics listening');
   // ADMISSION_PORT: the admission endpoint in this process, over this consumer's ledger.
   const admission = config.admission.port === undefined
     ? undefined

@@ -35,11 +35,11 @@ export async function gate(args: string[]): Promise<number> {
   const health = await startHealthServer({ port: config.metricsPort, host: config.metricsHost }, metrics, {
     ready: async () => {
       let storeOk = false;
-      await settlesWithin(pipeline.usage('readiness-probe').then(() => void (storeOk = true), () => {}), 5_000);
+      await settlesWithin(pipeline.ledger.usage('readiness-probe').then(() => void (storeOk = true), () => {}), 5_000);
       return { ok: storeOk, detail: { store: storeOk ? 'ok' : 'failing' } };
     },
   });
-  log.info({ host: listen.host, port: endpoint.port, metricsPort: health.port, store: pipeline.ledgerDescription, fail: config.admission.failClosed ? 'closed' : 'open' }, 'admission endpoint listening');
+  log.info({ host: listen.host, port: endpoint.port, metricsPort: health.port, store: pipeline.ledger.description, fail: config.admission.failClosed ? 'closed' : 'open' }, 'admission endpoint listening');
   await new Promise<void>((resolve) => {
     for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => resolve());
   });

@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
 import { openRuntime } from '../composition-root.js';
 import { reconcile } from '../doors/reconcile.js';
-import type { EnforcementReport } from '../pipeline.js';
+import type { EnforcementReport } from '../pipeline/index.js';
 import { printable, scrub } from '../redact.js';
 import { limitsJson, type Io } from './output.js';
 
@@ -25,7 +25,7 @@ export async function reconcileCommand(args: string[], io: Io): Promise<number> 
       onProgress: progressBar(io, !values.json && Boolean(process.stderr.isTTY)),
     });
     const count = (kind: string) => summary.projects.reduce((n, p) => n + p.actions.filter((a) => a.action === kind).length, 0);
-    const totals = { deleted: count('deleted'), would_delete: count('would-delete'), skipped: count('skipped'), not_deletable: count('not-deletable'), gone: count('gone') };
+    const totals = { deleted: count('deleted'), would_delete: count('would-delete'), skipped: count('skipped'), protected: count('protected'), not_deletable: count('not-deletable'), gone: count('gone') };
     if (values.json) {
       io.stdout(JSON.stringify({
         mode: runtime.pipeline.mode,

@@ -2,7 +2,7 @@ import { parseArgs } from 'node:util';
 import { openRuntime } from '../composition-root.js';
 import { replayFile, replayJson } from '../doors/replay.js';
 import { ConfigError } from '../errors.js';
-import type { ProjectReport } from '../pipeline.js';
+import type { ProjectReport } from '../pipeline/index.js';
 import { mergeLimits, parseLimits, type ProjectLimits } from '../quota/limits.js';
 import { USAGE_RESOURCES } from '../quota/resources.js';
 import { printable } from '../redact.js';

@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
 import { openRuntime } from '../composition-root.js';
 import { UnifiedLimits } from '../openstack/limits.js';
-import type { ProjectReport } from '../pipeline.js';
+import type { ProjectReport } from '../pipeline/index.js';
 import { USAGE_RESOURCES } from '../quota/resources.js';
 import { printable } from '../redact.js';
 import { limitsJson, table, type Io } from './output.js';
@@ -26,7 +26,7 @@ export async function status(args: string[], io: Io): Promise<number> {
     onLimitsUnavailable: (reason) => io.stderr(`warning: ${reason}\nwarning: showing QUOTA_LIMITS / QUOTA_LIMITS_FILE limits only ('-' is unlimited)\n`),
   });
   try {
-    const ids = values.project ? [values.project] : await runtime.pipeline.projects();
+    const ids = values.project ? [values.project] : await runtime.pipeline.ledger.projects();
     const projects: ProjectReport[] = [];
     for (const id of ids) projects.push(await runtime.pipeline.evaluate(id));
     const failed = runtime.limits instanceof UnifiedLimits ? runtime.limits.failures : 0;

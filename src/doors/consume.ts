@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../config.js';
-import type { IngestResult, Pipeline } from '../pipeline.js';
+import type { IngestResult, Pipeline } from '../pipeline/index.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { backoffMs, settlesWithin } from '../retry.js';

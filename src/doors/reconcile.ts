@@ -1,6 +1,6 @@
 import type { OwnedImage } from '../ledger/glance-image.js';
 import type { CorrectionKind } from '../ledger/repair.js';
-import type { EnforcementReport, ImageService, Pipeline, ProjectFailure, ProjectReport } from '../pipeline.js';
+import type { EnforcementReport, ImageService, Pipeline, ProjectFailure, ProjectReport } from '../pipeline/index.js';
 import { backoffMs } from '../retry.js';
 
 /** Where a budgeted reconcile keeps the last project it finished in the current pass. */
@@ -97,7 +97,7 @@ export async function reconcile(pipeline: Pipeline, images: ImageService, option
   // start at all, not even the first project of a run.
   const hardDeadline = started + (options.remainingMs?.() ?? Infinity) - TIMEOUT_MARGIN_MS;
   const deadline = Math.min(started + (options.budgetMs ?? Infinity), hardDeadline);
-  const after = options.resume ? ((await pipeline.state(RECONCILE_CURSOR)) ?? '') : '';
+  const after = options.resume ? ((await pipeline.ledger.getState(RECONCILE_CURSOR)) ?? '') : '';
 
   const byProject = new Map<string, OwnedImage[]>();
   const everyId = new Set<string>();
@@ -112,7 +112,7 @@ export async function reconcile(pipeline: Pipeline, images: ImageService, option
     list.push(image as OwnedImage);
     byProject.set(image.owner, list);
   }
-  const pass = [...new Set([...byProject.keys(), ...(await pipeline.projects())])].sort();
+  const pass = [...new Set([...byProject.keys(), ...(await pipeline.ledger.projects())])].sort();
   const todo = pass.filter((p) => p > after);
 
   const reports: EnforcementReport[] = [];
@@ -130,7 +130,7 @@ export async function reconcile(pipeline: Pipeline, images: ImageService, option
       // A failed project moves the cursor only with the next success: a run that dies after
       // failures alone resumes before them.
       cursor = projectId;
-      if (options.resume) await pipeline.setState(RECONCILE_CURSOR, cursor);
+      if (options.resume) await pipeline.ledger.setState(RECONCILE_CURSOR, cursor);
     } catch (err) {
       failed(projectId, err);
     }
@@ -142,7 +142,7 @@ export async function reconcile(pipeline: Pipeline, images: ImageService, option
 
   const remaining = todo.length - done;
   if (remaining > 0) return summary(reports, { listed, unreadable, complete: false, remaining, cursor });
-  if (options.resume) await pipeline.setState(RECONCILE_CURSOR, '');
+  if (options.resume) await pipeline.ledger.setState(RECONCILE_CURSOR, '');
   return summary(reports, { listed, unreadable, complete: true, remaining: 0, cursor: '', pruned: await pipeline.prune() });
 }
 

@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
-import type { MessageResult, Pipeline, ProjectReport } from '../pipeline.js';
+import type { MessageResult, Pipeline, ProjectReport } from '../pipeline/index.js';
 
 export interface ReplaySummary {
   messages: Record<'total' | MessageResult, number>;
@@ -15,7 +15,7 @@ export interface ReplayOptions {
 
 /**
  * Feed a file of raw AMQP bodies, one per line as on the wire, through the production pipeline,
- * then decide for every project the file's batches named (`Pipeline.projectsAfter`, as every door
+ * then decide for every project the file's batches named (`IngestResult.projects`, as every door
  * does). Blank lines are not messages and are skipped. Replay never asks Glance: its decision is
  * the ledger's estimate, which in production only triggers a look at Glance's listing.
  */
@@ -29,7 +29,7 @@ export async function replayFile(pipeline: Pipeline, path: string, options: Repl
     const result = await pipeline.ingest(batch);
     const { outcomes } = result;
     // The same rule as consume and the functions: the projects a batch names are the ones decided.
-    for (const p of pipeline.projectsAfter(result)) touched.add(p);
+    for (const p of result.projects) touched.add(p);
     outcomes.forEach((o, i) => {
       messages[o.result]++;
       if (o.result === 'invalid') options.onInvalid?.(lineNumbers[i]!, o.reason ?? 'invalid');

@@ -6,8 +6,10 @@ import {
   checkOsloMessage,
   isOsloEnvelope,
   isoSeconds,
+  MESSAGE_ID,
   osloTimestampMicros,
 } from './schema.js';
+import { scanMessage } from './scan.js';
 import { describeIssues } from '../zod-issues.js';
 
 /** One image's state as one notification tells it. Times are numbers so ordering is exact. */
@@ -49,7 +51,11 @@ const UNPRINTABLE = /[\p{Cc}\p{Cs}]/u;
 export type ParseOutcome =
   | { kind: 'image'; event: ImageEvent }
   | { kind: 'ignored'; messageId: string; eventType: string; reason: string }
-  | { kind: 'invalid'; reason: string };
+  /**
+   * `event`: a body over MAX_MESSAGE_BYTES, still dead-lettered, whose image state a bounded scan
+   * could read (src/notification/scan.ts): its project is decided on like any other's.
+   */
+  | { kind: 'invalid'; reason: string; event?: ImageEvent };
 
 /** Event types that carry an image's state in the full image payload. */
 export const LEDGER_EVENTS: ReadonlySet<string> = new Set([
@@ -105,16 +111,37 @@ function byteLength(body: Uint8Array | string): number {
   return typeof body === 'string' ? Buffer.byteLength(body, 'utf8') : body.byteLength;
 }
 
-/** A body over MAX_MESSAGE_BYTES, found before it costs a decode or a JSON.parse. */
-function oversized(body: Uint8Array | string, limits: DoorLimits): ParseOutcome | undefined {
+/**
+ * A body over MAX_MESSAGE_BYTES, found before it costs a decode or a JSON.parse. It is invalid
+ * (dead-lettered), but still a trigger: a bounded scan of its first bytes reads the image state
+ * Glance put before the properties, so a tenant cannot hide its creates behind megabytes of them.
+ */
+function oversized(body: Uint8Array | string, nowMs: number, limits: DoorLimits): ParseOutcome | undefined {
   // A string has at most 3 UTF-8 bytes per UTF-16 unit: most bodies are settled without counting.
   if (typeof body === 'string' && body.length * 3 <= limits.maxMessageBytes) return undefined;
   const bytes = byteLength(body);
   if (bytes <= limits.maxMessageBytes) return undefined;
-  return {
-    kind: 'invalid',
-    reason: `body of ${bytes} bytes is over MAX_MESSAGE_BYTES (${limits.maxMessageBytes}); Glance's notifications are a few KiB, raise MAX_MESSAGE_BYTES only if images really carry that many properties`,
-  };
+  const reason = `body of ${bytes} bytes is over MAX_MESSAGE_BYTES (${limits.maxMessageBytes}); Glance's notifications are a few KiB, raise MAX_MESSAGE_BYTES only if images really carry that many properties`;
+  const event = scannedEvent(body, nowMs, limits);
+  return event ? { kind: 'invalid', reason: `${reason} (its image ${event.imageId} of project ${event.projectId} is counted from a scan of its first bytes)`, event } : { kind: 'invalid', reason };
+}
+
+/**
+ * The ledger event of a body too large to parse, from the fields a bounded scan read, checked as a
+ * parsed payload is (ids, times, the clock skew); undefined when the scan did not reach them. The
+ * oslo timestamp comes after the payload, out of the scan's reach: the payload's `updated_at`
+ * orders the event instead.
+ */
+function scannedEvent(body: Uint8Array | string, nowMs: number, limits: DoorLimits): ImageEvent | undefined {
+  const scanned = scanMessage(body);
+  if (!scanned) return undefined;
+  const { message_id: messageId, event_type: eventType, priority } = scanned;
+  if (typeof messageId !== 'string' || !MESSAGE_ID.test(messageId) || typeof eventType !== 'string' || typeof priority !== 'string') return undefined;
+  if (ignoredMessage(messageId, eventType, priority)) return undefined;
+  const image = checkImagePayload(scanned.payload);
+  if (!image) return undefined;
+  const outcome = imageOutcome(messageId, eventType, image.payload, image, (image.updatedAt ?? image.createdAt) * 1_000_000, nowMs, limits);
+  return outcome.kind === 'image' ? outcome.event : undefined;
 }
 
 /**
@@ -185,7 +212,7 @@ function imageOutcome(messageId: string, eventType: string, p: ImagePayload, tim
  *   if (out.kind === 'invalid') deadLetter(delivery, out.reason);
  */
 export function parseNotification(body: Uint8Array | string, nowMs: number, limits: DoorLimits = DOOR_DEFAULTS): ParseOutcome {
-  const tooLarge = oversized(body, limits);
+  const tooLarge = oversized(body, nowMs, limits);
   if (tooLarge) return tooLarge;
   const text = bodyText(body);
   // Nearly every body is well-formed and the plain guards settle it; any other goes through the
@@ -232,7 +259,7 @@ export function parseWellFormed(text: string, nowMs: number, limits: DoorLimits 
  * so the times it reads twice (in the `.refine`, then for the event) cost nothing in production.
  */
 export function parseBySchemas(body: Uint8Array | string, nowMs: number, limits: DoorLimits = DOOR_DEFAULTS): ParseOutcome {
-  const tooLarge = oversized(body, limits);
+  const tooLarge = oversized(body, nowMs, limits);
   if (tooLarge) return tooLarge;
   const text = bodyText(body);
   const outer = decodeJson(text, 'body');

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { GlanceImage } from '../ledger/glance-image.js';
-import type { DeleteOutcome } from '../pipeline.js';
+import type { DeleteOutcome, UnprotectOutcome } from '../pipeline/ports.js';
 import { createLogger, type Logger } from '../log.js';
 import { OpenStackHttpError, displayUrl, scrub } from './errors.js';
 import { firstIssue } from '../zod-issues.js';
@@ -97,6 +97,22 @@ export class GlanceClient {
       return { result: 'refused', status: response.status, reason: glanceMessage(response) };
     }
     throw this.unexpected('DELETE', url, response);
+  }
+
+  /**
+   * Clears the image's `protected` flag (JSON patch; an admin may, whoever the owner). 404 is
+   * `gone`; 403 (policy) and 409 are Glance refusing, with its reason, for the caller to record.
+   */
+  async unprotectImage(id: string): Promise<UnprotectOutcome> {
+    const url = `${await this.base()}/v2/images/${encodeURIComponent(id)}`;
+    const body = JSON.stringify([{ op: 'replace', path: '/protected', value: false }]);
+    const response = await this.keystone.withToken('project', (token) =>
+      this.transport({ method: 'PATCH', url, body, headers: { accept: 'application/json', 'content-type': 'application/openstack-images-v2.1-json-patch', 'x-auth-token': token } }),
+    );
+    if (response.status === 200) return { result: 'unprotected' };
+    if (response.status === 404) return { result: 'gone' };
+    if (response.status === 403 || response.status === 409) return { result: 'refused', status: response.status, reason: glanceMessage(response) };
+    throw this.unexpected('PATCH', url, response);
   }
 
   /**

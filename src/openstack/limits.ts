@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { createLogger, type Logger } from '../log.js';
-import { resolveLimits, type LimitSource, type ProjectLimits } from '../quota/limits.js';
+import { resolveLimits, type ConfirmedLimits, type LimitSource, type ProjectLimits } from '../quota/limits.js';
 import { displayUrl } from './errors.js';
 import type { KeystoneClient } from './keystone.js';
 
@@ -272,6 +272,28 @@ export class UnifiedLimits implements LimitSource {
     if (!this.inFlight && due) this.startRead();
     await this.inFlight;
     return (await this.resolve(projectId)).limits;
+  }
+
+  /**
+   * `refresh`, and trusted only when the latest read of Keystone succeeded: while Keystone fails
+   * (an outage, a role without system-scope reader), neither the static fallback nor the last
+   * known table is acted on. A limit raised during the outage would otherwise cost real images.
+   */
+  async confirm(projectId: string): Promise<ConfirmedLimits> {
+    await this.refresh(projectId);
+    const { limits, origin, fetchedAt } = await this.resolve(projectId);
+    if (origin === 'keystone') return { trusted: true, limits };
+    const reason =
+      origin === 'fallback'
+        ? `Keystone's unified limits could not be read yet (${this.failureCount} failed reads); the static limits are not a stand-in for them`
+        : `the latest read of Keystone's unified limits failed; the table in hand is from ${new Date(fetchedAt ?? 0).toISOString()}`;
+    return { trusted: false, limits, reason };
+  }
+
+  status(): { trusted: boolean; detail: string } {
+    if (!this.table) return { trusted: false, detail: this.failureCount > 0 ? `unavailable: Keystone's unified limits could not be read yet (${this.failureCount} failed reads)` : 'not read yet' };
+    if (this.stale) return { trusted: false, detail: `unavailable: the latest read failed; the table from ${new Date(this.table.fetchedAt).toISOString()} is not acted on` };
+    return { trusted: true, detail: 'keystone' };
   }
 
   /** `limitsFor` with where the answer came from. */

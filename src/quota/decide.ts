@@ -25,49 +25,43 @@ export function isRemovable(r: ImageRecord): boolean {
   return r.status === 'queued' && isLive(r);
 }
 
-/** Removable, and Glance would let us: what the decision on Glance's own listing may pick. */
-export function isDeletable(r: ImageRecord): boolean {
-  return isRemovable(r) && !r.protected;
-}
-
-function countExcess(records: readonly ImageRecord[], usage: Usage, limit: number, eligible: (r: ImageRecord) => boolean): ImageRecord[] {
+function countExcess(records: readonly ImageRecord[], usage: Usage, limit: number): ImageRecord[] {
   const excess = usage.image_count_total - limit;
-  return records.filter(eligible).sort(newestFirst).slice(0, Math.max(0, excess));
+  return records.filter(isRemovable).sort(newestFirst).slice(0, Math.max(0, excess));
 }
 
 /**
- * Images created past the rate: walking all of the project's images in (created_at, id) order,
- * one is over when more than N images (itself included) were created less than W seconds before
- * it. Deleted images count: churn fills Glance's tables with soft-deleted rows all the same.
+ * Images created past the rate: of the images created in the last W seconds (before `nowSeconds`;
+ * a date after it is in the window too), the ones past the first N in creation order. An old burst
+ * is not a violation: it is only counted, by the count rule. Deleted images count: churn fills
+ * Glance's tables with soft-deleted rows all the same.
  */
-export function overRate(records: readonly ImageRecord[], count: number, windowSeconds: number): ImageRecord[] {
-  const ordered = [...records].sort((a, b) => -newestFirst(a, b));
-  const over: ImageRecord[] = [];
-  let start = 0;
-  for (let i = 0; i < ordered.length; i++) {
-    const created = ordered[i]!.createdAt;
-    while (created - ordered[start]!.createdAt >= windowSeconds) start++;
-    if (i - start + 1 > count) over.push(ordered[i]!);
-  }
-  return over;
+export function overRate(records: readonly ImageRecord[], count: number, windowSeconds: number, nowSeconds: number): ImageRecord[] {
+  return records
+    .filter((r) => nowSeconds - r.createdAt < windowSeconds)
+    .sort((a, b) => -newestFirst(a, b))
+    .slice(count);
+}
+
+export interface DecideOptions {
+  /** EXEMPT_PROJECTS names the project: it is reported, never given candidates. */
+  exempt: boolean;
+  /** Now, in epoch seconds: where the rate rule's window ends. */
+  nowSeconds: number;
 }
 
 /**
- * The quota rule for one project, a plain function of its records, usage and limits. On the
- * ledger it is an estimate (`isRemovable`); on Glance's listing it is the act, and `eligible` is
- * `isDeletable` so that a protected image never takes the place of one that can go.
+ * The quota rule for one project, a plain function of its records, usage, limits and the time.
+ * On the ledger it is an estimate; on Glance's listing it is the act. Every queued live image is
+ * a candidate, protected or not: a protected image past the limit is Glance's own to refuse a
+ * DELETE of, and it must never make the project's other images go in its place (what the act does
+ * with it is the act's: src/pipeline/enforce.ts).
  *
  * @example
- *   decide(records, usageOf(records), { image_count_total: 5 }, false)
+ *   decide(records, usageOf(records), { image_count_total: 5 }, { exempt: false, nowSeconds })
  *   // => { over: ['image_count_total'], toDelete: ['<newest queued id>', ...] }
  */
-export function decide(
-  records: readonly ImageRecord[],
-  usage: Usage,
-  limits: ProjectLimits,
-  exempt: boolean,
-  eligible: (r: ImageRecord) => boolean = isRemovable,
-): Decision {
+export function decide(records: readonly ImageRecord[], usage: Usage, limits: ProjectLimits, options: DecideOptions): Decision {
   const over: Resource[] = USAGE_RESOURCES.filter((r) => {
     const limit = limits[r];
     return !isUnlimited(limit) && usage[r] > limit;
@@ -75,15 +69,15 @@ export function decide(
   const candidates = new Map<string, ImageRecord>();
   const countLimit = limits.image_count_total;
   if (over.includes('image_count_total') && !isUnlimited(countLimit)) {
-    for (const r of countExcess(records, usage, countLimit, eligible)) candidates.set(r.imageId, r);
+    for (const r of countExcess(records, usage, countLimit)) candidates.set(r.imageId, r);
   }
   const rate = limits.image_create_rate;
   if (rate) {
-    const fast = overRate(records, rate.count, rate.windowSeconds);
+    const fast = overRate(records, rate.count, rate.windowSeconds, options.nowSeconds);
     if (fast.length > 0) over.push(CREATE_RATE);
-    for (const r of fast) if (eligible(r)) candidates.set(r.imageId, r);
+    for (const r of fast) if (isRemovable(r)) candidates.set(r.imageId, r);
   }
-  if (exempt) return { over, toDelete: [] };
+  if (options.exempt) return { over, toDelete: [] };
   return { over, toDelete: [...candidates.values()].sort(newestFirst).map((r) => r.imageId) };
 }
 

@@ -84,11 +84,24 @@ export function mergeLimits(...layers: (ProjectLimits | undefined)[]): ProjectLi
 export interface LimitSource {
   limitsFor(projectId: string): Promise<ProjectLimits>;
   /**
-   * The limits of a project found over, read again at the source first, so that a limit changed a
-   * moment ago acts at once (Keystone: rate-limited and shared by a burst of callers). A source
-   * without one has nothing to re-read: `limitsFor` is already current.
+   * The limits to act on for a project found over: read again at the source first, so that a
+   * limit changed a moment ago acts at once (Keystone: rate-limited and shared by a burst of
+   * callers), and `trusted` only when the configured source itself answered. Limits from
+   * anywhere else (a fallback while the source fails, a table the latest read could not renew)
+   * may be reported, never acted on. A source without one (static limits) is always current and
+   * trusted.
    */
-  refresh?(projectId: string): Promise<ProjectLimits>;
+  confirm?(projectId: string): Promise<ConfirmedLimits>;
+  /** Whether `confirm` would trust the source right now, and why not (readiness, the metric gqe_limits_trusted). */
+  status?(): { trusted: boolean; detail: string };
+}
+
+/** What `LimitSource.confirm` answers: limits to act on, or the best known ones and why not. */
+export type ConfirmedLimits = { trusted: true; limits: ProjectLimits } | { trusted: false; limits: ProjectLimits; reason: string };
+
+/** `source.confirm`, or for a source without one, its current limits, trusted. */
+export async function confirmLimits(source: LimitSource, projectId: string): Promise<ConfirmedLimits> {
+  return source.confirm ? source.confirm(projectId) : { trusted: true, limits: await source.limitsFor(projectId) };
 }
 
 /**

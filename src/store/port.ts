@@ -7,10 +7,12 @@ import type { Resource, Usage } from '../quota/resources.js';
 
 /**
  * What the enforcer did about one candidate image, and why. `would-delete` is dry-run's
- * `deleted`; `skipped` means Glance did not confirm the image as removable; `not-deletable` is a
- * 403 or 409 from Glance's DELETE; `gone` means Glance no longer had it.
+ * `deleted`; `skipped` means Glance, read right before the act, did not confirm the image as
+ * removable; `protected` is a queued image past the limit left in place because its owner
+ * protected it and PROTECTED_QUEUED_IMAGES=report; `not-deletable` is a 403 or 409 from Glance's
+ * PATCH or DELETE; `gone` means Glance no longer had it.
  */
-export type ActionKind = 'deleted' | 'would-delete' | 'skipped' | 'not-deletable' | 'gone';
+export type ActionKind = 'deleted' | 'would-delete' | 'skipped' | 'protected' | 'not-deletable' | 'gone';
 
 export interface ActionRecord {
   atMs: number;

@@ -104,6 +104,8 @@ export interface QueueSettings {
   topic: string;
   queue: string;
   maxLength: number;
+  /** x-max-length-bytes of each queue: fat bodies cannot fill the broker's disk. */
+  maxBytes: number;
 }
 
 /** Where poison and overflow end up: `<queue>.dead`, reached through the default exchange. */
@@ -172,16 +174,16 @@ export async function declareTopology(connection: amqp.ChannelModel, s: QueueSet
   const dead = deadLetterQueue(s.queue);
   await attempt(
     `QUEUE_NAME: queue '${dead}'`,
-    `it was declared with another QUEUE_MAX_LENGTH; delete it (rabbitmqctl delete_queue ${dead}) after moving its messages, or choose another QUEUE_NAME`,
-    (ch) => ch.assertQueue(dead, { durable: true, arguments: { 'x-max-length': s.maxLength } }),
+    `it was declared with another QUEUE_MAX_LENGTH or QUEUE_MAX_BYTES (before QUEUE_MAX_BYTES existed: without one); delete it (rabbitmqctl delete_queue ${dead}) after moving its messages, or choose another QUEUE_NAME`,
+    (ch) => ch.assertQueue(dead, { durable: true, arguments: { 'x-max-length': s.maxLength, 'x-max-length-bytes': s.maxBytes } }),
   );
   await attempt(
     `QUEUE_NAME: queue '${s.queue}'`,
-    `it was declared with another QUEUE_MAX_LENGTH or dead-letter settings; delete it (rabbitmqctl delete_queue ${s.queue}) or choose another QUEUE_NAME`,
+    `it was declared with another QUEUE_MAX_LENGTH, QUEUE_MAX_BYTES (before QUEUE_MAX_BYTES existed: without one) or dead-letter settings; delete it (rabbitmqctl delete_queue ${s.queue}) or choose another QUEUE_NAME`,
     async (ch) => {
       await ch.assertQueue(s.queue, {
         durable: true,
-        arguments: { 'x-max-length': s.maxLength, 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': dead },
+        arguments: { 'x-max-length': s.maxLength, 'x-max-length-bytes': s.maxBytes, 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': dead },
       });
       await ch.bindQueue(s.queue, s.exchange, `${s.topic}.info`);
     },

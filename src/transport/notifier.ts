@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { ChannelModel, ConfirmChannel } from 'amqplib';
 import type { Logger } from '../log.js';
-import type { ProjectReport } from '../pipeline.js';
+import type { ProjectReport } from '../pipeline/ports.js';
 import type { ActionRecord } from '../store/port.js';
 import { scrubFields } from '../redact.js';
 import { BROKER_TIMEOUT_MS, withTimeout } from './amqp.js';
@@ -81,6 +81,7 @@ const EVENT_OF: Record<ActionRecord['action'], string> = {
   deleted: 'quota_enforcer.image.deleted',
   'would-delete': 'quota_enforcer.image.would_delete',
   skipped: 'quota_enforcer.image.skipped',
+  protected: 'quota_enforcer.image.protected',
   'not-deletable': 'quota_enforcer.image.not_deletable',
   gone: 'quota_enforcer.image.gone',
 };

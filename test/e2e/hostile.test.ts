@@ -53,7 +53,7 @@ describe('hostile input against consume on the real lab', () => {
     expect(await b.count(c.queue)).toBe(0);
     // Nothing is stuck: the consumer says it is ready, its batches flowing.
     const ready = await fetch(`http://127.0.0.1:${c.port}/readyz`);
-    expect({ status: ready.status, body: await ready.json() }).toEqual({ status: 200, body: { broker: 'connected', store: 'ok', batch: 'flowing' } });
+    expect({ status: ready.status, body: await ready.json() }).toEqual({ status: 200, body: { limits: 'keystone', broker: 'connected', store: 'ok', batch: 'flowing' } });
 
     const { code, ms } = await timedStop(c);
     expect(code).toBe(0);

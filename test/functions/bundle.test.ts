@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildFunctions, FUNCTION_NAMES, type BuiltFunction } from '../../scripts/build-functions.js';
-import { Pipeline } from '../../src/pipeline.js';
+import { Pipeline } from '../../src/pipeline/index.js';
 import { replayFile, type ReplaySummary } from '../../src/doors/replay.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { quotaTestBodies } from '../support/fixtures.js';
@@ -49,7 +49,7 @@ describe('the bundles, as built', () => {
     for (const b of built) {
       const loaded = Object.keys(b.loadedAtImport);
       expect(loaded.filter((i) => /node_modules\/(ioredis|pg|@aws-sdk|@smithy|better-sqlite3)\//.test(i)), b.name).toEqual([]);
-      expect(loaded.some((i) => i.endsWith('src/pipeline.ts'))).toBe(true);
+      expect(loaded.some((i) => i.endsWith('src/pipeline/index.ts'))).toBe(true);
       // Both drivers are in the bundle, for whichever STORE_URL names; SQLite is in none.
       expect(b.inputs.some((i) => i.includes('node_modules/ioredis/')) && b.inputs.some((i) => i.includes('node_modules/pg/'))).toBe(true);
       expect(b.inputs.filter((i) => /better-sqlite3|src\/store\/sqlite\.ts/.test(i))).toEqual([]);

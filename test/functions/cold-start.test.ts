@@ -95,7 +95,7 @@ describe('a function instance over a real shared ledger', () => {
     const second = await handler(rmqEvent(bodies.slice(4)));
     expect(first.messages.ignored + second.messages.ignored).toBe(bodies.length);
     expect(opens).toBe(1);
-    expect(built[0]!.pipeline.ledgerDescription).toMatch(/^redis:\/\/127\.0\.0\.1:6379\/0 keys gqe-test:/);
+    expect(built[0]!.pipeline.ledger.description).toMatch(/^redis:\/\/127\.0\.0\.1:6379\/0 keys gqe-test:/);
     expect(built[0]!.poison).toBeUndefined();
     await built[0]!.close();
   });

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Pipeline } from '../../src/pipeline.js';
+import { Pipeline } from '../../src/pipeline/index.js';
 import { amazonMqHandler, handleRabbitMqEvent } from '../../src/doors/lambda/amazonmq.js';
 import { EventShapeError } from '../../src/doors/lambda/events.js';
 import type { FunctionServices } from '../../src/doors/lambda/instance.js';
@@ -30,6 +30,10 @@ import {
 import { envelope, inner, quotaTestBodies } from '../support/fixtures.js';
 import { ev } from '../support/events.js';
 import { pipelineOf } from '../../src/composition-root.js';
+import { createLogger } from '../../src/log.js';
+import { UnifiedLimits } from '../../src/openstack/limits.js';
+import { StaticLimits } from '../../src/quota/static-limits.js';
+import { projectLimit } from '../support/keystone-standin.js';
 
 /**
  * A body the door accepts but the store refuses: the project already holds 2^53 - 1 bytes (set
@@ -248,6 +252,31 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
     expect(again.messages).toEqual({ applied: 0, duplicate: 3, ignored: 0, invalid: 0 });
     expect(again.actions).toBe(2);
     expect(await shared.store.usage(ATTACKER)).toMatchObject({ image_count_total: 1 });
+  });
+
+  it('amazonmq: a cold start while Keystone cannot be read deletes nothing on the static limits; the redelivery acts once it answers', async () => {
+    const glance = MemoryGlance.fromBodies(quotaTestBodies());
+    const keystone = { down: true };
+    const reader = {
+      registeredLimits: async () => {
+        if (keystone.down) throw new Error('keystone: GET http://keystone/v3/registered_limits got no answer after 4 attempts');
+        return [];
+      },
+      allProjectLimits: async () => ({ limits: [projectLimit(ATTACKER, 'image_count_total', 2)], truncated: false }),
+      projectLimits: async () => [],
+    };
+    let now = Date.now();
+    // QUOTA_LIMITS says 1 for everyone; Keystone will say 2 for the attacker.
+    const limits = new UnifiedLimits(reader, { fallback: new StaticLimits({ image_count_total: 1 }), now: () => now, log: createLogger('silent') });
+    const services = servicesOver({ store: shared.store, glance, limits });
+    const event = rmqEvent(quotaTestBodies());
+    await expect(handleRabbitMqEvent(services, event)).rejects.toThrow(/limits of 81566b2f2198430fbd7aa2d6c0954a76 unavailable/);
+    expect(glance.deleted).toEqual([]);
+    keystone.down = false;
+    now += 60_000;
+    const again = await handleRabbitMqEvent(services, event);
+    expect(again.actions).toBe(1);
+    expect(glance.deleted).toHaveLength(1);
   });
 });
 

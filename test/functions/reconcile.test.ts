@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Pipeline } from '../../src/pipeline.js';
+import { Pipeline } from '../../src/pipeline/index.js';
 import { EventShapeError } from '../../src/doors/lambda/events.js';
 import { reconcileHandler } from '../../src/doors/lambda/reconcile.js';
 import type { GlanceImage, ImageStatus } from '../../src/ledger/glance-image.js';
@@ -44,9 +44,9 @@ function cloud(): { glance: MemoryGlance; store: MemoryStore } {
  */
 async function ledgerOf(pipeline: Pipeline) {
   const out: Record<string, unknown> = {};
-  for (const p of await pipeline.projects()) {
+  for (const p of await pipeline.ledger.projects()) {
     const { usage, over, toDelete } = await pipeline.evaluate(p);
-    const records = (await pipeline.records(p))
+    const records = (await pipeline.ledger.images(p))
       .map(({ imageId, projectId, status, size, createdAt, deleted, protected: isProtected }) => ({ imageId, projectId, status, size, createdAt, deleted, isProtected }))
       .sort((a, b) => (a.imageId < b.imageId ? -1 : 1));
     out[p] = { usage, over, toDelete, records };

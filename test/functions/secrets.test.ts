@@ -106,7 +106,7 @@ describe('a function instance whose STORE_URL is a secret', () => {
     };
     const services = await openFunctionServices(env, { secrets: awsSecretReader() });
     try {
-      expect(services.pipeline.ledgerDescription).toMatch(/^redis:\/\/127\.0\.0\.1:6379\/0 keys gqe-test:/);
+      expect(services.pipeline.ledger.description).toMatch(/^redis:\/\/127\.0\.0\.1:6379\/0 keys gqe-test:/);
       expect(services.config.storeUrl).toBe(shared.ledger.env.STORE_URL);
       expect(secretIds().sort()).toEqual([PASSWORD_ARN, STORE_ARN].sort());
     } finally {

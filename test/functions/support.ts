@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { loadConfig } from '../../src/config.js';
-import { type DeleteOutcome, type ImageService } from '../../src/pipeline.js';
+import { type DeleteOutcome, type ImageService, type UnprotectOutcome } from '../../src/pipeline/index.js';
 import type { MetricsSink } from '../../src/doors/lambda/metrics.js';
 import type { FunctionServices, PoisonQueue } from '../../src/doors/lambda/instance.js';
 import type { GlanceImage } from '../../src/ledger/glance-image.js';
@@ -126,6 +126,8 @@ export class MemoryGlance implements ImageService {
   readonly failing = new Set<string>();
   /** Called on every listing, e.g. to move a test clock. */
   onList: (owner: string | undefined) => void = () => {};
+  /** Called on every read of one image, e.g. to start its upload between the listing and the act. */
+  onGet: (id: string) => void = () => {};
 
   add(...images: GlanceImage[]): this {
     for (const i of images) this.images.set(i.id, i);
@@ -148,6 +150,7 @@ export class MemoryGlance implements ImageService {
 
   async getImage(id: string): Promise<GlanceImage | null> {
     this.calls.push(`GET ${id}`);
+    this.onGet(id);
     const image = this.images.get(id);
     this.fail(image?.owner);
     return image ? { ...image } : null;
@@ -158,9 +161,20 @@ export class MemoryGlance implements ImageService {
     const image = this.images.get(id);
     this.fail(image?.owner);
     if (!image) return { result: 'gone' };
+    // As Glance: a protected image cannot be deleted, not even by an admin.
+    if (image.protected) return { result: 'refused', status: 403, reason: `Image ${id} is protected and cannot be deleted.` };
     this.images.delete(id);
     this.deleted.push(id);
     return { result: 'deleted' };
+  }
+
+  async unprotectImage(id: string): Promise<UnprotectOutcome> {
+    this.calls.push(`UNPROTECT ${id}`);
+    const image = this.images.get(id);
+    this.fail(image?.owner);
+    if (!image) return { result: 'gone' };
+    image.protected = false;
+    return { result: 'unprotected' };
   }
 
   async *listImages(query: { owner?: string } = {}): AsyncIterable<GlanceImage> {

@@ -87,7 +87,7 @@ describe.each(['postgres', 'redis'] as const)('%s stopped for 10 s under one con
             expect(comparison.candidates).toBeGreaterThan(0);
           } else {
             // Redis came back empty: the ledger holds only what was applied after the restart.
-            expect((await shared.projects()).length).toBeGreaterThan(0);
+            expect((await shared.ledger.projects()).length).toBeGreaterThan(0);
           }
         } finally {
           await sharedStore.close();

@@ -25,7 +25,7 @@
 import { createInterface } from 'node:readline';
 import { NotificationConsumer } from '../../src/doors/consume.js';
 import { EnforcementWorker } from '../../src/doors/enforcement-worker.js';
-import type { MessageResult } from '../../src/pipeline.js';
+import type { MessageResult } from '../../src/pipeline/index.js';
 import { Metrics } from '../../src/metrics.js';
 import { openRuntime } from '../../src/composition-root.js';
 
@@ -60,7 +60,7 @@ process.once('SIGTERM', () => {
   })();
 });
 
-say('ready', { pid: process.pid, store: pipeline.ledgerDescription });
+say('ready', { pid: process.pid, store: pipeline.ledger.description });
 if (process.env.CONSUME_PROCESS_WAIT_FOR_GO === '1') {
   const lines = createInterface({ input: process.stdin });
   await new Promise<void>((resolve) => lines.on('line', (line) => line.trim() === 'go' && resolve()));

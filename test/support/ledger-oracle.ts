@@ -3,7 +3,7 @@
  * project-by-project comparison of a shared ledger with it (records, usage, and the decision).
  */
 import { isDeepStrictEqual } from 'node:util';
-import { Pipeline, type MessageResult } from '../../src/pipeline.js';
+import { Pipeline, type MessageResult } from '../../src/pipeline/index.js';
 import type { ImageRecord } from '../../src/ledger/record.js';
 import { parseLimits } from '../../src/quota/limits.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';
@@ -55,7 +55,7 @@ export async function compareLedgers(shared: Pipeline, oracle: Pipeline, max = 5
     if (differences.length < max) differences.push(`${what}: shared ${JSON.stringify(got)}, replay ${JSON.stringify(want)}`);
     else if (differences.length === max) differences.push('...');
   };
-  const [sharedProjects, oracleProjects] = [await shared.projects(), await oracle.projects()];
+  const [sharedProjects, oracleProjects] = [await shared.ledger.projects(), await oracle.ledger.projects()];
   if (!isDeepStrictEqual(sharedProjects, oracleProjects)) {
     const only = (a: string[], b: string[]) => a.filter((p) => !b.includes(p));
     differ('projects()', { count: sharedProjects.length, only: only(sharedProjects, oracleProjects) }, { count: oracleProjects.length, only: only(oracleProjects, sharedProjects) });
@@ -64,13 +64,13 @@ export async function compareLedgers(shared: Pipeline, oracle: Pipeline, max = 5
   let overProjects = 0;
   let candidates = 0;
   for (const p of oracleProjects) {
-    const [got, want] = [byId(await shared.records(p)), byId(await oracle.records(p))];
+    const [got, want] = [byId(await shared.ledger.images(p)), byId(await oracle.ledger.images(p))];
     images += want.length;
     if (!isDeepStrictEqual(got, want)) {
       const wrong = want.filter((r) => !isDeepStrictEqual(got.find((g) => g.imageId === r.imageId), r));
       differ(`images(${p}) (${wrong.length} of ${want.length} records differ, first)`, got.find((g) => g.imageId === wrong[0]?.imageId) ?? null, wrong[0] ?? null);
     }
-    const [gotUsage, wantUsage] = [await shared.usage(p), await oracle.usage(p)];
+    const [gotUsage, wantUsage] = [await shared.ledger.usage(p), await oracle.ledger.usage(p)];
     if (!isDeepStrictEqual(gotUsage, wantUsage)) differ(`usage(${p})`, gotUsage, wantUsage);
     const [gotDecision, wantDecision] = [await shared.evaluate(p), await oracle.evaluate(p)];
     if (wantDecision.over.length > 0) overProjects++;

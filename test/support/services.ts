@@ -1,3 +1,4 @@
+import { loadConfig } from '../../src/config.js';
 /**
  * The machine's real services for the contract and integration tests and `bench:stores`:
  * PostgreSQL, Redis and RabbitMQ. Every helper fails loudly, with the command that starts the
@@ -372,7 +373,7 @@ export async function freshQueue(label = 'test'): Promise<TestQueue> {
   }
   connection.on('error', () => {});
   const name = `gqe-${label}-${randomBytes(4).toString('hex')}`;
-  const settings = { exchange: `${name}-x`, durableExchange: false, topic: name, queue: name, maxLength: 1_000_000 };
+  const settings = { exchange: `${name}-x`, durableExchange: false, topic: name, queue: name, maxLength: 1_000_000, maxBytes: loadConfig({}).amqp.maxBytes };
   await declareTopology(connection, settings);
   const channel = await connection.createConfirmChannel();
   channel.on('error', () => {});

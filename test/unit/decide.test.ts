@@ -9,8 +9,8 @@ function rec(imageId: string, createdAt: number, status = 'queued', extra: Parti
   return { ...recordFromEvent(ev({ imageId, createdAt, status })), ...extra };
 }
 
-function run(records: ImageRecord[], limits: ProjectLimits, exempt = false) {
-  return decide(records, usageOf(records), limits, exempt);
+function run(records: ImageRecord[], limits: ProjectLimits, exempt = false, nowSeconds = 10) {
+  return decide(records, usageOf(records), limits, { exempt, nowSeconds });
 }
 
 describe('count excess', () => {
@@ -53,10 +53,25 @@ describe('count excess', () => {
 describe('creation rate', () => {
   const rate = (text: string) => parseLimits(`image_create_rate=${text}`);
 
-  it('flags the images past N within W seconds (strictly less than W earlier)', () => {
-    // 3 per 10 s: t=0,1,2 fine; t=9 is the 4th within 10 s; t=10 sees 1,2,9,10 (0 is exactly 10 s earlier).
+  it('flags the images past the first N of those created in the last W seconds (strictly less than W before now)', () => {
+    // 3 per 10 s, now = 10: a (0) is exactly 10 s old and out; b, c, d, e are in the window, so e,
+    // the 4th, is over. f is dated after now (a clock ahead, or a forgery): in the window too.
     const records = [rec('a', 0), rec('b', 1), rec('c', 2), rec('d', 9), rec('e', 10), rec('f', 30)];
-    expect(run(records, rate('3/10s'))).toEqual({ over: ['image_create_rate'], toDelete: ['e', 'd'] });
+    expect(run(records, rate('3/10s'))).toEqual({ over: ['image_create_rate'], toDelete: ['f', 'e'] });
+  });
+
+  it('leaves an old burst alone: a year-old burst of 5 is not a rate violation today', () => {
+    const year = 365 * 24 * 3600;
+    const burst = ['b1', 'b2', 'b3', 'b4', 'b5'].map((id, i) => rec(id, i));
+    const today = [rec('t1', year + 100), rec('t2', year + 200)];
+    expect(run([...burst, ...today], rate('2/60s'), false, year + 300)).toEqual({ over: [], toDelete: [] });
+    // The same burst, decided while it happens, is one.
+    expect(run(burst, rate('2/60s'), false, 5)).toEqual({ over: ['image_create_rate'], toDelete: ['b5', 'b4', 'b3'] });
+  });
+
+  it('counts a protected queued image in its own place: the project\'s other images never go instead', () => {
+    const records = [rec('a', 1), rec('b', 2), rec('c', 3, 'queued', { protected: true })];
+    expect(run(records, { image_count_total: 2 })).toEqual({ over: ['image_count_total'], toDelete: ['c'] });
   });
 
   it('counts deleted images in the window: create/delete churn is the attack', () => {
@@ -101,13 +116,16 @@ describe('limits syntax', () => {
 
 describe('verification against what Glance says', () => {
   const glance = { id: 'x', owner: 'p1', status: 'queued', protected: false } as const;
-  it('confirms only a queued, unprotected image of the project', async () => {
+  it('confirms only a queued image of the project; a protected one is unprotected first, or kept and reported', async () => {
     const { verifyCandidate } = await import('../../src/quota/verify.js');
-    expect(verifyCandidate(glance, 'p1')).toEqual({ removable: true });
-    expect(verifyCandidate(null, 'p1')).toMatchObject({ removable: false, reason: expect.stringMatching(/does not know/) });
-    expect(verifyCandidate({ ...glance, owner: 'p2' }, 'p1')).toMatchObject({ reason: expect.stringMatching(/owner is p2/) });
-    expect(verifyCandidate({ ...glance, owner: null }, 'p1')).toMatchObject({ reason: expect.stringMatching(/owner is nobody/) });
-    expect(verifyCandidate({ ...glance, status: 'saving' }, 'p1')).toMatchObject({ reason: expect.stringMatching(/status is saving/) });
-    expect(verifyCandidate({ ...glance, protected: true }, 'p1')).toMatchObject({ reason: 'the image is protected' });
+    expect(verifyCandidate(glance, 'p1', 'unprotect')).toEqual({ removable: true, unprotectFirst: false });
+    expect(verifyCandidate(null, 'p1', 'unprotect')).toMatchObject({ removable: false, kind: 'skipped', reason: expect.stringMatching(/does not know/) });
+    expect(verifyCandidate({ ...glance, owner: 'p2' }, 'p1', 'unprotect')).toMatchObject({ reason: expect.stringMatching(/owner is p2/) });
+    expect(verifyCandidate({ ...glance, owner: null }, 'p1', 'unprotect')).toMatchObject({ reason: expect.stringMatching(/owner is nobody/) });
+    expect(verifyCandidate({ ...glance, status: 'saving' }, 'p1', 'unprotect')).toMatchObject({ kind: 'skipped', reason: expect.stringMatching(/status is saving/) });
+    expect(verifyCandidate({ ...glance, protected: true }, 'p1', 'unprotect')).toEqual({ removable: true, unprotectFirst: true });
+    expect(verifyCandidate({ ...glance, protected: true }, 'p1', 'report')).toMatchObject({ removable: false, kind: 'protected' });
+    // An active protected image is never a candidate, whatever the policy.
+    expect(verifyCandidate({ ...glance, status: 'active', protected: true }, 'p1', 'unprotect')).toMatchObject({ removable: false, kind: 'skipped' });
   });
 });

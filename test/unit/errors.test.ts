@@ -6,7 +6,7 @@ import { runCli as run } from '../support/cli.js';
 import { loadConfig } from '../../src/config.js';
 import { EnforcementFailedError } from '../../src/doors/lambda/batch.js';
 import { EventShapeError } from '../../src/doors/lambda/events.js';
-import { ConfigError, EnforcerError, StoreDataError, StoreUnavailableError } from '../../src/errors.js';
+import { ConfigError, EnforcerError, StoreDataError, StoreUnavailableError, LimitsUnavailableError } from '../../src/errors.js';
 import {
   CatalogError,
   KeystoneAuthError,
@@ -50,6 +50,7 @@ const made: { cls: abstract new (...args: never[]) => EnforcerError; error: Enfo
   { cls: BrokerUnavailableError, error: new BrokerUnavailableError('m', { cause }), wraps: true },
   { cls: EnforcementFailedError, error: new EnforcementFailedError([{ projectId: 'p1', error: cause }]), wraps: false },
   { cls: EventShapeError, error: new EventShapeError('m', { cause }), wraps: true },
+  { cls: LimitsUnavailableError, error: new LimitsUnavailableError('m', { cause }), wraps: true },
 ];
 
 /** Every `class X extends Y` under src/, by name, with what it extends. */

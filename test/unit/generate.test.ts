@@ -248,7 +248,7 @@ describe('replaying the stream, redeliveries included, gives the generator\'s ow
     for (let i = 0; i < 40; i++) {
       const project = projectId(i);
       const expected = history.live.get(project) ?? { count: 0, sizeBytes: 0 };
-      const usage = await pipeline.usage(project);
+      const usage = await pipeline.ledger.usage(project);
       expect(usage.image_count_total, project).toBe(expected.count);
       expect(usage.image_size_total, project).toBe(Math.floor(expected.sizeBytes / MiB));
     }

@@ -93,7 +93,7 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
     const store = new MemoryStore();
     await store.applyEvents([...glance.images.values()].map(trueCreate), NOW_MS);
     // The table says 2 (stale); Keystone says 5 now.
-    const limits = { limitsFor: async () => ({ image_count_total: 2 }), refresh: async () => ({ image_count_total: 5 }) };
+    const limits = { limitsFor: async () => ({ image_count_total: 2 }), confirm: async () => ({ trusted: true as const, limits: { image_count_total: 5 } }) };
     const report = await pipelineOf({ store, limits, images: glance, clock: () => NOW_MS }).enforce(P);
     expect(report).toMatchObject({ basis: 'glance', over: [], limits: { image_count_total: 5 } });
     expect(glance.deleted).toEqual([]);
@@ -151,12 +151,96 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
     expect((await store.usage(P)).image_count_total).toBe(3);
   });
 
-  it('never lets a protected image stand in for one that can go, nor deletes more than the excess', async () => {
+  it('a protected queued image past the limit goes in its own place, unprotected first; the older images stay', async () => {
     const glance = new MemoryGlance().add(image('old', NOW - 300), image('mid', NOW - 200), image('locked', NOW - 100, { protected: true }));
     const { store, pipeline } = pipelineOver(glance, { image_count_total: 1 });
     await store.applyEvents([...glance.images.values()].map(trueCreate), NOW_MS);
-    await pipeline.enforce(P);
-    expect(glance.deleted.sort()).toEqual(['mid', 'old']);
+    const report = await pipeline.enforce(P);
+    expect(glance.deleted.sort()).toEqual(['locked', 'mid']);
+    expect([...glance.images.keys()]).toEqual(['old']);
+    expect(glance.calls.filter((c) => c.startsWith('UNPROTECT'))).toEqual(['UNPROTECT locked']);
+    expect(report.actions.find((a) => a.imageId === 'locked')).toMatchObject({ action: 'deleted', reason: expect.stringMatching(/protected flag was cleared first/) });
+  });
+
+  it('with PROTECTED_QUEUED_IMAGES=report, a protected image past the limit is kept and audited once, and still no other image goes in its place', async () => {
+    const glance = new MemoryGlance().add(image('old', NOW - 300), image('mid', NOW - 200), image('locked', NOW - 100, { protected: true }));
+    const store = new MemoryStore();
+    const pipeline = pipelineOf({ store, limits: limitsOf({ image_count_total: 1 }), images: glance, protectedPolicy: 'report', clock: () => NOW_MS });
+    await store.applyEvents([...glance.images.values()].map(trueCreate), NOW_MS);
+    for (let i = 0; i < 5; i++) await pipeline.enforceOnGlance(P);
+    expect(glance.deleted).toEqual(['mid']);
+    expect([...glance.images.keys()].sort()).toEqual(['locked', 'old']);
+    expect((await store.actions()).map((a) => `${a.imageId}:${a.action}`)).toEqual(['locked:protected', 'mid:deleted']);
+    expect(glance.calls.filter((c) => c.startsWith('UNPROTECT') || c.startsWith('DELETE locked'))).toEqual([]);
+  });
+
+  it('200 protected creates against 5: enforced as they arrive, each image is audited once (no audit per listing per image)', async () => {
+    const glance = new MemoryGlance();
+    const store = new MemoryStore();
+    const pipeline = pipelineOf({ store, limits: limitsOf({ image_count_total: 5 }), images: glance, protectedPolicy: 'report', clock: () => NOW_MS });
+    for (let i = 0; i < 200; i++) {
+      const img = image(`p${String(i).padStart(3, '0')}`, NOW - 1_000 + i, { protected: true });
+      glance.add(img);
+      await store.applyEvents([trueCreate(img)], NOW_MS);
+      await pipeline.enforce(P);
+    }
+    const audit = await store.actions();
+    expect(audit).toHaveLength(195);
+    expect(new Set(audit.map((a) => a.imageId)).size).toBe(195);
+    expect(audit.every((a) => a.action === 'protected')).toBe(true);
+  });
+
+  it('reads each candidate back from Glance before acting: an image that went active after the listing survives', async () => {
+    const glance = new MemoryGlance().add(image('a', NOW - 300), image('b', NOW - 200), image('c', NOW - 100));
+    const { store, pipeline } = pipelineOver(glance, { image_count_total: 1 });
+    await store.applyEvents([...glance.images.values()].map(trueCreate), NOW_MS);
+    // Its owner uploads 1 GiB into 'c' between the listing and the act.
+    glance.onGet = (id) => {
+      if (id === 'c') Object.assign(glance.images.get('c')!, { status: 'active', size: 1 << 30 });
+    };
+    const report = await pipeline.enforce(P);
+    expect(glance.deleted).toEqual(['b']);
+    expect(glance.images.get('c')).toMatchObject({ status: 'active' });
+    expect(report.actions.find((a) => a.imageId === 'c')).toMatchObject({ action: 'skipped', reason: expect.stringMatching(/no longer queued.*Glance said: active/) });
+  });
+
+  it('a limits outage deletes nothing: limits not from the configured source are reported, never acted on', async () => {
+    const glance = new MemoryGlance().add(...Array.from({ length: 60 }, (_, i) => image(`i${i}`, NOW - 1_000 + i)));
+    const store = new MemoryStore();
+    await store.applyEvents([...glance.images.values()].map(trueCreate), NOW_MS);
+    // Keystone says 100; it cannot be read, and the static fallback in hand says 5.
+    const limits = { limitsFor: async () => ({ image_count_total: 5 }), confirm: async () => ({ trusted: false as const, limits: { image_count_total: 5 }, reason: 'Keystone unreachable' }) };
+    const pipeline = pipelineOf({ store, limits, images: glance, clock: () => NOW_MS });
+    await expect(pipeline.enforce(P)).rejects.toMatchObject({ code: 'LIMITS_UNAVAILABLE', message: expect.stringMatching(/Keystone unreachable/) });
+    expect(glance.deleted).toEqual([]);
+    expect(glance.calls.filter((c) => !c.startsWith('LIST'))).toEqual([]);
+    expect(await store.actions()).toEqual([]);
+  });
+
+  it('an image listed twice (its os_hidden flipped between the two passes) counts once', async () => {
+    const glance = new MemoryGlance().add(image('a', NOW - 300), image('b', NOW - 200), image('c', NOW - 100));
+    const listOnce = glance.listImages.bind(glance);
+    glance.listImages = async function* (query) {
+      yield* listOnce(query);
+      yield { ...glance.images.get('b')!, os_hidden: true };
+    };
+    const { store, pipeline } = pipelineOver(glance, { image_count_total: 3 });
+    await store.applyEvents([...glance.images.values()].map(trueCreate), NOW_MS);
+    const report = await pipeline.enforceOnGlance(P);
+    expect(report.usage.image_count_total).toBe(3);
+    expect(glance.deleted).toEqual([]);
+  });
+
+  it('an old burst is not a rate violation: 5 queued images from a year ago stay while the project holds 25 of its 1,000', async () => {
+    const year = 365 * 24 * 3600;
+    const old = Array.from({ length: 5 }, (_, i) => image(`old${i}`, NOW - year + i));
+    const steady = Array.from({ length: 20 }, (_, i) => image(`s${String(i).padStart(2, '0')}`, NOW - 20 * 3600 + i * 3600, { status: 'active' }));
+    const glance = new MemoryGlance().add(...old, ...steady);
+    const { store, pipeline } = pipelineOver(glance, { image_count_total: 1_000, image_create_rate: { count: 3, windowSeconds: 60 } });
+    await store.applyEvents([...glance.images.values()].map(trueCreate), NOW_MS);
+    const report = await pipeline.enforceOnGlance(P);
+    expect(report.over).toEqual([]);
+    expect(glance.deleted).toEqual([]);
   });
 
   it('a forged create/delete churn trips the rate in the ledger but costs no real image', async () => {
@@ -203,7 +287,8 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
         const glance = new MemoryGlance().add(...real);
         // What Glance's own rule keeps and removes, computed here from the truth alone.
         const excess = Math.max(0, real.length - c.limit);
-        const deletable = real.filter((r) => r.status === 'queued' && !r.protected).sort((a, b) => (a.created_at === b.created_at ? (a.id < b.id ? 1 : -1) : a.created_at < b.created_at ? 1 : -1));
+        // Protected or not: a protected queued image goes in its own place (PROTECTED_QUEUED_IMAGES=unprotect).
+        const deletable = real.filter((r) => r.status === 'queued').sort((a, b) => (a.created_at === b.created_at ? (a.id < b.id ? 1 : -1) : a.created_at < b.created_at ? 1 : -1));
         const mayGo = new Set(deletable.slice(0, excess).map((r) => r.id));
 
         const events: ImageEvent[] = [];

@@ -170,7 +170,7 @@ describe('the door: size, calendar and the clock', () => {
     const limits = { maxMessageBytes: body.length - 1, clockSkewSeconds: 300 };
     for (const b of [body, Buffer.from(body)]) {
       const out = parseNotification(b, NOW, limits);
-      expect(out).toEqual({ kind: 'invalid', reason: expect.stringMatching(new RegExp(`^body of ${body.length} bytes is over MAX_MESSAGE_BYTES \\(${body.length - 1}\\)`)) });
+      expect(out).toEqual({ kind: 'invalid', reason: expect.stringMatching(new RegExp(`^body of ${body.length} bytes is over MAX_MESSAGE_BYTES \\(${body.length - 1}\\)`)), event: expect.objectContaining({ eventType: 'image.create' }) });
     }
     expect(parseNotification(body, NOW, { ...limits, maxMessageBytes: body.length }).kind).toBe('image');
     // 10 MB of nesting is refused by its size alone, without a JSON.parse.

@@ -200,6 +200,26 @@ describe('the limits table', () => {
     });
   });
 
+  it('trusts for an act only limits Keystone itself just gave: not the static fallback, not a table the latest read could not renew', async () => {
+    const { source, state } = fakeSource();
+    let now = 1_000_000;
+    state.project.set('attacker', [projectLimit('attacker', 'image_count_total', 3)]);
+    const limits = new UnifiedLimits(source, { fallback: new StaticLimits({ image_count_total: 5 }), cacheSeconds: 60, refreshSeconds: 1, now: () => now, log: quiet });
+    state.down = true;
+    // A cold start during an outage: the static 5 is in hand, and is not acted on.
+    expect(await limits.confirm('attacker')).toMatchObject({ trusted: false, limits: { image_count_total: 5 }, reason: expect.stringMatching(/could not be read yet.*not a stand-in/) });
+    state.down = false;
+    now += OUTAGE_RETRY_SECONDS * 1000;
+    expect(await limits.confirm('attacker')).toMatchObject({ trusted: true, limits: { image_count_total: 3 } });
+    // Keystone goes away again: the table from before is reported, not acted on.
+    state.down = true;
+    now += 2_000;
+    expect(await limits.confirm('attacker')).toMatchObject({ trusted: false, limits: { image_count_total: 3 }, reason: expect.stringMatching(/latest read .* failed/) });
+    state.down = false;
+    now += OUTAGE_RETRY_SECONDS * 1000;
+    expect((await limits.confirm('attacker')).trusted).toBe(true);
+  });
+
   it('reads projects one by one, and keeps a bounded number, only while Keystone truncates the listing', async () => {
     const { source, state } = fakeSource();
     state.truncated = true;

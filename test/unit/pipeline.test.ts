@@ -1,6 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { loadConfig } from '../../src/config.js';
-import { DEFAULT_RETENTION, Pipeline } from '../../src/pipeline.js';
+import { pipelineOf } from '../../src/composition-root.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { captures } from '../support/fixtures.js';
@@ -11,7 +10,7 @@ describe('the pipeline keeps its store bounded', () => {
     // A clock after the captured bodies: the door refuses messages dated after it.
     let now = Date.UTC(2026, 11, 1);
     const store = new MemoryStore();
-    const pipeline = new Pipeline({ store, limits: new StaticLimits({}), clock: () => now, retention: { messagesMs: 5_000, actionsMs: 5_000, deadImagesMs: 5_000 } });
+    const pipeline = pipelineOf({ store, limits: new StaticLimits({}), clock: () => now, retention: { messagesMs: 5_000, actionsMs: 5_000, deadImagesMs: 5_000 } });
     const bodies = captures().map((c) => c.body);
     await pipeline.ingest(bodies.slice(0, 10));
     const base = { over: [], usage: { image_count_total: 0, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 }, limits: {} };
@@ -28,11 +27,6 @@ describe('the pipeline keeps its store bounded', () => {
     expect((await store.actions()).map((a) => a.imageId)).toEqual(['new']);
     // Ids of the later batch are still remembered: their redelivery is a duplicate.
     expect((await pipeline.ingest(bodies.slice(10))).outcomes.some((o) => o.result === 'applied')).toBe(false);
-  });
-
-  it("keeps, by default, what the configuration's defaults keep", () => {
-    const config = loadConfig({});
-    expect(DEFAULT_RETENTION).toEqual({ messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs, deadImagesMs: config.deletedImageRetentionMs });
   });
 });
 
@@ -52,7 +46,7 @@ describe('the pipeline decides after a batch on the totals the batch committed',
   it('reads no usage from the store for projects the batch changed, and reads it again once they are taken', async () => {
     const now = Date.UTC(2026, 11, 1);
     const { store, reads, usage } = countingUsageReads();
-    const pipeline = new Pipeline({ store, limits: new StaticLimits({}), clock: () => now });
+    const pipeline = pipelineOf({ store, limits: new StaticLimits({}), clock: () => now });
     const result = await pipeline.ingest(captures().map((c) => c.body));
     expect(result.projects.length).toBeGreaterThan(0);
     for (const p of result.projects) expect((await pipeline.evaluate(p)).usage).toEqual(await usage(p));
@@ -66,7 +60,7 @@ describe('the pipeline decides after a batch on the totals the batch committed',
     const now = Date.UTC(2026, 11, 1);
     const { store, reads } = countingUsageReads();
     // Glance has none of the images the notifications told of: the listing tombstones them all.
-    const pipeline = new Pipeline({ store, limits: new StaticLimits({}), images: new MemoryGlance(), clock: () => now });
+    const pipeline = pipelineOf({ store, limits: new StaticLimits({}), images: new MemoryGlance(), clock: () => now });
     const { projects } = await pipeline.ingest(captures().map((c) => c.body));
     const p = projects[0]!;
     await pipeline.enforceOnGlance(p);
@@ -78,7 +72,7 @@ describe('the pipeline decides after a batch on the totals the batch committed',
   it('reads the store when the totals are more than a few seconds old', async () => {
     let now = Date.UTC(2026, 11, 1);
     const { store, reads } = countingUsageReads();
-    const pipeline = new Pipeline({ store, limits: new StaticLimits({}), clock: () => now });
+    const pipeline = pipelineOf({ store, limits: new StaticLimits({}), clock: () => now });
     const { projects } = await pipeline.ingest(captures().map((c) => c.body));
     now += 60_000;
     for (const p of projects) await pipeline.evaluate(p);

@@ -46,13 +46,19 @@ interface Cloud {
   url: string;
   deletes: string[];
   glanceListing: 'ok' | 'fail';
+  /** `fail`: every limits read answers 500, echoing the token and the password. */
+  limits: 'ok' | 'fail';
   close(): Promise<void>;
 }
 
 /** Keystone and Glance in one server: tokens for the right password, echoes everywhere else. */
 async function fakeCloud(): Promise<Cloud> {
   const deletes: string[] = [];
-  const cloud = { glanceListing: 'ok' } as Cloud;
+  const cloud = { glanceListing: 'ok', limits: 'ok' } as Cloud;
+  const IMAGES = [1, 2, 3].map((i) => ({
+    id: `0000000${i}-0000-4000-8000-00000000000${i}`, name: `img-${i}`, owner: PROJECT, status: 'queued', size: null,
+    created_at: `2026-11-26T20:30:0${i}Z`, updated_at: `2026-11-26T20:30:0${i}Z`, protected: false, visibility: 'private',
+  }));
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
@@ -77,21 +83,26 @@ async function fakeCloud(): Promise<Cloud> {
             user: { id: 'enforcer-user' },
             ...(system ? { system: { all: true } } : { project: { id: ENFORCER_PROJECT } }),
             roles: [{ name: system ? 'reader' : 'admin' }],
-            catalog: [],
+            catalog: [{ id: 'svc-image', type: 'image', name: 'glance', endpoints: [{ id: 'e1', interface: 'public', region_id: 'RegionOne', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/glance` }] }],
           },
         }, { 'x-subject-token': system ? `${TOKEN}-system` : TOKEN });
       }
+      if (cloud.limits === 'ok' && req.method === 'GET' && path.startsWith('/v3/registered_limits')) {
+        const registered = [{ id: 'r1', service_id: 'svc-image', region_id: 'RegionOne', resource_name: 'image_count_total', default_limit: 1 }];
+        return send(200, { registered_limits: registered, links: { self: path, next: null, previous: null } });
+      }
+      if (cloud.limits === 'ok' && req.method === 'GET' && path.startsWith('/v3/limits')) return send(200, { limits: [], links: { self: path, next: null, previous: null } });
       if (path.startsWith('/v3/')) {
         return send(500, { error: { code: 500, title: 'Internal Server Error', message: `limits backend failed for ${echoes(token)} and ${echoes(PASSWORD)}` } });
       }
       if (req.method === 'GET' && path.startsWith('/glance/v2/images?')) {
         if (cloud.glanceListing === 'fail') return send(500, `<html><body>proxy error: upstream said ${echoes(token)} / ${echoes(PASSWORD)}</body></html>`, { 'content-type': 'text/html' });
         const hidden = new URL(path, 'http://x').searchParams.get('os_hidden') === 'true';
-        const images = hidden ? [] : [1, 2, 3].map((i) => ({
-          id: `0000000${i}-0000-4000-8000-00000000000${i}`, name: `img-${i}`, owner: PROJECT, status: 'queued', size: null,
-          created_at: `2026-11-26T20:30:0${i}Z`, updated_at: `2026-11-26T20:30:0${i}Z`, protected: false, visibility: 'private',
-        }));
-        return send(200, { images });
+        return send(200, { images: hidden ? [] : IMAGES });
+      }
+      if (req.method === 'GET' && path.startsWith('/glance/v2/images/')) {
+        const image = IMAGES.find((i) => path.endsWith(`/${i.id}`));
+        return image ? send(200, image) : send(404, { message: 'not found' });
       }
       if (req.method === 'DELETE' && path.startsWith('/glance/v2/images/')) {
         deletes.push(path);
@@ -195,6 +206,19 @@ describe('no secret reaches any output channel, whatever Keystone and Glance ech
     // the audited record); and one built from raw server text, in a fresh process's memory.
     const notification = osloNotification('quota_enforcer.image.not_deletable', 'INFO', { reason: audit[0]!.reason }, Date.now());
     expectClean('notification', notification);
+  });
+
+  it('a limits outage echoing the token and the password deletes nothing, and no output shows either', async () => {
+    cloud.limits = 'fail';
+    try {
+      const before = cloud.deletes.length;
+      const out = await run(['reconcile'], envFor(join(dir, 'outage.db')));
+      expect(cloud.deletes).toHaveLength(before);
+      expect(out.stderr + out.log).toMatch(/limits of \S+ unavailable/);
+      for (const channel of ['stdout', 'stderr', 'log'] as const) expectClean(`reconcile during a limits outage, ${channel}`, out[channel]);
+    } finally {
+      cloud.limits = 'ok';
+    }
   });
 
   it('a notification payload quoting a server is scrubbed of every secret the process holds', async () => {

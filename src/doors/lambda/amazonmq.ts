@@ -29,7 +29,7 @@ interface Delivery {
  * batch: it is logged with its reason and its body, and the batch goes on. A store failure, and
  * an enforcement failure (Keystone, Glance), fail the invocation, and the batch comes back: its
  * messages are then duplicates that change nothing, and the projects they name are decided again
- * (see `Pipeline.projectsAfter`).
+ * (see `IngestResult.projects`).
  *
  * @example
  *   const summary = await handleRabbitMqEvent(services, event);
@@ -79,7 +79,7 @@ export async function handleRabbitMqEvent(services: FunctionServices, event: unk
   });
 
   const counts = countOutcomes(outcomes);
-  const projects = pipeline.projectsAfter(result);
+  const projects = result.projects;
   const { reports, failures } = await pipeline.enforceAll(projects);
   const actions = reports.reduce((n, r) => n + r.actions.length, 0);
   metrics({ messages: counts, reports, enforcementErrors: failures.length });

@@ -1,5 +1,5 @@
 import { EnforcerError } from '../../errors.js';
-import type { IngestResult, MessageOutcome, MessageResult, Pipeline, ProjectFailure } from '../../pipeline.js';
+import type { IngestResult, MessageOutcome, MessageResult, Pipeline, ProjectFailure } from '../../pipeline/index.js';
 
 /**
  * What the two message doors of function mode (Amazon MQ, SQS) share: counting outcomes, the

@@ -1,6 +1,6 @@
 import type { SQSClient } from '@aws-sdk/client-sqs';
 import type { Config } from '../../config.js';
-import type { ImageService, Pipeline } from '../../pipeline.js';
+import type { ImageService, Pipeline } from '../../pipeline/index.js';
 import { ConfigError, errorCode } from '../../errors.js';
 import { createLogger, logContext, type Logger } from '../../log.js';
 import type { InvocationContext } from './events.js';
@@ -80,7 +80,7 @@ export async function openFunctionServices(given: NodeJS.ProcessEnv = process.en
     sqs = new SQSClient({ region: env.AWS_REGION || regionOfQueueUrl(config.sqs.deadLetterQueueUrl) });
     poison = sqsPoisonQueue(sqs, config.sqs.deadLetterQueueUrl);
   }
-  log.info({ store: pipeline.ledgerDescription, mode: pipeline.mode, poison: poison?.description ?? 'reported for redrive' }, 'function instance ready');
+  log.info({ store: pipeline.ledger.description, mode: pipeline.mode, poison: poison?.description ?? 'reported for redrive' }, 'function instance ready');
   return {
     config,
     log,

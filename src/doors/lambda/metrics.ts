@@ -1,4 +1,4 @@
-import type { EnforcementReport } from '../../pipeline.js';
+import type { EnforcementReport } from '../../pipeline/index.js';
 import type { ActionKind } from '../../store/port.js';
 import type { MessageCounts } from './batch.js';
 
@@ -9,7 +9,7 @@ import type { MessageCounts } from './batch.js';
  * `GlanceQuotaEnforcer`, every metric with the dimension `function`:
  *
  * - `Messages` by `result` (applied, duplicate, ignored, invalid), as `gqe_messages_total`;
- * - `Actions` by `action` (deleted, would-delete, skipped, not-deletable, gone), as `gqe_actions_total`;
+ * - `Actions` by `action` (deleted, would-delete, skipped, protected, not-deletable, gone), as `gqe_actions_total`;
  * - `EnforcementErrors`: projects whose enforcement failed (Keystone, Glance), 0 included, so an
  *   alarm on it sees every invocation; `StoreErrors`: batch writes that failed.
  *

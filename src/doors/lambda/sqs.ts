@@ -79,10 +79,12 @@ export async function handleSqsEvent(services: FunctionServices, event: unknown)
     }),
   );
 
-  const { reports, failures } = await pipeline.enforceAll(pipeline.projectsAfter(result));
+  const { reports, failures } = await pipeline.enforceAll(result.projects);
   for (const { projectId } of failures) {
-    const own = records.filter((_, i) => outcomes[i]!.event?.projectId === projectId);
-    const affected = own.length > 0 ? own : records.filter((_, i) => outcomes[i]!.event !== undefined);
+    // A dead-lettered record (a body too large, whose scan named the project) is not retried.
+    const counted = (i: number) => outcomes[i]!.result !== 'invalid' && outcomes[i]!.event !== undefined;
+    const own = records.filter((_, i) => counted(i) && outcomes[i]!.event!.projectId === projectId);
+    const affected = own.length > 0 ? own : records.filter((_, i) => counted(i));
     for (const r of affected) retry.add(r.messageId);
   }
 

@@ -117,11 +117,14 @@ export class TestProject {
     return call('POST', `${baseUrl}${path}`, this.memberToken, { name, disk_format: 'raw', container_format: 'bare' }, headers);
   }
 
-  /** `n` creates at once, as a flood looks; returns each image with its created_at. */
-  async flood(n: number, prefix = 'flood'): Promise<{ id: string; created_at: string }[]> {
+  /**
+   * `n` creates at once, as a flood looks, each with `extra` in its body (what else a tenant puts
+   * in a create: `protected`, megabytes of properties); returns each image with its created_at.
+   */
+  async flood(n: number, prefix = 'flood', extra: Record<string, unknown> = {}): Promise<{ id: string; created_at: string }[]> {
     return Promise.all(
       Array.from({ length: n }, async (_, i) => {
-        const r = await call('POST', `${this.l.glanceUrl}/v2/images`, this.memberToken, { name: `${prefix}-${i}`, disk_format: 'raw', container_format: 'bare' });
+        const r = await call('POST', `${this.l.glanceUrl}/v2/images`, this.memberToken, { name: `${prefix}-${i}`, disk_format: 'raw', container_format: 'bare', ...extra });
         await expectStatus('create image', r, 201);
         return { id: r.json.id as string, created_at: r.json.created_at as string };
       }),

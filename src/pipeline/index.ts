@@ -1,0 +1,169 @@
+import { LRUCache } from 'lru-cache';
+import type { Correction } from '../ledger/repair.js';
+import type { OwnedImage } from '../ledger/glance-image.js';
+import type { Logger } from '../log.js';
+import type { DoorLimits } from '../notification/parse.js';
+import type { LimitSource } from '../quota/limits.js';
+import type { ProtectedPolicy } from '../quota/verify.js';
+import type { ActionKind, ActionRecord, LedgerStore } from '../store/port.js';
+import { CommittedTotals } from './committed.js';
+import { ProjectLocks, type PipelineContext } from './context.js';
+import { enforce, enforceAll, enforceOnGlance, evaluate } from './enforce.js';
+import { ingest, type IngestResult } from './ingest.js';
+import { applyListing } from './listing.js';
+import type { EnforcementMode, EnforcementReport, ImageService, ProjectFailure, ProjectReport } from './ports.js';
+
+export type { DeleteOutcome, EnforcementMode, EnforcementReport, ImageService, ProjectFailure, ProjectReport, UnprotectOutcome } from './ports.js';
+export type { IngestResult, MessageOutcome, MessageResult } from './ingest.js';
+
+/*
+ * The one pipeline every door feeds (replay, consume, the functions, reconcile):
+ *
+ *   raw body -> parse -> ledger.apply (store, atomic) -> decide (estimate)       ingest.ts, enforce.ts
+ *            -> Glance's listing of the project (the truth; overwrites the ledger)  listing.ts
+ *            -> decide -> act -> audit                                            judge.ts, enforce.ts
+ *
+ * A door adapts only its input and its acknowledgement. The bus is a trigger and an estimate:
+ * anyone who can publish on Glance's exchange can forge or drop notifications, so every act is
+ * decided on Glance's own listing, never on the ledger.
+ */
+
+/** Images remembered as audited with an outcome that leaves them in place. */
+const REPORTED_MEMORY = 100_000;
+
+/** How long the store keeps what only bounds it (MESSAGE_, AUDIT_, DELETED_IMAGE_RETENTION_SECONDS). */
+export interface Retention {
+  messagesMs: number;
+  actionsMs: number;
+  deadImagesMs: number;
+}
+
+/** What the doors may read of the ledger, and the one value they keep beside it (reconcile's cursor). */
+export type LedgerView = Pick<LedgerStore, 'description' | 'usage' | 'images' | 'projects' | 'actions' | 'getState' | 'setState'>;
+
+/**
+ * The settings come from the configuration (`pipelineOf` in src/composition-root.ts fills them
+ * from it, defaults included): none has a default of its own here.
+ */
+export interface PipelineOptions {
+  store: LedgerStore;
+  limits: LimitSource;
+  /** Glance's API; without it the pipeline decides but never acts (replay). */
+  images?: ImageService | undefined;
+  mode: EnforcementMode;
+  /** PROTECTED_QUEUED_IMAGES. */
+  protectedPolicy: ProtectedPolicy;
+  /** Candidates of one project verified and acted on at once (ENFORCE_CONCURRENCY). */
+  concurrency: number;
+  exemptProjects: ReadonlySet<string>;
+  /** MAX_MESSAGE_BYTES and CLOCK_SKEW_SECONDS. */
+  door: DoorLimits;
+  /** What `prune` keeps. */
+  retention: Retention;
+  log?: Logger | undefined;
+  /** Milliseconds since the epoch; injected so tests and replays control time. */
+  clock?: () => number;
+  /** Called once per audited action, after it is recorded (metrics, outgoing notifications). */
+  onAction?: (action: ActionRecord) => void | Promise<void>;
+  /** Called when Glance's listing corrected the ledger (metrics). */
+  onCorrections?: (projectId: string, corrections: readonly Correction[]) => void;
+}
+
+/**
+ * @example
+ *   const pipeline = pipelineOf({ store, limits, images: glance }, config);
+ *   const result = await pipeline.ingest([delivery.content]);
+ *   for (const projectId of result.projects) await pipeline.enforce(projectId);
+ */
+export class Pipeline {
+  /** Private: every door writes the ledger through the pipeline's steps, never around them. */
+  private readonly ctx: PipelineContext;
+  private readonly door: DoorLimits;
+  private readonly retention: Retention;
+  readonly mode: EnforcementMode;
+  /** Read access to the ledger (status, audit, reconcile's cursor). */
+  readonly ledger: LedgerView;
+
+  constructor(options: PipelineOptions) {
+    this.mode = options.mode;
+    this.door = options.door;
+    this.retention = options.retention;
+    this.ledger = options.store;
+    this.ctx = {
+      store: options.store,
+      limits: options.limits,
+      images: options.images,
+      mode: options.mode,
+      protectedPolicy: options.protectedPolicy,
+      exempt: options.exemptProjects,
+      concurrency: options.concurrency,
+      // A ledger time is believed as far ahead of now as the door lets one in.
+      clockSkewMs: options.door.clockSkewSeconds * 1000,
+      log: options.log,
+      clock: options.clock ?? Date.now,
+      onAction: options.onAction,
+      onCorrections: options.onCorrections,
+      committed: new CommittedTotals(),
+      reported: new LRUCache<string, ActionKind>({ max: REPORTED_MEMORY }),
+      locks: new ProjectLocks(),
+    };
+  }
+
+  /**
+   * Parse a batch of raw bodies and apply the image events in one atomic store write; the result
+   * names the projects to decide for next (src/pipeline/ingest.ts).
+   *
+   * @example
+   *   const { outcomes } = await pipeline.ingest([delivery.content]);
+   *   if (outcomes[0].result === 'invalid') deadLetter(delivery, outcomes[0].reason);
+   */
+  ingest(bodies: readonly (Uint8Array | string)[]): Promise<IngestResult> {
+    return ingest({ store: this.ctx.store, door: this.door, clock: this.ctx.clock, committed: this.ctx.committed, log: this.ctx.log }, bodies);
+  }
+
+  /** The pipeline's clock (ms): reconcile dates its listings with it. */
+  now(): number {
+    return this.ctx.clock();
+  }
+
+  /** The ledger's estimate for one project (src/pipeline/enforce.ts). */
+  evaluate(projectId: string): Promise<ProjectReport> {
+    return evaluate(this.ctx, projectId);
+  }
+
+  /** The estimate, and when it finds candidates, the decision and act on Glance's own listing. */
+  enforce(projectId: string): Promise<EnforcementReport> {
+    return enforce(this.ctx, projectId);
+  }
+
+  /** `enforce` for each project; a failure is collected and the others go on. */
+  enforceAll(projects: readonly string[]): Promise<{ reports: EnforcementReport[]; failures: ProjectFailure[] }> {
+    return enforceAll(this.ctx, projects);
+  }
+
+  /** The truth path: list the project in Glance, repair the ledger, decide and act. */
+  enforceOnGlance(projectId: string): Promise<EnforcementReport> {
+    return enforceOnGlance(this.ctx, projectId);
+  }
+
+  /** Reconcile's step for one project of a whole-cloud listing (src/pipeline/listing.ts). */
+  applyListing(projectId: string, listing: readonly OwnedImage[], listedAtMs: number, listedElsewhere?: ReadonlySet<string>): Promise<ProjectReport> {
+    return applyListing(this.ctx, projectId, listing, listedAtMs, listedElsewhere);
+  }
+
+  /**
+   * Keep the store bounded: processed message ids past their retention (dedupe stays exact within
+   * it, and merging is idempotent beyond it), audit records past theirs, and records of deleted
+   * images past theirs (a reconcile has since confirmed with Glance what they said). Every full
+   * reconcile pass ends with it, whichever door ran the pass.
+   */
+  async prune(): Promise<{ messages: number; actions: number; deadImages: number }> {
+    const { store, clock } = this.ctx;
+    const now = clock();
+    return {
+      messages: await store.forgetMessagesBefore(now - this.retention.messagesMs),
+      actions: await store.forgetActionsBefore(now - this.retention.actionsMs),
+      deadImages: await store.forgetDeadImagesBefore(now - this.retention.deadImagesMs),
+    };
+  }
+}
