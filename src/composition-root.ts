@@ -130,7 +130,7 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
   } else if (openstackConfigured(env)) {
     try {
       keystone = new KeystoneClient(loadCredentials(env, { onWarning: (message) => log.warn(message) }), { log });
-      glance = new GlanceClient(keystone, { log });
+      glance = new GlanceClient(keystone, { log, responseMaxBytes: config.glanceResponseMaxBytes });
       limits = new UnifiedLimits(keystoneLimitsReader(keystone, { log }), {
         fallback: staticLimits,
         createRateWindowSeconds: config.createRateWindowSeconds,

@@ -5,6 +5,7 @@ import { ConfigError } from './errors.js';
 import { firstIssue } from './zod-issues.js';
 import { rememberSecrets, scrub, urlPasswords } from './redact.js';
 import { LimitsFile, parseLimits, type ProjectLimits } from './quota/limits.js';
+import { DEFAULT_RESPONSE_MAX_BYTES } from './openstack/glance.js';
 
 /** The settings a function may read from AWS Secrets Manager or SSM Parameter Store (src/doors/lambda/secrets.ts). */
 export const SECRET_SETTINGS = ['OS_PASSWORD', 'OS_APPLICATION_CREDENTIAL_SECRET', 'STORE_URL'] as const;
@@ -92,6 +93,13 @@ export const EnvSchema = z.object({
     .max(64 * 1024 * 1024)
     .default(1024 * 1024)
     .meta({ description: 'Largest notification body accepted, in bytes; a larger one is invalid (dead-lettered) before it is parsed, so one huge body cannot exhaust memory. Glance\'s are a few KiB.' }),
+  GLANCE_RESPONSE_MAX_BYTES: z.coerce
+    .number()
+    .int()
+    .min(1024 * 1024)
+    .max(1024 * 1024 * 1024)
+    .default(DEFAULT_RESPONSE_MAX_BYTES)
+    .meta({ description: "Largest Glance answer read, in bytes. Listings are read as a stream that keeps only the fields the rule needs (memory does not grow with this: skipped values are never held), pages aim at 4 MiB, and a page over this is asked again with fewer images, down to one image, which is read whatever its size (no tenant can make its images unlistable; the per-call timeout still bounds it). An honest image is 1-3 KiB; on MySQL a property value holds at most 64 KiB, so an image at most about 8 MiB (128 properties, `image_property_quota`); on PostgreSQL or SQLite Glance accepts MBs per property." }),
   CLOCK_SKEW_SECONDS: z.coerce
     .number()
     .int()
@@ -275,6 +283,7 @@ export interface Config {
   limitsCacheSeconds: number;
   /** What the door admits besides the schemas (src/notification/parse.ts). */
   door: { maxMessageBytes: number; clockSkewSeconds: number };
+  glanceResponseMaxBytes: number;
   stallMs: number;
   shutdownMs: number;
   amqp: {
@@ -329,6 +338,7 @@ const EXAMPLES: Record<string, string> = {
   QUOTA_CREATE_RATE_WINDOW: 'QUOTA_CREATE_RATE_WINDOW=60',
   LIMITS_CACHE_SECONDS: 'LIMITS_CACHE_SECONDS=60',
   MAX_MESSAGE_BYTES: 'MAX_MESSAGE_BYTES=1048576',
+  GLANCE_RESPONSE_MAX_BYTES: 'GLANCE_RESPONSE_MAX_BYTES=67108864',
   CLOCK_SKEW_SECONDS: 'CLOCK_SKEW_SECONDS=300',
   STALL_SECONDS: 'STALL_SECONDS=120',
   SHUTDOWN_SECONDS: 'SHUTDOWN_SECONDS=10',
@@ -419,6 +429,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     createRateWindowSeconds: e.QUOTA_CREATE_RATE_WINDOW,
     limitsCacheSeconds: e.LIMITS_CACHE_SECONDS,
     door: { maxMessageBytes: e.MAX_MESSAGE_BYTES, clockSkewSeconds: e.CLOCK_SKEW_SECONDS },
+    glanceResponseMaxBytes: e.GLANCE_RESPONSE_MAX_BYTES,
     stallMs: e.STALL_SECONDS * 1000,
     shutdownMs: e.SHUTDOWN_SECONDS * 1000,
     amqp: {

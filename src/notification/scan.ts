@@ -1,4 +1,4 @@
-import { JSONParser } from '@streamparser/json';
+import { JsonTokenizer, Token, type TokenReader } from '../json-stream.js';
 
 /**
  * How far into a body too large to parse the bounded scan reads. Glance writes the fields a
@@ -42,22 +42,77 @@ export function scanMessage(body: Uint8Array | string): ScannedMessage | undefin
 
 /** The fields of the (possibly cut) message text, by a streaming parse that stops at the cut. */
 function pickFields(text: string): ScannedMessage | undefined {
-  const found: ScannedMessage = { payload: {} };
-  const parser = new JSONParser({ paths: [...MESSAGE_FIELDS.map((f) => `$.${f}`), ...PAYLOAD_FIELDS.map((f) => `$.payload.${f}`)], keepStack: false });
-  let seen = false;
-  parser.onValue = ({ value, key, stack }) => {
-    if (typeof key !== 'string') return;
-    seen = true;
-    if (stack.length === 1) (found as unknown as Record<string, unknown>)[key] = value;
-    else found.payload[key] = value;
-  };
-  parser.onError = () => {};
+  const reader = new FieldPicker();
   try {
-    parser.write(text);
+    new JsonTokenizer(reader).write(Buffer.from(text, 'utf8'));
   } catch {
     // The cut, or what follows it: what was read before stands.
   }
-  return seen ? found : undefined;
+  return reader.seen ? reader.found : undefined;
+}
+
+const LITERALS: Partial<Record<Token, boolean | null>> = { [Token.True]: true, [Token.False]: false, [Token.Null]: null };
+
+/**
+ * Keeps the scalar values at `$.<message field>` and `$.payload.<payload field>`; decodes no other
+ * value (a tenant's properties are skipped, not read).
+ */
+class FieldPicker implements TokenReader {
+  readonly found: ScannedMessage = { payload: {} };
+  seen = false;
+  /** One entry per open container: for an object, its current key and whether a key comes next. */
+  private readonly stack: { object: boolean; key?: string; expectKey: boolean }[] = [];
+
+  wantString(): boolean {
+    const top = this.stack.at(-1);
+    return top !== undefined && ((top.object && top.expectKey) || this.wanted() !== undefined);
+  }
+
+  token(token: Token, value?: string | number): void {
+    const top = this.stack.at(-1);
+    switch (token) {
+      case Token.BeginObject:
+      case Token.BeginArray:
+        this.stack.push({ object: token === Token.BeginObject, expectKey: token === Token.BeginObject });
+        return;
+      case Token.EndObject:
+      case Token.EndArray:
+        this.stack.pop();
+        return;
+      case Token.Colon:
+        if (top) top.expectKey = false;
+        return;
+      case Token.Comma:
+        if (top?.object) top.expectKey = true;
+        return;
+      case Token.String:
+        if (top?.object && top.expectKey) {
+          top.key = value as string;
+          return;
+        }
+        return this.keep(value);
+      case Token.Number:
+        return this.keep(value);
+      default:
+        return this.keep(LITERALS[token]);
+    }
+  }
+
+  /** Where a scalar value at the current position goes, if anywhere. */
+  private wanted(): { into: Record<string, unknown>; key: string } | undefined {
+    const [message, payload, deeper] = this.stack;
+    if (deeper || !message?.object || message.expectKey) return undefined;
+    if (!payload) return message.key && MESSAGE_FIELDS.includes(message.key) ? { into: this.found as unknown as Record<string, unknown>, key: message.key } : undefined;
+    if (message.key !== 'payload' || !payload.object || payload.expectKey) return undefined;
+    return payload.key && PAYLOAD_FIELDS.includes(payload.key) ? { into: this.found.payload, key: payload.key } : undefined;
+  }
+
+  private keep(value: unknown): void {
+    const at = this.wanted();
+    if (!at) return;
+    at.into[at.key] = value;
+    this.seen = true;
+  }
 }
 
 /**

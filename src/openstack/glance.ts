@@ -1,10 +1,10 @@
-import { z } from 'zod';
 import { GlanceImage } from '../ledger/glance-image.js';
 import type { DeleteOutcome, UnprotectOutcome } from '../pipeline/ports.js';
 import { createLogger, type Logger } from '../log.js';
 import { OpenStackHttpError, displayUrl, scrub } from './errors.js';
 import { firstIssue } from '../zod-issues.js';
-import type { HttpResponse, RetryingTransport } from './http.js';
+import { JsonTokenizer, Token, type TokenReader } from '../json-stream.js';
+import { ResponseBodyError, type BodySink, type HttpResponse, type RetryingTransport } from './http.js';
 import type { KeystoneClient } from './keystone.js';
 
 /**
@@ -29,13 +29,24 @@ import type { KeystoneClient } from './keystone.js';
  *   otherwise as an HTML page.
  */
 
-const ImagePage = z.object({ images: z.array(z.unknown()), next: z.string().optional() });
+/** Default GLANCE_RESPONSE_MAX_BYTES (src/config.ts holds the setting). */
+export const DEFAULT_RESPONSE_MAX_BYTES = 64 * 1024 * 1024;
+
+/**
+ * What a listing page should weigh. An honest image is 1-3 KiB, so 1000 of them stay well under it
+ * and the page size stays at the limit asked for; images fattened with MB-sized properties shrink
+ * the next page until it is about this size again.
+ */
+export const PAGE_TARGET_BYTES = 4 * 1024 * 1024;
 
 
 export interface ListImagesOptions {
   /** Project id whose images to list; without it, every project's (the admin token sees them all). */
   owner?: string;
-  /** Page size; Glance caps it at its api_limit_max (default 1000). */
+  /**
+   * Largest page size; Glance caps it at its api_limit_max (default 1000). The first page asks for
+   * this many; later pages ask for fewer while pages weigh more than PAGE_TARGET_BYTES.
+   */
   limit?: number;
   /**
    * Called for a listed image the enforcer cannot read (an unknown status, an odd id): it is left
@@ -48,6 +59,8 @@ export interface ListImagesOptions {
 export interface GlanceClientOptions {
   /** Base URL of Glance (no /v2); default GLANCE_URL, else the catalog's image endpoint. */
   glanceUrl?: string;
+  /** GLANCE_RESPONSE_MAX_BYTES: bytes one Glance answer may have; default DEFAULT_RESPONSE_MAX_BYTES. */
+  responseMaxBytes?: number;
   log?: Logger;
 }
 
@@ -74,10 +87,14 @@ export class GlanceClient {
   /** The image, or null when Glance does not know it (404: never existed, or deleted). */
   async getImage(id: string): Promise<GlanceImage | null> {
     const url = `${await this.base()}/v2/images/${encodeURIComponent(id)}`;
-    const response = await this.call('GET', url);
-    if (response.status === 404) return null;
-    if (response.status !== 200) throw this.unexpected('GET', url, response);
-    return this.parseImage(url, parseJson(response.text));
+    // One image is read whatever its size: memory does not grow with it (the body streams), so
+    // a cap would only let a tenant hide an image behind megabytes of properties.
+    const read = await this.read(url, 'image', undefined, false);
+    if (read.response.status === 404) return null;
+    if (read.response.status !== 200) throw this.unexpected('GET', url, read.response);
+    const [raw] = read.body.images;
+    if (raw === undefined) throw new OpenStackHttpError('glance', 'GET', displayUrl(url), 200, `glance: GET ${displayUrl(url)} answered a body that is not an image; is the image endpoint really Glance v2?`);
+    return this.parseImage(url, raw);
   }
 
   /**
@@ -107,7 +124,11 @@ export class GlanceClient {
     const url = `${await this.base()}/v2/images/${encodeURIComponent(id)}`;
     const body = JSON.stringify([{ op: 'replace', path: '/protected', value: false }]);
     const response = await this.keystone.withToken('project', (token) =>
-      this.transport({ method: 'PATCH', url, body, headers: { accept: 'application/json', 'content-type': 'application/openstack-images-v2.1-json-patch', 'x-auth-token': token } }),
+      this.transport({
+        method: 'PATCH', url, body, headers: { accept: 'application/json', 'content-type': 'application/openstack-images-v2.1-json-patch', 'x-auth-token': token },
+        // The answer is the whole image, MBs of a tenant's properties included; only its status counts.
+        sink: () => DISCARD,
+      }),
     );
     if (response.status === 200) return { result: 'unprotected' };
     if (response.status === 404) return { result: 'gone' };
@@ -117,34 +138,91 @@ export class GlanceClient {
 
   /**
    * Every image of `owner` that Glance lists (see the module comment: not killed or deleted ones),
-   * whatever its visibility, hidden or not, page after page.
+   * whatever its visibility, hidden or not, page after page; each id once, even when its os_hidden
+   * flipped between the two passes.
    */
   async *listImages(options: ListImagesOptions = {}): AsyncGenerator<GlanceImage, void, undefined> {
     const base = await this.base();
+    const maxLimit = options.limit ?? 1000;
+    const listed = new Set<string>();
     for (const hidden of ['false', 'true']) {
       let marker: string | undefined;
+      let limit = maxLimit;
       const seen = new Set<string>();
       for (;;) {
-        const params = new URLSearchParams({ ...(options.owner ? { owner: options.owner } : {}), visibility: 'all', os_hidden: hidden, limit: String(options.limit ?? 1000) });
-        if (marker) params.set('marker', marker);
-        const url = `${base}/v2/images?${params.toString()}`;
-        const response = await this.call('GET', url);
-        if (response.status !== 200) throw this.unexpected('GET', url, response);
-        const page = ImagePage.safeParse(parseJson(response.text));
-        if (!page.success) throw new OpenStackHttpError('glance', 'GET', displayUrl(url), 200, `glance: GET ${displayUrl(url)} answered a body without an images list; is the image endpoint really Glance v2?`);
-        for (const raw of page.data.images) {
-          const image = this.readListed(url, raw, options);
-          if (image) yield image;
+        const page = await this.listPage(base, options, hidden, marker, limit);
+        for (const raw of page.body.images) {
+          const image = this.readListed(page.url, raw, options);
+          if (!image || listed.has(image.id)) continue;
+          listed.add(image.id);
+          yield image;
         }
+        limit = nextPageSize(page.body, page.limit, maxLimit);
         // Rebuild the next page from its marker instead of following `next` verbatim: `next` is a
         // path from Glance's root, which is wrong behind a proxy that serves Glance under a prefix.
-        const next = page.data.next ? new URLSearchParams(page.data.next.split('?')[1] ?? '').get('marker') : null;
+        const nextLink = page.body.next;
+        const next = typeof nextLink === 'string' ? new URLSearchParams(nextLink.split('?')[1] ?? '').get('marker') : null;
         if (!next) break;
-        if (seen.has(next)) throw new OpenStackHttpError('glance', 'GET', displayUrl(url), 200, `glance: listing images of ${options.owner ?? 'every project'} returned marker ${next} twice; stopping instead of looping`);
+        if (seen.has(next)) throw new OpenStackHttpError('glance', 'GET', displayUrl(page.url), 200, `glance: listing images of ${options.owner ?? 'every project'} returned marker ${next} twice; stopping instead of looping`);
         seen.add(next);
         marker = next;
       }
     }
+  }
+
+  /**
+   * One page of a listing. A page over GLANCE_RESPONSE_MAX_BYTES is asked again with fewer images
+   * (as many as were whole before the cap, at most half as many), down to a single image, which is
+   * read whatever its size: the cap bounds how long a page takes, never what can be listed.
+   */
+  private async listPage(base: string, options: ListImagesOptions, hidden: string, marker: string | undefined, limit: number): Promise<{ url: string; limit: number; body: ImagesBody }> {
+    for (;;) {
+      const params = new URLSearchParams({ ...(options.owner ? { owner: options.owner } : {}), visibility: 'all', os_hidden: hidden, limit: String(limit) });
+      if (marker) params.set('marker', marker);
+      const url = `${base}/v2/images?${params.toString()}`;
+      let read: { response: HttpResponse; body: ImagesBody };
+      let partial: ImagesBody | undefined;
+      try {
+        // A page of one image is not capped (see getImage): no image can stop a listing.
+        read = await this.read(url, 'listing', (body) => (partial = body), limit > 1);
+      } catch (error) {
+        if (!(error instanceof ResponseBodyError && error.tooLarge)) throw error;
+        const whole = partial?.images.length ?? 0;
+        const smaller = Math.max(1, Math.min(Math.floor(limit / 2), whole));
+        this.log.warn({ owner: options.owner, limit, smaller, maxBytes: this.maxBytes }, 'a glance listing page is over GLANCE_RESPONSE_MAX_BYTES; asking again with fewer images');
+        limit = smaller;
+        continue;
+      }
+      if (read.response.status !== 200) throw this.unexpected('GET', url, read.response);
+      if (!read.body.hasImages) throw new OpenStackHttpError('glance', 'GET', displayUrl(url), 200, `glance: GET ${displayUrl(url)} answered a body without an images list; is the image endpoint really Glance v2?`);
+      return { url, limit, body: read.body };
+    }
+  }
+
+  private get maxBytes(): number {
+    return this.options.responseMaxBytes ?? DEFAULT_RESPONSE_MAX_BYTES;
+  }
+
+  /**
+   * GET `url`, its 200 body read as it streams in (`ImagesBody`), bounded by GLANCE_RESPONSE_MAX_BYTES.
+   * `reading` sees each attempt's reader, for what it had read when a cap cut the body off.
+   */
+  private async read(url: string, shape: 'listing' | 'image', reading?: (body: ImagesBody) => void, capped = true): Promise<{ response: HttpResponse; body: ImagesBody }> {
+    let body = new ImagesBody(shape, url);
+    const response = await this.keystone.withToken('project', (token) =>
+      this.transport({
+        method: 'GET',
+        url,
+        headers: { accept: 'application/json', 'x-auth-token': token },
+        ...(capped ? { maxBodyBytes: this.maxBytes } : {}),
+        sink: () => {
+          body = new ImagesBody(shape, url);
+          reading?.(body);
+          return body;
+        },
+      }),
+    );
+    return { response, body };
   }
 
   private call(method: 'GET' | 'DELETE', url: string): Promise<HttpResponse> {
@@ -208,11 +286,154 @@ export function glanceMessage(response: Pick<HttpResponse, 'text'>): string {
   return scrub(text).replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 300) || '(empty body)';
 }
 
-function parseJson(text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return undefined;
+/** Reads a body and keeps nothing of it. */
+const DISCARD: BodySink = { write: () => {}, end: () => {} };
+
+/** The page size after a page: PAGE_TARGET_BYTES worth of images of this page's average weight, 1 to `maxLimit`. */
+export function nextPageSize(page: Pick<ImagesBody, 'bytes' | 'images'>, limit: number, maxLimit: number): number {
+  if (page.images.length === 0) return limit;
+  const average = page.bytes / page.images.length;
+  return Math.max(1, Math.min(maxLimit, Math.floor(PAGE_TARGET_BYTES / average)));
+}
+
+/**
+ * What a kept value is recorded as: itself, or an empty object or array for a container (the
+ * schema then names the field), or '...' for a string not decoded (where an image should be).
+ */
+function standIn(token: Token, value: string | number | undefined): unknown {
+  switch (token) {
+    case Token.BeginObject: return {};
+    case Token.BeginArray: return [];
+    case Token.True: return true;
+    case Token.False: return false;
+    case Token.Null: return null;
+    case Token.String: return value ?? '...';
+    default: return value;
+  }
+}
+
+/** The fields of an image the enforcer reads (GlanceImage); every other key is skipped as it streams by. */
+const KEPT_FIELDS: ReadonlySet<string> = new Set(Object.keys(GlanceImage.shape));
+
+interface OpenContainer {
+  object: boolean;
+  /** The key whose value comes next (objects). */
+  key?: string;
+  expectKey: boolean;
+}
+
+/**
+ * A Glance body (`{"images": [...], "next": ...}` for a listing, the image object itself for a GET)
+ * read token by token as it streams in. It keeps only KEPT_FIELDS of each image and `next`: a
+ * tenant's MB-sized extra properties (top-level keys of the image in the v2 API) are skipped by
+ * the tokenizer without being decoded, so a page costs the memory of what the rule reads,
+ * whatever it weighs. A kept field that holds an object or an array is kept as an
+ * empty one, for the schema to name it.
+ */
+export class ImagesBody implements BodySink, TokenReader {
+  /** The images, each with its kept fields only (or what stood in an image's place, for the schema to refuse). */
+  readonly images: unknown[] = [];
+  next: unknown;
+  /** A listing's `images` was an array. */
+  hasImages = false;
+  bytes = 0;
+  private readonly tokenizer = new JsonTokenizer(this);
+  private readonly open: OpenContainer[] = [];
+  private image: Record<string, unknown> | undefined;
+  private complete = false;
+  private readonly imageDepth: number;
+
+  constructor(
+    shape: 'listing' | 'image',
+    private readonly url = '',
+  ) {
+    this.imageDepth = shape === 'listing' ? 2 : 0;
+  }
+
+  /** The id of the image being read when the body was cut off, if its id came before the cut. */
+  get partialId(): string | undefined {
+    const id = this.image?.id;
+    return typeof id === 'string' ? id.slice(0, 64) : undefined;
+  }
+
+  write(chunk: Buffer): void {
+    this.bytes += chunk.length;
+    this.unreadable(() => this.tokenizer.write(chunk));
+  }
+
+  end(): void {
+    this.unreadable(() => {
+      this.tokenizer.end();
+      if (!this.complete) throw new Error('the JSON body ended before its last value did');
+    });
+  }
+
+  private unreadable(step: () => void): void {
+    try {
+      step();
+    } catch (error) {
+      const url = displayUrl(this.url);
+      throw new OpenStackHttpError('glance', 'GET', url, 200, `glance: GET ${url} answered a body the enforcer cannot read as JSON (${(error as Error).message.slice(0, 200)}); is the image endpoint really Glance v2?`);
+    }
+  }
+
+  /** Keys of the root and of an image, and the values of KEPT_FIELDS and `next`: nothing else is decoded. */
+  wantString(): boolean {
+    const top = this.open.at(-1);
+    const depth = this.open.length;
+    if (!top) return false;
+    const inImage = this.image !== undefined && depth === this.imageDepth + 1;
+    if (top.object && top.expectKey) return depth === 1 || inImage;
+    if (inImage) return KEPT_FIELDS.has(top.key!);
+    return this.imageDepth === 2 && depth === 1 && top.key === 'next';
+  }
+
+  token(token: Token, value?: string | number): void {
+    if (this.complete) throw new Error('the JSON body goes on after its value');
+    const open = this.open;
+    const depth = open.length;
+    const top = depth > 0 ? open[depth - 1] : undefined;
+    if (token === Token.Colon) return;
+    if (token === Token.Comma) {
+      if (top?.object) top.expectKey = true;
+      return;
+    }
+    if (token === Token.EndObject || token === Token.EndArray) {
+      // The tokenizer checks words, not grammar: the nesting is checked here, the rest is Glance's JSON encoder's.
+      if (!top || top.object !== (token === Token.EndObject)) throw new Error(`the JSON body closes a ${token === Token.EndObject ? 'brace' : 'bracket'} it did not open`);
+      open.pop();
+      if (depth - 1 === this.imageDepth && this.image) {
+        this.images.push(this.image);
+        this.image = undefined;
+      }
+      if (depth === 1) this.complete = true;
+      return;
+    }
+    if (top?.expectKey) {
+      if (token !== Token.String) throw new Error('the JSON body has an object key that is not a string');
+      top.key = value as string | undefined;
+      top.expectKey = false;
+      return;
+    }
+    if (this.image !== undefined && depth === this.imageDepth + 1) {
+      const key = top!.key;
+      if (key !== undefined && KEPT_FIELDS.has(key)) this.image[key] = standIn(token, value);
+    } else if (depth === this.imageDepth && this.inImages()) {
+      if (token === Token.BeginObject) this.image = {};
+      else this.images.push(standIn(token, value));
+    } else if (this.imageDepth === 2 && depth === 1) {
+      if (top!.key === 'images') this.hasImages = token === Token.BeginArray;
+      else if (top!.key === 'next') this.next = standIn(token, value);
+    }
+    if (token === Token.BeginObject || token === Token.BeginArray) open.push({ object: token === Token.BeginObject, expectKey: token === Token.BeginObject });
+    else if (depth === 0) this.complete = true;
+  }
+
+  /** The value about to start is an element of a listing's `images` (or the root, for a GET). */
+  private inImages(): boolean {
+    if (this.imageDepth === 0) return true;
+    const [root, list] = this.open;
+    return root!.object && root!.key === 'images' && !list!.object;
   }
 }
 

@@ -2,7 +2,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { setTimeout as sleepMs } from 'node:timers/promises';
 import type { Logger } from '../log.js';
-import { OpenStackUnreachableError, displayUrl } from './errors.js';
+import { OpenStackHttpError, OpenStackUnreachableError, displayUrl } from './errors.js';
 import { backoffMs } from '../retry.js';
 
 /*
@@ -19,6 +19,43 @@ export interface HttpRequest {
   url: string;
   headers?: Record<string, string>;
   body?: string;
+  /**
+   * Streams a 200 body to a sink instead of collecting it into `text` (then ''): a Glance listing
+   * can be far larger than one string may be. Called once per attempt that got a 200, so a retry
+   * after a reset never feeds a parser that already holds half a body. Any other status is still
+   * collected into `text`, its first ERROR_BODY_KEPT_BYTES only.
+   */
+  sink?: () => BodySink;
+  /** Bytes of body read at most; past it the attempt is aborted with a `ResponseBodyError`, never retried. */
+  maxBodyBytes?: number;
+}
+
+/** Takes a body chunk by chunk. A throw fails the call with that error, not retried: the same body would come again. */
+export interface BodySink {
+  write(chunk: Buffer): void;
+  /** The body is complete: a parser says here whether it was a whole document. */
+  end(): void;
+}
+
+/** What a streamed call keeps of a non-200 body: enough for any error message, never a tenant's megabytes. */
+export const ERROR_BODY_KEPT_BYTES = 64 * 1024;
+
+/**
+ * A body that was refused rather than lost: over `maxBodyBytes` (`tooLarge`), or thrown out by its
+ * sink (`cause`). Asking again brings the same body, so the retrying transport does not.
+ */
+export class ResponseBodyError extends OpenStackHttpError {
+  constructor(
+    service: 'keystone' | 'glance',
+    request: HttpRequest,
+    status: number,
+    detail: string,
+    readonly tooLarge?: { limit: number },
+    options?: ErrorOptions,
+  ) {
+    super(service, request.method, displayUrl(request.url), status, `${service}: ${request.method} ${displayUrl(request.url)}: ${detail}`);
+    if (options?.cause !== undefined) this.cause = options.cause;
+  }
 }
 
 export interface HttpResponse {
@@ -61,28 +98,84 @@ export interface TransportOptions {
   /** PEM bundle trusted for https (OS_CACERT). Like `verify=<cacert>` in openstacksdk, it replaces the default roots. */
   ca?: string;
   timeoutMs: number;
+  /** Who is asked, for the errors of a refused body; default glance (the only one that streams). */
+  service?: 'keystone' | 'glance';
 }
 
-/** One attempt. Rejects on connection errors and timeouts; any HTTP status resolves. */
+/** One attempt. Rejects on connection errors, timeouts and refused bodies; any HTTP status resolves. */
 export function send(request: HttpRequest, options: TransportOptions): Promise<HttpResponse> {
   const url = new URL(request.url);
   const isHttps = url.protocol === 'https:';
   const headers: Record<string, string> = { ...request.headers };
   if (request.body !== undefined) headers['content-length'] = String(Buffer.byteLength(request.body));
   const signal = AbortSignal.timeout(options.timeoutMs);
+  const service = options.service ?? 'glance';
   return new Promise<HttpResponse>((resolve, reject) => {
+    let settled = false;
     // The timeout covers the body too: a server that sends headers and then stalls is also cut off.
-    const fail = (error: Error) => reject(signal.aborted ? new Error(`timed out after ${options.timeoutMs} ms`) : error);
+    const fail = (error: Error) => {
+      if (settled) return;
+      settled = true;
+      reject(signal.aborted && !(error instanceof ResponseBodyError) ? new Error(`timed out after ${options.timeoutMs} ms`) : error);
+    };
     const onResponse = (res: http.IncomingMessage) => {
+      const status = res.statusCode ?? 0;
+      const out: Record<string, string | undefined> = {};
+      for (const [name, value] of Object.entries(res.headers)) {
+        out[name] = Array.isArray(value) ? value[0] : value;
+      }
+      const streamed = request.sink !== undefined;
+      const sink = streamed && status === 200 ? request.sink!() : undefined;
       const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      let kept = 0;
+      let bytes = 0;
+      // A refused body aborts the request: nothing more is read, and the socket is not reused.
+      const refuse = (error: ResponseBodyError) => {
+        fail(error);
+        req.destroy();
+      };
+      res.on('data', (chunk: Buffer) => {
+        if (settled) return;
+        bytes += chunk.length;
+        if (request.maxBodyBytes !== undefined && bytes > request.maxBodyBytes) {
+          refuse(new ResponseBodyError(service, request, status, `the body is over ${request.maxBodyBytes} bytes`, { limit: request.maxBodyBytes }));
+          return;
+        }
+        if (sink) {
+          try {
+            sink.write(chunk);
+          } catch (error) {
+            refuse(new ResponseBodyError(service, request, status, `the body was refused: ${(error as Error).message}`, undefined, { cause: error }));
+          }
+        } else if (!streamed) {
+          chunks.push(chunk);
+        } else if (kept < ERROR_BODY_KEPT_BYTES) {
+          const part = chunk.subarray(0, ERROR_BODY_KEPT_BYTES - kept);
+          chunks.push(part);
+          kept += part.length;
+        }
+      });
       res.on('error', fail);
       res.on('end', () => {
-        const out: Record<string, string | undefined> = {};
-        for (const [name, value] of Object.entries(res.headers)) {
-          out[name] = Array.isArray(value) ? value[0] : value;
+        if (settled) return;
+        if (sink) {
+          try {
+            sink.end();
+          } catch (error) {
+            fail(new ResponseBodyError(service, request, status, `the body was refused: ${(error as Error).message}`, undefined, { cause: error }));
+            return;
+          }
         }
-        resolve({ status: res.statusCode ?? 0, headers: out, text: Buffer.concat(chunks).toString('utf8') });
+        let text: string;
+        try {
+          text = Buffer.concat(chunks).toString('utf8');
+        } catch (error) {
+          // Over 512 MiB a body cannot be one string (ERR_STRING_TOO_LONG): fail the call, not the process.
+          fail(error as Error);
+          return;
+        }
+        settled = true;
+        resolve({ status, headers: out, text });
       });
     };
     const req = isHttps
@@ -121,12 +214,14 @@ export function retryingTransport(options: RetryingTransportOptions): RetryingTr
     let lastCause: unknown;
     for (let attempt = 1; attempt <= policy.attempts; attempt++) {
       if (attempt > 1) await sleep(backoffDelayMs(attempt - 1, policy, options.random));
-      const transportOptions: TransportOptions = { timeoutMs: policy.timeoutMs, ...(options.ca ? { ca: options.ca } : {}) };
+      const transportOptions: TransportOptions = { timeoutMs: policy.timeoutMs, service, ...(options.ca ? { ca: options.ca } : {}) };
       try {
         const response = await send(request, transportOptions);
         if (!isRetryableStatus(response.status) || attempt === policy.attempts) return response;
         lastError = `HTTP ${response.status}`;
       } catch (error) {
+        // The caller's own verdict on the body (its sink threw, or the body is over its cap).
+        if (error instanceof ResponseBodyError) throw error.tooLarge ? error : (error.cause ?? error);
         if (isCertificateError(error)) {
           // A certificate does not get better by asking again.
           throw new OpenStackUnreachableError(

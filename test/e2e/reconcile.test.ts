@@ -47,7 +47,7 @@ describe('reconcile against real Keystone and Glance', () => {
     const out = JSON.parse(r.stdout);
     expect(out.mode).toBe('enforce');
     expect(out.projects[0].actions).toEqual(
-      queued.slice(4).reverse().map((id) => ({ image_id: id, action: 'deleted', reason: 'queued image past image_count_total' })),
+      queued.slice(4).reverse().map((id) => ({ image_id: id, action: 'deleted', reason: `queued image past image_count_total (Glance said: queued, owner ${over.id})` })),
     );
     const left = await over.images();
     expect([...left.keys()].sort()).toEqual([active, ...queued.slice(0, 4)].sort());
@@ -87,7 +87,7 @@ describe('reconcile against real Keystone and Glance', () => {
     expect(again.actions.would_delete).toBe(3);
   }, 120_000);
 
-  it('skips a protected queued image with its reason and deletes the next one instead', async () => {
+  it('unprotects and deletes a protected queued image past the limit in its own place; with report, keeps it and deletes nothing instead', async () => {
     const p = await project('protected');
     await p.setLimit('image_count_total', 2);
     const a = await p.createImage('a');
@@ -95,14 +95,14 @@ describe('reconcile against real Keystone and Glance', () => {
     const b = await p.createImage('b');
     await new Promise((r) => setTimeout(r, 1_050));
     const guarded = await p.createImage('guarded', { protected: true });
-    const env = enforcerEnv(lab());
 
-    const out = JSON.parse((await cli(['reconcile', '--project', p.id, '--json'], env)).stdout);
-    expect(out.projects[0].actions).toEqual([
-      { image_id: guarded, action: 'skipped', reason: 'the image is protected' },
-      { image_id: b, action: 'deleted', reason: 'queued image past image_count_total' },
-    ]);
-    expect([...(await p.images()).keys()].sort()).toEqual([a, guarded].sort());
+    const kept = JSON.parse((await cli(['reconcile', '--project', p.id, '--json'], enforcerEnv(lab(), { PROTECTED_QUEUED_IMAGES: 'report' }))).stdout);
+    expect(kept.projects[0].actions).toEqual([{ image_id: guarded, action: 'protected', reason: expect.stringMatching(/protected and PROTECTED_QUEUED_IMAGES=report/) }]);
+    expect([...(await p.images()).keys()].sort()).toEqual([a, b, guarded].sort());
+
+    const out = JSON.parse((await cli(['reconcile', '--project', p.id, '--json'], enforcerEnv(lab()))).stdout);
+    expect(out.projects[0].actions).toEqual([{ image_id: guarded, action: 'deleted', reason: expect.stringMatching(/protected flag was cleared first/) }]);
+    expect([...(await p.images()).keys()].sort()).toEqual([a, b].sort());
   }, 60_000);
 });
 
