@@ -172,7 +172,8 @@ export class AdmissionGate {
       const glanceBounds = discounted(bounds, phantom);
       seen = await this.reserve(projectId, glanceBounds);
       if (seen.admitted) return { decision: 'allow', reason: 'ledger-corrected', projectId };
-      verdict = judgeAdmission(Math.max(0, seen.count - phantom), seen.reserved, { ...glanceBounds, ...(bounds.countLimit !== undefined ? { countLimit: bounds.countLimit } : {}) });
+      // The store's check with the limit raised by `phantom` is this one on Glance's count.
+      verdict = judgeAdmission(seen.count - phantom, seen.reserved, { ...glanceBounds, ...(bounds.countLimit !== undefined ? { countLimit: bounds.countLimit } : {}) });
     }
     if (verdict.admit) {
       // The store refused, the rule (on what the store saw) admits: a store bug, not a quota.
