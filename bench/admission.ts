@@ -3,6 +3,7 @@
  *
  *   eval "$(bash test/e2e/lab.sh env)" && npm run build && npm run bench:admission
  *   npm run bench:admission -- --creates 100 --store sqlite
+ *   npm run bench:admission -- --creates 100 --store redis://127.0.0.1:6379/0   # the gate over a shared store
  *
  * One fresh project (test/e2e/support/lab.ts TestProject) with image_count_total far above what
  * the run makes, one member token for every request (after the first, the endpoint's token cache
@@ -81,7 +82,8 @@ async function main(): Promise<void> {
     await p.setLimit('image_count_total', 1_000_000);
     const storeDir = mkdtempSync(join(tmpdir(), 'gqe-bench-admission-'));
     const storeUrl = args.store === 'sqlite' ? `sqlite://${join(storeDir, 'ledger.db')}` : args.store;
-    const gate = await startGate(enforcerEnv(l, { STORE_URL: storeUrl }));
+    // A prefix of its own on a shared Redis: the bench's reservations expire there by themselves.
+    const gate = await startGate(enforcerEnv(l, { STORE_URL: storeUrl, REDIS_KEY_PREFIX: `gqe-bench-${process.pid}:` }));
     stops.unshift(() => gate.stop());
     const checked = await startNginx({ glanceUrl: l.glanceUrl, admissionPort: gate.port });
     stops.unshift(() => checked.stop());
