@@ -22,6 +22,7 @@ import type { LedgerStore } from '../src/store/port.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 import { generateHistory, withDuplicates } from '../test/support/generate.js';
 import { pipelineOf } from '../src/composition-root.js';
+import { Metrics } from '../src/metrics.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -69,8 +70,8 @@ interface Variant {
   run(bodies: readonly string[]): Promise<RunStats>;
 }
 
-async function drive(store: LedgerStore, limits: ProjectLimits, bodies: readonly string[]): Promise<RunStats> {
-  const pipeline = pipelineOf({ store, limits: new StaticLimits(limits) });
+async function drive(store: LedgerStore, limits: ProjectLimits, bodies: readonly string[], metrics?: Metrics): Promise<RunStats> {
+  const pipeline = pipelineOf({ store, limits: new StaticLimits(limits), ...(metrics ? { onDecision: (r) => metrics.observeDecision(r) } : {}) });
   const outcomes: Record<string, number> = {};
   let evaluations = 0;
   let overReports = 0;
@@ -97,6 +98,15 @@ function memoryVariant(name: string, limitsText: string): Variant {
     name,
     what: `MemoryStore, ${limitsText}`,
     run: (bodies) => drive(new MemoryStore(), parseLimits(limitsText), bodies),
+  };
+}
+
+/** As `consume` runs: every decision feeds the bounded per-project gauges (METRICS_PROJECTS=100). */
+function gaugesVariant(name: string, limitsText: string): Variant {
+  return {
+    name,
+    what: `MemoryStore, ${limitsText}, every decision into the per-project gauges (100 projects kept)`,
+    run: (bodies) => drive(new MemoryStore(), parseLimits(limitsText), bodies, new Metrics({ projects: 100 })),
   };
 }
 
@@ -138,6 +148,7 @@ const BASELINE: Variant = {
 const VARIANTS: Variant[] = [
   memoryVariant('memory', COUNT_AND_SIZE),
   memoryVariant('memory-rate', WITH_RATE),
+  gaugesVariant('memory-gauges', COUNT_AND_SIZE),
   sqliteVariant('sqlite', COUNT_AND_SIZE),
   sqliteVariant('sqlite-rate', WITH_RATE),
 ];

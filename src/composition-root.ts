@@ -7,6 +7,7 @@ import { OpenStackConfigError, ScopeUnavailableError } from './openstack/errors.
 import { GlanceClient } from './openstack/glance.js';
 import { KeystoneClient } from './openstack/keystone.js';
 import { UnifiedLimits, keystoneLimitsReader } from './openstack/limits.js';
+import { keystoneProjectNames, type ProjectNames } from './openstack/projects.js';
 import type { LimitSource } from './quota/limits.js';
 import { StaticLimits } from './quota/static-limits.js';
 import { openStore } from './store/index.js';
@@ -24,6 +25,8 @@ export interface Runtime {
   log: Logger;
   limits: LimitSource;
   glance: ImageService | undefined;
+  /** Keystone's project names, when an OpenStack identity is configured (status). */
+  projectNames: ProjectNames | undefined;
   pipeline: Pipeline;
   /**
    * What the admission door reads besides the pipeline: the store's reservations and records (it
@@ -48,6 +51,8 @@ export interface RuntimeOptions {
   onAction?: (action: ActionRecord) => void | Promise<void>;
   /** Glance's listing corrected the ledger (the metric gqe_ledger_corrections_total). */
   onCorrections?: PipelineOptions['onCorrections'];
+  /** Every decision's usage and limits (the gauges gqe_project_usage and gqe_project_limit). */
+  onDecision?: PipelineOptions['onDecision'];
   /**
    * Read-only commands (status) pass this: when the identity cannot read unified limits (no
    * OS_SYSTEM_SCOPE, an application credential, a broken clouds.yaml) they go on with the static
@@ -123,6 +128,7 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
   let limits: LimitSource = staticLimits;
   let glance: ImageService | undefined;
   let keystone: KeystoneClient | undefined;
+  let projectNames: ProjectNames | undefined;
   if (overrides.limits !== undefined || overrides.glance !== undefined) {
     const given = overrides.limits;
     limits = typeof given === 'function' ? given(staticLimits) : (given ?? staticLimits);
@@ -131,6 +137,7 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
     try {
       keystone = new KeystoneClient(loadCredentials(env, { onWarning: (message) => log.warn(message) }), { log });
       glance = new GlanceClient(keystone, { log, responseMaxBytes: config.glanceResponseMaxBytes });
+      projectNames = keystoneProjectNames(keystone);
       limits = new UnifiedLimits(keystoneLimitsReader(keystone, { log }), {
         fallback: staticLimits,
         createRateWindowSeconds: config.createRateWindowSeconds,
@@ -158,11 +165,12 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
       ...(overrides.mode ? { mode: overrides.mode } : {}),
       ...(options.onAction ? { onAction: options.onAction } : {}),
       ...(options.onCorrections ? { onCorrections: options.onCorrections } : {}),
+      ...(options.onDecision ? { onDecision: options.onDecision } : {}),
     },
     config,
   );
   const validateToken = keystone ? (token: string) => keystone.validateToken(token) : undefined;
-  return { config, log, limits, glance, pipeline, admission: { ledger: store, validateToken }, close: () => store.close() };
+  return { config, log, limits, glance, projectNames, pipeline, admission: { ledger: store, validateToken }, close: () => store.close() };
 }
 
 /**

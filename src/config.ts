@@ -6,6 +6,7 @@ import { firstIssue } from './zod-issues.js';
 import { rememberSecrets, scrub, urlPasswords } from './redact.js';
 import { LimitsFile, parseLimits, type ProjectLimits } from './quota/limits.js';
 import { DEFAULT_RESPONSE_MAX_BYTES } from './openstack/glance.js';
+import { DEFAULT_NEAREST_PROJECTS } from './quota/nearest.js';
 
 /** The settings a function may read from AWS Secrets Manager or SSM Parameter Store (src/doors/lambda/secrets.ts). */
 export const SECRET_SETTINGS = ['OS_PASSWORD', 'OS_APPLICATION_CREDENTIAL_SECRET', 'STORE_URL'] as const;
@@ -198,6 +199,13 @@ export const EnvSchema = z.object({
     .default('0.0.0.0')
     .refine((v) => isIP(v) !== 0, { message: 'expected an IP address to bind (127.0.0.1, 0.0.0.0, ::, or one of the host\'s addresses)' })
     .meta({ description: 'Address the `METRICS_PORT` listener binds: `0.0.0.0` (every IPv4 interface, what a container or a remote Prometheus needs), `::`, `127.0.0.1`, or one address such as the host\'s management network.' }),
+  METRICS_PROJECTS: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(10_000)
+    .default(DEFAULT_NEAREST_PROJECTS)
+    .meta({ description: '`consume`: how many projects, those nearest or over their limits, get gauges of their own (`gqe_project_usage`, `gqe_project_limit`, by project and resource), so that the series never grow with the number of projects; a project that leaves them leaves `/metrics`. 0 turns them off; `gqe_projects_over_limit` counts every project all the same.' }),
   PUBLISH_EXCHANGE: z
     .string()
     .default('glance_quota_enforcer')
@@ -303,6 +311,8 @@ export interface Config {
   enforceConcurrency: number;
   metricsPort: number;
   metricsHost: string;
+  /** METRICS_PROJECTS: the projects with gauges of their own. */
+  metricsProjects: number;
   sqs: { queueUrl: string; deadLetterQueueUrl: string };
   reconcileBudgetMs: number;
   /** The admission endpoint (src/doors/admission.ts); `port` undefined: `consume` serves none. */
@@ -350,6 +360,7 @@ const EXAMPLES: Record<string, string> = {
   ENFORCE_CONCURRENCY: 'ENFORCE_CONCURRENCY=8',
   METRICS_PORT: 'METRICS_PORT=10920',
   METRICS_HOST: 'METRICS_HOST=127.0.0.1',
+  METRICS_PROJECTS: 'METRICS_PROJECTS=100',
   SQS_QUEUE_URL: 'SQS_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/glance-quota-enforcer-prod-notifications',
   SQS_DEAD_LETTER_QUEUE_URL: 'SQS_DEAD_LETTER_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/glance-quota-enforcer-prod-dead-letters',
   RECONCILE_BUDGET_SECONDS: 'RECONCILE_BUDGET_SECONDS=600',
@@ -449,6 +460,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     enforceConcurrency: e.ENFORCE_CONCURRENCY,
     metricsPort: e.METRICS_PORT,
     metricsHost: e.METRICS_HOST,
+    metricsProjects: e.METRICS_PROJECTS,
     sqs: { queueUrl: e.SQS_QUEUE_URL, deadLetterQueueUrl: e.SQS_DEAD_LETTER_QUEUE_URL },
     reconcileBudgetMs: e.RECONCILE_BUDGET_SECONDS * 1000,
     admission: {

@@ -1,4 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { DEFAULT_NEAREST_PROJECTS, NearestProjects, type ProjectFill } from './quota/nearest.js';
+import { isUnlimited } from './quota/decide.js';
+import { Resource, USAGE_RESOURCES } from './quota/resources.js';
 
 /**
  * What an operator graphs and alerts on. One registry per process (not prom-client's global one),
@@ -86,8 +89,90 @@ export class Metrics {
     collect: (): void => this.limitsTrusted.set(this.limitsStatus() ? 1 : 0),
   });
 
-  constructor() {
+  readonly projectUsage = new Gauge({
+    name: 'gqe_project_usage',
+    help: "Usage of the METRICS_PROJECTS projects nearest or over their limits, by project id and resource, in Glance's units (images; MiB for sizes), as last decided",
+    labelNames: ['project', 'resource'] as const,
+    registers: [this.registry],
+  });
+  readonly projectLimit = new Gauge({
+    name: 'gqe_project_limit',
+    help: 'Limits of the same projects, by project id and resource; no series where the resource is unlimited',
+    labelNames: ['project', 'resource'] as const,
+    registers: [this.registry],
+  });
+  readonly projectsOver = new Gauge({
+    name: 'gqe_projects_over_limit',
+    help: 'Projects over each limit, every project counted (not only those with gauges of their own), as last decided',
+    labelNames: ['resource'] as const,
+    registers: [this.registry],
+  });
+  /** The projects with gauges of their own: never more than METRICS_PROJECTS, whatever the cloud holds. */
+  private readonly nearest: NearestProjects;
+  /** Which limits each project over a limit is over: bounded by the projects over now. */
+  private readonly over = new Map<string, readonly string[]>();
+  private readonly overCounts = new Map<string, number>();
+
+  constructor(options: { projects?: number } = {}) {
     collectDefaultMetrics({ register: this.registry, prefix: 'gqe_' });
+    this.nearest = new NearestProjects(options.projects ?? DEFAULT_NEAREST_PROJECTS);
+    // Zero, not absent, while no project is over: an alert or a panel then reads a number.
+    for (const resource of Resource.options) this.projectsOver.set({ resource }, 0);
+  }
+
+  /**
+   * One decision (the ledger's estimate or Glance's listing): the per-project gauges follow it.
+   *
+   * @example
+   *   openRuntime(env, { onDecision: (report) => metrics.observeDecision(report) });
+   */
+  observeDecision(p: ProjectFill): void {
+    this.forget(this.nearest.observe(p));
+    if (this.nearest.has(p.projectId)) this.export(p);
+    this.setOver(p.projectId, p.over);
+  }
+
+  /**
+   * A whole reconcile pass: the N nearest of its projects replace the gauges, and the counts of
+   * projects over each limit are recounted. Projects the pass could not decide (`failed`) keep
+   * what their last decision said.
+   */
+  observePass(projects: readonly ProjectFill[], failed: ReadonlySet<string> = new Set()): void {
+    this.forget(this.nearest.replaceAll(projects, failed));
+    for (const p of this.nearest.list()) this.export(p);
+    const listed = new Set(projects.map((p) => p.projectId));
+    for (const id of [...this.over.keys()]) if (!listed.has(id) && !failed.has(id)) this.setOver(id, []);
+    for (const p of projects) this.setOver(p.projectId, p.over);
+  }
+
+  private export(p: ProjectFill): void {
+    for (const resource of USAGE_RESOURCES) {
+      const labels = { project: p.projectId, resource };
+      this.projectUsage.set(labels, p.usage[resource]);
+      const limit = p.limits[resource];
+      if (isUnlimited(limit)) this.projectLimit.remove(labels);
+      else this.projectLimit.set(labels, limit);
+    }
+  }
+
+  /** Projects that left the N: their series leave the registry, so a scrape never keeps them. */
+  private forget(projectIds: readonly string[]): void {
+    for (const project of projectIds) {
+      for (const resource of USAGE_RESOURCES) {
+        this.projectUsage.remove({ project, resource });
+        this.projectLimit.remove({ project, resource });
+      }
+    }
+  }
+
+  private setOver(projectId: string, over: readonly string[]): void {
+    const before = this.over.get(projectId) ?? [];
+    if (before.length === 0 && over.length === 0) return;
+    for (const r of before) this.overCounts.set(r, (this.overCounts.get(r) ?? 1) - 1);
+    for (const r of over) this.overCounts.set(r, (this.overCounts.get(r) ?? 0) + 1);
+    if (over.length > 0) this.over.set(projectId, [...over]);
+    else this.over.delete(projectId);
+    for (const r of new Set([...before, ...over])) this.projectsOver.set({ resource: r }, this.overCounts.get(r) ?? 0);
   }
 
   /** gqe_limits_trusted follows the source's own status at every scrape. */

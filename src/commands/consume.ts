@@ -17,17 +17,19 @@ import { Notifier, QuotaNotifications } from '../transport/notifier.js';
  */
 export async function consume(args: string[]): Promise<number> {
   parseArgs({ args, options: {} });
-  const metrics = new Metrics();
   let notifications: QuotaNotifications | undefined;
+  // The callbacks first run once the pipeline works, after `metrics` below exists.
   const runtime = await openRuntime(process.env, {
     needGlance: true,
     onCorrections: (_projectId, corrections) => metrics.countCorrections(corrections),
+    onDecision: (report) => metrics.observeDecision(report),
     onAction: async (a) => {
       metrics.actions.inc({ action: a.action });
       await notifications?.action(a);
     },
   });
   const { config, log, pipeline } = runtime;
+  const metrics = new Metrics({ projects: config.metricsProjects });
   metrics.watchLimits(runtime.limits);
   const publishing = config.amqp.publishExchange ? new Notifier(config.amqp.publishExchange, config.amqp.publishTopic, config.amqp.durableExchange, log) : undefined;
   const announce = (notifications = new QuotaNotifications(publishing, () => pipeline.mode));
@@ -39,6 +41,8 @@ export async function consume(args: string[]): Promise<number> {
     onSummary: async (s) => {
       metrics.reconcileDuration.observe(s.durationMs / 1000);
       metrics.reconcileRuns.inc({ result: s.failures.length > 0 || !s.complete ? 'partial' : 'ok' });
+      // A whole pass saw every project: the gauges become exactly its nearest (a cut pass saw only some).
+      if (s.complete) metrics.observePass(s.projects, new Set(s.failures.map((f) => f.projectId)));
       for (const f of s.failures) metrics.countOpenStackError(f.error);
       log.info({ projects: s.projects.length, listed: s.listed, corrected: s.corrected, unreadable: s.unreadable, failed: s.failures.map((f) => f.projectId).slice(0, 20), pruned: s.pruned, ms: s.durationMs }, 'reconciled from Glance');
       for (const report of s.projects) await announce.report(report);

@@ -5,7 +5,7 @@ import type { LimitSource } from '../quota/limits.js';
 import type { ProtectedPolicy } from '../quota/verify.js';
 import type { ActionKind, ActionRecord, LedgerStore } from '../store/port.js';
 import type { CommittedTotals } from './committed.js';
-import type { EnforcementMode, ImageService } from './ports.js';
+import type { EnforcementMode, ImageService, ProjectReport } from './ports.js';
 
 /** What the pipeline's steps share: its parts, its settings, and the little state it keeps. */
 export interface PipelineContext {
@@ -25,6 +25,7 @@ export interface PipelineContext {
   clock: () => number;
   onAction: ((action: ActionRecord) => void | Promise<void>) | undefined;
   onCorrections: ((projectId: string, corrections: readonly Correction[]) => void) | undefined;
+  onDecision: ((report: ProjectReport) => void) | undefined;
   committed: CommittedTotals;
   /**
    * Images audited with an outcome that leaves them in place (a dry run's `would-delete`, a kept

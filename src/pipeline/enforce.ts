@@ -24,7 +24,9 @@ export async function evaluate(ctx: PipelineContext, projectId: string): Promise
   const needed = recordsNeeded(usage, limits);
   const records = !needed ? [] : 'all' in needed ? await ctx.store.images(projectId) : await ctx.store.removableImages(projectId, needed.removable);
   const { over, toDelete } = decide(records, usage, limits, { exempt, nowSeconds: Math.floor(ctx.clock() / 1000) });
-  return { projectId, usage, limits, over, toDelete, exempt, basis: 'ledger' };
+  const report: ProjectReport = { projectId, usage, limits, over, toDelete, exempt, basis: 'ledger' };
+  ctx.onDecision?.(report);
+  return report;
 }
 
 /**

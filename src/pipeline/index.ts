@@ -67,6 +67,8 @@ export interface PipelineOptions {
   onAction?: (action: ActionRecord) => void | Promise<void>;
   /** Called when Glance's listing corrected the ledger (metrics). */
   onCorrections?: (projectId: string, corrections: readonly Correction[]) => void;
+  /** Called with every decision's usage and limits, the estimate's and Glance's (per-project gauges). */
+  onDecision?: (report: ProjectReport) => void;
 }
 
 /**
@@ -103,6 +105,7 @@ export class Pipeline {
       clock: options.clock ?? Date.now,
       onAction: options.onAction,
       onCorrections: options.onCorrections,
+      onDecision: options.onDecision,
       committed: new CommittedTotals(),
       reported: new LRUCache<string, ActionKind>({ max: REPORTED_MEMORY }),
       locks: new ProjectLocks(),

@@ -26,5 +26,7 @@ export function judge(ctx: PipelineContext, projectId: string, listing: readonly
   const exempt = ctx.exempt.has(projectId);
   const { over, toDelete } = decide(records, usage, limits, { exempt, nowSeconds: Math.floor(ctx.clock() / 1000) });
   if (over.length > 0) ctx.log?.info({ projectId, usage, limits, over, candidates: toDelete.length, exempt }, 'Glance confirms: project over quota');
-  return { report: { projectId, usage, limits, over, toDelete, exempt, basis: 'glance', corrected }, byId };
+  const report: ProjectReport = { projectId, usage, limits, over, toDelete, exempt, basis: 'glance', corrected };
+  ctx.onDecision?.(report);
+  return { report, byId };
 }

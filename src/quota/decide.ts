@@ -10,7 +10,7 @@ export interface Decision {
   toDelete: string[];
 }
 
-function isUnlimited(limit: number | undefined): limit is undefined {
+export function isUnlimited(limit: number | undefined): limit is undefined {
   return limit === undefined || limit < 0;
 }
 

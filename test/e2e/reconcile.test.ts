@@ -46,8 +46,10 @@ describe('reconcile against real Keystone and Glance', () => {
     expect(r.code).toBe(0);
     const out = JSON.parse(r.stdout);
     expect(out.mode).toBe('enforce');
-    expect(out.projects[0].actions).toEqual(
-      queued.slice(4).reverse().map((id) => ({ image_id: id, action: 'deleted', reason: `queued image past image_count_total (Glance said: queued, owner ${over.id})` })),
+    // Deleted ENFORCE_CONCURRENCY at a time, and audited as each finishes: in any order.
+    const byId = (a: { image_id: string }, b: { image_id: string }) => a.image_id.localeCompare(b.image_id);
+    expect([...out.projects[0].actions].sort(byId)).toEqual(
+      queued.slice(4).map((id) => ({ image_id: id, action: 'deleted', reason: `queued image past image_count_total (Glance said: queued, owner ${over.id})` })).sort(byId),
     );
     const left = await over.images();
     expect([...left.keys()].sort()).toEqual([active, ...queued.slice(0, 4)].sort());
@@ -78,8 +80,8 @@ describe('reconcile against real Keystone and Glance', () => {
     expect(r.code).toBe(0);
     const out = JSON.parse(r.stdout);
     expect(out.mode).toBe('dry-run');
-    expect(out.projects[0].actions.map((a: { image_id: string; action: string }) => [a.image_id, a.action])).toEqual(
-      queued.slice(4).reverse().map((id) => [id, 'would-delete']),
+    expect(out.projects[0].actions.map((a: { image_id: string; action: string }) => [a.image_id, a.action]).sort()).toEqual(
+      queued.slice(4).map((id) => [id, 'would-delete']).sort(),
     );
     expect((await over.images()).size).toBe(8);
     // A second run finds the same candidates; the audit keeps each would-delete once.

@@ -221,3 +221,23 @@ describe('dead-lettering on the real broker', () => {
     await until('the batch back in the queue', async () => (await q.ready()) === 3);
   });
 });
+
+describe('the queues are bounded in bytes as well as in count (QUEUE_MAX_BYTES)', () => {
+  it('a flood of fat bodies fills neither the queue nor its dead-letter queue past the bound', async () => {
+    const down = await requireService('rabbitmq').then(() => undefined, (err: Error) => err);
+    if (down) throw down;
+    // 64 KiB each, nobody consuming: 40 bodies of 10 KB would be 400 KB.
+    const q = await freshQueue('bytes', { maxBytes: 64 * 1024 });
+    try {
+      await q.publish(Array.from({ length: 40 }, (_, i) => `${i} `.padEnd(10_000, 'x')));
+      const [ready, dead] = [await q.ready(), await q.dead()];
+      expect(ready * 10_000).toBeLessThanOrEqual(64 * 1024);
+      expect(ready).toBeGreaterThanOrEqual(5);
+      // The overflow went to the dead-letter queue, which keeps its own bound.
+      expect(dead * 10_000).toBeLessThanOrEqual(64 * 1024);
+      expect(dead).toBeGreaterThanOrEqual(5);
+    } finally {
+      await q.delete();
+    }
+  });
+});

@@ -17,9 +17,13 @@ export interface KeystoneStandIn {
   env: NodeJS.ProcessEnv;
   serviceId: string;
   calls: { tokens: number; registeredLimits: number; limits: number; limitsOfOneProject: number };
+  /** Calls to `GET /v3/projects` (listings) and `GET /v3/projects/{id}` (byId). */
+  projectCalls: { listings: number; byId: number };
   /** What Keystone holds; change it between reads. */
   registered: RegisteredLimit[];
   limits: ProjectLimit[];
+  /** Keystone's projects (`GET /v3/projects`, `GET /v3/projects/{id}`), cut at `listLimit` too. */
+  projects: { id: string; name: string }[];
   /** `[unified_limit] list_limit`; unset: no truncation. */
   listLimit?: number;
   /** Serve pages of this size with a `links.next`, as a paginating Keystone would (Keystone 22 does not). */
@@ -44,7 +48,7 @@ export const projectLimit = (projectId: string, name: string, value: number, reg
 
 const FILTERS = ['service_id', 'region_id', 'resource_name', 'project_id', 'domain_id'] as const;
 
-export async function keystoneStandIn(init: { registered?: RegisteredLimit[]; limits?: ProjectLimit[]; listLimit?: number } = {}): Promise<KeystoneStandIn> {
+export async function keystoneStandIn(init: { registered?: RegisteredLimit[]; limits?: ProjectLimit[]; projects?: { id: string; name: string }[]; listLimit?: number } = {}): Promise<KeystoneStandIn> {
   const server = createServer((req, res) => {
     handle(req, res).catch((error: unknown) => {
       res.writeHead(500, { 'content-type': 'application/json' });
@@ -62,12 +66,15 @@ export async function keystoneStandIn(init: { registered?: RegisteredLimit[]; li
     },
     serviceId: STANDIN_SERVICE_ID,
     calls: { tokens: 0, registeredLimits: 0, limits: 0, limitsOfOneProject: 0 },
+    projectCalls: { listings: 0, byId: 0 },
     registered: init.registered ?? [],
     limits: init.limits ?? [],
+    projects: init.projects ?? [],
     ...(init.listLimit !== undefined ? { listLimit: init.listLimit } : {}),
     down: false,
     resetCalls() {
       standIn.calls = { tokens: 0, registeredLimits: 0, limits: 0, limitsOfOneProject: 0 };
+      standIn.projectCalls = { listings: 0, byId: 0 };
     },
     close: () => new Promise<void>((resolve) => {
       server.closeAllConnections();
@@ -129,6 +136,16 @@ export async function keystoneStandIn(init: { registered?: RegisteredLimit[]; li
       if (url.searchParams.has('project_id')) standIn.calls.limitsOfOneProject++;
       else standIn.calls.limits++;
       return collection(res, url, 'limits', standIn.limits);
+    }
+    if (req.method === 'GET' && url.pathname === '/v3/projects') {
+      standIn.projectCalls.listings++;
+      return collection(res, url, 'projects', standIn.projects);
+    }
+    const one = /^\/v3\/projects\/([^/]+)$/.exec(url.pathname);
+    if (req.method === 'GET' && one) {
+      standIn.projectCalls.byId++;
+      const project = standIn.projects.find((p) => p.id === decodeURIComponent(one[1]!));
+      return project ? send(res, 200, { project }) : send(res, 404, { error: { code: 404, message: `Could not find project: ${one[1]}.` } });
     }
     send(res, 404, { error: { code: 404, message: `no ${req.method} ${url.pathname} in the stand-in` } });
   }

@@ -364,7 +364,7 @@ export interface TestQueue {
  * `declareTopology` exactly as a consumer with `env` declares them (so there is no 406 when it
  * starts), so that bodies published before any consumer runs are kept.
  */
-export async function freshQueue(label = 'test'): Promise<TestQueue> {
+export async function freshQueue(label = 'test', bounds: { maxLength?: number; maxBytes?: number } = {}): Promise<TestQueue> {
   let connection: amqp.ChannelModel;
   try {
     connection = await amqp.connect(parseTransportUrl(TRANSPORT_URL)[0]!, { timeout: 10_000 });
@@ -373,13 +373,14 @@ export async function freshQueue(label = 'test'): Promise<TestQueue> {
   }
   connection.on('error', () => {});
   const name = `gqe-${label}-${randomBytes(4).toString('hex')}`;
-  const settings = { exchange: `${name}-x`, durableExchange: false, topic: name, queue: name, maxLength: 1_000_000, maxBytes: loadConfig({}).amqp.maxBytes };
+  const defaults = loadConfig({}).amqp;
+  const settings = { exchange: `${name}-x`, durableExchange: false, topic: name, queue: name, maxLength: bounds.maxLength ?? defaults.maxLength, maxBytes: bounds.maxBytes ?? defaults.maxBytes };
   await declareTopology(connection, settings);
   const channel = await connection.createConfirmChannel();
   channel.on('error', () => {});
   const routingKey = `${settings.topic}.info`;
   return {
-    env: { TRANSPORT_URL, QUEUE_NAME: settings.queue, NOTIFICATION_EXCHANGE: settings.exchange, NOTIFICATION_TOPIC: settings.topic },
+    env: { TRANSPORT_URL, QUEUE_NAME: settings.queue, NOTIFICATION_EXCHANGE: settings.exchange, NOTIFICATION_TOPIC: settings.topic, QUEUE_MAX_LENGTH: String(settings.maxLength), QUEUE_MAX_BYTES: String(settings.maxBytes) },
     queue: settings.queue,
     connection,
     async publish(bodies, options = {}) {

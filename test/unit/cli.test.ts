@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runCli as run } from '../support/cli.js';
+import { keystoneStandIn, projectLimit, registeredLimit } from '../support/keystone-standin.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import { captures, envelope, inner, quotaTestBodies, rawBody } from '../support/fixtures.js';
 
@@ -132,6 +133,41 @@ describe('forged ids on a terminal', () => {
   });
 });
 
+describe('status: the projects nearest their limits first', () => {
+  it("orders over, then fullest, then unlimited-looking projects, with Keystone's names, as a table and as JSON", async () => {
+    const store = `sqlite://${join(dir, 'nearest.db')}`;
+    // aaaa 5 of 10 (50%), bbbb 3 of 2 (over), cccc 1 of 10, dddd 4 of 10 and gone from Keystone.
+    const bodies = [...flood('aaaa', 5), ...flood('bbbb', 3), ...flood('cccc', 1), ...flood('dddd', 4)];
+    expect((await run(['replay', file('nearest.jsonl', bodies), '--store', store])).code).toBe(0);
+    const keystone = await keystoneStandIn({
+      registered: [registeredLimit('image_count_total', 10)],
+      limits: [projectLimit('bbbb', 'image_count_total', 2)],
+      projects: [{ id: 'aaaa', name: 'web' }, { id: 'bbbb', name: 'ci-\u001b[31mrunner' }, { id: 'cccc', name: 'data' }],
+    });
+    try {
+      const env = { ...(keystone.env as Record<string, string>), OS_PROJECT_NAME: 'service', OS_PROJECT_DOMAIN_NAME: 'Default', STORE_URL: store };
+      const text = await run(['status'], env);
+      expect(text.code).toBe(0);
+      expect(text.stderr).toBe('');
+      expect(text.stdout.trimEnd().split('\n').slice(1).map((l) => l.split(/\s{2,}/).slice(0, 4))).toEqual([
+        ['bbbb', 'ci-\\x1b[31mrunner', '150%', '3/2'],
+        ['aaaa', 'web', '50%', '5/10'],
+        ['dddd', '-', '40%', '4/10'],
+        ['cccc', 'data', '10%', '1/10'],
+      ]);
+      const json = JSON.parse((await run(['status', '--json'], env)).stdout);
+      expect(json.projects.map((p: { project_id: string; project_name: string | null; fullness: number | null }) => [p.project_id, p.project_name, p.fullness])).toEqual([
+        ['bbbb', 'ci-\u001b[31mrunner', 1.5], ['aaaa', 'web', 0.5], ['dddd', null, 0.4], ['cccc', 'data', 0.1],
+      ]);
+      expect(json.projects[0]).toMatchObject({ usage: { image_count_total: 3 }, limits: { image_count_total: 2 }, over: ['image_count_total'] });
+      // Four projects: each read by id (a project Keystone no longer has is a 404, not an error).
+      expect(keystone.projectCalls).toEqual({ listings: 0, byId: 8 });
+    } finally {
+      await keystone.close();
+    }
+  });
+});
+
 describe('status in a shell without a system scope', () => {
   it('still prints the ledger\'s usage, with the static limits, and says what it cannot read', async () => {
     const store = `sqlite://${join(dir, 'status.db')}`;
@@ -142,7 +178,8 @@ describe('status in a shell without a system scope', () => {
     };
     const { code, stdout, stderr } = await run(['status'], identity);
     expect(code).toBe(0);
-    expect(stdout).toMatch(/^cccc\s+5\/3\s+0\/-\s+0\/-\s+0\/-\s+image_count_total$/m);
+    expect(stdout).toMatch(/^cccc\s+-\s+167%\s+5\/3\s+0\/-\s+0\/-\s+0\/-\s+image_count_total$/m);
+    expect(stderr).toContain('warning: project names unavailable from Keystone');
     expect(stderr).toContain('warning: unified limits: no system-scoped token: OS_SYSTEM_SCOPE is not set');
     expect(stderr).toContain('showing QUOTA_LIMITS / QUOTA_LIMITS_FILE limits only');
     expect(stderr).not.toContain('enforcer-pass');

@@ -8,6 +8,7 @@ import { loadConfig } from '../../src/config.js';
 import { startHealthServer } from '../../src/health.js';
 import { Metrics } from '../../src/metrics.js';
 import { kustomizeBuild, type Manifest } from '../support/kustomize.js';
+import { exportedSeries, metricNames, SCRAPE_SERIES } from '../support/promql.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const KUBE = join(ROOT, 'deploy', 'kubernetes');
@@ -79,18 +80,16 @@ describe.each(OVERLAYS)('deploy/kubernetes/overlays/%s', (overlay) => {
     expect(container.env.find((e: any) => e.name === 'TRANSPORT_URL').valueFrom.secretKeyRef).toEqual({ name: secret.metadata.name, key: 'TRANSPORT_URL' });
   });
 
-  it('alerts only on metrics the enforcer exports', () => {
+  it('alerts only on metrics the enforcer exports', async () => {
     const rules = (manifests.find((m) => m.kind === 'PrometheusRule') as any).spec.groups.flatMap((g: any) => g.rules);
-    const source = readFileSync(join(ROOT, 'src', 'metrics.ts'), 'utf8');
-    const declared = new Set([...source.matchAll(/name: '(gqe_\w+)'/g)].map((m) => m[1]));
-    // Process metrics come from prom-client's defaults under the gqe_ prefix; the corrections
-    // counter comes with the ledger-corrections change (gqe_ledger_corrections_total{kind}).
-    const known = (name: string) => declared.has(name.replace(/_(bucket|sum|count)$/, '')) || name.startsWith('gqe_process_') || name === 'gqe_ledger_corrections_total';
-    const used = rules.flatMap((r: any) => [...String(r.expr).matchAll(/\bgqe_\w+/g)].map((m) => m[0]));
-    expect(used.filter((n: string) => !known(n))).toEqual([]);
+    const exported = await exportedSeries();
+    const used = rules.flatMap((r: any) => metricNames(String(r.expr)));
+    expect(used).toContain('gqe_projects_over_limit');
+    expect(used.filter((n: string) => !exported.has(n) && !SCRAPE_SERIES.has(n))).toEqual([]);
     expect(rules.map((r: any) => r.alert)).toEqual(expect.arrayContaining([
       'GlanceQuotaEnforcerBrokerDisconnected', 'GlanceQuotaEnforcerStoreErrors', 'GlanceQuotaEnforcerDeadLettersGrowing',
       'GlanceQuotaEnforcerEnforcementStuck', 'GlanceQuotaEnforcerLedgerCorrections', 'GlanceQuotaEnforcerNoReconcile',
+      'GlanceQuotaEnforcerProjectsOverLimit',
     ]));
     expect(rules.every((r: any) => r.labels?.severity && r.annotations?.summary)).toBe(true);
   });

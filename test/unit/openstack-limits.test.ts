@@ -18,6 +18,7 @@ import {
   type ProjectLimit,
   type RegisteredLimit,
 } from '../../src/openstack/limits.js';
+import { keystoneProjectNames } from '../../src/openstack/projects.js';
 import { keystoneStandIn, projectLimit, registeredLimit, type KeystoneStandIn } from '../support/keystone-standin.js';
 
 const quiet = createLogger('silent');
@@ -318,6 +319,16 @@ describe('against a counting Keystone stand-in (HTTP on 127.0.0.1)', () => {
     const limits = new UnifiedLimits(keystoneLimitsReader(keystone, { log: quiet }), { log: quiet });
     expect(await limits.limitsFor('p-42')).toMatchObject({ image_count_total: 1_042 });
     expect(s.calls).toMatchObject({ registeredLimits: 1, limits: 1, limitsOfOneProject: 1 });
+  });
+
+  it("names projects from one listing of Keystone's projects, and reads one by one those a truncated listing left out", async () => {
+    const projects = Array.from({ length: 30 }, (_, i) => ({ id: `p-${i}`, name: `project ${i}` }));
+    const { s, keystone } = await standIn(0, { projects, listLimit: 20 });
+    const wanted = ['p-1', 'p-25', 'p-29', 'p-2', 'p-3', 'p-4', 'gone'];
+    const names = await keystoneProjectNames(keystone).namesOf(wanted);
+    expect(Object.fromEntries(names)).toEqual({ 'p-1': 'project 1', 'p-25': 'project 25', 'p-29': 'project 29', 'p-2': 'project 2', 'p-3': 'project 3', 'p-4': 'project 4' });
+    // One listing (cut at 20), then p-25, p-29 and 'gone' (Keystone: 404) by id.
+    expect(s.projectCalls).toEqual({ listings: 1, byId: 3 });
   });
 });
 
