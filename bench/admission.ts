@@ -25,14 +25,14 @@
  * Every image is deleted after its round, outside the timing. The gate's cost is nginx+gate minus
  * nginx (medians and p99s of the same run); unified limits' is unified minus glance.
  */
-import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { enforcerEnv, lab, TestProject } from '../test/e2e/support/lab.js';
-import { freePort, startNginx, type RunningNginx } from '../test/e2e/support/nginx.js';
+import { startGate } from '../test/e2e/support/gate.js';
+import { startNginx, type RunningNginx } from '../test/e2e/support/nginx.js';
 
 const { values: args } = parseArgs({ options: { creates: { type: 'string', default: '100' }, store: { type: 'string', default: 'sqlite' } } });
 const N = Number(args.creates);
@@ -41,7 +41,6 @@ const l = lab();
 for (const url of [l.authUrl, l.glanceUrl, l.oracleUrl]) {
   if (!/^https?:\/\/(127\.0\.0\.1|localhost|\[::1\])[:/]/.test(url)) throw new Error(`bench:admission runs against a lab on loopback only, not ${url}`);
 }
-const BIN = join(import.meta.dirname, '..', 'bin', 'glance-quota-enforcer.js');
 
 function stats(ms: number[]) {
   const s = [...ms].sort((a, b) => a - b);
@@ -49,22 +48,6 @@ function stats(ms: number[]) {
   return { median: at(0.5), p99: at(0.99), n: s.length };
 }
 const f = (ms: number) => ms.toFixed(2).padStart(8);
-
-async function startGate(env: NodeJS.ProcessEnv): Promise<{ port: number; metricsPort: number; stop(): Promise<void> }> {
-  const port = await freePort();
-  const child = spawn(process.execPath, [BIN, 'gate'], { env: { ...env, ADMISSION_PORT: String(port), METRICS_PORT: '0', LOG_LEVEL: 'info' }, stdio: ['ignore', 'ignore', 'pipe'] });
-  let log = '';
-  const listening = new Promise<{ metricsPort: number }>((resolve, reject) => {
-    child.stderr!.on('data', (c: Buffer) => {
-      log += c.toString();
-      const line = log.split('\n').find((l) => l.includes('admission endpoint listening'));
-      if (line) resolve(JSON.parse(line));
-    });
-    child.on('exit', (code) => reject(new Error(`gate exited with ${code}: ${log.slice(-2000)}`)));
-  });
-  const { metricsPort } = await listening;
-  return { port, metricsPort, stop: async () => void (child.kill('SIGTERM'), await new Promise((r) => child.on('exit', r))) };
-}
 
 /** The shipped config without its check: the same proxy, minus auth_request. */
 async function plainNginx(admissionPort: number, glanceUrl = l.glanceUrl): Promise<RunningNginx> {
@@ -84,7 +67,7 @@ async function main(): Promise<void> {
     const storeUrl = args.store === 'sqlite' ? `sqlite://${join(storeDir, 'ledger.db')}` : args.store;
     // A prefix of its own on a shared Redis: the bench's reservations expire there by themselves.
     const gate = await startGate(enforcerEnv(l, { STORE_URL: storeUrl, REDIS_KEY_PREFIX: `gqe-bench-${process.pid}:` }));
-    stops.unshift(() => gate.stop());
+    stops.unshift(async () => gate.stop());
     const checked = await startNginx({ glanceUrl: l.glanceUrl, admissionPort: gate.port });
     stops.unshift(() => checked.stop());
     const plain = await plainNginx(gate.port);

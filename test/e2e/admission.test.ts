@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { envelope, inner, rawBody } from '../support/fixtures.js';
 import { broker } from './support/consumer.js';
 import { cli, enforcerEnv, lab, labEnv } from './support/lab.js';
+import { startGate } from './support/gate.js';
 import { startNginx } from './support/nginx.js';
 import { scenario, until } from './support/scenario.js';
 
@@ -75,6 +76,23 @@ describe('the admission endpoint behind nginx, in front of the real Glance', () 
     const unchecked = await p.createAt(nginx.url, 'while-the-enforcer-is-down');
     expect(unchecked.status).toBe(201);
     expect(await glanceRows(p.id)).toBe(6);
+  }, 120_000);
+
+  it('gate, beside consume on its ledger, refuses past the limit and exits 0 on SIGTERM', async () => {
+    const p = await project('admission-gate');
+    await p.setLimit('image_count_total', 2);
+    const env = enforcerEnv(lab());
+    // The consumer keeps the ledger (and ends reservations); the gate only answers the proxy.
+    await consumer(env);
+    const gate = await startGate(env);
+    const nginx = await startNginx({ glanceUrl: lab().glanceUrl, admissionPort: gate.port });
+    cleanup.push(() => nginx.stop());
+    const answers = await Promise.all(Array.from({ length: 6 }, (_, i) => p.createAt(nginx.url, `gate-${i}`)));
+    expect(answers.map((a) => a.status).sort()).toEqual([201, 201, 413, 413, 413, 413]);
+    expect(await glanceRows(p.id)).toBe(2);
+    const metrics = await (await fetch(`http://127.0.0.1:${gate.metricsPort}/metrics`)).text();
+    expect(metrics).toMatch(/^gqe_admission_decisions_total\{decision="deny",reason="over-limit"\} 4$/m);
+    expect(await gate.stop()).toBe(0);
   }, 120_000);
 
   it("a forged image.create for a project at its limit does not stop its owner's allowed create", async () => {
