@@ -28,6 +28,11 @@ Usage:
       The long-lived enforcer: consume Glance's notifications from RabbitMQ (TRANSPORT_URL) into
       the ledger, enforce as projects change, reconcile at start and every RECONCILE_INTERVAL,
       serve /healthz, /readyz and /metrics on METRICS_PORT. SIGTERM drains and exits 0.
+  glance-quota-enforcer gate
+      The admission endpoint alone (ADMISSION_PORT, default 10921): the proxy in front of
+      glance-api asks it before each request, and it refuses a create past the project's quota
+      before Glance writes a row. Over the ledger consume keeps (STORE_URL: postgres://, redis://
+      shared by many gates and consumers). consume serves the same endpoint when ADMISSION_PORT is set.
   glance-quota-enforcer bridge
       For functions in AWS with the broker on premises (docs/serverless.md): consume Glance's
       notifications from RabbitMQ as consume does, and forward each body unchanged to the SQS
@@ -119,6 +124,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return await actionsCommand(rest, io);
       case 'consume':
         return await consume(rest);
+      case 'gate':
+        return await (await import('./commands/gate.js')).gate(rest);
       case 'bridge': // loaded on demand: the AWS SDK is for this command only
         return await (await import('./commands/bridge.js')).bridge(rest);
       default:

@@ -11,6 +11,9 @@ import { keystoneProjectNames, type ProjectNames } from './openstack/projects.js
 import type { LimitSource } from './quota/limits.js';
 import { StaticLimits } from './quota/static-limits.js';
 import { openStore } from './store/index.js';
+import { AdmissionGate, type AdmissionLedger, type AdmissionOptions } from './doors/admission.js';
+import type { SubjectToken } from './openstack/keystone.js';
+import { TokenProjects } from './openstack/token-projects.js';
 import type { ActionRecord, LedgerStore } from './store/port.js';
 
 /**
@@ -25,6 +28,11 @@ export interface Runtime {
   /** Keystone's project names, when an OpenStack identity is configured (status). */
   projectNames: ProjectNames | undefined;
   pipeline: Pipeline;
+  /**
+   * What the admission door reads besides the pipeline: the store's reservations and records (it
+   * writes no ledger record), and Keystone's word on a client's token (undefined without OpenStack).
+   */
+  admission: { ledger: AdmissionLedger; validateToken: ((token: string) => Promise<SubjectToken | undefined>) | undefined };
   close(): Promise<void>;
 }
 
@@ -119,6 +127,7 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
   const staticLimits = new StaticLimits(config.limits.defaults, config.limits.perProject);
   let limits: LimitSource = staticLimits;
   let glance: ImageService | undefined;
+  let keystone: KeystoneClient | undefined;
   let projectNames: ProjectNames | undefined;
   if (overrides.limits !== undefined || overrides.glance !== undefined) {
     const given = overrides.limits;
@@ -126,7 +135,7 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
     glance = overrides.glance ?? undefined;
   } else if (openstackConfigured(env)) {
     try {
-      const keystone = new KeystoneClient(loadCredentials(env, { onWarning: (message) => log.warn(message) }), { log });
+      keystone = new KeystoneClient(loadCredentials(env, { onWarning: (message) => log.warn(message) }), { log });
       glance = new GlanceClient(keystone, { log, responseMaxBytes: config.glanceResponseMaxBytes });
       projectNames = keystoneProjectNames(keystone);
       limits = new UnifiedLimits(keystoneLimitsReader(keystone, { log }), {
@@ -160,5 +169,34 @@ export async function openRuntime(env: NodeJS.ProcessEnv = process.env, options:
     },
     config,
   );
-  return { config, log, limits, glance, projectNames, pipeline, close: () => store.close() };
+  const validateToken = keystone ? (token: string) => keystone.validateToken(token) : undefined;
+  return { config, log, limits, glance, projectNames, pipeline, admission: { ledger: store, validateToken }, close: () => store.close() };
+}
+
+/**
+ * The admission door over a runtime (`consume` with ADMISSION_PORT, `gate`): the same limits and
+ * ledger as the pipeline, Keystone for tokens (cached by TokenProjects), and Glance's listing
+ * through the pipeline when the ledger alone says a project is full.
+ */
+export function admissionGateOf(runtime: Runtime, onAnswer?: AdmissionOptions['onAnswer']): AdmissionGate {
+  const { config, log, pipeline, limits } = runtime;
+  const validate = runtime.admission.validateToken;
+  if (!validate) {
+    throw new ConfigError('ADMISSION_PORT: the admission endpoint validates client tokens with Keystone, but no OpenStack identity is configured; set OS_CLOUD or OS_AUTH_URL (with OS_SYSTEM_SCOPE=all)');
+  }
+  const tokens = new TokenProjects(validate, { maxEntries: config.admission.tokenCacheSize });
+  return new AdmissionGate({
+    ledger: runtime.admission.ledger,
+    limits,
+    tokenOwner: (token) => tokens.lookup(token),
+    ...(runtime.glance ? { confirmOnGlance: async (projectId: string) => (await pipeline.enforceOnGlance(projectId)).usage.image_count_total } : {}),
+    exemptProjects: config.exemptProjects,
+    mode: config.mode,
+    failClosed: config.admission.failClosed,
+    timeoutMs: config.admission.timeoutMs,
+    reservationMs: config.admission.reservationMs,
+    confirmMs: config.admission.confirmMs,
+    log,
+    ...(onAnswer ? { onAnswer } : {}),
+  });
 }

@@ -231,6 +231,44 @@ export const EnvSchema = z.object({
     .positive()
     .default(600)
     .meta({ description: 'Function mode (`reconcile` function): start no new project after this many seconds of a run (nor within 30 s of the function\'s timeout); the next scheduled run resumes after the last project finished.' }),
+  ADMISSION_PORT: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(65535)
+    .optional()
+    .meta({ description: "Port of the admission endpoint `/admission/v1/image-create`, which the proxy in front of glance-api asks before each request (nginx `auth_request`, Envoy `ext_authz`, HAProxy); `consume` serves it when set, `gate` always (default there 10921). Unset: `consume` serves none. 0 picks a free port." }),
+  ADMISSION_HOST: z
+    .string()
+    .default('127.0.0.1')
+    .refine((v) => isIP(v) !== 0, { message: 'expected an IP address to bind (127.0.0.1, 0.0.0.0, ::, or one of the host\'s addresses)' })
+    .meta({ description: 'Address the admission endpoint binds: the proxy\'s side only (loopback when the proxy runs on the same host, as Kolla\'s HAProxy and the nginx of `deploy/nginx/` do).' }),
+  ADMISSION_FAIL: z
+    .enum(['open', 'closed'])
+    .default('open')
+    .meta({ description: 'What the admission endpoint answers when it cannot decide (the store, Keystone or Glance failing or slower than `ADMISSION_TIMEOUT_SECONDS`): `open` allows the create (the cleanup after the fact stays the backstop), `closed` refuses it. Counted in `gqe_admission_decisions_total{reason="error"|"timeout"}` either way.' }),
+  ADMISSION_TIMEOUT_SECONDS: z.coerce
+    .number()
+    .positive()
+    .default(2)
+    .meta({ description: 'Longest the admission endpoint takes to decide (a Keystone token check or a Glance listing on a miss); past it, `ADMISSION_FAIL` answers. Keep it under the proxy\'s own timeout for the check (`proxy_read_timeout 5s` in `deploy/nginx/`).' }),
+  ADMISSION_RESERVATION_SECONDS: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(30)
+    .meta({ description: "How long an admitted create holds its place in the project's quota when its `image.create` notification does not arrive (Glance refused the request, or the notification was lost); the notification ends it sooner." }),
+  ADMISSION_CONFIRM_SECONDS: z.coerce
+    .number()
+    .min(0)
+    .default(5)
+    .meta({ description: "When the ledger says a project is at its limit, the admission endpoint confirms it on Glance's listing (a forged `image.create` must not block its owner) and trusts that confirmation this long; also how long a forged notification can block a create at most." }),
+  ADMISSION_TOKEN_CACHE_SIZE: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(10000)
+    .meta({ description: 'Client tokens whose project the admission endpoint remembers (by SHA-256, never the token), each until min(5 minutes, its expiry).' }),
   OS_PASSWORD_SECRET_ARN: secretArn('OS_PASSWORD'),
   OS_APPLICATION_CREDENTIAL_SECRET_ARN: secretArn('OS_APPLICATION_CREDENTIAL_SECRET'),
   STORE_URL_SECRET_ARN: secretArn('STORE_URL'),
@@ -277,6 +315,16 @@ export interface Config {
   metricsProjects: number;
   sqs: { queueUrl: string; deadLetterQueueUrl: string };
   reconcileBudgetMs: number;
+  /** The admission endpoint (src/doors/admission.ts); `port` undefined: `consume` serves none. */
+  admission: {
+    port: number | undefined;
+    host: string;
+    failClosed: boolean;
+    timeoutMs: number;
+    reservationMs: number;
+    confirmMs: number;
+    tokenCacheSize: number;
+  };
   /** `<SETTING>_SECRET_ARN`, '' when the setting is a plain value. */
   secretArns: Record<SecretSetting, string>;
 }
@@ -316,6 +364,13 @@ const EXAMPLES: Record<string, string> = {
   SQS_QUEUE_URL: 'SQS_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/glance-quota-enforcer-prod-notifications',
   SQS_DEAD_LETTER_QUEUE_URL: 'SQS_DEAD_LETTER_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/glance-quota-enforcer-prod-dead-letters',
   RECONCILE_BUDGET_SECONDS: 'RECONCILE_BUDGET_SECONDS=600',
+  ADMISSION_PORT: 'ADMISSION_PORT=10921',
+  ADMISSION_HOST: 'ADMISSION_HOST=127.0.0.1',
+  ADMISSION_FAIL: 'ADMISSION_FAIL=closed',
+  ADMISSION_TIMEOUT_SECONDS: 'ADMISSION_TIMEOUT_SECONDS=2',
+  ADMISSION_RESERVATION_SECONDS: 'ADMISSION_RESERVATION_SECONDS=30',
+  ADMISSION_CONFIRM_SECONDS: 'ADMISSION_CONFIRM_SECONDS=5',
+  ADMISSION_TOKEN_CACHE_SIZE: 'ADMISSION_TOKEN_CACHE_SIZE=10000',
   OS_PASSWORD_SECRET_ARN: 'OS_PASSWORD_SECRET_ARN=arn:aws:secretsmanager:eu-west-1:123456789012:secret:gqe-os-password-AbCdEf',
   OS_APPLICATION_CREDENTIAL_SECRET_ARN: 'OS_APPLICATION_CREDENTIAL_SECRET_ARN=arn:aws:ssm:eu-west-1:123456789012:parameter/gqe/app-credential-secret',
   STORE_URL_SECRET_ARN: 'STORE_URL_SECRET_ARN=arn:aws:secretsmanager:eu-west-1:123456789012:secret:gqe-store-url-AbCdEf',
@@ -408,6 +463,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     metricsProjects: e.METRICS_PROJECTS,
     sqs: { queueUrl: e.SQS_QUEUE_URL, deadLetterQueueUrl: e.SQS_DEAD_LETTER_QUEUE_URL },
     reconcileBudgetMs: e.RECONCILE_BUDGET_SECONDS * 1000,
+    admission: {
+      port: e.ADMISSION_PORT,
+      host: e.ADMISSION_HOST,
+      failClosed: e.ADMISSION_FAIL === 'closed',
+      timeoutMs: e.ADMISSION_TIMEOUT_SECONDS * 1000,
+      reservationMs: e.ADMISSION_RESERVATION_SECONDS * 1000,
+      confirmMs: e.ADMISSION_CONFIRM_SECONDS * 1000,
+      tokenCacheSize: e.ADMISSION_TOKEN_CACHE_SIZE,
+    },
     secretArns: secretArnsOf(e),
   };
 }

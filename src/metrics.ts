@@ -67,6 +67,20 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly admissionDecisions = new Counter({
+    name: 'gqe_admission_decisions_total',
+    help: 'Answers of the admission endpoint, by decision (allow, deny) and reason (not-a-create, no-token, unknown-token, not-project-scoped, exempt, unlimited, under-limit, ledger-corrected, over-limit, dry-run, error, timeout)',
+    labelNames: ['decision', 'reason'] as const,
+    registers: [this.registry],
+  });
+  readonly admissionSeconds = new Histogram({
+    name: 'gqe_admission_seconds',
+    help: 'Time the admission endpoint took to decide, by decision',
+    labelNames: ['decision'] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+
   private limitsStatus: () => boolean = () => true;
   readonly limitsTrusted: Gauge = new Gauge({
     name: 'gqe_limits_trusted',
@@ -168,6 +182,12 @@ export class Metrics {
 
   countCorrections(corrections: readonly { kind: string }[]): void {
     for (const c of corrections) this.ledgerCorrections.inc({ kind: c.kind });
+  }
+
+  /** One answer of the admission endpoint (src/doors/admission.ts `onAnswer`). */
+  countAdmission(answer: { decision: string; reason: string }, seconds: number): void {
+    this.admissionDecisions.inc({ decision: answer.decision, reason: answer.reason });
+    this.admissionSeconds.observe({ decision: answer.decision }, seconds);
   }
 
   /** Which service an error came from, for the openstack error counter. */

@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
-import { openRuntime } from '../composition-root.js';
+import { admissionGateOf, openRuntime } from '../composition-root.js';
+import { startAdmissionServer } from '../doors/admission-http.js';
 import { NotificationConsumer } from '../doors/consume.js';
 import { EnforcementWorker } from '../doors/enforcement-worker.js';
 import { reconcile, ReconcileSchedule } from '../doors/reconcile.js';
@@ -78,6 +79,14 @@ export async function consume(args: string[]): Promise<number> {
     }),
   );
   log.info({ host: config.metricsHost, port: health.port, mode: pipeline.mode, store: pipeline.ledger.description }, 'health and metrics listening');
+  // ADMISSION_PORT: the admission endpoint in this process, over this consumer's ledger.
+  const admission = config.admission.port === undefined
+    ? undefined
+    : await startAdmissionServer(
+        admissionGateOf(runtime, (answer, seconds) => metrics.countAdmission(answer, seconds)),
+        { port: config.admission.port, host: config.admission.host },
+      );
+  if (admission) log.info({ host: config.admission.host, port: admission.port, fail: config.admission.failClosed ? 'closed' : 'open' }, 'admission endpoint listening');
   schedule.start();
 
   // SIGTERM within SHUTDOWN_SECONDS: a container platform kills the process after its grace
@@ -100,6 +109,8 @@ export async function consume(args: string[]): Promise<number> {
       await consumer.stop(left(1_000) * 0.7);
       await stoppingWorker;
       if (!(await settlesWithin(reconciling, left(500)))) log.warn('reconcile in progress abandoned; the next start runs it again');
+      admission?.server.closeAllConnections();
+      admission?.server.close();
       health.server.closeAllConnections?.();
       await settlesWithin(new Promise<void>((resolve) => health.server.close(() => resolve())), left(300));
       await settlesWithin(runtime.close(), left());

@@ -150,6 +150,17 @@ export function scopeUnavailableReason(credentials: Credentials, scope: Scope): 
   return undefined;
 }
 
+/** What `GET /v3/auth/tokens` says of a user's token: only what admission needs. */
+export const SubjectTokenBody = z.object({
+  token: z.object({ expires_at: z.string(), project: z.object({ id: z.string() }).optional() }),
+});
+
+/** A user's token as Keystone validated it; no `projectId` for a system- or domain-scoped one. */
+export interface SubjectToken {
+  projectId?: string;
+  expiresAtMs: number;
+}
+
 export interface KeystoneClientOptions {
   log?: Logger;
   retry?: RetryPolicy;
@@ -251,6 +262,28 @@ export class KeystoneClient {
       throw new OpenStackHttpError('keystone', 'GET', displayUrl(url), response.status, `keystone: GET ${displayUrl(url)} answered a body the enforcer does not understand: ${issue.message} at ${issue.path}`);
     }
     return parsed.data;
+  }
+
+  /**
+   * Who a client's token belongs to, as Keystone says (`GET /v3/auth/tokens?nocatalog` with it as
+   * X-Subject-Token), asked with the enforcer's system-scoped token: Keystone's policy lets
+   * `reader` on system validate any token. `undefined` when Keystone does not know the token
+   * (404: expired, revoked, made up). Any other answer throws. The token is never logged; the
+   * error names Keystone's status only.
+   */
+  async validateToken(subject: string): Promise<SubjectToken | undefined> {
+    const url = `${this.credentials.authUrl}/auth/tokens?nocatalog`;
+    const response = await this.withToken('system', (token) =>
+      this.transport({ method: 'GET', url, headers: { accept: 'application/json', 'x-auth-token': token, 'x-subject-token': subject } }),
+    );
+    if (response.status === 404) return undefined;
+    const parsed = response.status === 200 ? SubjectTokenBody.safeParse(parseJson(response.text)) : undefined;
+    if (!parsed?.success) {
+      throw new OpenStackHttpError('keystone', 'GET', displayUrl(url), response.status,
+        `keystone: GET ${displayUrl(url)} (validating a client's token) answered ${response.status}${response.status === 200 ? ' with a body the enforcer does not understand' : statusHint(response.status, 'system')}`);
+    }
+    const t = parsed.data.token;
+    return { ...(t.project ? { projectId: t.project.id } : {}), expiresAtMs: Date.parse(t.expires_at) };
   }
 
   /**

@@ -121,7 +121,7 @@ export class Pipeline {
    *   if (outcomes[0].result === 'invalid') deadLetter(delivery, outcomes[0].reason);
    */
   ingest(bodies: readonly (Uint8Array | string)[]): Promise<IngestResult> {
-    return ingest({ store: this.ctx.store, door: this.door, clock: this.ctx.clock, committed: this.ctx.committed }, bodies);
+    return ingest({ store: this.ctx.store, door: this.door, clock: this.ctx.clock, committed: this.ctx.committed, log: this.ctx.log }, bodies);
   }
 
   /** The pipeline's clock (ms): reconcile dates its listings with it. */

@@ -1,5 +1,7 @@
 import type { UsageTotals } from '../ledger/usage.js';
+import type { Logger } from '../log.js';
 import { parseNotification, type DoorLimits, type ImageEvent } from '../notification/parse.js';
+import { createsByProject } from '../quota/admission.js';
 import { applyIsolatingPoison } from '../store/isolate.js';
 import type { LedgerStore } from '../store/port.js';
 import type { CommittedTotals } from './committed.js';
@@ -31,6 +33,7 @@ export interface IngestParts {
   door: DoorLimits;
   clock: () => number;
   committed: CommittedTotals;
+  log?: Logger | undefined;
 }
 
 /**
@@ -39,7 +42,7 @@ export interface IngestParts {
  * isolated by bisection and made invalid); a store outage rejects the whole call, so the caller
  * acknowledges nothing and the broker redelivers.
  */
-export async function ingest({ store, door, clock, committed }: IngestParts, bodies: readonly (Uint8Array | string)[]): Promise<IngestResult> {
+export async function ingest({ store, door, clock, committed, log }: IngestParts, bodies: readonly (Uint8Array | string)[]): Promise<IngestResult> {
   const outcomes: MessageOutcome[] = new Array(bodies.length);
   const events: ImageEvent[] = [];
   const positions: number[] = [];
@@ -64,6 +67,7 @@ export async function ingest({ store, door, clock, committed }: IngestParts, bod
   // A message whose data the store refuses is isolated and made invalid (dead-lettered by the
   // door); it never holds up the messages behind it.
   const applied = await applyIsolatingPoison(store, events, clock());
+  await endReservations(store, events, applied.outcomes, clock(), log);
   if (applied.totals) committed.remember(applied.totals as ReadonlyMap<string, UsageTotals>, clock());
   const projects = new Set(applied.projects);
   applied.outcomes.forEach((result, k) => {
@@ -79,4 +83,19 @@ export async function ingest({ store, door, clock, committed }: IngestParts, bod
     outcomes[positions[k]!] = typeof result === 'string' ? { result, event } : { result: 'invalid', reason: `the ledger store refused it: ${result.refused}` };
   });
   return { outcomes, projects: [...projects].sort() };
+}
+
+/**
+ * The admission endpoint's reservations that the batch's image.creates fulfil. After the commit,
+ * never before: for a moment both count, which can only refuse, never admit too many. A store
+ * that fails here fails nothing else: the reservations end at their TTL instead.
+ */
+async function endReservations(store: LedgerStore, events: readonly ImageEvent[], outcomes: readonly unknown[], nowMs: number, log: Logger | undefined): Promise<void> {
+  const creates = createsByProject(events, outcomes);
+  if (creates.size === 0) return;
+  try {
+    await store.releaseReservations(creates, nowMs);
+  } catch (err) {
+    log?.warn({ err: (err as Error).message, projects: creates.size }, 'ending admission reservations failed; they end at ADMISSION_RESERVATION_SECONDS');
+  }
 }

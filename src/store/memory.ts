@@ -4,7 +4,8 @@ import { ZERO_TOTALS, addTotals, isLive, usageFromTotals, type UsageTotals } fro
 import type { ImageEvent } from '../notification/parse.js';
 import { isRemovable, newestFirst } from '../quota/decide.js';
 import type { Usage } from '../quota/resources.js';
-import type { ActionRecord, ApplyOptions, LedgerStore } from './port.js';
+import { judgeAdmission, type AdmissionBounds } from '../quota/admission.js';
+import type { ActionRecord, ApplyOptions, CreateReservation, LedgerStore } from './port.js';
 import { assertStorable, totalsOverflow } from './storable.js';
 
 function idsOf(index: Map<string, Set<string>>, projectId: string): Set<string> {
@@ -37,6 +38,8 @@ export class MemoryStore implements LedgerStore {
   private audit: ActionRecord[] = [];
   private readonly wouldDelete = new Set<string>();
   private readonly state = new Map<string, string>();
+  /** Per project, the expiry times of its open reservations (admission). */
+  private readonly reservations = new Map<string, number[]>();
 
   async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
     assertStorable(events);
@@ -130,6 +133,28 @@ export class MemoryStore implements LedgerStore {
 
   async setState(key: string, value: string): Promise<void> {
     this.state.set(key, value);
+  }
+
+  async reserveCreate(projectId: string, bounds: AdmissionBounds, nowMs: number, expiresAtMs: number): Promise<CreateReservation> {
+    const open = (this.reservations.get(projectId) ?? []).filter((at) => at > nowMs);
+    const count = this.totals.get(projectId)?.count ?? 0;
+    const admitted = judgeAdmission(count, open.length, bounds).admit;
+    if (admitted) open.push(expiresAtMs);
+    if (open.length > 0) this.reservations.set(projectId, open);
+    else this.reservations.delete(projectId);
+    return { admitted, count, reserved: admitted ? open.length - 1 : open.length };
+  }
+
+  async releaseReservations(creates: ReadonlyMap<string, number>, nowMs: number): Promise<number> {
+    let ended = 0;
+    for (const [projectId, times] of this.reservations) {
+      const open = times.filter((at) => at > nowMs).sort((a, b) => a - b);
+      const n = Math.min(open.length, creates.get(projectId) ?? 0);
+      ended += n;
+      if (open.length > n) this.reservations.set(projectId, open.slice(n));
+      else this.reservations.delete(projectId);
+    }
+    return ended;
   }
 
   async close(): Promise<void> {}

@@ -1,6 +1,7 @@
 import type { ApplyResult } from '../ledger/apply.js';
 import type { ImageRecord } from '../ledger/record.js';
 import type { ImageEvent } from '../notification/parse.js';
+import type { AdmissionBounds } from '../quota/admission.js';
 import type { ProjectLimits } from '../quota/limits.js';
 import type { Resource, Usage } from '../quota/resources.js';
 
@@ -37,6 +38,13 @@ export interface ApplyOptions {
    * forged sticky tombstone can outlive the next look at Glance. Implies no dedupe.
    */
   overwrite?: boolean;
+}
+
+/** What `reserveCreate` saw and did: the count and the open reservations before this one. */
+export interface CreateReservation {
+  admitted: boolean;
+  count: number;
+  reserved: number;
 }
 
 /**
@@ -111,6 +119,26 @@ export interface LedgerStore {
 
   /** Sets (or replaces) the value of `key`; see `getState`. */
   setState(key: string, value: string): Promise<void>;
+
+  /**
+   * The admission endpoint's one write: in a single atomic step, drop the project's expired
+   * reservations, read its count (the totals `applyEvents` keeps) and its open reservations, and
+   * if `judgeAdmission` (src/quota/admission.ts) admits one more create against `bounds`, add a
+   * reservation that lives until `releaseReservations` ends it or `expiresAtMs` passes. Parallel
+   * callers, in one process or on many gates over one shared store, never admit past a limit.
+   *
+   * @example
+   *   const r = await store.reserveCreate(projectId, { countLimit: 5 }, Date.now(), Date.now() + 30_000);
+   *   if (!r.admitted) deny(r.count + r.reserved);
+   */
+  reserveCreate(projectId: string, bounds: AdmissionBounds, nowMs: number, expiresAtMs: number): Promise<CreateReservation>;
+
+  /**
+   * Ends, per project, up to that many open reservations, soonest to expire first: a project's
+   * image.create came in on the bus, so its count now holds what a reservation held. Also drops
+   * every expired reservation. Returns how many open ones ended.
+   */
+  releaseReservations(creates: ReadonlyMap<string, number>, nowMs: number): Promise<number>;
 
   close(): Promise<void>;
 }

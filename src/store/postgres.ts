@@ -4,7 +4,8 @@ import type { ImageRecord } from '../ledger/record.js';
 import { ZERO_TOTALS, usageFromTotals, type UsageTotals } from '../ledger/usage.js';
 import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
-import type { ActionKind, ActionRecord, ApplyOptions, LedgerStore } from './port.js';
+import { judgeAdmission, type AdmissionBounds } from '../quota/admission.js';
+import type { ActionKind, ActionRecord, ApplyOptions, CreateReservation, LedgerStore } from './port.js';
 import { ConfigError, StoreDataError, StoreUnavailableError } from '../errors.js';
 import { assertStorable, totalsOverflow } from './storable.js';
 import { redactUrl } from '../redact.js';
@@ -59,6 +60,14 @@ const MIGRATIONS: readonly string[] = [
    );`,
   // The count rule's read: a project's live queued images, newest first, without a scan.
   `CREATE INDEX images_removable ON images (project_id, created_at DESC, image_id DESC) WHERE status = 'queued' AND NOT deleted;`,
+  // The admission endpoint's reservations: creates admitted whose image.create has not come yet.
+  `CREATE TABLE admission_reservations (
+     id         BIGSERIAL PRIMARY KEY,
+     project_id TEXT COLLATE "C" NOT NULL,
+     expires_at BIGINT NOT NULL
+   );
+   CREATE INDEX admission_reservations_by_project ON admission_reservations (project_id, expires_at);
+   CREATE INDEX admission_reservations_by_expiry ON admission_reservations (expires_at);`,
 ];
 
 /** pg_advisory_xact_lock(bigint) key that serialises migrations: "gqe-mig" in ASCII. */
@@ -68,6 +77,8 @@ const MIGRATION_LOCK = '29116601968978279';
  * form is a key space of its own, apart from the bigint one used for migrations.
  */
 const IMAGE_LOCK_CLASS = 0x677165;
+/** First key of the per-project admission lock ("gqr"): every gate's reserveCreate for a project queues on it. */
+const ADMISSION_LOCK_CLASS = 0x677172;
 
 /** serialization_failure, deadlock_detected: the transaction did nothing and may simply run again. */
 const RETRYABLE = new Set(['40001', '40P01']);
@@ -441,6 +452,45 @@ export class PostgresStore implements LedgerStore {
       'INSERT INTO enforcer_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
       [key, value],
     );
+  }
+
+  /**
+   * Serialised per project by an advisory lock held to the commit, so that the count, the open
+   * reservations and the insert are one step for every gate on this database. A release needs no
+   * lock: it only ends reservations, and one committed after the count here is as if it came next.
+   */
+  async reserveCreate(projectId: string, bounds: AdmissionBounds, nowMs: number, expiresAtMs: number): Promise<CreateReservation> {
+    return this.transaction(async (client) => {
+      await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [ADMISSION_LOCK_CLASS, projectId]);
+      // The DELETE's effect is not visible to the SELECTs of the same statement: they filter too.
+      const { rows } = await client.query<{ reserved: string; count: string | null }>(
+        `WITH expired AS (DELETE FROM admission_reservations WHERE project_id = $1 AND expires_at <= $2)
+         SELECT (SELECT count(*) FROM admission_reservations WHERE project_id = $1 AND expires_at > $2) AS reserved,
+                (SELECT count FROM project_totals WHERE project_id = $1) AS count`,
+        [projectId, nowMs],
+      );
+      const reserved = Number(rows[0]!.reserved);
+      const count = Number(rows[0]!.count ?? 0);
+      const admitted = judgeAdmission(count, reserved, bounds).admit;
+      if (admitted) await client.query('INSERT INTO admission_reservations (project_id, expires_at) VALUES ($1, $2)', [projectId, expiresAtMs]);
+      return { admitted, count, reserved };
+    });
+  }
+
+  async releaseReservations(creates: ReadonlyMap<string, number>, nowMs: number): Promise<number> {
+    const projects = [...creates].filter(([, n]) => n > 0);
+    await this.pool.query('DELETE FROM admission_reservations WHERE expires_at <= $1', [nowMs]);
+    if (projects.length === 0) return 0;
+    const { rowCount } = await this.pool.query(
+      `DELETE FROM admission_reservations WHERE id IN (
+         SELECT id FROM (
+           SELECT a.id, c.n, row_number() OVER (PARTITION BY a.project_id ORDER BY a.expires_at, a.id) AS k
+           FROM admission_reservations a JOIN unnest($1::text[], $2::int[]) AS c(project_id, n) ON c.project_id = a.project_id
+           WHERE a.expires_at > $3) ranked
+         WHERE k <= n)`,
+      [projects.map(([p]) => p), projects.map(([, n]) => n), nowMs],
+    );
+    return rowCount ?? 0;
   }
 
   async close(): Promise<void> {

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import type { ApplyResult, ApplyOutcome } from '../ledger/apply.js';
 import type { ImageRecord } from '../ledger/record.js';
@@ -5,7 +6,9 @@ import { usageFromTotals, type UsageTotals } from '../ledger/usage.js';
 import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
 import { ConfigError } from '../errors.js';
-import type { ActionRecord, ApplyOptions, LedgerStore } from './port.js';
+import type { AdmissionBounds } from '../quota/admission.js';
+import type { ActionRecord, ApplyOptions, CreateReservation, LedgerStore } from './port.js';
+import { RELEASE_RESERVATIONS_LUA, RESERVE_CREATE_LUA } from './redis-admission.js';
 import { StoreDataError, StoreUnavailableError } from '../errors.js';
 import { assertStorable } from './storable.js';
 import { redactUrl } from '../redact.js';
@@ -333,6 +336,8 @@ return out
 `;
 
 interface LedgerScripts {
+  gqeReserveCreate(...args: string[]): Promise<[number, number, number]>;
+  gqeReleaseReservations(...args: string[]): Promise<number>;
   gqeApply(...args: string[]): Promise<string[]>;
   gqeRecordActions(...args: string[]): Promise<number[]>;
   gqeImages(prefix: string, projectId: string): Promise<(string | string[])[]>;
@@ -407,6 +412,8 @@ export class RedisStore implements LedgerStore {
     redis.defineCommand('gqeRecordActions', { numberOfKeys: 0, lua: RECORD_ACTIONS_LUA });
     redis.defineCommand('gqeImages', { numberOfKeys: 0, lua: IMAGES_LUA, readOnly: true });
     redis.defineCommand('gqeForgetDead', { numberOfKeys: 0, lua: FORGET_DEAD_LUA });
+    redis.defineCommand('gqeReserveCreate', { numberOfKeys: 0, lua: RESERVE_CREATE_LUA });
+    redis.defineCommand('gqeReleaseReservations', { numberOfKeys: 0, lua: RELEASE_RESERVATIONS_LUA });
     this.redis = redis as Redis & LedgerScripts;
     this.prefix = keyPrefix;
     this.description = description;
@@ -527,6 +534,21 @@ export class RedisStore implements LedgerStore {
 
   async setState(key: string, value: string): Promise<void> {
     await this.redis.hset(`${this.prefix}state`, key, value);
+  }
+
+  async reserveCreate(projectId: string, bounds: AdmissionBounds, nowMs: number, expiresAtMs: number): Promise<CreateReservation> {
+    const [admitted, count, reserved] = await this.redis.gqeReserveCreate(
+      this.prefix, projectId, String(nowMs), String(expiresAtMs), randomUUID(),
+      bounds.countLimit === undefined ? '' : String(bounds.countLimit),
+      bounds.rate ? String(bounds.rate.count) : '', String(bounds.rate?.recent ?? 0),
+    );
+    return { admitted: admitted === 1, count: Number(count), reserved: Number(reserved) };
+  }
+
+  async releaseReservations(creates: ReadonlyMap<string, number>, nowMs: number): Promise<number> {
+    const pairs = [...creates].filter(([, n]) => n > 0).flatMap(([p, n]) => [p, String(n)]);
+    if (pairs.length === 0) return 0;
+    return Number(await this.redis.gqeReleaseReservations(this.prefix, String(nowMs), ...pairs));
   }
 
   async close(): Promise<void> {

@@ -9,7 +9,8 @@ import type { ImageRecord } from '../ledger/record.js';
 import { ZERO_TOTALS, usageFromTotals, type UsageTotals } from '../ledger/usage.js';
 import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
-import type { ActionKind, ActionRecord, ApplyOptions, LedgerStore } from './port.js';
+import { judgeAdmission, type AdmissionBounds } from '../quota/admission.js';
+import type { ActionKind, ActionRecord, ApplyOptions, CreateReservation, LedgerStore } from './port.js';
 import { assertStorable, totalsOverflow } from './storable.js';
 
 /** Schema changes, applied in order at open; `PRAGMA user_version` records how far a file is. */
@@ -71,6 +72,14 @@ const MIGRATIONS: readonly string[] = [
      seen_at INTEGER NOT NULL
    ) WITHOUT ROWID;
    CREATE INDEX processed_by_seen ON processed (seen_at);`,
+  // The admission endpoint's reservations: creates admitted whose image.create has not come yet.
+  `CREATE TABLE admission_reservations (
+     id         INTEGER PRIMARY KEY,
+     project_id TEXT NOT NULL,
+     expires_at INTEGER NOT NULL
+   );
+   CREATE INDEX admission_reservations_by_project ON admission_reservations (project_id, expires_at);
+   CREATE INDEX admission_reservations_by_expiry ON admission_reservations (expires_at);`,
 ];
 
 interface ActionRow {
@@ -173,6 +182,8 @@ export class SqliteStore implements LedgerStore {
   private lastCheckpointMs = 0;
   /** Whether processed_messages (the dedupe of schemas 1-4) still holds ids to look up. */
   private holdsIdsBefore5: boolean;
+  private readonly reserveInTransaction: Database.Transaction<(projectId: string, bounds: AdmissionBounds, nowMs: number, expiresAtMs: number) => CreateReservation>;
+  private readonly releaseInTransaction: Database.Transaction<(creates: ReadonlyMap<string, number>, nowMs: number) => number>;
 
   private constructor(db: Database.Database, private readonly path: string) {
     this.db = db;
@@ -244,6 +255,30 @@ export class SqliteStore implements LedgerStore {
     this.applyBatch = db.transaction((events: readonly ImageEvent[], nowMs: number, dedupe: boolean, overwrite: boolean) =>
       this.applyInTransaction(events, nowMs, dedupe, overwrite),
     );
+    const reservation = {
+      forgetExpired: db.prepare<[string, number]>('DELETE FROM admission_reservations WHERE project_id = ? AND expires_at <= ?'),
+      forgetAllExpired: db.prepare<[number]>('DELETE FROM admission_reservations WHERE expires_at <= ?'),
+      open: db.prepare<[string], number>('SELECT count(*) FROM admission_reservations WHERE project_id = ?').pluck(),
+      count: db.prepare<[string], number>('SELECT count FROM project_totals WHERE project_id = ?').pluck(),
+      add: db.prepare<[string, number]>('INSERT INTO admission_reservations (project_id, expires_at) VALUES (?, ?)'),
+      end: db.prepare<[string, number]>(
+        'DELETE FROM admission_reservations WHERE id IN (SELECT id FROM admission_reservations WHERE project_id = ? ORDER BY expires_at, id LIMIT ?)',
+      ),
+    };
+    this.reserveInTransaction = db.transaction((projectId: string, bounds: AdmissionBounds, nowMs: number, expiresAtMs: number) => {
+      reservation.forgetExpired.run(projectId, nowMs);
+      const reserved = reservation.open.get(projectId) ?? 0;
+      const count = reservation.count.get(projectId) ?? 0;
+      const admitted = judgeAdmission(count, reserved, bounds).admit;
+      if (admitted) reservation.add.run(projectId, expiresAtMs);
+      return { admitted, count, reserved };
+    });
+    this.releaseInTransaction = db.transaction((creates: ReadonlyMap<string, number>, nowMs: number) => {
+      reservation.forgetAllExpired.run(nowMs);
+      let ended = 0;
+      for (const [projectId, n] of creates) if (n > 0) ended += reservation.end.run(projectId, n).changes;
+      return ended;
+    });
   }
 
   /** Opens (creating the file and its folder if needed) and migrates. ':memory:' works too. */
@@ -448,6 +483,15 @@ export class SqliteStore implements LedgerStore {
 
   async setState(key: string, value: string): Promise<void> {
     this.stmt.setState.run(key, value);
+  }
+
+  async reserveCreate(projectId: string, bounds: AdmissionBounds, nowMs: number, expiresAtMs: number): Promise<CreateReservation> {
+    // IMMEDIATE: the write lock first, so that a gate and a consumer on one file serialise here.
+    return this.reserveInTransaction.immediate(projectId, bounds, nowMs, expiresAtMs);
+  }
+
+  async releaseReservations(creates: ReadonlyMap<string, number>, nowMs: number): Promise<number> {
+    return this.releaseInTransaction.immediate(creates, nowMs);
   }
 
   async close(): Promise<void> {

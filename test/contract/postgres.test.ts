@@ -5,6 +5,7 @@ import { PostgresStore } from '../../src/store/postgres.js';
 import { ev, MiB } from '../support/events.js';
 import { freshPostgresDatabase, holdService, type TestDatabase } from '../support/services.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
+import { describeAdmissionStore, itAdmitsExactlyAcrossGates } from './admission.contract.js';
 import { itAppliesConcurrentWritersExactlyOnce } from './shared-ledger.contract.js';
 
 /**
@@ -43,6 +44,7 @@ afterAll(async () => {
 const freshUrl = () => db!.freshSchemaUrl();
 
 describeLedgerStore('postgres', async () => PostgresStore.open(await freshUrl()));
+describeAdmissionStore('postgres', async () => PostgresStore.open(await freshUrl()));
 
 
 describe('postgres: a database shared by several consumers', () => {
@@ -118,12 +120,17 @@ describe('postgres: a database shared by several consumers', () => {
     return [await PostgresStore.open(url), await PostgresStore.open(url)];
   });
 
+  itAdmitsExactlyAcrossGates('connection pools', async () => {
+    const url = await freshUrl();
+    return [await PostgresStore.open(url), await PostgresStore.open(url)];
+  });
+
   it('migrates once when two processes open a new database together', async () => {
     const url = await freshUrl();
     const stores = await Promise.all([PostgresStore.open(url), PostgresStore.open(url), PostgresStore.open(url)]);
     const schema = new URL(url).searchParams.get('options')!.split('=')[1]!;
     const { rows } = await db!.admin.query(`SELECT version FROM ${schema}.schema_migrations ORDER BY version`);
-    expect(rows).toEqual([{ version: 1 }, { version: 2 }, { version: 3 }]);
+    expect(rows).toEqual([{ version: 1 }, { version: 2 }, { version: 3 }, { version: 4 }]);
     await Promise.all(stores.map((s) => s.close()));
   });
 

@@ -5,6 +5,7 @@ import { RedisStore } from '../../src/store/redis.js';
 import { ev, MiB } from '../support/events.js';
 import { connectRedisForTests, holdService, REDIS_URL, type TestRedis } from '../support/services.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
+import { describeAdmissionStore, itAdmitsExactlyAcrossGates } from './admission.contract.js';
 import { itAppliesConcurrentWritersExactlyOnce } from './shared-ledger.contract.js';
 
 /**
@@ -45,6 +46,7 @@ afterAll(async () => {
 });
 
 describeLedgerStore('redis', async () => RedisStore.open(SERVER_URL, { keyPrefix: freshPrefix() }));
+describeAdmissionStore('redis', async () => RedisStore.open(SERVER_URL, { keyPrefix: freshPrefix() }));
 
 
 describe('redis: a database shared by several consumers', () => {
@@ -80,6 +82,11 @@ describe('redis: a database shared by several consumers', () => {
   });
 
   itAppliesConcurrentWritersExactlyOnce('connections', async () => {
+    const keyPrefix = freshPrefix();
+    return [await RedisStore.open(SERVER_URL, { keyPrefix }), await RedisStore.open(SERVER_URL, { keyPrefix })];
+  });
+
+  itAdmitsExactlyAcrossGates('connections', async () => {
     const keyPrefix = freshPrefix();
     return [await RedisStore.open(SERVER_URL, { keyPrefix }), await RedisStore.open(SERVER_URL, { keyPrefix })];
   });

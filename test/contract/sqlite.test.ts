@@ -11,6 +11,7 @@ import { openStore } from '../../src/store/index.js';
 import { ev, MiB } from '../support/events.js';
 import { generateHistory, withDuplicates } from '../support/generate.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
+import { describeAdmissionStore } from './admission.contract.js';
 
 /** The day these tests are judged at: after every captured and generated body. */
 const NOW = Date.UTC(2026, 11, 1);
@@ -21,6 +22,7 @@ let n = 0;
 const freshPath = () => join(dir, `ledger-${++n}.db`);
 
 describeLedgerStore('sqlite', async () => SqliteStore.open(freshPath()));
+describeAdmissionStore('sqlite', async () => SqliteStore.open(freshPath()));
 
 describe('sqlite: a file on disk', () => {
   it('keeps the ledger and the processed ids across a restart', async () => {
@@ -66,6 +68,7 @@ describe('sqlite: a file on disk', () => {
     const db = new Database(path);
     db.exec(`INSERT INTO processed_messages (message_id, seen_at) SELECT substr(key, instr(key, ' ') + 1), seen_at FROM processed;
              DROP TABLE processed;
+             DROP TABLE admission_reservations;
              PRAGMA user_version = 4;`);
     db.close();
     const upgraded = SqliteStore.open(path);

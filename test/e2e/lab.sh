@@ -19,10 +19,14 @@
 #   oracle    glance-api, use_keystone_limits=True, notifications off, same db + store
 #             -> its GET /v2/info/usage (project-scoped token) is Glance's own usage count
 #                                                                             :$ORACLE_PORT (9293)
+#   proxy     nginx (Debian's nginx-light) in front of glance, deploy/nginx/'s config: every
+#             request is checked by the enforcer's admission endpoint on :$GATE_PORT
+#             (10921: `gate`, or `consume` with ADMISSION_PORT=10921); while none answers
+#             there, requests pass unchecked (fail open)                      :$PROXY_PORT (9294)
 #   rabbitmq  the machine's broker on :$AMQP_PORT (5672, guest/guest); started with
 #             `rabbitmq-server -detached` (and stopped by `down`) only when nothing answers there
 #
-# Environment: LAB_DIR (/tmp/gqe-lab), KEYSTONE_PORT, GLANCE_PORT, ORACLE_PORT, AMQP_PORT,
+# Environment: LAB_DIR (/tmp/gqe-lab), KEYSTONE_PORT, GLANCE_PORT, ORACLE_PORT, PROXY_PORT, GATE_PORT, AMQP_PORT,
 #   LAB_TIMEOUT (120 s per service), FORCE_SEED=1 (re-run the idempotent keystone seeding).
 set -euo pipefail
 
@@ -39,6 +43,8 @@ LAB_DIR=${LAB_DIR:-/tmp/gqe-lab}
 KEYSTONE_PORT=${KEYSTONE_PORT:-5000}
 GLANCE_PORT=${GLANCE_PORT:-9292}
 ORACLE_PORT=${ORACLE_PORT:-9293}
+PROXY_PORT=${PROXY_PORT:-9294}
+GATE_PORT=${GATE_PORT:-10921}
 AMQP_PORT=${AMQP_PORT:-5672}
 LAB_TIMEOUT=${LAB_TIMEOUT:-120}
 
@@ -47,6 +53,7 @@ REGION=RegionOne
 KEYSTONE_URL=http://$HOST:$KEYSTONE_PORT/v3
 GLANCE_URL=http://$HOST:$GLANCE_PORT
 ORACLE_URL=http://$HOST:$ORACLE_PORT
+PROXY_URL=http://$HOST:$PROXY_PORT
 TRANSPORT_URL=rabbit://guest:guest@$HOST:$AMQP_PORT/
 AMQP_URL=amqp://guest:guest@$HOST:$AMQP_PORT/%2F
 
@@ -70,7 +77,7 @@ GCONF=$ETC/glance/glance-api.conf
 OCONF=$ETC/glance/glance-oracle.conf
 
 PKGS=(keystone glance python3-openstackclient uwsgi-core uwsgi-plugin-python3 python3-oslo.limit
-      python3-pika sqlite3 curl jq)
+      python3-pika sqlite3 curl jq nginx-light)
 
 log() { printf '[lab %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -479,6 +486,51 @@ start_glance() {   # start_glance NAME PORT CONF USE_KEYSTONE_LIMITS DRIVER; pri
   spawn "$name" "$LOG/$name.stdout.log" /usr/bin/glance-api --config-file "$conf"
 }
 
+# ------------------------------------------------------------------------------------ proxy
+NGINX_SHIPPED=$HERE/../../deploy/nginx/glance-api-admission.conf
+
+proxy_conf() {   # the shipped config with the lab's three addresses (its ADAPT lines)
+  sed -e "s|server 127.0.0.1:9292;|server $HOST:$GLANCE_PORT;|" \
+      -e "s|server 127.0.0.1:10921;|server $HOST:$GATE_PORT;|" \
+      -e "s|listen 127.0.0.1:9294;|listen $HOST:$PROXY_PORT;|" "$NGINX_SHIPPED"
+}
+
+proxy_main_conf() {
+  cat <<EOF
+daemon off;
+pid $RUN/glance-proxy.nginx.pid;
+error_log $LOG/glance-proxy.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $LAB_DIR/nginx/body;
+  proxy_temp_path $LAB_DIR/nginx/proxy;
+  include $ETC/nginx/glance-api-admission.conf;
+}
+EOF
+}
+
+proxy_ok() { curl -s -o /dev/null -m 5 "$PROXY_URL/healthcheck"; }
+
+start_proxy() {   # nginx in front of glance; restarted when its config changed
+  local changed=0 i
+  command -v nginx >/dev/null || die "nginx is not installed (nginx-light): run lab.sh install"
+  mkdir -p "$ETC/nginx" "$LAB_DIR/nginx"
+  chmod 777 "$LAB_DIR/nginx"   # the workers (www-data) write their temp files there
+  proxy_conf | update_file "$ETC/nginx/glance-api-admission.conf" || changed=1
+  proxy_main_conf | update_file "$ETC/nginx/nginx.conf" || changed=1
+  if pidfile_alive glance-proxy nginx; then
+    [ $changed = 1 ] || return 0
+    log "glance-proxy config changed: restart"; stop_pidfile glance-proxy nginx
+    for i in $(seq 40); do port_open "$PROXY_PORT" || break; sleep 0.25; done
+  fi
+  port_open "$PROXY_PORT" && die "port $PROXY_PORT is in use by something that is not this lab"
+  nginx -t -q -c "$ETC/nginx/nginx.conf" -p "$LAB_DIR/nginx/" || die "nginx refused $ETC/nginx/nginx.conf"
+  log "starting glance-proxy (nginx) on :$PROXY_PORT, admission endpoint :$GATE_PORT"
+  spawn glance-proxy "$LOG/glance-proxy.stdout.log" nginx -c "$ETC/nginx/nginx.conf" -p "$LAB_DIR/nginx/"
+  wait_until "glance proxy $PROXY_URL" proxy_ok
+}
+
 # ------------------------------------------------------------------------------------ commands
 all_running() {
   pidfile_alive keystone uwsgi && pidfile_alive glance-api glance-api && pidfile_alive glance-oracle glance-api
@@ -496,6 +548,8 @@ cmd_up() {
   mkdir -p "$RUN" "$LOG" "$ETC" "$DB"
   if all_running && config_unchanged && port_open "$AMQP_PORT" && keystone_ok \
      && glance_ok "$GLANCE_URL" && glance_ok "$ORACLE_URL"; then
+    # the proxy came later than the rest: a lab up without it gets it, and nothing else changes
+    cmd_install; start_proxy
     log "lab already up (LAB_DIR=$LAB_DIR)"; return 0
   fi
   cmd_install
@@ -520,13 +574,14 @@ cmd_up() {
   wait "$broker_job" || die "broker not available, see $LOG/rabbitmq-start.log"
   wait_until "glance $GLANCE_URL" glance_ok "$GLANCE_URL"
   wait_until "glance oracle $ORACLE_URL" glance_ok "$ORACLE_URL"
+  start_proxy
   log "lab up in $(since "$t0") s (LAB_DIR=$LAB_DIR)"
 }
 
 cmd_down() {
   local t0; t0=$(now)
   [ -d "$RUN" ] || { log "nothing to stop (no $RUN)"; return 0; }
-  stop_pidfiles glance-oracle:glance-api glance-api:glance-api keystone:uwsgi
+  stop_pidfiles glance-proxy:nginx glance-oracle:glance-api glance-api:glance-api keystone:uwsgi
   stop_broker
   log "lab down in $(since "$t0") s"
 }
@@ -542,6 +597,7 @@ cmd_status() {
   _line keystone keystone uwsgi "$KEYSTONE_URL" keystone_ok
   _line glance glance-api glance-api "$GLANCE_URL" glance_ok "$GLANCE_URL"
   _line oracle glance-oracle glance-api "$ORACLE_URL" glance_ok "$ORACLE_URL"
+  _line proxy glance-proxy nginx "$PROXY_URL -> admission :$GATE_PORT" proxy_ok
   local owner=machine; [ -e "$RUN/rabbitmq.owned" ] && owner="started by lab"
   _line rabbitmq rabbitmq beam "amqp://$HOST:$AMQP_PORT ($owner)" port_open "$AMQP_PORT"
   return $rc
@@ -569,6 +625,8 @@ cmd_env() {
   emit LAB_KEYSTONE_URL "$KEYSTONE_URL"
   emit LAB_GLANCE_URL "$GLANCE_URL"
   emit LAB_GLANCE_ORACLE_URL "$ORACLE_URL"
+  emit LAB_GLANCE_PROXY_URL "$PROXY_URL"
+  emit LAB_GATE_PORT "$GATE_PORT"
   emit LAB_GLANCE_UNIFIED_LIMITS 0
   emit LAB_TRANSPORT_URL "$TRANSPORT_URL"
   emit LAB_AMQP_URL "$AMQP_URL"

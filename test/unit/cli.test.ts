@@ -204,6 +204,9 @@ describe('errors a person can act on', () => {
     [['replay', join(dir, 'x')], { QUOTA_LIMITS: 'count=3' }, /QUOTA_LIMITS: unknown resource 'count'/],
     [['replay', join(dir, 'x'), '--store', 'mysql://u:secret@db/x'], {}, /STORE_URL: unsupported store 'mysql:\/\/u:\*\*\*@db\/x'/],
     [['frobnicate'], {}, /unknown command 'frobnicate'/],
+    [['gate'], { STORE_URL: 'memory://', OS_AUTH_URL: 'http://127.0.0.1:9/v3', OS_USERNAME: 'enforcer', OS_PASSWORD: 'secret', OS_PROJECT_NAME: 'service', OS_SYSTEM_SCOPE: 'all' }, /STORE_URL: gate reads the ledger that consume keeps; memory:\/\/ holds nothing here/],
+    [['gate'], { ADMISSION_FAIL: 'maybe' }, /ADMISSION_FAIL: .*got 'maybe'; for example ADMISSION_FAIL=closed/],
+    [['gate'], { STORE_URL: 'memory://', ADMISSION_PORT: '70000' }, /ADMISSION_PORT: .*got '70000'; for example ADMISSION_PORT=10921/],
   ])('%j exits non-zero with a clear message', async (args, env, message) => {
     writeFileSync(join(dir, 'x'), '');
     const { code, stderr } = await run(args as string[], env as Record<string, string>);

@@ -112,6 +112,11 @@ export class TestProject {
     return r.json.id;
   }
 
+  /** POST /v2/images (or `path`, verbatim) as the project's member at `baseUrl` (Glance, or a proxy in front of it). */
+  async createAt(baseUrl: string, name: string, path = '/v2/images', headers: Record<string, string> = {}): Promise<{ status: number; json: any; text: string }> {
+    return call('POST', `${baseUrl}${path}`, this.memberToken, { name, disk_format: 'raw', container_format: 'bare' }, headers);
+  }
+
   /**
    * `n` creates at once, as a flood looks, each with `extra` in its body (what else a tenant puts
    * in a create: `protected`, megabytes of properties); returns each image with its created_at.
@@ -145,13 +150,23 @@ export class TestProject {
     return Object.fromEntries(Object.entries(r.json.usage as Record<string, { usage: number }>).map(([k, v]) => [k, v.usage]));
   }
 
-  async remove(): Promise<void> {
+  /** The member's token (for a client that talks to Glance on its own, such as a bench). */
+  get token(): string {
+    return this.memberToken;
+  }
+
+  /** Deletes every image of the project (unprotecting it first). */
+  async removeImages(): Promise<void> {
     for (const id of (await this.images().catch(() => new Map<string, string>())).keys()) {
       await call('PATCH', `${this.l.glanceUrl}/v2/images/${id}`, this.memberToken, [{ op: 'replace', path: '/protected', value: false }], {
         'content-type': 'application/openstack-images-v2.1-json-patch',
       });
       await call('DELETE', `${this.l.glanceUrl}/v2/images/${id}`, this.memberToken);
     }
+  }
+
+  async remove(): Promise<void> {
+    await this.removeImages();
     for (const id of this.limitIds) await call('DELETE', `${this.l.authUrl}/limits/${id}`, this.admin);
     await call('DELETE', `${this.l.authUrl}/projects/${this.id}`, this.admin);
   }
