@@ -4,9 +4,10 @@ import { ZERO_TOTALS, addTotals, contributionOf, type UsageTotals } from './usag
 
 export type ApplyOutcome = 'applied' | 'duplicate';
 
-export interface ApplyResult {
+/** What one atomic write did; `O` is what each event came to (a store refusing one names why). */
+export interface ApplyResult<O = ApplyOutcome> {
   /** One per input event, in input order. */
-  outcomes: ApplyOutcome[];
+  outcomes: O[];
   /** Projects whose records changed (both sides of an ownership change), sorted. */
   projects: string[];
   /**

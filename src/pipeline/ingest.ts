@@ -1,4 +1,3 @@
-import type { UsageTotals } from '../ledger/usage.js';
 import type { Logger } from '../log.js';
 import { parseNotification, type DoorLimits, type ImageEvent } from '../notification/parse.js';
 import { createsByProject } from '../quota/admission.js';
@@ -68,7 +67,7 @@ export async function ingest({ store, door, clock, committed, log }: IngestParts
   // door); it never holds up the messages behind it.
   const applied = await applyIsolatingPoison(store, events, clock());
   await endReservations(store, events, applied.outcomes, clock(), log);
-  if (applied.totals) committed.remember(applied.totals as ReadonlyMap<string, UsageTotals>, clock());
+  if (applied.totals) committed.remember(applied.totals, clock());
   const projects = new Set(applied.projects);
   applied.outcomes.forEach((result, k) => {
     const event = events[k]!;

@@ -1,6 +1,5 @@
 import { StoreDataError } from '../errors.js';
-import type { ApplyOutcome } from '../ledger/apply.js';
-import type { UsageTotals } from '../ledger/usage.js';
+import type { ApplyOutcome, ApplyResult } from '../ledger/apply.js';
 import type { ImageEvent } from '../notification/parse.js';
 import type { LedgerStore } from './port.js';
 
@@ -9,14 +8,8 @@ export interface RefusedByStore {
   refused: string;
 }
 
-export interface IsolatedApplyResult {
-  /** One per event, in input order. */
-  outcomes: (ApplyOutcome | RefusedByStore)[];
-  /** Projects whose records changed, sorted. */
-  projects: string[];
-  /** As `ApplyResult.totals`: the committed totals of some or all of `projects`. */
-  totals?: ReadonlyMap<string, UsageTotals>;
-}
+/** `ApplyResult` whose events may each be refused by the store for their own data. */
+export type IsolatedApplyResult = ApplyResult<ApplyOutcome | RefusedByStore>;
 
 /**
  * `store.applyEvents`, except that a batch the store refuses for its data (`StoreDataError`) is
