@@ -62,7 +62,12 @@ export function consumerReadiness(o: {
   return {
     ready: async () => {
       let storeOk = false;
-      await settlesWithin(o.storeAnswers().then(() => void (storeOk = true), () => {}), 5_000);
+      await settlesWithin(o.storeAnswers().then(
+          () => {
+            storeOk = true;
+          },
+          () => {},
+        ), 5_000);
       const connected = o.connected();
       const heldMs = o.batchHeldMs();
       const stalled = heldMs > o.stallMs;

@@ -30,7 +30,11 @@ const MIN_SECRET_LENGTH = 4;
  *   rememberSecrets(process.env.OS_PASSWORD);
  */
 export function rememberSecrets(...secrets: readonly (string | undefined | null)[]): void {
-  for (const s of secrets) if (s && s.length >= MIN_SECRET_LENGTH && !known.has(s)) (known.add(s), (cachedSpellings = undefined));
+  for (const s of secrets) {
+    if (!s || s.length < MIN_SECRET_LENGTH || known.has(s)) continue;
+    known.add(s);
+    cachedSpellings = undefined;
+  }
 }
 
 /** Adds a token Keystone issued; the oldest of more than MAX_TOKENS is forgotten. */
@@ -79,7 +83,7 @@ function spellings(secret: string): string[] {
  */
 /** One of our own settings' names (case-sensitive): an error about it, not a secret. */
 const SETTING_NAME = /^(?:OS|STORE|TRANSPORT|REDIS)_[A-Z0-9_]+$/;
-const NAMED_SECRET = /((?<!:)(?:x-auth-token|x-subject-token|x-service-token|password|passwd|secret|token|api[_-]?key|authorization)\\*["']?\s*[:=]\s*\\*["']?)(?:Bearer\s+|Basic\s+)?(?![{\[])((?:\\.|[^\s"'\\,;&<>}])+)/gi;
+const NAMED_SECRET = /((?<!:)(?:x-auth-token|x-subject-token|x-service-token|password|passwd|secret|token|api[_-]?key|authorization)\\*["']?\s*[:=]\s*\\*["']?)(?:Bearer\s+|Basic\s+)?(?![{[])((?:\\.|[^\s"'\\,;&<>}])+)/gi;
 /** A Keystone Fernet token (or a JWS one) anywhere, even unnamed. */
 const FERNET = /\bgAAAAA[A-Za-z0-9_\-=]{20,}/g;
 /** A URL inside a longer text: up to whitespace, a quote or an angle bracket. */

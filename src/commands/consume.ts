@@ -32,7 +32,8 @@ export async function consume(args: string[]): Promise<number> {
   const metrics = new Metrics({ projects: config.metricsProjects });
   metrics.watchLimits(runtime.limits);
   const publishing = config.amqp.publishExchange ? new Notifier(config.amqp.publishExchange, config.amqp.publishTopic, config.amqp.durableExchange, log) : undefined;
-  const announce = (notifications = new QuotaNotifications(publishing, () => pipeline.mode));
+  notifications = new QuotaNotifications(publishing, () => pipeline.mode);
+  const announce = notifications;
 
   const worker = new EnforcementWorker(pipeline, log, metrics, (report) => announce.report(report));
   // Reconcile acts itself, on Glance's listing; the worker is for what the bus triggers.

@@ -78,7 +78,7 @@ function decodeJson(text: string, what: string): { ok: true; value: unknown } | 
 function importingStores(payload: ImagePayload): string {
   // The stored property (a comma-separated string) is what Glance's usage query reads; the
   // top-level list of image.prepare/upload is only a view of it, used when the property is absent.
-  const prop = payload.properties?.['os_glance_importing_to_stores'];
+  const prop = payload.properties?.os_glance_importing_to_stores;
   if (typeof prop === 'string') return prop;
   const top = payload.os_glance_importing_to_stores;
   if (Array.isArray(top)) return top.join(',');

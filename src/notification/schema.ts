@@ -274,10 +274,10 @@ export function checkImagePayload(value: unknown): CheckedImagePayload | undefin
   if (!matches(id, IMAGE_ID) || !(owner === null || matches(owner, PROJECT_ID)) || !matches(status, IMAGE_STATUS)) return undefined;
   // z.number().int() is a safe integer.
   if (!(size === undefined || size === null || (Number.isSafeInteger(size) && (size as number) >= 0 && (size as number) <= MAX_IMAGE_SIZE))) return undefined;
-  const isProtected = value['protected'];
+  const isProtected = value.protected;
   if (!(deleted === undefined || typeof deleted === 'boolean') || !(isProtected === undefined || typeof isProtected === 'boolean')) return undefined;
   if (!(properties === undefined || properties === null || isJsonObject(properties))) return undefined;
-  const stores = value['os_glance_importing_to_stores'];
+  const stores = value.os_glance_importing_to_stores;
   if (!(stores === undefined || stores === null || isString(stores) || (Array.isArray(stores) && stores.every(isString)))) return undefined;
   if (!isString(created_at)) return undefined;
   const createdAt = isoSecondsOnce(created_at);

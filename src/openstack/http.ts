@@ -187,9 +187,7 @@ export function send(request: HttpRequest, options: TransportOptions): Promise<H
   });
 }
 
-export interface RetryingTransport {
-  (request: HttpRequest): Promise<HttpResponse>;
-}
+export type RetryingTransport = (request: HttpRequest) => Promise<HttpResponse>
 
 export interface RetryingTransportOptions {
   service: 'keystone' | 'glance';

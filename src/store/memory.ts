@@ -10,7 +10,10 @@ import { assertStorable, totalsOverflow } from './storable.js';
 
 function idsOf(index: Map<string, Set<string>>, projectId: string): Set<string> {
   let ids = index.get(projectId);
-  if (!ids) index.set(projectId, (ids = new Set()));
+  if (!ids) {
+    ids = new Set();
+    index.set(projectId, ids);
+  }
   return ids;
 }
 

@@ -244,7 +244,9 @@ export class PostgresStore implements LedgerStore {
       // pg-pool listens for a client's 'error' only while it is idle: a server that goes away in
       // the middle of a transaction would otherwise crash the process with an unhandled 'error'.
       // The query in flight rejects anyway; the client is then discarded, not reused.
-      const onError = (err: Error) => void (broken ??= err);
+      const onError = (err: Error) => {
+        broken ??= err;
+      };
       client.on('error', onError);
       try {
         // Explicitly: the design above relies on each statement seeing what was committed before it.

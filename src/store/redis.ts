@@ -429,7 +429,9 @@ export class RedisStore implements LedgerStore {
     const redis = new Redis(url, { lazyConnect: true, connectTimeout: 10_000, maxRetriesPerRequest: 1 });
     // Reported by the failing command; without a listener ioredis would print every reconnect attempt.
     let lastError: Error | undefined;
-    redis.on('error', (err: Error) => void (lastError = err));
+    redis.on('error', (err: Error) => {
+    lastError = err;
+  });
     try {
       await redis.connect();
       await redis.ping();

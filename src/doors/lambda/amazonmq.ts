@@ -47,7 +47,7 @@ export async function handleRabbitMqEvent(services: FunctionServices, event: unk
       else deliveries.push({ queue, index, body: undefined, unreadable: `aws:rmq message: ${describeIssue(parsed.error)}`, message });
     });
   }
-  let ingested;
+  let ingested: Awaited<ReturnType<typeof ingestRecords>>;
   try {
     ingested = await ingestRecords(pipeline, deliveries);
   } catch (err) {

@@ -43,7 +43,7 @@ export async function handleSqsEvent(services: FunctionServices, event: unknown)
     deadLettered: 0,
   });
 
-  let ingested;
+  let ingested: Awaited<ReturnType<typeof ingestRecords>>;
   try {
     ingested = await ingestRecords(pipeline, records);
   } catch (err) {
