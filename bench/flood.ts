@@ -222,7 +222,10 @@ async function bareDuringFlood(concurrency: number): Promise<{ rate: number; con
           if (!creating) return;
           await new Promise<void>((r) => {
             const prev = wake;
-            wake = () => (prev(), r());
+            wake = () => {
+              prev();
+              r();
+            };
           });
           continue;
         }

@@ -335,7 +335,9 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
         ev({ imageId: 'big', projectId: 'p2', status: 'active', size: 2 ** 63 }),
       ];
       const batch = [...valid];
-      hostile.forEach((h, k) => batch.splice(k * 9 + 3, 0, h));
+      hostile.forEach((h, k) => {
+        batch.splice(k * 9 + 3, 0, h);
+      });
       const { outcomes, projects } = await applyIsolatingPoison(store, batch, 2);
       outcomes.forEach((o, i) => {
         if (hostile.includes(batch[i]!)) expect(o).toEqual({ refused: expect.stringMatching(/NUL|surrogate|2\^53/) });

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Pipeline } from '../../src/pipeline/index.js';
+import type { Pipeline } from '../../src/pipeline/index.js';
 import { amazonMqHandler, handleRabbitMqEvent } from '../../src/doors/lambda/amazonmq.js';
 import { EventShapeError } from '../../src/doors/lambda/events.js';
 import type { FunctionServices } from '../../src/doors/lambda/instance.js';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Pipeline } from '../../src/pipeline/index.js';
+import type { Pipeline } from '../../src/pipeline/index.js';
 import { EventShapeError } from '../../src/doors/lambda/events.js';
 import { reconcileHandler } from '../../src/doors/lambda/reconcile.js';
 import type { GlanceImage, ImageStatus } from '../../src/ledger/glance-image.js';

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { loadConfig } from '../../src/config.js';
-import { type DeleteOutcome, type ImageService, type UnprotectOutcome } from '../../src/pipeline/index.js';
+import type { DeleteOutcome, ImageService, UnprotectOutcome } from '../../src/pipeline/index.js';
 import type { MetricsSink } from '../../src/doors/lambda/metrics.js';
 import type { FunctionServices, PoisonQueue } from '../../src/doors/lambda/instance.js';
 import type { GlanceImage } from '../../src/ledger/glance-image.js';

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import { NotificationConsumer } from '../../src/doors/consume.js';
-import { type IngestResult } from '../../src/pipeline/index.js';
+import type { IngestResult } from '../../src/pipeline/index.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';

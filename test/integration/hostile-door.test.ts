@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
-import { type IngestResult } from '../../src/pipeline/index.js';
+import type { IngestResult } from '../../src/pipeline/index.js';
 import { handleRabbitMqEvent } from '../../src/doors/lambda/amazonmq.js';
 import { handleSqsEvent } from '../../src/doors/lambda/sqs.js';
 import { usageOf } from '../../src/ledger/usage.js';

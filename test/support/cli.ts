@@ -10,7 +10,14 @@ export async function runCli(args: string[], env: Record<string, string> = {}): 
   const saved = { ...process.env };
   Object.assign(process.env, { LOG_LEVEL: 'silent' }, env);
   try {
-    const code = await main(args, { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t) });
+    const code = await main(args, {
+      stdout: (t) => {
+        stdout += t;
+      },
+      stderr: (t) => {
+        stderr += t;
+      },
+    });
     return { code, stdout, stderr };
   } finally {
     process.env = saved;

@@ -58,7 +58,9 @@ export async function startConsumer(env: Record<string, string>, timeoutMs = 60_
   let exit: ConsumerExit | undefined;
   let isConnected = false;
   const listeners = new Set<() => void>();
-  const notify = () => listeners.forEach((l) => l());
+  const notify = () => {
+    for (const l of listeners) l();
+  };
 
   const lines = (stream: NodeJS.ReadableStream, onLine: (line: string) => void) => {
     let rest = '';

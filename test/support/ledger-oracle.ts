@@ -3,7 +3,7 @@
  * project-by-project comparison of a shared ledger with it (records, usage, and the decision).
  */
 import { isDeepStrictEqual } from 'node:util';
-import { Pipeline, type MessageResult } from '../../src/pipeline/index.js';
+import type { Pipeline, MessageResult } from '../../src/pipeline/index.js';
 import type { ImageRecord } from '../../src/ledger/record.js';
 import { parseLimits } from '../../src/quota/limits.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';

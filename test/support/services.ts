@@ -78,7 +78,9 @@ async function probePostgres(): Promise<void> {
 async function probeRedis(): Promise<void> {
   const redis = new Redis(REDIS_URL, { lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0, connectTimeout: 3_000 });
   let lastError: Error | undefined;
-  redis.on('error', (err: Error) => void (lastError = err));
+  redis.on('error', (err: Error) => {
+    lastError = err;
+  });
   try {
     await redis.connect();
     await redis.ping();
@@ -227,6 +229,7 @@ export async function withServiceStopped(
       if (!(await answers(service))) await shell(start);
       await waitFor(service, true, 60_000);
     } catch (err) {
+      // biome-ignore lint/correctness/noUnsafeFinally: a service left down fails every later test; that error outranks the one in flight
       throw new Error(`${service} could not be started again (${(err as Error).message}): run \`${start}\` by hand`);
     }
   }
@@ -309,7 +312,9 @@ export interface TestRedis {
 export async function connectRedisForTests(): Promise<TestRedis> {
   const admin = new Redis(REDIS_URL, { lazyConnect: true, retryStrategy: () => null });
   let lastError: Error | undefined;
-  admin.on('error', (err: Error) => void (lastError = err));
+  admin.on('error', (err: Error) => {
+    lastError = err;
+  });
   try {
     await admin.connect();
     await admin.ping();

@@ -19,12 +19,12 @@ function innerOf(body: string): Json {
   return JSON.parse(outer(body)['oslo.message'] as string) as Json;
 }
 function payloadOf(body: string): Json {
-  return innerOf(body)['payload'] as Json;
+  return innerOf(body).payload as Json;
 }
 
 /** Key order at the three levels a consumer sees: envelope, oslo message, payload. */
 function shape(body: string): { outer: string[]; inner: string[]; payload: string[] | string } {
-  const p = innerOf(body)['payload'];
+  const p = innerOf(body).payload;
   return {
     outer: Object.keys(outer(body)),
     inner: Object.keys(innerOf(body)),
@@ -52,8 +52,8 @@ describe('a generated day of Glance notifications', () => {
       if (out.kind === 'invalid') throw new Error(`invalid: ${out.reason}\n${body}`);
       kinds[out.kind] = (kinds[out.kind] ?? 0) + 1;
     }
-    expect(kinds['image']).toBeGreaterThan(15_000);
-    expect(kinds['ignored']).toBeGreaterThan(500);
+    expect(kinds.image).toBeGreaterThan(15_000);
+    expect(kinds.ignored).toBeGreaterThan(500);
   });
 
   it('is the same stream for the same seed, and another for another seed', () => {
@@ -85,14 +85,14 @@ describe('the wire format is the captured one, byte for byte', () => {
   });
 
   it('gives an image.create the key set and order of the capture, at every level', () => {
-    const generated = firstBody((m) => m['event_type'] === 'image.create');
+    const generated = firstBody((m) => m.event_type === 'image.create');
     expect(shape(generated)).toEqual(shape(rawBody('image.create')));
     expect(payloadOf(generated)).toMatchObject({ status: 'queued', checksum: null, size: null, virtual_size: null, deleted: false, deleted_at: null });
   });
 
   it('gives an upload\'s and an import\'s image.prepare the keys of their captures', () => {
-    const upload = firstBody((m) => m['event_type'] === 'image.prepare' && (m['payload'] as Json)['status'] === 'saving');
-    const imported = firstBody((m) => m['event_type'] === 'image.prepare' && (m['payload'] as Json)['status'] === 'importing');
+    const upload = firstBody((m) => m.event_type === 'image.prepare' && (m.payload as Json).status === 'saving');
+    const imported = firstBody((m) => m.event_type === 'image.prepare' && (m.payload as Json).status === 'importing');
     expect(shape(upload)).toEqual(shape(rawBody('image.prepare')));
     expect(shape(imported)).toEqual(shape(rawBody('image.prepare__2')));
     expect(payloadOf(upload)).toMatchObject({ os_glance_importing_to_stores: [], os_glance_failed_import: [], backend: 'file' });
@@ -100,11 +100,11 @@ describe('the wire format is the captured one, byte for byte', () => {
   });
 
   it('gives an image.delete the keys of the capture, with the tombstone set', () => {
-    const generated = firstBody((m) => m['event_type'] === 'image.delete');
+    const generated = firstBody((m) => m.event_type === 'image.delete');
     expect(shape(generated)).toEqual(shape(rawBody('image.delete')));
     const p = payloadOf(generated);
     expect(p).toMatchObject({ status: 'deleted', deleted: true });
-    expect(p['deleted_at']).toBe(p['updated_at']);
+    expect(p.deleted_at).toBe(p.updated_at);
   });
 
   it('matches a capture of the same event type and priority for every generated body', () => {
@@ -119,7 +119,7 @@ describe('the wire format is the captured one, byte for byte', () => {
     const seen = new Set<string>();
     for (const body of bodies) {
       const m = innerOf(body);
-      const key = `${m['event_type']}/${m['priority']}`;
+      const key = `${m.event_type}/${m.priority}`;
       const expected = reference.get(key);
       expect(expected, `${key} has a capture`).toBeDefined();
       const s = shape(body);
@@ -143,7 +143,7 @@ describe('the wire format is the captured one, byte for byte', () => {
   it('uses Keystone-shaped project ids that do not depend on the seed', () => {
     expect(projectId(0)).toMatch(/^[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}$/);
     expect(projectId(1)).not.toBe(projectId(0));
-    const owners = new Set(bodies.map((b) => payloadOf(b)?.['owner']).filter((o) => typeof o === 'string'));
+    const owners = new Set(bodies.map((b) => payloadOf(b)?.owner).filter((o) => typeof o === 'string'));
     for (const o of owners) expect(Array.from({ length: 40 }, (_, i) => projectId(i))).toContain(o);
   });
 });
@@ -156,14 +156,14 @@ describe('lifecycles as the API produces them (lab NOTES, "Which API call emits 
     let backwards = 0;
     let outOfOrder = 0;
     for (const m of messages) {
-      const ts = osloTimestampMicros(m['timestamp'] as string)!;
+      const ts = osloTimestampMicros(m.timestamp as string)!;
       if (ts < last) backwards++;
       last = ts;
-      const p = m['payload'];
+      const p = m.payload;
       // Image payloads only: not the ERROR string, tasks, members or sends.
-      if (typeof p !== 'object' || p === null || !('owner' in p) || !String(m['event_type']).startsWith('image.')) continue;
-      const id = (p as Json)['id'] as string;
-      const updated = Date.parse((p as Json)['updated_at'] as string);
+      if (typeof p !== 'object' || p === null || !('owner' in p) || !String(m.event_type).startsWith('image.')) continue;
+      const id = (p as Json).id as string;
+      const updated = Date.parse((p as Json).updated_at as string);
       const prev = lastOf.get(id);
       if (prev) {
         if (updated < prev.updated || ts <= prev.ts) outOfOrder++;
@@ -179,21 +179,21 @@ describe('lifecycles as the API produces them (lab NOTES, "Which API call emits 
   it('emits, per deleted image, one of the sequences Glance\'s API calls produce', () => {
     const tokens = new Map<string, string[]>();
     for (const m of messages) {
-      const type = String(m['event_type']).replace(/^image\./, '');
-      const p = m['payload'];
+      const type = String(m.event_type).replace(/^image\./, '');
+      const p = m.payload;
       let id: string;
       let token: string;
       if (typeof p === 'string') {
         id = /for image ([0-9a-f-]{36})/.exec(p)![1]!;
-        token = `${type}:${m['priority']}`;
+        token = `${type}:${m.priority}`;
       } else if (type.startsWith('task.')) {
         continue; // a task's payload does not name its image
       } else if ('image_id' in (p as Json)) {
-        id = (p as Json)['image_id'] as string;
+        id = (p as Json).image_id as string;
         token = type;
       } else {
-        id = (p as Json)['id'] as string;
-        token = `${type}:${(p as Json)['status']}`;
+        id = (p as Json).id as string;
+        token = `${type}:${(p as Json).status}`;
       }
       const list = tokens.get(id) ?? [];
       list.push(token);
@@ -220,7 +220,7 @@ describe('lifecycles as the API produces them (lab NOTES, "Which API call emits 
   });
 
   it('gives a failed upload a plain-string payload on priority ERROR, as the capture', () => {
-    const failed = firstBody((m) => m['priority'] === 'ERROR');
+    const failed = firstBody((m) => m.priority === 'ERROR');
     expect(payloadOf(failed)).toMatch(/^Failed to upload image data for image [0-9a-f-]{36} due to internal error: The client disconnected while sending the body \(\d+ more bytes were expected\)$/);
     expect(parseNotification(failed, NOW).kind).toBe('ignored');
   });

@@ -297,7 +297,9 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
           if (fate !== 'lost') events.push(trueCreate(r));
           if (fate.startsWith('forged-delete')) events.push(ev({ imageId: r.id, projectId: P, status: 'deleted', deleted: true, updatedAt: fate.endsWith('future') ? 4_070_908_800 : NOW - 1 }));
         });
-        c.forgedCreates.forEach((f, i) => events.push(ev({ imageId: `forged-${i}`, projectId: P, createdAt: f.future ? 8_000_000_000 : NOW - f.age, eventType: 'image.create' })));
+        c.forgedCreates.forEach((f, i) => {
+          events.push(ev({ imageId: `forged-${i}`, projectId: P, createdAt: f.future ? 8_000_000_000 : NOW - f.age, eventType: 'image.create' }));
+        });
         // A shuffled arrival, cut into batches, each followed by the door's enforcement.
         const order = fc.sample(fc.shuffledSubarray(events, { minLength: events.length, maxLength: events.length }), { seed: c.seed, numRuns: 1 })[0]!;
         const { store, pipeline, time } = pipelineOver(glance, { image_count_total: c.limit });

@@ -142,7 +142,9 @@ describe('order and duplicates do not matter in the shared stores', () => {
     }
     redisAdmin = new Redis(REDIS_URL, { lazyConnect: true, retryStrategy: () => null });
     let lastError: Error | undefined;
-    redisAdmin.on('error', (err: Error) => void (lastError = err));
+    redisAdmin.on('error', (err: Error) => {
+    lastError = err;
+  });
     await redisAdmin.connect().catch((err: Error) => {
       redisUnreachable = new Error(
         `Redis at ${new URL(REDIS_URL).host} is not reachable (${(lastError ?? err).message}): start it with ` +

@@ -23,7 +23,7 @@ describe("consume's reconcile schedule", () => {
         if (outcome === 'fail') throw new Error('Glance at http://glance:9292 did not answer');
         return summary(runs);
       },
-      { intervalMs: 900_000, onSummary: (s) => void seen.push(`ok:${s.listed}`), onFailure: (err, retryInMs) => void seen.push(`fail:${retryInMs < 10_000}`) },
+      { intervalMs: 900_000, onSummary: (s) => void seen.push(`ok:${s.listed}`), onFailure: (_err, retryInMs) => void seen.push(`fail:${retryInMs < 10_000}`) },
     );
     schedule.start();
     await vi.advanceTimersByTimeAsync(0);

@@ -94,7 +94,11 @@ describe('secrets are scrubbed from server text in any escaping', () => {
   it('scrubs every field of a log line and its message', () => {
     rememberSecrets(PASSWORD);
     const chunks: string[] = [];
-    const log = createLogger('info', new Writable({ write: (c: Buffer, _e, done) => (chunks.push(c.toString()), done()) }));
+    const log = createLogger('info', new Writable({ write: (c: Buffer, _e, done) => {
+          chunks.push(c.toString());
+          done();
+        },
+      }));
     log.warn({ err: `connect failed for postgres://gqe:${PASSWORD}@db/x`, nested: { reason: JSON.stringify(PASSWORD) }, error: new Error(`bad ${PASSWORD}`) }, `echo ${PASSWORD}`);
     const line = chunks.join('');
     expectNoPart(line);

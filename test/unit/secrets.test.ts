@@ -140,11 +140,21 @@ async function run(args: string[], env: Record<string, string>) {
   let log = '';
   const saved = { ...process.env };
   const write = process.stderr.write.bind(process.stderr);
-  process.stderr.write = ((chunk: string | Uint8Array) => ((log += chunk.toString()), true)) as typeof process.stderr.write;
+  process.stderr.write = ((chunk: string | Uint8Array) => {
+    log += chunk.toString();
+    return true;
+  }) as typeof process.stderr.write;
   for (const k of Object.keys(process.env)) if (k.startsWith('OS_')) delete process.env[k];
   Object.assign(process.env, env);
   try {
-    const code = await main(args, { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t) }).catch((err: Error) => {
+    const code = await main(args, {
+      stdout: (t) => {
+        stdout += t;
+      },
+      stderr: (t) => {
+        stderr += t;
+      },
+    }).catch((err: Error) => {
       stderr += `${err.name}: ${err.message}\n${err.stack ?? ''}`;
       return 99;
     });

@@ -48,7 +48,11 @@ export async function startConsumer(env: NodeJS.ProcessEnv): Promise<RunningCons
     if (seen) return Promise.resolve(seen);
     return new Promise<Record<string, unknown>>((resolve, reject) => {
       const t = setTimeout(() => reject(new Error(`consumer did not log ${re} within ${timeoutMs} ms; last lines: ${JSON.stringify(logs.slice(-5))}`)), timeoutMs);
-      waiters.push({ re, resolve: (l) => (clearTimeout(t), resolve(l)) });
+      waiters.push({ re, resolve: (l) => {
+          clearTimeout(t);
+          resolve(l);
+        },
+      });
       void exited.then((code) => reject(new Error(`consumer exited with ${code} before logging ${re}: ${JSON.stringify(logs.slice(-5))}`)));
     });
   };
