@@ -42,7 +42,9 @@ COPY src/ src/
 COPY functions/ functions/
 # Once compiled, what only a compiler or an editor reads (declarations, source maps, markdown:
 # 16 MB) leaves the runtime's node_modules.
+# The Redis ledger's Lua scripts are read beside the compiled adapter (src/store/redis/scripts.ts).
 RUN /build/node_modules/.bin/tsc -p tsconfig.build.json \
+ && cp src/store/redis/*.lua dist/src/store/redis/ \
  && find node_modules -type f \( -name '*.ts' -o -name '*.mts' -o -name '*.cts' -o -name '*.map' -o -name '*.md' \) -delete
 
 # The runtime is the base without what only builds need (npm, corepack, yarn, Node's C headers:

@@ -20,7 +20,7 @@
  */
 import { rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { build, type Metafile, type Plugin } from 'esbuild';
 
@@ -78,7 +78,7 @@ export async function buildFunctions(outDir = DEFAULT_OUT_DIR): Promise<BuiltFun
       legalComments: 'none',
       metafile: true,
       logLevel: 'warning',
-      plugins: [builtinsThroughRequire, zodAsNamespace, noSqlite],
+      plugins: [luaInline, builtinsThroughRequire, zodAsNamespace, noSqlite],
       banner: { js: "import { createRequire as __gqeCreateRequire } from 'node:module'; const require = __gqeCreateRequire(import.meta.url);" },
     });
     built.push({ name, dir, inputs: Object.keys(metafile.inputs), bytes: outputBytes(metafile), loadedAtImport: loadedAtImport(metafile) });
@@ -114,6 +114,23 @@ const zodAsNamespace: Plugin = {
       const source = await readFile(args.path, 'utf8');
       const rewritten = source.replace(ZOD_IMPORT, "import * as z from 'zod';");
       return rewritten === source ? undefined : { contents: rewritten, loader: 'ts' };
+    });
+  },
+};
+
+/**
+ * The Redis ledger reads its Lua scripts from files beside src/store/redis/scripts.ts when it
+ * loads; a bundle has no such files, so each `lua('name')` call there becomes the file's text.
+ */
+const LUA_CALL = /\blua\('([a-z-]+)'\)/g;
+const luaInline: Plugin = {
+  name: 'lua-inline',
+  setup(b) {
+    b.onLoad({ filter: /[\\/]store[\\/]redis[\\/]scripts\.ts$/ }, async (args) => {
+      const source = await readFile(args.path, 'utf8');
+      const names = [...source.matchAll(LUA_CALL)].map((m) => m[1]!);
+      const texts = new Map(await Promise.all(names.map(async (n) => [n, await readFile(join(dirname(args.path), `${n}.lua`), 'utf8')] as const)));
+      return { contents: source.replace(LUA_CALL, (_, n: string) => JSON.stringify(texts.get(n))), loader: 'ts' };
     });
   },
 };

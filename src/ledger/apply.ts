@@ -20,8 +20,9 @@ export interface ApplyResult<O = ApplyOutcome> {
 
 /**
  * A store's view of its own data inside one transaction. Stores that can run the rules in-process
- * (memory, SQLite) implement it and share `applyEventsTo`; remote stores run the same rules
- * server-side and are held to the same contract suite.
+ * (memory, SQLite, and PostgreSQL inside its transaction) implement it and share `applyEventsTo`;
+ * Redis runs the same rules server-side in their Lua twin, src/store/redis/apply.lua, and the
+ * contract suite holds every store to the same results.
  */
 export interface LedgerTransaction {
   /**
@@ -44,6 +45,7 @@ export interface AppliedBatch extends ApplyResult {
 }
 
 /**
+ * Lua twin: `same` in src/store/redis/apply.lua.
  * Every field: a Glance listing keeps one message id per image (`glance-api:<id>`) however its
  * state changes, so the message id alone cannot tell two of its records apart.
  */
@@ -57,6 +59,7 @@ export function sameRecord(a: ImageRecord, b: ImageRecord): boolean {
 
 /**
  * Dedupe by message id, merge each event into its image's record, keep the totals in step.
+ * Lua twin: src/store/redis/apply.lua, phase 1.
  * `overwrite` is for Glance's own word (a listing, a confirmed delete): the event replaces the
  * record outright, with no version merge and no sticky tombstone, because the bus may have lied.
  */

@@ -38,6 +38,7 @@ type Versioned = Pick<ImageRecord, 'updatedAt' | 'timestamp' | 'messageId'>;
  * Which of two notifications is newer. `updated_at` has whole seconds only, so several changes in
  * one second tie on it and oslo's microsecond `timestamp` decides; the message id settles the
  * (theoretical) remaining tie so that the result never depends on arrival order.
+ * Lua twin: `compare_version` and `compare_strings` in src/store/redis/apply.lua.
  */
 export function compareVersion(a: Versioned, b: Versioned): number {
   if (a.updatedAt !== b.updatedAt) return a.updatedAt < b.updatedAt ? -1 : 1;
@@ -48,7 +49,7 @@ export function compareVersion(a: Versioned, b: Versioned): number {
 /**
  * The ledger's one rule. The state is the newest notification's; the tombstone is sticky. Both
  * parts are commutative, associative and idempotent, so any order or duplication of the same
- * messages ends in the same record.
+ * messages ends in the same record. Lua twin: `merge` in src/store/redis/apply.lua.
  */
 export function mergeRecord(existing: ImageRecord | undefined, event: ImageEvent): ImageRecord {
   if (!existing) return recordFromEvent(event);

@@ -7,6 +7,7 @@ import type { ImageRecord } from './record.js';
  */
 
 const MiB = 1024 * 1024;
+// Lua twins: DEAD, UPLOADING and STAGING in src/store/redis/apply.lua.
 const DEAD = new Set(['killed', 'pending_delete', 'deleted']);
 const UPLOADING = new Set(['saving', 'uploading', 'importing']);
 const STAGING = new Set(['uploading', 'importing']);
@@ -37,7 +38,7 @@ export interface UsageTotals {
 
 export const ZERO_TOTALS: Readonly<UsageTotals> = Object.freeze({ count: 0, uploading: 0, sizeBytes: 0, stageBytes: 0 });
 
-/** What one record adds to its project's totals. */
+/** What one record adds to its project's totals. Lua twin: `contribution` in src/store/redis/apply.lua. */
 export function contributionOf(r: ImageRecord): UsageTotals {
   if (!isLive(r)) return ZERO_TOTALS;
   const uploading = UPLOADING.has(r.status) || isImporting(r);

@@ -4,7 +4,7 @@ import { CREATE_RATE, type Resource } from './resources.js';
 /**
  * The admission rule: may this request happen, before Glance writes a row? A plain function of the
  * request line, the project's count, its open reservations and its limits; the stores run it
- * inside their atomic step (Redis: its Lua twin in src/store/redis-admission.ts).
+ * inside their atomic step (Redis: its Lua twin in src/store/redis/reserve-create.lua).
  */
 
 /**

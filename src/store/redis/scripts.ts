@@ -1,0 +1,29 @@
+import { readFileSync } from 'node:fs';
+
+/**
+ * The Redis ledger's Lua scripts, each a file beside this one, read once when the adapter is
+ * loaded. They are kept as .lua files so that each reads as what it is, function by function
+ * beside its TypeScript twin (apply.lua names src/ledger/apply.ts, record.ts and usage.ts).
+ *
+ * `npm run build` copies them next to the compiled adapter (dist/src/store/redis/), the container
+ * image does the same, and the function bundles inline their text (scripts/build-functions.ts,
+ * `luaInline`), so every way the enforcer ships carries them.
+ */
+function lua(name: string): string {
+  return readFileSync(new URL(`./${name}.lua`, import.meta.url), 'utf8');
+}
+
+export const LEDGER_SCRIPTS = {
+  /** One batch of events applied atomically: src/ledger/apply.ts applyEventsTo. */
+  apply: lua('apply'),
+  /** The audit trail's append, one kept would-delete per image. */
+  recordActions: lua('record-actions'),
+  /** A project's records in one read. */
+  images: lua('images'),
+  /** One slice of forgetDeadImagesBefore. */
+  forgetDead: lua('forget-dead'),
+  /** Admission: a create reserved if the project is under its limits (src/quota/admission.ts). */
+  reserveCreate: lua('reserve-create'),
+  /** Admission: reservations ended once their creates are counted. */
+  releaseReservations: lua('release-reservations'),
+};
