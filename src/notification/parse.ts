@@ -222,8 +222,8 @@ export function parseNotification(body: Uint8Array | string, nowMs: number, limi
 
 /**
  * The outcome of a body (within MAX_MESSAGE_BYTES) the schemas accept, decided with the plain
- * guards of schema.ts alone (no zod, each timestamp read once); undefined for a body they do not
- * accept, which only the schemas can word a rejection for.
+ * guards derived from them (guard.ts: no zod at run time, each timestamp read once); undefined
+ * for a body they do not accept, which only the schemas can word a rejection for.
  */
 export function parseWellFormed(text: string, nowMs: number, limits: DoorLimits = DOOR_DEFAULTS): ParseOutcome | undefined {
   let value: unknown;

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { guardOf } from './guard.js';
 
 /**
  * Wire formats of Glance notifications as oslo.messaging publishes them.
@@ -7,8 +8,9 @@ import { z } from 'zod';
  * message as the body itself. Glance notifies with an empty context, so no `_context_*` keys exist
  * and the project comes from the payload alone.
  *
- * These schemas are the definition. Each has a plain guard below (`isOsloEnvelope`,
- * `checkOsloMessage`, `checkImagePayload`) that accepts exactly the same values faster; change both.
+ * These schemas are the one definition. The plain guards at the end (`isOsloEnvelope`,
+ * `checkOsloMessage`, `checkImagePayload`) are derived from them (guard.ts), so they accept exactly
+ * the same values without zod's cost; nothing is written twice.
  */
 
 export const OsloEnvelope = z.object({
@@ -57,9 +59,65 @@ export function osloTimestampMicros(value: string): number | undefined {
   return ms * 1000 + Number((frac ?? '').padEnd(6, '0'));
 }
 
+// Consecutive messages mostly fall in the same second: its epoch value is kept, and then only the
+// fraction is read. The values are those of osloTimestampMicros, which parses the second. The
+// last whole value is kept too: the schema's refinement reads it, then the parse reads it again.
+let lastOsloSecond = '';
+let lastOsloSecondMicros: number | undefined;
+let lastOslo = '';
+let lastOsloMicros: number | undefined;
+
+function osloTimestampMicrosOnce(value: string): number | undefined {
+  if (value === lastOslo) return lastOsloMicros;
+  lastOslo = value;
+  lastOsloMicros = osloTimestampMicrosOfSecond(value);
+  return lastOsloMicros;
+}
+
+function osloTimestampMicrosOfSecond(value: string): number | undefined {
+  // "YYYY-MM-DD HH:MM:SS" is 19 characters; a fraction follows only after a '.'.
+  const whole = value.length === 19;
+  if (!whole && value.charCodeAt(19) !== 46) return undefined;
+  const second = whole ? value : value.slice(0, 19);
+  if (second !== lastOsloSecond) {
+    lastOsloSecond = second;
+    lastOsloSecondMicros = osloTimestampMicros(second);
+  }
+  const base = lastOsloSecondMicros;
+  if (base === undefined || whole) return base;
+  // 1 to 6 ASCII digits of fraction, right-padded with zeros to microseconds.
+  const digits = value.length - 20;
+  if (digits < 1 || digits > 6) return undefined;
+  let micros = 0;
+  for (let i = 20; i < 26; i++) {
+    const digit = i < value.length ? value.charCodeAt(i) - 48 : 0;
+    if (digit < 0 || digit > 9) return undefined;
+    micros = micros * 10 + digit;
+  }
+  return base + micros;
+}
+
+// Two payload times per message: `updated_at` is mostly the previous message's second, and
+// `created_at` equals it on a create. Two entries keep both (a third, `deleted_at`, is only on a
+// delete, and is read again when it pushed one out).
+let isoKeyA = '';
+let isoValueA: number | undefined;
+let isoKeyB = '';
+let isoValueB: number | undefined;
+
+function isoSecondsOnce(value: string): number | undefined {
+  if (value === isoKeyA) return isoValueA;
+  if (value === isoKeyB) return isoValueB;
+  isoKeyB = isoKeyA;
+  isoValueB = isoValueA;
+  isoKeyA = value;
+  isoValueA = isoSeconds(value);
+  return isoValueA;
+}
+
 export const OsloTimestamp = z
   .string()
-  .refine((v) => osloTimestampMicros(v) !== undefined, {
+  .refine((v) => osloTimestampMicrosOnce(v) !== undefined, {
     message: 'expected an oslo timestamp like "2026-11-26 20:27:41.984542" (UTC, no zone, a real calendar date)',
   });
 
@@ -78,7 +136,7 @@ export function isoSeconds(value: string): number | undefined {
 
 export const IsoTime = z
   .string()
-  .refine((v) => isoSeconds(v) !== undefined, { message: 'expected an ISO time like "2026-11-26T20:27:41Z" (a real calendar date)' });
+  .refine((v) => isoSecondsOnce(v) !== undefined, { message: 'expected an ISO time like "2026-11-26T20:27:41Z" (a real calendar date)' });
 
 // ---------------------------------------------------------------------------------------------
 // Identifiers at the door. Everything the ledger stores is bounded and printable here, before any
@@ -158,86 +216,16 @@ export const ImagePayload = z.object({
 export type ImagePayload = z.infer<typeof ImagePayload>;
 
 // ---------------------------------------------------------------------------------------------
-// Plain guards: exactly what the schemas above accept, checked without zod.
-//
-// Why they exist: on the bench's realistic stream (bench/README.md, "Where the time goes"),
-// `safeParse` of OsloMessage and ImagePayload was 30% of the whole in-memory pipeline, and every
-// timestamp was parsed twice (in the `.refine`, then again to read its value), another 10%. Nearly
-// every body on the bus is well-formed, so these guards settle the common case and read each
-// timestamp once. The schemas stay the source of truth: the types come from them, and a body a
-// guard turns down goes through them (parse.ts), so every rejection is worded by zod alone.
-// test/unit/parse-fast.test.ts holds the two to the same outcome on a generated stream and on a
-// battery of poison bodies. A change to a schema must be made to its guard too.
-//
-// The guards are for values made by JSON.parse: there every object is a plain object, no value is
-// undefined, and no number is NaN or infinite.
+// Plain guards, derived from the schemas above (guard.ts): nearly every body on the bus is
+// well-formed, and these settle it without zod; a body a guard turns down goes through the schemas
+// (parse.ts), so every rejection is worded by zod alone. Each time is read once: the schemas'
+// refinements read it through the memo above, and the value is taken from the same memo.
 
-type JsonObject = Record<string, unknown>;
-
-/** What z.object and z.record accept as an object, for a JSON value. */
-function isJsonObject(value: unknown): value is JsonObject {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
-/** z.string().regex(pattern) */
-function matches(value: unknown, pattern: RegExp): value is string {
-  return typeof value === 'string' && pattern.test(value);
-}
-
-/** z.string() */
-function isString(value: unknown): value is string {
-  return typeof value === 'string';
-}
-
-// Consecutive messages mostly fall in the same second: its epoch value is kept, and then only the
-// fraction is read. The values are those of osloTimestampMicros, which parses the second.
-let lastOsloSecond = '';
-let lastOsloSecondMicros: number | undefined;
-
-function osloTimestampMicrosOnce(value: string): number | undefined {
-  // "YYYY-MM-DD HH:MM:SS" is 19 characters; a fraction follows only after a '.'.
-  const whole = value.length === 19;
-  if (!whole && value.charCodeAt(19) !== 46) return undefined;
-  const second = whole ? value : value.slice(0, 19);
-  if (second !== lastOsloSecond) {
-    lastOsloSecond = second;
-    lastOsloSecondMicros = osloTimestampMicros(second);
-  }
-  const base = lastOsloSecondMicros;
-  if (base === undefined || whole) return base;
-  // 1 to 6 ASCII digits of fraction, right-padded with zeros to microseconds.
-  const digits = value.length - 20;
-  if (digits < 1 || digits > 6) return undefined;
-  let micros = 0;
-  for (let i = 20; i < 26; i++) {
-    const digit = i < value.length ? value.charCodeAt(i) - 48 : 0;
-    if (digit < 0 || digit > 9) return undefined;
-    micros = micros * 10 + digit;
-  }
-  return base + micros;
-}
-
-// Two payload times per message: `updated_at` is mostly the previous message's second, and
-// `created_at` equals it on a create. Two entries keep both.
-let isoKeyA = '';
-let isoValueA: number | undefined;
-let isoKeyB = '';
-let isoValueB: number | undefined;
-
-function isoSecondsOnce(value: string): number | undefined {
-  if (value === isoKeyA) return isoValueA;
-  if (value === isoKeyB) return isoValueB;
-  isoKeyB = isoKeyA;
-  isoValueB = isoValueA;
-  isoKeyA = value;
-  isoValueA = isoSeconds(value);
-  return isoValueA;
-}
+const isOsloMessage = guardOf(OsloMessage);
+const isImagePayload = guardOf(ImagePayload);
 
 /** Accepts exactly what OsloEnvelope accepts. */
-export function isOsloEnvelope(value: unknown): value is OsloEnvelope {
-  return isJsonObject(value) && isString(value['oslo.version']) && isString(value['oslo.message']);
-}
+export const isOsloEnvelope = guardOf(OsloEnvelope) as (value: unknown) => value is OsloEnvelope;
 
 /** A message OsloMessage accepts, with its `timestamp` in epoch microseconds. */
 export interface CheckedOsloMessage {
@@ -247,14 +235,9 @@ export interface CheckedOsloMessage {
 
 /** Accepts exactly what OsloMessage accepts (undefined otherwise), reading the timestamp once. */
 export function checkOsloMessage(value: unknown): CheckedOsloMessage | undefined {
-  if (!isJsonObject(value)) return undefined;
-  const { message_id, publisher_id, event_type, priority, payload, timestamp } = value;
-  if (!matches(message_id, MESSAGE_ID) || !isString(publisher_id) || !matches(event_type, EVENT_TYPE) || !isString(priority)) return undefined;
-  // z.unknown() as an object key still requires the key: absent is undefined, which JSON never gives.
-  if (payload === undefined || !isString(timestamp)) return undefined;
-  const timestampMicros = osloTimestampMicrosOnce(timestamp);
-  if (timestampMicros === undefined) return undefined;
-  return { message: value as OsloMessage, timestampMicros };
+  if (!isOsloMessage(value)) return undefined;
+  const message = value as OsloMessage;
+  return { message, timestampMicros: osloTimestampMicrosOnce(message.timestamp)! };
 }
 
 /** A payload ImagePayload accepts, with its times in epoch seconds. */
@@ -269,30 +252,13 @@ export interface CheckedImagePayload {
 
 /** Accepts exactly what ImagePayload accepts (undefined otherwise), reading each time once. */
 export function checkImagePayload(value: unknown): CheckedImagePayload | undefined {
-  if (!isJsonObject(value)) return undefined;
-  const { id, owner, status, size, created_at, updated_at, deleted_at, deleted, properties } = value;
-  if (!matches(id, IMAGE_ID) || !(owner === null || matches(owner, PROJECT_ID)) || !matches(status, IMAGE_STATUS)) return undefined;
-  // z.number().int() is a safe integer.
-  if (!(size === undefined || size === null || (Number.isSafeInteger(size) && (size as number) >= 0 && (size as number) <= MAX_IMAGE_SIZE))) return undefined;
-  const isProtected = value.protected;
-  if (!(deleted === undefined || typeof deleted === 'boolean') || !(isProtected === undefined || typeof isProtected === 'boolean')) return undefined;
-  if (!(properties === undefined || properties === null || isJsonObject(properties))) return undefined;
-  const stores = value.os_glance_importing_to_stores;
-  if (!(stores === undefined || stores === null || isString(stores) || (Array.isArray(stores) && stores.every(isString)))) return undefined;
-  if (!isString(created_at)) return undefined;
-  const createdAt = isoSecondsOnce(created_at);
-  if (createdAt === undefined) return undefined;
-  let updatedAt: number | undefined;
-  if (updated_at !== undefined && updated_at !== null) {
-    if (!isString(updated_at)) return undefined;
-    updatedAt = isoSecondsOnce(updated_at);
-    if (updatedAt === undefined) return undefined;
-  }
-  let deletedAt: number | undefined;
-  if (deleted_at !== undefined && deleted_at !== null) {
-    if (!isString(deleted_at)) return undefined;
-    deletedAt = isoSeconds(deleted_at);
-    if (deletedAt === undefined) return undefined;
-  }
-  return { payload: value as ImagePayload, createdAt, updatedAt, deletedAt };
+  if (!isImagePayload(value)) return undefined;
+  const payload = value as ImagePayload;
+  const { created_at, updated_at, deleted_at } = payload;
+  return {
+    payload,
+    createdAt: isoSecondsOnce(created_at)!,
+    updatedAt: updated_at == null ? undefined : isoSecondsOnce(updated_at)!,
+    deletedAt: deleted_at == null ? undefined : isoSecondsOnce(deleted_at)!,
+  };
 }

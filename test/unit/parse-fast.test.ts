@@ -3,6 +3,8 @@ import { parseBySchemas, parseNotification, parseWellFormed, type ParseOutcome }
 import { checkImagePayload, checkOsloMessage, isoSeconds, osloTimestampMicros } from '../../src/notification/schema.js';
 import { captures } from '../support/fixtures.js';
 import { Rng, generateHistory, withDuplicates } from '../support/generate.js';
+import { z } from 'zod';
+import { guardOf } from '../../src/notification/guard.js';
 
 /** The day these tests are judged at: after every captured and generated body. */
 const NOW = Date.UTC(2026, 11, 1);
@@ -345,5 +347,20 @@ describe('calendar times are read by arithmetic, exactly as a Date counts them',
       const want = byDate(y, mo, d, h, mi, s);
       expect(isoSeconds(`${pad(y, 4)}-${pad(mo, 2)}-${pad(d, 2)}T${pad(h, 2)}:${pad(mi, 2)}:${pad(s, 2)}Z`)).toBe(want === undefined ? undefined : want / 1000);
     }
+  });
+});
+
+describe('a guard is derived from its schema, never guessed', () => {
+  it('follows a change to the schema: a new bound or pattern is the guard\'s at once', () => {
+    const size = guardOf(z.object({ size: z.number().int().nonnegative().max(10).nullable().optional() }));
+    expect([{}, { size: null }, { size: 0 }, { size: 10 }].map(size)).toEqual([true, true, true, true]);
+    expect([{ size: 11 }, { size: -1 }, { size: 1.5 }, { size: '1' }, [], null].map(size)).toEqual([false, false, false, false, false, false]);
+    const refined = guardOf(z.string().regex(/^a/).refine((v) => v.length < 3));
+    expect(['ab', 'abc', 'ba', 5].map(refined)).toEqual([true, false, false, false]);
+  });
+
+  it('refuses, when it is made, a construct it has no guard for, naming where it is', () => {
+    expect(() => guardOf(z.object({ tags: z.set(z.string()) }))).toThrow(/schema\.tags: no guard for z\.set\(\)/);
+    expect(() => guardOf(z.object({ name: z.string().min(1) }))).toThrow(/schema\.name: no guard for the check min_length/);
   });
 });
