@@ -90,7 +90,7 @@ describe.each(['redis', 'postgres'] as const)('the bundled handlers over a %s le
     const logged: string[] = [];
     const write = process.stderr.write;
     process.stderr.write = ((chunk: string | Uint8Array) => logged.push(String(chunk)) > 0) as typeof process.stderr.write;
-    let reply;
+    let reply: Awaited<ReturnType<Handler>>;
     try {
       reply = await handler(event, { awsRequestId: 'bundle-req-1' });
     } finally {

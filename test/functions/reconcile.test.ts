@@ -60,7 +60,11 @@ async function seedVanished(store: MemoryStore): Promise<void> {
 
 /** Each project's decision takes 100 ms of the test clock (the limits are read once per project). */
 function timed(clock: { now: number }, source: LimitSource = limits): LimitSource {
-  return { limitsFor: async (p) => ((clock.now += 100), source.limitsFor(p)) };
+  return { limitsFor: async (p) => {
+      clock.now += 100;
+      return source.limitsFor(p);
+    },
+  };
 }
 
 describe('the scheduled reconcile', () => {
@@ -69,7 +73,9 @@ describe('the scheduled reconcile', () => {
     await seedVanished(store);
     // The listing takes 100 ms of the clock, and so does each project's decision.
     const clock = { now: 0 };
-    glance.onList = () => void (clock.now += 100);
+    glance.onList = () => {
+      clock.now += 100;
+    };
     const services = servicesOver({ store, glance, limits: timed(clock), clock: () => clock.now });
     const budget = { budgetMs: 450, resume: true };
 
@@ -109,7 +115,9 @@ describe('the scheduled reconcile', () => {
   it('always finishes at least one project, and starts none within 30 s of the function timeout', async () => {
     const { glance, store } = cloud();
     const clock = { now: 0 };
-    glance.onList = () => void (clock.now += 100);
+    glance.onList = () => {
+      clock.now += 100;
+    };
     const services = servicesOver({ store, glance, limits: timed(clock), clock: () => clock.now });
     // The listing alone spent the budget: one project still moves the pass on.
     const tight = await reconcile(services.pipeline, glance, { budgetMs: 50, resume: true });

@@ -171,7 +171,9 @@ async function throughPipeline(store: LedgerStore, s: Stream, batch: number): Pr
   await checkTotals(store, s);
   // Redelivered, the whole stream changes nothing: valid ones are duplicates, hostile ones invalid again.
   const again = await noStall(pipeline.ingest(s.bodies), 'ingest of the redelivery');
-  again.outcomes.forEach((o, i) => expect(o.result).toBe(s.kinds[i] === 'valid' ? 'duplicate' : 'invalid'));
+  again.outcomes.forEach((o, i) => {
+    expect(o.result).toBe(s.kinds[i] === 'valid' ? 'duplicate' : 'invalid');
+  });
   await checkTotals(store, s);
 }
 
