@@ -85,6 +85,10 @@ export type PipelineParts = Pick<PipelineOptions, 'store' | 'limits'> & Partial<
 
 /** The configuration of an empty environment: the defaults, for pipelines built without one. */
 let defaults: Config | undefined;
+function defaultConfig(): Config {
+  defaults ??= loadConfig({});
+  return defaults;
+}
 
 /**
  * The one place a `Pipeline` is built: the configuration's mode, exemptions, concurrency, door
@@ -94,7 +98,7 @@ let defaults: Config | undefined;
  * @example
  *   const pipeline = pipelineOf({ store: new MemoryStore(), limits: new StaticLimits({}) });
  */
-export function pipelineOf(parts: PipelineParts, config: Config = (defaults ??= loadConfig({}))): Pipeline {
+export function pipelineOf(parts: PipelineParts, config: Config = defaultConfig()): Pipeline {
   return new Pipeline({
     mode: config.mode,
     protectedPolicy: config.protectedQueued,
