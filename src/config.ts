@@ -276,6 +276,13 @@ export const EnvSchema = z.object({
 
 export type Env = z.infer<typeof EnvSchema>;
 
+/**
+ * Every setting's default, as the schema gives it to an empty environment: the one place a default
+ * is written. Code that needs one outside a loaded Config (an adapter's option left out) reads it
+ * here.
+ */
+export const ENV_DEFAULTS: Readonly<Env> = EnvSchema.parse({});
+
 export interface Config {
   storeUrl: string;
   redisKeyPrefix: string;
@@ -338,43 +345,30 @@ export function parseDuration(value: string, name: string): number {
 
 export { ConfigError };
 
+/**
+ * A value that works, for the error about a variable: its default (ENV_DEFAULTS) unless one below
+ * says more than the default does.
+ */
 const EXAMPLES: Record<string, string> = {
   ENFORCEMENT_MODE: 'ENFORCEMENT_MODE=dry-run',
   LOG_LEVEL: 'LOG_LEVEL=debug',
-  MESSAGE_RETENTION_SECONDS: 'MESSAGE_RETENTION_SECONDS=604800',
-  REDIS_KEY_PREFIX: 'REDIS_KEY_PREFIX=gqe:',
-  AUDIT_RETENTION_SECONDS: 'AUDIT_RETENTION_SECONDS=7776000',
-  DELETED_IMAGE_RETENTION_SECONDS: 'DELETED_IMAGE_RETENTION_SECONDS=604800',
-  QUOTA_CREATE_RATE_WINDOW: 'QUOTA_CREATE_RATE_WINDOW=60',
-  LIMITS_CACHE_SECONDS: 'LIMITS_CACHE_SECONDS=60',
-  MAX_MESSAGE_BYTES: 'MAX_MESSAGE_BYTES=1048576',
-  GLANCE_RESPONSE_MAX_BYTES: 'GLANCE_RESPONSE_MAX_BYTES=67108864',
-  CLOCK_SKEW_SECONDS: 'CLOCK_SKEW_SECONDS=300',
-  STALL_SECONDS: 'STALL_SECONDS=120',
-  SHUTDOWN_SECONDS: 'SHUTDOWN_SECONDS=10',
-  AMQP_DURABLE_QUEUES: 'AMQP_DURABLE_QUEUES=false',
-  PREFETCH: 'PREFETCH=4096',
-  QUEUE_MAX_LENGTH: 'QUEUE_MAX_LENGTH=1000000',
-  QUEUE_MAX_BYTES: 'QUEUE_MAX_BYTES=1073741824',
   PROTECTED_QUEUED_IMAGES: 'PROTECTED_QUEUED_IMAGES=report',
-  ENFORCE_CONCURRENCY: 'ENFORCE_CONCURRENCY=8',
-  METRICS_PORT: 'METRICS_PORT=10920',
   METRICS_HOST: 'METRICS_HOST=127.0.0.1',
   METRICS_PROJECTS: 'METRICS_PROJECTS=100',
   SQS_QUEUE_URL: 'SQS_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/glance-quota-enforcer-prod-notifications',
   SQS_DEAD_LETTER_QUEUE_URL: 'SQS_DEAD_LETTER_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/glance-quota-enforcer-prod-dead-letters',
-  RECONCILE_BUDGET_SECONDS: 'RECONCILE_BUDGET_SECONDS=600',
   ADMISSION_PORT: 'ADMISSION_PORT=10921',
-  ADMISSION_HOST: 'ADMISSION_HOST=127.0.0.1',
   ADMISSION_FAIL: 'ADMISSION_FAIL=closed',
-  ADMISSION_TIMEOUT_SECONDS: 'ADMISSION_TIMEOUT_SECONDS=2',
-  ADMISSION_RESERVATION_SECONDS: 'ADMISSION_RESERVATION_SECONDS=30',
-  ADMISSION_CONFIRM_SECONDS: 'ADMISSION_CONFIRM_SECONDS=5',
-  ADMISSION_TOKEN_CACHE_SIZE: 'ADMISSION_TOKEN_CACHE_SIZE=10000',
   OS_PASSWORD_SECRET_ARN: 'OS_PASSWORD_SECRET_ARN=arn:aws:secretsmanager:eu-west-1:123456789012:secret:gqe-os-password-AbCdEf',
   OS_APPLICATION_CREDENTIAL_SECRET_ARN: 'OS_APPLICATION_CREDENTIAL_SECRET_ARN=arn:aws:ssm:eu-west-1:123456789012:parameter/gqe/app-credential-secret',
   STORE_URL_SECRET_ARN: 'STORE_URL_SECRET_ARN=arn:aws:secretsmanager:eu-west-1:123456789012:secret:gqe-store-url-AbCdEf',
 };
+
+function exampleOf(name: string): string | undefined {
+  if (EXAMPLES[name]) return EXAMPLES[name];
+  const value = (ENV_DEFAULTS as Record<string, unknown>)[name];
+  return value === undefined || value === '' ? undefined : `${name}=${String(value)}`;
+}
 
 function readLimitsFile(path: string): Record<string, ProjectLimits> {
   let raw: unknown;
@@ -400,7 +394,7 @@ function parseEnv<S extends z.ZodObject>(schema: S, env: NodeJS.ProcessEnv): z.i
   if (!parsed.success) {
     const issue = firstIssue(parsed.error);
     const name = String(issue.field);
-    const example = EXAMPLES[name];
+    const example = exampleOf(name);
     throw new ConfigError(`${name}: ${issue.message}, got '${scrub(String(env[name]))}'${example ? `; for example ${example}` : ''}`);
   }
   return parsed.data;

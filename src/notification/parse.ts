@@ -33,15 +33,16 @@ export interface ImageEvent {
   deleted: boolean;
 }
 
-/** What the door admits besides the schemas: settings, handed in so the core reads no environment. */
+/**
+ * What the door admits besides the schemas: settings, handed in so the core reads no environment
+ * (Config.door; their defaults are the config schema's, ENV_DEFAULTS in src/config.ts).
+ */
 export interface DoorLimits {
   /** MAX_MESSAGE_BYTES: a larger body is invalid before it is decoded or parsed. */
   maxMessageBytes: number;
   /** CLOCK_SKEW_SECONDS: how far ahead of the enforcer's clock a message's times may be. */
   clockSkewSeconds: number;
 }
-
-export const DOOR_DEFAULTS: Readonly<DoorLimits> = { maxMessageBytes: 1024 * 1024, clockSkewSeconds: 300 };
 
 /** The longest `os_glance_importing_to_stores` believed: a few store names, comma-separated. */
 const MAX_IMPORTING_CHARS = 1024;
@@ -211,7 +212,7 @@ function imageOutcome(messageId: string, eventType: string, p: ImagePayload, tim
  *   const out = parseNotification(delivery.content, Date.now());
  *   if (out.kind === 'invalid') deadLetter(delivery, out.reason);
  */
-export function parseNotification(body: Uint8Array | string, nowMs: number, limits: DoorLimits = DOOR_DEFAULTS): ParseOutcome {
+export function parseNotification(body: Uint8Array | string, nowMs: number, limits: DoorLimits): ParseOutcome {
   const tooLarge = oversized(body, nowMs, limits);
   if (tooLarge) return tooLarge;
   const text = bodyText(body);
@@ -225,7 +226,7 @@ export function parseNotification(body: Uint8Array | string, nowMs: number, limi
  * guards derived from them (guard.ts: no zod at run time, each timestamp read once); undefined
  * for a body they do not accept, which only the schemas can word a rejection for.
  */
-export function parseWellFormed(text: string, nowMs: number, limits: DoorLimits = DOOR_DEFAULTS): ParseOutcome | undefined {
+export function parseWellFormed(text: string, nowMs: number, limits: DoorLimits): ParseOutcome | undefined {
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -258,7 +259,7 @@ export function parseWellFormed(text: string, nowMs: number, limits: DoorLimits 
  * only hands it bodies the guards turned down, all of which it rejects (the test checks that too),
  * so the times it reads twice (in the `.refine`, then for the event) cost nothing in production.
  */
-export function parseBySchemas(body: Uint8Array | string, nowMs: number, limits: DoorLimits = DOOR_DEFAULTS): ParseOutcome {
+export function parseBySchemas(body: Uint8Array | string, nowMs: number, limits: DoorLimits): ParseOutcome {
   const tooLarge = oversized(body, nowMs, limits);
   if (tooLarge) return tooLarge;
   const text = bodyText(body);

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { ENV_DEFAULTS } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
 import { resolveLimits, type ConfirmedLimits, type LimitSource, type ProjectLimits } from '../quota/limits.js';
 import { displayUrl } from './errors.js';
@@ -14,16 +15,6 @@ import type { KeystoneClient } from './keystone.js';
  * The rules, in order: project limit > registered limit > static fallback; a negative value means
  * unlimited; a limit that is nowhere is unlimited, never zero.
  */
-
-/**
- * Window of `image_create_rate` in seconds when QUOTA_CREATE_RATE_WINDOW is not set. Keystone
- * stores one integer per limit, so the count comes from Keystone and the window from our
- * configuration: `image_create_rate=10` with the default window means 10 creates per 60 s.
- */
-export const DEFAULT_CREATE_RATE_WINDOW_SECONDS = 60;
-
-/** How long the limits table is reused before Keystone is asked again (LIMITS_CACHE_SECONDS). */
-export const DEFAULT_LIMITS_CACHE_SECONDS = 60;
 
 /**
  * While Keystone fails, it is asked again at most this often (or every LIMITS_CACHE_SECONDS if
@@ -195,7 +186,12 @@ export interface LimitsLookup {
 export interface UnifiedLimitsOptions {
   /** Static limits below Keystone's, per project (QUOTA_LIMITS with QUOTA_LIMITS_FILE on top). */
   fallback?: LimitSource;
+  /**
+   * Window of `image_create_rate` in seconds (QUOTA_CREATE_RATE_WINDOW). Keystone stores one
+   * integer per limit, so the count comes from Keystone and the window from our configuration.
+   */
   createRateWindowSeconds?: number;
+  /** How long the limits table is reused before Keystone is asked again (LIMITS_CACHE_SECONDS). */
   cacheSeconds?: number;
   /** Least time between two reads `refresh` starts; default ON_DEMAND_REFRESH_SECONDS. */
   refreshSeconds?: number;
@@ -242,8 +238,8 @@ export class UnifiedLimits implements LimitSource {
     options: UnifiedLimitsOptions = {},
   ) {
     this.fallback = options.fallback ?? { limitsFor: async () => ({}) };
-    this.windowSeconds = options.createRateWindowSeconds ?? DEFAULT_CREATE_RATE_WINDOW_SECONDS;
-    this.ttlMs = (options.cacheSeconds ?? DEFAULT_LIMITS_CACHE_SECONDS) * 1000;
+    this.windowSeconds = options.createRateWindowSeconds ?? ENV_DEFAULTS.QUOTA_CREATE_RATE_WINDOW;
+    this.ttlMs = (options.cacheSeconds ?? ENV_DEFAULTS.LIMITS_CACHE_SECONDS) * 1000;
     this.refreshMs = (options.refreshSeconds ?? ON_DEMAND_REFRESH_SECONDS) * 1000;
     this.now = options.now ?? Date.now;
     this.log = options.log ?? createLogger();

@@ -5,6 +5,7 @@ import type { ImageRecord } from '../ledger/record.js';
 import { usageFromTotals, type UsageTotals } from '../ledger/usage.js';
 import type { ImageEvent } from '../notification/parse.js';
 import type { Usage } from '../quota/resources.js';
+import { ENV_DEFAULTS } from '../config.js';
 import { ConfigError } from '../errors.js';
 import type { AdmissionBounds } from '../quota/admission.js';
 import type { ActionRecord, ApplyOptions, CreateReservation, LedgerStore } from './port.js';
@@ -86,8 +87,6 @@ export interface RedisStoreOptions {
   keyPrefix?: string;
 }
 
-export const DEFAULT_REDIS_KEY_PREFIX = 'gqe:';
-
 /**
  * The ledger in Redis, shared by any number of consumer processes. A batch is one Lua script
  * (EVALSHA, falling back to EVAL) that runs the ledger's rules on the server, so it is atomic and
@@ -117,8 +116,8 @@ export class RedisStore implements LedgerStore {
 
   /** Connects (failing at once, with the reason, when Redis cannot be reached). */
   static async open(url: string, options: RedisStoreOptions = {}): Promise<RedisStore> {
-    const keyPrefix = options.keyPrefix ?? DEFAULT_REDIS_KEY_PREFIX;
-    if (keyPrefix === '') throw new ConfigError(`REDIS_KEY_PREFIX: must not be empty; for example ${DEFAULT_REDIS_KEY_PREFIX}`);
+    const keyPrefix = options.keyPrefix ?? ENV_DEFAULTS.REDIS_KEY_PREFIX;
+    if (keyPrefix === '') throw new ConfigError(`REDIS_KEY_PREFIX: must not be empty; for example ${ENV_DEFAULTS.REDIS_KEY_PREFIX}`);
     const description = describeUrl(url, keyPrefix);
     // Fail a command after one retry instead of holding it through a long outage: the consumer then
     // retries the batch with its own backoff, counts the store error and reports not ready.

@@ -8,7 +8,7 @@ import { MemoryStore } from '../../src/store/memory.js';
 import type { LedgerStore } from '../../src/store/port.js';
 import { snapshot } from './shared-ledger.contract.js';
 import { ev, MiB } from '../support/events.js';
-import { captures, envelope, inner, quotaTestBodies } from '../support/fixtures.js';
+import { DOOR, captures, envelope, inner, quotaTestBodies } from '../support/fixtures.js';
 import { pipelineOf } from '../../src/composition-root.js';
 
 /**
@@ -52,7 +52,7 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
 
     it("replays the lab's real notifications into Glance's final state", async () => {
       const events = captures()
-        .map((c) => parseNotification(c.body, NOW))
+        .map((c) => parseNotification(c.body, NOW, DOOR))
         .flatMap((o) => (o.kind === 'image' ? [o.event] : []));
       const result = await store.applyEvents(events, 1);
       expect(result.outcomes.every((o) => o === 'applied')).toBe(true);

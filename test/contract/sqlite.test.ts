@@ -10,6 +10,7 @@ import { SqliteStore } from '../../src/store/sqlite.js';
 import { openStore } from '../../src/store/index.js';
 import { ev, MiB } from '../support/events.js';
 import { generateHistory, withDuplicates } from '../support/generate.js';
+import { DOOR } from '../support/fixtures.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
 import { describeAdmissionStore } from './admission.contract.js';
 
@@ -115,7 +116,7 @@ describe('sqlite: a batch is read and written set-wise', () => {
   it('leaves the same ledger as MemoryStore after a generated day in batches, redeliveries included', async () => {
     const { bodies } = generateHistory({ seed: 21, projects: 15, messages: 6_000 });
     const events = withDuplicates(bodies, 0.03, 22)
-      .map((b) => parseNotification(b, NOW))
+      .map((b) => parseNotification(b, NOW, DOOR))
       .flatMap((o) => (o.kind === 'image' ? [o.event] : []));
     const sqlite = SqliteStore.open(freshPath());
     const memory = new MemoryStore();

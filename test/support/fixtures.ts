@@ -1,5 +1,10 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { loadConfig } from '../../src/config.js';
+import type { DoorLimits } from '../../src/notification/parse.js';
+
+/** The door's limits as an empty environment configures them (the config schema's defaults). */
+export const DOOR: DoorLimits = loadConfig({}).door;
 
 /** Real notifications captured from Glance 25.1 on the lab (see test/fixtures/README.md). */
 export const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'glance-25.1');

@@ -3,7 +3,7 @@ import { parseNotification } from '../../src/notification/parse.js';
 import { osloTimestampMicros } from '../../src/notification/schema.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';
 import { MemoryStore } from '../../src/store/memory.js';
-import { captures, rawBody } from '../support/fixtures.js';
+import { DOOR, captures, rawBody } from '../support/fixtures.js';
 import { encodeBody, generateHistory, osloTimestamp, projectId, withDuplicates } from '../support/generate.js';
 import { pipelineOf } from '../../src/composition-root.js';
 
@@ -48,7 +48,7 @@ describe('a generated day of Glance notifications', () => {
   it('parses every body to an image event or a deliberate ignore, never to invalid', () => {
     const kinds: Record<string, number> = {};
     for (const body of withDuplicates(bodies, 0.02, 1)) {
-      const out = parseNotification(body, NOW);
+      const out = parseNotification(body, NOW, DOOR);
       if (out.kind === 'invalid') throw new Error(`invalid: ${out.reason}\n${body}`);
       kinds[out.kind] = (kinds[out.kind] ?? 0) + 1;
     }
@@ -222,7 +222,7 @@ describe('lifecycles as the API produces them (lab NOTES, "Which API call emits 
   it('gives a failed upload a plain-string payload on priority ERROR, as the capture', () => {
     const failed = firstBody((m) => m.priority === 'ERROR');
     expect(payloadOf(failed)).toMatch(/^Failed to upload image data for image [0-9a-f-]{36} due to internal error: The client disconnected while sending the body \(\d+ more bytes were expected\)$/);
-    expect(parseNotification(failed, NOW).kind).toBe('ignored');
+    expect(parseNotification(failed, NOW, DOOR).kind).toBe('ignored');
   });
 });
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { LEDGER_EVENTS, parseNotification } from '../../src/notification/parse.js';
 import { isoSeconds, osloTimestampMicros } from '../../src/notification/schema.js';
-import { captures, envelope, inner, rawBody } from '../support/fixtures.js';
+import { DOOR, captures, envelope, inner, rawBody } from '../support/fixtures.js';
 
 /** The day these tests are judged at: after every captured and generated body. */
 const NOW = Date.UTC(2026, 11, 1);
@@ -15,7 +15,7 @@ describe('parsing the notifications Glance 25.1 really sent', () => {
 
   for (const c of all) {
     it(`${c.file}: ${c.eventType} at ${c.priority}`, () => {
-      const out = parseNotification(Buffer.from(c.body), NOW);
+      const out = parseNotification(Buffer.from(c.body), NOW, DOOR);
       const ledgerEvent = LEDGER_EVENTS.has(c.eventType) && c.priority === 'INFO';
       expect(out.kind).toBe(ledgerEvent ? 'image' : 'ignored');
       if (out.kind === 'image') {
@@ -40,16 +40,16 @@ describe('parsing the notifications Glance 25.1 really sent', () => {
   }
 
   it('reads os_glance_importing_to_stores from the stored property, as Glance counts it', () => {
-    const importing = parseNotification(rawBody('image.update__10'), NOW);
+    const importing = parseNotification(rawBody('image.update__10'), NOW, DOOR);
     expect(importing.kind === 'image' && importing.event.importing).toBe('file');
-    const done = parseNotification(rawBody('image.update__11'), NOW);
+    const done = parseNotification(rawBody('image.update__11'), NOW, DOOR);
     expect(done.kind === 'image' && done.event.importing).toBe('');
   });
 
   it('falls back to the top-level list of image.prepare when the property is absent', () => {
     const msg = inner(rawBody('image.prepare__2'));
     delete msg.payload.properties.os_glance_importing_to_stores;
-    const out = parseNotification(envelope(msg), NOW);
+    const out = parseNotification(envelope(msg), NOW, DOOR);
     expect(out.kind === 'image' && out.event.importing).toBe('file');
   });
 });
@@ -58,20 +58,20 @@ describe('the two wire forms', () => {
   it('accepts the older unwrapped body (oslo "messaging" driver) with the same result', () => {
     const body = rawBody('image.create');
     const unwrapped = JSON.stringify(inner(body));
-    expect(parseNotification(unwrapped, NOW)).toEqual(parseNotification(body, NOW));
+    expect(parseNotification(unwrapped, NOW, DOOR)).toEqual(parseNotification(body, NOW, DOOR));
   });
 
   it('accepts a v1-API payload without tags and visibility', () => {
     const msg = inner(rawBody('image.create'));
     delete msg.payload.tags;
     delete msg.payload.visibility;
-    expect(parseNotification(envelope(msg), NOW).kind).toBe('image');
+    expect(parseNotification(envelope(msg), NOW, DOOR).kind).toBe('image');
   });
 
   it('parses an oslo timestamp with the fraction omitted (a whole second)', () => {
     const msg = inner(rawBody('image.create'));
     msg.timestamp = '2026-11-26 20:27:41';
-    const out = parseNotification(envelope(msg), NOW);
+    const out = parseNotification(envelope(msg), NOW, DOOR);
     expect(out.kind === 'image' && out.event.timestamp).toBe(Date.UTC(2026, 10, 26, 20, 27, 41) * 1000);
   });
 });
@@ -80,12 +80,12 @@ describe('what the ledger ignores', () => {
   it('ignores an image without an owner: it belongs to no project', () => {
     const msg = inner(rawBody('image.create'));
     msg.payload.owner = null;
-    const out = parseNotification(envelope(msg), NOW);
+    const out = parseNotification(envelope(msg), NOW, DOOR);
     expect(out).toMatchObject({ kind: 'ignored', reason: expect.stringContaining('no owner') });
   });
 
   it('ignores a failed upload reported at ERROR with a plain-string payload', () => {
-    expect(parseNotification(rawBody('image.upload.error'), NOW)).toMatchObject({ kind: 'ignored', eventType: 'image.upload' });
+    expect(parseNotification(rawBody('image.upload.error'), NOW, DOOR)).toMatchObject({ kind: 'ignored', eventType: 'image.upload' });
   });
 
   it.each(['image.send', 'image.member.create', 'task.success', 'metadef_namespace.create', 'something.new'])(
@@ -93,7 +93,7 @@ describe('what the ledger ignores', () => {
     (eventType) => {
       const msg = inner(rawBody('image.create'));
       msg.event_type = eventType;
-      expect(parseNotification(envelope(msg), NOW)).toMatchObject({ kind: 'ignored', eventType });
+      expect(parseNotification(envelope(msg), NOW, DOOR)).toMatchObject({ kind: 'ignored', eventType });
     },
   );
 });
@@ -107,7 +107,7 @@ describe('poison', () => {
     ['an envelope whose message is not JSON', JSON.stringify({ 'oslo.version': '2.0', 'oslo.message': '{' }), /oslo\.message is not JSON/],
   ];
   it.each(cases)('rejects %s with a reason', (_name, body, reason) => {
-    const out = parseNotification(body, NOW);
+    const out = parseNotification(body, NOW, DOOR);
     expect(out.kind).toBe('invalid');
     expect(out.kind === 'invalid' && out.reason).toMatch(reason);
   });
@@ -142,7 +142,7 @@ describe('poison', () => {
   it.each(edits)('rejects an image.create with %s, naming the field', (_name, edit, reason) => {
     const msg = inner(rawBody('image.create'));
     edit(msg);
-    const out = parseNotification(envelope(msg), NOW);
+    const out = parseNotification(envelope(msg), NOW, DOOR);
     expect(out.kind).toBe('invalid');
     expect(out.kind === 'invalid' && out.reason).toMatch(reason);
   });
@@ -161,7 +161,7 @@ describe('the door: size, calendar and the clock', () => {
   it('accepts an upper-case UUID, which Glance\'s API lets a user choose at create', () => {
     const msg = inner(rawBody('image.create'));
     msg.payload.id = msg.payload.id.toUpperCase();
-    const out = parseNotification(envelope(msg), NOW);
+    const out = parseNotification(envelope(msg), NOW, DOOR);
     expect(out.kind === 'image' && out.event.imageId).toBe(msg.payload.id);
   });
 
@@ -176,7 +176,7 @@ describe('the door: size, calendar and the clock', () => {
     // 10 MB of nesting is refused by its size alone, without a JSON.parse.
     const nested = '['.repeat(5_000_000) + ']'.repeat(5_000_000);
     const started = performance.now();
-    expect(parseNotification(nested, NOW)).toMatchObject({ kind: 'invalid', reason: expect.stringMatching(/MAX_MESSAGE_BYTES/) });
+    expect(parseNotification(nested, NOW, DOOR)).toMatchObject({ kind: 'invalid', reason: expect.stringMatching(/MAX_MESSAGE_BYTES/) });
     expect(performance.now() - started).toBeLessThan(200);
   });
 
@@ -193,21 +193,21 @@ describe('the door: size, calendar and the clock', () => {
   it.each(future)('rejects a %s later than now plus CLOCK_SKEW_SECONDS, and accepts one within it', (_name, edit, reason) => {
     const late = inner(rawBody('image.create'));
     edit(late, at(NOW + 301_000));
-    const out = parseNotification(envelope(late), NOW);
+    const out = parseNotification(envelope(late), NOW, DOOR);
     expect(out.kind).toBe('invalid');
     expect(out.kind === 'invalid' && out.reason).toMatch(reason);
     const within = inner(rawBody('image.create'));
     edit(within, at(NOW + 299_000));
-    expect(parseNotification(envelope(within), NOW).kind).toBe('image');
+    expect(parseNotification(envelope(within), NOW, DOOR).kind).toBe('image');
     // A forged image.delete dated 2099, the way a tombstone would be made to win every merge.
     const forged = inner(rawBody('image.delete'));
     edit(forged, { oslo: '2099-01-01 00:00:00', iso: '2099-01-01T00:00:00Z' });
-    expect(parseNotification(envelope(forged), NOW).kind).toBe('invalid');
+    expect(parseNotification(envelope(forged), NOW, DOOR).kind).toBe('invalid');
   });
 
   it('rejects a future-dated message whatever its event type: the clock is checked before the ledger is asked', () => {
     const msg = inner(rawBody('image.send'));
     msg.timestamp = '2099-01-01 00:00:00';
-    expect(parseNotification(envelope(msg), NOW)).toMatchObject({ kind: 'invalid', reason: expect.stringMatching(/^image\.send .*timestamp "2099-01-01 00:00:00"/) });
+    expect(parseNotification(envelope(msg), NOW, DOOR)).toMatchObject({ kind: 'invalid', reason: expect.stringMatching(/^image\.send .*timestamp "2099-01-01 00:00:00"/) });
   });
 });

@@ -2,13 +2,12 @@ import { resolveLimits } from '../../src/quota/limits.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';
 import { Writable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
-import { loadConfig } from '../../src/config.js';
+import { ENV_DEFAULTS, loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
 import { OpenStackUnreachableError } from '../../src/openstack/errors.js';
 import { loadCredentials } from '../../src/openstack/credentials.js';
 import { KeystoneClient, findEndpoint, type CatalogService } from '../../src/openstack/keystone.js';
 import {
-  DEFAULT_CREATE_RATE_WINDOW_SECONDS,
   MAX_PROJECT_READS_KEPT,
   ON_DEMAND_REFRESH_SECONDS,
   OUTAGE_RETRY_SECONDS,
@@ -63,7 +62,7 @@ describe('which limit wins', () => {
 
 describe('settings', () => {
   it('documents the window default, and takes both settings from the one environment schema', () => {
-    expect(DEFAULT_CREATE_RATE_WINDOW_SECONDS).toBe(60);
+    expect(ENV_DEFAULTS.QUOTA_CREATE_RATE_WINDOW).toBe(60);
     expect(loadConfig({})).toMatchObject({ createRateWindowSeconds: 60, limitsCacheSeconds: 60 });
     expect(loadConfig({ QUOTA_CREATE_RATE_WINDOW: '3600', LIMITS_CACHE_SECONDS: '0' })).toMatchObject({ createRateWindowSeconds: 3600, limitsCacheSeconds: 0 });
   });

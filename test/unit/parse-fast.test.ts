@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseBySchemas, parseNotification, parseWellFormed, type ParseOutcome } from '../../src/notification/parse.js';
 import { checkImagePayload, checkOsloMessage, isoSeconds, osloTimestampMicros } from '../../src/notification/schema.js';
-import { captures } from '../support/fixtures.js';
+import { DOOR, captures } from '../support/fixtures.js';
 import { Rng, generateHistory, withDuplicates } from '../support/generate.js';
 import { z } from 'zod';
 import { guardOf } from '../../src/notification/guard.js';
@@ -217,8 +217,8 @@ function poisonBodies(mixed: number, seed: number): string[] {
 function mismatches(bodies: readonly (string | Buffer)[]): string[] {
   const out: string[] = [];
   for (const body of bodies) {
-    const fast: ParseOutcome = parseNotification(body, NOW);
-    const reference = parseBySchemas(body, NOW);
+    const fast: ParseOutcome = parseNotification(body, NOW, DOOR);
+    const reference = parseBySchemas(body, NOW, DOOR);
     // JSON text: the same values, the same reason bytes, the same key order.
     if (JSON.stringify(fast) !== JSON.stringify(reference)) {
       out.push(`${String(body)}\n  fast:    ${JSON.stringify(fast)}\n  schemas: ${JSON.stringify(reference)}`);
@@ -229,14 +229,14 @@ function mismatches(bodies: readonly (string | Buffer)[]): string[] {
 
 /** Bodies that the guards send to the schemas although the schemas accept them. */
 function validButTurnedDown(bodies: readonly string[]): string[] {
-  return bodies.filter((b) => parseWellFormed(b, NOW) === undefined && parseBySchemas(b, NOW).kind !== 'invalid');
+  return bodies.filter((b) => parseWellFormed(b, NOW, DOOR) === undefined && parseBySchemas(b, NOW, DOOR).kind !== 'invalid');
 }
 
 describe('the fast parse equals the schemas', () => {
   it('on a generated day of Glance traffic, redeliveries included, and settles every body without zod', () => {
     expect(mismatches(stream).slice(0, 5)).toEqual([]);
-    expect(stream.filter((b) => parseWellFormed(b, NOW) === undefined)).toEqual([]);
-    const kinds = new Set(stream.map((b) => parseNotification(b, NOW).kind));
+    expect(stream.filter((b) => parseWellFormed(b, NOW, DOOR) === undefined)).toEqual([]);
+    const kinds = new Set(stream.map((b) => parseNotification(b, NOW, DOOR).kind));
     expect([...kinds].sort()).toEqual(['ignored', 'image']);
   });
 
@@ -250,7 +250,7 @@ describe('the fast parse equals the schemas', () => {
 
   it('on a battery of broken bodies, reason text included', () => {
     const kinds: Record<string, number> = {};
-    for (const b of poison) kinds[parseBySchemas(b, NOW).kind] = (kinds[parseBySchemas(b, NOW).kind] ?? 0) + 1;
+    for (const b of poison) kinds[parseBySchemas(b, NOW, DOOR).kind] = (kinds[parseBySchemas(b, NOW, DOOR).kind] ?? 0) + 1;
     // The battery reaches all three outcomes, mostly rejections.
     expect(kinds.invalid).toBeGreaterThan(4_000);
     expect(kinds.ignored).toBeGreaterThan(500);
@@ -282,7 +282,7 @@ describe('the fast parse equals the schemas', () => {
   it('gives the same outcome for a body as bytes as for the same body as text', () => {
     const sample = [...poison.slice(0, 300), ...stream.slice(0, 300)];
     expect(mismatches(sample.map((b) => Buffer.from(b)))).toEqual([]);
-    for (const b of sample) expect(parseNotification(Buffer.from(b), NOW)).toEqual(parseNotification(b, NOW));
+    for (const b of sample) expect(parseNotification(Buffer.from(b), NOW, DOOR)).toEqual(parseNotification(b, NOW, DOOR));
   });
 
   it('does not depend on what came before: the remembered second and times never leak into another body', () => {
