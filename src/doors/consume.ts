@@ -4,7 +4,7 @@ import type { IngestResult, Pipeline } from '../pipeline/index.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { backoffMs, settlesWithin } from '../retry.js';
-import { BareDeadLetters, publishDeadLetters, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type DeadLetter } from '../transport/amqp.js';
+import { FailedDeadLetters, publishDeadLetters, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type DeadLetter } from '../transport/amqp.js';
 import { QueueSession, type QueueBinding } from '../transport/queue-session.js';
 
 export interface ConsumerOptions {
@@ -31,7 +31,7 @@ export class NotificationConsumer extends QueueSession {
   private flushing: Promise<void> | undefined;
   /** Date.now() when the batch in hand was taken; undefined while none is. */
   private batchTakenAt: number | undefined;
-  private readonly bare = new BareDeadLetters();
+  private readonly failedDeadLetters = new FailedDeadLetters();
 
   constructor(private readonly o: ConsumerOptions) {
     super(o.config.amqp, o.log, o.brokerTimeoutMs);
@@ -135,11 +135,11 @@ export class NotificationConsumer extends QueueSession {
     for (const [kind, n] of Object.entries(counts)) if (n > 0) metrics.messages.inc({ result: kind }, n);
     // The dead letters must be safe before their originals are acknowledged.
     try {
-      await publishDeadLetters(channel, config.amqp.queue, dead, this.timeoutMs, this.bare.copyHeaders);
+      await publishDeadLetters(channel, config.amqp.queue, dead, this.timeoutMs, this.failedDeadLetters.copyHeaders);
     } catch (err) {
       // Nothing is acknowledged: the channel is given up, the broker delivers the batch again
       // (its valid messages are duplicates then), and these bodies go without their headers.
-      for (const d of dead) this.bare.remember(d.msg.content);
+      for (const d of dead) this.failedDeadLetters.remember(d.msg.content);
       log.error({ err: (err as Error).message, deadLetters: dead.length }, 'dead-lettering failed; reconnecting, the batch comes back');
       await this.abandonChannel(channel);
       return;

@@ -1,3 +1,4 @@
+import { LRUCache } from 'lru-cache';
 import { z } from 'zod';
 import { ENV_DEFAULTS } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
@@ -224,7 +225,7 @@ export class UnifiedLimits implements LimitSource {
   private lastStartedAt?: number;
   private inFlight?: Promise<void>;
   /** Per-project reads, only while the listing is truncated; keyed by project, for `table.fetchedAt`. */
-  private readonly projectReads = new Map<string, { fetchedAt: number; limits: ProjectLimit[] }>();
+  private readonly projectReads = new LRUCache<string, { fetchedAt: number; limits: ProjectLimit[] }>({ max: MAX_PROJECT_READS_KEPT });
   private failureCount = 0;
   private readonly fallback: LimitSource;
   private readonly windowSeconds: number;
@@ -360,7 +361,6 @@ export class UnifiedLimits implements LimitSource {
     if (kept && kept.fetchedAt === table.fetchedAt) return kept.limits;
     try {
       const limits = await this.source.projectLimits(projectId);
-      if (this.projectReads.size >= MAX_PROJECT_READS_KEPT) this.projectReads.delete(this.projectReads.keys().next().value!);
       this.projectReads.set(projectId, { fetchedAt: table.fetchedAt, limits });
       return limits;
     } catch (error) {

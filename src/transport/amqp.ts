@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import amqp from 'amqplib';
+import { LRUCache } from 'lru-cache';
 import { ConfigError, EnforcerError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { describeBroker, parseTransportUrl, type BrokerAddress } from './transport-url.js';
@@ -195,21 +196,20 @@ export async function declareTopology(connection: amqp.ChannelModel, s: QueueSet
  * redelivery is dead-lettered with the reason alone: one message the broker accepted but amqplib
  * cannot send on must not bring the channel down on every redelivery.
  */
-export class BareDeadLetters {
-  private readonly digests = new Set<string>();
-  constructor(private readonly max = 1024) {}
+export class FailedDeadLetters {
+  private readonly digests: LRUCache<string, true>;
+  constructor(max = 1024) {
+    this.digests = new LRUCache({ max });
+  }
 
   private static digest(content: Uint8Array): string {
     return createHash('sha256').update(content).digest('base64');
   }
 
   remember(content: Uint8Array): void {
-    const d = BareDeadLetters.digest(content);
-    this.digests.delete(d);
-    this.digests.add(d);
-    if (this.digests.size > this.max) this.digests.delete(this.digests.values().next().value!);
+    this.digests.set(FailedDeadLetters.digest(content), true);
   }
 
   /** Copy the original's headers: false for a body whose dead-lettering threw before. */
-  copyHeaders = (d: DeadLetter): boolean => this.digests.size === 0 || !this.digests.has(BareDeadLetters.digest(d.msg.content));
+  copyHeaders = (d: DeadLetter): boolean => this.digests.size === 0 || !this.digests.has(FailedDeadLetters.digest(d.msg.content));
 }

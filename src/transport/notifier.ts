@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { ChannelModel, ConfirmChannel } from 'amqplib';
+import { LRUCache } from 'lru-cache';
 import type { Logger } from '../log.js';
 import type { ProjectReport } from '../pipeline/ports.js';
 import type { ActionRecord } from '../store/port.js';
@@ -91,16 +92,18 @@ const EVENT_OF: Record<ActionRecord['action'], string> = {
  * project ids come from the bus, so the map is bounded (least recently reported first out). A
  * project pushed out only has its next limit.exceeded sent again.
  */
-export class LastOver {
-  private readonly map = new Map<string, string>();
-  constructor(private readonly max = 10_000) {}
+export class ExceededAnnouncements {
+  private readonly map: LRUCache<string, string>;
+  constructor(max = 10_000) {
+    this.map = new LRUCache({ max });
+  }
 
   /** Records `key` for the project; true when it differs from the last one recorded. */
   changed(projectId: string, key: string): boolean {
     const last = this.map.get(projectId) ?? '';
-    this.map.delete(projectId);
-    if (key) this.map.set(projectId, key); // '' is the default: a project under its limits takes no room
-    while (this.map.size > this.max) this.map.delete(this.map.keys().next().value!);
+    // '' is the default: a project under its limits takes no room.
+    if (key) this.map.set(projectId, key);
+    else this.map.delete(projectId);
     return last !== key;
   }
 
@@ -115,7 +118,7 @@ export class LastOver {
  * every message. Without a notifier, nothing is published.
  */
 export class QuotaNotifications {
-  private readonly lastOver = new LastOver();
+  private readonly announced = new ExceededAnnouncements();
 
   constructor(
     private readonly notifier: Notifier | undefined,
@@ -134,7 +137,7 @@ export class QuotaNotifications {
 
   async report(r: ProjectReport): Promise<void> {
     const key = r.over.join(',');
-    if (!this.lastOver.changed(r.projectId, key) || !key) return;
+    if (!this.announced.changed(r.projectId, key) || !key) return;
     await this.notifier?.publish('quota_enforcer.limit.exceeded', 'WARN', {
       project_id: r.projectId, over: r.over, usage: r.usage, limits: r.limits, exempt: r.exempt, mode: this.mode(),
     });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { LastOver } from '../../src/transport/notifier.js';
-import { BareDeadLetters } from '../../src/transport/amqp.js';
+import { ExceededAnnouncements } from '../../src/transport/notifier.js';
+import { FailedDeadLetters } from '../../src/transport/amqp.js';
 import { settlesWithin } from '../../src/retry.js';
 import { MAX_COPIED_HEADERS_BYTES, MAX_REASON_BYTES, capUtf8, deadLetterProperties, type DeadLetter } from '../../src/transport/amqp.js';
 
@@ -42,14 +42,14 @@ describe('a dead letter stays small whatever the original carried', () => {
   });
 
   it('remembers, boundedly, the bodies whose dead-lettering threw', () => {
-    const bare = new BareDeadLetters(2);
+    const failed = new FailedDeadLetters(2);
     const [a, b, c] = ['a', 'b', 'c'].map((x) => ({ msg: delivery(x), reason: 'r' }));
-    expect(bare.copyHeaders(a!)).toBe(true);
-    bare.remember(a!.msg.content);
-    expect(bare.copyHeaders(a!)).toBe(false);
-    bare.remember(b!.msg.content);
-    bare.remember(c!.msg.content);
-    expect([bare.copyHeaders(a!), bare.copyHeaders(b!), bare.copyHeaders(c!)]).toEqual([true, false, false]);
+    expect(failed.copyHeaders(a!)).toBe(true);
+    failed.remember(a!.msg.content);
+    expect(failed.copyHeaders(a!)).toBe(false);
+    failed.remember(b!.msg.content);
+    failed.remember(c!.msg.content);
+    expect([failed.copyHeaders(a!), failed.copyHeaders(b!), failed.copyHeaders(c!)]).toEqual([true, false, false]);
   });
 });
 
@@ -64,7 +64,7 @@ describe('bounded waits and bounded memory in consume', () => {
   });
 
   it('announces limit.exceeded on a change only, and keeps the most recent projects within its bound', () => {
-    const last = new LastOver(3);
+    const last = new ExceededAnnouncements(3);
     expect(last.changed('p1', 'image_count_total')).toBe(true);
     expect(last.changed('p1', 'image_count_total')).toBe(false);
     expect(last.changed('p1', '')).toBe(true);
