@@ -46,7 +46,7 @@ import { parseArgs } from 'node:util';
 import amqp from 'amqplib';
 import { loadConfig } from '../src/config.js';
 import { NotificationConsumer } from '../src/doors/consume.js';
-import { EnforcementWorker } from '../src/doors/enforcement-worker.js';
+import { EnforcementWorker } from '../src/pipeline/enforcement-worker.js';
 import { createLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics.js';
 import { StaticLimits } from '../src/quota/static-limits.js';

@@ -2,7 +2,7 @@ import { parseArgs } from 'node:util';
 import { SQSClient } from '@aws-sdk/client-sqs';
 import { openConfig } from '../composition-root.js';
 import { ConfigError } from '../errors.js';
-import { regionOfQueueUrl, SqsBridge } from '../transport/sqs-bridge.js';
+import { regionOfQueueUrl, SqsBridge } from '../doors/sqs-bridge.js';
 
 /**
  * `glance-quota-enforcer bridge`: for a cloud whose RabbitMQ is on premises while the enforcer

@@ -2,7 +2,7 @@ import { parseArgs } from 'node:util';
 import { admissionGateOf, openRuntime } from '../composition-root.js';
 import { startAdmissionServer } from '../doors/admission-http.js';
 import { NotificationConsumer } from '../doors/consume.js';
-import { EnforcementWorker } from '../doors/enforcement-worker.js';
+import { EnforcementWorker } from '../pipeline/enforcement-worker.js';
 import { reconcile, ReconcileSchedule } from '../doors/reconcile.js';
 import { consumerReadiness, startHealthServer } from '../health.js';
 import { Metrics } from '../metrics.js';

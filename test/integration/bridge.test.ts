@@ -7,7 +7,7 @@ import { loadConfig } from '../../src/config.js';
 import { handleSqsEvent } from '../../src/doors/lambda/sqs.js';
 import { createLogger } from '../../src/log.js';
 import { MemoryStore } from '../../src/store/memory.js';
-import { regionOfQueueUrl, SQS_MAX_MESSAGE_BYTES, SqsBridge, sqsBody } from '../../src/transport/sqs-bridge.js';
+import { regionOfQueueUrl, SQS_MAX_MESSAGE_BYTES, SqsBridge, sqsBody } from '../../src/doors/sqs-bridge.js';
 import { ATTACKER_LIMITED, MemoryGlance, chunks, realBodies, servicesOver, sqsEvent } from '../functions/support.js';
 import { quotaTestBodies } from '../support/fixtures.js';
 import { compareLedgers } from '../support/ledger-oracle.js';

@@ -24,7 +24,7 @@
  */
 import { createInterface } from 'node:readline';
 import { NotificationConsumer } from '../../src/doors/consume.js';
-import { EnforcementWorker } from '../../src/doors/enforcement-worker.js';
+import { EnforcementWorker } from '../../src/pipeline/enforcement-worker.js';
 import type { MessageResult } from '../../src/pipeline/index.js';
 import { Metrics } from '../../src/metrics.js';
 import { openRuntime } from '../../src/composition-root.js';

@@ -80,7 +80,7 @@ describe('bounded waits and bounded memory in consume', () => {
 
 describe('the enforcement worker at shutdown', () => {
   it('abandons its backlog and waits for the project in hand only as long as it is told', async () => {
-    const { EnforcementWorker } = await import('../../src/doors/enforcement-worker.js');
+    const { EnforcementWorker } = await import('../../src/pipeline/enforcement-worker.js');
     const { Metrics } = await import('../../src/metrics.js');
     const { createLogger } = await import('../../src/log.js');
     const started: string[] = [];

@@ -76,7 +76,7 @@ export async function openFunctionServices(given: NodeJS.ProcessEnv = process.en
   let sqs: SQSClient | undefined;
   if (config.sqs.deadLetterQueueUrl) {
     // Loaded only here: the amazonmq and reconcile functions never pay for the SDK.
-    const [{ SQSClient }, { regionOfQueueUrl }] = await Promise.all([import('@aws-sdk/client-sqs'), import('../../transport/sqs-bridge.js')]);
+    const [{ SQSClient }, { regionOfQueueUrl }] = await Promise.all([import('@aws-sdk/client-sqs'), import('../sqs-bridge.js')]);
     sqs = new SQSClient({ region: env.AWS_REGION || regionOfQueueUrl(config.sqs.deadLetterQueueUrl) });
     poison = sqsPoisonQueue(sqs, config.sqs.deadLetterQueueUrl);
   }

@@ -3,8 +3,8 @@ import { SendMessageBatchCommand, type SQSClient } from '@aws-sdk/client-sqs';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import { backoffMs } from '../retry.js';
-import { publishDeadLetters, type ConfirmChannel, type ConsumeMessage, type DeadLetter } from './amqp.js';
-import { QueueSession, type QueueBinding } from './queue-session.js';
+import { publishDeadLetters, type ConfirmChannel, type ConsumeMessage, type DeadLetter } from '../transport/amqp.js';
+import { QueueSession, type QueueBinding } from '../transport/queue-session.js';
 
 /** SQS's limit on one message, and on the sum of one SendMessageBatch's bodies. */
 export const SQS_MAX_MESSAGE_BYTES = 256 * 1024;

@@ -1,4 +1,4 @@
-import type { EnforcementReport, Pipeline } from '../pipeline/index.js';
+import type { EnforcementReport, Pipeline } from './index.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { backoffMs, settlesWithin } from '../retry.js';
