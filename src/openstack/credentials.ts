@@ -1,8 +1,7 @@
-import { existsSync, readFileSync } from 'node:fs';
-import { homedir } from 'node:os';
-import path from 'node:path';
-import { parse as parseYaml } from 'yaml';
+import { readFileSync } from 'node:fs';
 import { z } from 'zod';
+import { readCloud, type CloudSettings, type CloudsYamlOptions } from './clouds-yaml.js';
+import { EndpointInterface, type Credentials, type DomainRef, type Identity, type ProjectRef } from './identity.js';
 import { OpenStackConfigError, scrub } from './errors.js';
 import { firstIssue } from '../zod-issues.js';
 
@@ -81,49 +80,6 @@ const ALTERNATIVES: readonly (readonly [readonly OpenStackEnvVar[], readonly Ope
   [['OS_USERNAME', 'OS_USER_ID', 'OS_PASSWORD'], ['OS_APPLICATION_CREDENTIAL_ID', 'OS_APPLICATION_CREDENTIAL_SECRET', 'OS_AUTH_TYPE']],
 ];
 
-export const EndpointInterface = z.enum(['public', 'internal', 'admin']);
-export type EndpointInterface = z.infer<typeof EndpointInterface>;
-
-const DomainRef = z.union([z.object({ id: z.string() }), z.object({ name: z.string() })]);
-export type DomainRef = z.infer<typeof DomainRef>;
-
-const ProjectRef = z.union([z.object({ id: z.string() }), z.object({ name: z.string(), domain: DomainRef })]);
-export type ProjectRef = z.infer<typeof ProjectRef>;
-
-const PasswordIdentity = z.object({
-  method: z.literal('password'),
-  user: z.union([z.object({ id: z.string() }), z.object({ name: z.string(), domain: DomainRef })]),
-  password: z.string(),
-});
-
-const ApplicationCredentialIdentity = z.object({
-  method: z.literal('application_credential'),
-  id: z.string(),
-  secret: z.string(),
-});
-
-export const Identity = z.discriminatedUnion('method', [PasswordIdentity, ApplicationCredentialIdentity]);
-export type Identity = z.infer<typeof Identity>;
-
-/** The resolved settings, ready for the Keystone client. */
-export const Credentials = z.object({
-  /** Always ends in `/v3`. */
-  authUrl: z.string(),
-  identity: Identity,
-  /** Scope of the project token; absent with a password identity that only has system scope. */
-  project: ProjectRef.optional(),
-  systemScope: z.literal('all').optional(),
-  regionName: z.string().optional(),
-  interface: EndpointInterface,
-  /** Path of OS_CACERT, for messages. */
-  caFile: z.string().optional(),
-  /** Its PEM text, read once at load time so a bad path fails at startup. */
-  ca: z.string().optional(),
-  /** GLANCE_URL: the image endpoint, bypassing the catalog. */
-  glanceUrl: z.string().optional(),
-});
-export type Credentials = z.infer<typeof Credentials>;
-
 const nonEmpty = (fix: string) => z.string().min(1, { error: fix });
 const httpUrl = (fix: string) =>
   z.string().refine((v) => {
@@ -170,74 +126,10 @@ const OpenStackSettings = z.object({
 });
 type OpenStackSettings = z.infer<typeof OpenStackSettings>;
 
-export interface LoadCredentialsOptions {
-  /** Defaults to `process.cwd()`; the first directory searched for clouds.yaml. */
-  cwd?: string;
-  /** Defaults to `os.homedir()`. */
-  home?: string;
-  /** Replaces the whole clouds.yaml / secure.yaml search path (tests). */
-  searchDirs?: readonly string[];
-  /** A clouds.yaml key that is not read, and why; default: a Node process warning on stderr. */
-  onWarning?: (message: string) => void;
-}
+export type LoadCredentialsOptions = CloudsYamlOptions;
 
-/**
- * Directories openstacksdk searches for clouds.yaml and secure.yaml, in order (Linux, as its
- * `appdirs` computes them): the working directory, the user's config dir, `~/.config/openstack`,
- * `$XDG_CONFIG_DIRS/openstack` (default /etc/xdg/openstack), then /etc/openstack.
- */
-export function cloudsSearchDirs(env: NodeJS.ProcessEnv, options: LoadCredentialsOptions = {}): string[] {
-  const home = options.home ?? homedir();
-  const cwd = options.cwd ?? process.cwd();
-  const xdgConfigHome = env.XDG_CONFIG_HOME || path.join(home, '.config');
-  const xdgConfigDirs = (env.XDG_CONFIG_DIRS || '/etc/xdg').split(':').filter(Boolean);
-  const dirs = [
-    cwd,
-    path.join(xdgConfigHome, 'openstack'),
-    path.join(home, '.config', 'openstack'),
-    ...xdgConfigDirs.map((d) => path.join(d, 'openstack')),
-    '/etc/openstack',
-  ];
-  return [...new Set(dirs)];
-}
-
-/** clouds.yaml candidates, first existing one wins: OS_CLIENT_CONFIG_FILE, then each dir x .yaml/.yml/.json. */
-export function cloudsFileCandidates(env: NodeJS.ProcessEnv, dirs: readonly string[], base: 'clouds' | 'secure'): string[] {
-  const override = base === 'clouds' ? env.OS_CLIENT_CONFIG_FILE : env.OS_CLIENT_SECURE_FILE;
-  const files = dirs.flatMap((d) => ['.yaml', '.yml', '.json'].map((suffix) => path.join(d, base + suffix)));
-  return override ? [override, ...files] : files;
-}
-
-/** Deep merge of secure.yaml over clouds.yaml, as openstacksdk's `merge_clouds`: nested maps merge, anything else replaces. */
-export function mergeClouds(base: unknown, over: unknown): unknown {
-  if (!isPlainObject(base) || !isPlainObject(over)) return over === undefined ? base : over;
-  const out: Record<string, unknown> = { ...base };
-  for (const [key, value] of Object.entries(over)) {
-    out[key] = isPlainObject(value) && isPlainObject(out[key]) ? mergeClouds(out[key], value) : value;
-  }
-  return out;
-}
-
-/**
- * clouds.yaml keys the enforcer has no use for and that change nothing it does. Any other key it
- * does not read is reported (LoadCredentialsOptions.onWarning), never silently dropped: an operator
- * who wrote it meant something by it.
- */
-const IGNORED_CLOUD_KEYS = /^(\w+_api_version|verify)$/;
-
-/** Why a clouds.yaml key that Kolla-Ansible or OpenStack-Helm write is not read. */
-const UNREAD_CLOUD_KEYS: Readonly<Record<string, string>> = {
-  identity_interface: 'the enforcer reaches Keystone only at auth.auth_url (set auth_url to the endpoint of that interface)',
-  'auth.domain_name': 'set auth.user_domain_name and auth.project_domain_name (or OS_USER_DOMAIN_NAME and OS_PROJECT_DOMAIN_NAME) instead',
-  'auth.domain_id': 'set auth.user_domain_id and auth.project_domain_id (or OS_USER_DOMAIN_ID and OS_PROJECT_DOMAIN_ID) instead',
-  insecure: 'TLS verification cannot be turned off; set cacert (or OS_CACERT) to the CA of the endpoints',
-};
-
-interface Sourced {
-  values: Partial<Record<OpenStackEnvVar, string>>;
-  /** For messages: where a value came from when it was not the environment. */
-  origin: Partial<Record<OpenStackEnvVar, string>>;
-}
+/** The settings so far; `origin` says where a value came from when it was not the environment. */
+type Sourced = CloudSettings<OpenStackEnvVar>;
 
 /**
  * Reads the OpenStack identity from the environment, and from clouds.yaml when OS_CLOUD is set.
@@ -251,9 +143,8 @@ interface Sourced {
  *   const keystone = new KeystoneClient(credentials);
  */
 export function loadCredentials(env: NodeJS.ProcessEnv = process.env, options: LoadCredentialsOptions = {}): Credentials {
-  const sourced: Sourced = { values: {}, origin: {} };
   const cloud = nonBlank(env.OS_CLOUD);
-  if (cloud) layCloudUnder(sourced, cloud, env, options);
+  const sourced: Sourced = cloud ? readCloud(cloud, env, options, CLOUD_KEYS) : { values: {}, origin: {} };
   for (const [set, replaced] of ALTERNATIVES) {
     if (set.some((name) => nonBlank(env[name]) !== undefined)) {
       for (const name of replaced) {
@@ -343,7 +234,7 @@ function buildCredentials(s: OpenStackSettings, sourced: Sourced): Credentials {
   if (!s.OS_PASSWORD) {
     throw new OpenStackConfigError('OS_PASSWORD', `OS_PASSWORD: not set; set it to the password of ${s.OS_USERNAME ? `user '${s.OS_USERNAME}'` : 'OS_USER_ID'}`);
   }
-  let user: z.infer<typeof PasswordIdentity>['user'];
+  let user: Extract<Identity, { method: 'password' }>['user'];
   if (s.OS_USER_ID) {
     user = { id: s.OS_USER_ID };
   } else if (s.OS_USERNAME) {
@@ -416,89 +307,6 @@ function readCa(file: string | undefined, where: string): { caFile?: string; ca?
   return { caFile: file, ca: pem };
 }
 
-function layCloudUnder(sourced: Sourced, cloud: string, env: NodeJS.ProcessEnv, options: LoadCredentialsOptions): void {
-  const dirs = options.searchDirs ?? cloudsSearchDirs(env, options);
-  if (env.OS_CLIENT_CONFIG_FILE && !existsSync(env.OS_CLIENT_CONFIG_FILE)) {
-    // openstacksdk would silently go on down the search path; a named file that is not there is a typo.
-    throw new OpenStackConfigError('OS_CLIENT_CONFIG_FILE', `OS_CLIENT_CONFIG_FILE: '${env.OS_CLIENT_CONFIG_FILE}' does not exist; fix the path or unset it to search ${dirs.join(', ')}`);
-  }
-  const cloudsFile = cloudsFileCandidates(env, dirs, 'clouds').find((f) => existsSync(f));
-  if (!cloudsFile) {
-    throw new OpenStackConfigError('OS_CLOUD', `OS_CLOUD: cloud '${cloud}' asked for, but no clouds.yaml found in ${dirs.join(', ')}; create one there or set OS_CLIENT_CONFIG_FILE`);
-  }
-  const secureFile = cloudsFileCandidates(env, dirs, 'secure').find((f) => existsSync(f));
-  const secureConfig = secureFile ? readCloudsFile(secureFile) : undefined;
-  const config = mergeClouds(readCloudsFile(cloudsFile), secureConfig);
-  const clouds = isPlainObject(config) && isPlainObject(config.clouds) ? config.clouds : {};
-  const entry = clouds[cloud];
-  if (!isPlainObject(entry)) {
-    const known = Object.keys(clouds);
-    throw new OpenStackConfigError('OS_CLOUD', `OS_CLOUD: no cloud '${cloud}' in ${cloudsFile}${secureFile ? ` (merged with ${secureFile})` : ''}; ${known.length ? `it has: ${known.join(', ')}` : 'it defines no clouds'}`);
-  }
-  const flat = flatten(normaliseKeys(entry));
-  const fromSecure = flatten(normaliseKeys(cloudEntry(secureConfig, cloud)));
-  if (flat.verify === 'false') {
-    throw new OpenStackConfigError('OS_CACERT', `OS_CLOUD: cloud '${cloud}' in ${cloudsFile} sets verify: false, which the enforcer does not support; remove it and set cacert (or OS_CACERT) to the CA of the endpoints`);
-  }
-  for (const [key, name] of Object.entries(CLOUD_KEYS)) {
-    const value = flat[key];
-    if (value !== undefined && value !== '') {
-      sourced.values[name] = value;
-      sourced.origin[name] = `${key in fromSecure ? secureFile : cloudsFile}, cloud '${cloud}', key ${key}`;
-    }
-  }
-  const warn = options.onWarning ?? ((message: string) => process.emitWarning(message, 'CloudsYamlWarning'));
-  for (const key of Object.keys(flat)) {
-    if (key in CLOUD_KEYS || IGNORED_CLOUD_KEYS.test(key)) continue;
-    // Never the value: an unknown key may well hold a secret.
-    const why = UNREAD_CLOUD_KEYS[key] ?? 'the enforcer does not read it (README lists the keys it reads)';
-    warn(`${cloudsFile}, cloud '${cloud}': key ${key} is not used: ${why}`);
-  }
-  if (flat.identity_api_version !== undefined && flat.identity_api_version !== '3') {
-    warn(`${cloudsFile}, cloud '${cloud}': identity_api_version ${flat.identity_api_version} is not used: the enforcer speaks Keystone v3 only`);
-  }
-}
-
-function cloudEntry(config: unknown, cloud: string): unknown {
-  return isPlainObject(config) && isPlainObject(config.clouds) ? config.clouds[cloud] : undefined;
-}
-
-function readCloudsFile(file: string): unknown {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code ?? 'unreadable';
-    throw new OpenStackConfigError('OS_CLOUD', `OS_CLOUD: cannot read ${file} (${code}); fix its permissions or set OS_CLIENT_CONFIG_FILE to another file`, { cause: error });
-  }
-  try {
-    // YAML 1.2 is a superset of JSON, so clouds.json parses here too.
-    return parseYaml(text);
-  } catch (error) {
-    // The parser's message quotes the offending line, which may hold a password: keep only its position.
-    const at = (error as { linePos?: [{ line: number; col: number }] }).linePos?.[0];
-    throw new OpenStackConfigError('OS_CLOUD', `OS_CLOUD: ${file} is not valid YAML${at ? ` (line ${at.line}, column ${at.col})` : ''}; fix the file`);
-  }
-}
-
-/** openstacksdk treats `auth-url` and `auth_url` alike. */
-function normaliseKeys(value: unknown): unknown {
-  if (!isPlainObject(value)) return value;
-  return Object.fromEntries(Object.entries(value).map(([k, v]) => [k.replace(/-/g, '_'), normaliseKeys(v)]));
-}
-
-/** Scalars only, as strings (a numeric password in YAML is still a password); lists are skipped. */
-function flatten(value: unknown, prefix = ''): Record<string, string> {
-  const out: Record<string, string> = {};
-  if (!isPlainObject(value)) return out;
-  for (const [key, v] of Object.entries(value)) {
-    const name = prefix ? `${prefix}.${key}` : key;
-    if (isPlainObject(v)) Object.assign(out, flatten(v, name));
-    else if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') out[name] = String(v);
-  }
-  return out;
-}
-
 /**
  * A rejected value, fit for a message: a password pasted into the wrong variable, or user info in
  * a URL (`https://user:pass@host`), must not reach the log through the error.
@@ -515,8 +323,4 @@ function label(name: OpenStackEnvVar, sourced: Sourced): string {
 
 function nonBlank(value: string | undefined): string | undefined {
   return value === undefined || value.trim() === '' ? undefined : value;
-}
-
-function isPlainObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }

@@ -1,7 +1,7 @@
 import { rememberSecrets, rememberToken } from '../redact.js';
 import { z } from 'zod';
 import { createLogger, type Logger } from '../log.js';
-import type { Credentials, EndpointInterface } from './credentials.js';
+import type { Credentials, EndpointInterface } from './identity.js';
 import {
   CatalogError,
   KeystoneAuthError,

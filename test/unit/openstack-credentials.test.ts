@@ -2,7 +2,8 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { cloudsFileCandidates, cloudsSearchDirs, loadCredentials, mergeClouds } from '../../src/openstack/credentials.js';
+import { cloudsFileCandidates, cloudsSearchDirs, mergeClouds } from '../../src/openstack/clouds-yaml.js';
+import { loadCredentials } from '../../src/openstack/credentials.js';
 import { OpenStackConfigError } from '../../src/openstack/errors.js';
 
 // Distinctive values, so that a leak anywhere in a message is found by a plain substring search.
