@@ -1,9 +1,9 @@
 import { rememberSecrets, rememberToken } from '../redact.js';
 import { z } from 'zod';
 import { createLogger, type Logger } from '../log.js';
-import type { Credentials, EndpointInterface } from './identity.js';
+import { CatalogService, findEndpoint, type ResolvedEndpoint } from './catalog.js';
+import type { Credentials } from './identity.js';
 import {
-  CatalogError,
   KeystoneAuthError,
   OpenStackHttpError,
   ScopeUnavailableError,
@@ -36,22 +36,6 @@ import {
 
 export type Scope = 'project' | 'system';
 
-const CatalogEndpoint = z.object({
-  id: z.string(),
-  interface: z.string(),
-  region_id: z.string().nullish(),
-  region: z.string().nullish(),
-  url: z.string(),
-});
-
-export const CatalogService = z.object({
-  id: z.string(),
-  type: z.string(),
-  name: z.string().optional(),
-  endpoints: z.array(CatalogEndpoint),
-});
-export type CatalogService = z.infer<typeof CatalogService>;
-
 /** The body of `POST /v3/auth/tokens`, as far as the enforcer reads it. */
 export const TokenBody = z.object({
   token: z.object({
@@ -81,42 +65,6 @@ export interface Token {
 
 /** A token is renewed this long before `expires_at` (or at half its life, if that is shorter). */
 export const TOKEN_RENEW_MARGIN_SECONDS = 120;
-
-export interface ResolvedEndpoint {
-  url: string;
-  serviceId: string;
-  regionId?: string;
-}
-
-/**
- * The endpoint of `type` for `iface`, in `region` when one is given. Without a region the match
- * must be unique, because picking one of several regions would enforce against the wrong Glance.
- */
-export function findEndpoint(catalog: readonly CatalogService[], type: string, iface: EndpointInterface, region?: string): ResolvedEndpoint {
-  const matches = catalog
-    .filter((s) => s.type === type)
-    .flatMap((s) => s.endpoints.map((e) => ({ service: s, endpoint: e })))
-    .filter(({ endpoint }) => endpoint.interface === iface)
-    .filter(({ endpoint }) => !region || (endpoint.region_id ?? endpoint.region) === region);
-  const offered = catalog
-    .filter((s) => s.type === type)
-    .flatMap((s) => s.endpoints.map((e) => `${e.interface}/${e.region_id ?? e.region ?? '(no region)'}`));
-  const first = matches[0];
-  if (!first) {
-    throw new CatalogError(
-      `catalog: no '${type}' endpoint with interface '${iface}'${region ? ` in region '${region}'` : ''}; ` +
-        (offered.length
-          ? `it offers ${offered.join(', ')}: set OS_INTERFACE and OS_REGION_NAME to one of those${type === 'image' ? ', or set GLANCE_URL' : ''}`
-          : `the catalog has no '${type}' service at all: register it in Keystone (openstack service create ${type})${type === 'image' ? ', or set GLANCE_URL' : ''}`),
-    );
-  }
-  const regions = new Set(matches.map(({ endpoint }) => endpoint.region_id ?? endpoint.region ?? ''));
-  if (!region && regions.size > 1) {
-    throw new CatalogError(`catalog: '${type}' endpoints with interface '${iface}' exist in regions ${[...regions].join(', ')}; set OS_REGION_NAME to the one to enforce`);
-  }
-  const regionId = first.endpoint.region_id ?? first.endpoint.region ?? undefined;
-  return { url: first.endpoint.url.replace(/\/+$/, ''), serviceId: first.service.id, ...(regionId ? { regionId } : {}) };
-}
 
 /** The JSON body of `POST /v3/auth/tokens` for `scope`. Application credentials carry their own scope. */
 export function authRequestBody(credentials: Credentials, scope: Scope): object {

@@ -6,7 +6,8 @@ import { loadCredentials } from '../../src/openstack/credentials.js';
 import { KeystoneAuthError, ScopeUnavailableError } from '../../src/openstack/errors.js';
 import { GlanceClient } from '../../src/openstack/glance.js';
 import { KeystoneClient } from '../../src/openstack/keystone.js';
-import { UnifiedLimits, keystoneLimitsReader } from '../../src/openstack/limits.js';
+import { keystoneLimitsReader } from '../../src/openstack/keystone-limits.js';
+import { UnifiedLimits } from '../../src/openstack/limits.js';
 import { USAGE_RESOURCES } from '../../src/quota/resources.js';
 
 /*

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { ProjectLimit, RegisteredLimit } from '../../src/openstack/limits.js';
+import type { ProjectLimit, RegisteredLimit } from '../../src/openstack/keystone-limits.js';
 
 /**
  * A Keystone v3 stand-in on 127.0.0.1 that counts its calls: tokens, `GET /v3/registered_limits`

@@ -6,17 +6,10 @@ import { ENV_DEFAULTS, loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
 import { OpenStackUnreachableError } from '../../src/openstack/errors.js';
 import { loadCredentials } from '../../src/openstack/credentials.js';
-import { KeystoneClient, findEndpoint, type CatalogService } from '../../src/openstack/keystone.js';
-import {
-  MAX_PROJECT_READS_KEPT,
-  ON_DEMAND_REFRESH_SECONDS,
-  OUTAGE_RETRY_SECONDS,
-  UnifiedLimits,
-  keystoneLimitsReader,
-  type KeystoneLimitsReader,
-  type ProjectLimit,
-  type RegisteredLimit,
-} from '../../src/openstack/limits.js';
+import { findEndpoint, type CatalogService } from '../../src/openstack/catalog.js';
+import { KeystoneClient } from '../../src/openstack/keystone.js';
+import { keystoneLimitsReader, type KeystoneLimitsReader, type ProjectLimit, type RegisteredLimit } from '../../src/openstack/keystone-limits.js';
+import { MAX_PROJECT_READS_KEPT, ON_DEMAND_REFRESH_SECONDS, OUTAGE_RETRY_SECONDS, UnifiedLimits } from '../../src/openstack/limits.js';
 import { keystoneProjectNames } from '../../src/openstack/projects.js';
 import { keystoneStandIn, projectLimit, registeredLimit, type KeystoneStandIn } from '../support/keystone-standin.js';
 
