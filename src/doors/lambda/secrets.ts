@@ -1,4 +1,5 @@
-import { loadSecretArns, parseSecretArn, SECRET_SETTINGS, type SecretSetting } from '../../config.js';
+import { loadSecretArns } from '../../config.js';
+import { parseSecretArn, SECRET_SETTINGS, type SecretSetting } from '../../secret-arns.js';
 import { ConfigError } from '../../errors.js';
 
 /**
