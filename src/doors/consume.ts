@@ -33,8 +33,8 @@ export class NotificationConsumer extends QueueSession {
   private batchTakenAt: number | undefined;
   private readonly failedDeadLetters = new FailedDeadLetters();
 
-  constructor(private readonly o: ConsumerOptions) {
-    super(o.config.amqp, o.log, o.brokerTimeoutMs);
+  constructor(private readonly options: ConsumerOptions) {
+    super(options.config.amqp, options.log, options.brokerTimeoutMs);
   }
 
   /**
@@ -47,7 +47,7 @@ export class NotificationConsumer extends QueueSession {
   }
 
   protected override async opening(connection: ChannelModel): Promise<void> {
-    await this.o.onConnected?.(connection);
+    await this.options.onConnected?.(connection);
   }
 
   protected deliver(msg: ConsumeMessage): void {
@@ -56,12 +56,12 @@ export class NotificationConsumer extends QueueSession {
   }
 
   protected consuming(binding: QueueBinding): void {
-    this.o.metrics.brokerConnected.set(1);
-    this.o.log.info(binding, 'consuming');
+    this.options.metrics.brokerConnected.set(1);
+    this.options.log.info(binding, 'consuming');
   }
 
   protected detached(): void {
-    this.o.metrics.brokerConnected.set(0);
+    this.options.metrics.brokerConnected.set(0);
     // Unacked deliveries of a lost channel come back from the broker: drop our copies.
     this.buffer = [];
   }
@@ -75,7 +75,7 @@ export class NotificationConsumer extends QueueSession {
    * on every ack. Under a backlog, batches fill to this; a trickle is committed after at most 5 ms.
    */
   private get maxBatch(): number {
-    return Math.max(1, Math.floor(this.o.config.amqp.prefetch / 4));
+    return Math.max(1, Math.floor(this.options.config.amqp.prefetch / 4));
   }
 
   private schedule(): void {
@@ -96,7 +96,7 @@ export class NotificationConsumer extends QueueSession {
     const batch = this.buffer.splice(0, this.maxBatch);
     this.batchTakenAt = Date.now();
     this.flushing = this.flush(channel, batch)
-      .catch((err: Error) => this.o.log.error({ err: err.message }, 'batch not acknowledged; the broker will redeliver it'))
+      .catch((err: Error) => this.options.log.error({ err: err.message }, 'batch not acknowledged; the broker will redeliver it'))
       .finally(() => {
         this.flushing = undefined;
         this.batchTakenAt = undefined;
@@ -105,7 +105,7 @@ export class NotificationConsumer extends QueueSession {
   }
 
   private async flush(channel: ConfirmChannel, batch: ConsumeMessage[]): Promise<void> {
-    const { pipeline, metrics, log, config } = this.o;
+    const { pipeline, metrics, log, config } = this.options;
     let result: IngestResult | undefined;
     for (let attempt = 1; !result; attempt++) {
       if (channel !== this.channel) return; // connection lost: nothing was acked, all comes back
@@ -152,7 +152,7 @@ export class NotificationConsumer extends QueueSession {
       log.warn({ err: (err as Error).message }, 'acknowledgement failed; the batch comes back as duplicates');
       return;
     }
-    this.o.onCommitted?.(result);
+    this.options.onCommitted?.(result);
   }
 
   /**
@@ -160,14 +160,14 @@ export class NotificationConsumer extends QueueSession {
    * settled after `drainMs` (a store or broker that does not answer) is left unacknowledged: the
    * broker delivers it again to the next consumer.
    */
-  stop(drainMs = this.o.config.shutdownMs): Promise<void> {
+  stop(drainMs = this.options.config.shutdownMs): Promise<void> {
     return this.stopAfter(async () => {
       const deadline = Date.now() + drainMs;
       // Deliveries already received are committed and acknowledged before closing.
       while (this.flushing || (this.buffer.length > 0 && this.channel)) {
         if (!this.flushing) this.flushNow();
         if (!(await settlesWithin(this.flushing, deadline - Date.now()))) {
-          this.o.log.warn({ drainMs, inHand: this.buffer.length }, 'batch in hand not settled in time; left to the broker');
+          this.options.log.warn({ drainMs, inHand: this.buffer.length }, 'batch in hand not settled in time; left to the broker');
           this.buffer = [];
           return;
         }

@@ -164,7 +164,7 @@ export class ReconcileSchedule {
 
   constructor(
     private readonly run: () => Promise<ReconcileSummary>,
-    private readonly o: {
+    private readonly options: {
       intervalMs: number;
       onSummary: (summary: ReconcileSummary) => void | Promise<void>;
       onFailure: (err: unknown, retryInMs: number) => void;
@@ -194,11 +194,11 @@ export class ReconcileSchedule {
   private async once(failedBefore: number): Promise<void> {
     let next: { failed: number; inMs: number };
     try {
-      await this.o.onSummary(await this.run());
-      next = { failed: 0, inMs: this.o.intervalMs };
+      await this.options.onSummary(await this.run());
+      next = { failed: 0, inMs: this.options.intervalMs };
     } catch (err) {
       const delay = backoffMs(failedBefore + 1, 5_000, 300_000);
-      this.o.onFailure(err, delay);
+      this.options.onFailure(err, delay);
       next = { failed: failedBefore + 1, inMs: delay };
     }
     if (this.stopped || next.inMs <= 0) return;

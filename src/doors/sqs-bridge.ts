@@ -104,11 +104,11 @@ export class SqsBridge extends QueueSession {
   private readonly retryBaseMs: number;
   private readonly drainTimeoutMs: number;
 
-  constructor(private readonly o: BridgeOptions) {
-    super(o.config.amqp, o.log);
-    this.concurrency = o.concurrency ?? 4;
-    this.retryBaseMs = o.retryBaseMs ?? 200;
-    this.drainTimeoutMs = o.drainTimeoutMs ?? 20_000;
+  constructor(private readonly options: BridgeOptions) {
+    super(options.config.amqp, options.log);
+    this.concurrency = options.concurrency ?? 4;
+    this.retryBaseMs = options.retryBaseMs ?? 200;
+    this.drainTimeoutMs = options.drainTimeoutMs ?? 20_000;
   }
 
   protected override opening(): void {
@@ -121,7 +121,7 @@ export class SqsBridge extends QueueSession {
   }
 
   protected consuming(binding: QueueBinding): void {
-    this.o.log.info({ ...binding, sqsQueue: this.o.queueUrl }, 'bridging to SQS');
+    this.options.log.info({ ...binding, sqsQueue: this.options.queueUrl }, 'bridging to SQS');
   }
 
   protected detached(): void {
@@ -147,7 +147,7 @@ export class SqsBridge extends QueueSession {
       const batch = this.takeBatch();
       const sent: Promise<void> = this.forward(channel, batch, this.abort.signal)
         .catch((err: Error) => {
-          if (!this.abort.signal.aborted) this.o.log.error({ err: err.message, messages: batch.length }, 'batch not forwarded; the broker will deliver it again');
+          if (!this.abort.signal.aborted) this.options.log.error({ err: err.message, messages: batch.length }, 'batch not forwarded; the broker will deliver it again');
         })
         .finally(() => {
           this.sending.delete(sent);
@@ -173,7 +173,7 @@ export class SqsBridge extends QueueSession {
   }
 
   private async forward(channel: ConfirmChannel, batch: ConsumeMessage[], signal: AbortSignal): Promise<void> {
-    const { log, sqs, queueUrl } = this.o;
+    const { log, sqs, queueUrl } = this.options;
     const dead: { msg: ConsumeMessage; reason: string }[] = [];
     let todo: Entry[] = [];
     batch.forEach((msg, i) => {
@@ -239,12 +239,12 @@ export class SqsBridge extends QueueSession {
    */
   private async deadLetter(channel: ConfirmChannel, items: DeadLetter[]): Promise<void> {
     for (const { msg, reason } of items) {
-      this.o.log.warn({ reason, routingKey: msg.fields.routingKey, bytes: msg.content.length }, 'notification dead-lettered instead of forwarded');
+      this.options.log.warn({ reason, routingKey: msg.fields.routingKey, bytes: msg.content.length }, 'notification dead-lettered instead of forwarded');
     }
     try {
-      await publishDeadLetters(channel, this.o.config.amqp.queue, items, this.timeoutMs);
+      await publishDeadLetters(channel, this.options.config.amqp.queue, items, this.timeoutMs);
     } catch (err) {
-      this.o.log.error({ err: (err as Error).message, deadLetters: items.length }, 'dead-lettering failed; reconnecting, the messages come back');
+      this.options.log.error({ err: (err as Error).message, deadLetters: items.length }, 'dead-lettering failed; reconnecting, the messages come back');
       await this.abandonChannel(channel);
       throw err;
     }

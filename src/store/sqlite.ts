@@ -181,7 +181,7 @@ export class SqliteStore implements LedgerStore {
   private checkpointerFailed: boolean;
   private lastCheckpointMs = 0;
   /** Whether processed_messages (the dedupe of schemas 1-4) still holds ids to look up. */
-  private holdsIdsBefore5: boolean;
+  private legacyDedupeHoldsIds: boolean;
   private readonly reserveInTransaction: Database.Transaction<(projectId: string, bounds: AdmissionBounds, nowMs: number, expiresAtMs: number) => CreateReservation>;
   private readonly releaseInTransaction: Database.Transaction<(creates: ReadonlyMap<string, number>, nowMs: number) => number>;
   private readonly anyReservation: () => boolean;
@@ -199,10 +199,10 @@ export class SqliteStore implements LedgerStore {
       seenOf: db.prepare<[string], number>('SELECT j.key FROM json_each(?) AS j JOIN processed AS m ON m.key = j.value').pluck(),
       markSeen: db.prepare<[number, string]>('INSERT INTO processed (key, seen_at) SELECT value, ? FROM json_each(?)'),
       // Ids a file recorded before schema 5, as one JSON array of message ids.
-      seenBefore5: db
+      seenInLegacyDedupe: db
         .prepare<[string], number>('SELECT j.key FROM json_each(?) AS j JOIN processed_messages AS m ON m.message_id = j.value')
         .pluck(),
-      anySeenBefore5: db.prepare<[], number>('SELECT EXISTS (SELECT 1 FROM processed_messages)').pluck(),
+      legacyDedupeHoldsAny: db.prepare<[], number>('SELECT EXISTS (SELECT 1 FROM processed_messages)').pluck(),
       imagesOf: db
         .prepare<[string], KeyedImageRow>(`SELECT ${IMAGE_COLUMNS}, j.key FROM json_each(?) AS j JOIN images ON images.image_id = j.value`)
         .raw(),
@@ -241,7 +241,7 @@ export class SqliteStore implements LedgerStore {
       ),
       forgetEmptyTotals: db.prepare('DELETE FROM project_totals WHERE count = 0 AND uploading = 0 AND size_bytes = 0 AND stage_bytes = 0'),
       forget: db.prepare('DELETE FROM processed WHERE seen_at < ?'),
-      forgetBefore5: db.prepare('DELETE FROM processed_messages WHERE seen_at < ?'),
+      forgetFromLegacyDedupe: db.prepare('DELETE FROM processed_messages WHERE seen_at < ?'),
       recordAction: db.prepare(
         `INSERT OR IGNORE INTO actions (at_ms, project_id, image_id, action, reason, detail) VALUES (?, ?, ?, ?, ?, ?)`,
       ),
@@ -252,7 +252,7 @@ export class SqliteStore implements LedgerStore {
       getState: db.prepare<[string], string>('SELECT value FROM enforcer_state WHERE key = ?').pluck(),
       setState: db.prepare<[string, string]>('INSERT INTO enforcer_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
     };
-    this.holdsIdsBefore5 = this.stmt.anySeenBefore5.get() === 1;
+    this.legacyDedupeHoldsIds = this.stmt.legacyDedupeHoldsAny.get() === 1;
     this.applyBatch = db.transaction((events: readonly ImageEvent[], nowMs: number, dedupe: boolean, overwrite: boolean) =>
       this.applyInTransaction(events, nowMs, dedupe, overwrite),
     );
@@ -376,8 +376,8 @@ export class SqliteStore implements LedgerStore {
     if (dedupe) {
       const keys = events.map(messageKey);
       for (const at of this.stmt.seenOf.all(JSON.stringify(keys))) seen.add(keys[at]!);
-      if (this.holdsIdsBefore5) {
-        for (const at of this.stmt.seenBefore5.all(JSON.stringify(events.map((e) => e.messageId)))) seen.add(keys[at]!);
+      if (this.legacyDedupeHoldsIds) {
+        for (const at of this.stmt.seenInLegacyDedupe.all(JSON.stringify(events.map((e) => e.messageId)))) seen.add(keys[at]!);
       }
     }
     const records = new Map<string, ImageRecord>();
@@ -448,9 +448,9 @@ export class SqliteStore implements LedgerStore {
   async forgetMessagesBefore(beforeMs: number): Promise<number> {
     return this.db.transaction(() => {
       const n = this.stmt.forget.run(beforeMs).changes;
-      if (!this.holdsIdsBefore5) return n;
-      const old = this.stmt.forgetBefore5.run(beforeMs).changes;
-      this.holdsIdsBefore5 = this.stmt.anySeenBefore5.get() === 1;
+      if (!this.legacyDedupeHoldsIds) return n;
+      const old = this.stmt.forgetFromLegacyDedupe.run(beforeMs).changes;
+      this.legacyDedupeHoldsIds = this.stmt.legacyDedupeHoldsAny.get() === 1;
       return n + old;
     }).immediate();
   }
