@@ -69,10 +69,10 @@ export class NotificationConsumer extends QueueSession {
   /**
    * The largest batch committed in one store write: a quarter of the PREFETCH window, so that
    * while one batch is committed the broker goes on sending the next three. What keeps the broker
-   * busy is the depth of the window, not the size of a batch: at PREFETCH 2048, batches of 512
-   * or 1024 drained alike, and both gained about a tenth at 4096 (bench/README.md). A window of
-   * only two batches is close to stop-and-wait: the broker waits on every commit, the consumer
-   * on every ack. Under a backlog, batches fill to this; a trickle is committed after at most 5 ms.
+   * busy is the depth of the window, not the size of a batch (bench/README.md, "Why the code is as
+   * it is"). A window of only two batches is close to stop-and-wait: the broker waits on every
+   * commit, the consumer on every ack. Under a backlog, batches fill to this; a trickle is
+   * committed after at most 5 ms.
    */
   private get maxBatch(): number {
     return Math.max(1, Math.floor(this.options.config.amqp.prefetch / 4));

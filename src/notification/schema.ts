@@ -29,9 +29,9 @@ function daysInMonth(y: number, mo: number): number {
  * Epoch milliseconds of a calendar date and time, or undefined when it is not one: every field is
  * checked, never rolled over (`2026-02-30` is not March 2, `10:60` is not 11:00), and years 0-99
  * stay what they say (Date.UTC would make oslo's `0050` into 1950). Integer arithmetic (days from
- * the civil date, proleptic Gregorian as Date counts them) instead of a Date set field by field:
- * parsing went from 1.42x to 1.39x the cost of its two JSON.parse calls (medians of nine
- * alternating runs; test/unit/parse-fast.test.ts holds it to the Date on every day of 0-9999).
+ * the civil date, proleptic Gregorian as Date counts them) rather than a Date set field by field,
+ * because every message has three or four times to read (bench/README.md, "Why the code is as it
+ * is"); test/unit/parse-fast.test.ts holds it to the Date on every day of 0-9999.
  */
 function calendarMs(y: number, mo: number, d: number, h: number, mi: number, s: number): number | undefined {
   if (mo < 1 || mo > 12 || d < 1 || d > daysInMonth(y, mo) || h > 23 || mi > 59 || s > 59) return undefined;

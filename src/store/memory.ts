@@ -32,8 +32,8 @@ export class MemoryStore implements LedgerStore {
   private readonly byProject = new Map<string, Set<string>>();
   /**
    * Per project, the ids of its removable (live queued) images: the count rule reads only these,
-   * and a busy project holds thousands of images of which a handful are queued. Filtering and
-   * sorting all of them at every evaluation was 8% of the memory pipeline bench.
+   * and a busy project holds thousands of images of which a handful are queued, so filtering and
+   * sorting all of them at every evaluation would cost every busy project's decision.
    */
   private readonly removableByProject = new Map<string, Set<string>>();
   private readonly totals = new Map<string, UsageTotals>();

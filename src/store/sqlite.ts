@@ -59,14 +59,12 @@ const MIGRATIONS: readonly string[] = [
    );`,
   // The count rule's read: a project's live queued images, newest first, without a scan.
   `CREATE INDEX images_removable ON images (project_id, created_at DESC, image_id DESC) WHERE status = 'queued' AND deleted = 0;`,
-  // Dedupe keyed by "<oslo timestamp> <message id>", which a redelivery repeats byte for byte.
-  // Keyed by the random uuid4 id alone, each insert landed on a B-tree page of its own: about 226
-  // of the 360 pages a batch appended to the WAL (bench/README.md). With the timestamp first, a
-  // batch's inserts are appends to the right edge; lookups still find redeliveries of any age. One
-  // text column, not two: a [timestamp, id] pair per JSON element cost a JSON parse per field read
-  // (json_each, then ->> 0 and ->> 1), which made lookups 7x and inserts 1.7x slower.
-  // processed_messages keeps the ids an older file holds, is read only while it holds any, and
-  // no longer grows.
+  // Dedupe keyed by "<oslo timestamp> <message id>", which a redelivery repeats byte for byte:
+  // with the timestamp first a batch's inserts are appends to the right edge of the B-tree, where
+  // random uuid4 ids alone would dirty a page each; lookups still find redeliveries of any age.
+  // One text column, so that a batch's keys travel as one JSON array of strings (bench/README.md,
+  // "Why the code is as it is"). processed_messages keeps the ids an older file holds, is read
+  // only while it holds any, and no longer grows.
   `CREATE TABLE processed (
      key     TEXT PRIMARY KEY,
      seen_at INTEGER NOT NULL
@@ -297,14 +295,10 @@ export class SqliteStore implements LedgerStore {
     // NORMAL in WAL mode: a commit survives a process crash; only an OS crash can lose the last ones,
     // which the broker then redelivers because they were not yet acked.
     db.pragma('synchronous = NORMAL');
-    // Then the only fsyncs are at checkpoints. A batch of 1000 random (uuid4) message ids alone
-    // dirtied ~700 B-tree pages when dedupe was keyed by them (it is keyed by timestamp first
-    // since schema 5), so the default (1000 pages) checkpointed about once per batch.
-    // 10000 pages (a WAL of up to ~40 MiB, reused) took applyEvents for the bench's 200k messages
-    // from 8.1-9.3 s to 5.3-5.5 s (synchronous=OFF: 4.0-4.2 s). 30000 gained little more;
-    // cache_size=64MiB and mmap_size gained nothing measurable, a 1 KiB page_size lost. A file's
-    // checkpoints are then taken by the checkpointer thread (CHECKPOINTER), well before 10000
-    // pages; this one stays as the bound should that thread fall behind or fail.
+    // Then the only fsyncs are at checkpoints, which the default bound (1000 pages) would take
+    // about once per batch. A file's checkpoints are taken by the checkpointer thread
+    // (CHECKPOINTER), well before 10000 pages (a WAL of up to ~40 MiB, reused); this bound stays
+    // should that thread fall behind or fail (bench/README.md, "Why the code is as it is").
     db.pragma('wal_autocheckpoint = 10000');
     db.pragma('busy_timeout = 5000');
     const version = db.pragma('user_version', { simple: true }) as number;
