@@ -1,9 +1,8 @@
 import fc from 'fast-check';
 import { expect, it } from 'vitest';
-import type { ImageEvent } from '../../src/notification/parse.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import type { LedgerStore } from '../../src/store/port.js';
-import { MiB } from '../support/events.js';
+import { MiB, imageHistory } from '../support/events.js';
 
 /** Every project's records and usage: what two ledgers must agree on. */
 export async function snapshot(store: LedgerStore) {
@@ -16,38 +15,21 @@ export async function snapshot(store: LedgerStore) {
 }
 
 /** A history with owner changes, tombstones and many versions of each image. */
-const history = fc
-  .array(
-    fc.record({
-      image: fc.integer({ min: 0, max: 9 }),
-      project: fc.constantFrom('p1', 'p2', 'p3'),
-      status: fc.constantFrom('queued', 'saving', 'uploading', 'importing', 'active', 'killed'),
-      size: fc.option(fc.integer({ min: 0, max: 8 * MiB }), { nil: null }),
-      updatedAt: fc.integer({ min: 0, max: 5 }),
-      micros: fc.integer({ min: 0, max: 3 }),
-      importing: fc.constantFrom('', 'file'),
-      deleted: fc.integer({ min: 0, max: 7 }).map((n) => n === 0),
-    }),
-    { minLength: 40, maxLength: 120 },
-  )
-  .map((items) =>
-    items.map(
-      (x, i): ImageEvent => ({
-        messageId: `msg-${i}`,
-        eventType: x.deleted ? 'image.delete' : 'image.update',
-        projectId: x.project,
-        imageId: `img-${x.image}`,
-        status: x.deleted ? 'deleted' : x.status,
-        size: x.size,
-        createdAt: 1_700_000_000 + x.image,
-        updatedAt: 1_800_000_000 + x.updatedAt,
-        timestamp: (1_800_000_000 + x.updatedAt) * 1_000_000 + x.micros,
-        importing: x.importing,
-        protected: false,
-        deleted: x.deleted,
-      }),
-    ),
-  );
+const history = imageHistory({
+  images: 10,
+  projects: ['p1', 'p2', 'p3'],
+  statuses: ['queued', 'saving', 'uploading', 'importing', 'active', 'killed'],
+  maxSizeBytes: 8 * MiB,
+  versions: 6,
+  maxMicros: 3,
+  importing: ['', 'file'],
+  deleteOneIn: 8,
+  minLength: 40,
+  maxLength: 120,
+  createdFrom: 1_700_000_000,
+  createdEvery: 1,
+  updatedFrom: 1_800_000_000,
+});
 
 /** Four consumers, each with every message in its own order, some twice, in batches of its own size. */
 const deliveries = history.chain((events) =>
