@@ -51,6 +51,7 @@ describe('a tenant on its own cannot escape the quota', () => {
     for (let i = 0; i < 100; i += 20) await p.flood(20, `fat-${i}`, FAT);
     const run = promisify(execFile);
     // The process's own peak RSS, printed at exit (kB, as getrusage gives it).
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: the ${} belongs to the JavaScript this string is
     const peak = 'data:text/javascript,process.on("exit",()=>process.stderr.write(`maxrss_kb=${process.resourceUsage().maxRSS}\\n`))';
     const { stdout, stderr } = await run(process.execPath, ['--import', peak, BIN, 'reconcile', '--project', p.id, '--json'], { env: enforcerEnv(lab()), timeout: 120_000, maxBuffer: 64 * 1024 * 1024 });
     const summary = JSON.parse(stdout);
