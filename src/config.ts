@@ -1,13 +1,13 @@
-import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
-import { firstIssue } from './zod-issues.js';
-import { rememberSecrets, scrub, urlPasswords } from './redact.js';
-import { LimitsFile, parseLimits, type ProjectLimits } from './quota/limits.js';
+import { rememberSecrets, urlPasswords } from './redact.js';
+import { readLimitsFile } from './limits-file.js';
+import { parseLimits, type ProjectLimits } from './quota/limits.js';
 import { DEFAULT_RESPONSE_MAX_BYTES } from './openstack/glance.js';
 import { DEFAULT_NEAREST_PROJECTS } from './quota/nearest.js';
 import { secretArn, type SecretSetting } from './secret-arns.js';
+import { parseEnv } from './env-errors.js';
 
 /**
  * Every setting is an environment variable, declared once here. README's table is checked against
@@ -323,61 +323,6 @@ export function parseDuration(value: string, name: string): number {
 
 export { ConfigError };
 
-/**
- * A value that works, for the error about a variable: its default (ENV_DEFAULTS) unless one below
- * says more than the default does.
- */
-const EXAMPLES: Record<string, string> = {
-  ENFORCEMENT_MODE: 'ENFORCEMENT_MODE=dry-run',
-  LOG_LEVEL: 'LOG_LEVEL=debug',
-  PROTECTED_QUEUED_IMAGES: 'PROTECTED_QUEUED_IMAGES=report',
-  METRICS_HOST: 'METRICS_HOST=127.0.0.1',
-  METRICS_PROJECTS: 'METRICS_PROJECTS=100',
-  SQS_QUEUE_URL: 'SQS_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/glance-quota-enforcer-prod-notifications',
-  SQS_DEAD_LETTER_QUEUE_URL: 'SQS_DEAD_LETTER_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/glance-quota-enforcer-prod-dead-letters',
-  ADMISSION_PORT: 'ADMISSION_PORT=10921',
-  ADMISSION_FAIL: 'ADMISSION_FAIL=closed',
-  OS_PASSWORD_SECRET_ARN: 'OS_PASSWORD_SECRET_ARN=arn:aws:secretsmanager:eu-west-1:123456789012:secret:gqe-os-password-AbCdEf',
-  OS_APPLICATION_CREDENTIAL_SECRET_ARN: 'OS_APPLICATION_CREDENTIAL_SECRET_ARN=arn:aws:ssm:eu-west-1:123456789012:parameter/gqe/app-credential-secret',
-  STORE_URL_SECRET_ARN: 'STORE_URL_SECRET_ARN=arn:aws:secretsmanager:eu-west-1:123456789012:secret:gqe-store-url-AbCdEf',
-};
-
-function exampleOf(name: string): string | undefined {
-  if (EXAMPLES[name]) return EXAMPLES[name];
-  const value = (ENV_DEFAULTS as Record<string, unknown>)[name];
-  return value === undefined || value === '' ? undefined : `${name}=${String(value)}`;
-}
-
-function readLimitsFile(path: string): Record<string, ProjectLimits> {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(path, 'utf8'));
-  } catch (err) {
-    throw new ConfigError(`QUOTA_LIMITS_FILE: cannot read '${path}' as JSON (${(err as Error).message})`, { cause: err });
-  }
-  const parsed = LimitsFile.safeParse(raw);
-  if (!parsed.success) {
-    const issue = firstIssue(parsed.error);
-    throw new ConfigError(
-      `QUOTA_LIMITS_FILE: '${path}' at ${issue.path}: ${issue.message}; expected {"<project id>": {"image_count_total": 10}}`,
-    );
-  }
-  return parsed.data;
-}
-
-/** The variables `schema` knows, an empty one as unset; the first bad one named, with a value that works. */
-function parseEnv<S extends z.ZodObject>(schema: S, env: NodeJS.ProcessEnv): z.infer<S> {
-  const known = Object.fromEntries(Object.keys(schema.shape).map((k) => [k, env[k] === '' ? undefined : env[k]]));
-  const parsed = schema.safeParse(known);
-  if (!parsed.success) {
-    const issue = firstIssue(parsed.error);
-    const name = String(issue.field);
-    const example = exampleOf(name);
-    throw new ConfigError(`${name}: ${issue.message}, got '${scrub(String(env[name]))}'${example ? `; for example ${example}` : ''}`);
-  }
-  return parsed.data;
-}
-
 const SecretArnsSchema = EnvSchema.pick({ OS_PASSWORD_SECRET_ARN: true, OS_APPLICATION_CREDENTIAL_SECRET_ARN: true, STORE_URL_SECRET_ARN: true });
 
 /**
@@ -385,7 +330,7 @@ const SecretArnsSchema = EnvSchema.pick({ OS_PASSWORD_SECRET_ARN: true, OS_APPLI
  * mode reads first, so that the configuration is loaded once, with the secrets' values in it.
  */
 export function loadSecretArns(env: NodeJS.ProcessEnv = process.env): Record<SecretSetting, string> {
-  return secretArnsOf(parseEnv(SecretArnsSchema, env));
+  return secretArnsOf(parseEnv(SecretArnsSchema, env, ENV_DEFAULTS));
 }
 
 function secretArnsOf(e: z.infer<typeof SecretArnsSchema>): Record<SecretSetting, string> {
@@ -394,7 +339,7 @@ function secretArnsOf(e: z.infer<typeof SecretArnsSchema>): Record<SecretSetting
 
 /** Validates the environment; every error names the variable and shows a value that works. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  const e = parseEnv(EnvSchema, env);
+  const e = parseEnv(EnvSchema, env, ENV_DEFAULTS);
   // The passwords in the URLs stay out of every log line and error from now on (src/redact.ts).
   rememberSecrets(...urlPasswords(e.STORE_URL), ...urlPasswords(e.TRANSPORT_URL ?? ''));
   const defaults = parseLimits(e.QUOTA_LIMITS, 'QUOTA_LIMITS');
