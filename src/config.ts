@@ -4,7 +4,6 @@ import { ConfigError } from './errors.js';
 import { rememberSecrets, urlPasswords } from './redact.js';
 import { readLimitsFile } from './limits-file.js';
 import { parseLimits, type ProjectLimits } from './quota/limits.js';
-import { DEFAULT_RESPONSE_MAX_BYTES } from './openstack/glance.js';
 import { DEFAULT_NEAREST_PROJECTS } from './quota/nearest.js';
 import { secretArn, type SecretSetting } from './secret-arns.js';
 import { parseEnv } from './env-errors.js';
@@ -77,7 +76,7 @@ export const EnvSchema = z.object({
     .int()
     .min(1024 * 1024)
     .max(1024 * 1024 * 1024)
-    .default(DEFAULT_RESPONSE_MAX_BYTES)
+    .default(64 * 1024 * 1024)
     .meta({ description: "Largest Glance answer read, in bytes. Listings are read as a stream that keeps only the fields the rule needs (memory does not grow with this: skipped values are never held), pages aim at 4 MiB, and a page over this is asked again with fewer images, down to one image, which is read whatever its size (no tenant can make its images unlistable; the per-call timeout still bounds it). An honest image is 1-3 KiB; on MySQL a property value holds at most 64 KiB, so an image at most about 8 MiB (128 properties, `image_property_quota`); on PostgreSQL or SQLite Glance accepts MBs per property." }),
   CLOCK_SKEW_SECONDS: z.coerce
     .number()

@@ -29,6 +29,7 @@ export interface TokenReader {
   token(token: Token, value?: string | number): void;
 }
 
+// biome-ignore lint/suspicious/noConstEnum: file-local, so tsc and esbuild both inline it in the byte loop; nothing imports it
 const enum State {
   Between,
   InString,

@@ -90,11 +90,13 @@ class FieldPicker implements TokenReader {
           top.key = value as string;
           return;
         }
-        return this.keep(value);
+        this.keep(value);
+        return;
       case Token.Number:
-        return this.keep(value);
+        this.keep(value);
+        return;
       default:
-        return this.keep(LITERALS[token]);
+        this.keep(LITERALS[token]);
     }
   }
 

@@ -1,3 +1,4 @@
+import { ENV_DEFAULTS } from '../config.js';
 import { GlanceImage } from '../ledger/glance-image.js';
 import type { DeleteOutcome, UnprotectOutcome } from '../pipeline/ports.js';
 import { createLogger, type Logger } from '../log.js';
@@ -29,9 +30,6 @@ import type { KeystoneClient } from './keystone.js';
  *   otherwise as an HTML page.
  */
 
-/** Default GLANCE_RESPONSE_MAX_BYTES (src/config.ts holds the setting). */
-export const DEFAULT_RESPONSE_MAX_BYTES = 64 * 1024 * 1024;
-
 
 
 export interface ListImagesOptions {
@@ -53,7 +51,7 @@ export interface ListImagesOptions {
 export interface GlanceClientOptions {
   /** Base URL of Glance (no /v2); default GLANCE_URL, else the catalog's image endpoint. */
   glanceUrl?: string;
-  /** GLANCE_RESPONSE_MAX_BYTES: bytes one Glance answer may have; default DEFAULT_RESPONSE_MAX_BYTES. */
+  /** GLANCE_RESPONSE_MAX_BYTES: bytes one Glance answer may have; default the config schema's. */
   responseMaxBytes?: number;
   log?: Logger;
 }
@@ -194,7 +192,7 @@ export class GlanceClient {
   }
 
   private get maxBytes(): number {
-    return this.options.responseMaxBytes ?? DEFAULT_RESPONSE_MAX_BYTES;
+    return this.options.responseMaxBytes ?? ENV_DEFAULTS.GLANCE_RESPONSE_MAX_BYTES;
   }
 
   /**
