@@ -83,8 +83,14 @@ function derive(schema: z.ZodType, where: string): Guard {
     }
     case 'record': {
       if (defOf(def.keyType!).type !== 'string') throw new Error(`guardOf: ${where}: only records keyed by z.string() have a guard`);
+      // z.unknown() takes any value, undefined included (only an object's own keys are required).
+      if (defOf(def.valueType!).type === 'unknown') return isJsonObject;
       const value = derive(def.valueType!, `${where}{}`);
-      return (v) => isJsonObject(v) && Object.values(v).every(value);
+      return (v) => {
+        if (!isJsonObject(v)) return false;
+        for (const key in v) if (!value(v[key])) return false;
+        return true;
+      };
     }
     case 'object': {
       const keys = Object.keys(def.shape!);

@@ -355,6 +355,8 @@ describe('a guard is derived from its schema, never guessed', () => {
     const size = guardOf(z.object({ size: z.number().int().nonnegative().max(10).nullable().optional() }));
     expect([{}, { size: null }, { size: 0 }, { size: 10 }].map(size)).toEqual([true, true, true, true]);
     expect([{ size: 11 }, { size: -1 }, { size: 1.5 }, { size: '1' }, [], null].map(size)).toEqual([false, false, false, false, false, false]);
+    const labels = guardOf(z.record(z.string(), z.string()));
+    expect([{}, { a: 'x' }, { a: 'x', b: 1 }, ['x']].map(labels)).toEqual([true, true, false, false]);
     const refined = guardOf(z.string().regex(/^a/).refine((v) => v.length < 3));
     expect(['ab', 'abc', 'ba', 5].map(refined)).toEqual([true, false, false, false]);
   });
