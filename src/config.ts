@@ -4,7 +4,6 @@ import { ConfigError } from './errors.js';
 import { rememberSecrets, urlPasswords } from './redact.js';
 import { readLimitsFile } from './limits-file.js';
 import { parseLimits, type ProjectLimits } from './quota/limits.js';
-import { DEFAULT_NEAREST_PROJECTS } from './quota/nearest.js';
 import { secretArn, type SecretSetting } from './secret-arns.js';
 import { parseEnv } from './env-errors.js';
 
@@ -181,7 +180,7 @@ export const EnvSchema = z.object({
     .int()
     .min(0)
     .max(10_000)
-    .default(DEFAULT_NEAREST_PROJECTS)
+    .default(100)
     .meta({ description: '`consume`: how many projects, those nearest or over their limits, get gauges of their own (`gqe_project_usage`, `gqe_project_limit`, by project and resource), so that the series never grow with the number of projects; a project that leaves them leaves `/metrics`. 0 turns them off; `gqe_projects_over_limit` counts every project all the same.' }),
   PUBLISH_EXCHANGE: z
     .string()

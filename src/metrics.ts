@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { DEFAULT_NEAREST_PROJECTS, NearestProjects, type ProjectFill } from './quota/nearest.js';
+import { ENV_DEFAULTS } from './config.js';
+import { NearestProjects, type ProjectFill } from './quota/nearest.js';
 import { isUnlimited } from './quota/decide.js';
 import { Resource, USAGE_RESOURCES } from './quota/resources.js';
 
@@ -115,7 +116,7 @@ export class Metrics {
 
   constructor(options: { projects?: number } = {}) {
     collectDefaultMetrics({ register: this.registry, prefix: 'gqe_' });
-    this.nearest = new NearestProjects(options.projects ?? DEFAULT_NEAREST_PROJECTS);
+    this.nearest = new NearestProjects(options.projects ?? ENV_DEFAULTS.METRICS_PROJECTS);
     // Zero, not absent, while no project is over: an alert or a panel then reads a number.
     for (const resource of Resource.options) this.projectsOver.set({ resource }, 0);
   }

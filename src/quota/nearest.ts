@@ -2,9 +2,6 @@ import { isUnlimited } from './decide.js';
 import type { ProjectLimits } from './limits.js';
 import { USAGE_RESOURCES, type Usage } from './resources.js';
 
-/** How many projects get gauges of their own by default (METRICS_PROJECTS). */
-export const DEFAULT_NEAREST_PROJECTS = 100;
-
 /**
  * How near a project is to its limits: the largest usage / limit over the resources it has a
  * limit on (1 is at the limit, above 1 over it). A limit of 0 is reached before the first image,
