@@ -79,7 +79,13 @@ async function main(): Promise<void> {
       req.on('end', () => res.writeHead(201, { 'content-type': 'application/json' }).end('{"id": "stub"}'));
     });
     await new Promise<void>((resolve) => stub.listen(0, '127.0.0.1', resolve));
-    stops.unshift(() => new Promise((resolve) => (stub.closeAllConnections(), stub.close(resolve))));
+    stops.unshift(
+      () =>
+        new Promise((resolve) => {
+          stub.closeAllConnections();
+          stub.close(resolve);
+        }),
+    );
     const stubUrl = `http://127.0.0.1:${(stub.address() as { port: number }).port}`;
     const stubChecked = await startNginx({ glanceUrl: stubUrl, admissionPort: gate.port });
     stops.unshift(() => stubChecked.stop());

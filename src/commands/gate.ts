@@ -35,7 +35,12 @@ export async function gate(args: string[]): Promise<number> {
   const health = await startHealthServer({ port: config.metricsPort, host: config.metricsHost }, metrics, {
     ready: async () => {
       let storeOk = false;
-      await settlesWithin(pipeline.ledger.usage('readiness-probe').then(() => void (storeOk = true), () => {}), 5_000);
+      await settlesWithin(pipeline.ledger.usage('readiness-probe').then(
+          () => {
+            storeOk = true;
+          },
+          () => {},
+        ), 5_000);
       return { ok: storeOk, detail: { store: storeOk ? 'ok' : 'failing' } };
     },
   });

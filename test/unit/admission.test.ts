@@ -86,7 +86,12 @@ describe("Glance's own words", () => {
 describe('the admission door', () => {
   it('admits exactly 5 of 60 parallel creates against 0 of 5, refusing the rest in Glance\'s words without asking Glance', async () => {
     let confirmations = 0;
-    const { gate } = gateOver(new MemoryStore(), 'image_count_total=5', { confirmOnGlance: async () => (confirmations++, 0) });
+    const { gate } = gateOver(new MemoryStore(), 'image_count_total=5', {
+      confirmOnGlance: async () => {
+        confirmations++;
+        return 0;
+      },
+    });
     const answers = await Promise.all(Array.from({ length: 60 }, () => gate.decide(create)));
     expect(answers.filter((a) => a.decision === 'allow')).toHaveLength(5);
     const refused = answers.filter((a) => a.decision === 'deny');
@@ -150,12 +155,19 @@ describe('the admission door', () => {
     await pipelineOf({ store, limits: new StaticLimits({}), clock: () => NOW }).ingest([createBody(P)]);
     let keystone = 1;
     let table = 1;
-    const limits = { limitsFor: async () => ({ image_count_total: table }), refresh: async () => ({ image_count_total: (table = keystone) }) };
+    const limits = { limitsFor: async () => ({ image_count_total: table }), refresh: async () => {
+        table = keystone;
+        return { image_count_total: table };
+      },
+    };
     const gate = new AdmissionGate({
       ledger: store, limits, clock: () => NOW,
       tokenOwner: async () => ({ projectId: P, expiresAtMs: NOW + 60_000 }),
       // As Pipeline.enforceOnGlance does: the limits afresh, then Glance's count.
-      confirmOnGlance: async (p) => (await limits.refresh(), (await store.usage(p)).image_count_total),
+      confirmOnGlance: async (p) => {
+        await limits.refresh();
+        return (await store.usage(p)).image_count_total;
+      },
       confirmMs: 0,
     });
     expect(await gate.decide(create)).toMatchObject({ decision: 'deny', over: { limit: 1, usage: 1 } });
@@ -262,7 +274,13 @@ describe('token -> project', () => {
 
   it('is bounded, forgetting the least recently used first', async () => {
     const calls: string[] = [];
-    const tokens = new TokenProjects(async (t) => (calls.push(t), { projectId: t, expiresAtMs: Date.now() + 3_600_000 }), { maxEntries: 2 });
+    const tokens = new TokenProjects(
+      async (t) => {
+        calls.push(t);
+        return { projectId: t, expiresAtMs: Date.now() + 3_600_000 };
+      },
+      { maxEntries: 2 },
+    );
     await tokens.lookup('a');
     await tokens.lookup('b');
     await tokens.lookup('a');

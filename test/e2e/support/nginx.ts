@@ -45,7 +45,9 @@ export async function startNginx(o: { glanceUrl: string; admissionPort: number; 
   );
   const child: ChildProcess = spawn('nginx', ['-c', join(dir, 'nginx.conf'), '-p', `${dir}/`], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
-  child.stderr!.on('data', (c: Buffer) => void (stderr += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => {
+    stderr += c.toString();
+  });
   const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
   const spawnError = new Promise<never>((_, reject) => child.on('error', (err) => reject(new Error(`nginx: ${err.message}; install it with: bash test/e2e/lab.sh install (nginx-light)`))));
   const url = `http://127.0.0.1:${port}`;
