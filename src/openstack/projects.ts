@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { OpenStackHttpError } from './errors.js';
-import { scopeUnavailableReason, type KeystoneClient, type Scope } from './keystone.js';
+import type { KeystoneClient } from './keystone.js';
+import { scopeUnavailableReason, type Scope } from './scopes.js';
 
 /** What `status` needs of Keystone's projects: the names operators know them by. */
 export interface ProjectNames {
