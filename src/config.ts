@@ -259,58 +259,11 @@ export type Env = z.infer<typeof EnvSchema>;
  */
 export const ENV_DEFAULTS: Readonly<Env> = EnvSchema.parse({});
 
-export interface Config {
-  storeUrl: string;
-  redisKeyPrefix: string;
-  limits: { defaults: ProjectLimits; perProject: Record<string, ProjectLimits> };
-  exemptProjects: Set<string>;
-  mode: 'enforce' | 'dry-run';
-  protectedQueued: Env['PROTECTED_QUEUED_IMAGES'];
-  logLevel: Env['LOG_LEVEL'];
-  messageRetentionMs: number;
-  auditRetentionMs: number;
-  deletedImageRetentionMs: number;
-  createRateWindowSeconds: number;
-  limitsCacheSeconds: number;
-  /** What the door admits besides the schemas (src/notification/parse.ts). */
-  door: { maxMessageBytes: number; clockSkewSeconds: number };
-  glanceResponseMaxBytes: number;
-  stallMs: number;
-  shutdownMs: number;
-  amqp: {
-    transportUrl: string;
-    caFile: string;
-    durableExchange: boolean;
-    exchange: string;
-    topic: string;
-    queue: string;
-    maxLength: number;
-    maxBytes: number;
-    prefetch: number;
-    publishExchange: string;
-    publishTopic: string;
-  };
-  reconcileIntervalMs: number;
-  enforceConcurrency: number;
-  metricsPort: number;
-  metricsHost: string;
-  /** METRICS_PROJECTS: the projects with gauges of their own. */
-  metricsProjects: number;
-  sqs: { queueUrl: string; deadLetterQueueUrl: string };
-  reconcileBudgetMs: number;
-  /** The admission endpoint (src/doors/admission.ts); `port` undefined: `consume` serves none. */
-  admission: {
-    port: number | undefined;
-    host: string;
-    failClosed: boolean;
-    timeoutMs: number;
-    reservationMs: number;
-    confirmMs: number;
-    tokenCacheSize: number;
-  };
-  /** `<SETTING>_SECRET_ARN`, '' when the setting is a plain value. */
-  secretArns: Record<SecretSetting, string>;
-}
+/**
+ * The settings as the code reads them: what loadConfig makes of the environment (times in ms,
+ * flags as booleans, the limits parsed). Its fields are documented where loadConfig sets them.
+ */
+export type Config = ReturnType<typeof loadConfig>;
 
 /** `900`, `900s`, `15m`, `1h` to milliseconds. */
 export function parseDuration(value: string, name: string): number {
@@ -336,7 +289,7 @@ function secretArnsOf(e: z.infer<typeof SecretArnsSchema>): Record<SecretSetting
 }
 
 /** Validates the environment; every error names the variable and shows a value that works. */
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
   const e = parseEnv(EnvSchema, env, ENV_DEFAULTS);
   // The passwords in the URLs stay out of every log line and error from now on (src/redact.ts).
   rememberSecrets(...urlPasswords(e.STORE_URL), ...urlPasswords(e.TRANSPORT_URL ?? ''));
@@ -344,7 +297,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   return {
     storeUrl: e.STORE_URL,
     redisKeyPrefix: e.REDIS_KEY_PREFIX,
-    limits: { defaults, perProject: e.QUOTA_LIMITS_FILE ? readLimitsFile(e.QUOTA_LIMITS_FILE) : {} },
+    limits: { defaults, perProject: e.QUOTA_LIMITS_FILE ? readLimitsFile(e.QUOTA_LIMITS_FILE) : ({} as Record<string, ProjectLimits>) },
     exemptProjects: new Set(e.EXEMPT_PROJECTS.split(',').map((p) => p.trim()).filter(Boolean)),
     mode: e.ENFORCEMENT_MODE,
     protectedQueued: e.PROTECTED_QUEUED_IMAGES,
@@ -354,6 +307,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     deletedImageRetentionMs: e.DELETED_IMAGE_RETENTION_SECONDS * 1000,
     createRateWindowSeconds: e.QUOTA_CREATE_RATE_WINDOW,
     limitsCacheSeconds: e.LIMITS_CACHE_SECONDS,
+    // What the door admits besides the schemas (src/notification/parse.ts).
     door: { maxMessageBytes: e.MAX_MESSAGE_BYTES, clockSkewSeconds: e.CLOCK_SKEW_SECONDS },
     glanceResponseMaxBytes: e.GLANCE_RESPONSE_MAX_BYTES,
     stallMs: e.STALL_SECONDS * 1000,
@@ -375,9 +329,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     enforceConcurrency: e.ENFORCE_CONCURRENCY,
     metricsPort: e.METRICS_PORT,
     metricsHost: e.METRICS_HOST,
+    // METRICS_PROJECTS: the projects with gauges of their own.
     metricsProjects: e.METRICS_PROJECTS,
     sqs: { queueUrl: e.SQS_QUEUE_URL, deadLetterQueueUrl: e.SQS_DEAD_LETTER_QUEUE_URL },
     reconcileBudgetMs: e.RECONCILE_BUDGET_SECONDS * 1000,
+    // The admission endpoint (src/doors/admission.ts); `port` undefined: `consume` serves none.
     admission: {
       port: e.ADMISSION_PORT,
       host: e.ADMISSION_HOST,
@@ -387,6 +343,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       confirmMs: e.ADMISSION_CONFIRM_SECONDS * 1000,
       tokenCacheSize: e.ADMISSION_TOKEN_CACHE_SIZE,
     },
+    // `<SETTING>_SECRET_ARN`, '' when the setting is a plain value.
     secretArns: secretArnsOf(e),
   };
 }
