@@ -53,7 +53,10 @@ const f = (ms: number) => ms.toFixed(2).padStart(8);
 async function plainNginx(admissionPort: number, glanceUrl = l.glanceUrl): Promise<RunningNginx> {
   const shipped = join(import.meta.dirname, '..', 'deploy', 'nginx', 'glance-api-admission.conf');
   const dir = mkdtempSync(join(tmpdir(), 'gqe-bench-conf-'));
-  const plain = readFileSync(shipped, 'utf8').split('\n').filter((line) => !/^\s*(auth_request|error_page)\s/.test(line)).join('\n');
+  const plain = readFileSync(shipped, 'utf8')
+    .split('\n')
+    .filter((line) => !/^\s*(auth_request|error_page)\s/.test(line))
+    .join('\n');
   writeFileSync(join(dir, 'glance-api-admission.conf'), plain);
   return startNginx({ glanceUrl, admissionPort, configFile: join(dir, 'glance-api-admission.conf') });
 }
@@ -93,8 +96,12 @@ async function main(): Promise<void> {
     stops.unshift(() => stubPlain.stop());
 
     const targets: Record<string, string> = {
-      glance: l.glanceUrl, nginx: plain.url, 'nginx+gate': checked.url, unified: l.oracleUrl,
-      'stub nginx': stubPlain.url, 'stub nginx+gate': stubChecked.url,
+      glance: l.glanceUrl,
+      nginx: plain.url,
+      'nginx+gate': checked.url,
+      unified: l.oracleUrl,
+      'stub nginx': stubPlain.url,
+      'stub nginx+gate': stubChecked.url,
     };
     const names = Object.keys(targets);
     const times: Record<string, number[]> = Object.fromEntries([...names, 'check alone'].map((n) => [n, []]));

@@ -57,7 +57,9 @@ try {
   // A first, unmeasured round: the files and node itself into the page cache.
   for (let round = -1; round < rounds; round++) {
     const b = start(['-e', CPU], work);
-    const r = FUNCTION_NAMES.map((name) => [name, start(['--input-type=module', '-e', `await import('./dist/lambda/${name}/index.mjs'); ${CPU}`], unpacked[name]!)] as const);
+    const r = FUNCTION_NAMES.map(
+      (name) => [name, start(['--input-type=module', '-e', `await import('./dist/lambda/${name}/index.mjs'); ${CPU}`], unpacked[name]!)] as const,
+    );
     if (round < 0) continue;
     bare.push(b);
     for (const [name, s] of r) imports[name]!.push(s);

@@ -92,7 +92,8 @@ const STORES = args.stores.split(',').filter(Boolean) as LedgerKind[];
 for (const k of STORES) if (!['sqlite', 'redis', 'postgres'].includes(k)) throw new Error(`bench: --stores: unknown store '${k}'; use sqlite, redis, postgres`);
 const SECTIONS = new Set(args.sections.split(','));
 for (const k of SECTIONS) if (!['drain', 'many', 'lag'].includes(k)) throw new Error(`bench: --sections: unknown section '${k}'; use drain, many, lag`);
-if (!['process', 'inline'].includes(args['lag-publisher'])) throw new Error(`bench: --lag-publisher: expected process or inline, got '${args['lag-publisher']}'`);
+if (!['process', 'inline'].includes(args['lag-publisher']))
+  throw new Error(`bench: --lag-publisher: expected process or inline, got '${args['lag-publisher']}'`);
 const LAG_N = Number(args['lag-messages']);
 const OSLO_N = Number(args['oslo-messages']);
 const MANY = Number(args['many-projects']);
@@ -106,7 +107,9 @@ async function connect() {
   try {
     return await amqp.connect(parseTransportUrl(TRANSPORT_URL)[0]!);
   } catch (err) {
-    throw new Error(`bench: RabbitMQ at ${TRANSPORT_URL.replace(/:[^:@/]*@/, ':***@')} is not reachable (${(err as Error).message}); start it with rabbitmq-server -detached`);
+    throw new Error(
+      `bench: RabbitMQ at ${TRANSPORT_URL.replace(/:[^:@/]*@/, ':***@')} is not reachable (${(err as Error).message}); start it with rabbitmq-server -detached`,
+    );
   }
 }
 
@@ -119,7 +122,10 @@ async function fill(channel: amqp.ConfirmChannel, queue: string, bodies: readonl
 }
 
 async function declare(channel: amqp.Channel, queue: string): Promise<void> {
-  await channel.assertQueue(queue, { durable: true, arguments: { 'x-max-length': 1_000_000, 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': `${queue}.dead` } });
+  await channel.assertQueue(queue, {
+    durable: true,
+    arguments: { 'x-max-length': 1_000_000, 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': `${queue}.dead` },
+  });
   await channel.assertQueue(`${queue}.dead`, { durable: true, arguments: { 'x-max-length': 1_000_000 } });
   await channel.bindQueue(queue, exchange, `${queue}.info`);
 }
@@ -132,7 +138,13 @@ type BareWay = 'ack-each' | 'decode-batched';
  * with the cheapest acking (one `ack(multiple)` per PREFETCH/2 messages); `onDecoded` sees each
  * decoded oslo message.
  */
-async function bareDrain(connection: amqp.ChannelModel, queue: string, n: number, way: BareWay, onDecoded?: (message: Record<string, unknown>) => void): Promise<number> {
+async function bareDrain(
+  connection: amqp.ChannelModel,
+  queue: string,
+  n: number,
+  way: BareWay,
+  onDecoded?: (message: Record<string, unknown>) => void,
+): Promise<number> {
   const channel = await connection.createChannel();
   await channel.prefetch(PREFETCH);
   const ackEvery = Math.max(1, Math.floor(PREFETCH / 2));
@@ -194,7 +206,12 @@ class TimedConsumer extends NotificationConsumer {
   }
 }
 
-function enforcer(queue: string, store: LedgerStore, onCommitted: (result: IngestResult, committedAtMs: number) => void, limits: LimitSource = HIGH_STATIC_LIMITS) {
+function enforcer(
+  queue: string,
+  store: LedgerStore,
+  onCommitted: (result: IngestResult, committedAtMs: number) => void,
+  limits: LimitSource = HIGH_STATIC_LIMITS,
+) {
   const config = loadConfig({
     TRANSPORT_URL,
     PREFETCH: String(PREFETCH),
@@ -242,10 +259,15 @@ async function enforcerDrain(queue: string, kind: LedgerKind, n: number, limits?
   let done = 0;
   let finish!: () => void;
   const finished = new Promise<void>((r) => (finish = r));
-  const e = enforcer(queue, store, (r) => {
-    done += r.outcomes.length;
-    if (done >= n) finish();
-  }, limits);
+  const e = enforcer(
+    queue,
+    store,
+    (r) => {
+      done += r.outcomes.length;
+      if (done >= n) finish();
+    },
+    limits,
+  );
   const running = e.consumer.run();
   await e.consumer.whenConnected();
   const started = performance.now();
@@ -414,7 +436,9 @@ async function main(): Promise<void> {
     `${name.padEnd(44)} ${String(n).padStart(8)} ${run.seconds.toFixed(2).padStart(8)} ${String(Math.round(n / run.seconds)).padStart(9)}  ${runs.map((r) => `${r.seconds.toFixed(2)} (${r.cpu})`).join(' ')}`;
   try {
     const { bodies } = generateHistory({ seed: 7, projects: Number(args.projects), messages: N });
-    console.log(`bench:consume: ${N} realistic notifications, ${args.projects} projects, then ${MANY} projects; PREFETCH=${PREFETCH}, ${STORES.join(', ')} ledger, dry-run, load ${loadavg()[0]!.toFixed(1)}`);
+    console.log(
+      `bench:consume: ${N} realistic notifications, ${args.projects} projects, then ${MANY} projects; PREFETCH=${PREFETCH}, ${STORES.join(', ')} ledger, dry-run, load ${loadavg()[0]!.toFixed(1)}`,
+    );
     const drain = async (name: string, list: readonly string[], how: BareWay | { store?: LedgerKind; limits?: LimitSource; profile?: string }) => {
       queues.push(q(name));
       await declare(channel, q(name));
@@ -432,7 +456,10 @@ async function main(): Promise<void> {
       const best1 = await drain('best-1', bodies, 'decode-batched');
       const consumed: [LedgerKind, Run][] = [];
       for (const [i, store] of STORES.entries()) {
-        consumed.push([store, await drain(`enforcer-${store}`, bodies, { store, ...(i === 0 && args['profile-consume'] ? { profile: args['profile-consume'] } : {}) })]);
+        consumed.push([
+          store,
+          await drain(`enforcer-${store}`, bodies, { store, ...(i === 0 && args['profile-consume'] ? { profile: args['profile-consume'] } : {}) }),
+        ]);
       }
       const best2 = await drain('best-2', bodies, 'decode-batched');
       const best = faster(best1, best2);
@@ -441,7 +468,9 @@ async function main(): Promise<void> {
       lines.push(row(`bare amqplib, decode + batched acks (best)`, best, [best1, best2]));
       for (const [store, run] of consumed) lines.push(row(`consume (${store}, static limits)`, run));
       for (const [store, { seconds }] of consumed) {
-        lines.push(`ratio consume (${store}) / best bare: ${(best.seconds / seconds).toFixed(2)}${store === 'sqlite' ? ' (aim >= 0.8)' : ''}; consume / ack-each bare: ${(ackEach.seconds / seconds).toFixed(2)}`);
+        lines.push(
+          `ratio consume (${store}) / best bare: ${(best.seconds / seconds).toFixed(2)}${store === 'sqlite' ? ' (aim >= 0.8)' : ''}; consume / ack-each bare: ${(ackEach.seconds / seconds).toFixed(2)}`,
+        );
       }
       if (OSLO_N > 0) {
         const missing = osloMissing();
@@ -452,7 +481,7 @@ async function main(): Promise<void> {
           queues.push(`${q('oslo')}.info`);
           const run = await osloDrain(channel, q('oslo'), oslo);
           lines.push(row('oslo.messaging listener (python3, threading)', run, [run], oslo.length));
-          lines.push(`consume (${STORES[0]}) / oslo.messaging listener, in msg/s: ${((N / consumed[0]![1].seconds) / (oslo.length / run.seconds)).toFixed(1)}x`);
+          lines.push(`consume (${STORES[0]}) / oslo.messaging listener, in msg/s: ${(N / consumed[0]![1].seconds / (oslo.length / run.seconds)).toFixed(1)}x`);
         }
       }
     }
@@ -478,9 +507,11 @@ async function main(): Promise<void> {
       lines.push(row(`bare amqplib, decode + batched acks, ${MANY} pr.`, manyBest, [manyBest1, manyBest2]));
       lines.push(row(`consume (sqlite, static limits), ${MANY} pr.`, manyStatic));
       lines.push(row(`consume (sqlite, Keystone limits), ${MANY} pr.`, manyEnf));
-      lines.push(`${MANY} projects (${active} active): consume / best bare: ${(manyBest.seconds / manyStatic.seconds).toFixed(2)} static limits, ${(manyBest.seconds / manyEnf.seconds).toFixed(2)} Keystone limits; Keystone calls during the drain: ` +
-        `${calls.tokens} token, ${calls.registeredLimits} registered_limits, ${calls.limits} limits listing, ${calls.limitsOfOneProject} per-project limits; ` +
-        `one refresh of ${MANY} projects' limits: ${refreshCalls.registeredLimits + refreshCalls.limits} calls, ${refreshMs.toFixed(0)} ms`);
+      lines.push(
+        `${MANY} projects (${active} active): consume / best bare: ${(manyBest.seconds / manyStatic.seconds).toFixed(2)} static limits, ${(manyBest.seconds / manyEnf.seconds).toFixed(2)} Keystone limits; Keystone calls during the drain: ` +
+          `${calls.tokens} token, ${calls.registeredLimits} registered_limits, ${calls.limits} limits listing, ${calls.limitsOfOneProject} per-project limits; ` +
+          `one refresh of ${MANY} projects' limits: ${refreshCalls.registeredLimits + refreshCalls.limits} calls, ${refreshMs.toFixed(0)} ms`,
+      );
     }
 
     if (SECTIONS.has('lag')) {
@@ -492,7 +523,15 @@ async function main(): Promise<void> {
           const lagBodies = generateHistory({ seed: LAG_SEED, projects: Number(args.projects), messages: LAG_N }).bodies;
           await publishAtRate(channel, exchange, routingKey, lagBodies, rate);
         } else {
-          await publisherProcess({ broker: parseTransportUrl(TRANSPORT_URL)[0]!, exchange, routingKey, rate, count: LAG_N, projects: Number(args.projects), seed: LAG_SEED });
+          await publisherProcess({
+            broker: parseTransportUrl(TRANSPORT_URL)[0]!,
+            exchange,
+            routingKey,
+            rate,
+            count: LAG_N,
+            projects: Number(args.projects),
+            seed: LAG_SEED,
+          });
         }
       };
       const publisher = args['lag-publisher'] === 'inline' ? 'in this process' : 'in a process of its own';
@@ -501,7 +540,9 @@ async function main(): Promise<void> {
       queues.push(q('lag-bare'));
       await declare(channel, q('lag-bare'));
       const bare = await bareLags(connection, q('lag-bare'), LAG_N, () => publish(q('lag-bare')));
-      lines.push(`lag publish -> receive, best bare consumer, at ${rate} msg/s (${bare.length} messages, publisher ${publisher}): p50 ${percentile(bare, 50).toFixed(1)} ms, p99 ${percentile(bare, 99).toFixed(1)} ms`);
+      lines.push(
+        `lag publish -> receive, best bare consumer, at ${rate} msg/s (${bare.length} messages, publisher ${publisher}): p50 ${percentile(bare, 50).toFixed(1)} ms, p99 ${percentile(bare, 99).toFixed(1)} ms`,
+      );
 
       // Per image event: publish -> commit, and its two parts, publish -> receive (the broker's,
       // as the bare consumer saw it) and receive -> commit (the enforcer's own).
@@ -534,7 +575,10 @@ async function main(): Promise<void> {
       await e.worker.stop();
       await running;
       await close();
-      if (e.consumer.receivedAt.length !== LAG_N) throw new Error(`bench: consume received ${e.consumer.receivedAt.length} deliveries of ${LAG_N}; one was redelivered, and the receive times no longer line up`);
+      if (e.consumer.receivedAt.length !== LAG_N)
+        throw new Error(
+          `bench: consume received ${e.consumer.receivedAt.length} deliveries of ${LAG_N}; one was redelivered, and the receive times no longer line up`,
+        );
       const p = (xs: number[]) => {
         xs.sort((a, b) => a - b);
         return `p50 ${percentile(xs, 50).toFixed(1)} ms, p99 ${percentile(xs, 99).toFixed(1)} ms`;
@@ -543,9 +587,15 @@ async function main(): Promise<void> {
       lines.push(`  of which publish -> receive ${p(toReceive)}; receive -> commit (the enforcer's own) ${p(toCommit)}`);
     }
 
-    console.log(`${'variant'.padEnd(44)} ${'messages'.padStart(8)} ${'seconds'.padStart(8)} ${'msg/s'.padStart(9)}  runs: seconds (CPU µs a message: this process/broker)`);
+    console.log(
+      `${'variant'.padEnd(44)} ${'messages'.padStart(8)} ${'seconds'.padStart(8)} ${'msg/s'.padStart(9)}  runs: seconds (CPU µs a message: this process/broker)`,
+    );
     for (const line of lines) console.log(line);
-    console.log(`load average at the end: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+    console.log(
+      `load average at the end: ${loadavg()
+        .map((l) => l.toFixed(1))
+        .join(' ')}`,
+    );
   } finally {
     await standIn?.close();
     for (const name of queues) {

@@ -71,7 +71,13 @@ const rateOf = (doneMs: number[]) => {
   return s.length < 2 ? 0 : ((s.length - 1) * 1000) / (s[s.length - 1]! - s[0]!);
 };
 
-interface BareResult { rate: number; wallRate: number; latencyP50: number; createRate: number; glance?: GlanceSide }
+interface BareResult {
+  rate: number;
+  wallRate: number;
+  latencyP50: number;
+  createRate: number;
+  glance?: GlanceSide;
+}
 interface EnforcerResult {
   deleted: number;
   rate: number;
@@ -101,7 +107,13 @@ const cleanup: (() => Promise<unknown>)[] = [];
  * each line ends with the request's time in Glance, and is stamped when it finished. `inFlight` is
  * the mean number of DELETEs Glance had in hand over the span of the phase's DELETEs.
  */
-interface GlanceSide { deletes: number; p50Ms: number; inFlight: number; gets: number; getMs: number }
+interface GlanceSide {
+  deletes: number;
+  p50Ms: number;
+  inFlight: number;
+  gets: number;
+  getMs: number;
+}
 const GLANCE_LOG = process.env.LAB_DIR ? join(process.env.LAB_DIR, 'log', 'glance-api.log') : undefined;
 const logOffset = (): number => (GLANCE_LOG && existsSync(GLANCE_LOG) ? statSync(GLANCE_LOG).size : -1);
 function glanceSide(from: number, ids: ReadonlySet<string>, projectId: string): GlanceSide | undefined {
@@ -132,7 +144,9 @@ function glanceSide(from: number, ids: ReadonlySet<string>, projectId: string): 
   return { deletes: spans.length, p50Ms: median(spans.map((s) => s[1] - s[0])), inFlight: busy / (hi - lo), gets, getMs };
 }
 const side = (g: GlanceSide | undefined) =>
-  g ? `; in Glance: ${g.deletes} DELETEs, p50 ${f(g.p50Ms, 0)} ms, ${f(g.inFlight, 2)} in flight on average${g.gets ? `, ${g.gets} listing GETs (${f(g.getMs, 0)} ms)` : ''}` : '';
+  g
+    ? `; in Glance: ${g.deletes} DELETEs, p50 ${f(g.p50Ms, 0)} ms, ${f(g.inFlight, 2)} in flight on average${g.gets ? `, ${g.gets} listing GETs (${f(g.getMs, 0)} ms)` : ''}`
+    : '';
 
 async function project(label: string): Promise<TestProject> {
   const p = await TestProject.create(l, label);
@@ -179,7 +193,13 @@ async function bare(concurrency: number): Promise<BareResult> {
   const left = (await p.images()).size;
   if (left !== 0) throw new Error(`bare: ${left} images left after deleting all`);
   const glance = glanceSide(from, new Set(ids), p.id);
-  return { rate: rateOf(done), wallRate: (ids.length * 1000) / (t1 - t0), latencyP50: median(latencies), createRate: (N * 1000) / (lastMs - startMs), ...(glance ? { glance } : {}) };
+  return {
+    rate: rateOf(done),
+    wallRate: (ids.length * 1000) / (t1 - t0),
+    latencyP50: median(latencies),
+    createRate: (N * 1000) / (lastMs - startMs),
+    ...(glance ? { glance } : {}),
+  };
 }
 
 /**
@@ -271,7 +291,9 @@ async function enforcer(): Promise<EnforcerResult> {
   if (metric !== want) throw new Error(`enforcer: gqe_actions_total{action="deleted"} is ${metric}, expected ${want}`);
   await c.stop();
 
-  const deletions = mine('image deleted').map((e) => Number(e.atMs)).sort((a, b) => a - b);
+  const deletions = mine('image deleted')
+    .map((e) => Number(e.atMs))
+    .sort((a, b) => a - b);
   const asks = mine('ledger says over quota; asking Glance').map((e) => Number(e.time));
   const confirms = mine('Glance confirms: project over quota').map((e) => Number(e.time));
   const first = deletions[0]!;
@@ -314,18 +336,24 @@ const oracles: Awaited<ReturnType<typeof bareDuringFlood>>[] = [];
 const f = (x: number, d = 1) => x.toFixed(d);
 
 async function main(): Promise<void> {
-  console.log(`bench:flood: ${N} queued images per flood, limit image_count_total=${LIMIT}, bare DELETE concurrency ${CONCURRENCY.join(', ')}, ${ROUNDS} rounds, Glance ${l.glanceUrl}`);
+  console.log(
+    `bench:flood: ${N} queued images per flood, limit image_count_total=${LIMIT}, bare DELETE concurrency ${CONCURRENCY.join(', ')}, ${ROUNDS} rounds, Glance ${l.glanceUrl}`,
+  );
   for (let round = 1; round <= ROUNDS; round++) {
     const steps: (() => Promise<void>)[] = [
       ...CONCURRENCY.map((c) => async () => {
         const r = await bare(c);
         bares.get(c)!.push(r);
-        console.log(`  round ${round}: bare x${c}: ${f(r.rate)} del/s (wall ${f(r.wallRate)}), DELETE p50 ${r.latencyP50} ms; flood ${f(r.createRate)} creates/s${side(r.glance)}`);
+        console.log(
+          `  round ${round}: bare x${c}: ${f(r.rate)} del/s (wall ${f(r.wallRate)}), DELETE p50 ${r.latencyP50} ms; flood ${f(r.createRate)} creates/s${side(r.glance)}`,
+        );
       }),
       async () => {
         const r = await bareDuringFlood(CONCURRENCY[0]!);
         oracles.push(r);
-        console.log(`  round ${round}: bare during the flood x${CONCURRENCY[0]}: ${f(r.rate)} del/s, converged ${f(r.convergedS, 2)} s after the last create; flood ${f(r.createRate)} creates/s${side(r.glance)}`);
+        console.log(
+          `  round ${round}: bare during the flood x${CONCURRENCY[0]}: ${f(r.rate)} del/s, converged ${f(r.convergedS, 2)} s after the last create; flood ${f(r.createRate)} creates/s${side(r.glance)}`,
+        );
       },
       async () => {
         const r = await enforcer();
@@ -354,18 +382,23 @@ async function main(): Promise<void> {
   const sameC = bares.get(8) ? median(bares.get(8)!.map((r) => r.rate)) : undefined;
   const e = median(enforcers.map((r) => r.rate));
   console.log(
-    `ratio enforcer / best bare: ${f(e / bestBare, 2)} (aim >= 0.9)` + (sameC ? `; enforcer / bare x8: ${f(e / sameC, 2)}` : '') +
+    `ratio enforcer / best bare: ${f(e / bestBare, 2)} (aim >= 0.9)` +
+      (sameC ? `; enforcer / bare x8: ${f(e / sameC, 2)}` : '') +
       `; after the last create / best bare: ${f(median(enforcers.map((r) => r.tailRate)) / bestBare, 2)}`,
   );
   // Paired within each round (the same minute of the same machine): drift between rounds cancels out.
   const paired = enforcers.map((r, i) => r.rate / Math.max(...[...bares.values()].map((rs) => rs[i]!.rate)));
   console.log(`per round, enforcer / best bare of that round: median ${f(median(paired), 2)} (rounds ${paired.map((x) => f(x, 2)).join(' ')})`);
   const pairedTail = enforcers.map((r, i) => r.tailRate / Math.max(...[...bares.values()].map((rs) => rs[i]!.rate)));
-  console.log(`per round, enforcer after the last create / best bare of that round: median ${f(median(pairedTail), 2)} (rounds ${pairedTail.map((x) => f(x, 2)).join(' ')})`);
+  console.log(
+    `per round, enforcer after the last create / best bare of that round: median ${f(median(pairedTail), 2)} (rounds ${pairedTail.map((x) => f(x, 2)).join(' ')})`,
+  );
   const pairedFlood = enforcers.map((r, i) => r.rate / oracles[i]!.rate);
   console.log(`per round, enforcer / bare during the flood: median ${f(median(pairedFlood), 2)} (rounds ${pairedFlood.map((x) => f(x, 2)).join(' ')})`);
-  console.log(`convergence after the last create: enforcer median ${f(median(enforcers.map((r) => r.convergedS)), 2)} s (rounds ${enforcers.map((r) => f(r.convergedS, 2)).join(' ')}); ` +
-    `bare during the flood median ${f(median(oracles.map((r) => r.convergedS)), 2)} s (rounds ${oracles.map((r) => f(r.convergedS, 2)).join(' ')})`);
+  console.log(
+    `convergence after the last create: enforcer median ${f(median(enforcers.map((r) => r.convergedS)), 2)} s (rounds ${enforcers.map((r) => f(r.convergedS, 2)).join(' ')}); ` +
+      `bare during the flood median ${f(median(oracles.map((r) => r.convergedS)), 2)} s (rounds ${oracles.map((r) => f(r.convergedS, 2)).join(' ')})`,
+  );
   console.log(
     `enforcer passes (list, then delete): median ${median(enforcers.map((r) => r.passes))}; of its deletion window, listing ${f(median(enforcers.map((r) => (100 * r.listingMs) / r.windowMs)), 0)}%, ` +
       `between passes ${f(median(enforcers.map((r) => (100 * r.gapMs) / r.windowMs)), 0)}%; first ask ${f(median(enforcers.map((r) => r.askAfterLastCreateMs)) / 1000, 2)} s after the last create, ` +
@@ -373,11 +406,24 @@ async function main(): Promise<void> {
   );
   const inGlance = (name: string, gs: (GlanceSide | undefined)[]) => {
     const g = gs.filter((x): x is GlanceSide => x !== undefined);
-    if (g.length) console.log(`in Glance, ${name}: DELETE p50 ${f(median(g.map((x) => x.p50Ms)), 0)} ms, ${f(median(g.map((x) => x.inFlight)), 2)} DELETEs in flight on average`);
+    if (g.length)
+      console.log(
+        `in Glance, ${name}: DELETE p50 ${f(median(g.map((x) => x.p50Ms)), 0)} ms, ${f(median(g.map((x) => x.inFlight)), 2)} DELETEs in flight on average`,
+      );
   };
-  for (const [c, rs] of bares) inGlance(`bare x${c}`, rs.map((r) => r.glance));
-  inGlance('bare during the flood', oracles.map((r) => r.glance));
-  inGlance('enforcer', enforcers.map((r) => r.glance));
+  for (const [c, rs] of bares)
+    inGlance(
+      `bare x${c}`,
+      rs.map((r) => r.glance),
+    );
+  inGlance(
+    'bare during the flood',
+    oracles.map((r) => r.glance),
+  );
+  inGlance(
+    'enforcer',
+    enforcers.map((r) => r.glance),
+  );
 }
 
 try {

@@ -30,7 +30,13 @@ export function stamp(body: string, nowMs: number): string {
 }
 
 /** Publishes `bodies` at `rate` msg/s, each stamped when sent, confirming every 1000. */
-export async function publishAtRate(channel: amqp.ConfirmChannel, exchange: string, routingKey: string, bodies: readonly string[], rate: number): Promise<void> {
+export async function publishAtRate(
+  channel: amqp.ConfirmChannel,
+  exchange: string,
+  routingKey: string,
+  bodies: readonly string[],
+  rate: number,
+): Promise<void> {
   const t0 = performance.now();
   for (let i = 0; i < bodies.length; i++) {
     const due = t0 + (i / rate) * 1000;

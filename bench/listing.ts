@@ -16,7 +16,9 @@ import { execFile } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { glanceStandIn, type StandInImage } from '../test/support/glance-standin.js';
 
-const { values } = parseArgs({ options: { rounds: { type: 'string', default: '5' }, json: { type: 'boolean', default: false }, huge: { type: 'boolean', default: false } } });
+const { values } = parseArgs({
+  options: { rounds: { type: 'string', default: '5' }, json: { type: 'boolean', default: false }, huge: { type: 'boolean', default: false } },
+});
 const rounds = Number(values.rounds);
 if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds: expected a whole number of rounds such as 5, got '${values.rounds}'`);
 
@@ -47,16 +49,24 @@ const standIn = await glanceStandIn(scenarios.flatMap((s) => s.images));
 
 function run(owner: string, buffered: boolean): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ['--import', 'tsx', 'test/support/list-images-child.ts'], {
-      env: { ...process.env, ...standIn.env, LIST_OWNER: owner, LIST_BUFFERED: buffered ? '1' : '0' }, encoding: 'utf8', timeout: 300_000, maxBuffer: MB,
-    }, (error, stdout, stderr) => {
-      if (error) {
-        const line = stderr.split('\n').find((l) => /Error|error:/.test(l)) ?? error.message;
-        resolve({ ok: false, error: line.trim().slice(0, 160) });
-        return;
-      }
-      resolve({ ...(JSON.parse(stdout) as Run), ok: true });
-    });
+    execFile(
+      process.execPath,
+      ['--import', 'tsx', 'test/support/list-images-child.ts'],
+      {
+        env: { ...process.env, ...standIn.env, LIST_OWNER: owner, LIST_BUFFERED: buffered ? '1' : '0' },
+        encoding: 'utf8',
+        timeout: 300_000,
+        maxBuffer: MB,
+      },
+      (error, stdout, stderr) => {
+        if (error) {
+          const line = stderr.split('\n').find((l) => /Error|error:/.test(l)) ?? error.message;
+          resolve({ ok: false, error: line.trim().slice(0, 160) });
+          return;
+        }
+        resolve({ ...(JSON.parse(stdout) as Run), ok: true });
+      },
+    );
   });
 }
 

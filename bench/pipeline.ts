@@ -235,7 +235,10 @@ async function main(): Promise<void> {
     const s = median(all);
     const rate = bodies.length / s;
     const aim = AIMS[v.name];
-    const verdict = aim === undefined ? '' : `${s / baseline <= aimTimes(aim) ? 'met' : 'MISSED'} (<= ${aimTimes(aim).toFixed(2)}x baseline, i.e. ${aim / 1000}k msg/s; ${rate >= aim ? 'met' : 'missed'} here in msg/s)`;
+    const verdict =
+      aim === undefined
+        ? ''
+        : `${s / baseline <= aimTimes(aim) ? 'met' : 'MISSED'} (<= ${aimTimes(aim).toFixed(2)}x baseline, i.e. ${aim / 1000}k msg/s; ${rate >= aim ? 'met' : 'missed'} here in msg/s)`;
     console.log(
       `${pad(v.name, 12, true)} ${pad(bodies.length, 9)} ${pad(s.toFixed(3), 8)} ${pad(Math.round(rate), 9)} ` +
         `${pad((s / baseline).toFixed(2), 10)} ${pad(v === BASELINE ? '' : split(median(ingestShare.get(v.name)!)), 11)}  ` +
@@ -249,7 +252,9 @@ async function main(): Promise<void> {
       console.log(`${v.name}: ${v.what}`);
       continue;
     }
-    const outcomes = Object.entries(s.outcomes).map(([k, n]) => `${k} ${n}`).join(', ');
+    const outcomes = Object.entries(s.outcomes)
+      .map(([k, n]) => `${k} ${n}`)
+      .join(', ');
     console.log(`${v.name}: ${v.what}; ${outcomes}; ${s.evaluations} evaluations, ${s.overReports} over quota`);
   }
 }

@@ -157,7 +157,11 @@ async function main(): Promise<void> {
         `${(rate(r) / baseRate).toFixed(2).padStart(7)}  ${r.all.map((x) => x.toFixed(2)).join(' ')}`,
     );
   }
-  console.log(`load average at the end: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+  console.log(
+    `load average at the end: ${loadavg()
+      .map((l) => l.toFixed(1))
+      .join(' ')}`,
+  );
   for (const kind of kinds.filter((k) => k !== 'sqlite')) {
     const one = rows.find((r) => r.name === `consume (${kind})` && r.consumers === 1);
     const many = rows.find((r) => r.name === `consume (${kind})` && r.consumers === MANY);

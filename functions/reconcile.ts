@@ -9,4 +9,5 @@ export const handler = reconcileHandler(servicesFromEnvironment);
  * metrics sink): how the tests run the bundle (test/functions/bundle.test.ts), pipeline and store
  * included, as Lambda would.
  */
-export const handlerOver = (env: NodeJS.ProcessEnv, options: FunctionServicesOptions) => reconcileHandler(onColdStart(() => openFunctionServices(env, options)));
+export const handlerOver = (env: NodeJS.ProcessEnv, options: FunctionServicesOptions) =>
+  reconcileHandler(onColdStart(() => openFunctionServices(env, options)));

@@ -139,7 +139,9 @@ const luaInline: Plugin = {
 const noSqlite: Plugin = {
   name: 'no-sqlite',
   setup(b) {
-    b.onResolve({ filter: /^\.\/sqlite\.js$/ }, (args) => (/[\\/]store[\\/]index\.ts$/.test(args.importer) ? { path: 'sqlite', namespace: 'no-sqlite' } : undefined));
+    b.onResolve({ filter: /^\.\/sqlite\.js$/ }, (args) =>
+      /[\\/]store[\\/]index\.ts$/.test(args.importer) ? { path: 'sqlite', namespace: 'no-sqlite' } : undefined,
+    );
     b.onLoad({ filter: /.*/, namespace: 'no-sqlite' }, () => ({
       contents: `export const SqliteStore = { open() { throw new Error('STORE_URL: sqlite:// is not in the function bundles; a function needs a shared ledger, postgres:// or redis://'); } };`,
       loader: 'js',

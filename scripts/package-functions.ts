@@ -31,16 +31,27 @@ export const PLACEHOLDER_ENV: Record<string, string> = {
  * credentials or profile of the machine's), and returns the paths of the function artifacts.
  * The bundles (dist/lambda) must have been built.
  */
-export async function serverlessPackage(out: string, env: Record<string, string> = PLACEHOLDER_ENV, params = PLACEHOLDER_PARAMS): Promise<Record<string, string>> {
+export async function serverlessPackage(
+  out: string,
+  env: Record<string, string> = PLACEHOLDER_ENV,
+  params = PLACEHOLDER_PARAMS,
+): Promise<Record<string, string>> {
   for (const name of FUNCTION_NAMES) {
     if (!existsSync(join(ROOT, 'dist', 'lambda', name, 'index.mjs'))) {
-      throw new Error(`dist/lambda/${name}/index.mjs is missing: the package holds the function bundles; run \`npm run build:functions\` (npm ci runs it) first`);
+      throw new Error(
+        `dist/lambda/${name}/index.mjs is missing: the package holds the function bundles; run \`npm run build:functions\` (npm ci runs it) first`,
+      );
     }
   }
   const shell = { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? tmpdir(), SLS_TELEMETRY_DISABLED: '1', SLS_NOTIFICATIONS_MODE: 'off', ...env };
   const args = ['package', '--stage', 'ci', '--region', 'eu-west-1', '--package', out, ...Object.entries(params).map(([k, v]) => `--param=${k}=${v}`)];
   try {
-    await run(process.execPath, [join(ROOT, 'node_modules', 'osls', 'bin', 'serverless.js'), ...args], { cwd: ROOT, env: shell, timeout: 150_000, maxBuffer: 16 * 1024 * 1024 });
+    await run(process.execPath, [join(ROOT, 'node_modules', 'osls', 'bin', 'serverless.js'), ...args], {
+      cwd: ROOT,
+      env: shell,
+      timeout: 150_000,
+      maxBuffer: 16 * 1024 * 1024,
+    });
   } catch (err) {
     const e = err as { stdout?: string; stderr?: string; message: string };
     throw new Error(`serverless package failed: ${e.message}\n${e.stdout ?? ''}\n${e.stderr ?? ''}`);

@@ -134,7 +134,11 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     }
   } catch (err) {
     // An error may quote what a server or a store said, or a value from the environment.
-    const shown = (text = (err as Error).message) => `${scrub(text).split('\n').map((line) => printable(line)).join('\n')}\n`;
+    const shown = (text = (err as Error).message) =>
+      `${scrub(text)
+        .split('\n')
+        .map((line) => printable(line))
+        .join('\n')}\n`;
     const handling = errorExit(err);
     if (handling) {
       io.stderr(handling.messageOnly ? shown() : shown(withStack(err as Error)));

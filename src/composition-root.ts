@@ -187,7 +187,9 @@ export function admissionGateOf(runtime: Runtime, onAnswer?: AdmissionOptions['o
   const { config, log, pipeline, limits } = runtime;
   const validate = runtime.admission.validateToken;
   if (!validate) {
-    throw new ConfigError('ADMISSION_PORT: the admission endpoint validates client tokens with Keystone, but no OpenStack identity is configured; set OS_CLOUD or OS_AUTH_URL (with OS_SYSTEM_SCOPE=all)');
+    throw new ConfigError(
+      'ADMISSION_PORT: the admission endpoint validates client tokens with Keystone, but no OpenStack identity is configured; set OS_CLOUD or OS_AUTH_URL (with OS_SYSTEM_SCOPE=all)',
+    );
   }
   const tokens = new TokenProjects(validate, { maxEntries: config.admission.tokenCacheSize });
   return new AdmissionGate({

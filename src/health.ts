@@ -10,7 +10,11 @@ export interface HealthChecks {
 }
 
 /** `/healthz` (the process serves), `/readyz` (broker and store reachable), `/metrics` (Prometheus). */
-export async function startHealthServer(listen: { port: number; host: string }, metrics: Metrics, checks: HealthChecks): Promise<{ server: Server; port: number }> {
+export async function startHealthServer(
+  listen: { port: number; host: string },
+  metrics: Metrics,
+  checks: HealthChecks,
+): Promise<{ server: Server; port: number }> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     const reply = (status: number, type: string, body: string) => {
@@ -38,7 +42,11 @@ export async function startHealthServer(listen: { port: number; host: string }, 
     server.once('error', (err: NodeJS.ErrnoException) => {
       // With host networking another exporter may hold the port; say which setting moves ours.
       const why = err.code === 'EADDRINUSE' ? 'is already in use' : err.code === 'EADDRNOTAVAIL' ? 'is not an address of this host' : `failed (${err.message})`;
-      reject(new ConfigError(`METRICS_HOST/METRICS_PORT: listening on ${listen.host}:${listen.port} ${why}; set METRICS_PORT to a free port (0 picks one) or METRICS_HOST to one of this host's addresses`));
+      reject(
+        new ConfigError(
+          `METRICS_HOST/METRICS_PORT: listening on ${listen.host}:${listen.port} ${why}; set METRICS_PORT to a free port (0 picks one) or METRICS_HOST to one of this host's addresses`,
+        ),
+      );
     });
     server.listen(listen.port, listen.host, () => resolve());
   });
@@ -62,12 +70,15 @@ export function consumerReadiness(o: {
   return {
     ready: async () => {
       let storeOk = false;
-      await settlesWithin(o.storeAnswers().then(
+      await settlesWithin(
+        o.storeAnswers().then(
           () => {
             storeOk = true;
           },
           () => {},
-        ), 5_000);
+        ),
+        5_000,
+      );
       const connected = o.connected();
       const heldMs = o.batchHeldMs();
       const stalled = heldMs > o.stallMs;

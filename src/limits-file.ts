@@ -20,9 +20,7 @@ export function readLimitsFile(path: string): Record<string, ProjectLimits> {
   const parsed = LimitsFile.safeParse(raw);
   if (!parsed.success) {
     const issue = firstIssue(parsed.error);
-    throw new ConfigError(
-      `QUOTA_LIMITS_FILE: '${path}' at ${issue.path}: ${issue.message}; expected {"<project id>": {"image_count_total": 10}}`,
-    );
+    throw new ConfigError(`QUOTA_LIMITS_FILE: '${path}' at ${issue.path}: ${issue.message}; expected {"<project id>": {"image_count_total": 10}}`);
   }
   return parsed.data;
 }

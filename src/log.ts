@@ -9,12 +9,22 @@ export type { Logger };
  * serialising, so a secret never reaches stdout even when a whole request or config is logged.
  */
 export const SECRET_PATHS = [
-  'password', '*.password', '*.*.password',
-  'secret', '*.secret', '*.*.secret',
-  'token', '*.token', 'headers["x-auth-token"]', '*.headers["x-auth-token"]',
-  'headers["x-subject-token"]', '*.headers["x-subject-token"]',
-  'application_credential_secret', '*.application_credential_secret',
-  'transportUrl', '*.transportUrl',
+  'password',
+  '*.password',
+  '*.*.password',
+  'secret',
+  '*.secret',
+  '*.*.secret',
+  'token',
+  '*.token',
+  'headers["x-auth-token"]',
+  '*.headers["x-auth-token"]',
+  'headers["x-subject-token"]',
+  '*.headers["x-subject-token"]',
+  'application_credential_secret',
+  '*.application_credential_secret',
+  'transportUrl',
+  '*.transportUrl',
 ];
 
 /**

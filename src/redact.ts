@@ -83,7 +83,8 @@ function spellings(secret: string): string[] {
  */
 /** One of our own settings' names (case-sensitive): an error about it, not a secret. */
 const SETTING_NAME = /^(?:OS|STORE|TRANSPORT|REDIS)_[A-Z0-9_]+$/;
-const NAMED_SECRET = /((?<!:)(?:x-auth-token|x-subject-token|x-service-token|password|passwd|secret|token|api[_-]?key|authorization)\\*["']?\s*[:=]\s*\\*["']?)(?:Bearer\s+|Basic\s+)?(?![{[])((?:\\.|[^\s"'\\,;&<>}])+)/gi;
+const NAMED_SECRET =
+  /((?<!:)(?:x-auth-token|x-subject-token|x-service-token|password|passwd|secret|token|api[_-]?key|authorization)\\*["']?\s*[:=]\s*\\*["']?)(?:Bearer\s+|Basic\s+)?(?![{[])((?:\\.|[^\s"'\\,;&<>}])+)/gi;
 /** A Keystone Fernet token (or a JWS one) anywhere, even unnamed. */
 const FERNET = /\bgAAAAA[A-Za-z0-9_\-=]{20,}/g;
 /** A URL inside a longer text: up to whitespace, a quote or an angle bracket. */
@@ -141,7 +142,9 @@ export function redactUrl(url: string): string {
   let tail = after;
   const q = tail.indexOf('?');
   if (q >= 0) {
-    const query = tail.slice(q + 1).replace(/(^|&)([^=&#]*)=([^&#]*)/g, (all, sep: string, name: string) => (SECRET_PARAM.test(name) ? `${sep}${name}=${MASK}` : all));
+    const query = tail
+      .slice(q + 1)
+      .replace(/(^|&)([^=&#]*)=([^&#]*)/g, (all, sep: string, name: string) => (SECRET_PARAM.test(name) ? `${sep}${name}=${MASK}` : all));
     tail = `${tail.slice(0, q)}?${query}`;
   }
   return `${scheme}${authority.join(',')}${tail}`;

@@ -31,7 +31,9 @@ export async function consume(args: string[]): Promise<number> {
   const { config, log, pipeline } = runtime;
   const metrics = new Metrics({ projects: config.metricsProjects });
   metrics.watchLimits(runtime.limits);
-  const publishing = config.amqp.publishExchange ? new Notifier(config.amqp.publishExchange, config.amqp.publishTopic, config.amqp.durableExchange, log) : undefined;
+  const publishing = config.amqp.publishExchange
+    ? new Notifier(config.amqp.publishExchange, config.amqp.publishTopic, config.amqp.durableExchange, log)
+    : undefined;
   notifications = new QuotaNotifications(publishing, () => pipeline.mode);
   const announce = notifications;
 
@@ -45,7 +47,18 @@ export async function consume(args: string[]): Promise<number> {
       // A whole pass saw every project: the gauges become exactly its nearest (a cut pass saw only some).
       if (s.complete) metrics.observePass(s.projects, new Set(s.failures.map((f) => f.projectId)));
       for (const f of s.failures) metrics.countOpenStackError(f.error);
-      log.info({ projects: s.projects.length, listed: s.listed, corrected: s.corrected, unreadable: s.unreadable, failed: s.failures.map((f) => f.projectId).slice(0, 20), pruned: s.pruned, ms: s.durationMs }, 'reconciled from Glance');
+      log.info(
+        {
+          projects: s.projects.length,
+          listed: s.listed,
+          corrected: s.corrected,
+          unreadable: s.unreadable,
+          failed: s.failures.map((f) => f.projectId).slice(0, 20),
+          pruned: s.pruned,
+          ms: s.durationMs,
+        },
+        'reconciled from Glance',
+      );
       for (const report of s.projects) await announce.report(report);
     },
     onFailure: (err, retryInMs) => {
@@ -81,13 +94,15 @@ export async function consume(args: string[]): Promise<number> {
   );
   log.info({ host: config.metricsHost, port: health.port, mode: pipeline.mode, store: pipeline.ledger.description }, 'health and metrics listening');
   // ADMISSION_PORT: the admission endpoint in this process, over this consumer's ledger.
-  const admission = config.admission.port === undefined
-    ? undefined
-    : await startAdmissionServer(
-        admissionGateOf(runtime, (answer, seconds) => metrics.countAdmission(answer, seconds)),
-        { port: config.admission.port, host: config.admission.host },
-      );
-  if (admission) log.info({ host: config.admission.host, port: admission.port, fail: config.admission.failClosed ? 'closed' : 'open' }, 'admission endpoint listening');
+  const admission =
+    config.admission.port === undefined
+      ? undefined
+      : await startAdmissionServer(
+          admissionGateOf(runtime, (answer, seconds) => metrics.countAdmission(answer, seconds)),
+          { port: config.admission.port, host: config.admission.host },
+        );
+  if (admission)
+    log.info({ host: config.admission.host, port: admission.port, fail: config.admission.failClosed ? 'closed' : 'open' }, 'admission endpoint listening');
   schedule.start();
 
   // SIGTERM within SHUTDOWN_SECONDS: a container platform kills the process after its grace

@@ -23,7 +23,10 @@ export async function gate(args: string[]): Promise<number> {
     needGlance: true,
     check: (config) => {
       // Nothing feeds a memory ledger in this process: every project would look empty forever.
-      if (storeScheme(config.storeUrl) === 'memory') throw new ConfigError("STORE_URL: gate reads the ledger that consume keeps; memory:// holds nothing here. Use the consumers' postgres://, redis:// or sqlite:// ledger");
+      if (storeScheme(config.storeUrl) === 'memory')
+        throw new ConfigError(
+          "STORE_URL: gate reads the ledger that consume keeps; memory:// holds nothing here. Use the consumers' postgres://, redis:// or sqlite:// ledger",
+        );
     },
     onCorrections: (_projectId, corrections) => metrics.countCorrections(corrections),
     onAction: (a) => void metrics.actions.inc({ action: a.action }),
@@ -35,16 +38,28 @@ export async function gate(args: string[]): Promise<number> {
   const health = await startHealthServer({ port: config.metricsPort, host: config.metricsHost }, metrics, {
     ready: async () => {
       let storeOk = false;
-      await settlesWithin(pipeline.ledger.usage('readiness-probe').then(
+      await settlesWithin(
+        pipeline.ledger.usage('readiness-probe').then(
           () => {
             storeOk = true;
           },
           () => {},
-        ), 5_000);
+        ),
+        5_000,
+      );
       return { ok: storeOk, detail: { store: storeOk ? 'ok' : 'failing' } };
     },
   });
-  log.info({ host: listen.host, port: endpoint.port, metricsPort: health.port, store: pipeline.ledger.description, fail: config.admission.failClosed ? 'closed' : 'open' }, 'admission endpoint listening');
+  log.info(
+    {
+      host: listen.host,
+      port: endpoint.port,
+      metricsPort: health.port,
+      store: pipeline.ledger.description,
+      fail: config.admission.failClosed ? 'closed' : 'open',
+    },
+    'admission endpoint listening',
+  );
   await new Promise<void>((resolve) => {
     for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => resolve());
   });

@@ -15,7 +15,16 @@ export const processIo: Io = {
 /** Columns padded to their widest cell, two spaces apart; every cell made printable by the caller. */
 export function table(header: readonly string[], rows: readonly string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  return [header, ...rows].map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n';
+  return (
+    [header, ...rows]
+      .map((r) =>
+        r
+          .map((c, i) => c.padEnd(widths[i]!))
+          .join('  ')
+          .trimEnd(),
+      )
+      .join('\n') + '\n'
+  );
 }
 
 /** Limits as operators write them: sizes in MiB, the rate as N/Ws; absent = unlimited. */

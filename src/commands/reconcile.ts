@@ -10,7 +10,9 @@ function progressBar(io: Io, enabled: boolean) {
     if (!enabled || total < 2) return;
     const width = 30;
     const filled = Math.round((done / total) * width);
-    io.stderr(`\r[${'#'.repeat(filled)}${' '.repeat(width - filled)}] ${done}/${total} projects ${printable(projectId.slice(0, 12))}${done === total ? '\n' : ''}`);
+    io.stderr(
+      `\r[${'#'.repeat(filled)}${' '.repeat(width - filled)}] ${done}/${total} projects ${printable(projectId.slice(0, 12))}${done === total ? '\n' : ''}`,
+    );
   };
 }
 
@@ -25,27 +27,36 @@ export async function reconcileCommand(args: string[], io: Io): Promise<number> 
       onProgress: progressBar(io, !values.json && Boolean(process.stderr.isTTY)),
     });
     const count = (kind: string) => summary.projects.reduce((n, p) => n + p.actions.filter((a) => a.action === kind).length, 0);
-    const totals = { deleted: count('deleted'), would_delete: count('would-delete'), skipped: count('skipped'), protected: count('protected'), not_deletable: count('not-deletable'), gone: count('gone') };
+    const totals = {
+      deleted: count('deleted'),
+      would_delete: count('would-delete'),
+      skipped: count('skipped'),
+      protected: count('protected'),
+      not_deletable: count('not-deletable'),
+      gone: count('gone'),
+    };
     if (values.json) {
-      io.stdout(JSON.stringify({
-        mode: runtime.pipeline.mode,
-        listed: summary.listed,
-        corrected: summary.corrected,
-        unreadable: summary.unreadable,
-        failures: summary.failures.map((f) => ({ project_id: f.projectId, error: f.error.message })),
-        complete: summary.complete,
-        remaining: summary.remaining,
-        pruned: summary.pruned,
-        duration_ms: summary.durationMs,
-        actions: totals,
-        projects: summary.projects.map((p: EnforcementReport) => ({
-          project_id: p.projectId,
-          usage: p.usage,
-          limits: limitsJson(p.limits),
-          over: p.over,
-          actions: p.actions.map((a) => ({ image_id: a.imageId, action: a.action, reason: a.reason })),
-        })),
-      }) + '\n');
+      io.stdout(
+        JSON.stringify({
+          mode: runtime.pipeline.mode,
+          listed: summary.listed,
+          corrected: summary.corrected,
+          unreadable: summary.unreadable,
+          failures: summary.failures.map((f) => ({ project_id: f.projectId, error: f.error.message })),
+          complete: summary.complete,
+          remaining: summary.remaining,
+          pruned: summary.pruned,
+          duration_ms: summary.durationMs,
+          actions: totals,
+          projects: summary.projects.map((p: EnforcementReport) => ({
+            project_id: p.projectId,
+            usage: p.usage,
+            limits: limitsJson(p.limits),
+            over: p.over,
+            actions: p.actions.map((a) => ({ image_id: a.imageId, action: a.action, reason: a.reason })),
+          })),
+        }) + '\n',
+      );
     } else {
       const over = summary.projects.filter((p) => p.over.length > 0);
       io.stdout(
@@ -54,7 +65,8 @@ export async function reconcileCommand(args: string[], io: Io): Promise<number> 
           `${over.length} over quota; ${totals.deleted} deleted, ${totals.would_delete} would-delete, ${totals.skipped} skipped, ` +
           `${totals.not_deletable} not deletable, ${totals.gone} gone, in ${(summary.durationMs / 1000).toFixed(1)} s\n`,
       );
-      for (const p of summary.projects) for (const a of p.actions) io.stdout(`  ${printable(p.projectId)} ${printable(a.imageId)} ${a.action}: ${printable(scrub(a.reason))}\n`);
+      for (const p of summary.projects)
+        for (const a of p.actions) io.stdout(`  ${printable(p.projectId)} ${printable(a.imageId)} ${a.action}: ${printable(scrub(a.reason))}\n`);
     }
     // The other projects were reconciled all the same; the exit code tells cron something failed.
     for (const f of summary.failures) io.stderr(`reconcile of project ${f.projectId} failed: ${f.error.message}\n`);

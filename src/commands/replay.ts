@@ -19,7 +19,6 @@ function formatTable(projects: ProjectReport[]): string {
   return table(header, rows);
 }
 
-
 /** `replay FILE`: the replay door into its own ledger (memory unless --store), then the table or --json. */
 export async function replay(args: string[], io: Io): Promise<number> {
   const { values, positionals } = parseArgs({

@@ -43,7 +43,10 @@ export async function status(args: string[], io: Io): Promise<number> {
     for (const id of ids) projects.push(await runtime.pipeline.evaluate(id));
     projects.sort(nearestFirst);
     const failed = runtime.limits instanceof UnifiedLimits ? runtime.limits.failures : 0;
-    if (failed > 0) io.stderr(`warning: Keystone's unified limits could not be read for ${failed} of ${ids.length} project(s) (see the log above); those show registered or QUOTA_LIMITS limits\n`);
+    if (failed > 0)
+      io.stderr(
+        `warning: Keystone's unified limits could not be read for ${failed} of ${ids.length} project(s) (see the log above); those show registered or QUOTA_LIMITS limits\n`,
+      );
     // Names only help the reader: a Keystone that cannot give them costs a warning, not the answer.
     const names = await (runtime.projectNames?.namesOf(ids) ?? Promise.resolve(new Map<string, string>())).catch((err: Error) => {
       io.stderr(`warning: project names unavailable from Keystone (${err.message}); showing ids only\n`);

@@ -82,7 +82,11 @@ export async function startAdmissionServer(gate: AdmissionGate, listen: { port: 
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) => {
       const why = err.code === 'EADDRINUSE' ? 'is already in use' : err.code === 'EADDRNOTAVAIL' ? 'is not an address of this host' : `failed (${err.message})`;
-      reject(new ConfigError(`ADMISSION_HOST/ADMISSION_PORT: listening on ${listen.host}:${listen.port} ${why}; set ADMISSION_PORT to a free port or ADMISSION_HOST to one of this host's addresses`));
+      reject(
+        new ConfigError(
+          `ADMISSION_HOST/ADMISSION_PORT: listening on ${listen.host}:${listen.port} ${why}; set ADMISSION_PORT to a free port or ADMISSION_HOST to one of this host's addresses`,
+        ),
+      );
     });
     server.listen(listen.port, listen.host, () => resolve());
   });

@@ -1,13 +1,6 @@
 import type { Logger } from '../log.js';
 import type { SubjectToken } from '../openstack/keystone.js';
-import {
-  boundsFor,
-  discounted,
-  glanceOverLimitMessage,
-  judgeAdmission,
-  routeOf,
-  type AdmissionBounds,
-} from '../quota/admission.js';
+import { boundsFor, discounted, glanceOverLimitMessage, judgeAdmission, routeOf, type AdmissionBounds } from '../quota/admission.js';
 import type { LimitSource, ProjectLimits } from '../quota/limits.js';
 import type { Resource } from '../quota/resources.js';
 import type { LedgerStore } from '../store/port.js';
@@ -117,7 +110,10 @@ export class AdmissionGate {
     const answer = await this.answer(request);
     this.o.onAnswer?.(answer, (performance.now() - started) / 1000);
     if (answer.decision === 'deny' || answer.reason === 'dry-run') {
-      this.o.log?.info({ projectId: answer.projectId, reason: answer.reason, over: answer.over }, answer.decision === 'deny' ? 'admission: create refused' : 'admission: create would be refused (dry-run)');
+      this.o.log?.info(
+        { projectId: answer.projectId, reason: answer.reason, over: answer.over },
+        answer.decision === 'deny' ? 'admission: create refused' : 'admission: create would be refused (dry-run)',
+      );
     }
     return answer;
   }
@@ -173,13 +169,21 @@ export class AdmissionGate {
       seen = await this.reserve(projectId, glanceBounds);
       if (seen.admitted) return { decision: 'allow', reason: 'ledger-corrected', projectId };
       // The store's check with the limit raised by `phantom` is this one on Glance's count.
-      verdict = judgeAdmission(seen.count - phantom, seen.reserved, { ...glanceBounds, ...(bounds.countLimit !== undefined ? { countLimit: bounds.countLimit } : {}) });
+      verdict = judgeAdmission(seen.count - phantom, seen.reserved, {
+        ...glanceBounds,
+        ...(bounds.countLimit !== undefined ? { countLimit: bounds.countLimit } : {}),
+      });
     }
     if (verdict.admit) {
       // The store refused, the rule (on what the store saw) admits: a store bug, not a quota.
       throw new Error(`the store refused a create that its own count admits (count ${seen.count}, reserved ${seen.reserved})`);
     }
-    const over = { resource: verdict.resource, limit: verdict.limit, usage: verdict.usage, message: glanceOverLimitMessage(projectId, verdict.resource, verdict.limit, verdict.usage) };
+    const over = {
+      resource: verdict.resource,
+      limit: verdict.limit,
+      usage: verdict.usage,
+      message: glanceOverLimitMessage(projectId, verdict.resource, verdict.limit, verdict.usage),
+    };
     if (this.o.mode === 'dry-run') return { decision: 'allow', reason: 'dry-run', projectId, over };
     return { decision: 'deny', reason: 'over-limit', projectId, over };
   }
@@ -226,5 +230,4 @@ export class AdmissionGate {
     }
     return pending;
   }
-
 }

@@ -72,7 +72,10 @@ export async function reconcile(pipeline: Pipeline, images: ImageService, option
   const started = pipeline.now();
   const failures: ProjectFailure[] = [];
   const failed = (projectId: string, err: unknown) => failures.push({ projectId, error: err instanceof Error ? err : new Error(String(err)) });
-  const summary = (projects: EnforcementReport[], rest: Pick<ReconcileSummary, 'listed' | 'unreadable' | 'complete' | 'remaining' | 'cursor' | 'pruned'>): ReconcileSummary => ({
+  const summary = (
+    projects: EnforcementReport[],
+    rest: Pick<ReconcileSummary, 'listed' | 'unreadable' | 'complete' | 'remaining' | 'cursor' | 'pruned'>,
+  ): ReconcileSummary => ({
     projects,
     corrected: sumCorrected(projects),
     failures,

@@ -40,7 +40,10 @@ export function sqsBody(content: Uint8Array): { body: string } | { reason: strin
   }
   if (body === '') return { reason: 'body is empty; SQS refuses empty messages' };
   const bad = NOT_FOR_SQS.exec(body);
-  if (bad) return { reason: `body has U+${bad[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')} at character ${bad.index}, which SQS refuses in a message` };
+  if (bad)
+    return {
+      reason: `body has U+${bad[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')} at character ${bad.index}, which SQS refuses in a message`,
+    };
   return { body };
 }
 
@@ -147,7 +150,8 @@ export class SqsBridge extends QueueSession {
       const batch = this.takeBatch();
       const sent: Promise<void> = this.forward(channel, batch, this.abort.signal)
         .catch((err: Error) => {
-          if (!this.abort.signal.aborted) this.options.log.error({ err: err.message, messages: batch.length }, 'batch not forwarded; the broker will deliver it again');
+          if (!this.abort.signal.aborted)
+            this.options.log.error({ err: err.message, messages: batch.length }, 'batch not forwarded; the broker will deliver it again');
         })
         .finally(() => {
           this.sending.delete(sent);
@@ -188,7 +192,9 @@ export class SqsBridge extends QueueSession {
       const retry: Entry[] = [];
       const refused: { msg: ConsumeMessage; reason: string }[] = [];
       try {
-        const out = await sqs.send(new SendMessageBatchCommand({ QueueUrl: queueUrl, Entries: todo.map((e) => ({ Id: e.id, MessageBody: e.body })) }), { abortSignal: signal });
+        const out = await sqs.send(new SendMessageBatchCommand({ QueueUrl: queueUrl, Entries: todo.map((e) => ({ Id: e.id, MessageBody: e.body })) }), {
+          abortSignal: signal,
+        });
         const open = new Map(todo.map((e) => [e.id, e]));
         for (const s of out.Successful ?? []) {
           const e = s.Id === undefined ? undefined : open.get(s.Id);
@@ -206,11 +212,18 @@ export class SqsBridge extends QueueSession {
         }
         // An entry SQS reported neither way was not accepted as far as anyone can tell.
         retry.push(...open.values());
-        if (retry.length > 0) log.warn({ failed: retry.length, of: todo.length, codes: [...new Set((out.Failed ?? []).map((f) => f.Code))] }, 'SQS failed part of a batch; sending those again');
+        if (retry.length > 0)
+          log.warn(
+            { failed: retry.length, of: todo.length, codes: [...new Set((out.Failed ?? []).map((f) => f.Code))] },
+            'SQS failed part of a batch; sending those again',
+          );
       } catch (err) {
         if (signal.aborted) return;
         retry.push(...todo);
-        log.warn({ err: (err as Error).message, kind: (err as Error).name, entries: todo.length, attempt }, 'SendMessageBatch failed; sending the batch again, nothing acknowledged');
+        log.warn(
+          { err: (err as Error).message, kind: (err as Error).name, entries: todo.length, attempt },
+          'SendMessageBatch failed; sending the batch again, nothing acknowledged',
+        );
       }
       if (refused.length > 0) await this.deadLetter(channel, refused);
       todo = retry;

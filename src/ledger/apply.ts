@@ -51,9 +51,16 @@ export interface AppliedBatch extends ApplyResult {
  */
 export function sameRecord(a: ImageRecord, b: ImageRecord): boolean {
   return (
-    a.messageId === b.messageId && a.deleted === b.deleted && a.projectId === b.projectId && a.status === b.status &&
-    a.size === b.size && a.createdAt === b.createdAt && a.updatedAt === b.updatedAt && a.timestamp === b.timestamp &&
-    a.importing === b.importing && a.protected === b.protected
+    a.messageId === b.messageId &&
+    a.deleted === b.deleted &&
+    a.projectId === b.projectId &&
+    a.status === b.status &&
+    a.size === b.size &&
+    a.createdAt === b.createdAt &&
+    a.updatedAt === b.updatedAt &&
+    a.timestamp === b.timestamp &&
+    a.importing === b.importing &&
+    a.protected === b.protected
   );
 }
 
@@ -67,8 +74,7 @@ export function applyEventsTo(tx: LedgerTransaction, events: readonly ImageEvent
   const outcomes: ApplyOutcome[] = [];
   const projects = new Set<string>();
   const deltas = new Map<string, UsageTotals>();
-  const addDelta = (project: string, delta: UsageTotals, sign: 1 | -1) =>
-    deltas.set(project, addTotals(deltas.get(project) ?? ZERO_TOTALS, delta, sign));
+  const addDelta = (project: string, delta: UsageTotals, sign: 1 | -1) => deltas.set(project, addTotals(deltas.get(project) ?? ZERO_TOTALS, delta, sign));
   for (const event of events) {
     if (dedupe) {
       if (tx.seen(event)) {

@@ -49,8 +49,13 @@ export interface Repair {
 
 function differs(r: ImageRecord, e: ImageEvent): boolean {
   return (
-    r.projectId !== e.projectId || r.status !== e.status || r.size !== e.size || r.protected !== e.protected ||
-    r.importing !== e.importing || r.createdAt !== e.createdAt || r.deleted !== e.deleted
+    r.projectId !== e.projectId ||
+    r.status !== e.status ||
+    r.size !== e.size ||
+    r.protected !== e.protected ||
+    r.importing !== e.importing ||
+    r.createdAt !== e.createdAt ||
+    r.deleted !== e.deleted
   );
 }
 

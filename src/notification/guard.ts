@@ -150,5 +150,7 @@ function checkOf(check: CheckDef, where: string): Guard {
       // A .refine: the schema's own predicate.
       return (v) => Boolean(fn!(v));
   }
-  throw new Error(`guardOf: ${where}: no guard for the check ${check.check}${check.format ? ` (${check.format})` : ''}; derive it in src/notification/guard.ts`);
+  throw new Error(
+    `guardOf: ${where}: no guard for the check ${check.check}${check.format ? ` (${check.format})` : ''}; derive it in src/notification/guard.ts`,
+  );
 }

@@ -59,14 +59,7 @@ export type ParseOutcome =
   | { kind: 'invalid'; reason: string; event?: ImageEvent };
 
 /** Event types that carry an image's state in the full image payload. */
-export const LEDGER_EVENTS: ReadonlySet<string> = new Set([
-  'image.create',
-  'image.update',
-  'image.prepare',
-  'image.upload',
-  'image.activate',
-  'image.delete',
-]);
+export const LEDGER_EVENTS: ReadonlySet<string> = new Set(['image.create', 'image.update', 'image.prepare', 'image.upload', 'image.activate', 'image.delete']);
 
 function decodeJson(text: string, what: string): { ok: true; value: unknown } | { ok: false; reason: string } {
   try {
@@ -124,7 +117,9 @@ function oversized(body: Uint8Array | string, nowMs: number, limits: DoorLimits)
   if (bytes <= limits.maxMessageBytes) return undefined;
   const reason = `body of ${bytes} bytes is over MAX_MESSAGE_BYTES (${limits.maxMessageBytes}); Glance's notifications are a few KiB, raise MAX_MESSAGE_BYTES only if images really carry that many properties`;
   const event = scannedEvent(body, nowMs, limits);
-  return event ? { kind: 'invalid', reason: `${reason} (its image ${event.imageId} of project ${event.projectId} is counted from a scan of its first bytes)`, event } : { kind: 'invalid', reason };
+  return event
+    ? { kind: 'invalid', reason: `${reason} (its image ${event.imageId} of project ${event.projectId} is counted from a scan of its first bytes)`, event }
+    : { kind: 'invalid', reason };
 }
 
 /**
@@ -150,7 +145,15 @@ function scannedEvent(body: Uint8Array | string, nowMs: number, limits: DoorLimi
  * image.delete dated 2099 would otherwise win every merge forever (ledger ordering takes the
  * latest time).
  */
-function fromTheFuture(messageId: string, eventType: string, field: string, value: string, atMs: number, nowMs: number, limits: DoorLimits): ParseOutcome | undefined {
+function fromTheFuture(
+  messageId: string,
+  eventType: string,
+  field: string,
+  value: string,
+  atMs: number,
+  nowMs: number,
+  limits: DoorLimits,
+): ParseOutcome | undefined {
   const aheadS = Math.floor((atMs - nowMs) / 1000);
   if (aheadS <= limits.clockSkewSeconds) return undefined;
   return {
@@ -167,7 +170,15 @@ interface PayloadTimes {
 }
 
 /** A valid ledger message with a valid image payload; times already read. */
-function imageOutcome(messageId: string, eventType: string, p: ImagePayload, times: PayloadTimes, timestamp: number, nowMs: number, limits: DoorLimits): ParseOutcome {
+function imageOutcome(
+  messageId: string,
+  eventType: string,
+  p: ImagePayload,
+  times: PayloadTimes,
+  timestamp: number,
+  nowMs: number,
+  limits: DoorLimits,
+): ParseOutcome {
   const { createdAt, updatedAt, deletedAt } = times;
   const late =
     fromTheFuture(messageId, eventType, 'payload.created_at', p.created_at, createdAt * 1000, nowMs, limits) ??

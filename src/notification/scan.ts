@@ -104,7 +104,8 @@ class FieldPicker implements TokenReader {
   private wanted(): { into: Record<string, unknown>; key: string } | undefined {
     const [message, payload, deeper] = this.stack;
     if (deeper || !message?.object || message.expectKey) return undefined;
-    if (!payload) return message.key && MESSAGE_FIELDS.includes(message.key) ? { into: this.found as unknown as Record<string, unknown>, key: message.key } : undefined;
+    if (!payload)
+      return message.key && MESSAGE_FIELDS.includes(message.key) ? { into: this.found as unknown as Record<string, unknown>, key: message.key } : undefined;
     if (message.key !== 'payload' || !payload.object || payload.expectKey) return undefined;
     return payload.key && PAYLOAD_FIELDS.includes(payload.key) ? { into: this.found.payload, key: payload.key } : undefined;
   }

@@ -115,11 +115,9 @@ function isoSecondsOnce(value: string): number | undefined {
   return isoValueA;
 }
 
-export const OsloTimestamp = z
-  .string()
-  .refine((v) => osloTimestampMicrosOnce(v) !== undefined, {
-    message: 'expected an oslo timestamp like "2026-11-26 20:27:41.984542" (UTC, no zone, a real calendar date)',
-  });
+export const OsloTimestamp = z.string().refine((v) => osloTimestampMicrosOnce(v) !== undefined, {
+  message: 'expected an oslo timestamp like "2026-11-26 20:27:41.984542" (UTC, no zone, a real calendar date)',
+});
 
 /** Glance payload times: ISO 8601 with `Z` and whole seconds ("2026-11-26T20:27:41Z"). */
 const ISO_SECONDS = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(?:Z|[+-]00:?00)?$/;
@@ -172,7 +170,7 @@ export const IMAGE_STATUS = /^[a-z_]{1,32}$/;
  */
 export const MAX_IMAGE_SIZE = 2 ** 50;
 
-const messageIdOf = z.string().regex(MESSAGE_ID, { message: 'expected oslo\'s message id, 1 to 255 printable ASCII characters (a UUID)' });
+const messageIdOf = z.string().regex(MESSAGE_ID, { message: "expected oslo's message id, 1 to 255 printable ASCII characters (a UUID)" });
 const eventTypeOf = z.string().regex(EVENT_TYPE, { message: 'expected an event type like "image.create", 1 to 255 printable ASCII characters' });
 
 export const OsloMessage = z.object({
@@ -191,10 +189,7 @@ export type OsloMessage = z.infer<typeof OsloMessage>;
  */
 export const ImagePayload = z.object({
   id: z.string().regex(IMAGE_ID, { message: 'expected an image id as Glance makes it, a UUID like "94c33273-4702-45ad-a25b-17a3ac735dee"' }),
-  owner: z
-    .string()
-    .regex(PROJECT_ID, { message: 'expected a project id: 1 to 64 of A-Z, a-z, 0-9, "_" and "-" (Keystone makes 32 hex digits)' })
-    .nullable(),
+  owner: z.string().regex(PROJECT_ID, { message: 'expected a project id: 1 to 64 of A-Z, a-z, 0-9, "_" and "-" (Keystone makes 32 hex digits)' }).nullable(),
   status: z.string().regex(IMAGE_STATUS, { message: 'expected a Glance image status like "queued": 1 to 32 of a-z and "_"' }),
   size: z
     .number()
@@ -211,7 +206,10 @@ export const ImagePayload = z.object({
   properties: z.record(z.string(), z.unknown()).nullable().optional(),
   // image.prepare / image.upload carry it at top level as a list; the stored property is a
   // comma-separated string inside `properties`.
-  os_glance_importing_to_stores: z.union([z.array(z.string()), z.string()]).nullable().optional(),
+  os_glance_importing_to_stores: z
+    .union([z.array(z.string()), z.string()])
+    .nullable()
+    .optional(),
 });
 export type ImagePayload = z.infer<typeof ImagePayload>;
 

@@ -39,9 +39,7 @@ export function findEndpoint(catalog: readonly CatalogService[], type: string, i
     .flatMap((s) => s.endpoints.map((e) => ({ service: s, endpoint: e })))
     .filter(({ endpoint }) => endpoint.interface === iface)
     .filter(({ endpoint }) => !region || (endpoint.region_id ?? endpoint.region) === region);
-  const offered = catalog
-    .filter((s) => s.type === type)
-    .flatMap((s) => s.endpoints.map((e) => `${e.interface}/${e.region_id ?? e.region ?? '(no region)'}`));
+  const offered = catalog.filter((s) => s.type === type).flatMap((s) => s.endpoints.map((e) => `${e.interface}/${e.region_id ?? e.region ?? '(no region)'}`));
   const first = matches[0];
   if (!first) {
     throw new CatalogError(
@@ -53,7 +51,9 @@ export function findEndpoint(catalog: readonly CatalogService[], type: string, i
   }
   const regions = new Set(matches.map(({ endpoint }) => endpoint.region_id ?? endpoint.region ?? ''));
   if (!region && regions.size > 1) {
-    throw new CatalogError(`catalog: '${type}' endpoints with interface '${iface}' exist in regions ${[...regions].join(', ')}; set OS_REGION_NAME to the one to enforce`);
+    throw new CatalogError(
+      `catalog: '${type}' endpoints with interface '${iface}' exist in regions ${[...regions].join(', ')}; set OS_REGION_NAME to the one to enforce`,
+    );
   }
   const regionId = first.endpoint.region_id ?? first.endpoint.region ?? undefined;
   return { url: first.endpoint.url.replace(/\/+$/, ''), serviceId: first.service.id, ...(regionId ? { regionId } : {}) };

@@ -86,16 +86,27 @@ const UNREAD_CLOUD_KEYS: Readonly<Record<string, string>> = {
  * `onWarning`, never silently dropped. Throws OpenStackConfigError naming OS_CLOUD (or the file
  * variable) and the fix.
  */
-export function readCloud<V extends string>(cloud: string, env: NodeJS.ProcessEnv, options: CloudsYamlOptions, keys: Readonly<Record<string, V>>): CloudSettings<V> {
+export function readCloud<V extends string>(
+  cloud: string,
+  env: NodeJS.ProcessEnv,
+  options: CloudsYamlOptions,
+  keys: Readonly<Record<string, V>>,
+): CloudSettings<V> {
   const sourced: CloudSettings<V> = { values: {}, origin: {} };
   const dirs = options.searchDirs ?? cloudsSearchDirs(env, options);
   if (env.OS_CLIENT_CONFIG_FILE && !existsSync(env.OS_CLIENT_CONFIG_FILE)) {
     // openstacksdk would silently go on down the search path; a named file that is not there is a typo.
-    throw new OpenStackConfigError('OS_CLIENT_CONFIG_FILE', `OS_CLIENT_CONFIG_FILE: '${env.OS_CLIENT_CONFIG_FILE}' does not exist; fix the path or unset it to search ${dirs.join(', ')}`);
+    throw new OpenStackConfigError(
+      'OS_CLIENT_CONFIG_FILE',
+      `OS_CLIENT_CONFIG_FILE: '${env.OS_CLIENT_CONFIG_FILE}' does not exist; fix the path or unset it to search ${dirs.join(', ')}`,
+    );
   }
   const cloudsFile = cloudsFileCandidates(env, dirs, 'clouds').find((f) => existsSync(f));
   if (!cloudsFile) {
-    throw new OpenStackConfigError('OS_CLOUD', `OS_CLOUD: cloud '${cloud}' asked for, but no clouds.yaml found in ${dirs.join(', ')}; create one there or set OS_CLIENT_CONFIG_FILE`);
+    throw new OpenStackConfigError(
+      'OS_CLOUD',
+      `OS_CLOUD: cloud '${cloud}' asked for, but no clouds.yaml found in ${dirs.join(', ')}; create one there or set OS_CLIENT_CONFIG_FILE`,
+    );
   }
   const secureFile = cloudsFileCandidates(env, dirs, 'secure').find((f) => existsSync(f));
   const secureConfig = secureFile ? readCloudsFile(secureFile) : undefined;
@@ -104,12 +115,18 @@ export function readCloud<V extends string>(cloud: string, env: NodeJS.ProcessEn
   const entry = clouds[cloud];
   if (!isPlainObject(entry)) {
     const known = Object.keys(clouds);
-    throw new OpenStackConfigError('OS_CLOUD', `OS_CLOUD: no cloud '${cloud}' in ${cloudsFile}${secureFile ? ` (merged with ${secureFile})` : ''}; ${known.length ? `it has: ${known.join(', ')}` : 'it defines no clouds'}`);
+    throw new OpenStackConfigError(
+      'OS_CLOUD',
+      `OS_CLOUD: no cloud '${cloud}' in ${cloudsFile}${secureFile ? ` (merged with ${secureFile})` : ''}; ${known.length ? `it has: ${known.join(', ')}` : 'it defines no clouds'}`,
+    );
   }
   const flat = flatten(normaliseKeys(entry));
   const fromSecure = flatten(normaliseKeys(cloudEntry(secureConfig, cloud)));
   if (flat.verify === 'false') {
-    throw new OpenStackConfigError('OS_CACERT', `OS_CLOUD: cloud '${cloud}' in ${cloudsFile} sets verify: false, which the enforcer does not support; remove it and set cacert (or OS_CACERT) to the CA of the endpoints`);
+    throw new OpenStackConfigError(
+      'OS_CACERT',
+      `OS_CLOUD: cloud '${cloud}' in ${cloudsFile} sets verify: false, which the enforcer does not support; remove it and set cacert (or OS_CACERT) to the CA of the endpoints`,
+    );
   }
   for (const [key, name] of Object.entries(keys) as [string, V][]) {
     const value = flat[key];
@@ -141,7 +158,9 @@ function readCloudsFile(file: string): unknown {
     text = readFileSync(file, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? 'unreadable';
-    throw new OpenStackConfigError('OS_CLOUD', `OS_CLOUD: cannot read ${file} (${code}); fix its permissions or set OS_CLIENT_CONFIG_FILE to another file`, { cause: error });
+    throw new OpenStackConfigError('OS_CLOUD', `OS_CLOUD: cannot read ${file} (${code}); fix its permissions or set OS_CLIENT_CONFIG_FILE to another file`, {
+      cause: error,
+    });
   }
   try {
     // YAML 1.2 is a superset of JSON, so clouds.json parses here too.

@@ -63,7 +63,10 @@ export function loadCredentials(env: NodeJS.ProcessEnv = process.env, options: L
 function buildCredentials(s: OpenStackSettings, sourced: Sourced): Credentials {
   const where = (name: OpenStackEnvVar) => label(name, sourced);
   if (!s.OS_AUTH_URL) {
-    throw new OpenStackConfigError('OS_AUTH_URL', 'OS_AUTH_URL: not set; set it to the Keystone URL, e.g. https://keystone.example.com:5000/v3 (or set OS_CLOUD to a cloud in clouds.yaml)');
+    throw new OpenStackConfigError(
+      'OS_AUTH_URL',
+      'OS_AUTH_URL: not set; set it to the Keystone URL, e.g. https://keystone.example.com:5000/v3 (or set OS_CLOUD to a cloud in clouds.yaml)',
+    );
   }
   const authUrl = keystoneV3Url(s.OS_AUTH_URL, where('OS_AUTH_URL'));
 
@@ -98,10 +101,16 @@ function buildCredentials(s: OpenStackSettings, sourced: Sourced): Credentials {
 
   if (method === 'application_credential') {
     if (!s.OS_APPLICATION_CREDENTIAL_ID) {
-      throw new OpenStackConfigError('OS_APPLICATION_CREDENTIAL_ID', 'OS_APPLICATION_CREDENTIAL_ID: not set; set it to the id printed by `openstack application credential create` (names are not supported)');
+      throw new OpenStackConfigError(
+        'OS_APPLICATION_CREDENTIAL_ID',
+        'OS_APPLICATION_CREDENTIAL_ID: not set; set it to the id printed by `openstack application credential create` (names are not supported)',
+      );
     }
     if (!s.OS_APPLICATION_CREDENTIAL_SECRET) {
-      throw new OpenStackConfigError('OS_APPLICATION_CREDENTIAL_SECRET', 'OS_APPLICATION_CREDENTIAL_SECRET: not set; set it to the secret given when the application credential was created');
+      throw new OpenStackConfigError(
+        'OS_APPLICATION_CREDENTIAL_SECRET',
+        'OS_APPLICATION_CREDENTIAL_SECRET: not set; set it to the secret given when the application credential was created',
+      );
     }
     if (s.OS_SYSTEM_SCOPE) {
       throw new OpenStackConfigError(
@@ -120,7 +129,10 @@ function buildCredentials(s: OpenStackSettings, sourced: Sourced): Credentials {
   }
 
   if (!s.OS_PASSWORD) {
-    throw new OpenStackConfigError('OS_PASSWORD', `OS_PASSWORD: not set; set it to the password of ${s.OS_USERNAME ? `user '${s.OS_USERNAME}'` : 'OS_USER_ID'}`);
+    throw new OpenStackConfigError(
+      'OS_PASSWORD',
+      `OS_PASSWORD: not set; set it to the password of ${s.OS_USERNAME ? `user '${s.OS_USERNAME}'` : 'OS_USER_ID'}`,
+    );
   }
   let user: Extract<Identity, { method: 'password' }>['user'];
   if (s.OS_USER_ID) {
@@ -128,7 +140,10 @@ function buildCredentials(s: OpenStackSettings, sourced: Sourced): Credentials {
   } else if (s.OS_USERNAME) {
     const domain = domainRef(s.OS_USER_DOMAIN_ID, s.OS_USER_DOMAIN_NAME);
     if (!domain) {
-      throw new OpenStackConfigError('OS_USER_DOMAIN_NAME', `OS_USER_DOMAIN_NAME: not set; a user name is unique only within a domain, so set OS_USER_DOMAIN_NAME (e.g. Default) or OS_USER_DOMAIN_ID, or use OS_USER_ID`);
+      throw new OpenStackConfigError(
+        'OS_USER_DOMAIN_NAME',
+        `OS_USER_DOMAIN_NAME: not set; a user name is unique only within a domain, so set OS_USER_DOMAIN_NAME (e.g. Default) or OS_USER_DOMAIN_ID, or use OS_USER_ID`,
+      );
     }
     user = { name: s.OS_USERNAME, domain };
   } else {
@@ -141,7 +156,10 @@ function buildCredentials(s: OpenStackSettings, sourced: Sourced): Credentials {
   } else if (s.OS_PROJECT_NAME) {
     const domain = domainRef(s.OS_PROJECT_DOMAIN_ID, s.OS_PROJECT_DOMAIN_NAME);
     if (!domain) {
-      throw new OpenStackConfigError('OS_PROJECT_DOMAIN_NAME', `OS_PROJECT_DOMAIN_NAME: not set; a project name is unique only within a domain, so set OS_PROJECT_DOMAIN_NAME (e.g. Default) or OS_PROJECT_DOMAIN_ID, or use OS_PROJECT_ID`);
+      throw new OpenStackConfigError(
+        'OS_PROJECT_DOMAIN_NAME',
+        `OS_PROJECT_DOMAIN_NAME: not set; a project name is unique only within a domain, so set OS_PROJECT_DOMAIN_NAME (e.g. Default) or OS_PROJECT_DOMAIN_ID, or use OS_PROJECT_ID`,
+      );
     }
     project = { name: s.OS_PROJECT_NAME, domain };
   }
@@ -165,7 +183,10 @@ function keystoneV3Url(url: string, where: string): string {
   const u = new URL(url);
   const trimmed = u.pathname.replace(/\/+$/, '');
   if (/\/v2\.0$/.test(trimmed)) {
-    throw new OpenStackConfigError('OS_AUTH_URL', `${where}: Keystone v2.0 is gone since Queens; use the v3 URL, e.g. ${u.origin}${trimmed.replace(/\/v2\.0$/, '/v3')}`);
+    throw new OpenStackConfigError(
+      'OS_AUTH_URL',
+      `${where}: Keystone v2.0 is gone since Queens; use the v3 URL, e.g. ${u.origin}${trimmed.replace(/\/v2\.0$/, '/v3')}`,
+    );
   }
   u.pathname = /\/v3$/.test(trimmed) ? trimmed : `${trimmed}/v3`;
   u.search = '';
@@ -187,10 +208,17 @@ function readCa(file: string | undefined, where: string): { caFile?: string; ca?
     pem = readFileSync(file, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? 'unreadable';
-    throw new OpenStackConfigError('OS_CACERT', `${where}: cannot read '${file}' (${code}); set it to a readable PEM file holding the CA of the Keystone and Glance certificates`, { cause: error });
+    throw new OpenStackConfigError(
+      'OS_CACERT',
+      `${where}: cannot read '${file}' (${code}); set it to a readable PEM file holding the CA of the Keystone and Glance certificates`,
+      { cause: error },
+    );
   }
   if (!pem.includes('-----BEGIN CERTIFICATE-----')) {
-    throw new OpenStackConfigError('OS_CACERT', `${where}: '${file}' holds no PEM certificate (no '-----BEGIN CERTIFICATE-----' line); point it at the CA bundle in PEM form`);
+    throw new OpenStackConfigError(
+      'OS_CACERT',
+      `${where}: '${file}' holds no PEM certificate (no '-----BEGIN CERTIFICATE-----' line); point it at the CA bundle in PEM form`,
+    );
   }
   return { caFile: file, ca: pem };
 }

@@ -30,8 +30,6 @@ import type { KeystoneClient } from './keystone.js';
  *   otherwise as an HTML page.
  */
 
-
-
 export interface ListImagesOptions {
   /** Project id whose images to list; without it, every project's (the admin token sees them all). */
   owner?: string;
@@ -85,7 +83,14 @@ export class GlanceClient {
     if (read.response.status === 404) return null;
     if (read.response.status !== 200) throw this.unexpected('GET', url, read.response);
     const [raw] = read.body.images;
-    if (raw === undefined) throw new OpenStackHttpError('glance', 'GET', displayUrl(url), 200, `glance: GET ${displayUrl(url)} answered a body that is not an image; is the image endpoint really Glance v2?`);
+    if (raw === undefined)
+      throw new OpenStackHttpError(
+        'glance',
+        'GET',
+        displayUrl(url),
+        200,
+        `glance: GET ${displayUrl(url)} answered a body that is not an image; is the image endpoint really Glance v2?`,
+      );
     return this.parseImage(url, raw);
   }
 
@@ -117,7 +122,10 @@ export class GlanceClient {
     const body = JSON.stringify([{ op: 'replace', path: '/protected', value: false }]);
     const response = await this.keystone.withToken('project', (token) =>
       this.transport({
-        method: 'PATCH', url, body, headers: { accept: 'application/json', 'content-type': 'application/openstack-images-v2.1-json-patch', 'x-auth-token': token },
+        method: 'PATCH',
+        url,
+        body,
+        headers: { accept: 'application/json', 'content-type': 'application/openstack-images-v2.1-json-patch', 'x-auth-token': token },
         // The answer is the whole image, MBs of a tenant's properties included; only its status counts.
         sink: () => DISCARD,
       }),
@@ -155,7 +163,14 @@ export class GlanceClient {
         const nextLink = page.body.next;
         const next = typeof nextLink === 'string' ? new URLSearchParams(nextLink.split('?')[1] ?? '').get('marker') : null;
         if (!next) break;
-        if (seen.has(next)) throw new OpenStackHttpError('glance', 'GET', displayUrl(page.url), 200, `glance: listing images of ${options.owner ?? 'every project'} returned marker ${next} twice; stopping instead of looping`);
+        if (seen.has(next))
+          throw new OpenStackHttpError(
+            'glance',
+            'GET',
+            displayUrl(page.url),
+            200,
+            `glance: listing images of ${options.owner ?? 'every project'} returned marker ${next} twice; stopping instead of looping`,
+          );
         seen.add(next);
         marker = next;
       }
@@ -167,7 +182,13 @@ export class GlanceClient {
    * (as many as were whole before the cap, at most half as many), down to a single image, which is
    * read whatever its size: the cap bounds how long a page takes, never what can be listed.
    */
-  private async listPage(base: string, options: ListImagesOptions, hidden: string, marker: string | undefined, limit: number): Promise<{ url: string; limit: number; body: ImagesBody }> {
+  private async listPage(
+    base: string,
+    options: ListImagesOptions,
+    hidden: string,
+    marker: string | undefined,
+    limit: number,
+  ): Promise<{ url: string; limit: number; body: ImagesBody }> {
     for (;;) {
       const params = new URLSearchParams({ ...(options.owner ? { owner: options.owner } : {}), visibility: 'all', os_hidden: hidden, limit: String(limit) });
       if (marker) params.set('marker', marker);
@@ -181,12 +202,22 @@ export class GlanceClient {
         if (!(error instanceof ResponseBodyError && error.tooLarge)) throw error;
         const whole = partial?.images.length ?? 0;
         const smaller = Math.max(1, Math.min(Math.floor(limit / 2), whole));
-        this.log.warn({ owner: options.owner, limit, smaller, maxBytes: this.maxBytes }, 'a glance listing page is over GLANCE_RESPONSE_MAX_BYTES; asking again with fewer images');
+        this.log.warn(
+          { owner: options.owner, limit, smaller, maxBytes: this.maxBytes },
+          'a glance listing page is over GLANCE_RESPONSE_MAX_BYTES; asking again with fewer images',
+        );
         limit = smaller;
         continue;
       }
       if (read.response.status !== 200) throw this.unexpected('GET', url, read.response);
-      if (!read.body.hasImages) throw new OpenStackHttpError('glance', 'GET', displayUrl(url), 200, `glance: GET ${displayUrl(url)} answered a body without an images list; is the image endpoint really Glance v2?`);
+      if (!read.body.hasImages)
+        throw new OpenStackHttpError(
+          'glance',
+          'GET',
+          displayUrl(url),
+          200,
+          `glance: GET ${displayUrl(url)} answered a body without an images list; is the image endpoint really Glance v2?`,
+        );
       return { url, limit, body: read.body };
     }
   }
@@ -199,7 +230,12 @@ export class GlanceClient {
    * GET `url`, its 200 body read as it streams in (`ImagesBody`), bounded by GLANCE_RESPONSE_MAX_BYTES.
    * `reading` sees each attempt's reader, for what it had read when a cap cut the body off.
    */
-  private async read(url: string, shape: 'listing' | 'image', reading?: (body: ImagesBody) => void, capped = true): Promise<{ response: HttpResponse; body: ImagesBody }> {
+  private async read(
+    url: string,
+    shape: 'listing' | 'image',
+    reading?: (body: ImagesBody) => void,
+    capped = true,
+  ): Promise<{ response: HttpResponse; body: ImagesBody }> {
     let body = new ImagesBody(shape, url);
     const response = await this.keystone.withToken('project', (token) =>
       this.transport({
@@ -218,19 +254,20 @@ export class GlanceClient {
   }
 
   private call(method: 'GET' | 'DELETE', url: string): Promise<HttpResponse> {
-    return this.keystone.withToken('project', (token) =>
-      this.transport({ method, url, headers: { accept: 'application/json', 'x-auth-token': token } }),
-    );
+    return this.keystone.withToken('project', (token) => this.transport({ method, url, headers: { accept: 'application/json', 'x-auth-token': token } }));
   }
 
   private base(): Promise<string> {
     const configured = this.options.glanceUrl ?? this.keystone.credentials.glanceUrl;
     this.baseUrl ??= configured
       ? Promise.resolve(stripVersion(configured))
-      : this.keystone.endpoint('image', 'project').then((e) => stripVersion(e.url)).catch((error: unknown) => {
-          this.baseUrl = undefined;
-          throw error;
-        });
+      : this.keystone
+          .endpoint('image', 'project')
+          .then((e) => stripVersion(e.url))
+          .catch((error: unknown) => {
+            this.baseUrl = undefined;
+            throw error;
+          });
     return this.baseUrl;
   }
 
@@ -254,10 +291,19 @@ export class GlanceClient {
   }
 
   private unexpected(method: string, url: string, response: HttpResponse): OpenStackHttpError {
-    const hint = response.status === 401
-      ? '; the project token was refused even after renewal: check glance-api.conf [keystone_authtoken] and that the enforcer still has a role on its project'
-      : response.status === 403 ? '; the enforcer needs the admin role on its project to act on other projects\' images' : '';
-    return new OpenStackHttpError('glance', method, displayUrl(url), response.status, `glance: ${method} ${displayUrl(url)} answered ${response.status}: ${glanceMessage(response)}${hint}`);
+    const hint =
+      response.status === 401
+        ? '; the project token was refused even after renewal: check glance-api.conf [keystone_authtoken] and that the enforcer still has a role on its project'
+        : response.status === 403
+          ? "; the enforcer needs the admin role on its project to act on other projects' images"
+          : '';
+    return new OpenStackHttpError(
+      'glance',
+      method,
+      displayUrl(url),
+      response.status,
+      `glance: ${method} ${displayUrl(url)} answered ${response.status}: ${glanceMessage(response)}${hint}`,
+    );
   }
 }
 
@@ -275,7 +321,13 @@ export function glanceMessage(response: Pick<HttpResponse, 'text'>): string {
   } catch {
     // An HTML page (Glance without Accept: application/json, or a proxy): strip the tags below.
   }
-  return scrub(text).replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 300) || '(empty body)';
+  return (
+    scrub(text)
+      .replace(/<[^>]*>/g, ' ')
+      .replace(/\s+/g, ' ')
+      .trim()
+      .slice(0, 300) || '(empty body)'
+  );
 }
 
 /** Reads a body and keeps nothing of it. */

@@ -187,7 +187,7 @@ export function send(request: HttpRequest, options: TransportOptions): Promise<H
   });
 }
 
-export type RetryingTransport = (request: HttpRequest) => Promise<HttpResponse>
+export type RetryingTransport = (request: HttpRequest) => Promise<HttpResponse>;
 
 export interface RetryingTransportOptions {
   service: 'keystone' | 'glance';
@@ -223,7 +223,10 @@ export function retryingTransport(options: RetryingTransportOptions): RetryingTr
         if (isCertificateError(error)) {
           // A certificate does not get better by asking again.
           throw new OpenStackUnreachableError(
-            service, request.method, displayUrl(request.url), attempt,
+            service,
+            request.method,
+            displayUrl(request.url),
+            attempt,
             `${service}: ${request.method} ${displayUrl(request.url)}: the server's certificate is not trusted (${describeConnectionError(error)}). ` +
               `Set OS_CACERT to the PEM file of the CA that signed it${options.ca ? ' (the current OS_CACERT does not hold it)' : ''}.`,
             { cause: error },
@@ -233,11 +236,17 @@ export function retryingTransport(options: RetryingTransportOptions): RetryingTr
         lastCause = error;
       }
       if (attempt < policy.attempts) {
-        log.warn({ service, method: request.method, url: displayUrl(request.url), attempt, of: policy.attempts, error: lastError }, `${service} call failed, retrying`);
+        log.warn(
+          { service, method: request.method, url: displayUrl(request.url), attempt, of: policy.attempts, error: lastError },
+          `${service} call failed, retrying`,
+        );
       }
     }
     throw new OpenStackUnreachableError(
-      service, request.method, displayUrl(request.url), policy.attempts,
+      service,
+      request.method,
+      displayUrl(request.url),
+      policy.attempts,
       `${service}: ${request.method} ${displayUrl(request.url)} got no answer after ${policy.attempts} attempts (last: ${lastError}). ` +
         `Check that ${service === 'keystone' ? 'OS_AUTH_URL' : 'the image endpoint (catalog or GLANCE_URL)'} is reachable from this host` +
         `${request.url.startsWith('https:') ? ' and that OS_CACERT holds the CA of its certificate' : ''}.`,

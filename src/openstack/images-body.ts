@@ -23,13 +23,20 @@ export function nextPageSize(page: Pick<ImagesBody, 'bytes' | 'images'>, limit: 
  */
 function standIn(token: Token, value: string | number | undefined): unknown {
   switch (token) {
-    case Token.BeginObject: return {};
-    case Token.BeginArray: return [];
-    case Token.True: return true;
-    case Token.False: return false;
-    case Token.Null: return null;
-    case Token.String: return value ?? '...';
-    default: return value;
+    case Token.BeginObject:
+      return {};
+    case Token.BeginArray:
+      return [];
+    case Token.True:
+      return true;
+    case Token.False:
+      return false;
+    case Token.Null:
+      return null;
+    case Token.String:
+      return value ?? '...';
+    default:
+      return value;
   }
 }
 
@@ -94,7 +101,13 @@ export class ImagesBody implements BodySink, TokenReader {
       step();
     } catch (error) {
       const url = displayUrl(this.url);
-      throw new OpenStackHttpError('glance', 'GET', url, 200, `glance: GET ${url} answered a body the enforcer cannot read as JSON (${(error as Error).message.slice(0, 200)}); is the image endpoint really Glance v2?`);
+      throw new OpenStackHttpError(
+        'glance',
+        'GET',
+        url,
+        200,
+        `glance: GET ${url} answered a body the enforcer cannot read as JSON (${(error as Error).message.slice(0, 200)}); is the image endpoint really Glance v2?`,
+      );
     }
   }
 
@@ -121,7 +134,8 @@ export class ImagesBody implements BodySink, TokenReader {
     }
     if (token === Token.EndObject || token === Token.EndArray) {
       // The tokenizer checks words, not grammar: the nesting is checked here, the rest is Glance's JSON encoder's.
-      if (!top || top.object !== (token === Token.EndObject)) throw new Error(`the JSON body closes a ${token === Token.EndObject ? 'brace' : 'bracket'} it did not open`);
+      if (!top || top.object !== (token === Token.EndObject))
+        throw new Error(`the JSON body closes a ${token === Token.EndObject ? 'brace' : 'bracket'} it did not open`);
       open.pop();
       if (depth - 1 === this.imageDepth && this.image) {
         this.images.push(this.image);

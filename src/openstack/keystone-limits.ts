@@ -38,8 +38,6 @@ const Links = z.object({ next: z.string().nullish() }).partial().nullish();
 const RegisteredLimitList = z.object({ registered_limits: z.array(RegisteredLimit), truncated: z.boolean().optional(), links: Links });
 const ProjectLimitList = z.object({ limits: z.array(ProjectLimit), truncated: z.boolean().optional(), links: Links });
 
-
-
 /** Every project limit of the image service in the region, as one listing gave it. */
 export interface ProjectLimitListing {
   limits: ProjectLimit[];
@@ -112,7 +110,9 @@ export function keystoneLimitsReader(keystone: KeystoneClient, options: Keystone
       if (!body.next) return { items: out, truncated: body.truncated === true };
       if (pages === MAX_LISTING_PAGES) throw new Error(`keystone: ${path} gave more than ${MAX_LISTING_PAGES} pages; refusing to follow more`);
       if (!body.next.startsWith(`${keystone.credentials.authUrl}/`)) {
-        throw new Error(`keystone: the next page of ${path} is at ${displayUrl(body.next)}, outside OS_AUTH_URL ${displayUrl(keystone.credentials.authUrl)}; not sending the token there`);
+        throw new Error(
+          `keystone: the next page of ${path} is at ${displayUrl(body.next)}, outside OS_AUTH_URL ${displayUrl(keystone.credentials.authUrl)}; not sending the token there`,
+        );
       }
       next = body.next.slice(keystone.credentials.authUrl.length);
     }
@@ -130,7 +130,11 @@ export function keystoneLimitsReader(keystone: KeystoneClient, options: Keystone
       const t = await resolveTarget();
       const { items, truncated } = await list(`/registered_limits?${query({ service_id: t.serviceId, region_id: t.regionId })}`, registeredPage);
       // A handful per service and region; a cut here is a Keystone misconfiguration worth a word.
-      if (truncated) log.warn({ what: 'registered_limits' }, 'keystone truncated the registered limits ([unified_limit] list_limit); some resources may be read as unlimited');
+      if (truncated)
+        log.warn(
+          { what: 'registered_limits' },
+          'keystone truncated the registered limits ([unified_limit] list_limit); some resources may be read as unlimited',
+        );
       return items.filter(ours(t));
     },
     async allProjectLimits() {

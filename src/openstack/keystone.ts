@@ -4,13 +4,7 @@ import { createLogger, type Logger } from '../log.js';
 import { CatalogService, findEndpoint, type ResolvedEndpoint } from './catalog.js';
 import type { Credentials } from './identity.js';
 import { authRequestBody, scopeUnavailableReason, type Scope } from './scopes.js';
-import {
-  KeystoneAuthError,
-  OpenStackHttpError,
-  ScopeUnavailableError,
-  displayUrl,
-  scrub,
-} from './errors.js';
+import { KeystoneAuthError, OpenStackHttpError, ScopeUnavailableError, displayUrl, scrub } from './errors.js';
 import { firstIssue } from '../zod-issues.js';
 import {
   DEFAULT_RETRY_POLICY,
@@ -170,13 +164,24 @@ export class KeystoneClient {
       this.transport({ method: 'GET', url, headers: { accept: 'application/json', 'x-auth-token': token } }),
     );
     if (response.status !== 200) {
-      throw new OpenStackHttpError('keystone', 'GET', displayUrl(url), response.status,
-        `keystone: GET ${displayUrl(url)} answered ${response.status}: ${this.detail(response)}${statusHint(response.status, scope)}`);
+      throw new OpenStackHttpError(
+        'keystone',
+        'GET',
+        displayUrl(url),
+        response.status,
+        `keystone: GET ${displayUrl(url)} answered ${response.status}: ${this.detail(response)}${statusHint(response.status, scope)}`,
+      );
     }
     const parsed = schema.safeParse(parseJson(response.text));
     if (!parsed.success) {
       const issue = firstIssue(parsed.error);
-      throw new OpenStackHttpError('keystone', 'GET', displayUrl(url), response.status, `keystone: GET ${displayUrl(url)} answered a body the enforcer does not understand: ${issue.message} at ${issue.path}`);
+      throw new OpenStackHttpError(
+        'keystone',
+        'GET',
+        displayUrl(url),
+        response.status,
+        `keystone: GET ${displayUrl(url)} answered a body the enforcer does not understand: ${issue.message} at ${issue.path}`,
+      );
     }
     return parsed.data;
   }
@@ -196,8 +201,13 @@ export class KeystoneClient {
     if (response.status === 404) return undefined;
     const parsed = response.status === 200 ? SubjectTokenBody.safeParse(parseJson(response.text)) : undefined;
     if (!parsed?.success) {
-      throw new OpenStackHttpError('keystone', 'GET', displayUrl(url), response.status,
-        `keystone: GET ${displayUrl(url)} (validating a client's token) answered ${response.status}${response.status === 200 ? ' with a body the enforcer does not understand' : statusHint(response.status, 'system')}`);
+      throw new OpenStackHttpError(
+        'keystone',
+        'GET',
+        displayUrl(url),
+        response.status,
+        `keystone: GET ${displayUrl(url)} (validating a client's token) answered ${response.status}${response.status === 200 ? ' with a body the enforcer does not understand' : statusHint(response.status, 'system')}`,
+      );
     }
     const t = parsed.data.token;
     return { ...(t.project ? { projectId: t.project.id } : {}), expiresAtMs: Date.parse(t.expires_at) };
@@ -226,13 +236,25 @@ export class KeystoneClient {
     if (response.status >= 400 && response.status < 500) throw this.authError(scope, response);
     if (response.status !== 201) {
       const why = response.status >= 500 ? 'Keystone itself is failing (see its log)' : 'expected 201 Created: is OS_AUTH_URL really Keystone v3?';
-      throw new OpenStackHttpError('keystone', 'POST', displayUrl(url), response.status, `keystone: POST ${displayUrl(url)} answered ${response.status}: ${this.detail(response)}; ${why}`);
+      throw new OpenStackHttpError(
+        'keystone',
+        'POST',
+        displayUrl(url),
+        response.status,
+        `keystone: POST ${displayUrl(url)} answered ${response.status}: ${this.detail(response)}; ${why}`,
+      );
     }
     const value = response.headers['x-subject-token'];
     if (value) rememberToken(value);
     const body = TokenBody.safeParse(parseJson(response.text));
     if (!value || !body.success) {
-      throw new OpenStackHttpError('keystone', 'POST', displayUrl(url), response.status, `keystone: POST ${displayUrl(url)} answered 201 without ${value ? 'a token body the enforcer understands' : 'an X-Subject-Token header'}; is OS_AUTH_URL really Keystone v3?`);
+      throw new OpenStackHttpError(
+        'keystone',
+        'POST',
+        displayUrl(url),
+        response.status,
+        `keystone: POST ${displayUrl(url)} answered 201 without ${value ? 'a token body the enforcer understands' : 'an X-Subject-Token header'}; is OS_AUTH_URL really Keystone v3?`,
+      );
     }
     const t = body.data.token;
     const expiresAt = Date.parse(t.expires_at);
@@ -253,16 +275,21 @@ export class KeystoneClient {
 
   private authError(scope: Scope, response: HttpResponse): Error {
     const { identity, project } = this.credentials;
-    const who = identity.method === 'password'
-      ? `the password of user ${'id' in identity.user ? `id ${identity.user.id}` : `'${identity.user.name}' (domain ${domainText(identity.user.domain)})`}`
-      : `application credential ${identity.id}`;
-    const on = identity.method === 'application_credential'
-      ? 'its own project'
-      : scope === 'system' ? 'system scope all' : project && ('id' in project ? `project id ${project.id}` : `project '${project.name}' (domain ${domainText(project.domain)})`);
-    const check = identity.method === 'password'
-      ? 'Check OS_USERNAME / OS_USER_ID, OS_PASSWORD and OS_USER_DOMAIN_NAME; Keystone also answers 401 when the user has no role on that scope ' +
-        (scope === 'system' ? '(openstack role add --system all --user <user> reader)' : '(openstack role add --project <project> --user <user> admin)')
-      : 'Check OS_APPLICATION_CREDENTIAL_ID and OS_APPLICATION_CREDENTIAL_SECRET, and that the credential has not expired or been deleted';
+    const who =
+      identity.method === 'password'
+        ? `the password of user ${'id' in identity.user ? `id ${identity.user.id}` : `'${identity.user.name}' (domain ${domainText(identity.user.domain)})`}`
+        : `application credential ${identity.id}`;
+    const on =
+      identity.method === 'application_credential'
+        ? 'its own project'
+        : scope === 'system'
+          ? 'system scope all'
+          : project && ('id' in project ? `project id ${project.id}` : `project '${project.name}' (domain ${domainText(project.domain)})`);
+    const check =
+      identity.method === 'password'
+        ? 'Check OS_USERNAME / OS_USER_ID, OS_PASSWORD and OS_USER_DOMAIN_NAME; Keystone also answers 401 when the user has no role on that scope ' +
+          (scope === 'system' ? '(openstack role add --system all --user <user> reader)' : '(openstack role add --project <project> --user <user> admin)')
+        : 'Check OS_APPLICATION_CREDENTIAL_ID and OS_APPLICATION_CREDENTIAL_SECRET, and that the credential has not expired or been deleted';
     const message = `keystone: ${displayUrl(this.credentials.authUrl)} refused ${who} for a token on ${on}: ${response.status} ${this.detail(response)}. ${response.status === 401 ? check : 'Check the OS_* settings'}`;
     return new KeystoneAuthError(response.status, scope, message);
   }

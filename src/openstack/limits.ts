@@ -148,11 +148,17 @@ export class UnifiedLimits implements LimitSource {
 
   status(): { trusted: boolean; detail: string } {
     if (!this.table) {
-      return { trusted: false, detail: `unavailable: Keystone's unified limits could not be read yet (${this.failureCount} failed reads); the static limits are not a stand-in for them` };
+      return {
+        trusted: false,
+        detail: `unavailable: Keystone's unified limits could not be read yet (${this.failureCount} failed reads); the static limits are not a stand-in for them`,
+      };
     }
     const ageMs = this.now() - this.table.fetchedAt;
     if (this.stale && ageMs > this.ttlMs) {
-      return { trusted: false, detail: `unavailable: the latest reads of Keystone's unified limits failed; the table in hand, from ${new Date(this.table.fetchedAt).toISOString()}, is older than LIMITS_CACHE_SECONDS (${this.ttlMs / 1000})` };
+      return {
+        trusted: false,
+        detail: `unavailable: the latest reads of Keystone's unified limits failed; the table in hand, from ${new Date(this.table.fetchedAt).toISOString()}, is older than LIMITS_CACHE_SECONDS (${this.ttlMs / 1000})`,
+      };
     }
     return { trusted: true, detail: 'keystone' };
   }
@@ -183,7 +189,10 @@ export class UnifiedLimits implements LimitSource {
         else byProject.set(limit.project_id, [limit]);
       }
       if (listing.truncated) {
-        this.log.error({ listed: listing.limits.length }, 'keystone truncated the project limits listing ([unified_limit] list_limit or [DEFAULT] list_limit in keystone.conf); reading each project on its own until it is unset or above the number of limits');
+        this.log.error(
+          { listed: listing.limits.length },
+          'keystone truncated the project limits listing ([unified_limit] list_limit or [DEFAULT] list_limit in keystone.conf); reading each project on its own until it is unset or above the number of limits',
+        );
       }
       this.table = { registered, byProject, truncated: listing.truncated, fetchedAt: startedAt };
       this.projectReads.clear();
@@ -195,9 +204,15 @@ export class UnifiedLimits implements LimitSource {
       this.expiresAt = this.now() + Math.min(this.ttlMs, OUTAGE_RETRY_SECONDS * 1000);
       const err = error instanceof Error ? error.message : String(error);
       if (this.table) {
-        this.log.warn({ failures: this.failureCount, fetchedAt: this.table.fetchedAt, err }, 'cannot refresh unified limits; the last known limits stay in force');
+        this.log.warn(
+          { failures: this.failureCount, fetchedAt: this.table.fetchedAt, err },
+          'cannot refresh unified limits; the last known limits stay in force',
+        );
       } else {
-        this.log.error({ failures: this.failureCount, err }, 'cannot read unified limits and none are known yet; using the static fallback limits (absent = unlimited)');
+        this.log.error(
+          { failures: this.failureCount, err },
+          'cannot read unified limits and none are known yet; using the static fallback limits (absent = unlimited)',
+        );
       }
     }
   }
@@ -226,7 +241,10 @@ export class UnifiedLimits implements LimitSource {
       return limits;
     } catch (error) {
       this.failureCount++;
-      this.log.warn({ projectId, err: error instanceof Error ? error.message : String(error) }, 'cannot read the project limits of a project missing from a truncated listing; using what the listing gave');
+      this.log.warn(
+        { projectId, err: error instanceof Error ? error.message : String(error) },
+        'cannot read the project limits of a project missing from a truncated listing; using what the listing gave',
+      );
       return table.byProject.get(projectId) ?? [];
     }
   }

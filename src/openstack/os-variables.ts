@@ -65,23 +65,44 @@ export const CLOUD_KEYS: Readonly<Record<string, OpenStackEnvVar>> = {
  * environment sets any variable on the left, clouds.yaml values of those on the right are dropped.
  */
 export const ALTERNATIVES: readonly (readonly [readonly OpenStackEnvVar[], readonly OpenStackEnvVar[]])[] = [
-  [['OS_PROJECT_NAME', 'OS_PROJECT_ID'], ['OS_PROJECT_NAME', 'OS_PROJECT_ID']],
-  [['OS_USERNAME', 'OS_USER_ID'], ['OS_USERNAME', 'OS_USER_ID']],
-  [['OS_USER_DOMAIN_NAME', 'OS_USER_DOMAIN_ID'], ['OS_USER_DOMAIN_NAME', 'OS_USER_DOMAIN_ID']],
-  [['OS_PROJECT_DOMAIN_NAME', 'OS_PROJECT_DOMAIN_ID'], ['OS_PROJECT_DOMAIN_NAME', 'OS_PROJECT_DOMAIN_ID']],
-  [['OS_APPLICATION_CREDENTIAL_ID', 'OS_APPLICATION_CREDENTIAL_SECRET'], ['OS_USERNAME', 'OS_USER_ID', 'OS_PASSWORD', 'OS_AUTH_TYPE']],
-  [['OS_USERNAME', 'OS_USER_ID', 'OS_PASSWORD'], ['OS_APPLICATION_CREDENTIAL_ID', 'OS_APPLICATION_CREDENTIAL_SECRET', 'OS_AUTH_TYPE']],
+  [
+    ['OS_PROJECT_NAME', 'OS_PROJECT_ID'],
+    ['OS_PROJECT_NAME', 'OS_PROJECT_ID'],
+  ],
+  [
+    ['OS_USERNAME', 'OS_USER_ID'],
+    ['OS_USERNAME', 'OS_USER_ID'],
+  ],
+  [
+    ['OS_USER_DOMAIN_NAME', 'OS_USER_DOMAIN_ID'],
+    ['OS_USER_DOMAIN_NAME', 'OS_USER_DOMAIN_ID'],
+  ],
+  [
+    ['OS_PROJECT_DOMAIN_NAME', 'OS_PROJECT_DOMAIN_ID'],
+    ['OS_PROJECT_DOMAIN_NAME', 'OS_PROJECT_DOMAIN_ID'],
+  ],
+  [
+    ['OS_APPLICATION_CREDENTIAL_ID', 'OS_APPLICATION_CREDENTIAL_SECRET'],
+    ['OS_USERNAME', 'OS_USER_ID', 'OS_PASSWORD', 'OS_AUTH_TYPE'],
+  ],
+  [
+    ['OS_USERNAME', 'OS_USER_ID', 'OS_PASSWORD'],
+    ['OS_APPLICATION_CREDENTIAL_ID', 'OS_APPLICATION_CREDENTIAL_SECRET', 'OS_AUTH_TYPE'],
+  ],
 ];
 
 const nonEmpty = (fix: string) => z.string().min(1, { error: fix });
 const httpUrl = (fix: string) =>
-  z.string().refine((v) => {
-    try {
-      return ['http:', 'https:'].includes(new URL(v).protocol);
-    } catch {
-      return false;
-    }
-  }, { error: fix });
+  z.string().refine(
+    (v) => {
+      try {
+        return ['http:', 'https:'].includes(new URL(v).protocol);
+      } catch {
+        return false;
+      }
+    },
+    { error: fix },
+  );
 
 /**
  * One schema over the variables (after clouds.yaml values are laid under the environment).

@@ -21,19 +21,25 @@ export function scopeUnavailableReason(credentials: Credentials, scope: Scope): 
   const { identity } = credentials;
   if (scope === 'system') {
     if (identity.method === 'application_credential') {
-      return 'no system-scoped token: application credentials are bound to the project they were created in, and Keystone issues no system-scoped token from one. ' +
+      return (
+        'no system-scoped token: application credentials are bound to the project they were created in, and Keystone issues no system-scoped token from one. ' +
         "Reading other projects' unified limits needs it (a project-scoped token sees only its own project's limits: GET /v3/limits answers [] for the others). " +
-        'Use a password identity with OS_SYSTEM_SCOPE=all and the reader role on system scope, or rely on static limits';
+        'Use a password identity with OS_SYSTEM_SCOPE=all and the reader role on system scope, or rely on static limits'
+      );
     }
     if (!credentials.systemScope) {
-      return "no system-scoped token: OS_SYSTEM_SCOPE is not set. Reading other projects' unified limits needs one (a project-scoped token sees only its own project's limits). " +
-        'Set OS_SYSTEM_SCOPE=all and grant the user reader on system scope (openstack role add --system all --user <user> reader)';
+      return (
+        "no system-scoped token: OS_SYSTEM_SCOPE is not set. Reading other projects' unified limits needs one (a project-scoped token sees only its own project's limits). " +
+        'Set OS_SYSTEM_SCOPE=all and grant the user reader on system scope (openstack role add --system all --user <user> reader)'
+      );
     }
     return undefined;
   }
   if (identity.method === 'password' && !credentials.project) {
-    return "no project-scoped token: neither OS_PROJECT_NAME nor OS_PROJECT_ID is set. Glance needs one (with Glance 25 a system-scoped token lists no project's images). " +
-      'Set OS_PROJECT_NAME (and OS_PROJECT_DOMAIN_NAME) to a project where the user has the admin role';
+    return (
+      "no project-scoped token: neither OS_PROJECT_NAME nor OS_PROJECT_ID is set. Glance needs one (with Glance 25 a system-scoped token lists no project's images). " +
+      'Set OS_PROJECT_NAME (and OS_PROJECT_DOMAIN_NAME) to a project where the user has the admin role'
+    );
   }
   return undefined;
 }

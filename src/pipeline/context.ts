@@ -45,7 +45,10 @@ export class ProjectLocks {
   async run<T>(projectId: string, work: () => Promise<T>): Promise<T> {
     const before = this.busy.get(projectId);
     const run = (before ?? Promise.resolve()).then(work);
-    const tail = run.then(() => {}, () => {});
+    const tail = run.then(
+      () => {},
+      () => {},
+    );
     this.busy.set(projectId, tail);
     try {
       return await run;

@@ -39,7 +39,10 @@ export async function enforce(ctx: PipelineContext, projectId: string): Promise<
   if (estimate.toDelete.length === 0 || !ctx.images) return { ...estimate, actions: [] };
   // A dry run sees the same candidates on every message of a flood: Glance is asked once for them.
   if (ctx.mode === 'dry-run' && estimate.toDelete.every((id) => ctx.reported.get(id) === 'would-delete')) return { ...estimate, actions: [] };
-  ctx.log?.info({ projectId, usage: estimate.usage, limits: estimate.limits, over: estimate.over, candidates: estimate.toDelete.length }, 'ledger says over quota; asking Glance');
+  ctx.log?.info(
+    { projectId, usage: estimate.usage, limits: estimate.limits, over: estimate.over, candidates: estimate.toDelete.length },
+    'ledger says over quota; asking Glance',
+  );
   return enforceOnGlance(ctx, projectId);
 }
 
@@ -82,8 +85,13 @@ export function enforceOnGlance(ctx: PipelineContext, projectId: string): Promis
     const confirmed = await confirmLimits(ctx.limits, projectId);
     const judged = judge(ctx, projectId, listing, corrected, confirmed.limits);
     if (!confirmed.trusted && judged.report.toDelete.length > 0) {
-      ctx.log?.warn({ projectId, usage: judged.report.usage, over: judged.report.over, candidates: judged.report.toDelete.length, reason: confirmed.reason }, 'project over quota, but its limits are not from the configured source: nothing is deleted until they are');
-      throw new LimitsUnavailableError(`limits of ${projectId} unavailable: ${confirmed.reason}; ${judged.report.toDelete.length} candidates left in place until Keystone answers`);
+      ctx.log?.warn(
+        { projectId, usage: judged.report.usage, over: judged.report.over, candidates: judged.report.toDelete.length, reason: confirmed.reason },
+        'project over quota, but its limits are not from the configured source: nothing is deleted until they are',
+      );
+      throw new LimitsUnavailableError(
+        `limits of ${projectId} unavailable: ${confirmed.reason}; ${judged.report.toDelete.length} candidates left in place until Keystone answers`,
+      );
     }
     return { ...judged.report, actions: await act(ctx, images, judged) };
   });
@@ -126,16 +134,27 @@ async function act(ctx: PipelineContext, images: ImageService, { report, byId }:
     const said = now ? `Glance said: ${now.status}, owner ${now.owner ?? 'none'}${now.protected ? ', protected' : ''}` : 'Glance said: 404';
     const verdict = verifyCandidate(now, projectId, ctx.protectedPolicy);
     if (!verdict.removable) return { kind: verdict.kind, reason: `${verdict.reason} (${said})`, gone: now === null };
-    if (ctx.mode === 'dry-run') return { kind: 'would-delete', reason: `${past}${verdict.unprotectFirst ? ', protected: would be unprotected first' : ''} (dry-run; ${said})`, gone: false };
+    if (ctx.mode === 'dry-run')
+      return {
+        kind: 'would-delete',
+        reason: `${past}${verdict.unprotectFirst ? ', protected: would be unprotected first' : ''} (dry-run; ${said})`,
+        gone: false,
+      };
     if (verdict.unprotectFirst) {
       const cleared = await images.unprotectImage(imageId);
       if (cleared.result === 'gone') return { kind: 'gone', reason: 'Glance answered 404 to clearing its protected flag', gone: true };
-      if (cleared.result === 'refused') return { kind: 'not-deletable', reason: `Glance refused to clear its protected flag with ${cleared.status}: ${cleared.reason}`, gone: false };
+      if (cleared.result === 'refused')
+        return { kind: 'not-deletable', reason: `Glance refused to clear its protected flag with ${cleared.status}: ${cleared.reason}`, gone: false };
     }
     const deleted = await images.deleteImage(imageId);
-    if (deleted.result === 'refused') return { kind: 'not-deletable', reason: `Glance refused the delete with ${deleted.status}: ${deleted.reason}`, gone: false };
+    if (deleted.result === 'refused')
+      return { kind: 'not-deletable', reason: `Glance refused the delete with ${deleted.status}: ${deleted.reason}`, gone: false };
     if (deleted.result === 'gone') return { kind: 'gone', reason: 'Glance answered 404 to the delete', gone: true };
-    return { kind: 'deleted', reason: `${past}${verdict.unprotectFirst ? '; its protected flag was cleared first (PROTECTED_QUEUED_IMAGES=unprotect)' : ''} (${said})`, gone: true };
+    return {
+      kind: 'deleted',
+      reason: `${past}${verdict.unprotectFirst ? '; its protected flag was cleared first (PROTECTED_QUEUED_IMAGES=unprotect)' : ''} (${said})`,
+      gone: true,
+    };
   };
 
   const actOn = async (imageId: string): Promise<void> => {
@@ -160,10 +179,15 @@ async function act(ctx: PipelineContext, images: ImageService, { report, byId }:
     if (gone.length > 0) {
       ctx.committed.forget(projectId);
       const now = ctx.clock();
-      await ctx.store.applyEvents(gone.map((image) => tombstoneOf(recordFromEvent(eventFromGlance(image)), now)), now, { overwrite: true });
+      await ctx.store.applyEvents(
+        gone.map((image) => tombstoneOf(recordFromEvent(eventFromGlance(image)), now)),
+        now,
+        { overwrite: true },
+      );
     }
     for (const r of await Promise.allSettled(announced)) {
-      if (r.status === 'rejected') ctx.log?.warn({ projectId, err: (r.reason as Error)?.message }, 'announcing an action failed; it is in the audit all the same');
+      if (r.status === 'rejected')
+        ctx.log?.warn({ projectId, err: (r.reason as Error)?.message }, 'announcing an action failed; it is in the audit all the same');
     }
   }
   return actions;

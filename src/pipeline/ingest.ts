@@ -89,7 +89,13 @@ export async function ingest({ store, door, clock, committed, log }: IngestParts
  * never before: for a moment both count, which can only refuse, never admit too many. A store
  * that fails here fails nothing else: the reservations end at their TTL instead.
  */
-async function endReservations(store: LedgerStore, events: readonly ImageEvent[], outcomes: readonly unknown[], nowMs: number, log: Logger | undefined): Promise<void> {
+async function endReservations(
+  store: LedgerStore,
+  events: readonly ImageEvent[],
+  outcomes: readonly unknown[],
+  nowMs: number,
+  log: Logger | undefined,
+): Promise<void> {
   const creates = createsByProject(events, outcomes);
   if (creates.size === 0) return;
   try {

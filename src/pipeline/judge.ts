@@ -18,7 +18,13 @@ export interface Judgement {
  * Usage and the decision on Glance's listing alone. An image listed twice (its `os_hidden` flipped
  * between the listing's two passes) counts once.
  */
-export function judge(ctx: PipelineContext, projectId: string, listing: readonly OwnedImage[], corrected: Partial<Record<CorrectionKind, number>>, limits: ProjectLimits): Judgement {
+export function judge(
+  ctx: PipelineContext,
+  projectId: string,
+  listing: readonly OwnedImage[],
+  corrected: Partial<Record<CorrectionKind, number>>,
+  limits: ProjectLimits,
+): Judgement {
   const byId = new Map<string, OwnedImage>();
   for (const image of listing) byId.set(image.id, image);
   const records: ImageRecord[] = [...byId.values()].map((image) => recordFromEvent(eventFromGlance(image)));

@@ -14,7 +14,12 @@ export async function repair(
 ): Promise<Partial<Record<CorrectionKind, number>>> {
   const nowMs = ctx.clock();
   const ledger = await ctx.store.images(projectId);
-  const { events, corrections } = repairFromListing(projectId, ledger, listing, { listedAtMs, nowMs, skewMs: ctx.clockSkewMs, ...(listedElsewhere ? { listedElsewhere } : {}) });
+  const { events, corrections } = repairFromListing(projectId, ledger, listing, {
+    listedAtMs,
+    nowMs,
+    skewMs: ctx.clockSkewMs,
+    ...(listedElsewhere ? { listedElsewhere } : {}),
+  });
   ctx.committed.forget(projectId);
   if (events.length > 0) await ctx.store.applyEvents(events, nowMs, { overwrite: true });
   const counts = countCorrections(corrections);
@@ -30,7 +35,13 @@ export async function repair(
  * return the decision on it. The act is left to `enforceOnGlance`, which lists the project
  * afresh: a large cloud's listing can be minutes old by the time its last project is reached.
  */
-export function applyListing(ctx: PipelineContext, projectId: string, listing: readonly OwnedImage[], listedAtMs: number, listedElsewhere?: ReadonlySet<string>): Promise<ProjectReport> {
+export function applyListing(
+  ctx: PipelineContext,
+  projectId: string,
+  listing: readonly OwnedImage[],
+  listedAtMs: number,
+  listedElsewhere?: ReadonlySet<string>,
+): Promise<ProjectReport> {
   return ctx.locks.run(projectId, async () => {
     const owned = listing.filter((i) => i.owner === projectId);
     const corrected = await repair(ctx, projectId, owned, listedAtMs, listedElsewhere);

@@ -79,9 +79,7 @@ export function discounted(bounds: AdmissionBounds, phantom: number): AdmissionB
   };
 }
 
-export type AdmissionVerdict =
-  | { admit: true }
-  | { admit: false; resource: Resource; limit: number; usage: number; byReservations: boolean };
+export type AdmissionVerdict = { admit: true } | { admit: false; resource: Resource; limit: number; usage: number; byReservations: boolean };
 
 /**
  * Admit while what the project has plus what is already admitted and not yet seen on the bus stays
@@ -94,7 +92,13 @@ export function judgeAdmission(count: number, reserved: number, bounds: Admissio
     return { admit: false, resource: 'image_count_total', limit: bounds.countLimit, usage: count + reserved, byReservations: reserved >= bounds.countLimit };
   }
   if (bounds.rate && bounds.rate.recent + reserved >= bounds.rate.count) {
-    return { admit: false, resource: CREATE_RATE, limit: bounds.rate.count, usage: bounds.rate.recent + reserved, byReservations: reserved >= bounds.rate.count };
+    return {
+      admit: false,
+      resource: CREATE_RATE,
+      limit: bounds.rate.count,
+      usage: bounds.rate.recent + reserved,
+      byReservations: reserved >= bounds.rate.count,
+    };
   }
   return { admit: true };
 }

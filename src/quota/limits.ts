@@ -31,7 +31,10 @@ export function parseCreateRate(value: string): CreateRate {
  */
 export function parseLimits(text: string, source = 'QUOTA_LIMITS'): ProjectLimits {
   const limits: ProjectLimits = {};
-  for (const part of text.split(',').map((p) => p.trim()).filter(Boolean)) {
+  for (const part of text
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean)) {
     const eq = part.indexOf('=');
     const name = eq < 0 ? part : part.slice(0, eq).trim();
     const value = eq < 0 ? '' : part.slice(eq + 1).trim();
@@ -127,8 +130,7 @@ export function resolveLimits(input: {
   const out: ProjectLimits = {};
   for (const resource of Resource.options) {
     const value =
-      input.project.find((l) => l.resource_name === resource)?.resource_limit ??
-      input.registered.find((l) => l.resource_name === resource)?.default_limit;
+      input.project.find((l) => l.resource_name === resource)?.resource_limit ?? input.registered.find((l) => l.resource_name === resource)?.default_limit;
     if (value === undefined) {
       // Nothing in Keystone: the static limit, whose rate carries its own window ("20/60s").
       const fallback = input.fallback?.[resource];

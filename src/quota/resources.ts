@@ -4,12 +4,7 @@ import { z } from 'zod';
  * The resource names Glance itself registers in Keystone unified limits
  * (glance/quota/keystone.py), so an operator's existing limits apply unchanged.
  */
-export const USAGE_RESOURCES = [
-  'image_count_total',
-  'image_count_uploading',
-  'image_size_total',
-  'image_stage_total',
-] as const;
+export const USAGE_RESOURCES = ['image_count_total', 'image_count_uploading', 'image_size_total', 'image_stage_total'] as const;
 
 export const UsageResource = z.enum(USAGE_RESOURCES);
 export type UsageResource = z.infer<typeof UsageResource>;

@@ -24,7 +24,11 @@ export function verifyCandidate(image: ImageFacts | null, projectId: string, pol
   if (image.owner !== projectId) return skipped(`Glance says the owner is ${image.owner ?? 'nobody'}, not ${projectId}`);
   if (image.status !== 'queued') return skipped(`Glance says the status is ${image.status}, no longer queued`);
   if (image.protected && policy === 'report') {
-    return { removable: false, kind: 'protected', reason: 'the image is protected and PROTECTED_QUEUED_IMAGES=report: left in place, counted in its own place' };
+    return {
+      removable: false,
+      kind: 'protected',
+      reason: 'the image is protected and PROTECTED_QUEUED_IMAGES=report: left in place, counted in its own place',
+    };
   }
   return { removable: true, unprotectFirst: image.protected };
 }

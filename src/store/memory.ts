@@ -85,11 +85,17 @@ export class MemoryStore implements LedgerStore {
   }
 
   async removableImages(projectId: string, limit: number): Promise<ImageRecord[]> {
-    return [...(this.removableByProject.get(projectId) ?? [])].map((id) => this.records.get(id)!).sort(newestFirst).slice(0, limit);
+    return [...(this.removableByProject.get(projectId) ?? [])]
+      .map((id) => this.records.get(id)!)
+      .sort(newestFirst)
+      .slice(0, limit);
   }
 
   async projects(): Promise<string[]> {
-    return [...this.totals].filter(([, t]) => t.count > 0).map(([p]) => p).sort();
+    return [...this.totals]
+      .filter(([, t]) => t.count > 0)
+      .map(([p]) => p)
+      .sort();
   }
 
   async forgetDeadImagesBefore(beforeMs: number): Promise<number> {

@@ -202,16 +202,17 @@ export class PostgresStore implements LedgerStore {
       client = await pool.connect();
     } catch (err) {
       await pool.end();
-      throw new StoreUnavailableError(`STORE_URL: cannot connect to PostgreSQL at ${description} (${(err as Error).message}); check the host, port, database and credentials`, { cause: err });
+      throw new StoreUnavailableError(
+        `STORE_URL: cannot connect to PostgreSQL at ${description} (${(err as Error).message}); check the host, port, database and credentials`,
+        { cause: err },
+      );
     }
     const onError = () => {}; // the failing query rejects; see transaction()
     client.on('error', onError);
     try {
       await client.query('BEGIN');
       await client.query('SELECT pg_advisory_xact_lock($1::bigint)', [MIGRATION_LOCK]);
-      await client.query(
-        'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())',
-      );
+      await client.query('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())');
       const { rows } = await client.query<{ version: number | null }>('SELECT max(version) AS version FROM schema_migrations');
       const version = rows[0]?.version ?? 0;
       if (version > MIGRATIONS.length) {
@@ -317,8 +318,17 @@ export class PostgresStore implements LedgerStore {
              created_at = excluded.created_at, updated_at = excluded.updated_at, ts = excluded.ts, message_id = excluded.message_id,
              importing = excluded.importing, protected = excluded.protected, deleted = excluded.deleted`,
           [
-            column('imageId'), column('projectId'), column('status'), column('size'), column('createdAt'), column('updatedAt'),
-            column('timestamp'), column('messageId'), column('importing'), column('protected'), column('deleted'),
+            column('imageId'),
+            column('projectId'),
+            column('status'),
+            column('size'),
+            column('createdAt'),
+            column('updatedAt'),
+            column('timestamp'),
+            column('messageId'),
+            column('importing'),
+            column('protected'),
+            column('deleted'),
           ],
         );
       }
@@ -344,7 +354,12 @@ export class PostgresStore implements LedgerStore {
           for (const v of [r.count, r.uploading, r.size_bytes, r.stage_bytes]) {
             if (!Number.isSafeInteger(Number(v))) throw totalsOverflow(r.project_id, Number(v));
           }
-          totals.set(r.project_id, { count: Number(r.count), uploading: Number(r.uploading), sizeBytes: Number(r.size_bytes), stageBytes: Number(r.stage_bytes) });
+          totals.set(r.project_id, {
+            count: Number(r.count),
+            uploading: Number(r.uploading),
+            sizeBytes: Number(r.size_bytes),
+            stageBytes: Number(r.stage_bytes),
+          });
         }
       }
       // Projects whose totals this batch left as they were are not here: `usage` reads them.
@@ -359,9 +374,7 @@ export class PostgresStore implements LedgerStore {
     );
     const t = rows[0];
     return usageFromTotals(
-      t
-        ? { count: Number(t.count), uploading: Number(t.uploading), sizeBytes: Number(t.size_bytes), stageBytes: Number(t.stage_bytes) }
-        : ZERO_TOTALS,
+      t ? { count: Number(t.count), uploading: Number(t.uploading), sizeBytes: Number(t.size_bytes), stageBytes: Number(t.stage_bytes) } : ZERO_TOTALS,
     );
   }
 
@@ -450,10 +463,7 @@ export class PostgresStore implements LedgerStore {
   }
 
   async setState(key: string, value: string): Promise<void> {
-    await this.pool.query(
-      'INSERT INTO enforcer_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
-      [key, value],
-    );
+    await this.pool.query('INSERT INTO enforcer_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value', [key, value]);
   }
 
   /**

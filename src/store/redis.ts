@@ -125,8 +125,8 @@ export class RedisStore implements LedgerStore {
     // Reported by the failing command; without a listener ioredis would print every reconnect attempt.
     let lastError: Error | undefined;
     redis.on('error', (err: Error) => {
-    lastError = err;
-  });
+      lastError = err;
+    });
     try {
       await redis.connect();
       await redis.ping();
@@ -134,7 +134,9 @@ export class RedisStore implements LedgerStore {
       redis.disconnect();
       // connect() only says "Connection is closed."; the socket's own error says why.
       const reason = (lastError ?? (err as Error)).message;
-      throw new StoreUnavailableError(`STORE_URL: cannot connect to Redis at ${description} (${reason}); check the host, port, database and password`, { cause: lastError ?? err });
+      throw new StoreUnavailableError(`STORE_URL: cannot connect to Redis at ${description} (${reason}); check the host, port, database and password`, {
+        cause: lastError ?? err,
+      });
     }
     return new RedisStore(redis, keyPrefix, description);
   }
@@ -142,7 +144,7 @@ export class RedisStore implements LedgerStore {
   async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
     if (events.length === 0) return { outcomes: [], projects: [] };
     assertStorable(events);
-    const args = [this.prefix, String(nowMs), options.overwrite ? 'o' : options.dedupe ?? true ? '1' : '0', ...events.flatMap(eventArgs)];
+    const args = [this.prefix, String(nowMs), options.overwrite ? 'o' : (options.dedupe ?? true) ? '1' : '0', ...events.flatMap(eventArgs)];
     const [codes = '', n = '0', ...rest] = await this.redis.gqeApply(...args).catch((err: Error) => {
       // The script's own bound check: the same batch would fail forever, so the pipeline bisects it.
       throw /\bGQE_DATA\b/.test(err.message) ? new StoreDataError(err.message.replace(/^.*?GQE_DATA /, 'Redis refused the batch: '), { cause: err }) : err;
@@ -152,7 +154,8 @@ export class RedisStore implements LedgerStore {
     const totals = new Map<string, UsageTotals>();
     projects.forEach((p, i) => {
       const at = projects.length + 4 * i;
-      if (rest[at] !== '') totals.set(p, { count: Number(rest[at]), uploading: Number(rest[at + 1]), sizeBytes: Number(rest[at + 2]), stageBytes: Number(rest[at + 3]) });
+      if (rest[at] !== '')
+        totals.set(p, { count: Number(rest[at]), uploading: Number(rest[at + 1]), sizeBytes: Number(rest[at + 2]), stageBytes: Number(rest[at + 3]) });
     });
     return { outcomes, projects: projects.sort(), totals };
   }
@@ -198,7 +201,16 @@ export class RedisStore implements LedgerStore {
     if (actions.length === 0) return [];
     const args = [this.prefix];
     for (const a of actions) {
-      const json = JSON.stringify({ atMs: a.atMs, projectId: a.projectId, imageId: a.imageId, action: a.action, reason: a.reason, over: a.over, usage: a.usage, limits: a.limits });
+      const json = JSON.stringify({
+        atMs: a.atMs,
+        projectId: a.projectId,
+        imageId: a.imageId,
+        action: a.action,
+        reason: a.reason,
+        over: a.over,
+        usage: a.usage,
+        limits: a.limits,
+      });
       args.push(String(a.atMs), a.imageId, a.action === 'would-delete' ? '1' : '0', json);
     }
     const kept = await this.redis.gqeRecordActions(...args);
@@ -208,9 +220,7 @@ export class RedisStore implements LedgerStore {
   /** Oldest first: by `atMs`, then in the order recorded. */
   async actions(query: { projectId?: string; sinceMs?: number } = {}): Promise<ActionRecord[]> {
     const members = await this.redis.zrangebyscore(`${this.prefix}actions`, query.sinceMs ?? '-inf', '+inf');
-    return members
-      .map((m) => JSON.parse(m.slice(16)) as ActionRecord)
-      .filter((a) => query.projectId === undefined || a.projectId === query.projectId);
+    return members.map((m) => JSON.parse(m.slice(16)) as ActionRecord).filter((a) => query.projectId === undefined || a.projectId === query.projectId);
   }
 
   async forgetActionsBefore(beforeMs: number): Promise<number> {
@@ -235,9 +245,14 @@ export class RedisStore implements LedgerStore {
 
   async reserveCreate(projectId: string, bounds: AdmissionBounds, nowMs: number, expiresAtMs: number): Promise<CreateReservation> {
     const [admitted, count, reserved] = await this.redis.gqeReserveCreate(
-      this.prefix, projectId, String(nowMs), String(expiresAtMs), randomUUID(),
+      this.prefix,
+      projectId,
+      String(nowMs),
+      String(expiresAtMs),
+      randomUUID(),
       bounds.countLimit === undefined ? '' : String(bounds.countLimit),
-      bounds.rate ? String(bounds.rate.count) : '', String(bounds.rate?.recent ?? 0),
+      bounds.rate ? String(bounds.rate.count) : '',
+      String(bounds.rate?.recent ?? 0),
     );
     return { admitted: admitted === 1, count: Number(count), reserved: Number(reserved) };
   }

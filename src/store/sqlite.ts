@@ -180,11 +180,16 @@ export class SqliteStore implements LedgerStore {
   private lastCheckpointMs = 0;
   /** Whether processed_messages (the dedupe of schemas 1-4) still holds ids to look up. */
   private legacyDedupeHoldsIds: boolean;
-  private readonly reserveInTransaction: Database.Transaction<(projectId: string, bounds: AdmissionBounds, nowMs: number, expiresAtMs: number) => CreateReservation>;
+  private readonly reserveInTransaction: Database.Transaction<
+    (projectId: string, bounds: AdmissionBounds, nowMs: number, expiresAtMs: number) => CreateReservation
+  >;
   private readonly releaseInTransaction: Database.Transaction<(creates: ReadonlyMap<string, number>, nowMs: number) => number>;
   private readonly anyReservation: () => boolean;
 
-  private constructor(db: Database.Database, private readonly path: string) {
+  private constructor(
+    db: Database.Database,
+    private readonly path: string,
+  ) {
     this.db = db;
     this.checkpointerFailed = path === ':memory:';
     this.description = `sqlite://${path}`;
@@ -197,13 +202,9 @@ export class SqliteStore implements LedgerStore {
       seenOf: db.prepare<[string], number>('SELECT j.key FROM json_each(?) AS j JOIN processed AS m ON m.key = j.value').pluck(),
       markSeen: db.prepare<[number, string]>('INSERT INTO processed (key, seen_at) SELECT value, ? FROM json_each(?)'),
       // Ids a file recorded before schema 5, as one JSON array of message ids.
-      seenInLegacyDedupe: db
-        .prepare<[string], number>('SELECT j.key FROM json_each(?) AS j JOIN processed_messages AS m ON m.message_id = j.value')
-        .pluck(),
+      seenInLegacyDedupe: db.prepare<[string], number>('SELECT j.key FROM json_each(?) AS j JOIN processed_messages AS m ON m.message_id = j.value').pluck(),
       legacyDedupeHoldsAny: db.prepare<[], number>('SELECT EXISTS (SELECT 1 FROM processed_messages)').pluck(),
-      imagesOf: db
-        .prepare<[string], KeyedImageRow>(`SELECT ${IMAGE_COLUMNS}, j.key FROM json_each(?) AS j JOIN images ON images.image_id = j.value`)
-        .raw(),
+      imagesOf: db.prepare<[string], KeyedImageRow>(`SELECT ${IMAGE_COLUMNS}, j.key FROM json_each(?) AS j JOIN images ON images.image_id = j.value`).raw(),
       put: db.prepare<[string, string, string, number | null, number, number, number, string, string, number, number]>(
         `INSERT INTO images (image_id, project_id, status, size, created_at, updated_at, ts, message_id, importing, protected, deleted)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -240,9 +241,7 @@ export class SqliteStore implements LedgerStore {
       forgetEmptyTotals: db.prepare('DELETE FROM project_totals WHERE count = 0 AND uploading = 0 AND size_bytes = 0 AND stage_bytes = 0'),
       forget: db.prepare('DELETE FROM processed WHERE seen_at < ?'),
       forgetFromLegacyDedupe: db.prepare('DELETE FROM processed_messages WHERE seen_at < ?'),
-      recordAction: db.prepare(
-        `INSERT OR IGNORE INTO actions (at_ms, project_id, image_id, action, reason, detail) VALUES (?, ?, ?, ?, ?, ?)`,
-      ),
+      recordAction: db.prepare(`INSERT OR IGNORE INTO actions (at_ms, project_id, image_id, action, reason, detail) VALUES (?, ?, ?, ?, ?, ?)`),
       actions: db.prepare<[string | null, string | null, number], ActionRow>(
         'SELECT * FROM actions WHERE (? IS NULL OR project_id = ?) AND at_ms >= ? ORDER BY id',
       ),
@@ -289,7 +288,9 @@ export class SqliteStore implements LedgerStore {
     try {
       db = new Database(path);
     } catch (err) {
-      throw new StoreUnavailableError(`STORE_URL: cannot open SQLite file '${path}' (${(err as Error).message}); check the path and its permissions`, { cause: err });
+      throw new StoreUnavailableError(`STORE_URL: cannot open SQLite file '${path}' (${(err as Error).message}); check the path and its permissions`, {
+        cause: err,
+      });
     }
     db.pragma('journal_mode = WAL');
     // NORMAL in WAL mode: a commit survives a process crash; only an OS crash can lose the last ones,
@@ -330,7 +331,10 @@ export class SqliteStore implements LedgerStore {
     this.lastCheckpointMs = now;
     if (!this.checkpointer) {
       try {
-        const worker = new Worker(CHECKPOINTER, { eval: true, workerData: { module: createRequire(import.meta.url).resolve('better-sqlite3'), path: this.path } });
+        const worker = new Worker(CHECKPOINTER, {
+          eval: true,
+          workerData: { module: createRequire(import.meta.url).resolve('better-sqlite3'), path: this.path },
+        });
         // It must not keep a process alive that forgot to close the store.
         worker.unref();
         // The thread is gone; without it, the writer checkpoints as before (wal_autocheckpoint).
@@ -401,7 +405,19 @@ export class SqliteStore implements LedgerStore {
     const { deltas, ...result } = applyEventsTo(tx, events, nowMs, dedupe, overwrite);
     for (const [at, keys] of newlySeen) this.stmt.markSeen.run(at, JSON.stringify(keys));
     for (const r of changed.values()) {
-      this.stmt.put.run(r.imageId, r.projectId, r.status, r.size, r.createdAt, r.updatedAt, r.timestamp, r.messageId, r.importing, r.protected ? 1 : 0, r.deleted ? 1 : 0);
+      this.stmt.put.run(
+        r.imageId,
+        r.projectId,
+        r.status,
+        r.size,
+        r.createdAt,
+        r.updatedAt,
+        r.timestamp,
+        r.messageId,
+        r.importing,
+        r.protected ? 1 : 0,
+        r.deleted ? 1 : 0,
+      );
     }
     const totals = new Map<string, UsageTotals>();
     for (const [p, d] of deltas) {
@@ -432,30 +448,36 @@ export class SqliteStore implements LedgerStore {
   }
 
   async forgetDeadImagesBefore(beforeMs: number): Promise<number> {
-    return this.db.transaction(() => {
-      const n = this.stmt.forgetDeadImages.run(beforeMs).changes;
-      this.stmt.forgetEmptyTotals.run();
-      return n;
-    }).immediate();
+    return this.db
+      .transaction(() => {
+        const n = this.stmt.forgetDeadImages.run(beforeMs).changes;
+        this.stmt.forgetEmptyTotals.run();
+        return n;
+      })
+      .immediate();
   }
 
   async forgetMessagesBefore(beforeMs: number): Promise<number> {
-    return this.db.transaction(() => {
-      const n = this.stmt.forget.run(beforeMs).changes;
-      if (!this.legacyDedupeHoldsIds) return n;
-      const old = this.stmt.forgetFromLegacyDedupe.run(beforeMs).changes;
-      this.legacyDedupeHoldsIds = this.stmt.legacyDedupeHoldsAny.get() === 1;
-      return n + old;
-    }).immediate();
+    return this.db
+      .transaction(() => {
+        const n = this.stmt.forget.run(beforeMs).changes;
+        if (!this.legacyDedupeHoldsIds) return n;
+        const old = this.stmt.forgetFromLegacyDedupe.run(beforeMs).changes;
+        this.legacyDedupeHoldsIds = this.stmt.legacyDedupeHoldsAny.get() === 1;
+        return n + old;
+      })
+      .immediate();
   }
 
   async recordActions(actions: readonly ActionRecord[]): Promise<ActionRecord[]> {
-    return this.db.transaction(() =>
-      actions.filter((a) => {
-        const detail = JSON.stringify({ over: a.over, usage: a.usage, limits: a.limits });
-        return this.stmt.recordAction.run(a.atMs, a.projectId, a.imageId, a.action, a.reason, detail).changes === 1;
-      }),
-    ).immediate();
+    return this.db
+      .transaction(() =>
+        actions.filter((a) => {
+          const detail = JSON.stringify({ over: a.over, usage: a.usage, limits: a.limits });
+          return this.stmt.recordAction.run(a.atMs, a.projectId, a.imageId, a.action, a.reason, detail).changes === 1;
+        }),
+      )
+      .immediate();
   }
 
   async actions(query: { projectId?: string; sinceMs?: number } = {}): Promise<ActionRecord[]> {

@@ -42,5 +42,7 @@ export function assertStorable(events: readonly ImageEvent[]): void {
 
 /** A project's totals past 2^53 can no longer be added exactly (see `assertStorable`). */
 export function totalsOverflow(projectId: string, total: number): StoreDataError {
-  return new StoreDataError(`project ${JSON.stringify(projectId.slice(0, 100))}: its totals would reach ${total}, past 2^53, which the ledger cannot keep exactly`);
+  return new StoreDataError(
+    `project ${JSON.stringify(projectId.slice(0, 100))}: its totals would reach ${total}, past 2^53, which the ledger cannot keep exactly`,
+  );
 }

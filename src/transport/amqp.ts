@@ -73,7 +73,8 @@ export interface DeadLetter {
 export function deadLetterProperties({ msg, reason }: DeadLetter, copyHeaders = true): amqp.Options.Publish {
   const original = (msg.properties.headers ?? {}) as Record<string, unknown>;
   const size = Object.keys(original).length === 0 ? 0 : headersSize(original);
-  const copied = copyHeaders && size <= MAX_COPIED_HEADERS_BYTES ? original : size > 0 ? { 'x-gqe-headers-dropped-bytes': Number.isFinite(size) ? size : -1 } : {};
+  const copied =
+    copyHeaders && size <= MAX_COPIED_HEADERS_BYTES ? original : size > 0 ? { 'x-gqe-headers-dropped-bytes': Number.isFinite(size) ? size : -1 } : {};
   return {
     persistent: true,
     ...(typeof msg.properties.contentType === 'string' ? { contentType: capUtf8(msg.properties.contentType, 255) } : {}),
@@ -92,7 +93,13 @@ export function deadLetterProperties({ msg, reason }: DeadLetter, copyHeaders = 
  * does not come rejects; the channel is then unusable (amqplib may have registered a confirm it
  * will never get), and the caller gives it up without acknowledging anything.
  */
-export async function publishDeadLetters(channel: amqp.ConfirmChannel, queue: string, items: readonly DeadLetter[], timeoutMs: number, copyHeaders: (d: DeadLetter) => boolean = () => true): Promise<void> {
+export async function publishDeadLetters(
+  channel: amqp.ConfirmChannel,
+  queue: string,
+  items: readonly DeadLetter[],
+  timeoutMs: number,
+  copyHeaders: (d: DeadLetter) => boolean = () => true,
+): Promise<void> {
   if (items.length === 0) return;
   const dead = deadLetterQueue(queue);
   for (const item of items) channel.sendToQueue(dead, item.msg.content, deadLetterProperties(item, copyHeaders(item)));

@@ -54,7 +54,11 @@ export class Notifier {
     channel.on('close', () => {
       if (this.channel === channel) this.channel = undefined;
     });
-    await withTimeout(channel.assertExchange(this.exchange, 'topic', { durable: this.durable, autoDelete: false }), this.timeoutMs, `the declaration of ${this.exchange}`);
+    await withTimeout(
+      channel.assertExchange(this.exchange, 'topic', { durable: this.durable, autoDelete: false }),
+      this.timeoutMs,
+      `the declaration of ${this.exchange}`,
+    );
     this.channel = channel;
   }
 
@@ -131,7 +135,14 @@ export class QuotaNotifications {
 
   async action(a: ActionRecord): Promise<void> {
     await this.notifier?.publish(EVENT_OF[a.action], 'INFO', {
-      project_id: a.projectId, image_id: a.imageId, action: a.action, reason: a.reason, mode: this.mode(), over: a.over, usage: a.usage, limits: a.limits,
+      project_id: a.projectId,
+      image_id: a.imageId,
+      action: a.action,
+      reason: a.reason,
+      mode: this.mode(),
+      over: a.over,
+      usage: a.usage,
+      limits: a.limits,
     });
   }
 
@@ -139,7 +150,12 @@ export class QuotaNotifications {
     const key = r.over.join(',');
     if (!this.announced.changed(r.projectId, key) || !key) return;
     await this.notifier?.publish('quota_enforcer.limit.exceeded', 'WARN', {
-      project_id: r.projectId, over: r.over, usage: r.usage, limits: r.limits, exempt: r.exempt, mode: this.mode(),
+      project_id: r.projectId,
+      over: r.over,
+      usage: r.usage,
+      limits: r.limits,
+      exempt: r.exempt,
+      mode: this.mode(),
     });
   }
 }

@@ -129,7 +129,10 @@ export abstract class QueueSession {
       this.connection = connection;
       this.channelInUse = channel;
       this.forget = closed;
-      const { consumerTag } = await answer(channel.consume(amqp.queue, (msg) => this.receive(channel, msg), { noAck: false }), 'basic.consume');
+      const { consumerTag } = await answer(
+        channel.consume(amqp.queue, (msg) => this.receive(channel, msg), { noAck: false }),
+        'basic.consume',
+      );
       this.consumerTag = consumerTag;
     } catch (err) {
       await this.closeQuietly(connection);

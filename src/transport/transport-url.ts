@@ -48,7 +48,10 @@ export function parseTransportUrl(url: string): BrokerAddress[] {
     const hp = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(hostPort);
     // The host itself is not quoted: with an unencoded '/' or ',' in a password, what was split
     // off as a host may be part of the password.
-    if (!hp) throw new ConfigError(`TRANSPORT_URL: cannot read a host in '${redactTransportUrl(url)}' (a password with / , ? # or @ must be percent-encoded); expected ${EXAMPLE}`);
+    if (!hp)
+      throw new ConfigError(
+        `TRANSPORT_URL: cannot read a host in '${redactTransportUrl(url)}' (a password with / , ? # or @ must be percent-encoded); expected ${EXAMPLE}`,
+      );
     const port = hp[2] ? Number(hp[2]) : tls ? 5671 : 5672;
     if (port < 1 || port > 65535) throw new ConfigError(`TRANSPORT_URL: port ${port} is out of range in '${redactTransportUrl(url)}'`);
     return { protocol: tls ? 'amqps' : 'amqp', hostname: hp[1]!.replace(/^\[|\]$/g, ''), port, username, password, vhost };

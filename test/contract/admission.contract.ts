@@ -45,7 +45,15 @@ export function describeAdmissionStore(name: string, open: () => Promise<LedgerS
       await store.reserveCreate('p1', { countLimit: 3 }, T, T + 200);
       await store.reserveCreate('p1', { countLimit: 3 }, T, T + 300);
       await store.reserveCreate('p2', {}, T, T + 300);
-      expect(await store.releaseReservations(new Map([['p1', 2], ['nobody', 4]]), T + 1)).toBe(2);
+      expect(
+        await store.releaseReservations(
+          new Map([
+            ['p1', 2],
+            ['nobody', 4],
+          ]),
+          T + 1,
+        ),
+      ).toBe(2);
       // The one left is the latest: at T+250 it is still open, so only one more fits under 2.
       expect(await store.reserveCreate('p1', { countLimit: 2 }, T + 250, T + 250 + TTL)).toEqual({ admitted: true, count: 0, reserved: 1 });
       expect((await store.reserveCreate('p2', { countLimit: 1 }, T + 2, T + TTL)).reserved).toBe(1);

@@ -81,7 +81,10 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
         [ev({ imageId: 'a', status: 'active', size: 3 * MiB }), ev({ imageId: 'b', projectId: 'p2', status: 'queued' })],
         [ev({ imageId: 'b', projectId: 'p2', status: 'saving', size: 2 * MiB, updatedAt: 2 }), ev({ imageId: 'c', status: 'uploading', size: MiB })],
         // An owner change, then a delete: both sides' totals move.
-        [ev({ imageId: 'a', projectId: 'p2', status: 'active', size: 3 * MiB, updatedAt: 3 }), ev({ imageId: 'c', status: 'uploading', size: MiB, deleted: true, updatedAt: 4 })],
+        [
+          ev({ imageId: 'a', projectId: 'p2', status: 'active', size: 3 * MiB, updatedAt: 3 }),
+          ev({ imageId: 'c', status: 'uploading', size: MiB, deleted: true, updatedAt: 4 }),
+        ],
       ];
       for (const [i, batch] of batches.entries()) {
         const result = await store.applyEvents(batch, 10 + i);
@@ -217,7 +220,19 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       const e = ev({ imageId: 'f', projectId: 'p9', status: 'active', size: 123, createdAt: 50, updatedAt: 60, importing: 'a,b', protected: true });
       await store.applyEvents([e], 1);
       expect(await store.images('p9')).toEqual([
-        { imageId: 'f', projectId: 'p9', status: 'active', size: 123, createdAt: 50, updatedAt: 60, timestamp: e.timestamp, messageId: e.messageId, importing: 'a,b', protected: true, deleted: false },
+        {
+          imageId: 'f',
+          projectId: 'p9',
+          status: 'active',
+          size: 123,
+          createdAt: 50,
+          updatedAt: 60,
+          timestamp: e.timestamp,
+          messageId: e.messageId,
+          importing: 'a,b',
+          protected: true,
+          deleted: false,
+        },
       ]);
     });
 
@@ -242,7 +257,11 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
     });
 
     it('keeps an audit trail, once per would-delete, bounded in time', async () => {
-      const base = { over: ['image_count_total' as const], usage: { image_count_total: 6, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 }, limits: { image_count_total: 5 } };
+      const base = {
+        over: ['image_count_total' as const],
+        usage: { image_count_total: 6, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 },
+        limits: { image_count_total: 5 },
+      };
       const kept = await store.recordActions([
         { ...base, atMs: 10, projectId: 'p1', imageId: 'a', action: 'would-delete', reason: 'queued, past image_count_total' },
         { ...base, atMs: 11, projectId: 'p2', imageId: 'b', action: 'skipped', reason: 'status is active' },
@@ -253,7 +272,14 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       await store.recordActions([{ ...base, atMs: 30, projectId: 'p1', imageId: 'a', action: 'deleted', reason: 'deleted' }]);
       expect((await store.actions({ projectId: 'p1' })).map((a) => a.action)).toEqual(['would-delete', 'deleted']);
       expect(await store.actions({ sinceMs: 11 })).toHaveLength(2);
-      expect((await store.actions())[0]).toEqual({ ...base, atMs: 10, projectId: 'p1', imageId: 'a', action: 'would-delete', reason: 'queued, past image_count_total' });
+      expect((await store.actions())[0]).toEqual({
+        ...base,
+        atMs: 10,
+        projectId: 'p1',
+        imageId: 'a',
+        action: 'would-delete',
+        reason: 'queued, past image_count_total',
+      });
       expect(await store.forgetActionsBefore(12)).toBe(2);
       expect((await store.actions()).map((a) => a.atMs)).toEqual([30]);
       // Forgotten with its record, a would-delete may be recorded again.
@@ -325,7 +351,9 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
 
     it('isolates the messages it refuses; every other message of the batch is counted exactly', async () => {
       await store.applyEvents([ev({ imageId: 'huge', projectId: 'full', status: 'active', size: Number.MAX_SAFE_INTEGER - 10 })], 1);
-      const valid = Array.from({ length: 40 }, (_, i) => ev({ imageId: `img-${i}`, projectId: `p${i % 3}`, status: i % 2 ? 'active' : 'queued', size: i % 2 ? i * MiB : null }));
+      const valid = Array.from({ length: 40 }, (_, i) =>
+        ev({ imageId: `img-${i}`, projectId: `p${i % 3}`, status: i % 2 ? 'active' : 'queued', size: i % 2 ? i * MiB : null }),
+      );
       const hostile = [
         ev({ imageId: 'nul\u0000', projectId: 'p0' }),
         // Distinct in JS, the same U+FFFD in UTF-8: one ON CONFLICT command would meet one row twice.
@@ -358,7 +386,17 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
         { messageId: 'same\udfff', imageId: 'twin\ud800' },
       );
       const item = fc.oneof(
-        { weight: 4, arbitrary: fc.record({ image: fc.integer({ min: 0, max: 6 }), project: fc.integer({ min: 0, max: 2 }), status: fc.constantFrom('queued', 'active', 'saving', 'killed'), size: fc.integer({ min: 0, max: 4 * MiB }), deleted: fc.boolean(), updatedAt: fc.integer({ min: 1, max: 9 }) }) },
+        {
+          weight: 4,
+          arbitrary: fc.record({
+            image: fc.integer({ min: 0, max: 6 }),
+            project: fc.integer({ min: 0, max: 2 }),
+            status: fc.constantFrom('queued', 'active', 'saving', 'killed'),
+            size: fc.integer({ min: 0, max: 4 * MiB }),
+            deleted: fc.boolean(),
+            updatedAt: fc.integer({ min: 1, max: 9 }),
+          }),
+        },
         { weight: 1, arbitrary: hostile.map((h) => ({ hostile: h })) },
       );
       await fc.assert(
@@ -368,7 +406,14 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
           const batch = items.map((x) =>
             'hostile' in x
               ? ev({ imageId: 'h', ...x.hostile, projectId: x.hostile.projectId ?? `${tag}p0` })
-              : ev({ imageId: `${tag}i${x.image}`, projectId: `${tag}p${x.project}`, status: x.status, size: x.size, deleted: x.deleted, updatedAt: x.updatedAt }),
+              : ev({
+                  imageId: `${tag}i${x.image}`,
+                  projectId: `${tag}p${x.project}`,
+                  status: x.status,
+                  size: x.size,
+                  deleted: x.deleted,
+                  updatedAt: x.updatedAt,
+                }),
           );
           const { outcomes } = await applyIsolatingPoison(store, batch, run);
           const oracle = new MemoryStore();

@@ -46,7 +46,6 @@ const freshUrl = () => db!.freshSchemaUrl();
 describeLedgerStore('postgres', async () => PostgresStore.open(await freshUrl()));
 describeAdmissionStore('postgres', async () => PostgresStore.open(await freshUrl()));
 
-
 describe('postgres: a database shared by several consumers', () => {
   it('keeps the ledger and the processed ids across a restart', async () => {
     const url = await freshUrl();
@@ -158,5 +157,4 @@ describe('postgres: a database shared by several consumers', () => {
     expect((err as Error).message).toMatch(/^STORE_URL: cannot connect to PostgreSQL at postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:1\/nowhere/);
     expect((err as Error).message).not.toContain('s3cret');
   });
-
 });

@@ -48,7 +48,6 @@ afterAll(async () => {
 describeLedgerStore('redis', async () => RedisStore.open(SERVER_URL, { keyPrefix: freshPrefix() }));
 describeAdmissionStore('redis', async () => RedisStore.open(SERVER_URL, { keyPrefix: freshPrefix() }));
 
-
 describe('redis: a database shared by several consumers', () => {
   it('keeps the ledger and the processed ids across a restart', async () => {
     const keyPrefix = freshPrefix();
@@ -91,11 +90,23 @@ describe('redis: a database shared by several consumers', () => {
     return [await RedisStore.open(SERVER_URL, { keyPrefix }), await RedisStore.open(SERVER_URL, { keyPrefix })];
   });
 
-
   it('forgets a would-delete with its audit record, so a later dry run records it again', async () => {
     const store = await RedisStore.open(SERVER_URL, { keyPrefix: freshPrefix() });
-    const base = { projectId: 'p1', imageId: 'a', action: 'would-delete' as const, reason: 'r', over: [], usage: { image_count_total: 1, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 }, limits: {} };
-    expect(await store.recordActions([{ ...base, atMs: 10 }, { ...base, atMs: 11 }])).toHaveLength(1);
+    const base = {
+      projectId: 'p1',
+      imageId: 'a',
+      action: 'would-delete' as const,
+      reason: 'r',
+      over: [],
+      usage: { image_count_total: 1, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 },
+      limits: {},
+    };
+    expect(
+      await store.recordActions([
+        { ...base, atMs: 10 },
+        { ...base, atMs: 11 },
+      ]),
+    ).toHaveLength(1);
     expect(await store.forgetActionsBefore(20)).toBe(1);
     expect(await store.recordActions([{ ...base, atMs: 30 }])).toHaveLength(1);
     await store.close();

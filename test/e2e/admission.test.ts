@@ -38,7 +38,7 @@ async function gatedLab(env: NodeJS.ProcessEnv) {
 }
 
 describe('the admission endpoint behind nginx, in front of the real Glance', () => {
-  it('60 parallel creates against 0 of 5: exactly 5 are 201, 55 are 413 in Glance\'s words, and Glance gains exactly 5 rows', async () => {
+  it("60 parallel creates against 0 of 5: exactly 5 are 201, 55 are 413 in Glance's words, and Glance gains exactly 5 rows", async () => {
     const p = await project('admission-flood');
     await p.setLimit('image_count_total', 5);
     const env = enforcerEnv(lab());
@@ -64,7 +64,11 @@ describe('the admission endpoint behind nginx, in front of the real Glance', () 
       expect(r.json.message).toContain(overLimit(p.id, 5));
     }
     // Nor can a client speak for the proxy: its own X-Original-* and X-Quota-Deny-Status are replaced.
-    const spoofed = await p.createAt(nginx.url, 'spoofed', '/v2/images', { 'x-original-method': 'GET', 'x-original-uri': '/v2/images/x', 'x-quota-deny-status': '413' });
+    const spoofed = await p.createAt(nginx.url, 'spoofed', '/v2/images', {
+      'x-original-method': 'GET',
+      'x-original-uri': '/v2/images/x',
+      'x-quota-deny-status': '413',
+    });
     expect(spoofed.status).toBe(413);
     expect(await glanceRows(p.id)).toBe(5);
     // Not a create: listing through the proxy is untouched.
@@ -101,20 +105,39 @@ describe('the admission endpoint behind nginx, in front of the real Glance', () 
     const env = enforcerEnv(lab());
     const { nginx } = await gatedLab(env);
     expect((await p.createAt(nginx.url, 'real-1')).status).toBe(201);
-    await until('the ledger counts the real image', Date.now() + 20_000, () => ledgerCount(env, p.id), (n) => n === 1);
+    await until(
+      'the ledger counts the real image',
+      Date.now() + 20_000,
+      () => ledgerCount(env, p.id),
+      (n) => n === 1,
+    );
 
     // Someone with publish rights on Glance's exchange "creates" an image for the project: the
     // ledger says 2 of 2, Glance has 1.
     const template = inner(rawBody('image.create'));
     const now = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
     const b = await broker();
-    b.channel.publish('glance', 'notifications.info', Buffer.from(envelope({
-      ...template, message_id: randomUUID(), _unique_id: randomUUID().replaceAll('-', ''), timestamp: now.replace('T', ' ').replace('Z', '.000000'),
-      payload: { ...template.payload, id: randomUUID(), owner: p.id, status: 'queued', created_at: now, updated_at: now },
-    })));
+    b.channel.publish(
+      'glance',
+      'notifications.info',
+      Buffer.from(
+        envelope({
+          ...template,
+          message_id: randomUUID(),
+          _unique_id: randomUUID().replaceAll('-', ''),
+          timestamp: now.replace('T', ' ').replace('Z', '.000000'),
+          payload: { ...template.payload, id: randomUUID(), owner: p.id, status: 'queued', created_at: now, updated_at: now },
+        }),
+      ),
+    );
     await b.channel.waitForConfirms();
     await b.close();
-    await until('the ledger counts the forged image', Date.now() + 20_000, () => ledgerCount(env, p.id), (n) => n === 2);
+    await until(
+      'the ledger counts the forged image',
+      Date.now() + 20_000,
+      () => ledgerCount(env, p.id),
+      (n) => n === 2,
+    );
 
     // The owner's second create is within Glance's count: allowed at once (the endpoint confirms
     // the limit on Glance's listing), and the third is refused.

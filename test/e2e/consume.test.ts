@@ -24,7 +24,12 @@ describe('consume against real Keystone, Glance and RabbitMQ', () => {
 
     const created = await p.flood(200);
     const lastCreate = Date.now();
-    const left = await until('images left', lastCreate + 10_000, () => p.images(), (m) => m.size === 5);
+    const left = await until(
+      'images left',
+      lastCreate + 10_000,
+      () => p.images(),
+      (m) => m.size === 5,
+    );
     // The figure the closing notes report: how long after the last create the project is at its limit.
     console.info(`flood of 200 against 5 (project ${p.id}): converged ${((Date.now() - lastCreate) / 1000).toFixed(1)} s after the last create`);
     expect([...left.keys()].sort()).toEqual(oldest(created, 5));
@@ -32,7 +37,12 @@ describe('consume against real Keystone, Glance and RabbitMQ', () => {
 
     // The ledger catches up with the deletions' own notifications; then it equals Glance's count.
     const oracle = await p.oracleUsage();
-    const status = await until('status', Date.now() + 10_000, async () => JSON.parse((await cli(['status', '--project', p.id, '--json'], env)).stdout).projects[0], (s) => s?.usage.image_count_total === 5);
+    const status = await until(
+      'status',
+      Date.now() + 10_000,
+      async () => JSON.parse((await cli(['status', '--project', p.id, '--json'], env)).stdout).projects[0],
+      (s) => s?.usage.image_count_total === 5,
+    );
     for (const k of FOUR) expect({ [k]: status.usage[k] }).toEqual({ [k]: oracle[k] });
     expect(await c.metric('gqe_actions_total', 'action="deleted"')).toBe(195);
     expect(await c.stop()).toBe(0);
@@ -45,10 +55,15 @@ describe('consume against real Keystone, Glance and RabbitMQ', () => {
     const c = await consumer(env);
 
     await p.flood(200);
-    const recorded = await until('would-deletes', Date.now() + 20_000, async () => {
-      const out = JSON.parse((await cli(['actions', '--project', p.id, '--json'], env)).stdout);
-      return out.actions.filter((a: { action: string }) => a.action === 'would-delete').length;
-    }, (n) => n >= 195);
+    const recorded = await until(
+      'would-deletes',
+      Date.now() + 20_000,
+      async () => {
+        const out = JSON.parse((await cli(['actions', '--project', p.id, '--json'], env)).stdout);
+        return out.actions.filter((a: { action: string }) => a.action === 'would-delete').length;
+      },
+      (n) => n >= 195,
+    );
     expect(recorded).toBe(195);
     await new Promise((r) => setTimeout(r, 2_000));
     expect((await p.images()).size).toBe(200);
@@ -68,7 +83,12 @@ describe('consume against real Keystone, Glance and RabbitMQ', () => {
     await new Promise((r) => setTimeout(r, 3_000));
     execFileSync('rabbitmqctl', ['start_app'], { stdio: 'ignore', timeout: 60_000 });
     const rest = [...(await during), ...(await p.flood(80, 'after'))];
-    const left = await until('images left', Date.now() + 30_000, () => p.images(), (m) => m.size === 5);
+    const left = await until(
+      'images left',
+      Date.now() + 30_000,
+      () => p.images(),
+      (m) => m.size === 5,
+    );
     expect([...left.keys()].sort()).toEqual(oldest([...first, ...rest], 5));
     expect(c.logs.some((l) => /reconnecting to the broker/.test(String(l.msg)))).toBe(true);
   }, 180_000);
@@ -80,7 +100,11 @@ describe('consume against real Keystone, Glance and RabbitMQ', () => {
     const b = await broker();
     cleanup.push(() => b.close());
 
-    const poison = ['not json', '{"oslo.version": "2.0", "oslo.message": "{"}', JSON.stringify({ message_id: 'x', event_type: 'image.create', priority: 'INFO', payload: { id: 'i' }, timestamp: 'yesterday', publisher_id: 'p' })];
+    const poison = [
+      'not json',
+      '{"oslo.version": "2.0", "oslo.message": "{"}',
+      JSON.stringify({ message_id: 'x', event_type: 'image.create', priority: 'INFO', payload: { id: 'i' }, timestamp: 'yesterday', publisher_id: 'p' }),
+    ];
     const publishing = (async () => {
       for (let i = 0; i < 1000; i++) {
         b.channel.publish('glance', 'notifications.info', Buffer.from(poison[i % poison.length]!), { contentType: 'application/json' });
@@ -91,10 +115,20 @@ describe('consume against real Keystone, Glance and RabbitMQ', () => {
     const created = await p.flood(200);
     await publishing;
 
-    const dead = await until('dead letters', Date.now() + 20_000, () => b.count(`${c.queue}.dead`), (n) => n >= 1000);
+    const dead = await until(
+      'dead letters',
+      Date.now() + 20_000,
+      () => b.count(`${c.queue}.dead`),
+      (n) => n >= 1000,
+    );
     expect(dead).toBe(1000);
     expect(await c.metric('gqe_messages_total', 'result="invalid"')).toBe(1000);
-    const left = await until('images left', Date.now() + 15_000, () => p.images(), (m) => m.size === 5);
+    const left = await until(
+      'images left',
+      Date.now() + 15_000,
+      () => p.images(),
+      (m) => m.size === 5,
+    );
     expect([...left.keys()].sort()).toEqual(oldest(created, 5));
     const msg = await b.channel.get(`${c.queue}.dead`, { noAck: true });
     expect(msg && String(msg.properties.headers?.['x-gqe-reason'])).toMatch(/not JSON|oslo message|oslo\.message/);

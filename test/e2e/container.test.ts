@@ -70,7 +70,8 @@ async function startContainer(env: Record<string, string>): Promise<Container> {
     for (;;) {
       const seen = logs.find((l) => re.test(String(l.msg)));
       if (seen) return seen;
-      if (gone || Date.now() > deadline) throw new Error(`container ${name} did not log ${re}${gone ? ' (it exited)' : ''}; last lines: ${JSON.stringify(logs.slice(-5))}`);
+      if (gone || Date.now() > deadline)
+        throw new Error(`container ${name} did not log ${re}${gone ? ' (it exited)' : ''}; last lines: ${JSON.stringify(logs.slice(-5))}`);
       await new Promise((r) => setTimeout(r, 200));
     }
   };
@@ -119,7 +120,11 @@ describe(`the image ${IMAGE} against the lab`, () => {
       await new Promise((r) => setTimeout(r, 250));
       left = await p.images();
     }
-    const oldest = [...created].sort((a, b) => a.created_at.localeCompare(b.created_at) || a.id.localeCompare(b.id)).slice(0, 5).map((i) => i.id).sort();
+    const oldest = [...created]
+      .sort((a, b) => a.created_at.localeCompare(b.created_at) || a.id.localeCompare(b.id))
+      .slice(0, 5)
+      .map((i) => i.id)
+      .sort();
     expect([...left.keys()].sort()).toEqual(oldest);
 
     await podman('stop', '--time', '20', c.name);

@@ -24,7 +24,12 @@ describe('a tenant on its own cannot escape the quota', () => {
     const env = enforcerEnv(lab());
     await consumer(env);
     const created = await p.flood(40, 'protected', { protected: true });
-    const left = await until('images left', Date.now() + 60_000, () => p.images(), (m) => m.size === 5);
+    const left = await until(
+      'images left',
+      Date.now() + 60_000,
+      () => p.images(),
+      (m) => m.size === 5,
+    );
     expect([...left.keys()].sort()).toEqual(oldest(created, 5));
     // Each of the 35 is audited once, as deleted after its flag was cleared.
     const actions = JSON.parse((await cli(['actions', '--project', p.id, '--json'], env)).stdout).actions as { action: string; reason: string }[];
@@ -37,7 +42,12 @@ describe('a tenant on its own cannot escape the quota', () => {
     await p.setLimit('image_count_total', 5);
     const c = await consumer(enforcerEnv(lab()));
     const created = await p.flood(30, 'fat', FAT);
-    const left = await until('images left', Date.now() + 60_000, () => p.images(), (m) => m.size === 5);
+    const left = await until(
+      'images left',
+      Date.now() + 60_000,
+      () => p.images(),
+      (m) => m.size === 5,
+    );
     expect([...left.keys()].sort()).toEqual(oldest(created, 5));
     // Every create was over MAX_MESSAGE_BYTES: dead-lettered, and still a trigger.
     expect(await c.metric('gqe_messages_total', 'result="invalid"')).toBeGreaterThanOrEqual(30);
@@ -53,7 +63,11 @@ describe('a tenant on its own cannot escape the quota', () => {
     // The process's own peak RSS, printed at exit (kB, as getrusage gives it).
     // biome-ignore lint/suspicious/noTemplateCurlyInString: the ${} belongs to the JavaScript this string is
     const peak = 'data:text/javascript,process.on("exit",()=>process.stderr.write(`maxrss_kb=${process.resourceUsage().maxRSS}\\n`))';
-    const { stdout, stderr } = await run(process.execPath, ['--import', peak, BIN, 'reconcile', '--project', p.id, '--json'], { env: enforcerEnv(lab()), timeout: 120_000, maxBuffer: 64 * 1024 * 1024 });
+    const { stdout, stderr } = await run(process.execPath, ['--import', peak, BIN, 'reconcile', '--project', p.id, '--json'], {
+      env: enforcerEnv(lab()),
+      timeout: 120_000,
+      maxBuffer: 64 * 1024 * 1024,
+    });
     const summary = JSON.parse(stdout);
     expect(summary.listed).toBe(100);
     const peakMb = Number(/maxrss_kb=(\d+)/.exec(stderr)![1]) / 1024;

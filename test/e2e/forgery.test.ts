@@ -11,7 +11,6 @@ import { enforcerEnv, lab } from './support/lab.js';
  * trigger and an estimate; every deletion is decided on Glance's own listing of the project.
  */
 
-
 const utcIso = (d: Date) => d.toISOString().replace(/\.\d+Z$/, 'Z');
 const osloTime = (d: Date) => d.toISOString().replace('T', ' ').replace('Z', '000');
 
@@ -23,7 +22,14 @@ function forged(eventType: 'image.create' | 'image.delete', owner: string, image
     message_id: randomUUID(),
     _unique_id: randomUUID().replaceAll('-', ''),
     timestamp: osloTime(when),
-    payload: { ...template.payload, id: imageId, owner, created_at: utcIso(when), updated_at: utcIso(when), ...(eventType === 'image.delete' ? { deleted_at: utcIso(when) } : {}) },
+    payload: {
+      ...template.payload,
+      id: imageId,
+      owner,
+      created_at: utcIso(when),
+      updated_at: utcIso(when),
+      ...(eventType === 'image.delete' ? { deleted_at: utcIso(when) } : {}),
+    },
   });
 }
 
@@ -48,7 +54,12 @@ describe('forged notifications on the real bus cost no real image and hide none 
 
     // Ten images Glance never had, "created" in 2024: the ledger says 13 against a limit of 3.
     await publish(Array.from({ length: 10 }, (_, i) => forged('image.create', p.id, randomUUID(), new Date(Date.UTC(2024, 5, 1, 0, 0, i)))));
-    const corrected = await until('ledger corrections', Date.now() + 20_000, () => c.metric('gqe_ledger_corrections_total', 'kind="vanished"'), (n) => n >= 10);
+    const corrected = await until(
+      'ledger corrections',
+      Date.now() + 20_000,
+      () => c.metric('gqe_ledger_corrections_total', 'kind="vanished"'),
+      (n) => n >= 10,
+    );
     expect(corrected).toBe(10);
     // Give any wrong deletion time to happen, then look.
     await new Promise((r) => setTimeout(r, 2_000));
@@ -74,7 +85,12 @@ describe('forged notifications on the real bus cost no real image and hide none 
     // lists the project and deletes the newest.
     const extra = await p.createImage('extra');
     const started = Date.now();
-    const left = await until('images left', started + 30_000, () => p.images(), (m) => m.size === 3);
+    const left = await until(
+      'images left',
+      started + 30_000,
+      () => p.images(),
+      (m) => m.size === 3,
+    );
     expect([...left.keys()].sort()).toEqual([...real].sort());
     expect((await p.oracleUsage()).image_count_total).toBe(3);
     expect(left.has(extra)).toBe(false);
@@ -82,7 +98,12 @@ describe('forged notifications on the real bus cost no real image and hide none 
     // Four more at once: the ledger's own count (1 + 4 = 5 > 3, or more once repaired) triggers
     // enforcement at once, and its listing sees all 7: the 4 newest go.
     const more = await p.flood(4, 'more');
-    const after = await until('images left', Date.now() + 15_000, () => p.images(), (m) => m.size === 3 && !more.some((i) => m.has(i.id)));
+    const after = await until(
+      'images left',
+      Date.now() + 15_000,
+      () => p.images(),
+      (m) => m.size === 3 && !more.some((i) => m.has(i.id)),
+    );
     expect([...after.keys()].sort()).toEqual([...real].sort());
     expect(await c.metric('gqe_ledger_corrections_total', 'kind="resurrected"')).toBeGreaterThanOrEqual(3);
   }, 120_000);

@@ -29,7 +29,10 @@ describe('hostile input against consume on the real lab', () => {
     cleanup.push(() => b.close());
 
     // A poison body with a 65,400-byte header: RabbitMQ accepts it; amqplib could not send it on.
-    b.channel.publish('glance', 'notifications.info', Buffer.from('garbage'), { contentType: 'application/json', headers: { 'x-padding': 'p'.repeat(65_400) } });
+    b.channel.publish('glance', 'notifications.info', Buffer.from('garbage'), {
+      contentType: 'application/json',
+      headers: { 'x-padding': 'p'.repeat(65_400) },
+    });
     // A schema-invalid notification naming the project, with a 300 KB message_id.
     const msg = inner(rawBody('image.create'));
     msg.message_id = 'm'.repeat(300_000);
@@ -38,22 +41,38 @@ describe('hostile input against consume on the real lab', () => {
     await b.channel.waitForConfirms();
 
     const created = await p.flood(30);
-    const left = await until('images left', Date.now() + 20_000, () => p.images(), (m) => m.size === 5);
+    const left = await until(
+      'images left',
+      Date.now() + 20_000,
+      () => p.images(),
+      (m) => m.size === 5,
+    );
     expect([...left.keys()].sort()).toEqual(oldest(created, 5));
 
-    const dead = await until('dead letters', Date.now() + 10_000, () => b.count(`${c.queue}.dead`), (n) => n >= 2);
+    const dead = await until(
+      'dead letters',
+      Date.now() + 10_000,
+      () => b.count(`${c.queue}.dead`),
+      (n) => n >= 2,
+    );
     expect(dead).toBe(2);
     const reasons: string[] = [];
     for (let m = await b.channel.get(`${c.queue}.dead`, { noAck: true }); m; m = await b.channel.get(`${c.queue}.dead`, { noAck: true })) {
       reasons.push(String(m.properties.headers?.['x-gqe-reason']));
     }
-    expect(reasons.sort()).toEqual([expect.stringMatching(/^body is not JSON/), expect.stringMatching(/^oslo message: message_id: expected oslo's message id/)]);
+    expect(reasons.sort()).toEqual([
+      expect.stringMatching(/^body is not JSON/),
+      expect.stringMatching(/^oslo message: message_id: expected oslo's message id/),
+    ]);
     expect(reasons.every((r) => Buffer.byteLength(r) <= 1024)).toBe(true);
     expect(await c.metric('gqe_messages_total', 'result="invalid"')).toBe(2);
     expect(await b.count(c.queue)).toBe(0);
     // Nothing is stuck: the consumer says it is ready, its batches flowing.
     const ready = await fetch(`http://127.0.0.1:${c.port}/readyz`);
-    expect({ status: ready.status, body: await ready.json() }).toEqual({ status: 200, body: { limits: 'keystone', broker: 'connected', store: 'ok', batch: 'flowing' } });
+    expect({ status: ready.status, body: await ready.json() }).toEqual({
+      status: 200,
+      body: { limits: 'keystone', broker: 'connected', store: 'ok', batch: 'flowing' },
+    });
 
     const { code, ms } = await timedStop(c);
     expect(code).toBe(0);
@@ -78,7 +97,12 @@ describe('hostile input against consume on the real lab', () => {
     // The same ledger: the reconcile at start finds what was left undone.
     const restarted = Date.now();
     const second = await consumer(env);
-    const left = await until('images left after the restart', Date.now() + 60_000, () => p.images(), (m) => m.size === 5);
+    const left = await until(
+      'images left after the restart',
+      Date.now() + 60_000,
+      () => p.images(),
+      (m) => m.size === 5,
+    );
     console.info(`after the restart: ${created.length} created, 5 left ${Date.now() - restarted} ms after the start`);
     expect([...left.keys()].sort()).toEqual(oldest(created, 5));
     expect(await timedStop(second).then((s) => s.code)).toBe(0);

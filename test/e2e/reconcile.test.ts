@@ -49,7 +49,10 @@ describe('reconcile against real Keystone and Glance', () => {
     // Deleted ENFORCE_CONCURRENCY at a time, and audited as each finishes: in any order.
     const byId = (a: { image_id: string }, b: { image_id: string }) => a.image_id.localeCompare(b.image_id);
     expect([...out.projects[0].actions].sort(byId)).toEqual(
-      queued.slice(4).map((id) => ({ image_id: id, action: 'deleted', reason: `queued image past image_count_total (Glance said: queued, owner ${over.id})` })).sort(byId),
+      queued
+        .slice(4)
+        .map((id) => ({ image_id: id, action: 'deleted', reason: `queued image past image_count_total (Glance said: queued, owner ${over.id})` }))
+        .sort(byId),
     );
     const left = await over.images();
     expect([...left.keys()].sort()).toEqual([active, ...queued.slice(0, 4)].sort());
@@ -81,7 +84,10 @@ describe('reconcile against real Keystone and Glance', () => {
     const out = JSON.parse(r.stdout);
     expect(out.mode).toBe('dry-run');
     expect(out.projects[0].actions.map((a: { image_id: string; action: string }) => [a.image_id, a.action]).sort()).toEqual(
-      queued.slice(4).map((id) => [id, 'would-delete']).sort(),
+      queued
+        .slice(4)
+        .map((id) => [id, 'would-delete'])
+        .sort(),
     );
     expect((await over.images()).size).toBe(8);
     // A second run finds the same candidates; the audit keeps each would-delete once.
@@ -99,7 +105,9 @@ describe('reconcile against real Keystone and Glance', () => {
     const guarded = await p.createImage('guarded', { protected: true });
 
     const kept = JSON.parse((await cli(['reconcile', '--project', p.id, '--json'], enforcerEnv(lab(), { PROTECTED_QUEUED_IMAGES: 'report' }))).stdout);
-    expect(kept.projects[0].actions).toEqual([{ image_id: guarded, action: 'protected', reason: expect.stringMatching(/protected and PROTECTED_QUEUED_IMAGES=report/) }]);
+    expect(kept.projects[0].actions).toEqual([
+      { image_id: guarded, action: 'protected', reason: expect.stringMatching(/protected and PROTECTED_QUEUED_IMAGES=report/) },
+    ]);
     expect([...(await p.images()).keys()].sort()).toEqual([a, b, guarded].sort());
 
     const out = JSON.parse((await cli(['reconcile', '--project', p.id, '--json'], enforcerEnv(lab()))).stdout);

@@ -23,7 +23,10 @@ const dir = mkdtempSync(join(tmpdir(), 'gqe-bundle-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 type Handler = (event: unknown, context?: { awsRequestId?: string }) => Promise<any>;
-type Entry = { handler: Handler; handlerOver: (env: NodeJS.ProcessEnv, options: { openstack: { glance: unknown; limits: unknown }; metrics?: (line: string) => void }) => Handler };
+type Entry = {
+  handler: Handler;
+  handlerOver: (env: NodeJS.ProcessEnv, options: { openstack: { glance: unknown; limits: unknown }; metrics?: (line: string) => void }) => Handler;
+};
 
 // Built under a `node_modules` directory, which the test runner leaves to Node's own import
 // (it transforms only the project's files): the bundle runs as Lambda's runtime would run it.
@@ -48,13 +51,18 @@ describe('the bundles, as built', () => {
   it('load no store driver, no AWS SDK and no SQLite at import: those are chunks read on demand', () => {
     for (const b of built) {
       const loaded = Object.keys(b.loadedAtImport);
-      expect(loaded.filter((i) => /node_modules\/(ioredis|pg|@aws-sdk|@smithy|better-sqlite3)\//.test(i)), b.name).toEqual([]);
+      expect(
+        loaded.filter((i) => /node_modules\/(ioredis|pg|@aws-sdk|@smithy|better-sqlite3)\//.test(i)),
+        b.name,
+      ).toEqual([]);
       expect(loaded.some((i) => i.endsWith('src/pipeline/index.ts'))).toBe(true);
       // Both drivers are in the bundle, for whichever STORE_URL names; SQLite is in none.
       expect(b.inputs.some((i) => i.includes('node_modules/ioredis/')) && b.inputs.some((i) => i.includes('node_modules/pg/'))).toBe(true);
       expect(b.inputs.filter((i) => /better-sqlite3|src\/store\/sqlite\.ts/.test(i))).toEqual([]);
       // zod by namespace (scripts/build-functions.ts): what is used of it, not all 450 KB.
-      const zod = Object.entries(b.loadedAtImport).filter(([i]) => i.includes('node_modules/zod/')).reduce((n, [, bytes]) => n + bytes, 0);
+      const zod = Object.entries(b.loadedAtImport)
+        .filter(([i]) => i.includes('node_modules/zod/'))
+        .reduce((n, [, bytes]) => n + bytes, 0);
       expect(zod).toBeLessThan(200_000);
     }
   });
@@ -84,7 +92,10 @@ describe.each(['redis', 'postgres'] as const)('the bundled handlers over a %s le
     const { summary } = await replayOf(realBodies());
     const glance = MemoryGlance.fromBodies(quotaTestBodies());
     const emf: Record<string, unknown>[] = [];
-    const handler = entries.sqs!.handlerOver(env({ LOG_LEVEL: 'info' }), { openstack: { glance, limits: ATTACKER_LIMITED }, metrics: (line) => emf.push(JSON.parse(line)) });
+    const handler = entries.sqs!.handlerOver(env({ LOG_LEVEL: 'info' }), {
+      openstack: { glance, limits: ATTACKER_LIMITED },
+      metrics: (line) => emf.push(JSON.parse(line)),
+    });
     const { event, records } = sqsEvent([...realBodies(), 'this is not JSON {']);
     // The bundle's logger writes to this process's stderr: its lines, read on the way.
     const logged: string[] = [];
@@ -96,7 +107,11 @@ describe.each(['redis', 'postgres'] as const)('the bundled handlers over a %s le
     } finally {
       process.stderr.write = write;
     }
-    const lines = logged.join('').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+    const lines = logged
+      .join('')
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l));
     // Every line, the cold start's and the pipeline's deletions included, carries the request id.
     expect(lines.map((l) => l.msg)).toEqual(expect.arrayContaining(['function instance ready', 'SQS batch done']));
     expect(lines.filter((l) => l.imageId !== undefined).length).toBeGreaterThanOrEqual(2);

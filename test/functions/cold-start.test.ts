@@ -30,11 +30,17 @@ const OPENSTACK = {
 };
 
 /** Real bodies the ledger ignores (image.send, image.member.*, task.*, a failed upload's ERROR). */
-const ignoredBodies = () => captures().filter((c) => !/^image\.(create|update|prepare|upload|activate|delete)$/.test(c.eventType) || c.priority !== 'INFO').map((c) => c.body);
+const ignoredBodies = () =>
+  captures()
+    .filter((c) => !/^image\.(create|update|prepare|upload|activate|delete)$/.test(c.eventType) || c.priority !== 'INFO')
+    .map((c) => c.body);
 
 describe('the cold start refuses a ledger that is not shared', () => {
   it.each([
-    ['sqlite://./data/glance-quota.db', /^STORE_URL: a function needs a ledger that all its instances share, postgres:\/\/.* or redis:\/\/.*; got sqlite:\/\/, which would give every Lambda instance a ledger of its own/],
+    [
+      'sqlite://./data/glance-quota.db',
+      /^STORE_URL: a function needs a ledger that all its instances share, postgres:\/\/.* or redis:\/\/.*; got sqlite:\/\/, which would give every Lambda instance a ledger of its own/,
+    ],
     ['memory://', /got memory:\/\//],
   ])('%s', async (url, message) => {
     expect(() => requireSharedStore(url)).toThrow(message);
@@ -47,10 +53,13 @@ describe('the cold start refuses a ledger that is not shared', () => {
 
   it('fails every invocation until the store answers, then builds once', async () => {
     let opens = 0;
-    const services = onColdStart(async () => {
-      if (++opens === 1) throw new Error('STORE_URL: cannot connect to Redis at redis://cache:6379/0 (ECONNREFUSED)');
-      return { config: {} as FunctionServices['config'] } as FunctionServices;
-    }, () => createLogger('silent'));
+    const services = onColdStart(
+      async () => {
+        if (++opens === 1) throw new Error('STORE_URL: cannot connect to Redis at redis://cache:6379/0 (ECONNREFUSED)');
+        return { config: {} as FunctionServices['config'] } as FunctionServices;
+      },
+      () => createLogger('silent'),
+    );
     await expect(services()).rejects.toThrow(/cannot connect/);
     const first = await services();
     expect(await services()).toBe(first);
@@ -66,7 +75,10 @@ describe('a function instance over a real shared ledger', () => {
   let down: Error | undefined;
   beforeAll(async () => {
     release = await holdService('redis');
-    down = await requireService('redis').then(() => undefined, (err: Error) => err);
+    down = await requireService('redis').then(
+      () => undefined,
+      (err: Error) => err,
+    );
     if (!down) ledger = await freshLedger('redis');
   }, 300_000);
   beforeEach(() => {
@@ -131,7 +143,9 @@ describe('functions/*.ts, the entry points serverless.yml names', () => {
     try {
       await expect(sqsEntry(sqsEvent(['{}']).event)).rejects.toThrow(/^STORE_URL: a function needs a ledger/);
     } finally {
-      for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+      for (const [k, v] of Object.entries(saved))
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
     }
   });
 });

@@ -126,7 +126,11 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
     expect(summary.messages).toEqual({ applied: 3, duplicate: 0, ignored: 0, invalid: 3 });
     expect(await shared.store.usage(ATTACKER)).toMatchObject({ image_count_total: 3 });
     const poison = lines.filter((l) => l.msg === 'invalid notification set aside; the batch goes on');
-    expect(poison.map((l) => [l.position, l.queue])).toEqual([[1, 'glance-quota-enforcer::/'], [3, 'glance-quota-enforcer::/'], [4, 'glance-quota-enforcer::/']]);
+    expect(poison.map((l) => [l.position, l.queue])).toEqual([
+      [1, 'glance-quota-enforcer::/'],
+      [3, 'glance-quota-enforcer::/'],
+      [4, 'glance-quota-enforcer::/'],
+    ]);
     expect(poison[0]).toMatchObject({ body: GARBAGE, headers: { 'x-origin': 'glance-api', 'x-count': 1 } });
     expect(poison[1]!.reason).toMatch(/^aws:rmq message: data: /);
     expect(poison[2]!.reason).toMatch(/oslo\.message|event_type|message_id|payload/);
@@ -231,7 +235,9 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
 
     // SQS delivers the reported records again: duplicates now, which still bring the decision back.
     glance.failing.clear();
-    const retry = { Records: (event as { Records: { messageId: string }[] }).Records.filter((r) => reply.batchItemFailures.some((f) => f.itemIdentifier === r.messageId)) };
+    const retry = {
+      Records: (event as { Records: { messageId: string }[] }).Records.filter((r) => reply.batchItemFailures.some((f) => f.itemIdentifier === r.messageId)),
+    };
     const second = await handleSqsEvent(services, retry);
     expect(second.messages).toEqual({ applied: 0, duplicate: 3, ignored: 0, invalid: 0 });
     expect(second.batchItemFailures).toEqual([]);
@@ -245,7 +251,9 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
     const services = servicesOver({ store: shared.store, glance });
     const event = rmqEvent(quotaTestBodies());
     glance.failing.add(ATTACKER);
-    await expect(handleRabbitMqEvent(services, event)).rejects.toThrow(/enforcement failed for 1 project\(s\): 81566b2f2198430fbd7aa2d6c0954a76: Glance .* did not answer/);
+    await expect(handleRabbitMqEvent(services, event)).rejects.toThrow(
+      /enforcement failed for 1 project\(s\): 81566b2f2198430fbd7aa2d6c0954a76: Glance .* did not answer/,
+    );
     expect(await shared.store.usage(ATTACKER)).toMatchObject({ image_count_total: 3 });
     glance.failing.clear();
     const again = await handleRabbitMqEvent(services, event);

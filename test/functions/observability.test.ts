@@ -12,7 +12,9 @@ import { ATTACKER, MemoryGlance, capturedLog, realBodies, rmqEvent, scheduledEve
  * stdout (one JSON document a line), and log lines that each carry the invocation's request id.
  */
 
-type Emf = Record<string, any> & { _aws: { Timestamp: number; CloudWatchMetrics: { Namespace: string; Dimensions: string[][]; Metrics: { Name: string; Unit: string }[] }[] } };
+type Emf = Record<string, any> & {
+  _aws: { Timestamp: number; CloudWatchMetrics: { Namespace: string; Dimensions: string[][]; Metrics: { Name: string; Unit: string }[] }[] };
+};
 
 function capturedMetrics() {
   const docs: Emf[] = [];

@@ -47,7 +47,15 @@ async function ledgerOf(pipeline: Pipeline) {
   for (const p of await pipeline.ledger.projects()) {
     const { usage, over, toDelete } = await pipeline.evaluate(p);
     const records = (await pipeline.ledger.images(p))
-      .map(({ imageId, projectId, status, size, createdAt, deleted, protected: isProtected }) => ({ imageId, projectId, status, size, createdAt, deleted, isProtected }))
+      .map(({ imageId, projectId, status, size, createdAt, deleted, protected: isProtected }) => ({
+        imageId,
+        projectId,
+        status,
+        size,
+        createdAt,
+        deleted,
+        isProtected,
+      }))
       .sort((a, b) => (a.imageId < b.imageId ? -1 : 1));
     out[p] = { usage, over, toDelete, records };
   }
@@ -60,7 +68,8 @@ async function seedVanished(store: MemoryStore): Promise<void> {
 
 /** Each project's decision takes 100 ms of the test clock (the limits are read once per project). */
 function timed(clock: { now: number }, source: LimitSource = limits): LimitSource {
-  return { limitsFor: async (p) => {
+  return {
+    limitsFor: async (p) => {
       clock.now += 100;
       return source.limitsFor(p);
     },

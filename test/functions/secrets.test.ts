@@ -35,14 +35,20 @@ describe('secrets named by <SETTING>_SECRET_ARN', () => {
   it('are read from Secrets Manager and SSM (decrypted) by their ARN, and lose a trailing newline', async () => {
     secretsManager.on(GetSecretValueCommand, { SecretId: PASSWORD_ARN }).resolves({ SecretString: `${PASSWORD}\n` });
     ssm.on(GetParameterCommand, { Name: APP_SECRET_ARN, WithDecryption: true }).resolves({ Parameter: { Value: 'app-cred-secret' } });
-    const env = await resolveSecrets({ OS_PASSWORD_SECRET_ARN: PASSWORD_ARN, OS_APPLICATION_CREDENTIAL_SECRET_ARN: APP_SECRET_ARN, OS_USERNAME: 'gqe' }, awsSecretReader());
+    const env = await resolveSecrets(
+      { OS_PASSWORD_SECRET_ARN: PASSWORD_ARN, OS_APPLICATION_CREDENTIAL_SECRET_ARN: APP_SECRET_ARN, OS_USERNAME: 'gqe' },
+      awsSecretReader(),
+    );
     expect(env).toMatchObject({ OS_PASSWORD: PASSWORD, OS_APPLICATION_CREDENTIAL_SECRET: 'app-cred-secret', OS_USERNAME: 'gqe' });
     expect(secretIds()).toEqual([PASSWORD_ARN]);
     expect(ssm.commandCalls(GetParameterCommand)).toHaveLength(1);
   });
 
   it('are asked for once per instance, even when the cold start is tried again; a failed read is asked again', async () => {
-    secretsManager.on(GetSecretValueCommand).rejectsOnce(Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' })).resolves({ SecretString: PASSWORD });
+    secretsManager
+      .on(GetSecretValueCommand)
+      .rejectsOnce(Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' }))
+      .resolves({ SecretString: PASSWORD });
     const reader = awsSecretReader();
     const env = { OS_PASSWORD_SECRET_ARN: PASSWORD_ARN };
     await expect(resolveSecrets(env, reader)).rejects.toThrow(/ThrottlingException/);
@@ -52,7 +58,9 @@ describe('secrets named by <SETTING>_SECRET_ARN', () => {
 
   it('change nothing, and load no AWS SDK client, when no ARN is set: plain values work as in the container', async () => {
     const env = { OS_PASSWORD: 'plain', STORE_URL: 'redis://cache:6379/0', OS_PASSWORD_SECRET_ARN: '' };
-    expect(await resolveSecrets(env, { secretsManager: () => Promise.reject(new Error('asked')), parameterStore: () => Promise.reject(new Error('asked')) })).toBe(env);
+    expect(
+      await resolveSecrets(env, { secretsManager: () => Promise.reject(new Error('asked')), parameterStore: () => Promise.reject(new Error('asked')) }),
+    ).toBe(env);
   });
 
   it('refuse a setting given both as a value and as an ARN, asking AWS nothing', async () => {
@@ -63,13 +71,28 @@ describe('secrets named by <SETTING>_SECRET_ARN', () => {
   });
 
   it('say which variable, which ARN and which permission when the role may not read it, never a value', async () => {
-    secretsManager.on(GetSecretValueCommand).rejects(Object.assign(new Error(`User: arn:aws:sts::123456789012:assumed-role/gqe-sqs is not authorized to perform: secretsmanager:GetSecretValue on resource: ${STORE_ARN}`), { name: 'AccessDeniedException' }));
+    secretsManager
+      .on(GetSecretValueCommand)
+      .rejects(
+        Object.assign(
+          new Error(
+            `User: arn:aws:sts::123456789012:assumed-role/gqe-sqs is not authorized to perform: secretsmanager:GetSecretValue on resource: ${STORE_ARN}`,
+          ),
+          { name: 'AccessDeniedException' },
+        ),
+      );
     const error = await resolveSecrets({ STORE_URL_SECRET_ARN: STORE_ARN }, awsSecretReader()).catch((e: Error) => e);
     expect(error).toMatchObject({ name: 'ConfigError' });
-    expect((error as Error).message).toMatch(new RegExp(`^STORE_URL_SECRET_ARN: cannot read ${STORE_ARN} \\(AccessDeniedException: .*\\); check that it exists and that the function's role allows secretsmanager:GetSecretValue on it$`));
+    expect((error as Error).message).toMatch(
+      new RegExp(
+        `^STORE_URL_SECRET_ARN: cannot read ${STORE_ARN} \\(AccessDeniedException: .*\\); check that it exists and that the function's role allows secretsmanager:GetSecretValue on it$`,
+      ),
+    );
 
     secretsManager.on(GetSecretValueCommand).resolves({ SecretString: '\n' });
-    await expect(resolveSecrets({ STORE_URL_SECRET_ARN: STORE_ARN }, awsSecretReader())).rejects.toThrow(`STORE_URL_SECRET_ARN: ${STORE_ARN} is empty; put the STORE_URL value in it`);
+    await expect(resolveSecrets({ STORE_URL_SECRET_ARN: STORE_ARN }, awsSecretReader())).rejects.toThrow(
+      `STORE_URL_SECRET_ARN: ${STORE_ARN} is empty; put the STORE_URL value in it`,
+    );
     secretsManager.on(GetSecretValueCommand).resolves({ SecretBinary: new Uint8Array([1, 2]) });
     await expect(resolveSecrets({ STORE_URL_SECRET_ARN: STORE_ARN }, awsSecretReader())).rejects.toThrow(/the secret holds binary data, not a string/);
   });
@@ -81,7 +104,9 @@ describe('secrets named by <SETTING>_SECRET_ARN', () => {
     ['a secret path under ssm', 'arn:aws:ssm:eu-west-1:123456789012:secret:gqe'],
   ])('refuse %s, naming the variable and the form expected', (_what, value) => {
     expect(() => loadConfig({ OS_PASSWORD_SECRET_ARN: value })).toThrow(
-      new RegExp(`^OS_PASSWORD_SECRET_ARN: expected the ARN of a Secrets Manager secret or an SSM parameter, got '${value.replace(/[/.]/g, '\\$&')}'; for example OS_PASSWORD_SECRET_ARN=arn:aws:secretsmanager:`),
+      new RegExp(
+        `^OS_PASSWORD_SECRET_ARN: expected the ARN of a Secrets Manager secret or an SSM parameter, got '${value.replace(/[/.]/g, '\\$&')}'; for example OS_PASSWORD_SECRET_ARN=arn:aws:secretsmanager:`,
+      ),
     );
   });
 });

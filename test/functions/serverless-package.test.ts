@@ -76,10 +76,18 @@ function statementsOf(role: string): { Effect: string; Action: string[] | string
 
 describe('serverless package: the CloudFormation stack', () => {
   it('has the three functions on nodejs22.x, each from its own bundle, in the VPC, with a role of its own', () => {
-    expect(ofType('AWS::Lambda::Function').map(([id]) => id).sort()).toEqual(Object.values(FUNCTIONS).sort());
+    expect(
+      ofType('AWS::Lambda::Function')
+        .map(([id]) => id)
+        .sort(),
+    ).toEqual(Object.values(FUNCTIONS).sort());
     for (const [name, id] of Object.entries(FUNCTIONS)) {
       const p = fn(id);
-      expect(p).toMatchObject({ Runtime: 'nodejs22.x', Handler: `dist/lambda/${name}/index.handler`, Role: { 'Fn::GetAtt': [ROLES[name as keyof typeof ROLES], 'Arn'] } });
+      expect(p).toMatchObject({
+        Runtime: 'nodejs22.x',
+        Handler: `dist/lambda/${name}/index.handler`,
+        Role: { 'Fn::GetAtt': [ROLES[name as keyof typeof ROLES], 'Arn'] },
+      });
       expect(p.VpcConfig).toEqual({ SubnetIds: { 'Fn::Split': [',', 'subnet-0a1b,subnet-0c2d'] }, SecurityGroupIds: { 'Fn::Split': [',', 'sg-0e3f'] } });
     }
     expect(fn(FUNCTIONS.reconcile)).toMatchObject({ Timeout: 900, ReservedConcurrentExecutions: 1 });
@@ -102,7 +110,9 @@ describe('serverless package: the CloudFormation stack', () => {
   });
 
   it('maps the notifications queue to sqs with ReportBatchItemFailures, and the queue redrives to a dead-letter queue', () => {
-    const [[, sqs]] = ofType('AWS::Lambda::EventSourceMapping').filter(([, r]) => JSON.stringify(r.Properties.EventSourceArn).includes('NotificationsQueue')) as [[string, Resource]];
+    const [[, sqs]] = ofType('AWS::Lambda::EventSourceMapping').filter(([, r]) =>
+      JSON.stringify(r.Properties.EventSourceArn).includes('NotificationsQueue'),
+    ) as [[string, Resource]];
     expect(sqs.Properties).toMatchObject({
       FunctionName: { 'Fn::GetAtt': [FUNCTIONS.sqs, 'Arn'] },
       EventSourceArn: { 'Fn::GetAtt': ['NotificationsQueue', 'Arn'] },
@@ -117,7 +127,7 @@ describe('serverless package: the CloudFormation stack', () => {
     expect(outputs.NotificationsQueueUrl!.Value).toEqual({ Ref: 'NotificationsQueue' });
   });
 
-  it("alarms when anything is in the dead-letter queue, notifying the alarm topic when one is given", () => {
+  it('alarms when anything is in the dead-letter queue, notifying the alarm topic when one is given', () => {
     const [[, alarm]] = ofType('AWS::CloudWatch::Alarm') as [[string, Resource]];
     expect(alarm.Properties).toMatchObject({
       Namespace: 'AWS/SQS',
@@ -136,7 +146,11 @@ describe('serverless package: the CloudFormation stack', () => {
   it('runs reconcile on the schedule, with no retry of its own (the next run resumes)', () => {
     const rules = ofType('AWS::Events::Rule');
     expect(rules).toHaveLength(1);
-    expect(rules[0]![1].Properties).toMatchObject({ ScheduleExpression: 'rate(15 minutes)', State: 'ENABLED', Targets: [{ Arn: { 'Fn::GetAtt': [FUNCTIONS.reconcile, 'Arn'] } }] });
+    expect(rules[0]![1].Properties).toMatchObject({
+      ScheduleExpression: 'rate(15 minutes)',
+      State: 'ENABLED',
+      Targets: [{ Arn: { 'Fn::GetAtt': [FUNCTIONS.reconcile, 'Arn'] } }],
+    });
     expect(ofType('AWS::Lambda::EventInvokeConfig')[0]![1].Properties).toMatchObject({ FunctionName: { Ref: FUNCTIONS.reconcile }, MaximumRetryAttempts: 0 });
   });
 
@@ -173,7 +187,14 @@ describe('serverless package: the CloudFormation stack', () => {
     });
     const eni = {
       Effect: 'Allow',
-      Action: ['ec2:CreateNetworkInterface', 'ec2:DescribeNetworkInterfaces', 'ec2:DescribeSubnets', 'ec2:DeleteNetworkInterface', 'ec2:AssignPrivateIpAddresses', 'ec2:UnassignPrivateIpAddresses'],
+      Action: [
+        'ec2:CreateNetworkInterface',
+        'ec2:DescribeNetworkInterfaces',
+        'ec2:DescribeSubnets',
+        'ec2:DeleteNetworkInterface',
+        'ec2:AssignPrivateIpAddresses',
+        'ec2:UnassignPrivateIpAddresses',
+      ],
       Resource: '*',
     };
     // Exactly the secrets whose ARNs are set; none for the application credential, which is not.
@@ -193,12 +214,18 @@ describe('serverless package: the CloudFormation stack', () => {
       logs('sqs'),
       eni,
       ...secrets,
-      { Effect: 'Allow', Action: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes'], Resource: { 'Fn::GetAtt': ['NotificationsQueue', 'Arn'] } },
+      {
+        Effect: 'Allow',
+        Action: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes'],
+        Resource: { 'Fn::GetAtt': ['NotificationsQueue', 'Arn'] },
+      },
       { Effect: 'Allow', Action: ['sqs:SendMessage'], Resource: { 'Fn::GetAtt': ['NotificationsDeadLetterQueue', 'Arn'] } },
     ]);
     expect(statementsOf(ROLES.reconcile)).toEqual([logs('reconcile'), eni, ...secrets]);
     for (const role of Object.values(ROLES)) {
-      expect(resources[role]!.Properties.AssumeRolePolicyDocument.Statement).toEqual([{ Effect: 'Allow', Principal: { Service: 'lambda.amazonaws.com' }, Action: 'sts:AssumeRole' }]);
+      expect(resources[role]!.Properties.AssumeRolePolicyDocument.Statement).toEqual([
+        { Effect: 'Allow', Principal: { Service: 'lambda.amazonaws.com' }, Action: 'sts:AssumeRole' },
+      ]);
       expect(resources[role]!.Properties.ManagedPolicyArns).toBeUndefined();
     }
     // No wildcard action anywhere, and '*' resources only for the EC2 actions that take no other.
@@ -216,9 +243,16 @@ describe('serverless package: the CloudFormation stack', () => {
 
 describe('serverless package: the artifacts', () => {
   const unpacked = (name: string) => join(out, 'unpacked', name);
-  const files = (dir: string): string[] => readdirSync(dir, { recursive: true, withFileTypes: true }).filter((d) => d.isFile()).map((d) => relative(dir, join(d.parentPath, d.name)));
+  const files = (dir: string): string[] =>
+    readdirSync(dir, { recursive: true, withFileTypes: true })
+      .filter((d) => d.isFile())
+      .map((d) => relative(dir, join(d.parentPath, d.name)));
   beforeAll(async () => {
-    expect(readdirSync(out).filter((f) => f.endsWith('.zip')).sort()).toEqual(FUNCTION_NAMES.map((n) => `${n}.zip`).sort());
+    expect(
+      readdirSync(out)
+        .filter((f) => f.endsWith('.zip'))
+        .sort(),
+    ).toEqual(FUNCTION_NAMES.map((n) => `${n}.zip`).sort());
     for (const name of FUNCTION_NAMES) await unzip(artifacts[name]!, unpacked(name));
   }, 60_000);
 
@@ -230,8 +264,14 @@ describe('serverless package: the artifacts', () => {
       const inside = files(unpacked(name));
       expect(inside).toContain(`dist/lambda/${name}/index.mjs`);
       expect(inside).toContain(`dist/lambda/${name}/index.mjs.map`);
-      expect(inside.filter((f) => !f.startsWith(`dist/lambda/${name}/`)), `${name}: files from elsewhere`).toEqual([]);
-      expect(inside.filter((f) => !/\.mjs(\.map)?$/.test(f)), `${name}: not bundle output`).toEqual([]);
+      expect(
+        inside.filter((f) => !f.startsWith(`dist/lambda/${name}/`)),
+        `${name}: files from elsewhere`,
+      ).toEqual([]);
+      expect(
+        inside.filter((f) => !/\.mjs(\.map)?$/.test(f)),
+        `${name}: not bundle output`,
+      ).toEqual([]);
       // Neither the native addon nor any code that would load it.
       for (const f of inside) expect(readFileSync(join(unpacked(name), f), 'utf8'), f).not.toMatch(/better[-_]sqlite3/);
     }

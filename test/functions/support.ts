@@ -23,7 +23,9 @@ import { pipelineOf } from '../../src/composition-root.js';
 
 /** The lab's `verify` run: 36 bodies as Glance sent them (one project, three images, all deleted at the end). */
 export function labVerifyBodies(): string[] {
-  return readFileSync(join(FIXTURES, 'lab-verify.jsonl'), 'utf8').split('\n').filter((l) => l.trim() !== '');
+  return readFileSync(join(FIXTURES, 'lab-verify.jsonl'), 'utf8')
+    .split('\n')
+    .filter((l) => l.trim() !== '');
 }
 
 /** The quota test: the attacker project creates three queued images in one second. */
@@ -93,7 +95,12 @@ export function sqsEvent(bodies: readonly string[]): { event: unknown; records: 
         messageId: r.messageId,
         receiptHandle: `AQEB${r.messageId}`,
         body: r.body,
-        attributes: { ApproximateReceiveCount: '1', SentTimestamp: '1764188861984', SenderId: 'AIDAEXAMPLE', ApproximateFirstReceiveTimestamp: '1764188861990' },
+        attributes: {
+          ApproximateReceiveCount: '1',
+          SentTimestamp: '1764188861984',
+          SenderId: 'AIDAEXAMPLE',
+          ApproximateFirstReceiveTimestamp: '1764188861990',
+        },
         messageAttributes: {},
         md5OfBody: 'd41d8cd98f00b204e9800998ecf8427e',
         eventSource: 'aws:sqs',
@@ -139,7 +146,16 @@ export class MemoryGlance implements ImageService {
     const glance = new MemoryGlance();
     for (const body of bodies) {
       const p = inner(body).payload;
-      glance.add({ id: p.id, owner: p.owner, status: p.status, protected: p.protected, size: p.size, created_at: p.created_at, updated_at: p.updated_at, visibility: p.visibility });
+      glance.add({
+        id: p.id,
+        owner: p.owner,
+        status: p.status,
+        protected: p.protected,
+        size: p.size,
+        created_at: p.created_at,
+        updated_at: p.updated_at,
+        visibility: p.visibility,
+      });
     }
     return glance;
   }
@@ -250,7 +266,15 @@ export function servicesOver(o: ServicesOptions): FunctionServices {
   const config = loadConfig(o.env ?? {});
   const log = o.log ?? createLogger('silent');
   const pipeline = pipelineOf({ store: o.store, limits: o.limits ?? ATTACKER_LIMITED, images: o.glance, log, ...(o.clock ? { clock: o.clock } : {}) }, config);
-  return { config, log, pipeline, glance: o.glance, ...(o.poison ? { poison: o.poison } : {}), ...(o.metrics ? { metrics: o.metrics } : {}), close: () => o.store.close() };
+  return {
+    config,
+    log,
+    pipeline,
+    glance: o.glance,
+    ...(o.poison ? { poison: o.poison } : {}),
+    ...(o.metrics ? { metrics: o.metrics } : {}),
+    close: () => o.store.close(),
+  };
 }
 
 /** `items` in consecutive slices of `size`. */
@@ -273,7 +297,10 @@ export function freshLedgerPerTest(kind: 'redis' | 'postgres'): { readonly ledge
   let down: Error | undefined;
   beforeAll(async () => {
     release = await holdService(kind);
-    down = await requireService(kind).then(() => undefined, (err: Error) => err);
+    down = await requireService(kind).then(
+      () => undefined,
+      (err: Error) => err,
+    );
   }, 300_000);
   afterAll(() => release());
   beforeEach(async () => {

@@ -39,7 +39,8 @@ function heldCalls(): Call[] {
   return calls;
 }
 
-const acceptAll = (call: Call) => call.answer({ Successful: call.entries.map((e) => ({ Id: e.Id, MessageId: `sqs-${e.Id}`, MD5OfMessageBody: '' })), Failed: [] });
+const acceptAll = (call: Call) =>
+  call.answer({ Successful: call.entries.map((e) => ({ Id: e.Id, MessageId: `sqs-${e.Id}`, MD5OfMessageBody: '' })), Failed: [] });
 
 async function until(what: string, condition: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -56,7 +57,10 @@ describe('the bridge from RabbitMQ to SQS', () => {
   // A RabbitMQ that is down fails every test, with the command that starts it (never a skip).
   let down: Error | undefined;
   beforeAll(async () => {
-    down = await requireService('rabbitmq').then(() => undefined, (err: Error) => err);
+    down = await requireService('rabbitmq').then(
+      () => undefined,
+      (err: Error) => err,
+    );
   });
   beforeEach(async () => {
     if (down) throw down;
@@ -216,11 +220,13 @@ describe('the bridge from RabbitMQ to SQS', () => {
       dead.push({ reason: String(m.properties.headers?.['x-gqe-reason']), bytes: m.content.length });
     }
     await ch.close();
-    expect(dead.map((d) => d.reason).sort()).toEqual([
-      expect.stringMatching(/^SQS refused the message: InvalidParameterValue/),
-      expect.stringMatching(/^body is not UTF-8 text/),
-      expect.stringMatching(/^body of 262\d{3} bytes is over SQS's limit of 262144 bytes per message$/),
-    ].sort((a, b) => String(a).localeCompare(String(b))));
+    expect(dead.map((d) => d.reason).sort()).toEqual(
+      [
+        expect.stringMatching(/^SQS refused the message: InvalidParameterValue/),
+        expect.stringMatching(/^body is not UTF-8 text/),
+        expect.stringMatching(/^body of 262\d{3} bytes is over SQS's limit of 262144 bytes per message$/),
+      ].sort((a, b) => String(a).localeCompare(String(b))),
+    );
     expect(dead.find((d) => d.reason.startsWith('body of'))!.bytes).toBe(Buffer.byteLength(oversize));
     expect(await q.ready()).toBe(0);
   });
@@ -233,14 +239,19 @@ describe('the bridge from RabbitMQ to SQS', () => {
     const b = await startBridge();
     const ch = await q.connection.createConfirmChannel();
     // Not UTF-8, so not for SQS; its header is past what amqplib can send on (64 KiB in all).
-    ch.publish(q.env.NOTIFICATION_EXCHANGE!, `${q.env.NOTIFICATION_TOPIC}.info`, Buffer.from([0x7b, 0xff, 0x7d]), { headers: { 'x-padding': 'p'.repeat(65_400) } });
+    ch.publish(q.env.NOTIFICATION_EXCHANGE!, `${q.env.NOTIFICATION_TOPIC}.info`, Buffer.from([0x7b, 0xff, 0x7d]), {
+      headers: { 'x-padding': 'p'.repeat(65_400) },
+    });
     await ch.waitForConfirms();
     const good = realBodies().slice(0, 5);
     await q.publish(good);
     await until('the five forwarded and the poison dead-lettered', () => b.counters.forwarded === 5 && b.counters.deadLettered === 1);
     const m = await ch.get(`${q.queue}.dead`, { noAck: true });
     if (m === false) throw new Error('the dead-letter queue is empty: the poison was not dead-lettered');
-    expect(m.properties.headers).toMatchObject({ 'x-gqe-reason': expect.stringMatching(/^body is not UTF-8 text/), 'x-gqe-headers-dropped-bytes': expect.any(Number) });
+    expect(m.properties.headers).toMatchObject({
+      'x-gqe-reason': expect.stringMatching(/^body is not UTF-8 text/),
+      'x-gqe-headers-dropped-bytes': expect.any(Number),
+    });
     expect(m.properties.headers?.['x-padding']).toBeUndefined();
     await ch.close();
     expect(await q.ready()).toBe(0);

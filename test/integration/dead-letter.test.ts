@@ -31,7 +31,11 @@ function creates(n: number, project = 'aaaabbbbccccdddd0000111122223333'): strin
   const template = inner(rawBody('image.create'));
   return Array.from({ length: n }, (_, i) => {
     const hex = i.toString(16).padStart(12, '0');
-    return envelope({ ...template, message_id: `5a7e6b1e-7b7c-4c8e-9b1a-${hex}`, payload: { ...template.payload, id: `aaaaaaaa-0000-4000-8000-${hex}`, owner: project } });
+    return envelope({
+      ...template,
+      message_id: `5a7e6b1e-7b7c-4c8e-9b1a-${hex}`,
+      payload: { ...template.payload, id: `aaaaaaaa-0000-4000-8000-${hex}`, owner: project },
+    });
   });
 }
 
@@ -43,7 +47,10 @@ describe('dead-lettering on the real broker', () => {
   let committed: IngestResult[];
   let down: Error | undefined;
   beforeAll(async () => {
-    down = await requireService('rabbitmq').then(() => undefined, (err: Error) => err);
+    down = await requireService('rabbitmq').then(
+      () => undefined,
+      (err: Error) => err,
+    );
   });
   beforeEach(async () => {
     if (down) throw down;
@@ -89,7 +96,14 @@ describe('dead-lettering on the real broker', () => {
   function start(env: Record<string, string> = {}, options: Partial<ConstructorParameters<typeof NotificationConsumer>[0]> = {}): NotificationConsumer {
     const config = loadConfig({ ...q.env, PREFETCH: '16', ...env });
     const pipeline = pipelineOf({ store, limits: new StaticLimits({}), door: config.door });
-    consumer = new NotificationConsumer({ config, pipeline, log: createLogger(process.env.TEST_LOG ?? 'silent'), metrics: new Metrics(), onCommitted: (r) => committed.push(r), ...options });
+    consumer = new NotificationConsumer({
+      config,
+      pipeline,
+      log: createLogger(process.env.TEST_LOG ?? 'silent'),
+      metrics: new Metrics(),
+      onCommitted: (r) => committed.push(r),
+      ...options,
+    });
     running = consumer.run();
     return consumer;
   }
@@ -97,7 +111,14 @@ describe('dead-lettering on the real broker', () => {
   function startFaulty(fault: FaultyConsumer['fault']): FaultyConsumer {
     const config = loadConfig({ ...q.env, PREFETCH: '16' });
     const pipeline = pipelineOf({ store, limits: new StaticLimits({}), door: config.door });
-    const faulty = new FaultyConsumer({ config, pipeline, log: createLogger(process.env.TEST_LOG ?? 'silent'), metrics: new Metrics(), onCommitted: (r) => committed.push(r), brokerTimeoutMs: 500 });
+    const faulty = new FaultyConsumer({
+      config,
+      pipeline,
+      log: createLogger(process.env.TEST_LOG ?? 'silent'),
+      metrics: new Metrics(),
+      onCommitted: (r) => committed.push(r),
+      brokerTimeoutMs: 500,
+    });
     faulty.fault = fault;
     consumer = faulty;
     running = faulty.run();
@@ -109,7 +130,11 @@ describe('dead-lettering on the real broker', () => {
   /** Publishes one body with the given headers straight to the enforcer's queue's exchange. */
   async function publishRaw(body: string | Buffer, headers: Record<string, unknown> = {}): Promise<void> {
     const ch = await q.connection.createConfirmChannel();
-    ch.publish(q.env.NOTIFICATION_EXCHANGE!, `${q.env.NOTIFICATION_TOPIC}.info`, Buffer.from(body), { headers, contentType: 'application/json', deliveryMode: 2 });
+    ch.publish(q.env.NOTIFICATION_EXCHANGE!, `${q.env.NOTIFICATION_TOPIC}.info`, Buffer.from(body), {
+      headers,
+      contentType: 'application/json',
+      deliveryMode: 2,
+    });
     await ch.waitForConfirms();
     await ch.close();
   }
@@ -158,7 +183,11 @@ describe('dead-lettering on the real broker', () => {
     await publishRaw('{"not": "a notification"}', { 'x-trace': 'abc' });
     await until('the poison dead-lettered', async () => (await q.dead()) === 1);
     const [dead] = await deadLetters();
-    expect(dead!.headers).toMatchObject({ 'x-trace': 'abc', 'x-gqe-reason': expect.stringMatching(/^oslo message/), 'x-gqe-exchange': q.env.NOTIFICATION_EXCHANGE });
+    expect(dead!.headers).toMatchObject({
+      'x-trace': 'abc',
+      'x-gqe-reason': expect.stringMatching(/^oslo message/),
+      'x-gqe-exchange': q.env.NOTIFICATION_EXCHANGE,
+    });
   });
 
   it('dead-letters an invalid notification with a 300 KB message_id, its reason capped at 1 KiB', async () => {
@@ -224,7 +253,10 @@ describe('dead-lettering on the real broker', () => {
 
 describe('the queues are bounded in bytes as well as in count (QUEUE_MAX_BYTES)', () => {
   it('a flood of fat bodies fills neither the queue nor its dead-letter queue past the bound', async () => {
-    const down = await requireService('rabbitmq').then(() => undefined, (err: Error) => err);
+    const down = await requireService('rabbitmq').then(
+      () => undefined,
+      (err: Error) => err,
+    );
     if (down) throw down;
     // 64 KiB each, nobody consuming: 40 bodies of 10 KB would be 400 KB.
     const q = await freshQueue('bytes', { maxBytes: 64 * 1024 });

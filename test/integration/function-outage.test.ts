@@ -34,7 +34,10 @@ describe('function handlers during a real PostgreSQL outage', () => {
     let mqDuring: unknown;
     let sqsDuring: unknown;
     await withServiceStopped('postgres', 3_000, async () => {
-      mqDuring = await amazonMqHandler(async () => mqServices)(mq).then(() => 'succeeded', (err: Error) => err.message);
+      mqDuring = await amazonMqHandler(async () => mqServices)(mq).then(
+        () => 'succeeded',
+        (err: Error) => err.message,
+      );
       sqsDuring = await handleSqsEvent(sqsServices, sqs.event);
     });
     // Lambda retries a failed MQ invocation whole; nothing of it was committed.

@@ -66,16 +66,57 @@ const controlOrSurrogate = fc.constantFrom('\u0000', '\u001b[31m', '\n', '\u007f
 /** One field of a real create set to a value the door must refuse. */
 const mutated: fc.Arbitrary<string> = fc
   .oneof(
-    fc.record({ path: fc.constant('payload.id'), value: fc.oneof(fc.string({ maxLength: 40 }).filter((s) => !/^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$/.test(s)), uuid.chain((u) => controlOrSurrogate.map((c) => u.slice(0, 35) + c)), fc.constant('x'.repeat(5000))) }),
-    fc.record({ path: fc.constant('payload.owner'), value: fc.oneof(fc.constant(''), fc.constant('a'.repeat(65)), fc.string({ minLength: 1, maxLength: 10 }).chain((s) => controlOrSurrogate.map((c) => s + c)), fc.constant('demo project')) }),
-    fc.record({ path: fc.constant('payload.size'), value: fc.oneof(fc.integer({ max: -1 }), fc.double({ noInteger: true, noNaN: true }).filter(Number.isFinite), fc.integer({ min: MAX_IMAGE_SIZE + 1, max: Number.MAX_SAFE_INTEGER }), fc.constant('1024')) }),
+    fc.record({
+      path: fc.constant('payload.id'),
+      value: fc.oneof(
+        fc.string({ maxLength: 40 }).filter((s) => !/^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$/.test(s)),
+        uuid.chain((u) => controlOrSurrogate.map((c) => u.slice(0, 35) + c)),
+        fc.constant('x'.repeat(5000)),
+      ),
+    }),
+    fc.record({
+      path: fc.constant('payload.owner'),
+      value: fc.oneof(
+        fc.constant(''),
+        fc.constant('a'.repeat(65)),
+        fc.string({ minLength: 1, maxLength: 10 }).chain((s) => controlOrSurrogate.map((c) => s + c)),
+        fc.constant('demo project'),
+      ),
+    }),
+    fc.record({
+      path: fc.constant('payload.size'),
+      value: fc.oneof(
+        fc.integer({ max: -1 }),
+        fc.double({ noInteger: true, noNaN: true }).filter(Number.isFinite),
+        fc.integer({ min: MAX_IMAGE_SIZE + 1, max: Number.MAX_SAFE_INTEGER }),
+        fc.constant('1024'),
+      ),
+    }),
     fc.record({ path: fc.constant('payload.status'), value: fc.oneof(fc.constant('queued\u0000'), fc.constant('q'.repeat(33)), fc.constant('QUEUED')) }),
-    fc.record({ path: fc.constant('payload.created_at'), value: fc.oneof(fc.constant('2026-02-30T10:00:00Z'), fc.constant('2026-11-26T10:60:00Z'), fc.integer({ min: 900, max: 80 * 365 * 86_400 }).map(future)) }),
-    fc.record({ path: fc.constant('payload.updated_at'), value: fc.oneof(fc.constant('2099-01-01T00:00:00Z'), fc.integer({ min: 900, max: 86_400 }).map(future)) }),
+    fc.record({
+      path: fc.constant('payload.created_at'),
+      value: fc.oneof(fc.constant('2026-02-30T10:00:00Z'), fc.constant('2026-11-26T10:60:00Z'), fc.integer({ min: 900, max: 80 * 365 * 86_400 }).map(future)),
+    }),
+    fc.record({
+      path: fc.constant('payload.updated_at'),
+      value: fc.oneof(fc.constant('2099-01-01T00:00:00Z'), fc.integer({ min: 900, max: 86_400 }).map(future)),
+    }),
     fc.record({ path: fc.constant('payload.deleted_at'), value: fc.oneof(fc.constant('2099-01-01T00:00:00Z'), fc.constant('never')) }),
-    fc.record({ path: fc.constant('timestamp'), value: fc.oneof(fc.constant('2026-02-30 10:00:00'), fc.constant('2099-01-01 00:00:00'), fc.constant('2026-11-26 20:27:41+00:00')) }),
-    fc.record({ path: fc.constant('message_id'), value: fc.oneof(fc.constant(''), fc.constant('m'.repeat(20_000)), fc.constant('has space'), controlOrSurrogate) }),
-    fc.record({ path: fc.constant('payload.properties'), value: fc.oneof(fc.constant({ os_glance_importing_to_stores: 'x'.repeat(2000) }), controlOrSurrogate.map((c) => ({ os_glance_importing_to_stores: `file${c}` }))) }),
+    fc.record({
+      path: fc.constant('timestamp'),
+      value: fc.oneof(fc.constant('2026-02-30 10:00:00'), fc.constant('2099-01-01 00:00:00'), fc.constant('2026-11-26 20:27:41+00:00')),
+    }),
+    fc.record({
+      path: fc.constant('message_id'),
+      value: fc.oneof(fc.constant(''), fc.constant('m'.repeat(20_000)), fc.constant('has space'), controlOrSurrogate),
+    }),
+    fc.record({
+      path: fc.constant('payload.properties'),
+      value: fc.oneof(
+        fc.constant({ os_glance_importing_to_stores: 'x'.repeat(2000) }),
+        controlOrSurrogate.map((c) => ({ os_glance_importing_to_stores: `file${c}` })),
+      ),
+    }),
   )
   .chain(({ path, value }) =>
     fc.tuple(uuid, uuid).map(([id, messageId]) => {
@@ -93,7 +134,10 @@ const hostile: fc.Arbitrary<string> = fc.oneof(
   { weight: 4, arbitrary: mutated },
   { weight: 1, arbitrary: fc.string({ unit: 'binary', minLength: 1, maxLength: 200 }) },
   { weight: 1, arbitrary: fc.jsonValue({ maxDepth: 4 }).map((v) => JSON.stringify(v) ?? 'null') },
-  { weight: 1, arbitrary: fc.integer({ min: 66_000, max: 100_000 }).map((k) => envelope({ ...TEMPLATE, payload: { ...TEMPLATE.payload, name: 'n'.repeat(k) } })) },
+  {
+    weight: 1,
+    arbitrary: fc.integer({ min: 66_000, max: 100_000 }).map((k) => envelope({ ...TEMPLATE, payload: { ...TEMPLATE.payload, name: 'n'.repeat(k) } })),
+  },
   { weight: 1, arbitrary: fc.integer({ min: 1_000, max: 10_000 }).map((d) => '['.repeat(d) + ']'.repeat(d)) },
 );
 
@@ -107,7 +151,10 @@ interface Stream {
 function stream(seed: number, hostileCount: number, validCount: number): Stream {
   const h = fc.sample(hostile, { seed, numRuns: hostileCount });
   const v = fc.sample(valid, { seed: seed + 1, numRuns: validCount });
-  const order = fc.sample(fc.shuffledSubarray([...Array(hostileCount + validCount).keys()], { minLength: hostileCount + validCount }), { seed: seed + 2, numRuns: 1 })[0]!;
+  const order = fc.sample(fc.shuffledSubarray([...Array(hostileCount + validCount).keys()], { minLength: hostileCount + validCount }), {
+    seed: seed + 2,
+    numRuns: 1,
+  })[0]!;
   const bodies: string[] = [];
   const kinds: Stream['kinds'] = [];
   for (const i of order) {

@@ -74,13 +74,22 @@ async function setUp(): Promise<void> {
     region: labEnv('OS_REGION_NAME'),
     demoProjectId: labEnv('LAB_DEMO_PROJECT_ID'),
     enforcer: {
-      ...common, ...domains,
-      OS_USERNAME: labEnv('LAB_ENFORCER_USERNAME'), OS_PASSWORD: labEnv('LAB_ENFORCER_PASSWORD'),
-      OS_PROJECT_NAME: labEnv('LAB_ENFORCER_PROJECT_NAME'), OS_SYSTEM_SCOPE: labEnv('LAB_ENFORCER_SYSTEM_SCOPE'),
+      ...common,
+      ...domains,
+      OS_USERNAME: labEnv('LAB_ENFORCER_USERNAME'),
+      OS_PASSWORD: labEnv('LAB_ENFORCER_PASSWORD'),
+      OS_PROJECT_NAME: labEnv('LAB_ENFORCER_PROJECT_NAME'),
+      OS_SYSTEM_SCOPE: labEnv('LAB_ENFORCER_SYSTEM_SCOPE'),
     },
     // The bootstrap admin holds admin on system scope: what POST /v3/limits and /v3/projects need.
     admin: { ...common, ...domains, OS_USERNAME: labEnv('LAB_ADMIN_USERNAME'), OS_PASSWORD: labEnv('LAB_ADMIN_PASSWORD'), OS_SYSTEM_SCOPE: 'all' },
-    demo: { ...common, ...domains, OS_USERNAME: labEnv('LAB_DEMO_USERNAME'), OS_PASSWORD: labEnv('LAB_DEMO_PASSWORD'), OS_PROJECT_NAME: labEnv('LAB_DEMO_PROJECT_NAME') },
+    demo: {
+      ...common,
+      ...domains,
+      OS_USERNAME: labEnv('LAB_DEMO_USERNAME'),
+      OS_PASSWORD: labEnv('LAB_DEMO_PASSWORD'),
+      OS_PROJECT_NAME: labEnv('LAB_DEMO_PROJECT_NAME'),
+    },
   };
   await mustAnswer('Keystone (OS_AUTH_URL)', authUrl);
   await mustAnswer('Glance (LAB_GLANCE_URL)', lab.glanceUrl);
@@ -99,7 +108,13 @@ afterAll(async () => {
   if (created.images.length) {
     const token = (await enforcer.token('project')).value;
     for (const id of created.images) {
-      await call('PATCH', `${lab.glanceUrl}/v2/images/${id}`, token, [{ op: 'replace', path: '/protected', value: false }], 'application/openstack-images-v2.1-json-patch');
+      await call(
+        'PATCH',
+        `${lab.glanceUrl}/v2/images/${id}`,
+        token,
+        [{ op: 'replace', path: '/protected', value: false }],
+        'application/openstack-images-v2.1-json-patch',
+      );
       note(`delete image ${id}`, (await call('DELETE', `${lab.glanceUrl}/v2/images/${id}`, token)).status, [204, 404]);
     }
   }
@@ -113,7 +128,12 @@ afterAll(async () => {
   }
   if (created.appCreds.length) {
     const token = (await enforcer.token('project')).value;
-    for (const { userId, id } of created.appCreds) note(`delete application credential ${id}`, (await call('DELETE', `${lab.authUrl}/users/${userId}/application_credentials/${id}`, token)).status, [204, 404]);
+    for (const { userId, id } of created.appCreds)
+      note(
+        `delete application credential ${id}`,
+        (await call('DELETE', `${lab.authUrl}/users/${userId}/application_credentials/${id}`, token)).status,
+        [204, 404],
+      );
   }
   if (failures.length) throw new Error(`cleanup left things behind on the lab: ${failures.join('; ')}`);
 });
@@ -139,7 +159,12 @@ async function call(method: string, url: string, token: string, body?: unknown, 
 /** demo creates an image, the way a tenant would; it is deleted in afterAll whatever happens. */
 async function demoCreatesImage(extra: Record<string, unknown> = {}): Promise<string> {
   const token = (await demo.token('project')).value;
-  const res = await call('POST', `${lab.glanceUrl}/v2/images`, token, { name: `${tag}-${created.images.length}`, disk_format: 'raw', container_format: 'bare', ...extra });
+  const res = await call('POST', `${lab.glanceUrl}/v2/images`, token, {
+    name: `${tag}-${created.images.length}`,
+    disk_format: 'raw',
+    container_format: 'bare',
+    ...extra,
+  });
   expect(res.status, JSON.stringify(res.json)).toBe(201);
   created.images.push(res.json.id);
   return res.json.id as string;
@@ -173,7 +198,9 @@ describe('Keystone, as the enforcer', () => {
     expect(error).toBeInstanceOf(KeystoneAuthError);
     expect((error as KeystoneAuthError).status).toBe(401);
     const message = (error as Error).message;
-    expect(message).toContain(`refused the password of user '${lab.enforcer.OS_USERNAME}' (domain ${lab.enforcer.OS_USER_DOMAIN_NAME}) for a token on project '${lab.enforcer.OS_PROJECT_NAME}'`);
+    expect(message).toContain(
+      `refused the password of user '${lab.enforcer.OS_USERNAME}' (domain ${lab.enforcer.OS_USER_DOMAIN_NAME}) for a token on project '${lab.enforcer.OS_PROJECT_NAME}'`,
+    );
     expect(message).toContain('The request you have made requires authentication.');
     expect(message).not.toContain(wrong);
     expect(Date.now() - started).toBeLessThan(3_000);
@@ -198,13 +225,19 @@ describe('unified limits, read with the system-scoped token', () => {
     for (const resource of USAGE_RESOURCES) expect(names).toContain(resource);
     expect(registered.every((l) => l.region_id === lab.region && Number.isInteger(l.default_limit))).toBe(true);
     const limits = await new UnifiedLimits(keystoneLimitsReader(enforcer, { log: quiet }), { log: quiet }).limitsFor(lab.demoProjectId);
-    expect(limits).toEqual(Object.fromEntries(registered.filter((l) => (USAGE_RESOURCES as readonly string[]).includes(l.resource_name)).map((l) => [l.resource_name, l.default_limit])));
+    expect(limits).toEqual(
+      Object.fromEntries(
+        registered.filter((l) => (USAGE_RESOURCES as readonly string[]).includes(l.resource_name)).map((l) => [l.resource_name, l.default_limit]),
+      ),
+    );
   });
 
   it('lets a project limit created by an admin win over the registered one, and -1 mean unlimited', async () => {
     const adminToken = (await admin.token('system')).value;
     // A throwaway project, so that nobody else using the lab sees a limit change under them.
-    const project = await call('POST', `${lab.authUrl}/projects`, adminToken, { project: { name: tag, domain_id: 'default', description: 'glance-quota-enforcer lab test; safe to delete' } });
+    const project = await call('POST', `${lab.authUrl}/projects`, adminToken, {
+      project: { name: tag, domain_id: 'default', description: 'glance-quota-enforcer lab test; safe to delete' },
+    });
     expect(project.status, JSON.stringify(project.json)).toBe(201);
     const projectId = project.json.project.id as string;
     created.projects.push(projectId);
@@ -235,14 +268,22 @@ describe('unified limits, read with the system-scoped token', () => {
     const adminToken = (await admin.token('system')).value;
     const projectIds: string[] = [];
     for (const n of [1, 2]) {
-      const project = await call('POST', `${lab.authUrl}/projects`, adminToken, { project: { name: `${tag}-all-${n}`, domain_id: 'default', description: 'glance-quota-enforcer lab test; safe to delete' } });
+      const project = await call('POST', `${lab.authUrl}/projects`, adminToken, {
+        project: { name: `${tag}-all-${n}`, domain_id: 'default', description: 'glance-quota-enforcer lab test; safe to delete' },
+      });
       expect(project.status, JSON.stringify(project.json)).toBe(201);
       projectIds.push(project.json.project.id as string);
       created.projects.push(project.json.project.id as string);
     }
     const { serviceId } = await enforcer.endpoint('image', 'system');
     const res = await call('POST', `${lab.authUrl}/limits`, adminToken, {
-      limits: projectIds.map((projectId, i) => ({ service_id: serviceId, project_id: projectId, region_id: lab.region, resource_name: 'image_count_total', resource_limit: 10 + i })),
+      limits: projectIds.map((projectId, i) => ({
+        service_id: serviceId,
+        project_id: projectId,
+        region_id: lab.region,
+        resource_name: 'image_count_total',
+        resource_limit: 10 + i,
+      })),
     });
     expect(res.status, JSON.stringify(res.json)).toBe(201);
     const limitIds = (res.json.limits as { id: string }[]).map((l) => l.id);
@@ -251,7 +292,10 @@ describe('unified limits, read with the system-scoped token', () => {
     const listing = await keystoneLimitsReader(enforcer, { log: quiet }).allProjectLimits();
     expect(listing.truncated).toBe(false);
     expect(listing.limits.filter((l) => projectIds.includes(l.project_id ?? '')).map((l) => [l.project_id, l.resource_limit])).toEqual(
-      expect.arrayContaining([[projectIds[0], 10], [projectIds[1], 11]]),
+      expect.arrayContaining([
+        [projectIds[0], 10],
+        [projectIds[1], 11],
+      ]),
     );
     expect(listing.limits.every((l) => l.service_id === serviceId && l.region_id === lab.region && l.project_id)).toBe(true);
 
@@ -262,18 +306,28 @@ describe('unified limits, read with the system-scoped token', () => {
     expect((await call('PATCH', `${lab.authUrl}/limits/${limitIds[0]}`, adminToken, { limit: { resource_limit: 3 } })).status).toBe(200);
     expect((await limits.limitsFor(projectIds[0]!)).image_count_total).toBe(10);
     expect((await limits.refresh(projectIds[0]!)).image_count_total).toBe(3);
-    expect((await limits.lookup(projectIds[1]!))).toMatchObject({ limits: { image_count_total: 11 }, origin: 'keystone' });
+    expect(await limits.lookup(projectIds[1]!)).toMatchObject({ limits: { image_count_total: 11 }, origin: 'keystone' });
   });
 
   it('cannot be read with an application credential, and says why', async () => {
     const projectToken = await enforcer.token('project');
-    const res = await call('POST', `${lab.authUrl}/users/${projectToken.userId}/application_credentials`, projectToken.value, { application_credential: { name: tag, description: 'glance-quota-enforcer lab test; safe to delete' } });
+    const res = await call('POST', `${lab.authUrl}/users/${projectToken.userId}/application_credentials`, projectToken.value, {
+      application_credential: { name: tag, description: 'glance-quota-enforcer lab test; safe to delete' },
+    });
     expect(res.status, JSON.stringify(res.json)).toBe(201);
     created.appCreds.push({ userId: projectToken.userId, id: res.json.application_credential.id });
     expect(res.json.application_credential.project_id).toBe(projectToken.projectId);
 
     const viaAppCred = new KeystoneClient(
-      loadCredentials({ OS_AUTH_URL: lab.authUrl, OS_REGION_NAME: lab.region, OS_APPLICATION_CREDENTIAL_ID: res.json.application_credential.id, OS_APPLICATION_CREDENTIAL_SECRET: res.json.application_credential.secret }, { searchDirs: [] }),
+      loadCredentials(
+        {
+          OS_AUTH_URL: lab.authUrl,
+          OS_REGION_NAME: lab.region,
+          OS_APPLICATION_CREDENTIAL_ID: res.json.application_credential.id,
+          OS_APPLICATION_CREDENTIAL_SECRET: res.json.application_credential.secret,
+        },
+        { searchDirs: [] },
+      ),
       { log: quiet },
     );
     const token = await viaAppCred.token('project');
@@ -312,7 +366,13 @@ describe("Glance, with the enforcer's project-scoped admin token", () => {
   it('refuses to delete a protected image with 403, until it is unprotected', async () => {
     const id = await demoCreatesImage({ protected: true });
     await expect(glance.deleteImage(id)).resolves.toEqual({ result: 'refused', status: 403, reason: `Image ${id} is protected and cannot be deleted.` });
-    const unprotect = await call('PATCH', `${lab.glanceUrl}/v2/images/${id}`, (await demo.token('project')).value, [{ op: 'replace', path: '/protected', value: false }], 'application/openstack-images-v2.1-json-patch');
+    const unprotect = await call(
+      'PATCH',
+      `${lab.glanceUrl}/v2/images/${id}`,
+      (await demo.token('project')).value,
+      [{ op: 'replace', path: '/protected', value: false }],
+      'application/openstack-images-v2.1-json-patch',
+    );
     expect(unprotect.status).toBe(200);
     await expect(glance.deleteImage(id)).resolves.toEqual({ result: 'deleted' });
   });

@@ -35,7 +35,9 @@ export function rawBody(name: string): string {
 
 export function quotaTestBodies(): string[] {
   const dir = join(FIXTURES, 'quota-test', 'raw');
-  return readdirSync(dir).sort().map((f) => readFileSync(join(dir, f), 'utf8'));
+  return readdirSync(dir)
+    .sort()
+    .map((f) => readFileSync(join(dir, f), 'utf8'));
 }
 
 /** Re-wrap an edited inner message the way oslo's messagingv2 driver does. */

@@ -113,9 +113,7 @@ const NEEDS_ASCII_ESCAPE = /[^\x20-\x7e]/;
 /** json.dumps(s) with ensure_ascii: JSON.stringify plus \uXXXX for anything outside ASCII. */
 function pythonString(s: string): string {
   const json = JSON.stringify(s);
-  return NEEDS_ASCII_ESCAPE.test(json)
-    ? json.replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
-    : json;
+  return NEEDS_ASCII_ESCAPE.test(json) ? json.replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`) : json;
 }
 
 /**
@@ -306,13 +304,33 @@ interface Image {
 
 /** One notification an image's script will emit, `delay` µs after the previous one. */
 type StepKind =
-  | 'create' | 'patch' | 'patch.tag'
-  | 'upload.saving' | 'upload.prepare' | 'upload.upload' | 'upload.activate' | 'upload.active'
-  | 'stage.first' | 'stage.second' | 'task.create' | 'task.processing'
-  | 'import.importing' | 'import.prepare' | 'import.upload' | 'import.activate' | 'import.done'
-  | 'task.success' | 'task.run'
-  | 'fail.error' | 'fail.queued'
-  | 'deactivate' | 'reactivate' | 'send' | 'member.create' | 'member.update' | 'member.delete'
+  | 'create'
+  | 'patch'
+  | 'patch.tag'
+  | 'upload.saving'
+  | 'upload.prepare'
+  | 'upload.upload'
+  | 'upload.activate'
+  | 'upload.active'
+  | 'stage.first'
+  | 'stage.second'
+  | 'task.create'
+  | 'task.processing'
+  | 'import.importing'
+  | 'import.prepare'
+  | 'import.upload'
+  | 'import.activate'
+  | 'import.done'
+  | 'task.success'
+  | 'task.run'
+  | 'fail.error'
+  | 'fail.queued'
+  | 'deactivate'
+  | 'reactivate'
+  | 'send'
+  | 'member.create'
+  | 'member.update'
+  | 'member.delete'
   | 'delete';
 
 interface Step {
@@ -331,9 +349,20 @@ const SECOND = 1_000_000;
 const MiB = 1024 * 1024;
 
 const NAMES = [
-  'ubuntu-22.04-server-cloudimg-amd64', 'ubuntu-24.04-server-cloudimg-amd64', 'debian-12-genericcloud-amd64',
-  'cirros-0.6.2-x86_64-disk', 'centos-stream-9', 'rocky-9.4-x86_64', 'fedora-coreos-40', 'windows-server-2022',
-  'k8s-node', 'gitlab-runner', 'ci-build', 'snapshot', 'backup', 'app-golden',
+  'ubuntu-22.04-server-cloudimg-amd64',
+  'ubuntu-24.04-server-cloudimg-amd64',
+  'debian-12-genericcloud-amd64',
+  'cirros-0.6.2-x86_64-disk',
+  'centos-stream-9',
+  'rocky-9.4-x86_64',
+  'fedora-coreos-40',
+  'windows-server-2022',
+  'k8s-node',
+  'gitlab-runner',
+  'ci-build',
+  'snapshot',
+  'backup',
+  'app-golden',
 ] as const;
 const DISK_FORMATS = ['qcow2', 'qcow2', 'qcow2', 'qcow2', 'raw', 'raw', 'vmdk', 'iso'] as const;
 const DISTROS = ['ubuntu', 'debian', 'centos', 'rocky', 'fedora', 'windows', 'cirros'] as const;
@@ -450,12 +479,7 @@ export function generateHistory(options: HistoryOptions): History {
   const rng = new Rng(options.seed);
   const startUs = (options.startMs ?? Date.UTC(2026, 10, 26, 20, 27, 41)) * MS;
   const deleteRatio = options.deleteRatio ?? 0.5;
-  const weights = [
-    options.uploadRatio ?? 0.6,
-    options.importRatio ?? 0.12,
-    options.failRatio ?? 0.05,
-    options.queuedOnlyRatio ?? 0.23,
-  ];
+  const weights = [options.uploadRatio ?? 0.6, options.importRatio ?? 0.12, options.failRatio ?? 0.05, options.queuedOnlyRatio ?? 0.23];
   const weightSum = weights.reduce((a, b) => a + b, 0);
   if (!(weightSum > 0) || weights.some((w) => w < 0)) {
     throw new Error('generateHistory: uploadRatio, importRatio, failRatio and queuedOnlyRatio must be >= 0 and not all 0');
@@ -716,8 +740,10 @@ export function generateHistory(options: HistoryOptions): History {
         emit(
           'image.upload',
           'ERROR',
-          str(`Failed to upload image data for image ${im.id} due to internal error: ` +
-            `The client disconnected while sending the body (${missing} more bytes were expected)`),
+          str(
+            `Failed to upload image data for image ${im.id} due to internal error: ` +
+              `The client disconnected while sending the body (${missing} more bytes were expected)`,
+          ),
           nowUs,
         );
         break;
@@ -738,10 +764,7 @@ export function generateHistory(options: HistoryOptions): History {
         emit(
           'image.send',
           'INFO',
-          dumps(
-            { bytes_sent: im.size ?? 0, image_id: im.id, owner_id: im.owner, receiver_tenant_id: receiver, receiver_user_id: userIn(receiver) },
-            true,
-          ),
+          dumps({ bytes_sent: im.size ?? 0, image_id: im.id, owner_id: im.owner, receiver_tenant_id: receiver, receiver_user_id: userIn(receiver) }, true),
           nowUs,
         );
         break;
@@ -751,8 +774,7 @@ export function generateHistory(options: HistoryOptions): History {
       case 'member.delete': {
         if (kind === 'member.create') {
           const other = pickProject();
-          im.member =
-            other !== im.ownerIndex ? projectId(other) : options.projects > 1 ? projectId((other + 1) % options.projects) : rng.uuid4Hex();
+          im.member = other !== im.ownerIndex ? projectId(other) : options.projects > 1 ? projectId((other + 1) % options.projects) : rng.uuid4Hex();
           im.memberSince = nowS;
         }
         const deleted = kind === 'member.delete';
@@ -760,15 +782,18 @@ export function generateHistory(options: HistoryOptions): History {
         emit(
           `image.${kind}`,
           'INFO',
-          dumps({
-            image_id: im.id,
-            member_id: im.member,
-            status: kind === 'member.create' ? 'pending' : 'accepted',
-            created_at: isoTime(im.memberSince),
-            updated_at: isoTime(im.memberUpdated),
-            deleted,
-            deleted_at: deleted ? isoTime(nowS) : null,
-          }, true),
+          dumps(
+            {
+              image_id: im.id,
+              member_id: im.member,
+              status: kind === 'member.create' ? 'pending' : 'accepted',
+              created_at: isoTime(im.memberSince),
+              updated_at: isoTime(im.memberUpdated),
+              deleted,
+              deleted_at: deleted ? isoTime(nowS) : null,
+            },
+            true,
+          ),
           nowUs,
         );
         if (kind === 'member.delete') im.member = null;

@@ -41,11 +41,28 @@ const FAT = Buffer.alloc(4 * 1024 * 1024, 'x');
 
 function core(image: StandInImage): Record<string, unknown> {
   return {
-    name: `image ${image.id}`, disk_format: 'raw', container_format: 'bare', visibility: 'private', size: null, virtual_size: null,
-    status: image.status ?? 'queued', checksum: null, protected: false, min_ram: 0, min_disk: 0, owner: image.owner,
-    os_hidden: image.os_hidden ?? false, os_hash_algo: null, os_hash_value: null, id: image.id,
-    created_at: '2026-12-04T10:00:00Z', updated_at: '2026-12-04T10:00:00Z', tags: ['standin', 'a "quoted" tag'],
-    self: `/v2/images/${image.id}`, file: `/v2/images/${image.id}/file`, schema: '/v2/schemas/image',
+    name: `image ${image.id}`,
+    disk_format: 'raw',
+    container_format: 'bare',
+    visibility: 'private',
+    size: null,
+    virtual_size: null,
+    status: image.status ?? 'queued',
+    checksum: null,
+    protected: false,
+    min_ram: 0,
+    min_disk: 0,
+    owner: image.owner,
+    os_hidden: image.os_hidden ?? false,
+    os_hash_algo: null,
+    os_hash_value: null,
+    id: image.id,
+    created_at: '2026-12-04T10:00:00Z',
+    updated_at: '2026-12-04T10:00:00Z',
+    tags: ['standin', 'a "quoted" tag'],
+    self: `/v2/images/${image.id}`,
+    file: `/v2/images/${image.id}/file`,
+    schema: '/v2/schemas/image',
   };
 }
 
@@ -64,17 +81,23 @@ export async function glanceStandIn(images: StandInImage[] = []): Promise<Glance
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   const standIn: GlanceStandIn = {
     env: {
-      OS_AUTH_URL: `${base}/v3`, OS_USERNAME: 'enforcer', OS_PASSWORD: 'standin-secret', OS_USER_DOMAIN_NAME: 'Default',
-      OS_PROJECT_NAME: 'service', OS_PROJECT_DOMAIN_NAME: 'Default', GLANCE_URL: base,
+      OS_AUTH_URL: `${base}/v3`,
+      OS_USERNAME: 'enforcer',
+      OS_PASSWORD: 'standin-secret',
+      OS_USER_DOMAIN_NAME: 'Default',
+      OS_PROJECT_NAME: 'service',
+      OS_PROJECT_DOMAIN_NAME: 'Default',
+      GLANCE_URL: base,
     },
     images,
     limits: [],
     pageBytes: [],
     faults: [],
-    close: () => new Promise<void>((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
 
   async function write(res: ServerResponse, chunk: Buffer): Promise<void> {
@@ -87,12 +110,18 @@ export async function glanceStandIn(images: StandInImage[] = []): Promise<Glance
     if (req.method === 'POST' && url.pathname === '/v3/auth/tokens') {
       const now = Date.now();
       res.writeHead(201, { 'content-type': 'application/json', 'x-subject-token': TOKEN });
-      res.end(JSON.stringify({
-        token: {
-          expires_at: new Date(now + 3_600_000).toISOString(), issued_at: new Date(now).toISOString(),
-          user: { id: 'u-enforcer', name: 'enforcer' }, project: { id: 'p-service', name: 'service' }, roles: [{ name: 'admin' }], catalog: [],
-        },
-      }));
+      res.end(
+        JSON.stringify({
+          token: {
+            expires_at: new Date(now + 3_600_000).toISOString(),
+            issued_at: new Date(now).toISOString(),
+            user: { id: 'u-enforcer', name: 'enforcer' },
+            project: { id: 'p-service', name: 'service' },
+            roles: [{ name: 'admin' }],
+            catalog: [],
+          },
+        }),
+      );
       return;
     }
     if (req.headers['x-auth-token'] !== TOKEN) {
@@ -147,7 +176,11 @@ export async function glanceStandIn(images: StandInImage[] = []): Promise<Glance
     }
     const query = new URLSearchParams(url.searchParams);
     query.set('marker', page.at(-1)?.id ?? '');
-    await send(Buffer.from(`], "first": "/v2/images", "schema": "/v2/schemas/images"${page.length === limit ? `, "next": ${JSON.stringify(`/v2/images?${query.toString()}`)}` : ''}}`));
+    await send(
+      Buffer.from(
+        `], "first": "/v2/images", "schema": "/v2/schemas/images"${page.length === limit ? `, "next": ${JSON.stringify(`/v2/images?${query.toString()}`)}` : ''}}`,
+      ),
+    );
     standIn.pageBytes.push(bytes);
     res.end();
   }

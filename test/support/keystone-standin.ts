@@ -39,16 +39,28 @@ export interface KeystoneStandIn {
 export const STANDIN_SERVICE_ID = 'svc-image';
 
 export const registeredLimit = (name: string, value: number, regionId = 'RegionOne', serviceId = STANDIN_SERVICE_ID): RegisteredLimit => ({
-  id: `r-${serviceId}-${regionId}-${name}`, service_id: serviceId, region_id: regionId, resource_name: name, default_limit: value,
+  id: `r-${serviceId}-${regionId}-${name}`,
+  service_id: serviceId,
+  region_id: regionId,
+  resource_name: name,
+  default_limit: value,
 });
 
 export const projectLimit = (projectId: string, name: string, value: number, regionId = 'RegionOne', serviceId = STANDIN_SERVICE_ID): ProjectLimit => ({
-  id: `l-${serviceId}-${regionId}-${projectId}-${name}`, project_id: projectId, domain_id: null, service_id: serviceId, region_id: regionId, resource_name: name, resource_limit: value,
+  id: `l-${serviceId}-${regionId}-${projectId}-${name}`,
+  project_id: projectId,
+  domain_id: null,
+  service_id: serviceId,
+  region_id: regionId,
+  resource_name: name,
+  resource_limit: value,
 });
 
 const FILTERS = ['service_id', 'region_id', 'resource_name', 'project_id', 'domain_id'] as const;
 
-export async function keystoneStandIn(init: { registered?: RegisteredLimit[]; limits?: ProjectLimit[]; projects?: { id: string; name: string }[]; listLimit?: number } = {}): Promise<KeystoneStandIn> {
+export async function keystoneStandIn(
+  init: { registered?: RegisteredLimit[]; limits?: ProjectLimit[]; projects?: { id: string; name: string }[]; listLimit?: number } = {},
+): Promise<KeystoneStandIn> {
   const server = createServer((req, res) => {
     handle(req, res).catch((error: unknown) => {
       res.writeHead(500, { 'content-type': 'application/json' });
@@ -61,8 +73,13 @@ export async function keystoneStandIn(init: { registered?: RegisteredLimit[]; li
   const standIn: KeystoneStandIn = {
     authUrl: `${base}/v3`,
     env: {
-      OS_AUTH_URL: `${base}/v3`, OS_USERNAME: 'enforcer', OS_PASSWORD: 'standin-secret', OS_USER_DOMAIN_NAME: 'Default',
-      OS_SYSTEM_SCOPE: 'all', OS_REGION_NAME: 'RegionOne', OS_INTERFACE: 'public',
+      OS_AUTH_URL: `${base}/v3`,
+      OS_USERNAME: 'enforcer',
+      OS_PASSWORD: 'standin-secret',
+      OS_USER_DOMAIN_NAME: 'Default',
+      OS_SYSTEM_SCOPE: 'all',
+      OS_REGION_NAME: 'RegionOne',
+      OS_INTERFACE: 'public',
     },
     serviceId: STANDIN_SERVICE_ID,
     calls: { tokens: 0, registeredLimits: 0, limits: 0, limitsOfOneProject: 0 },
@@ -76,10 +93,11 @@ export async function keystoneStandIn(init: { registered?: RegisteredLimit[]; li
       standIn.calls = { tokens: 0, registeredLimits: 0, limits: 0, limitsOfOneProject: 0 };
       standIn.projectCalls = { listings: 0, byId: 0 };
     },
-    close: () => new Promise<void>((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
 
   function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}) {
@@ -114,18 +132,31 @@ export async function keystoneStandIn(init: { registered?: RegisteredLimit[]; li
     if (req.method === 'POST' && url.pathname === '/v3/auth/tokens') {
       standIn.calls.tokens++;
       const now = Date.now();
-      return send(res, 201, {
-        token: {
-          expires_at: new Date(now + 3_600_000).toISOString(), issued_at: new Date(now).toISOString(),
-          user: { id: 'u-enforcer', name: 'enforcer' }, system: { all: true }, roles: [{ name: 'reader' }],
-          catalog: [{
-            id: STANDIN_SERVICE_ID, type: 'image', name: 'glance', endpoints: [
-              { id: 'e1', interface: 'public', region_id: 'RegionOne', url: 'http://glance-one:9292' },
-              { id: 'e2', interface: 'public', region_id: 'RegionTwo', url: 'http://glance-two:9292' },
+      return send(
+        res,
+        201,
+        {
+          token: {
+            expires_at: new Date(now + 3_600_000).toISOString(),
+            issued_at: new Date(now).toISOString(),
+            user: { id: 'u-enforcer', name: 'enforcer' },
+            system: { all: true },
+            roles: [{ name: 'reader' }],
+            catalog: [
+              {
+                id: STANDIN_SERVICE_ID,
+                type: 'image',
+                name: 'glance',
+                endpoints: [
+                  { id: 'e1', interface: 'public', region_id: 'RegionOne', url: 'http://glance-one:9292' },
+                  { id: 'e2', interface: 'public', region_id: 'RegionTwo', url: 'http://glance-two:9292' },
+                ],
+              },
             ],
-          }],
+          },
         },
-      }, { 'x-subject-token': token });
+        { 'x-subject-token': token },
+      );
     }
     if (req.headers['x-auth-token'] !== token) return send(res, 401, { error: { code: 401, message: 'The request you have made requires authentication.' } });
     if (req.method === 'GET' && url.pathname === '/v3/registered_limits') {

@@ -65,7 +65,7 @@ export function kustomizeBuild(dir: string): Manifest[] {
   for (const img of (k.images as { name: string; newName?: string; newTag?: string }[] | undefined) ?? []) {
     for (const c of out.flatMap(containersOf)) {
       const [name, tag] = String(c.image).split(':');
-      if (name === img.name) c.image = `${img.newName ?? name}${img.newTag ?? tag ? `:${img.newTag ?? tag}` : ''}`;
+      if (name === img.name) c.image = `${img.newName ?? name}${(img.newTag ?? tag) ? `:${img.newTag ?? tag}` : ''}`;
     }
   }
   if (typeof k.namespace === 'string') out = out.map((m) => ({ ...m, metadata: { ...m.metadata, namespace: k.namespace as string } }));

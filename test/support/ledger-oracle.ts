@@ -58,7 +58,11 @@ export async function compareLedgers(shared: Pipeline, oracle: Pipeline, max = 5
   const [sharedProjects, oracleProjects] = [await shared.ledger.projects(), await oracle.ledger.projects()];
   if (!isDeepStrictEqual(sharedProjects, oracleProjects)) {
     const only = (a: string[], b: string[]) => a.filter((p) => !b.includes(p));
-    differ('projects()', { count: sharedProjects.length, only: only(sharedProjects, oracleProjects) }, { count: oracleProjects.length, only: only(oracleProjects, sharedProjects) });
+    differ(
+      'projects()',
+      { count: sharedProjects.length, only: only(sharedProjects, oracleProjects) },
+      { count: oracleProjects.length, only: only(oracleProjects, sharedProjects) },
+    );
   }
   let images = 0;
   let overProjects = 0;
@@ -67,8 +71,18 @@ export async function compareLedgers(shared: Pipeline, oracle: Pipeline, max = 5
     const [got, want] = [byId(await shared.ledger.images(p)), byId(await oracle.ledger.images(p))];
     images += want.length;
     if (!isDeepStrictEqual(got, want)) {
-      const wrong = want.filter((r) => !isDeepStrictEqual(got.find((g) => g.imageId === r.imageId), r));
-      differ(`images(${p}) (${wrong.length} of ${want.length} records differ, first)`, got.find((g) => g.imageId === wrong[0]?.imageId) ?? null, wrong[0] ?? null);
+      const wrong = want.filter(
+        (r) =>
+          !isDeepStrictEqual(
+            got.find((g) => g.imageId === r.imageId),
+            r,
+          ),
+      );
+      differ(
+        `images(${p}) (${wrong.length} of ${want.length} records differ, first)`,
+        got.find((g) => g.imageId === wrong[0]?.imageId) ?? null,
+        wrong[0] ?? null,
+      );
     }
     const [gotUsage, wantUsage] = [await shared.ledger.usage(p), await oracle.ledger.usage(p)];
     if (!isDeepStrictEqual(gotUsage, wantUsage)) differ(`usage(${p})`, gotUsage, wantUsage);

@@ -41,8 +41,7 @@ export const SERVICE_COMMANDS: Record<ServiceName, { start: string; stop: string
     override: 'TEST_POSTGRES_URL',
   },
   redis: {
-    start:
-      'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log',
+    start: 'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log',
     stop: 'redis-cli -h 127.0.0.1 -p 6379 shutdown nosave',
     override: 'TEST_REDIS_URL',
   },
@@ -379,13 +378,27 @@ export async function freshQueue(label = 'test', bounds: { maxLength?: number; m
   connection.on('error', () => {});
   const name = `gqe-${label}-${randomBytes(4).toString('hex')}`;
   const defaults = loadConfig({}).amqp;
-  const settings = { exchange: `${name}-x`, durableExchange: false, topic: name, queue: name, maxLength: bounds.maxLength ?? defaults.maxLength, maxBytes: bounds.maxBytes ?? defaults.maxBytes };
+  const settings = {
+    exchange: `${name}-x`,
+    durableExchange: false,
+    topic: name,
+    queue: name,
+    maxLength: bounds.maxLength ?? defaults.maxLength,
+    maxBytes: bounds.maxBytes ?? defaults.maxBytes,
+  };
   await declareTopology(connection, settings);
   const channel = await connection.createConfirmChannel();
   channel.on('error', () => {});
   const routingKey = `${settings.topic}.info`;
   return {
-    env: { TRANSPORT_URL, QUEUE_NAME: settings.queue, NOTIFICATION_EXCHANGE: settings.exchange, NOTIFICATION_TOPIC: settings.topic, QUEUE_MAX_LENGTH: String(settings.maxLength), QUEUE_MAX_BYTES: String(settings.maxBytes) },
+    env: {
+      TRANSPORT_URL,
+      QUEUE_NAME: settings.queue,
+      NOTIFICATION_EXCHANGE: settings.exchange,
+      NOTIFICATION_TOPIC: settings.topic,
+      QUEUE_MAX_LENGTH: String(settings.maxLength),
+      QUEUE_MAX_BYTES: String(settings.maxBytes),
+    },
     queue: settings.queue,
     connection,
     async publish(bodies, options = {}) {

@@ -30,7 +30,14 @@ function gateOver(store: LedgerStore, limits: string, extra: Partial<AdmissionOp
   const lookups: string[] = [];
   const gate = new AdmissionGate({
     ledger: store,
-    limits: new StaticLimits(Object.fromEntries(limits.split(',').map((kv) => kv.split('=')).map(([k, v]) => [k, Number(v)]))),
+    limits: new StaticLimits(
+      Object.fromEntries(
+        limits
+          .split(',')
+          .map((kv) => kv.split('='))
+          .map(([k, v]) => [k, Number(v)]),
+      ),
+    ),
     tokenOwner: async (t) => {
       lookups.push(t);
       return t === TOKEN ? { projectId: P, expiresAtMs: NOW + 3_600_000 } : undefined;
@@ -76,15 +83,18 @@ describe('which requests are creates', () => {
 describe("Glance's own words", () => {
   it('are the message and JSON body Glance 25 sent with its 413 on the lab (unified limits on)', () => {
     const message = glanceOverLimitMessage('81566b2f2198430fbd7aa2d6c0954a76', 'image_count_total', 3, 3);
-    expect(message).toBe('Project 81566b2f2198430fbd7aa2d6c0954a76 is over a limit for [Resource image_count_total is over limit of 3 due to current usage 3 and delta 1]');
+    expect(message).toBe(
+      'Project 81566b2f2198430fbd7aa2d6c0954a76 is over a limit for [Resource image_count_total is over limit of 3 due to current usage 3 and delta 1]',
+    );
     // Captured: /work/shared/lab/samples/glance-quota-exceeded.txt, "Accept: application/json".
-    const captured = '{"message": "The request returned a 413 Request Entity Too Large. This generally means that rate limiting or a quota threshold was breached.\\n\\nThe response body:\\nProject 81566b2f2198430fbd7aa2d6c0954a76 is over a limit for [Resource image_count_total is over limit of 3 due to current usage 3 and delta 1]<br /><br />\\n\\n\\n", "code": "413 Request Entity Too Large", "title": "Request Entity Too Large"}';
+    const captured =
+      '{"message": "The request returned a 413 Request Entity Too Large. This generally means that rate limiting or a quota threshold was breached.\\n\\nThe response body:\\nProject 81566b2f2198430fbd7aa2d6c0954a76 is over a limit for [Resource image_count_total is over limit of 3 due to current usage 3 and delta 1]<br /><br />\\n\\n\\n", "code": "413 Request Entity Too Large", "title": "Request Entity Too Large"}';
     expect(JSON.parse(glanceOverLimitBody(message))).toEqual(JSON.parse(captured));
   });
 });
 
 describe('the admission door', () => {
-  it('admits exactly 5 of 60 parallel creates against 0 of 5, refusing the rest in Glance\'s words without asking Glance', async () => {
+  it("admits exactly 5 of 60 parallel creates against 0 of 5, refusing the rest in Glance's words without asking Glance", async () => {
     let confirmations = 0;
     const { gate } = gateOver(new MemoryStore(), 'image_count_total=5', {
       confirmOnGlance: async () => {
@@ -97,7 +107,9 @@ describe('the admission door', () => {
     const refused = answers.filter((a) => a.decision === 'deny');
     expect(refused).toHaveLength(55);
     expect(refused[0]).toMatchObject({ reason: 'over-limit', projectId: P, over: { resource: 'image_count_total', limit: 5, usage: 5 } });
-    expect(refused[0]!.over!.message).toBe(`Project ${P} is over a limit for [Resource image_count_total is over limit of 5 due to current usage 5 and delta 1]`);
+    expect(refused[0]!.over!.message).toBe(
+      `Project ${P} is over a limit for [Resource image_count_total is over limit of 5 due to current usage 5 and delta 1]`,
+    );
     // The endpoint's own reservations fill the limit: no forged message can cause that.
     expect(confirmations).toBe(0);
   });
@@ -155,13 +167,17 @@ describe('the admission door', () => {
     await pipelineOf({ store, limits: new StaticLimits({}), clock: () => NOW }).ingest([createBody(P)]);
     let keystone = 1;
     let table = 1;
-    const limits = { limitsFor: async () => ({ image_count_total: table }), refresh: async () => {
+    const limits = {
+      limitsFor: async () => ({ image_count_total: table }),
+      refresh: async () => {
         table = keystone;
         return { image_count_total: table };
       },
     };
     const gate = new AdmissionGate({
-      ledger: store, limits, clock: () => NOW,
+      ledger: store,
+      limits,
+      clock: () => NOW,
       tokenOwner: async () => ({ projectId: P, expiresAtMs: NOW + 60_000 }),
       // As Pipeline.enforceOnGlance does: the limits afresh, then Glance's count.
       confirmOnGlance: async (p) => {
@@ -191,7 +207,13 @@ describe('the admission door', () => {
     const onAnswer: AdmissionOptions['onAnswer'] = (a, seconds) => void seen.push(`${a.decision}/${a.reason}/${seconds >= 0}`);
     expect(await gateOver(broken, 'image_count_total=5', { onAnswer }).gate.decide(create)).toEqual({ decision: 'allow', reason: 'error' });
     expect(await gateOver(broken, 'image_count_total=5', { failClosed: true }).gate.decide(create)).toEqual({ decision: 'deny', reason: 'error' });
-    const slow = new AdmissionGate({ ledger: new MemoryStore(), limits: new StaticLimits({}), tokenOwner: () => new Promise(() => {}), timeoutMs: 50, onAnswer });
+    const slow = new AdmissionGate({
+      ledger: new MemoryStore(),
+      limits: new StaticLimits({}),
+      tokenOwner: () => new Promise(() => {}),
+      timeoutMs: 50,
+      onAnswer,
+    });
     const started = Date.now();
     expect(await slow.decide(create)).toEqual({ decision: 'allow', reason: 'timeout' });
     expect(Date.now() - started).toBeLessThan(1_000);
@@ -215,7 +237,11 @@ describe('a forged image.create for a project at its limit', () => {
       glance.add({ id, owner: P, status: 'queued', protected: false, size: null, created_at: at, updated_at: at, visibility: 'private' });
     }
     await pipeline.ingest([...real.map((id) => createBody(P, id, NOW / 1000 - 60)), createBody(P, randomUUID(), NOW / 1000 + 60)]);
-    const { gate } = gateOver(store, 'image_count_total=3', { clock, confirmOnGlance: async (p) => (await pipeline.enforceOnGlance(p)).usage.image_count_total, confirmMs: 5_000 });
+    const { gate } = gateOver(store, 'image_count_total=3', {
+      clock,
+      confirmOnGlance: async (p) => (await pipeline.enforceOnGlance(p)).usage.image_count_total,
+      confirmMs: 5_000,
+    });
     return { store, glance, pipeline, gate };
   }
 
@@ -253,11 +279,14 @@ describe('token -> project', () => {
     let now = NOW;
     const calls: string[] = [];
     let answer: SubjectToken | undefined = { projectId: P, expiresAtMs: NOW + 120_000 };
-    const tokens = new TokenProjects(async (t) => {
-      calls.push(t);
-      await new Promise((r) => setTimeout(r, 5));
-      return answer;
-    }, { now: () => now });
+    const tokens = new TokenProjects(
+      async (t) => {
+        calls.push(t);
+        await new Promise((r) => setTimeout(r, 5));
+        return answer;
+      },
+      { now: () => now },
+    );
     const results = await Promise.all(Array.from({ length: 20 }, () => tokens.lookup(TOKEN)));
     expect(results.every((r) => r?.projectId === P)).toBe(true);
     expect(calls).toHaveLength(1);
@@ -293,7 +322,7 @@ describe('token -> project', () => {
 });
 
 describe('the HTTP contract', () => {
-  it('answers 200 empty, 403 with X-Quota-* headers, or 413 with Glance\'s body; from X-Original-* or its own request line', async () => {
+  it("answers 200 empty, 403 with X-Quota-* headers, or 413 with Glance's body; from X-Original-* or its own request line", async () => {
     const { gate } = gateOver(new MemoryStore(), 'image_count_total=1');
     const { server, port } = await startAdmissionServer(gate, { port: 0, host: '127.0.0.1' });
     try {
@@ -304,9 +333,14 @@ describe('the HTTP contract', () => {
       expect(await first.text()).toBe('');
       const denied = await ask({ 'x-original-method': 'POST', 'x-original-uri': '/v2//images?x=1', 'x-auth-token': TOKEN });
       expect(denied.status).toBe(403);
-      expect(denied.headers.get('x-quota-message')).toBe(`Project ${P} is over a limit for [Resource image_count_total is over limit of 1 due to current usage 1 and delta 1]`);
+      expect(denied.headers.get('x-quota-message')).toBe(
+        `Project ${P} is over a limit for [Resource image_count_total is over limit of 1 due to current usage 1 and delta 1]`,
+      );
       expect(Object.fromEntries(['x-quota-resource', 'x-quota-limit', 'x-quota-usage', 'x-quota-project'].map((h) => [h, denied.headers.get(h)]))).toEqual({
-        'x-quota-resource': 'image_count_total', 'x-quota-limit': '1', 'x-quota-usage': '1', 'x-quota-project': P,
+        'x-quota-resource': 'image_count_total',
+        'x-quota-limit': '1',
+        'x-quota-usage': '1',
+        'x-quota-project': P,
       });
       const as413 = await ask({ 'x-original-method': 'POST', 'x-original-uri': '/v2/images', 'x-auth-token': TOKEN }, '?deny_status=413');
       expect(as413.status).toBe(413);

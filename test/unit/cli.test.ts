@@ -36,13 +36,23 @@ function flood(project = 'aaaa', count = 5): string[] {
 
 describe('replay FILE --json', () => {
   it('prints exactly one JSON document in the documented shape', async () => {
-    const path = file('lab.jsonl', captures().map((c) => c.body));
+    const path = file(
+      'lab.jsonl',
+      captures().map((c) => c.body),
+    );
     const { code, stdout } = await run(['replay', path, '--json']);
     expect(code).toBe(0);
     expect(JSON.parse(stdout)).toEqual({
       messages: { total: 36, applied: 27, duplicate: 0, ignored: 9, invalid: 0 },
       // Every project the file names is decided, as every door does, even when its images are all gone.
-      projects: [{ project_id: '615696c542784834ac46630e5a22dbe3', usage: { image_count_total: 0, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 }, over: [], to_delete: [] }],
+      projects: [
+        {
+          project_id: '615696c542784834ac46630e5a22dbe3',
+          usage: { image_count_total: 0, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 },
+          over: [],
+          to_delete: [],
+        },
+      ],
     });
   });
 
@@ -111,7 +121,9 @@ describe('forged ids on a terminal', () => {
     const db = join(dir, 'forged.db');
     const store = SqliteStore.open(db);
     const base = { over: [], usage: { image_count_total: 2, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 }, limits: {} };
-    await store.recordActions([{ ...base, atMs: 1, projectId: EVIL_PROJECT, imageId: EVIL_IMAGE, action: 'skipped', reason: 'status is \u001b[31mactive\nfake line' }]);
+    await store.recordActions([
+      { ...base, atMs: 1, projectId: EVIL_PROJECT, imageId: EVIL_IMAGE, action: 'skipped', reason: 'status is \u001b[31mactive\nfake line' },
+    ]);
     await store.close();
     const actions = await run(['actions'], { STORE_URL: `sqlite://${db}` });
     expect(actions.code).toBe(0);
@@ -142,22 +154,37 @@ describe('status: the projects nearest their limits first', () => {
     const keystone = await keystoneStandIn({
       registered: [registeredLimit('image_count_total', 10)],
       limits: [projectLimit('bbbb', 'image_count_total', 2)],
-      projects: [{ id: 'aaaa', name: 'web' }, { id: 'bbbb', name: 'ci-\u001b[31mrunner' }, { id: 'cccc', name: 'data' }],
+      projects: [
+        { id: 'aaaa', name: 'web' },
+        { id: 'bbbb', name: 'ci-\u001b[31mrunner' },
+        { id: 'cccc', name: 'data' },
+      ],
     });
     try {
       const env = { ...(keystone.env as Record<string, string>), OS_PROJECT_NAME: 'service', OS_PROJECT_DOMAIN_NAME: 'Default', STORE_URL: store };
       const text = await run(['status'], env);
       expect(text.code).toBe(0);
       expect(text.stderr).toBe('');
-      expect(text.stdout.trimEnd().split('\n').slice(1).map((l) => l.split(/\s{2,}/).slice(0, 4))).toEqual([
+      expect(
+        text.stdout
+          .trimEnd()
+          .split('\n')
+          .slice(1)
+          .map((l) => l.split(/\s{2,}/).slice(0, 4)),
+      ).toEqual([
         ['bbbb', 'ci-\\x1b[31mrunner', '150%', '3/2'],
         ['aaaa', 'web', '50%', '5/10'],
         ['dddd', '-', '40%', '4/10'],
         ['cccc', 'data', '10%', '1/10'],
       ]);
       const json = JSON.parse((await run(['status', '--json'], env)).stdout);
-      expect(json.projects.map((p: { project_id: string; project_name: string | null; fullness: number | null }) => [p.project_id, p.project_name, p.fullness])).toEqual([
-        ['bbbb', 'ci-\u001b[31mrunner', 1.5], ['aaaa', 'web', 0.5], ['dddd', null, 0.4], ['cccc', 'data', 0.1],
+      expect(
+        json.projects.map((p: { project_id: string; project_name: string | null; fullness: number | null }) => [p.project_id, p.project_name, p.fullness]),
+      ).toEqual([
+        ['bbbb', 'ci-\u001b[31mrunner', 1.5],
+        ['aaaa', 'web', 0.5],
+        ['dddd', null, 0.4],
+        ['cccc', 'data', 0.1],
       ]);
       expect(json.projects[0]).toMatchObject({ usage: { image_count_total: 3 }, limits: { image_count_total: 2 }, over: ['image_count_total'] });
       // Four projects: each read by id (a project Keystone no longer has is a 404, not an error).
@@ -169,12 +196,18 @@ describe('status: the projects nearest their limits first', () => {
 });
 
 describe('status in a shell without a system scope', () => {
-  it('still prints the ledger\'s usage, with the static limits, and says what it cannot read', async () => {
+  it("still prints the ledger's usage, with the static limits, and says what it cannot read", async () => {
     const store = `sqlite://${join(dir, 'status.db')}`;
     expect((await run(['replay', file('status.jsonl', flood('cccc')), '--store', store])).code).toBe(0);
     const identity = {
-      OS_AUTH_URL: 'http://127.0.0.1:9/v3', OS_USERNAME: 'enforcer', OS_PASSWORD: 'enforcer-pass', OS_USER_DOMAIN_NAME: 'Default',
-      OS_PROJECT_NAME: 'service', OS_PROJECT_DOMAIN_NAME: 'Default', STORE_URL: store, QUOTA_LIMITS: 'image_count_total=3',
+      OS_AUTH_URL: 'http://127.0.0.1:9/v3',
+      OS_USERNAME: 'enforcer',
+      OS_PASSWORD: 'enforcer-pass',
+      OS_USER_DOMAIN_NAME: 'Default',
+      OS_PROJECT_NAME: 'service',
+      OS_PROJECT_DOMAIN_NAME: 'Default',
+      STORE_URL: store,
+      QUOTA_LIMITS: 'image_count_total=3',
     };
     const { code, stdout, stderr } = await run(['status'], identity);
     expect(code).toBe(0);
@@ -187,8 +220,13 @@ describe('status in a shell without a system scope', () => {
 
   it('is still an error for a command that acts (reconcile)', async () => {
     const { code, stderr } = await run(['reconcile', '--dry-run'], {
-      OS_AUTH_URL: 'http://127.0.0.1:9/v3', OS_USERNAME: 'enforcer', OS_PASSWORD: 'enforcer-pass', OS_USER_DOMAIN_NAME: 'Default',
-      OS_PROJECT_NAME: 'service', OS_PROJECT_DOMAIN_NAME: 'Default', STORE_URL: 'memory://',
+      OS_AUTH_URL: 'http://127.0.0.1:9/v3',
+      OS_USERNAME: 'enforcer',
+      OS_PASSWORD: 'enforcer-pass',
+      OS_USER_DOMAIN_NAME: 'Default',
+      OS_PROJECT_NAME: 'service',
+      OS_PROJECT_DOMAIN_NAME: 'Default',
+      STORE_URL: 'memory://',
     });
     expect(code).not.toBe(0);
     expect(stderr).toContain('OS_SYSTEM_SCOPE is not set');
@@ -204,7 +242,18 @@ describe('errors a person can act on', () => {
     [['replay', join(dir, 'x')], { QUOTA_LIMITS: 'count=3' }, /QUOTA_LIMITS: unknown resource 'count'/],
     [['replay', join(dir, 'x'), '--store', 'mysql://u:secret@db/x'], {}, /STORE_URL: unsupported store 'mysql:\/\/u:\*\*\*@db\/x'/],
     [['frobnicate'], {}, /unknown command 'frobnicate'/],
-    [['gate'], { STORE_URL: 'memory://', OS_AUTH_URL: 'http://127.0.0.1:9/v3', OS_USERNAME: 'enforcer', OS_PASSWORD: 'secret', OS_PROJECT_NAME: 'service', OS_SYSTEM_SCOPE: 'all' }, /STORE_URL: gate reads the ledger that consume keeps; memory:\/\/ holds nothing here/],
+    [
+      ['gate'],
+      {
+        STORE_URL: 'memory://',
+        OS_AUTH_URL: 'http://127.0.0.1:9/v3',
+        OS_USERNAME: 'enforcer',
+        OS_PASSWORD: 'secret',
+        OS_PROJECT_NAME: 'service',
+        OS_SYSTEM_SCOPE: 'all',
+      },
+      /STORE_URL: gate reads the ledger that consume keeps; memory:\/\/ holds nothing here/,
+    ],
     [['gate'], { ADMISSION_FAIL: 'maybe' }, /ADMISSION_FAIL: .*got 'maybe'; for example ADMISSION_FAIL=closed/],
     [['gate'], { STORE_URL: 'memory://', ADMISSION_PORT: '70000' }, /ADMISSION_PORT: .*got '70000'; for example ADMISSION_PORT=10921/],
   ])('%j exits non-zero with a clear message', async (args, env, message) => {

@@ -31,7 +31,7 @@ describe('configuration from the environment', () => {
     expect(() => loadConfig(env)).toThrow(message);
   });
 
-  it('listens off node_exporter\'s 9100, on every interface unless METRICS_HOST narrows it', () => {
+  it("listens off node_exporter's 9100, on every interface unless METRICS_HOST narrows it", () => {
     expect(loadConfig({})).toMatchObject({ metricsPort: 10920, metricsHost: '0.0.0.0' });
     expect(loadConfig({ METRICS_HOST: '10.0.0.5', METRICS_PORT: '9901' })).toMatchObject({ metricsPort: 9901, metricsHost: '10.0.0.5' });
     expect(loadConfig({ METRICS_HOST: '::' }).metricsHost).toBe('::');
@@ -46,8 +46,9 @@ describe('configuration from the environment', () => {
     await new Promise<void>((r) => holder.listen(0, '127.0.0.1', () => r()));
     const port = (holder.address() as { port: number }).port;
     try {
-      await expect(startHealthServer({ port, host: '127.0.0.1' }, new Metrics(), { ready: async () => ({ ok: true, detail: {} }) }))
-        .rejects.toThrow(`METRICS_HOST/METRICS_PORT: listening on 127.0.0.1:${port} is already in use; set METRICS_PORT to a free port`);
+      await expect(startHealthServer({ port, host: '127.0.0.1' }, new Metrics(), { ready: async () => ({ ok: true, detail: {} }) })).rejects.toThrow(
+        `METRICS_HOST/METRICS_PORT: listening on 127.0.0.1:${port} is already in use; set METRICS_PORT to a free port`,
+      );
     } finally {
       holder.close();
     }

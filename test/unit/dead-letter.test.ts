@@ -36,9 +36,12 @@ describe('a dead letter stays small whatever the original carried', () => {
     // A header JSON cannot write is not copied either.
     expect(deadLetterProperties({ msg: delivery('x', { n: 1n }), reason: 'bad' }).headers!['x-gqe-headers-dropped-bytes']).toBe(-1);
     // Told not to copy (its dead-lettering threw once), only the reason and the source go.
-    expect(Object.keys(deadLetterProperties({ msg: delivery('x', { 'x-trace': 'abc' }), reason: 'bad' }, false).headers!).sort()).toEqual(
-      ['x-gqe-exchange', 'x-gqe-headers-dropped-bytes', 'x-gqe-reason', 'x-gqe-routing-key'],
-    );
+    expect(Object.keys(deadLetterProperties({ msg: delivery('x', { 'x-trace': 'abc' }), reason: 'bad' }, false).headers!).sort()).toEqual([
+      'x-gqe-exchange',
+      'x-gqe-headers-dropped-bytes',
+      'x-gqe-reason',
+      'x-gqe-routing-key',
+    ]);
   });
 
   it('remembers, boundedly, the bodies whose dead-lettering threw', () => {
@@ -85,7 +88,8 @@ describe('the enforcement worker at shutdown', () => {
     const { createLogger } = await import('../../src/log.js');
     const started: string[] = [];
     // Glance hangs on the first project: its enforcement never ends.
-    const pipeline = { enforce: (projectId: string) => {
+    const pipeline = {
+      enforce: (projectId: string) => {
         started.push(projectId);
         return new Promise(() => {});
       },

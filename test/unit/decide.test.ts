@@ -69,7 +69,7 @@ describe('creation rate', () => {
     expect(run(burst, rate('2/60s'), false, 5)).toEqual({ over: ['image_create_rate'], toDelete: ['b5', 'b4', 'b3'] });
   });
 
-  it('counts a protected queued image in its own place: the project\'s other images never go instead', () => {
+  it("counts a protected queued image in its own place: the project's other images never go instead", () => {
     const records = [rec('a', 1), rec('b', 2), rec('c', 3, 'queued', { protected: true })];
     expect(run(records, { image_count_total: 2 })).toEqual({ over: ['image_count_total'], toDelete: ['c'] });
   });
@@ -122,7 +122,10 @@ describe('verification against what Glance says', () => {
     expect(verifyCandidate(null, 'p1', 'unprotect')).toMatchObject({ removable: false, kind: 'skipped', reason: expect.stringMatching(/does not know/) });
     expect(verifyCandidate({ ...glance, owner: 'p2' }, 'p1', 'unprotect')).toMatchObject({ reason: expect.stringMatching(/owner is p2/) });
     expect(verifyCandidate({ ...glance, owner: null }, 'p1', 'unprotect')).toMatchObject({ reason: expect.stringMatching(/owner is nobody/) });
-    expect(verifyCandidate({ ...glance, status: 'saving' }, 'p1', 'unprotect')).toMatchObject({ kind: 'skipped', reason: expect.stringMatching(/status is saving/) });
+    expect(verifyCandidate({ ...glance, status: 'saving' }, 'p1', 'unprotect')).toMatchObject({
+      kind: 'skipped',
+      reason: expect.stringMatching(/status is saving/),
+    });
     expect(verifyCandidate({ ...glance, protected: true }, 'p1', 'unprotect')).toEqual({ removable: true, unprotectFirst: true });
     expect(verifyCandidate({ ...glance, protected: true }, 'p1', 'report')).toMatchObject({ removable: false, kind: 'protected' });
     // An active protected image is never a candidate, whatever the policy.

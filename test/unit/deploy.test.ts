@@ -34,7 +34,9 @@ describe.each(OVERLAYS)('deploy/kubernetes/overlays/%s', (overlay) => {
   const manifests = kustomizeBuild(join(KUBE, 'overlays', overlay));
 
   it('renders objects that are valid against the Kubernetes and prometheus-operator schemas', async () => {
-    expect(manifests.map((m) => m.kind).sort()).toEqual(expect.arrayContaining(['ConfigMap', 'Deployment', 'PrometheusRule', 'Secret', 'Service', 'ServiceMonitor']));
+    expect(manifests.map((m) => m.kind).sort()).toEqual(
+      expect.arrayContaining(['ConfigMap', 'Deployment', 'PrometheusRule', 'Secret', 'Service', 'ServiceMonitor']),
+    );
     for (const m of manifests) await expect(validate(m), `${m.kind}/${m.metadata.name}`).resolves.toBeUndefined();
   });
 
@@ -67,7 +69,7 @@ describe.each(OVERLAYS)('deploy/kubernetes/overlays/%s', (overlay) => {
     }
   });
 
-  it('runs as the image\'s non-root user, with requests, the clouds.yaml Secret and the broker secret', () => {
+  it("runs as the image's non-root user, with requests, the clouds.yaml Secret and the broker secret", () => {
     const { pod, container } = deploymentOf(manifests);
     expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 1000 });
     expect(container.securityContext).toMatchObject({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true });
@@ -86,11 +88,17 @@ describe.each(OVERLAYS)('deploy/kubernetes/overlays/%s', (overlay) => {
     const used = rules.flatMap((r: any) => metricNames(String(r.expr)));
     expect(used).toContain('gqe_projects_over_limit');
     expect(used.filter((n: string) => !exported.has(n) && !SCRAPE_SERIES.has(n))).toEqual([]);
-    expect(rules.map((r: any) => r.alert)).toEqual(expect.arrayContaining([
-      'GlanceQuotaEnforcerBrokerDisconnected', 'GlanceQuotaEnforcerStoreErrors', 'GlanceQuotaEnforcerDeadLettersGrowing',
-      'GlanceQuotaEnforcerEnforcementStuck', 'GlanceQuotaEnforcerLedgerCorrections', 'GlanceQuotaEnforcerNoReconcile',
-      'GlanceQuotaEnforcerProjectsOverLimit',
-    ]));
+    expect(rules.map((r: any) => r.alert)).toEqual(
+      expect.arrayContaining([
+        'GlanceQuotaEnforcerBrokerDisconnected',
+        'GlanceQuotaEnforcerStoreErrors',
+        'GlanceQuotaEnforcerDeadLettersGrowing',
+        'GlanceQuotaEnforcerEnforcementStuck',
+        'GlanceQuotaEnforcerLedgerCorrections',
+        'GlanceQuotaEnforcerNoReconcile',
+        'GlanceQuotaEnforcerProjectsOverLimit',
+      ]),
+    );
     expect(rules.every((r: any) => r.labels?.severity && r.annotations?.summary)).toBe(true);
   });
 });
@@ -103,8 +111,9 @@ describe('the two ledgers', () => {
     expect(deployment.spec.strategy).toEqual({ type: 'Recreate' });
     const store = container.env.find((e: any) => e.name === 'STORE_URL').value as string;
     const mount = container.volumeMounts.find((m: any) => store.startsWith(`sqlite://${m.mountPath}/`));
-    expect(pod.volumes.find((v: any) => v.name === mount.name).persistentVolumeClaim.claimName)
-      .toBe(manifests.find((m) => m.kind === 'PersistentVolumeClaim')!.metadata.name);
+    expect(pod.volumes.find((v: any) => v.name === mount.name).persistentVolumeClaim.claimName).toBe(
+      manifests.find((m) => m.kind === 'PersistentVolumeClaim')!.metadata.name,
+    );
   });
 
   it('shared-store: two or more replicas on a PostgreSQL or Redis ledger from a Secret', () => {

@@ -67,7 +67,10 @@ describe('the error classes', () => {
     const classes = classesInSrc();
     expect(classes.filter((c) => c.base === 'Error').map((c) => c.name)).toEqual(['EnforcerError']);
     // Every subclass of EnforcerError under src/ is in `made`, so the checks below see them all.
-    const errorClasses = classes.filter((c) => c.base === 'EnforcerError').map((c) => c.name).sort();
+    const errorClasses = classes
+      .filter((c) => c.base === 'EnforcerError')
+      .map((c) => c.name)
+      .sort();
     expect(errorClasses).toEqual(made.map((m) => m.cls.name).sort());
   });
 
@@ -115,17 +118,25 @@ describe('the error classes', () => {
 describe('ERROR_EXITS', () => {
   it('has an entry for every code, and no entry for a code no error has', () => {
     const codes = made.map((m) => m.error.code).sort();
-    expect(Object.keys(ERROR_EXITS).filter((k) => /^[A-Z_]+$/.test(k) && k !== 'ENOENT').sort()).toEqual(codes);
+    expect(
+      Object.keys(ERROR_EXITS)
+        .filter((k) => /^[A-Z_]+$/.test(k) && k !== 'ENOENT')
+        .sort(),
+    ).toEqual(codes);
   });
 
   it('exits 2 for what the operator must fix, 1 for the rest', () => {
-    const byExit = (exit: number) => Object.entries(ERROR_EXITS).filter(([, e]) => e.exit === exit).map(([code]) => code).sort();
+    const byExit = (exit: number) =>
+      Object.entries(ERROR_EXITS)
+        .filter(([, e]) => e.exit === exit)
+        .map(([code]) => code)
+        .sort();
     expect(byExit(2)).toEqual(['CONFIG', 'ERR_PARSE_ARGS_*', 'OPENSTACK_CONFIG', 'SCOPE_UNAVAILABLE']);
     expect(byExit(1)).toContain('ENOENT');
     expect(byExit(1)).toContain('STORE_UNAVAILABLE');
   });
 
-  it('classifies by code: errors of the enforcer, node\'s parseArgs and missing files; nothing else', () => {
+  it("classifies by code: errors of the enforcer, node's parseArgs and missing files; nothing else", () => {
     expect(errorExit(new ScopeUnavailableError('system', 'm'))).toEqual({ exit: 2, messageOnly: true });
     expect(errorExit(new KeystoneAuthError(401, 'project', 'm'))).toEqual({ exit: 1, messageOnly: true });
     expect(errorExit(new StoreDataError('m'))).toEqual({ exit: 1, messageOnly: false });
@@ -144,13 +155,24 @@ describe('main, on an error', () => {
     ['a ConfigError', ['replay'], {}, 2, 'replay: expected exactly one FILE, e.g. replay notifications.jsonl\n'],
     ['an unknown flag (ERR_PARSE_ARGS_UNKNOWN_OPTION)', ['status', '--nope'], {}, 2, /^Unknown option '--nope'/],
     ['a missing file (ENOENT)', ['replay', '/nonexistent/file.jsonl'], {}, 1, /ENOENT.*\/nonexistent\/file\.jsonl/],
-    ['a store it cannot reach (STORE_UNAVAILABLE)', ['actions'], { STORE_URL: 'postgres://gqe:pw@127.0.0.1:9/gqe' }, 1, /^STORE_URL: cannot connect to PostgreSQL at postgres:\/\/gqe:\*\*\*@127\.0\.0\.1:9\/gqe/],
+    [
+      'a store it cannot reach (STORE_UNAVAILABLE)',
+      ['actions'],
+      { STORE_URL: 'postgres://gqe:pw@127.0.0.1:9/gqe' },
+      1,
+      /^STORE_URL: cannot connect to PostgreSQL at postgres:\/\/gqe:\*\*\*@127\.0\.0\.1:9\/gqe/,
+    ],
     [
       'a token scope the credentials cannot give (SCOPE_UNAVAILABLE)',
       ['reconcile', '--dry-run'],
       {
-        OS_AUTH_URL: 'http://127.0.0.1:9/v3', OS_USERNAME: 'enforcer', OS_PASSWORD: 'enforcer-pass', OS_USER_DOMAIN_NAME: 'Default',
-        OS_PROJECT_NAME: 'service', OS_PROJECT_DOMAIN_NAME: 'Default', STORE_URL: 'memory://',
+        OS_AUTH_URL: 'http://127.0.0.1:9/v3',
+        OS_USERNAME: 'enforcer',
+        OS_PASSWORD: 'enforcer-pass',
+        OS_USER_DOMAIN_NAME: 'Default',
+        OS_PROJECT_NAME: 'service',
+        OS_PROJECT_DOMAIN_NAME: 'Default',
+        STORE_URL: 'memory://',
       },
       2,
       /OS_SYSTEM_SCOPE is not set/,

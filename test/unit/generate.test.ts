@@ -67,9 +67,21 @@ describe('a generated day of Glance notifications', () => {
   it('has exactly the messages asked for, with every kind of event Glance sends', () => {
     expect(bodies).toHaveLength(20_000);
     expect(Object.keys(history.eventCounts).sort()).toEqual([
-      'image.activate', 'image.create', 'image.delete', 'image.member.create', 'image.member.delete',
-      'image.member.update', 'image.prepare', 'image.send', 'image.update', 'image.upload', 'image.upload.error',
-      'task.create', 'task.processing', 'task.run', 'task.success',
+      'image.activate',
+      'image.create',
+      'image.delete',
+      'image.member.create',
+      'image.member.delete',
+      'image.member.update',
+      'image.prepare',
+      'image.send',
+      'image.update',
+      'image.upload',
+      'image.upload.error',
+      'task.create',
+      'task.processing',
+      'task.run',
+      'task.success',
     ]);
   });
 });
@@ -90,7 +102,7 @@ describe('the wire format is the captured one, byte for byte', () => {
     expect(payloadOf(generated)).toMatchObject({ status: 'queued', checksum: null, size: null, virtual_size: null, deleted: false, deleted_at: null });
   });
 
-  it('gives an upload\'s and an import\'s image.prepare the keys of their captures', () => {
+  it("gives an upload's and an import's image.prepare the keys of their captures", () => {
     const upload = firstBody((m) => m.event_type === 'image.prepare' && (m.payload as Json).status === 'saving');
     const imported = firstBody((m) => m.event_type === 'image.prepare' && (m.payload as Json).status === 'importing');
     expect(shape(upload)).toEqual(shape(rawBody('image.prepare')));
@@ -176,7 +188,7 @@ describe('lifecycles as the API produces them (lab NOTES, "Which API call emits 
     expect(sameSecond).toBeGreaterThan(1000);
   });
 
-  it('emits, per deleted image, one of the sequences Glance\'s API calls produce', () => {
+  it("emits, per deleted image, one of the sequences Glance's API calls produce", () => {
     const tokens = new Map<string, string[]>();
     for (const m of messages) {
       const type = String(m.event_type).replace(/^image\./, '');
@@ -203,8 +215,10 @@ describe('lifecycles as the API produces them (lab NOTES, "Which API call emits 
     const lifecycle = new RegExp(
       '^create:queued(?: update:queued)*' +
         '(?:' +
-        ' update:saving prepare:saving upload:active activate:active update:active' + extras +
-        '| update:uploading update:uploading update:importing prepare:importing upload:active activate:active update:active update:active' + extras +
+        ' update:saving prepare:saving upload:active activate:active update:active' +
+        extras +
+        '| update:uploading update:uploading update:importing prepare:importing upload:active activate:active update:active update:active' +
+        extras +
         '| update:saving prepare:saving upload:ERROR update:queued' +
         ')? delete:deleted$',
     );
@@ -221,12 +235,14 @@ describe('lifecycles as the API produces them (lab NOTES, "Which API call emits 
 
   it('gives a failed upload a plain-string payload on priority ERROR, as the capture', () => {
     const failed = firstBody((m) => m.priority === 'ERROR');
-    expect(payloadOf(failed)).toMatch(/^Failed to upload image data for image [0-9a-f-]{36} due to internal error: The client disconnected while sending the body \(\d+ more bytes were expected\)$/);
+    expect(payloadOf(failed)).toMatch(
+      /^Failed to upload image data for image [0-9a-f-]{36} due to internal error: The client disconnected while sending the body \(\d+ more bytes were expected\)$/,
+    );
     expect(parseNotification(failed, NOW, DOOR).kind).toBe('ignored');
   });
 });
 
-describe('replaying the stream, redeliveries included, gives the generator\'s own usage', () => {
+describe("replaying the stream, redeliveries included, gives the generator's own usage", () => {
   it('re-inserts duplicates later in the stream and keeps the originals in order', () => {
     const original = bodies.slice(0, 5000);
     const stream = withDuplicates(original, 0.1, 9, 300);

@@ -22,13 +22,31 @@ const iso = (seconds: number) => new Date(seconds * 1000).toISOString().replace(
 const limitsOf = (l: ProjectLimits) => ({ limitsFor: async () => l });
 
 function image(id: string, createdAt: number, extra: Partial<GlanceImage> = {}): OwnedImage {
-  return { id, owner: P, status: 'queued', protected: false, size: null, created_at: iso(createdAt), updated_at: iso(createdAt), visibility: 'private', ...extra } as OwnedImage;
+  return {
+    id,
+    owner: P,
+    status: 'queued',
+    protected: false,
+    size: null,
+    created_at: iso(createdAt),
+    updated_at: iso(createdAt),
+    visibility: 'private',
+    ...extra,
+  } as OwnedImage;
 }
 
 /** What the notification of a Glance image would say (a true create). */
 function trueCreate(i: GlanceImage): ImageEvent {
   const created = Date.parse(i.created_at) / 1000;
-  return ev({ imageId: i.id, projectId: i.owner!, status: i.status, createdAt: created, updatedAt: created, protected: i.protected, eventType: 'image.create' });
+  return ev({
+    imageId: i.id,
+    projectId: i.owner!,
+    status: i.status,
+    createdAt: created,
+    updatedAt: created,
+    protected: i.protected,
+    eventType: 'image.create',
+  });
 }
 
 function pipelineOver(glance: MemoryGlance, limits: ProjectLimits, mode: 'enforce' | 'dry-run' = 'enforce') {
@@ -122,7 +140,13 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
     await store.applyEvents(forged, NOW_MS);
     expect((await store.usage(P)).image_count_total).toBe(13);
     const corrections: string[] = [];
-    const withHook = pipelineOf({ store, limits: limitsOf({ image_count_total: 3 }), images: glance, clock: () => NOW_MS, onCorrections: (_p, c) => corrections.push(...c.map((x) => x.kind)) });
+    const withHook = pipelineOf({
+      store,
+      limits: limitsOf({ image_count_total: 3 }),
+      images: glance,
+      clock: () => NOW_MS,
+      onCorrections: (_p, c) => corrections.push(...c.map((x) => x.kind)),
+    });
     const report = await withHook.enforce(P);
     expect(report).toMatchObject({ basis: 'glance', over: [], actions: [], usage: { image_count_total: 3 } });
     expect(glance.deleted).toEqual([]);
@@ -139,7 +163,10 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
     const glance = new MemoryGlance().add(...real);
     const { store, pipeline } = pipelineOver(glance, { image_count_total: 3 });
     await store.applyEvents(real.map(trueCreate), NOW_MS);
-    await store.applyEvents(real.map((i) => ev({ imageId: i.id, projectId: P, status: 'deleted', deleted: true, updatedAt: 4_070_908_800, eventType: 'image.delete' })), NOW_MS);
+    await store.applyEvents(
+      real.map((i) => ev({ imageId: i.id, projectId: P, status: 'deleted', deleted: true, updatedAt: 4_070_908_800, eventType: 'image.delete' })),
+      NOW_MS,
+    );
     expect((await store.usage(P)).image_count_total).toBe(0);
     const more = [image('n1', NOW - 40), image('n2', NOW - 30), image('n3', NOW - 20), image('n4', NOW - 10)];
     glance.add(...more);
@@ -159,7 +186,10 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
     expect(glance.deleted.sort()).toEqual(['locked', 'mid']);
     expect([...glance.images.keys()]).toEqual(['old']);
     expect(glance.calls.filter((c) => c.startsWith('UNPROTECT'))).toEqual(['UNPROTECT locked']);
-    expect(report.actions.find((a) => a.imageId === 'locked')).toMatchObject({ action: 'deleted', reason: expect.stringMatching(/protected flag was cleared first/) });
+    expect(report.actions.find((a) => a.imageId === 'locked')).toMatchObject({
+      action: 'deleted',
+      reason: expect.stringMatching(/protected flag was cleared first/),
+    });
   });
 
   it('with PROTECTED_QUEUED_IMAGES=report, a protected image past the limit is kept and audited once, and still no other image goes in its place', async () => {
@@ -201,7 +231,10 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
     const report = await pipeline.enforce(P);
     expect(glance.deleted).toEqual(['b']);
     expect(glance.images.get('c')).toMatchObject({ status: 'active' });
-    expect(report.actions.find((a) => a.imageId === 'c')).toMatchObject({ action: 'skipped', reason: expect.stringMatching(/no longer queued.*Glance said: active/) });
+    expect(report.actions.find((a) => a.imageId === 'c')).toMatchObject({
+      action: 'skipped',
+      reason: expect.stringMatching(/no longer queued.*Glance said: active/),
+    });
   });
 
   it('a limits outage deletes nothing: limits not from the configured source are reported, never acted on', async () => {
@@ -209,7 +242,10 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
     const store = new MemoryStore();
     await store.applyEvents([...glance.images.values()].map(trueCreate), NOW_MS);
     // Keystone says 100; it cannot be read, and the static fallback in hand says 5.
-    const limits = { limitsFor: async () => ({ image_count_total: 5 }), confirm: async () => ({ trusted: false as const, limits: { image_count_total: 5 }, reason: 'Keystone unreachable' }) };
+    const limits = {
+      limitsFor: async () => ({ image_count_total: 5 }),
+      confirm: async () => ({ trusted: false as const, limits: { image_count_total: 5 }, reason: 'Keystone unreachable' }),
+    };
     const pipeline = pipelineOf({ store, limits, images: glance, clock: () => NOW_MS });
     await expect(pipeline.enforce(P)).rejects.toMatchObject({ code: 'LIMITS_UNAVAILABLE', message: expect.stringMatching(/Keystone unreachable/) });
     expect(glance.deleted).toEqual([]);
@@ -274,7 +310,10 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
   it('property: whatever the bus says, nothing Glance would keep is deleted, and never more than the excess', async () => {
     const arbitraryCase = fc.record({
       limit: fc.integer({ min: 0, max: 6 }),
-      real: fc.array(fc.record({ age: fc.integer({ min: 1, max: 10_000 }), status: fc.constantFrom('queued', 'queued', 'active', 'saving'), protected: fc.boolean() }), { maxLength: 10 }),
+      real: fc.array(
+        fc.record({ age: fc.integer({ min: 1, max: 10_000 }), status: fc.constantFrom('queued', 'queued', 'active', 'saving'), protected: fc.boolean() }),
+        { maxLength: 10 },
+      ),
       // Each real image's create is delivered, lost, or delivered with a forged delete after it.
       fate: fc.array(fc.constantFrom('delivered', 'lost', 'forged-delete', 'forged-delete-future'), { minLength: 10, maxLength: 10 }),
       forgedCreates: fc.array(fc.record({ age: fc.integer({ min: -200, max: 10_000 }), future: fc.boolean() }), { maxLength: 12 }),
@@ -288,14 +327,17 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
         // What Glance's own rule keeps and removes, computed here from the truth alone.
         const excess = Math.max(0, real.length - c.limit);
         // Protected or not: a protected queued image goes in its own place (PROTECTED_QUEUED_IMAGES=unprotect).
-        const deletable = real.filter((r) => r.status === 'queued').sort((a, b) => (a.created_at === b.created_at ? (a.id < b.id ? 1 : -1) : a.created_at < b.created_at ? 1 : -1));
+        const deletable = real
+          .filter((r) => r.status === 'queued')
+          .sort((a, b) => (a.created_at === b.created_at ? (a.id < b.id ? 1 : -1) : a.created_at < b.created_at ? 1 : -1));
         const mayGo = new Set(deletable.slice(0, excess).map((r) => r.id));
 
         const events: ImageEvent[] = [];
         real.forEach((r, i) => {
           const fate = c.fate[i]!;
           if (fate !== 'lost') events.push(trueCreate(r));
-          if (fate.startsWith('forged-delete')) events.push(ev({ imageId: r.id, projectId: P, status: 'deleted', deleted: true, updatedAt: fate.endsWith('future') ? 4_070_908_800 : NOW - 1 }));
+          if (fate.startsWith('forged-delete'))
+            events.push(ev({ imageId: r.id, projectId: P, status: 'deleted', deleted: true, updatedAt: fate.endsWith('future') ? 4_070_908_800 : NOW - 1 }));
         });
         c.forgedCreates.forEach((f, i) => {
           events.push(ev({ imageId: `forged-${i}`, projectId: P, createdAt: f.future ? 8_000_000_000 : NOW - f.age, eventType: 'image.create' }));

@@ -49,12 +49,20 @@ async function list(client: GlanceClient, options: ListImagesOptions = {}): Prom
 const fat = (id: string, fatBytes: number, extra: Partial<StandInImage> = {}): StandInImage => ({ id, owner: 'p-fat', fatBytes, ...extra });
 
 describe('listing a project whose images carry MBs of properties', () => {
-  it('reads each image\'s fields right, whatever its properties weigh', async () => {
+  it("reads each image's fields right, whatever its properties weigh", async () => {
     const { client } = await glance([fat('i-1', 1 * MB), fat('i-2', 2 * MB, { status: 'active' }), fat('i-3', 3 * MB, { os_hidden: true }), fat('i-4', 0)]);
     const images: unknown[] = [];
     const unreadable: string[] = [];
     for await (const image of client.listImages({ owner: 'p-fat', onUnreadable: (id) => unreadable.push(id) })) images.push(image);
-    const fields = { name: expect.any(String), owner: 'p-fat', size: null, created_at: '2026-12-04T10:00:00Z', updated_at: '2026-12-04T10:00:00Z', protected: false, visibility: 'private' };
+    const fields = {
+      name: expect.any(String),
+      owner: 'p-fat',
+      size: null,
+      created_at: '2026-12-04T10:00:00Z',
+      updated_at: '2026-12-04T10:00:00Z',
+      protected: false,
+      visibility: 'private',
+    };
     expect(images).toEqual([
       { id: 'i-1', status: 'queued', os_hidden: false, ...fields },
       { id: 'i-2', status: 'active', os_hidden: false, ...fields },
@@ -68,7 +76,10 @@ describe('listing a project whose images carry MBs of properties', () => {
   });
 
   it('asks for smaller pages while pages are heavy, and for full ones again when they are light', async () => {
-    const images = [...Array.from({ length: 22 }, (_, n) => fat(`f-${String(n).padStart(2, '0')}`, 1.2 * MB)), ...Array.from({ length: 40 }, (_, n) => fat(`s-${String(n).padStart(2, '0')}`, 0))];
+    const images = [
+      ...Array.from({ length: 22 }, (_, n) => fat(`f-${String(n).padStart(2, '0')}`, 1.2 * MB)),
+      ...Array.from({ length: 40 }, (_, n) => fat(`s-${String(n).padStart(2, '0')}`, 0)),
+    ];
     const { client, standIn } = await glance(images);
     expect(await list(client, { limit: 10 })).toEqual(images.map((i) => i.id));
     const heavy = Math.floor(PAGE_TARGET_BYTES / (1.2 * MB));
@@ -86,7 +97,10 @@ describe('listing a project whose images carry MBs of properties', () => {
   });
 
   it('lists a project with one image over the cap, alone on a page of its own: no image can stop a listing', async () => {
-    const { client, standIn } = await glance([fat('i-a', 1.2 * MB), fat('i-b', 1.2 * MB), fat('i-c', 3 * MB), fat('i-d', 0), { id: 'i-other', owner: 'p-other' }], { responseMaxBytes: 2 * MB });
+    const { client, standIn } = await glance(
+      [fat('i-a', 1.2 * MB), fat('i-b', 1.2 * MB), fat('i-c', 3 * MB), fat('i-d', 0), { id: 'i-other', owner: 'p-other' }],
+      { responseMaxBytes: 2 * MB },
+    );
     expect(await list(client, { owner: 'p-fat' })).toEqual(['i-a', 'i-b', 'i-c', 'i-d']);
     // The page that reached i-c was cut at the cap and asked again, down to i-c alone.
     expect(standIn.limits).toContain(1);
@@ -111,11 +125,13 @@ describe('listing a project whose images carry MBs of properties', () => {
     expect(standIn.limits).toHaveLength(2);
   });
 
-  it('keeps the memory of 100 images with 1.2 MB of properties each small (a child process\'s RSS)', async () => {
+  it("keeps the memory of 100 images with 1.2 MB of properties each small (a child process's RSS)", async () => {
     const { standIn } = await glance(Array.from({ length: 100 }, (_, n) => fat(`i-${String(n).padStart(3, '0')}`, 1.2 * MB)));
     // Not spawnSync: the stand-in answers from this process's event loop.
     const child = await promisify(execFile)(process.execPath, ['--import', 'tsx', 'test/support/list-images-child.ts'], {
-      env: { ...process.env, ...standIn.env, LIST_OWNER: 'p-fat' }, encoding: 'utf8', timeout: 60_000,
+      env: { ...process.env, ...standIn.env, LIST_OWNER: 'p-fat' },
+      encoding: 'utf8',
+      timeout: 60_000,
     });
     expect(child.stderr).toBe('');
     const result = JSON.parse(child.stdout) as { listed: number; growthBytes: number };
@@ -145,7 +161,15 @@ describe('a listing read as a stream', () => {
         reader.end();
         const parsed = JSON.parse(bytes.toString('utf8')) as { images: Record<string, unknown>[]; next?: unknown };
         const standIn = (v: unknown) => (Array.isArray(v) ? [] : typeof v === 'object' && v !== null ? {} : v);
-        expect(reader.images).toEqual(parsed.images.map((i) => Object.fromEntries(Object.entries(i).filter(([k]) => kept.includes(k)).map(([k, v]) => [k, standIn(v)]))));
+        expect(reader.images).toEqual(
+          parsed.images.map((i) =>
+            Object.fromEntries(
+              Object.entries(i)
+                .filter(([k]) => kept.includes(k))
+                .map(([k, v]) => [k, standIn(v)]),
+            ),
+          ),
+        );
         expect(reader.next).toEqual(parsed.next);
         expect(reader.bytes).toBe(bytes.length);
       }),
@@ -207,7 +231,9 @@ describe('the body of a streamed call', () => {
 
   it('that ends before its JSON does fails', async () => {
     const url = await server((res) => res.writeHead(200).end('{"images": [{"id": "x"'));
-    await expect(transport({ method: 'GET', url, sink: () => new ImagesBody('listing', url) })).rejects.toThrow(/the JSON body ended before its last value did/);
+    await expect(transport({ method: 'GET', url, sink: () => new ImagesBody('listing', url) })).rejects.toThrow(
+      /the JSON body ended before its last value did/,
+    );
   });
 
   it('of an error keeps its first 64 KiB only', async () => {

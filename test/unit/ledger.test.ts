@@ -33,7 +33,11 @@ describe('the ledger keeps the newest state of each image', () => {
     const del = ev({ imageId: 'a', eventType: 'image.delete', status: 'deleted', deleted: true, updatedAt: 20 });
     const later = ev({ imageId: 'a', status: 'active', updatedAt: 30 });
     const earlier = ev({ imageId: 'a', status: 'queued', updatedAt: 5 });
-    for (const order of [[del, later, earlier], [later, del, earlier], [earlier, later, del]]) {
+    for (const order of [
+      [del, later, earlier],
+      [later, del, earlier],
+      [earlier, later, del],
+    ]) {
       const r = ledger(...order).get('a')!;
       expect(r.deleted).toBe(true);
       expect(usageOf([r]).image_count_total).toBe(0);

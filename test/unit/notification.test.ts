@@ -136,8 +136,16 @@ describe('poison', () => {
     ['minute 60 in the oslo timestamp', (m) => (m.timestamp = '2026-11-26 10:60:00'), /timestamp/],
     ['hour 24 in updated_at', (m) => (m.payload.updated_at = '2026-11-26T24:00:00Z'), /payload\.updated_at/],
     ['a deleted_at that is not a time', (m) => (m.payload.deleted_at = 'never'), /payload\.deleted_at/],
-    ['a 2 KB os_glance_importing_to_stores', (m) => (m.payload.properties = { os_glance_importing_to_stores: 'x'.repeat(2048) }), /os_glance_importing_to_stores: expected store names/],
-    ['a NUL byte in os_glance_importing_to_stores', (m) => (m.payload.properties = { os_glance_importing_to_stores: 'file\u0000' }), /os_glance_importing_to_stores/],
+    [
+      'a 2 KB os_glance_importing_to_stores',
+      (m) => (m.payload.properties = { os_glance_importing_to_stores: 'x'.repeat(2048) }),
+      /os_glance_importing_to_stores: expected store names/,
+    ],
+    [
+      'a NUL byte in os_glance_importing_to_stores',
+      (m) => (m.payload.properties = { os_glance_importing_to_stores: 'file\u0000' }),
+      /os_glance_importing_to_stores/,
+    ],
   ];
   it.each(edits)('rejects an image.create with %s, naming the field', (_name, edit, reason) => {
     const msg = inner(rawBody('image.create'));
@@ -158,7 +166,7 @@ describe('the door: size, calendar and the clock', () => {
     expect(osloTimestampMicros('2026-11-26 23:59:60')).toBeUndefined();
   });
 
-  it('accepts an upper-case UUID, which Glance\'s API lets a user choose at create', () => {
+  it("accepts an upper-case UUID, which Glance's API lets a user choose at create", () => {
     const msg = inner(rawBody('image.create'));
     msg.payload.id = msg.payload.id.toUpperCase();
     const out = parseNotification(envelope(msg), NOW, DOOR);
@@ -170,7 +178,11 @@ describe('the door: size, calendar and the clock', () => {
     const limits = { maxMessageBytes: body.length - 1, clockSkewSeconds: 300 };
     for (const b of [body, Buffer.from(body)]) {
       const out = parseNotification(b, NOW, limits);
-      expect(out).toEqual({ kind: 'invalid', reason: expect.stringMatching(new RegExp(`^body of ${body.length} bytes is over MAX_MESSAGE_BYTES \\(${body.length - 1}\\)`)), event: expect.objectContaining({ eventType: 'image.create' }) });
+      expect(out).toEqual({
+        kind: 'invalid',
+        reason: expect.stringMatching(new RegExp(`^body of ${body.length} bytes is over MAX_MESSAGE_BYTES \\(${body.length - 1}\\)`)),
+        event: expect.objectContaining({ eventType: 'image.create' }),
+      });
     }
     expect(parseNotification(body, NOW, { ...limits, maxMessageBytes: body.length }).kind).toBe('image');
     // 10 MB of nesting is refused by its size alone, without a JSON.parse.
@@ -208,6 +220,9 @@ describe('the door: size, calendar and the clock', () => {
   it('rejects a future-dated message whatever its event type: the clock is checked before the ledger is asked', () => {
     const msg = inner(rawBody('image.send'));
     msg.timestamp = '2099-01-01 00:00:00';
-    expect(parseNotification(envelope(msg), NOW, DOOR)).toMatchObject({ kind: 'invalid', reason: expect.stringMatching(/^image\.send .*timestamp "2099-01-01 00:00:00"/) });
+    expect(parseNotification(envelope(msg), NOW, DOOR)).toMatchObject({
+      kind: 'invalid',
+      reason: expect.stringMatching(/^image\.send .*timestamp "2099-01-01 00:00:00"/),
+    });
   });
 });

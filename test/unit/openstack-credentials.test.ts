@@ -201,14 +201,23 @@ clouds:
   });
 
   it('lets the environment win a choice too: a project name over a clouds.yaml project id, an application credential over a password', () => {
-    const file = write(path.join(dir, 'clouds.yaml'), `
+    const file = write(
+      path.join(dir, 'clouds.yaml'),
+      `
 clouds:
   lab:
     auth: { auth_url: "http://k:5000/v3", username: enforcer, password: ${PASSWORD}, user_domain_id: default, project_id: p-from-yaml }
-`);
-    const byName = loadCredentials({ OS_CLOUD: 'lab', OS_CLIENT_CONFIG_FILE: file, OS_PROJECT_NAME: 'demo', OS_PROJECT_DOMAIN_NAME: 'Default' }, { searchDirs: [] });
+`,
+    );
+    const byName = loadCredentials(
+      { OS_CLOUD: 'lab', OS_CLIENT_CONFIG_FILE: file, OS_PROJECT_NAME: 'demo', OS_PROJECT_DOMAIN_NAME: 'Default' },
+      { searchDirs: [] },
+    );
     expect(byName.project).toEqual({ name: 'demo', domain: { name: 'Default' } });
-    const viaAppCred = loadCredentials({ OS_CLOUD: 'lab', OS_CLIENT_CONFIG_FILE: file, OS_APPLICATION_CREDENTIAL_ID: 'ac-1', OS_APPLICATION_CREDENTIAL_SECRET: APP_SECRET }, { searchDirs: [] });
+    const viaAppCred = loadCredentials(
+      { OS_CLOUD: 'lab', OS_CLIENT_CONFIG_FILE: file, OS_APPLICATION_CREDENTIAL_ID: 'ac-1', OS_APPLICATION_CREDENTIAL_SECRET: APP_SECRET },
+      { searchDirs: [] },
+    );
     expect(viaAppCred.identity).toEqual({ method: 'application_credential', id: 'ac-1', secret: APP_SECRET });
   });
 
@@ -219,14 +228,19 @@ clouds:
     expect(cloudsFileCandidates(env, dirs, 'clouds').slice(0, 4)).toEqual(['/x/my.yaml', '/w/clouds.yaml', '/w/clouds.yml', '/w/clouds.json']);
     const cwd = path.join(dir, 'cwd');
     const home = path.join(dir, 'home');
-    write(path.join(cwd, 'clouds.yaml'), 'clouds: { lab: { auth: { auth_url: "http://from-cwd:5000/v3", username: u, user_domain_id: default, password: p, project_id: x } } }');
+    write(
+      path.join(cwd, 'clouds.yaml'),
+      'clouds: { lab: { auth: { auth_url: "http://from-cwd:5000/v3", username: u, user_domain_id: default, password: p, project_id: x } } }',
+    );
     write(path.join(home, '.config', 'openstack', 'clouds.yaml'), 'clouds: { lab: { auth: { auth_url: "http://from-home:5000/v3" } } }');
     expect(loadCredentials({ OS_CLOUD: 'lab' }, { searchDirs: cloudsSearchDirs({}, { cwd, home }) }).authUrl).toBe('http://from-cwd:5000/v3');
   });
 
   it('reads the clouds.yaml Kolla-Ansible writes, and says which of its keys it does not use', () => {
     const pem = write(path.join(dir, 'kolla', 'root.crt'), '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n');
-    const file = write(path.join(dir, 'kolla', 'clouds.yaml'), `
+    const file = write(
+      path.join(dir, 'kolla', 'clouds.yaml'),
+      `
 clouds:
   kolla-admin:
     auth:
@@ -244,7 +258,8 @@ clouds:
     region_name: RegionOne
     interface: internal
     frobnicate: ${PASSWORD}
-`);
+`,
+    );
     const warnings: string[] = [];
     const c = loadCredentials({ OS_CLOUD: 'kolla-admin', OS_CLIENT_CONFIG_FILE: file }, { searchDirs: [], onWarning: (m) => warnings.push(m) });
     expect(c).toMatchObject({ caFile: pem, ca: expect.stringContaining('BEGIN CERTIFICATE'), interface: 'internal', systemScope: 'all' });
@@ -256,10 +271,13 @@ clouds:
     expect(warnings.join('\n')).not.toContain(PASSWORD);
   });
 
-  it('prefers the top-level cacert, openstacksdk\'s own, over Kolla\'s auth.cacert', () => {
+  it("prefers the top-level cacert, openstacksdk's own, over Kolla's auth.cacert", () => {
     const a = write(path.join(dir, 'ca-a.pem'), '-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n');
     const b = write(path.join(dir, 'ca-b.pem'), '-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n');
-    const file = write(path.join(dir, 'both-ca.yaml'), `clouds: { c: { cacert: ${a}, auth: { cacert: ${b}, auth_url: "http://k:5000/v3", username: u, password: p, user_domain_name: D, project_name: s, project_domain_name: D } } }`);
+    const file = write(
+      path.join(dir, 'both-ca.yaml'),
+      `clouds: { c: { cacert: ${a}, auth: { cacert: ${b}, auth_url: "http://k:5000/v3", username: u, password: p, user_domain_name: D, project_name: s, project_domain_name: D } } }`,
+    );
     expect(loadCredentials({ OS_CLOUD: 'c', OS_CLIENT_CONFIG_FILE: file }, { searchDirs: [], onWarning: () => {} }).caFile).toBe(a);
   });
 
@@ -277,7 +295,9 @@ clouds:
   it('says which clouds.yaml key a bad value came from', () => {
     const file = write(path.join(dir, 'clouds.yaml'), 'clouds: { lab: { interface: private, auth: { auth_url: "http://k:5000/v3" } } }');
     const e = configError(() => loadCredentials({ OS_CLOUD: 'lab', OS_CLIENT_CONFIG_FILE: file }, { searchDirs: [] }));
-    expect(e.message).toBe(`OS_INTERFACE (from ${file}, cloud 'lab', key interface): expected public, internal or admin (or publicURL, internalURL, adminURL), got 'private'`);
+    expect(e.message).toBe(
+      `OS_INTERFACE (from ${file}, cloud 'lab', key interface): expected public, internal or admin (or publicURL, internalURL, adminURL), got 'private'`,
+    );
   });
 
   it("merges like openstacksdk's merge_clouds: nested maps merge, scalars and lists replace", () => {
@@ -298,13 +318,37 @@ describe('no setting error ever shows a password or a secret', () => {
     ['a bad OS_INTERFACE', () => ({ ...enforcerEnv, OS_INTERFACE: 'nope' })],
     ['a bad OS_AUTH_URL', () => ({ ...enforcerEnv, OS_AUTH_URL: `https://enforcer:${PASSWORD}@` })],
     ['a missing user domain', () => ({ ...enforcerEnv, OS_USER_DOMAIN_NAME: undefined })],
-    ['a password next to an application credential', () => ({ ...enforcerEnv, OS_APPLICATION_CREDENTIAL_ID: 'x', OS_APPLICATION_CREDENTIAL_SECRET: APP_SECRET })],
-    ['an application credential with system scope', () => ({ OS_AUTH_URL: 'http://k/v3', OS_APPLICATION_CREDENTIAL_ID: 'x', OS_APPLICATION_CREDENTIAL_SECRET: APP_SECRET, OS_SYSTEM_SCOPE: 'all' })],
+    [
+      'a password next to an application credential',
+      () => ({ ...enforcerEnv, OS_APPLICATION_CREDENTIAL_ID: 'x', OS_APPLICATION_CREDENTIAL_SECRET: APP_SECRET }),
+    ],
+    [
+      'an application credential with system scope',
+      () => ({ OS_AUTH_URL: 'http://k/v3', OS_APPLICATION_CREDENTIAL_ID: 'x', OS_APPLICATION_CREDENTIAL_SECRET: APP_SECRET, OS_SYSTEM_SCOPE: 'all' }),
+    ],
     ['an application credential without its id', () => ({ OS_AUTH_URL: 'http://k/v3', OS_APPLICATION_CREDENTIAL_SECRET: APP_SECRET })],
     ['a bad OS_SYSTEM_SCOPE', () => ({ ...enforcerEnv, OS_SYSTEM_SCOPE: PASSWORD })],
-    ['a broken clouds.yaml line holding the password', () => ({ OS_CLOUD: 'lab', OS_CLIENT_CONFIG_FILE: write('broken.yaml', `clouds:\n  lab:\n    auth:\n      password: "${PASSWORD}\n   x: [${APP_SECRET}\n`) })],
-    ['clouds.yaml with verify: false', () => ({ OS_CLOUD: 'lab', OS_CLIENT_CONFIG_FILE: write('v.yaml', `clouds: { lab: { verify: false, auth: { password: ${PASSWORD} } } }`) })],
-    ['a bad value in clouds.yaml next to the secret', () => ({ OS_CLOUD: 'lab', OS_CLIENT_CONFIG_FILE: write('b.yaml', `clouds: { lab: { region_name: "", auth: { auth_url: "x${PASSWORD}", password: ${PASSWORD}, application_credential_secret: ${APP_SECRET} } } }`) })],
+    [
+      'a broken clouds.yaml line holding the password',
+      () => ({
+        OS_CLOUD: 'lab',
+        OS_CLIENT_CONFIG_FILE: write('broken.yaml', `clouds:\n  lab:\n    auth:\n      password: "${PASSWORD}\n   x: [${APP_SECRET}\n`),
+      }),
+    ],
+    [
+      'clouds.yaml with verify: false',
+      () => ({ OS_CLOUD: 'lab', OS_CLIENT_CONFIG_FILE: write('v.yaml', `clouds: { lab: { verify: false, auth: { password: ${PASSWORD} } } }`) }),
+    ],
+    [
+      'a bad value in clouds.yaml next to the secret',
+      () => ({
+        OS_CLOUD: 'lab',
+        OS_CLIENT_CONFIG_FILE: write(
+          'b.yaml',
+          `clouds: { lab: { region_name: "", auth: { auth_url: "x${PASSWORD}", password: ${PASSWORD}, application_credential_secret: ${APP_SECRET} } } }`,
+        ),
+      }),
+    ],
   ])('with %s', (_what, env) => {
     const e = configError(() => loadCredentials(env(), { searchDirs: [] }));
     expect(e.message).not.toContain(PASSWORD);

@@ -71,10 +71,11 @@ async function fakeServer(answer: (req: Seen) => Answer): Promise<FakeServer> {
   const fake: FakeServer = {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     seen,
-    close: () => new Promise<void>((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
   servers.push(fake);
   return fake;
@@ -136,7 +137,9 @@ describe('a retrying transport', () => {
     const call = retryingTransport({ service: 'keystone', policy: fast, log: quiet, sleep: async (ms) => sleeps.push(ms) });
     const error = await call({ method: 'POST', url: `${server.url}/v3/auth/tokens` }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(OpenStackUnreachableError);
-    expect((error as Error).message).toMatch(/^keystone: POST http:\/\/127\.0\.0\.1:\d+\/v3\/auth\/tokens got no answer after 4 attempts \(last: connect ECONNREFUSED 127\.0\.0\.1:\d+\)\. Check that OS_AUTH_URL is reachable/);
+    expect((error as Error).message).toMatch(
+      /^keystone: POST http:\/\/127\.0\.0\.1:\d+\/v3\/auth\/tokens got no answer after 4 attempts \(last: connect ECONNREFUSED 127\.0\.0\.1:\d+\)\. Check that OS_AUTH_URL is reachable/,
+    );
     expect((error as Error).cause).toMatchObject({ code: 'ECONNREFUSED' });
     expect(sleeps).toHaveLength(fast.attempts - 1);
   });
@@ -223,7 +226,10 @@ async function fakeCloud(options: { catalogImageUrl?: (base: string) => string; 
       const start = marker ? matching.findIndex((i) => i.id === marker) + 1 : 0;
       const page = matching.slice(start, start + state.pageSize);
       const full = page.length === state.pageSize;
-      return { status: 200, body: { images: page, ...(full ? { next: `/v2/images?${u.searchParams.toString().replace(/&?marker=[^&]*/, '')}&marker=${page.at(-1)!.id}` } : {}) } };
+      return {
+        status: 200,
+        body: { images: page, ...(full ? { next: `/v2/images?${u.searchParams.toString().replace(/&?marker=[^&]*/, '')}&marker=${page.at(-1)!.id}` } : {}) },
+      };
     }
     return { status: 404 };
   });
@@ -232,17 +238,20 @@ async function fakeCloud(options: { catalogImageUrl?: (base: string) => string; 
 }
 
 function credentialsFor(url: string, extra: Record<string, string> = {}): Credentials {
-  return loadCredentials({
-    OS_AUTH_URL: `${url}/v3`,
-    OS_USERNAME: 'enforcer',
-    OS_PASSWORD: PASSWORD,
-    OS_USER_DOMAIN_NAME: 'Default',
-    OS_PROJECT_NAME: 'service',
-    OS_PROJECT_DOMAIN_NAME: 'Default',
-    OS_SYSTEM_SCOPE: 'all',
-    OS_REGION_NAME: 'RegionOne',
-    ...extra,
-  }, { searchDirs: [] });
+  return loadCredentials(
+    {
+      OS_AUTH_URL: `${url}/v3`,
+      OS_USERNAME: 'enforcer',
+      OS_PASSWORD: PASSWORD,
+      OS_USER_DOMAIN_NAME: 'Default',
+      OS_PROJECT_NAME: 'service',
+      OS_PROJECT_DOMAIN_NAME: 'Default',
+      OS_SYSTEM_SCOPE: 'all',
+      OS_REGION_NAME: 'RegionOne',
+      ...extra,
+    },
+    { searchDirs: [] },
+  );
 }
 
 const LimitList = z.object({ limits: z.array(z.unknown()) });
@@ -316,12 +325,19 @@ describe('the Keystone client', () => {
     // Keystone does not echo passwords today; the client must stay safe if some version or proxy does.
     state.authAnswers.push({ status: 401, body: { error: { code: 401, message: `Invalid password '${PASSWORD}' for user enforcer` } } });
     const lines: string[] = [];
-    const sink = new Writable({ write(chunk: Buffer, _enc, done) { lines.push(chunk.toString()); done(); } });
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        lines.push(chunk.toString());
+        done();
+      },
+    });
     const keystone = new KeystoneClient(credentialsFor(server.url), { log: createLogger('trace', sink), retry: fast });
     const error = await keystone.token('system').catch((e: unknown) => e);
     expect(error).toBeInstanceOf(KeystoneAuthError);
     const message = (error as Error).message;
-    expect(message).toMatch(/^keystone: http:\/\/127\.0\.0\.1:\d+\/v3 refused the password of user 'enforcer' \(domain Default\) for a token on system scope all: 401 /);
+    expect(message).toMatch(
+      /^keystone: http:\/\/127\.0\.0\.1:\d+\/v3 refused the password of user 'enforcer' \(domain Default\) for a token on system scope all: 401 /,
+    );
     expect(message).toContain('Check OS_USERNAME / OS_USER_ID, OS_PASSWORD and OS_USER_DOMAIN_NAME');
     expect(message).toContain('openstack role add --system all --user <user> reader');
     expect(message).not.toContain(PASSWORD);
@@ -332,7 +348,10 @@ describe('the Keystone client', () => {
   it('says which token an application credential cannot give, without calling Keystone', async () => {
     const { server } = await fakeCloud();
     const keystone = new KeystoneClient(
-      loadCredentials({ OS_AUTH_URL: `${server.url}/v3`, OS_APPLICATION_CREDENTIAL_ID: 'ac-1', OS_APPLICATION_CREDENTIAL_SECRET: 'shh-secret-123' }, { searchDirs: [] }),
+      loadCredentials(
+        { OS_AUTH_URL: `${server.url}/v3`, OS_APPLICATION_CREDENTIAL_ID: 'ac-1', OS_APPLICATION_CREDENTIAL_SECRET: 'shh-secret-123' },
+        { searchDirs: [] },
+      ),
       { log: quiet, retry: fast },
     );
     const error = await keystone.token('system').catch((e: unknown) => e);
@@ -340,7 +359,9 @@ describe('the Keystone client', () => {
     expect((error as Error).message).toContain('application credentials are bound to the project they were created in');
     expect(server.seen).toHaveLength(0);
     await keystone.token('project');
-    expect(JSON.parse(server.seen[0]!.body)).toEqual({ auth: { identity: { methods: ['application_credential'], application_credential: { id: 'ac-1', secret: 'shh-secret-123' } } } });
+    expect(JSON.parse(server.seen[0]!.body)).toEqual({
+      auth: { identity: { methods: ['application_credential'], application_credential: { id: 'ac-1', secret: 'shh-secret-123' } } },
+    });
   });
 
   it('finds the image endpoint for the interface and region asked for', async () => {
@@ -356,15 +377,31 @@ describe('the Keystone client', () => {
 
 function image(id: string, extra: Record<string, unknown> = {}) {
   return {
-    id, name: id, owner: 'p-demo', status: 'active', size: 11, created_at: '2026-11-26T20:43:02Z', updated_at: '2026-11-26T20:43:02Z',
-    protected: false, visibility: 'shared', os_hidden: false, disk_format: 'raw', ...extra,
+    id,
+    name: id,
+    owner: 'p-demo',
+    status: 'active',
+    size: 11,
+    created_at: '2026-11-26T20:43:02Z',
+    updated_at: '2026-11-26T20:43:02Z',
+    protected: false,
+    visibility: 'shared',
+    os_hidden: false,
+    disk_format: 'raw',
+    ...extra,
   };
 }
 
 describe('the Glance client', () => {
   it('lists every page, hidden images included, with visibility=all', async () => {
     const { server, state } = await fakeCloud();
-    state.images = [image('a'), image('b', { visibility: 'community' }), image('c', { status: 'queued', size: null }), image('h', { os_hidden: true }), image('x', { owner: 'p-other' })];
+    state.images = [
+      image('a'),
+      image('b', { visibility: 'community' }),
+      image('c', { status: 'queued', size: null }),
+      image('h', { os_hidden: true }),
+      image('x', { owner: 'p-other' }),
+    ];
     const glance = new GlanceClient(new KeystoneClient(credentialsFor(server.url), { log: quiet, retry: fast }), { log: quiet });
     const ids: string[] = [];
     for await (const i of glance.listImages({ owner: 'p-demo', limit: 2 })) ids.push(i.id);
@@ -398,12 +435,19 @@ describe('the Glance client', () => {
       { status: 403, body: { message: 'Image i-1 is protected and cannot be deleted.<br /><br />\n\n\n', code: '403 Forbidden', title: 'Forbidden' } },
       { status: 409, body: { message: 'Image i-1 could not be deleted because it is in use: x<br /><br />\n\n\n' } },
       { status: 400, body: { message: 'Image status transition from deleted to deleted is not allowed<br /><br />\n\n\n' } },
-      { status: 500 }, { status: 500 }, { status: 500 }, { status: 500 },
+      { status: 500 },
+      { status: 500 },
+      { status: 500 },
+      { status: 500 },
     );
     await expect(glance.deleteImage('i-1')).resolves.toEqual({ result: 'deleted' });
     await expect(glance.deleteImage('i-1')).resolves.toEqual({ result: 'gone' });
     await expect(glance.deleteImage('i-1')).resolves.toEqual({ result: 'refused', status: 403, reason: 'Image i-1 is protected and cannot be deleted.' });
-    await expect(glance.deleteImage('i-1')).resolves.toEqual({ result: 'refused', status: 409, reason: 'Image i-1 could not be deleted because it is in use: x' });
+    await expect(glance.deleteImage('i-1')).resolves.toEqual({
+      result: 'refused',
+      status: 409,
+      reason: 'Image i-1 could not be deleted because it is in use: x',
+    });
     // Two DELETEs racing for one image: the loser's 400 means it is gone all the same.
     await expect(glance.deleteImage('i-1')).resolves.toEqual({ result: 'gone' });
     await expect(glance.deleteImage('i-1')).rejects.toThrow(/^glance: DELETE http:\/\/127\.0\.0\.1:\d+\/v2\/images\/i-1 answered 500/);
@@ -426,7 +470,9 @@ describe('the Glance client', () => {
     state.glanceAnswers.push({ status: 200, body: image('i-3') }, { status: 200, body: image('i-3') });
     const fromCatalog = new GlanceClient(new KeystoneClient(credentialsFor(server.url), { log: quiet, retry: fast }), { log: quiet });
     await fromCatalog.getImage('i-3');
-    const overridden = new GlanceClient(new KeystoneClient(credentialsFor(server.url, { GLANCE_URL: `${server.url}/proxied/` }), { log: quiet, retry: fast }), { log: quiet });
+    const overridden = new GlanceClient(new KeystoneClient(credentialsFor(server.url, { GLANCE_URL: `${server.url}/proxied/` }), { log: quiet, retry: fast }), {
+      log: quiet,
+    });
     await overridden.getImage('i-3').catch(() => undefined);
     expect(server.seen.filter((s) => !s.path.startsWith('/v3/')).map((s) => s.path)).toEqual(['/v2/images/i-3', '/proxied/v2/images/i-3']);
   });
@@ -479,7 +525,15 @@ describe('OS_CACERT', () => {
       res.end('{}');
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    servers.push({ url: '', seen: [], close: () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }) });
+    servers.push({
+      url: '',
+      seen: [],
+      close: () =>
+        new Promise<void>((resolve) => {
+          server.closeAllConnections();
+          server.close(() => resolve());
+        }),
+    });
     return { url: `https://127.0.0.1:${(server.address() as AddressInfo).port}`, requests: () => requests };
   }
 
@@ -508,7 +562,9 @@ describe('OS_CACERT', () => {
       writeFileSync(path.join(dir, 'ca.pem'), TEST_CA);
       const keystone = new KeystoneClient(credentialsFor(server.url, { OS_CACERT: path.join(dir, 'ca.pem') }), { log: quiet, retry: fast });
       // The fake answers {} to everything: getting as far as "expected 201" proves TLS worked.
-      await expect(keystone.token('system')).rejects.toThrow(/^keystone: POST https:\/\/127\.0\.0\.1:\d+\/v3\/auth\/tokens answered 200: \{\}; expected 201 Created: is OS_AUTH_URL really Keystone v3\?$/);
+      await expect(keystone.token('system')).rejects.toThrow(
+        /^keystone: POST https:\/\/127\.0\.0\.1:\d+\/v3\/auth\/tokens answered 200: \{\}; expected 201 Created: is OS_AUTH_URL really Keystone v3\?$/,
+      );
       expect(server.requests()).toBe(1);
     } finally {
       rmSync(dir, { recursive: true, force: true });

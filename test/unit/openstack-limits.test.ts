@@ -17,23 +17,41 @@ const quiet = createLogger('silent');
 
 // What the lab registers for Glance (NOTES.md), in Keystone's shape.
 const registered = (name: string, value: number): RegisteredLimit => registeredLimit(name, value);
-const LAB_REGISTERED = [registered('image_count_total', 100), registered('image_size_total', 1000), registered('image_stage_total', 1000), registered('image_count_uploading', 10)];
+const LAB_REGISTERED = [
+  registered('image_count_total', 100),
+  registered('image_size_total', 1000),
+  registered('image_stage_total', 1000),
+  registered('image_count_uploading', 10),
+];
 
 describe('which limit wins', () => {
-  const resolve = (input: Partial<Parameters<typeof resolveLimits>[0]>) => resolveLimits({ registered: [], project: [], createRateWindowSeconds: 60, ...input });
+  const resolve = (input: Partial<Parameters<typeof resolveLimits>[0]>) =>
+    resolveLimits({ registered: [], project: [], createRateWindowSeconds: 60, ...input });
 
   it('takes the project limit over the registered one (the attacker with image_count_total=3)', () => {
     expect(resolve({ registered: LAB_REGISTERED, project: [projectLimit('attacker', 'image_count_total', 3)] })).toEqual({
-      image_count_total: 3, image_count_uploading: 10, image_size_total: 1000, image_stage_total: 1000,
+      image_count_total: 3,
+      image_count_uploading: 10,
+      image_size_total: 1000,
+      image_stage_total: 1000,
     });
   });
 
   it('takes the registered limit over the static fallback, and the fallback over nothing', () => {
-    expect(resolve({ registered: [registered('image_count_total', 100)], fallback: { image_count_total: 5, image_size_total: 50 } })).toEqual({ image_count_total: 100, image_size_total: 50 });
+    expect(resolve({ registered: [registered('image_count_total', 100)], fallback: { image_count_total: 5, image_size_total: 50 } })).toEqual({
+      image_count_total: 100,
+      image_size_total: 50,
+    });
   });
 
   it('reads a negative value as unlimited, at every level', () => {
-    expect(resolve({ registered: [registered('image_count_total', 100)], project: [projectLimit('p', 'image_count_total', -1)], fallback: { image_count_total: 5 } })).toEqual({});
+    expect(
+      resolve({
+        registered: [registered('image_count_total', 100)],
+        project: [projectLimit('p', 'image_count_total', -1)],
+        fallback: { image_count_total: 5 },
+      }),
+    ).toEqual({});
     expect(resolve({ registered: [registered('image_size_total', -1)], fallback: { image_size_total: 5 } })).toEqual({});
     expect(resolve({ fallback: { image_stage_total: -1 } })).toEqual({});
   });
@@ -44,7 +62,9 @@ describe('which limit wins', () => {
   });
 
   it('gives image_create_rate the configured window, since Keystone stores only the count', () => {
-    expect(resolve({ registered: [registered('image_create_rate', 10)], createRateWindowSeconds: 300 })).toEqual({ image_create_rate: { count: 10, windowSeconds: 300 } });
+    expect(resolve({ registered: [registered('image_create_rate', 10)], createRateWindowSeconds: 300 })).toEqual({
+      image_create_rate: { count: 10, windowSeconds: 300 },
+    });
     expect(resolve({ fallback: { image_create_rate: { count: 4, windowSeconds: 30 } } })).toEqual({ image_create_rate: { count: 4, windowSeconds: 30 } });
   });
 
@@ -67,8 +87,15 @@ describe('settings', () => {
 });
 
 function fakeSource() {
-  const state = { registered: [...LAB_REGISTERED], project: new Map<string, ProjectLimit[]>(), down: false, truncated: false, calls: { registered: 0, all: 0, project: 0 } };
-  const unreachable = (path: string) => new OpenStackUnreachableError('keystone', 'GET', `http://keystone/v3${path}`, 4, `keystone: GET http://keystone/v3${path} got no answer after 4 attempts`);
+  const state = {
+    registered: [...LAB_REGISTERED],
+    project: new Map<string, ProjectLimit[]>(),
+    down: false,
+    truncated: false,
+    calls: { registered: 0, all: 0, project: 0 },
+  };
+  const unreachable = (path: string) =>
+    new OpenStackUnreachableError('keystone', 'GET', `http://keystone/v3${path}`, 4, `keystone: GET http://keystone/v3${path} got no answer after 4 attempts`);
   const source: KeystoneLimitsReader = {
     async registeredLimits() {
       state.calls.registered++;
@@ -147,7 +174,12 @@ describe('the limits table', () => {
     state.project.set('attacker', [projectLimit('attacker', 'image_count_total', 3)]);
     let now = 1_000_000;
     const lines: string[] = [];
-    const sink = new Writable({ write(chunk: Buffer, _enc, done) { lines.push(chunk.toString()); done(); } });
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        lines.push(chunk.toString());
+        done();
+      },
+    });
     const limits = new UnifiedLimits(source, { cacheSeconds: 60, now: () => now, log: createLogger('info', sink) });
     const fetchedAt = now;
     await limits.limitsFor('attacker');
@@ -188,8 +220,15 @@ describe('the limits table', () => {
     state.down = false;
     const warm = new UnifiedLimits(source, { fallback: staticLimits, log: quiet });
     expect(await warm.lookup('newcomer')).toEqual({
-      limits: { image_count_total: 100, image_count_uploading: 10, image_size_total: 1000, image_stage_total: 1000, image_create_rate: { count: 20, windowSeconds: 60 } },
-      origin: 'keystone', fetchedAt: expect.any(Number),
+      limits: {
+        image_count_total: 100,
+        image_count_uploading: 10,
+        image_size_total: 1000,
+        image_stage_total: 1000,
+        image_create_rate: { count: 20, windowSeconds: 60 },
+      },
+      origin: 'keystone',
+      fetchedAt: expect.any(Number),
     });
   });
 
@@ -197,10 +236,20 @@ describe('the limits table', () => {
     const { source, state } = fakeSource();
     let now = 1_000_000;
     state.project.set('attacker', [projectLimit('attacker', 'image_count_total', 3)]);
-    const limits = new UnifiedLimits(source, { fallback: new StaticLimits({ image_count_total: 5 }), cacheSeconds: 60, refreshSeconds: 1, now: () => now, log: quiet });
+    const limits = new UnifiedLimits(source, {
+      fallback: new StaticLimits({ image_count_total: 5 }),
+      cacheSeconds: 60,
+      refreshSeconds: 1,
+      now: () => now,
+      log: quiet,
+    });
     state.down = true;
     // A cold start during an outage: the static 5 is in hand, and is not acted on.
-    expect(await limits.confirm('attacker')).toMatchObject({ trusted: false, limits: { image_count_total: 5 }, reason: expect.stringMatching(/could not be read yet.*not a stand-in/) });
+    expect(await limits.confirm('attacker')).toMatchObject({
+      trusted: false,
+      limits: { image_count_total: 5 },
+      reason: expect.stringMatching(/could not be read yet.*not a stand-in/),
+    });
     state.down = false;
     now += OUTAGE_RETRY_SECONDS * 1000;
     expect(await limits.confirm('attacker')).toMatchObject({ trusted: true, limits: { image_count_total: 3 } });
@@ -210,7 +259,11 @@ describe('the limits table', () => {
     expect(await limits.confirm('attacker')).toMatchObject({ trusted: true, limits: { image_count_total: 3 } });
     // The outage outlasts LIMITS_CACHE_SECONDS: that table is reported, not acted on.
     now += 61_000;
-    expect(await limits.confirm('attacker')).toMatchObject({ trusted: false, limits: { image_count_total: 3 }, reason: expect.stringMatching(/latest reads .* failed.*older than LIMITS_CACHE_SECONDS \(60\)/) });
+    expect(await limits.confirm('attacker')).toMatchObject({
+      trusted: false,
+      limits: { image_count_total: 3 },
+      reason: expect.stringMatching(/latest reads .* failed.*older than LIMITS_CACHE_SECONDS \(60\)/),
+    });
     expect(limits.status().trusted).toBe(false);
     state.down = false;
     now += OUTAGE_RETRY_SECONDS * 1000;
@@ -223,7 +276,12 @@ describe('the limits table', () => {
     state.project.set('a', [projectLimit('a', 'image_count_total', 1)]);
     state.project.set('b', [projectLimit('b', 'image_count_total', 2), projectLimit('b', 'image_size_total', 20)]);
     const lines: string[] = [];
-    const sink = new Writable({ write(chunk: Buffer, _enc, done) { lines.push(chunk.toString()); done(); } });
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        lines.push(chunk.toString());
+        done();
+      },
+    });
     const limits = new UnifiedLimits(source, { log: createLogger('info', sink) });
     expect(await limits.limitsFor('b')).toMatchObject({ image_count_total: 2, image_size_total: 20 });
     expect(await limits.limitsFor('b')).toMatchObject({ image_count_total: 2 });
@@ -238,7 +296,9 @@ describe('the limits table', () => {
 
 describe('against a counting Keystone stand-in (HTTP on 127.0.0.1)', () => {
   const stands: KeystoneStandIn[] = [];
-  afterAll(async () => { for (const s of stands) await s.close(); });
+  afterAll(async () => {
+    for (const s of stands) await s.close();
+  });
   const fast = { attempts: 2, baseDelayMs: 1, maxDelayMs: 1, timeoutMs: 5_000 };
 
   async function standIn(projects: number, init: Parameters<typeof keystoneStandIn>[0] = {}) {
@@ -271,15 +331,37 @@ describe('against a counting Keystone stand-in (HTTP on 127.0.0.1)', () => {
 
   it("applies project > registered > static, for the enforcer's region only", async () => {
     const { s, keystone } = await standIn(0, {
-      limits: [projectLimit('attacker', 'image_count_total', 3), projectLimit('attacker', 'image_count_total', 1, 'RegionTwo'), projectLimit('demo', 'image_size_total', -1)],
+      limits: [
+        projectLimit('attacker', 'image_count_total', 3),
+        projectLimit('attacker', 'image_count_total', 1, 'RegionTwo'),
+        projectLimit('demo', 'image_size_total', -1),
+      ],
     });
-    const limits = new UnifiedLimits(keystoneLimitsReader(keystone, { log: quiet }), { fallback: new StaticLimits({ image_count_total: 50, image_create_rate: { count: 5, windowSeconds: 60 } }), log: quiet });
-    expect(await limits.limitsFor('attacker')).toEqual({ image_count_total: 3, image_count_uploading: 10, image_size_total: 1000, image_stage_total: 1000, image_create_rate: { count: 5, windowSeconds: 60 } });
-    expect(await limits.limitsFor('demo')).toEqual({ image_count_total: 100, image_count_uploading: 10, image_stage_total: 1000, image_create_rate: { count: 5, windowSeconds: 60 } });
+    const limits = new UnifiedLimits(keystoneLimitsReader(keystone, { log: quiet }), {
+      fallback: new StaticLimits({ image_count_total: 50, image_create_rate: { count: 5, windowSeconds: 60 } }),
+      log: quiet,
+    });
+    expect(await limits.limitsFor('attacker')).toEqual({
+      image_count_total: 3,
+      image_count_uploading: 10,
+      image_size_total: 1000,
+      image_stage_total: 1000,
+      image_create_rate: { count: 5, windowSeconds: 60 },
+    });
+    expect(await limits.limitsFor('demo')).toEqual({
+      image_count_total: 100,
+      image_count_uploading: 10,
+      image_stage_total: 1000,
+      image_create_rate: { count: 5, windowSeconds: 60 },
+    });
     expect(s.calls).toEqual({ tokens: 1, registeredLimits: 1, limits: 1, limitsOfOneProject: 0 });
 
     // The same Keystone seen from RegionTwo: its own registered and project limits.
-    const two = new KeystoneClient(loadCredentials({ ...s.env, OS_REGION_NAME: 'RegionTwo' }, { searchDirs: [] }), { log: quiet, retry: fast, sleep: async () => {} });
+    const two = new KeystoneClient(loadCredentials({ ...s.env, OS_REGION_NAME: 'RegionTwo' }, { searchDirs: [] }), {
+      log: quiet,
+      retry: fast,
+      sleep: async () => {},
+    });
     expect(await new UnifiedLimits(keystoneLimitsReader(two, { log: quiet }), { log: quiet }).limitsFor('attacker')).toEqual({ image_count_total: 1 });
     expect(await new UnifiedLimits(keystoneLimitsReader(two, { log: quiet }), { log: quiet }).limitsFor('demo')).toEqual({ image_count_total: 7 });
   });
@@ -287,7 +369,12 @@ describe('against a counting Keystone stand-in (HTTP on 127.0.0.1)', () => {
   it('keeps the table while Keystone answers 503, and the static limits before the first answer', async () => {
     const { s, keystone } = await standIn(3);
     let now = 1_000_000;
-    const limits = new UnifiedLimits(keystoneLimitsReader(keystone, { log: quiet }), { cacheSeconds: 60, now: () => now, fallback: new StaticLimits({ image_count_total: 50 }), log: quiet });
+    const limits = new UnifiedLimits(keystoneLimitsReader(keystone, { log: quiet }), {
+      cacheSeconds: 60,
+      now: () => now,
+      fallback: new StaticLimits({ image_count_total: 50 }),
+      log: quiet,
+    });
     s.down = true;
     expect(await limits.lookup('p-1')).toEqual({ limits: { image_count_total: 50 }, origin: 'fallback' });
     s.down = false;
@@ -307,7 +394,9 @@ describe('against a counting Keystone stand-in (HTTP on 127.0.0.1)', () => {
     expect(listing.limits.map((l) => l.project_id)).toEqual(Array.from({ length: 25 }, (_, i) => `p-${i}`));
     expect(s.calls.limits).toBe(3);
     s.nextBase = 'http://elsewhere.example:5000';
-    await expect(source.allProjectLimits()).rejects.toThrow(/next page of \/limits\?service_id=svc-image&region_id=RegionOne is at http:\/\/elsewhere.example:5000\/v3\/limits.*outside OS_AUTH_URL.*not sending the token there/);
+    await expect(source.allProjectLimits()).rejects.toThrow(
+      /next page of \/limits\?service_id=svc-image&region_id=RegionOne is at http:\/\/elsewhere.example:5000\/v3\/limits.*outside OS_AUTH_URL.*not sending the token there/,
+    );
   });
 
   it('reads a truncated listing (list_limit) as partial, and each project on its own', async () => {
@@ -322,7 +411,14 @@ describe('against a counting Keystone stand-in (HTTP on 127.0.0.1)', () => {
     const { s, keystone } = await standIn(0, { projects, listLimit: 20 });
     const wanted = ['p-1', 'p-25', 'p-29', 'p-2', 'p-3', 'p-4', 'gone'];
     const names = await keystoneProjectNames(keystone).namesOf(wanted);
-    expect(Object.fromEntries(names)).toEqual({ 'p-1': 'project 1', 'p-25': 'project 25', 'p-29': 'project 29', 'p-2': 'project 2', 'p-3': 'project 3', 'p-4': 'project 4' });
+    expect(Object.fromEntries(names)).toEqual({
+      'p-1': 'project 1',
+      'p-25': 'project 25',
+      'p-29': 'project 29',
+      'p-2': 'project 2',
+      'p-3': 'project 3',
+      'p-4': 'project 4',
+    });
     // One listing (cut at 20), then p-25, p-29 and 'gone' (Keystone: 404) by id.
     expect(s.projectCalls).toEqual({ listings: 1, byId: 3 });
   });
@@ -332,7 +428,10 @@ describe('the catalog', () => {
   const catalog: CatalogService[] = [
     { id: 'svc-keystone', type: 'identity', endpoints: [{ id: 'k', interface: 'public', region_id: 'RegionOne', url: 'http://k:5000/v3' }] },
     {
-      id: 'svc-image', type: 'image', name: 'glance', endpoints: [
+      id: 'svc-image',
+      type: 'image',
+      name: 'glance',
+      endpoints: [
         { id: 'a', interface: 'public', region_id: 'RegionOne', url: 'https://glance-one:9292/' },
         { id: 'b', interface: 'public', region_id: 'RegionTwo', url: 'https://glance-two:9292' },
       ],
@@ -344,10 +443,14 @@ describe('the catalog', () => {
   });
 
   it('refuses to guess between regions', () => {
-    expect(() => findEndpoint(catalog, 'image', 'public')).toThrow("catalog: 'image' endpoints with interface 'public' exist in regions RegionOne, RegionTwo; set OS_REGION_NAME to the one to enforce");
+    expect(() => findEndpoint(catalog, 'image', 'public')).toThrow(
+      "catalog: 'image' endpoints with interface 'public' exist in regions RegionOne, RegionTwo; set OS_REGION_NAME to the one to enforce",
+    );
   });
 
   it('says when there is no image service at all', () => {
-    expect(() => findEndpoint(catalog.slice(0, 1), 'image', 'public')).toThrow("catalog: no 'image' endpoint with interface 'public'; the catalog has no 'image' service at all: register it in Keystone (openstack service create image), or set GLANCE_URL");
+    expect(() => findEndpoint(catalog.slice(0, 1), 'image', 'public')).toThrow(
+      "catalog: no 'image' endpoint with interface 'public'; the catalog has no 'image' service at all: register it in Keystone (openstack service create image), or set GLANCE_URL",
+    );
   });
 });

@@ -31,12 +31,18 @@ describe('a notification over MAX_MESSAGE_BYTES is still a trigger', () => {
       const out = parseNotification(b, NOW, DOOR);
       expect(out).toMatchObject({ kind: 'invalid', reason: expect.stringMatching(/over MAX_MESSAGE_BYTES .*counted from a scan/) });
       expect(out.kind === 'invalid' && out.event).toMatchObject({
-        eventType: 'image.create', projectId: create.payload.owner, imageId: create.payload.id, status: 'queued', protected: false, deleted: false, importing: '',
+        eventType: 'image.create',
+        projectId: create.payload.owner,
+        imageId: create.payload.id,
+        status: 'queued',
+        protected: false,
+        deleted: false,
+        importing: '',
       });
     }
   });
 
-  it('reads the payload\'s own owner, never one inside the properties, whatever their order', () => {
+  it("reads the payload's own owner, never one inside the properties, whatever their order", () => {
     const { owner, properties: _own, ...rest } = create.payload;
     // A forger (or a future Glance) puts the properties first, with an owner key inside them.
     const reordered = { ...create, payload: { properties: { owner: 'victim', note: 'x'.repeat(1_100_000) }, ...rest, owner } };
@@ -72,7 +78,11 @@ describe('a notification over MAX_MESSAGE_BYTES is still a trigger', () => {
   it('checks what it read as a parsed payload is checked: a forged owner id or a date from the future makes no event', () => {
     const bad = parseNotification(fat(1_200_000, { ...create, payload: { ...create.payload, owner: 'not a project id!' } }), NOW, DOOR);
     expect(bad.kind === 'invalid' && bad.event).toBe(undefined);
-    const future = parseNotification(fat(1_200_000, { ...create, payload: { ...create.payload, created_at: '2099-01-01T00:00:00Z', updated_at: '2099-01-01T00:00:00Z' } }), NOW, DOOR);
+    const future = parseNotification(
+      fat(1_200_000, { ...create, payload: { ...create.payload, created_at: '2099-01-01T00:00:00Z', updated_at: '2099-01-01T00:00:00Z' } }),
+      NOW,
+      DOOR,
+    );
     expect(future.kind === 'invalid' && future.event).toBe(undefined);
   });
 

@@ -44,30 +44,108 @@ const bases: Json[] = (() => {
 
 const WRONG: Json[] = [null, 0, -1, 1.5, true, false, '', 'x', [], ['a'], {}, { a: 1 }];
 const OSLO_TIMES = [
-  '2026-11-26 20:27:41', '2026-11-26 20:27:41.984542', '2026-11-26 20:27:41.5', '2026-11-26 20:27:41.000001',
-  '2026-02-30 10:00:00', '2026-02-29 10:00:00', '2024-02-29 10:00:00', '2026-11-26T20:27:41Z', '2026-11-26 20:27:41Z',
-  '2026-11-26 20:27:41+00:00', '2026-11-26 20:27:41.', '2026-11-26 20:27:41.1234567', '2026-11-26 20:27:41.12a',
-  '2026-11-26 20:27:41,5', '2026-11-26 24:00:00', '2026-11-26 23:59:60', '2026-11-26 23:60:00', '2026-13-01 00:00:00',
-  '2026-00-10 00:00:00', '2026-11-00 00:00:00', ' 2026-11-26 20:27:41', '2026-11-26 20:27:41\n', '2026-11-26  20:27:41',
-  '２０２６-11-26 20:27:41', '2026-11-26 20:27:41.١', '0099-01-01 00:00:00', '0000-01-01 00:00:00', '9999-12-31 23:59:59.999999',
-  '2026-11-26', '', '2026-11-26 20:27:4', '20261126 202741',
+  '2026-11-26 20:27:41',
+  '2026-11-26 20:27:41.984542',
+  '2026-11-26 20:27:41.5',
+  '2026-11-26 20:27:41.000001',
+  '2026-02-30 10:00:00',
+  '2026-02-29 10:00:00',
+  '2024-02-29 10:00:00',
+  '2026-11-26T20:27:41Z',
+  '2026-11-26 20:27:41Z',
+  '2026-11-26 20:27:41+00:00',
+  '2026-11-26 20:27:41.',
+  '2026-11-26 20:27:41.1234567',
+  '2026-11-26 20:27:41.12a',
+  '2026-11-26 20:27:41,5',
+  '2026-11-26 24:00:00',
+  '2026-11-26 23:59:60',
+  '2026-11-26 23:60:00',
+  '2026-13-01 00:00:00',
+  '2026-00-10 00:00:00',
+  '2026-11-00 00:00:00',
+  ' 2026-11-26 20:27:41',
+  '2026-11-26 20:27:41\n',
+  '2026-11-26  20:27:41',
+  '２０２６-11-26 20:27:41',
+  '2026-11-26 20:27:41.١',
+  '0099-01-01 00:00:00',
+  '0000-01-01 00:00:00',
+  '9999-12-31 23:59:59.999999',
+  '2026-11-26',
+  '',
+  '2026-11-26 20:27:4',
+  '20261126 202741',
   // The door: oslo's year 0050 is not 1950, minute 60 is not the next hour, the future is not believed.
-  '0050-01-01 00:00:00', '2026-11-26 10:60:00', '2099-01-01 00:00:00', '2026-12-01 00:05:00', '2026-12-01 00:05:01',
+  '0050-01-01 00:00:00',
+  '2026-11-26 10:60:00',
+  '2099-01-01 00:00:00',
+  '2026-12-01 00:05:00',
+  '2026-12-01 00:05:01',
 ];
 const ISO_TIMES = [
-  '2026-11-26T20:27:41Z', '2026-02-30T10:00:00Z', '2026-11-26 20:27:41', '2026-11-26T20:27:41', '2026-11-26T20:27:41+01:00',
-  '2026-11-26T20:27:41+00:00', '2026-11-26T20:27:41-0000', '2026-11-26T20:27:41+0000', '2026-11-26T20:27:41.123Z',
-  '2026-11-26T20:27:41.123456789Z', '2026-11-26T25:00:00Z', '2026-11-26T20:27:41z', 'yesterday', '', '2026-11-26',
-  '1969-12-31T23:59:59Z', '0000-01-01T00:00:00Z', '2026-11-26T20:27:41.Z',
-  '0050-06-15T12:00:00Z', '2026-11-26T10:60:00Z', '2099-01-01T00:00:00Z', '2026-12-01T00:05:00Z', '2026-12-01T00:05:01Z',
+  '2026-11-26T20:27:41Z',
+  '2026-02-30T10:00:00Z',
+  '2026-11-26 20:27:41',
+  '2026-11-26T20:27:41',
+  '2026-11-26T20:27:41+01:00',
+  '2026-11-26T20:27:41+00:00',
+  '2026-11-26T20:27:41-0000',
+  '2026-11-26T20:27:41+0000',
+  '2026-11-26T20:27:41.123Z',
+  '2026-11-26T20:27:41.123456789Z',
+  '2026-11-26T25:00:00Z',
+  '2026-11-26T20:27:41z',
+  'yesterday',
+  '',
+  '2026-11-26',
+  '1969-12-31T23:59:59Z',
+  '0000-01-01T00:00:00Z',
+  '2026-11-26T20:27:41.Z',
+  '0050-06-15T12:00:00Z',
+  '2026-11-26T10:60:00Z',
+  '2099-01-01T00:00:00Z',
+  '2026-12-01T00:05:00Z',
+  '2026-12-01T00:05:01Z',
 ];
 const PRIORITIES = ['INFO', 'info', 'Info', 'WARN', 'warn', 'ERROR', 'DEBUG', '', 'ınfo', 'CRITICAL', 'SAMPLE', ' INFO'];
-const EVENT_TYPES = ['image.create', 'image.update', 'image.prepare', 'image.upload', 'image.activate', 'image.delete', 'image.send', 'task.run', 'IMAGE.CREATE', 'image.member.create', ''];
+const EVENT_TYPES = [
+  'image.create',
+  'image.update',
+  'image.prepare',
+  'image.upload',
+  'image.activate',
+  'image.delete',
+  'image.send',
+  'task.run',
+  'IMAGE.CREATE',
+  'image.member.create',
+  '',
+];
 /** Raw JSON put in place of a value: numbers JSON.stringify cannot write (-0, 1e400 = Infinity) and keys it would not. */
 const RAW_SIZES = ['-0', '1e3', '1.0', '9007199254740991', '9007199254740992', '1e400', '-1e-400', '0.5e1', '-1', '3', '1125899906842624', '1125899906842625'];
 /** What the door admits of ids, owners, statuses and message ids: bounded, printable, as Glance and Keystone make them. */
-const IDS = ['94c33273-4702-45ad-a25b-17a3ac735dee', '94C33273-4702-45AD-A25B-17A3AC735DEE', '94c33273470245ada25b17a3ac735dee', '94c33273-4702-45ad-a25b-17a3ac735de\u0000', '94c33273-4702-45ad-a25b-17a3ac735dee ', 'g4c33273-4702-45ad-a25b-17a3ac735dee', 'image-1'];
-const OWNERS = ['615696c542784834ac46630e5a22dbe3', 'a', 'A_b-9', 'a'.repeat(64), 'a'.repeat(65), 'demo project', 'demo\u001b[31m', 'ab\ud800', 'ab\ud83d\ude00', 'x\u0000'];
+const IDS = [
+  '94c33273-4702-45ad-a25b-17a3ac735dee',
+  '94C33273-4702-45AD-A25B-17A3AC735DEE',
+  '94c33273470245ada25b17a3ac735dee',
+  '94c33273-4702-45ad-a25b-17a3ac735de\u0000',
+  '94c33273-4702-45ad-a25b-17a3ac735dee ',
+  'g4c33273-4702-45ad-a25b-17a3ac735dee',
+  'image-1',
+];
+const OWNERS = [
+  '615696c542784834ac46630e5a22dbe3',
+  'a',
+  'A_b-9',
+  'a'.repeat(64),
+  'a'.repeat(65),
+  'demo project',
+  'demo\u001b[31m',
+  'ab\ud800',
+  'ab\ud83d\ude00',
+  'x\u0000',
+];
 const STATUSES = ['queued', 'pending_delete', 'Queued', 'queued\u0000', 'q'.repeat(33), 'q'.repeat(32)];
 const MESSAGE_IDS = ['5a7e6b1e-7b7c-4c8e-9b1a-0d2c3e4f5a6b', 'x'.repeat(255), 'x'.repeat(256), 'has space', 'nul\u0000', 'é'];
 const STORES = ['file', 'a,b', 'x'.repeat(1024), 'x'.repeat(1025), 'file\u0000', 'file\ud800', '\u{1F600}'];
@@ -79,7 +157,22 @@ const RAW_PROPERTIES = [
   '[["os_glance_importing_to_stores", "a"]]',
 ];
 const MESSAGE_KEYS = ['message_id', 'publisher_id', 'event_type', 'priority', 'payload', 'timestamp'];
-const PAYLOAD_KEYS = ['id', 'owner', 'status', 'size', 'created_at', 'updated_at', 'deleted_at', 'deleted', 'protected', 'properties', 'os_glance_importing_to_stores', 'tags', 'visibility', 'name'];
+const PAYLOAD_KEYS = [
+  'id',
+  'owner',
+  'status',
+  'size',
+  'created_at',
+  'updated_at',
+  'deleted_at',
+  'deleted',
+  'protected',
+  'properties',
+  'os_glance_importing_to_stores',
+  'tags',
+  'visibility',
+  'name',
+];
 const RAW = '\u0000raw\u0000';
 
 interface Edit {
@@ -126,9 +219,13 @@ const EDITS: Edit[] = [
   ...EVENT_TYPES.map((e) => ({ name: `event_type ${JSON.stringify(e)}`, apply: set(['event_type'], e) })),
   ...RAW_SIZES.map((raw) => ({ name: `size ${raw}`, apply: set(['payload', 'size'], RAW), raw })),
   ...RAW_PROPERTIES.map((raw) => ({ name: `properties ${raw}`, apply: set(['payload', 'properties'], RAW), raw })),
-  ...[{}, { os_glance_importing_to_stores: 'a,b' }, { os_glance_importing_to_stores: 5 }, { os_glance_importing_to_stores: '' }, { os_glance_importing_to_stores: ['x'] }].map(
-    (v) => ({ name: `properties ${JSON.stringify(v)}`, apply: set(['payload', 'properties'], v) }),
-  ),
+  ...[
+    {},
+    { os_glance_importing_to_stores: 'a,b' },
+    { os_glance_importing_to_stores: 5 },
+    { os_glance_importing_to_stores: '' },
+    { os_glance_importing_to_stores: ['x'] },
+  ].map((v) => ({ name: `properties ${JSON.stringify(v)}`, apply: set(['payload', 'properties'], v) })),
   ...[['a', 'b'], ['a', 1], [], 'x', '', null, [null], [['a']]].map((v) => ({
     name: `top-level os_glance_importing_to_stores ${JSON.stringify(v)}`,
     apply: set(['payload', 'os_glance_importing_to_stores'], v),
@@ -240,7 +337,7 @@ describe('the fast parse equals the schemas', () => {
     expect([...kinds].sort()).toEqual(['ignored', 'image']);
   });
 
-  it("on every body Glance 25.1 really sent", () => {
+  it('on every body Glance 25.1 really sent', () => {
     const bodies = captures().map((c) => c.body);
     expect(mismatches(bodies)).toEqual([]);
     expect(validButTurnedDown(bodies)).toEqual([]);
@@ -351,13 +448,18 @@ describe('calendar times are read by arithmetic, exactly as a Date counts them',
 });
 
 describe('a guard is derived from its schema, never guessed', () => {
-  it('follows a change to the schema: a new bound or pattern is the guard\'s at once', () => {
+  it("follows a change to the schema: a new bound or pattern is the guard's at once", () => {
     const size = guardOf(z.object({ size: z.number().int().nonnegative().max(10).nullable().optional() }));
     expect([{}, { size: null }, { size: 0 }, { size: 10 }].map(size)).toEqual([true, true, true, true]);
     expect([{ size: 11 }, { size: -1 }, { size: 1.5 }, { size: '1' }, [], null].map(size)).toEqual([false, false, false, false, false, false]);
     const labels = guardOf(z.record(z.string(), z.string()));
     expect([{}, { a: 'x' }, { a: 'x', b: 1 }, ['x']].map(labels)).toEqual([true, true, false, false]);
-    const refined = guardOf(z.string().regex(/^a/).refine((v) => v.length < 3));
+    const refined = guardOf(
+      z
+        .string()
+        .regex(/^a/)
+        .refine((v) => v.length < 3),
+    );
     expect(['ab', 'abc', 'ba', 5].map(refined)).toEqual([true, false, false, false]);
   });
 

@@ -10,7 +10,12 @@ describe('the pipeline keeps its store bounded', () => {
     // A clock after the captured bodies: the door refuses messages dated after it.
     let now = Date.UTC(2026, 11, 1);
     const store = new MemoryStore();
-    const pipeline = pipelineOf({ store, limits: new StaticLimits({}), clock: () => now, retention: { messagesMs: 5_000, actionsMs: 5_000, deadImagesMs: 5_000 } });
+    const pipeline = pipelineOf({
+      store,
+      limits: new StaticLimits({}),
+      clock: () => now,
+      retention: { messagesMs: 5_000, actionsMs: 5_000, deadImagesMs: 5_000 },
+    });
     const bodies = captures().map((c) => c.body);
     await pipeline.ingest(bodies.slice(0, 10));
     const base = { over: [], usage: { image_count_total: 0, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 }, limits: {} };

@@ -7,7 +7,8 @@ import { ReconcileSchedule, type ReconcileSummary } from '../../src/doors/reconc
  * run in hand is over; a stopped schedule starts nothing more.
  */
 
-const summary = (n: number) => ({ projects: [], listed: n, unreadable: 0, corrected: {}, failures: [], complete: true, remaining: 0, cursor: '', durationMs: 1 }) as ReconcileSummary;
+const summary = (n: number) =>
+  ({ projects: [], listed: n, unreadable: 0, corrected: {}, failures: [], complete: true, remaining: 0, cursor: '', durationMs: 1 }) as ReconcileSummary;
 
 describe("consume's reconcile schedule", () => {
   beforeEach(() => void vi.useFakeTimers());

@@ -24,7 +24,10 @@ describe('URLs are redacted, even when they do not parse', () => {
     ['rabbit://gqe:se/cret@10.0.0.1:5672/openstack', 'rabbit://gqe:***@10.0.0.1:5672/openstack'],
     ['rabbit://gqe:se,cret@10.0.0.1:5672,gqe:x/y@10.0.0.2/v', 'rabbit://gqe:***@10.0.0.1:5672,gqe:***@10.0.0.2/v'],
     ['rabbit://a:s1@h1:5672,b:s2@h2/v', 'rabbit://a:***@h1:5672,b:***@h2/v'],
-    ['postgres://gqe:p@ss?w#rd@db.example.com:5432/gqe?sslpassword=k3y&application_name=gqe', 'postgres://gqe:***@db.example.com:5432/gqe?sslpassword=***&application_name=gqe'],
+    [
+      'postgres://gqe:p@ss?w#rd@db.example.com:5432/gqe?sslpassword=k3y&application_name=gqe',
+      'postgres://gqe:***@db.example.com:5432/gqe?sslpassword=***&application_name=gqe',
+    ],
     ['redis://:s3cret@[::1]:6379/2', 'redis://:***@[::1]:6379/2'],
     ['https://keystone.example.com:5000/v3', 'https://keystone.example.com:5000/v3'],
     ['https://glance/v2/images?owner=p1&marker=a', 'https://glance/v2/images?owner=p1&marker=a'],
@@ -94,12 +97,19 @@ describe('secrets are scrubbed from server text in any escaping', () => {
   it('scrubs every field of a log line and its message', () => {
     rememberSecrets(PASSWORD);
     const chunks: string[] = [];
-    const log = createLogger('info', new Writable({ write: (c: Buffer, _e, done) => {
+    const log = createLogger(
+      'info',
+      new Writable({
+        write: (c: Buffer, _e, done) => {
           chunks.push(c.toString());
           done();
         },
-      }));
-    log.warn({ err: `connect failed for postgres://gqe:${PASSWORD}@db/x`, nested: { reason: JSON.stringify(PASSWORD) }, error: new Error(`bad ${PASSWORD}`) }, `echo ${PASSWORD}`);
+      }),
+    );
+    log.warn(
+      { err: `connect failed for postgres://gqe:${PASSWORD}@db/x`, nested: { reason: JSON.stringify(PASSWORD) }, error: new Error(`bad ${PASSWORD}`) },
+      `echo ${PASSWORD}`,
+    );
     const line = chunks.join('');
     expectNoPart(line);
     expectNoPart(JSON.parse(line).nested.reason);

@@ -56,8 +56,15 @@ async function fakeCloud(): Promise<Cloud> {
   const deletes: string[] = [];
   const cloud = { glanceListing: 'ok', limits: 'ok' } as Cloud;
   const IMAGES = [1, 2, 3].map((i) => ({
-    id: `0000000${i}-0000-4000-8000-00000000000${i}`, name: `img-${i}`, owner: PROJECT, status: 'queued', size: null,
-    created_at: `2026-11-26T20:30:0${i}Z`, updated_at: `2026-11-26T20:30:0${i}Z`, protected: false, visibility: 'private',
+    id: `0000000${i}-0000-4000-8000-00000000000${i}`,
+    name: `img-${i}`,
+    owner: PROJECT,
+    status: 'queued',
+    size: null,
+    created_at: `2026-11-26T20:30:0${i}Z`,
+    updated_at: `2026-11-26T20:30:0${i}Z`,
+    protected: false,
+    visibility: 'private',
   }));
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
@@ -74,29 +81,52 @@ async function fakeCloud(): Promise<Cloud> {
         const auth = JSON.parse(body) as { auth: { identity: { password: { user: { password: string } } }; scope?: { system?: unknown } } };
         if (auth.auth.identity.password.user.password !== PASSWORD) {
           // Keystone echoing what it was sent, as a misconfigured proxy or debug mode may.
-          return send(401, { error: { code: 401, title: 'Unauthorized', message: `The request you have made requires authentication. ${echoes(auth.auth.identity.password.user.password)}` } });
+          return send(401, {
+            error: {
+              code: 401,
+              title: 'Unauthorized',
+              message: `The request you have made requires authentication. ${echoes(auth.auth.identity.password.user.password)}`,
+            },
+          });
         }
         const system = auth.auth.scope?.system !== undefined;
-        return send(201, {
-          token: {
-            expires_at: new Date(Date.now() + 3_600_000).toISOString(),
-            user: { id: 'enforcer-user' },
-            ...(system ? { system: { all: true } } : { project: { id: ENFORCER_PROJECT } }),
-            roles: [{ name: system ? 'reader' : 'admin' }],
-            catalog: [{ id: 'svc-image', type: 'image', name: 'glance', endpoints: [{ id: 'e1', interface: 'public', region_id: 'RegionOne', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/glance` }] }],
+        return send(
+          201,
+          {
+            token: {
+              expires_at: new Date(Date.now() + 3_600_000).toISOString(),
+              user: { id: 'enforcer-user' },
+              ...(system ? { system: { all: true } } : { project: { id: ENFORCER_PROJECT } }),
+              roles: [{ name: system ? 'reader' : 'admin' }],
+              catalog: [
+                {
+                  id: 'svc-image',
+                  type: 'image',
+                  name: 'glance',
+                  endpoints: [
+                    { id: 'e1', interface: 'public', region_id: 'RegionOne', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/glance` },
+                  ],
+                },
+              ],
+            },
           },
-        }, { 'x-subject-token': system ? `${TOKEN}-system` : TOKEN });
+          { 'x-subject-token': system ? `${TOKEN}-system` : TOKEN },
+        );
       }
       if (cloud.limits === 'ok' && req.method === 'GET' && path.startsWith('/v3/registered_limits')) {
         const registered = [{ id: 'r1', service_id: 'svc-image', region_id: 'RegionOne', resource_name: 'image_count_total', default_limit: 1 }];
         return send(200, { registered_limits: registered, links: { self: path, next: null, previous: null } });
       }
-      if (cloud.limits === 'ok' && req.method === 'GET' && path.startsWith('/v3/limits')) return send(200, { limits: [], links: { self: path, next: null, previous: null } });
+      if (cloud.limits === 'ok' && req.method === 'GET' && path.startsWith('/v3/limits'))
+        return send(200, { limits: [], links: { self: path, next: null, previous: null } });
       if (path.startsWith('/v3/')) {
-        return send(500, { error: { code: 500, title: 'Internal Server Error', message: `limits backend failed for ${echoes(token)} and ${echoes(PASSWORD)}` } });
+        return send(500, {
+          error: { code: 500, title: 'Internal Server Error', message: `limits backend failed for ${echoes(token)} and ${echoes(PASSWORD)}` },
+        });
       }
       if (req.method === 'GET' && path.startsWith('/glance/v2/images?')) {
-        if (cloud.glanceListing === 'fail') return send(500, `<html><body>proxy error: upstream said ${echoes(token)} / ${echoes(PASSWORD)}</body></html>`, { 'content-type': 'text/html' });
+        if (cloud.glanceListing === 'fail')
+          return send(500, `<html><body>proxy error: upstream said ${echoes(token)} / ${echoes(PASSWORD)}</body></html>`, { 'content-type': 'text/html' });
         const hidden = new URL(path, 'http://x').searchParams.get('os_hidden') === 'true';
         return send(200, { images: hidden ? [] : IMAGES });
       }
@@ -106,7 +136,11 @@ async function fakeCloud(): Promise<Cloud> {
       }
       if (req.method === 'DELETE' && path.startsWith('/glance/v2/images/')) {
         deletes.push(path);
-        return send(403, { message: `Forbidden: X-Auth-Token: ${token} is not allowed; request carried ${echoes(token)} and ${echoes(PASSWORD)}<br /><br />`, code: '403 Forbidden', title: 'Forbidden' });
+        return send(403, {
+          message: `Forbidden: X-Auth-Token: ${token} is not allowed; request carried ${echoes(token)} and ${echoes(PASSWORD)}<br /><br />`,
+          code: '403 Forbidden',
+          title: 'Forbidden',
+        });
       }
       return send(404, { message: 'not found' });
     });
@@ -115,10 +149,11 @@ async function fakeCloud(): Promise<Cloud> {
   return Object.assign(cloud, {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     deletes,
-    close: () => new Promise<void>((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   });
 }
 

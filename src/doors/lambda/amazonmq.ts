@@ -85,7 +85,10 @@ export async function handleRabbitMqEvent(services: FunctionServices, event: unk
   metrics({ messages: counts, reports, enforcementErrors: failures.length });
   if (failures.length > 0) {
     const error = new EnforcementFailedError(failures);
-    log.error({ err: error.message, messages: counts }, 'the invocation fails and Amazon MQ redelivers the batch; it is committed, so only the enforcement runs again');
+    log.error(
+      { err: error.message, messages: counts },
+      'the invocation fails and Amazon MQ redelivers the batch; it is committed, so only the enforcement runs again',
+    );
     throw error;
   }
   log.info({ messages: counts, projects: projects.length, actions }, 'Amazon MQ batch done');
@@ -99,5 +102,6 @@ export async function handleRabbitMqEvent(services: FunctionServices, event: unk
  *   export const handler = amazonMqHandler(servicesFromEnvironment);
  */
 export function amazonMqHandler(services: () => Promise<FunctionServices>) {
-  return (event: unknown, context?: InvocationContext): Promise<RabbitMqBatchSummary> => inInvocation(context, async () => handleRabbitMqEvent(await services(), event));
+  return (event: unknown, context?: InvocationContext): Promise<RabbitMqBatchSummary> =>
+    inInvocation(context, async () => handleRabbitMqEvent(await services(), event));
 }

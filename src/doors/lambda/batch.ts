@@ -24,7 +24,10 @@ export interface DecodedRecord {
 export async function ingestRecords(pipeline: Pipeline, records: readonly DecodedRecord[]): Promise<{ result: IngestResult; outcomes: MessageOutcome[] }> {
   const result = await pipeline.ingest(records.filter((r) => r.unreadable === undefined && r.body !== undefined).map((r) => r.body!));
   let next = 0;
-  const outcomes = records.map((r): MessageOutcome => (r.unreadable !== undefined || r.body === undefined ? { result: 'invalid', reason: r.unreadable ?? 'no body' } : result.outcomes[next++]!));
+  const outcomes = records.map(
+    (r): MessageOutcome =>
+      r.unreadable !== undefined || r.body === undefined ? { result: 'invalid', reason: r.unreadable ?? 'no body' } : result.outcomes[next++]!,
+  );
   return { result, outcomes };
 }
 

@@ -70,7 +70,11 @@ const instanceSecrets = awsSecretReader();
 export async function openFunctionServices(given: NodeJS.ProcessEnv = process.env, options: FunctionServicesOptions = {}): Promise<FunctionServices> {
   const { openstack, secrets = instanceSecrets, metrics = stdoutMetrics } = options;
   const env = await resolveSecrets(given, secrets);
-  const runtime = await openRuntime(env, { needGlance: true, check: (config) => requireSharedStore(config.storeUrl), ...(openstack ? { overrides: openstack } : {}) });
+  const runtime = await openRuntime(env, {
+    needGlance: true,
+    check: (config) => requireSharedStore(config.storeUrl),
+    ...(openstack ? { overrides: openstack } : {}),
+  });
   const { config, log, pipeline, glance } = runtime;
   let poison: PoisonQueue | undefined;
   let sqs: SQSClient | undefined;

@@ -37,7 +37,10 @@ export interface InvocationMetrics {
 export function emfDocument(fn: string, values: Record<string, number>, dimension?: [string, string], now = Date.now()): string {
   const dimensions = dimension ? [['function', dimension[0]]] : [['function']];
   return JSON.stringify({
-    _aws: { Timestamp: now, CloudWatchMetrics: [{ Namespace: NAMESPACE, Dimensions: dimensions, Metrics: Object.keys(values).map((Name) => ({ Name, Unit: 'Count' })) }] },
+    _aws: {
+      Timestamp: now,
+      CloudWatchMetrics: [{ Namespace: NAMESPACE, Dimensions: dimensions, Metrics: Object.keys(values).map((Name) => ({ Name, Unit: 'Count' })) }],
+    },
     function: fn,
     ...(dimension ? { [dimension[0]]: dimension[1] } : {}),
     ...values,

@@ -32,7 +32,18 @@ export function reconcileHandler(services: () => Promise<FunctionServices>) {
       for (const f of failures) log.warn({ projectId: f.projectId, err: f.error.message }, 'reconcile of one project failed; the pass goes on');
       const actions = projects.reduce((n, r) => n + r.actions.length, 0);
       log.info(
-        { done: projects.length + failures.length, remaining: summary.remaining, complete, cursor: summary.cursor || undefined, listed: summary.listed, corrected: summary.corrected, failed: failures.map((f) => f.projectId).slice(0, 20), actions, pruned: summary.pruned, ms: summary.durationMs },
+        {
+          done: projects.length + failures.length,
+          remaining: summary.remaining,
+          complete,
+          cursor: summary.cursor || undefined,
+          listed: summary.listed,
+          corrected: summary.corrected,
+          failed: failures.map((f) => f.projectId).slice(0, 20),
+          actions,
+          pruned: summary.pruned,
+          ms: summary.durationMs,
+        },
         complete ? 'reconcile pass complete' : 'reconcile run stopped within its budget; the next run resumes',
       );
       // Nothing worked: not one project odd but a service down. The cursor stays where the last success left it.

@@ -43,7 +43,8 @@ export async function resolveSecrets(env: NodeJS.ProcessEnv, reader: SecretReade
 
 async function readSecret(name: SecretSetting, arn: string, env: NodeJS.ProcessEnv, reader: SecretReader): Promise<string> {
   const variable = `${name}_SECRET_ARN`;
-  if (env[name]) throw new ConfigError(`${name}: given both as a value and as ${variable}; unset ${name} (the secure way: only the ARN in the function's environment)`);
+  if (env[name])
+    throw new ConfigError(`${name}: given both as a value and as ${variable}; unset ${name} (the secure way: only the ARN in the function's environment)`);
   const { service } = serviceOf(arn);
   let value: string;
   try {
@@ -51,7 +52,10 @@ async function readSecret(name: SecretSetting, arn: string, env: NodeJS.ProcessE
   } catch (err) {
     const e = err as Error;
     const action = service === 'secretsmanager' ? 'secretsmanager:GetSecretValue' : 'ssm:GetParameter';
-    throw new ConfigError(`${variable}: cannot read ${arn} (${e.name}: ${e.message}); check that it exists and that the function's role allows ${action} on it`, { cause: err });
+    throw new ConfigError(
+      `${variable}: cannot read ${arn} (${e.name}: ${e.message}); check that it exists and that the function's role allows ${action} on it`,
+      { cause: err },
+    );
   }
   value = value.replace(/\r?\n$/, '');
   if (value === '') throw new ConfigError(`${variable}: ${arn} is empty; put the ${name} value in it`);

@@ -39,7 +39,7 @@ export async function startConsumer(env: NodeJS.ProcessEnv): Promise<RunningCons
         entry = { msg: line };
       }
       logs.push(entry);
-      for (const w of waiters.splice(0)) (String(entry.msg).match(w.re) ? w.resolve(entry) : waiters.push(w));
+      for (const w of waiters.splice(0)) String(entry.msg).match(w.re) ? w.resolve(entry) : waiters.push(w);
     }
   });
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
@@ -47,8 +47,13 @@ export async function startConsumer(env: NodeJS.ProcessEnv): Promise<RunningCons
     const seen = logs.find((l) => String(l.msg).match(re));
     if (seen) return Promise.resolve(seen);
     return new Promise<Record<string, unknown>>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`consumer did not log ${re} within ${timeoutMs} ms; last lines: ${JSON.stringify(logs.slice(-5))}`)), timeoutMs);
-      waiters.push({ re, resolve: (l) => {
+      const t = setTimeout(
+        () => reject(new Error(`consumer did not log ${re} within ${timeoutMs} ms; last lines: ${JSON.stringify(logs.slice(-5))}`)),
+        timeoutMs,
+      );
+      waiters.push({
+        re,
+        resolve: (l) => {
           clearTimeout(t);
           resolve(l);
         },

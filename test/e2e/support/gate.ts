@@ -14,7 +14,10 @@ export interface RunningGate {
 /** `glance-quota-enforcer gate` as a real process (the built CLI) on a free port. */
 export async function startGate(env: NodeJS.ProcessEnv): Promise<RunningGate> {
   const port = await freePort();
-  const child = spawn(process.execPath, [BIN, 'gate'], { env: { ...env, ADMISSION_PORT: String(port), METRICS_PORT: '0', LOG_LEVEL: 'info' }, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(process.execPath, [BIN, 'gate'], {
+    env: { ...env, ADMISSION_PORT: String(port), METRICS_PORT: '0', LOG_LEVEL: 'info' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   let log = '';
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   const listening = new Promise<{ metricsPort: number }>((resolve, reject) => {

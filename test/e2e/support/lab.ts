@@ -41,15 +41,27 @@ async function call(method: string, url: string, token: string | undefined, body
   try {
     response = await fetch(url, {
       method,
-      headers: { accept: 'application/json', ...(token ? { 'x-auth-token': token } : {}), ...(body !== undefined && !(body instanceof Uint8Array) ? { 'content-type': 'application/json' } : {}), ...headers },
+      headers: {
+        accept: 'application/json',
+        ...(token ? { 'x-auth-token': token } : {}),
+        ...(body !== undefined && !(body instanceof Uint8Array) ? { 'content-type': 'application/json' } : {}),
+        ...headers,
+      },
       ...(body !== undefined ? { body: body instanceof Uint8Array ? body : JSON.stringify(body) } : {}),
       signal: AbortSignal.timeout(30_000),
     });
   } catch (err) {
-    throw new Error(`${method} ${url}: unreachable (${(err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message}); is the lab up? npm run lab:up`);
+    throw new Error(
+      `${method} ${url}: unreachable (${(err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message}); is the lab up? npm run lab:up`,
+    );
   }
   const text = await response.text();
-  return { status: response.status, headers: response.headers, json: text ? (JSON.parse(text.startsWith('{') || text.startsWith('[') ? text : 'null') as any) : null, text };
+  return {
+    status: response.status,
+    headers: response.headers,
+    json: text ? (JSON.parse(text.startsWith('{') || text.startsWith('[') ? text : 'null') as any) : null,
+    text,
+  };
 }
 
 async function expectStatus(what: string, r: { status: number; text: string }, ...ok: number[]) {
@@ -113,7 +125,12 @@ export class TestProject {
   }
 
   /** POST /v2/images (or `path`, verbatim) as the project's member at `baseUrl` (Glance, or a proxy in front of it). */
-  async createAt(baseUrl: string, name: string, path = '/v2/images', headers: Record<string, string> = {}): Promise<{ status: number; json: any; text: string }> {
+  async createAt(
+    baseUrl: string,
+    name: string,
+    path = '/v2/images',
+    headers: Record<string, string> = {},
+  ): Promise<{ status: number; json: any; text: string }> {
     return call('POST', `${baseUrl}${path}`, this.memberToken, { name, disk_format: 'raw', container_format: 'bare' }, headers);
   }
 
@@ -124,7 +141,12 @@ export class TestProject {
   async flood(n: number, prefix = 'flood', extra: Record<string, unknown> = {}): Promise<{ id: string; created_at: string }[]> {
     return Promise.all(
       Array.from({ length: n }, async (_, i) => {
-        const r = await call('POST', `${this.l.glanceUrl}/v2/images`, this.memberToken, { name: `${prefix}-${i}`, disk_format: 'raw', container_format: 'bare', ...extra });
+        const r = await call('POST', `${this.l.glanceUrl}/v2/images`, this.memberToken, {
+          name: `${prefix}-${i}`,
+          disk_format: 'raw',
+          container_format: 'bare',
+          ...extra,
+        });
         await expectStatus('create image', r, 201);
         return { id: r.json.id as string, created_at: r.json.created_at as string };
       }),
@@ -132,7 +154,9 @@ export class TestProject {
   }
 
   async upload(id: string, bytes: number): Promise<void> {
-    const r = await call('PUT', `${this.l.glanceUrl}/v2/images/${id}/file`, this.memberToken, new Uint8Array(bytes).fill(7), { 'content-type': 'application/octet-stream' });
+    const r = await call('PUT', `${this.l.glanceUrl}/v2/images/${id}/file`, this.memberToken, new Uint8Array(bytes).fill(7), {
+      'content-type': 'application/octet-stream',
+    });
     await expectStatus('upload', r, 204);
   }
 

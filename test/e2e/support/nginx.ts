@@ -36,7 +36,8 @@ export async function startNginx(o: { glanceUrl: string; admissionPort: number; 
     .replace(/server 127\.0\.0\.1:9292;/, `server ${glance};`)
     .replace(/server 127\.0\.0\.1:10921;/, `server 127.0.0.1:${o.admissionPort};`)
     .replace(/listen 127\.0\.0\.1:9294;/, `listen 127.0.0.1:${port};`);
-  if (!conf.includes(`:${port};`) || !conf.includes(`:${o.admissionPort};`)) throw new Error(`${o.configFile ?? SHIPPED}: its ADAPT lines changed; update test/e2e/support/nginx.ts`);
+  if (!conf.includes(`:${port};`) || !conf.includes(`:${o.admissionPort};`))
+    throw new Error(`${o.configFile ?? SHIPPED}: its ADAPT lines changed; update test/e2e/support/nginx.ts`);
   writeFileSync(join(dir, 'glance.conf'), conf);
   writeFileSync(
     join(dir, 'nginx.conf'),
@@ -49,11 +50,19 @@ export async function startNginx(o: { glanceUrl: string; admissionPort: number; 
     stderr += c.toString();
   });
   const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
-  const spawnError = new Promise<never>((_, reject) => child.on('error', (err) => reject(new Error(`nginx: ${err.message}; install it with: bash test/e2e/lab.sh install (nginx-light)`))));
+  const spawnError = new Promise<never>((_, reject) =>
+    child.on('error', (err) => reject(new Error(`nginx: ${err.message}; install it with: bash test/e2e/lab.sh install (nginx-light)`))),
+  );
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 10_000;
   for (;;) {
-    const up = await Promise.race([fetch(`${url}/`, { signal: AbortSignal.timeout(1_000) }).then(() => true, () => false), spawnError]);
+    const up = await Promise.race([
+      fetch(`${url}/`, { signal: AbortSignal.timeout(1_000) }).then(
+        () => true,
+        () => false,
+      ),
+      spawnError,
+    ]);
     if (up) break;
     if (child.exitCode !== null || Date.now() > deadline) {
       const log = join(dir, 'error.log');

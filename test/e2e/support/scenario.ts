@@ -41,7 +41,11 @@ export function scenario() {
 
 /** The `limit` oldest, by Glance's own order: created_at, then id. */
 export function oldest(images: { id: string; created_at: string }[], limit: number): string[] {
-  return [...images].sort((a, b) => a.created_at.localeCompare(b.created_at) || a.id.localeCompare(b.id)).slice(0, limit).map((i) => i.id).sort();
+  return [...images]
+    .sort((a, b) => a.created_at.localeCompare(b.created_at) || a.id.localeCompare(b.id))
+    .slice(0, limit)
+    .map((i) => i.id)
+    .sort();
 }
 
 /** Polls `probe` until `done` says so, or fails saying what it still was at the deadline. */
