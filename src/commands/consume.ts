@@ -39,7 +39,7 @@ export async function consume(args: string[]): Promise<number> {
 
   const worker = new EnforcementWorker(pipeline, log, metrics, (report) => announce.report(report));
   // Reconcile acts itself, on Glance's listing; the worker is for what the bus triggers.
-  const schedule = new ReconcileSchedule(() => reconcile(pipeline, runtime.glance!), {
+  const schedule = new ReconcileSchedule(() => reconcile(pipeline), {
     intervalMs: config.reconcileIntervalMs,
     onSummary: async (s) => {
       metrics.reconcileDuration.observe(s.durationMs / 1000);

@@ -22,7 +22,7 @@ export async function reconcileCommand(args: string[], io: Io): Promise<number> 
   const env = values['dry-run'] ? { ...process.env, ENFORCEMENT_MODE: 'dry-run' } : process.env;
   const runtime = await openRuntime(env, { needGlance: true });
   try {
-    const summary = await reconcile(runtime.pipeline, runtime.glance!, {
+    const summary = await reconcile(runtime.pipeline, {
       ...(values.project ? { projectId: values.project } : {}),
       onProgress: progressBar(io, !values.json && Boolean(process.stderr.isTTY)),
     });

@@ -1,6 +1,6 @@
 import type { OwnedImage } from '../ledger/glance-image.js';
 import type { CorrectionKind } from '../ledger/repair.js';
-import type { EnforcementReport, ImageService, Pipeline, ProjectFailure, ProjectReport } from '../pipeline/index.js';
+import type { EnforcementReport, Pipeline, ProjectFailure, ProjectReport } from '../pipeline/index.js';
 import { backoffMs } from '../retry.js';
 
 /** Where a budgeted reconcile keeps the last project it finished in the current pass. */
@@ -65,10 +65,10 @@ export interface ReconcileSummary {
  * idempotent). A complete pass ends with `Pipeline.prune`.
  *
  * @example
- *   const summary = await reconcile(pipeline, glance);                          // the CLI, consume
- *   const run = await reconcile(pipeline, glance, { budgetMs: 600_000, resume: true, remainingMs }); // the function
+^ *   const summary = await reconcile(pipeline);                                  // the CLI, consume
+ *   const run = await reconcile(pipeline, { budgetMs: 600_000, resume: true, remainingMs }); // the function
  */
-export async function reconcile(pipeline: Pipeline, images: ImageService, options: ReconcileOptions = {}): Promise<ReconcileSummary> {
+export async function reconcile(pipeline: Pipeline, options: ReconcileOptions = {}): Promise<ReconcileSummary> {
   const started = pipeline.now();
   const failures: ProjectFailure[] = [];
   const failed = (projectId: string, err: unknown) => failures.push({ projectId, error: err instanceof Error ? err : new Error(String(err)) });
@@ -106,7 +106,7 @@ export async function reconcile(pipeline: Pipeline, images: ImageService, option
   const everyId = new Set<string>();
   let listed = 0;
   let unreadable = 0;
-  for await (const image of images.listImages({ onUnreadable: () => void unreadable++ })) {
+  for await (const image of pipeline.listImages({ onUnreadable: () => void unreadable++ })) {
     // An image with no owner counts against no project, as in Glance's own quota.
     if (image.owner === null) continue;
     listed++;

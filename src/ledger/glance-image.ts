@@ -39,16 +39,15 @@ export type GlanceImage = z.infer<typeof GlanceImage>;
 export type OwnedImage = GlanceImage & { owner: string };
 
 /**
- * Glance's API state as a ledger event. The API gives whole seconds only, so the event takes the
- * lowest version within its `updated_at` second: a notification from that same second (which has
- * microseconds and may be later than the listing) wins the tie.
+ * Glance's API state as a ledger record, in one step. The API gives whole seconds only, so the
+ * record takes the lowest version within its `updated_at` second: a notification from that same
+ * second (which has microseconds and may be later than the listing) wins the tie.
  */
-export function eventFromGlance(image: OwnedImage): ImageEvent {
+export function recordFromGlance(image: OwnedImage): ImageRecord {
   const createdAt = isoSeconds(image.created_at) ?? 0;
   const updatedAt = isoSeconds(image.updated_at) ?? createdAt;
   return {
     messageId: `glance-api:${image.id}`,
-    eventType: 'glance.api',
     projectId: image.owner,
     imageId: image.id,
     status: image.status,
@@ -60,6 +59,11 @@ export function eventFromGlance(image: OwnedImage): ImageEvent {
     protected: image.protected,
     deleted: image.status === 'deleted',
   };
+}
+
+/** The same state as the event that writes it over the ledger (a repair). */
+export function eventFromGlance(image: OwnedImage): ImageEvent {
+  return { ...recordFromGlance(image), eventType: 'glance.api' };
 }
 
 /**

@@ -1,7 +1,5 @@
 import { ConfigError, LimitsUnavailableError, errorCode } from '../errors.js';
-import { tombstoneOf, type OwnedImage } from '../ledger/glance-image.js';
-import { eventFromGlance } from '../ledger/glance-image.js';
-import { recordFromEvent } from '../ledger/record.js';
+import { recordFromGlance, tombstoneOf, type OwnedImage } from '../ledger/glance-image.js';
 import { decide, recordsNeeded } from '../quota/decide.js';
 import { confirmLimits } from '../quota/limits.js';
 import { verifyCandidate } from '../quota/verify.js';
@@ -97,7 +95,7 @@ export function enforceOnGlance(ctx: PipelineContext, projectId: string): Promis
   });
 }
 
-function requireImages(ctx: PipelineContext): ImageService {
+export function requireImages(ctx: PipelineContext): ImageService {
   if (!ctx.images) throw new ConfigError('enforce: no Glance API configured; the pipeline can only decide (replay)');
   return ctx.images;
 }
@@ -180,7 +178,7 @@ async function act(ctx: PipelineContext, images: ImageService, { report, byId }:
       ctx.committed.forget(projectId);
       const now = ctx.clock();
       await ctx.store.applyEvents(
-        gone.map((image) => tombstoneOf(recordFromEvent(eventFromGlance(image)), now)),
+        gone.map((image) => tombstoneOf(recordFromGlance(image), now)),
         now,
         { overwrite: true },
       );

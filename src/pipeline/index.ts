@@ -1,6 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import type { Correction } from '../ledger/repair.js';
-import type { OwnedImage } from '../ledger/glance-image.js';
+import type { GlanceImage, OwnedImage } from '../ledger/glance-image.js';
 import type { Logger } from '../log.js';
 import type { DoorLimits } from '../notification/parse.js';
 import type { LimitSource } from '../quota/limits.js';
@@ -8,7 +8,7 @@ import type { ProtectedPolicy } from '../quota/verify.js';
 import type { ActionKind, ActionRecord, LedgerStore } from '../store/port.js';
 import { CommittedTotals } from './committed.js';
 import { ProjectLocks, type PipelineContext } from './context.js';
-import { enforce, enforceAll, enforceOnGlance, evaluate } from './enforce.js';
+import { enforce, enforceAll, enforceOnGlance, evaluate, requireImages } from './enforce.js';
 import { ingest, type IngestResult } from './ingest.js';
 import { applyListing } from './listing.js';
 import type { EnforcementMode, EnforcementReport, ImageService, ProjectFailure, ProjectReport } from './ports.js';
@@ -147,6 +147,14 @@ export class Pipeline {
   /** The truth path: list the project in Glance, repair the ledger, decide and act. */
   enforceOnGlance(projectId: string): Promise<EnforcementReport> {
     return enforceOnGlance(this.ctx, projectId);
+  }
+
+  /**
+   * Glance's listing of every image, through the pipeline's own Glance (the one it acts on): the
+   * reconcile door's input. Without a Glance (replay) it throws a ConfigError naming the fix.
+   */
+  listImages(query: Parameters<ImageService['listImages']>[0] = {}): AsyncIterable<GlanceImage> {
+    return requireImages(this.ctx).listImages(query);
   }
 
   /** Reconcile's step for one project of a whole-cloud listing (src/pipeline/listing.ts). */

@@ -1,6 +1,5 @@
-import type { OwnedImage } from '../ledger/glance-image.js';
-import { eventFromGlance } from '../ledger/glance-image.js';
-import { recordFromEvent, type ImageRecord } from '../ledger/record.js';
+import { recordFromGlance, type OwnedImage } from '../ledger/glance-image.js';
+import type { ImageRecord } from '../ledger/record.js';
 import type { CorrectionKind } from '../ledger/repair.js';
 import { usageOf } from '../ledger/usage.js';
 import { decide } from '../quota/decide.js';
@@ -27,7 +26,7 @@ export function judge(
 ): Judgement {
   const byId = new Map<string, OwnedImage>();
   for (const image of listing) byId.set(image.id, image);
-  const records: ImageRecord[] = [...byId.values()].map((image) => recordFromEvent(eventFromGlance(image)));
+  const records: ImageRecord[] = [...byId.values()].map(recordFromGlance);
   const usage = usageOf(records);
   const exempt = ctx.exempt.has(projectId);
   const { over, toDelete } = decide(records, usage, limits, { exempt, nowSeconds: Math.floor(ctx.clock() / 1000) });

@@ -88,7 +88,7 @@ describe('the scheduled reconcile', () => {
     const services = servicesOver({ store, glance, limits: timed(clock), clock: () => clock.now });
     const budget = { budgetMs: 450, resume: true };
 
-    const first = await reconcile(services.pipeline, glance, budget);
+    const first = await reconcile(services.pipeline, budget);
     // p-c, over its limit, is acted on a fresh listing of its own: the slowest project so far.
     expect(first.projects.map((p) => p.projectId)).toEqual(['p-a', 'p-b', 'p-c']);
     expect(first).toMatchObject({ complete: false, remaining: 3, cursor: 'p-c' });
@@ -97,7 +97,7 @@ describe('the scheduled reconcile', () => {
     expect(glance.deleted.sort()).toEqual(['c-2', 'c-3', 'c-4']);
 
     clock.now = 10_000;
-    const second = await reconcile(services.pipeline, glance, budget);
+    const second = await reconcile(services.pipeline, budget);
     expect(second.projects.map((p) => p.projectId)).toEqual(['p-d', 'p-e', 'p-z']);
     expect(second).toMatchObject({ complete: true, remaining: 0, cursor: '', corrected: { vanished: 1 }, failures: [] });
     // A complete pass prunes the store, whichever door ran it.
@@ -106,14 +106,14 @@ describe('the scheduled reconcile', () => {
 
     // A new pass starts from the first project again.
     clock.now = 20_000;
-    const third = await reconcile(services.pipeline, glance, budget);
+    const third = await reconcile(services.pipeline, budget);
     expect(third.projects[0]!.projectId).toBe('p-a');
 
     // The CLI's reconcile of the same cloud, in one go, into a fresh ledger: the same ledger.
     const cli = cloud();
     await seedVanished(cli.store);
     const oracle = pipelineOf({ store: cli.store, limits, images: cli.glance });
-    const once = await reconcile(oracle, cli.glance);
+    const once = await reconcile(oracle);
     expect(once).toMatchObject({ complete: true, cursor: '' });
     expect(await ledgerOf(services.pipeline)).toEqual(await ledgerOf(oracle));
     // p-z's only image vanished from Glance: tombstoned, it leaves the projects to look after.
@@ -129,10 +129,10 @@ describe('the scheduled reconcile', () => {
     };
     const services = servicesOver({ store, glance, limits: timed(clock), clock: () => clock.now });
     // The listing alone spent the budget: one project still moves the pass on.
-    const tight = await reconcile(services.pipeline, glance, { budgetMs: 50, resume: true });
+    const tight = await reconcile(services.pipeline, { budgetMs: 50, resume: true });
     expect(tight.projects.map((p) => p.projectId)).toEqual(['p-a']);
     // Lambda says the timeout is near: the budget does not matter, nothing is started.
-    const late = await reconcile(services.pipeline, glance, { budgetMs: 600_000, resume: true, remainingMs: () => TIMEOUT_MARGIN_MS - 1 });
+    const late = await reconcile(services.pipeline, { budgetMs: 600_000, resume: true, remainingMs: () => TIMEOUT_MARGIN_MS - 1 });
     expect(late.projects).toEqual([]);
     expect(late.cursor).toBe('p-a');
   });
@@ -141,12 +141,12 @@ describe('the scheduled reconcile', () => {
     const { glance, store } = cloud();
     glance.failing.add('p-c');
     const services = servicesOver({ store, glance, limits });
-    const run = await reconcile(services.pipeline, glance, { budgetMs: 600_000, resume: true });
+    const run = await reconcile(services.pipeline, { budgetMs: 600_000, resume: true });
     expect(run.projects.map((p) => p.projectId)).toEqual(['p-a', 'p-b', 'p-d', 'p-e']);
     expect(run).toMatchObject({ complete: true });
     expect(run.failures.map((f) => f.projectId)).toEqual(['p-c']);
     glance.failing.clear();
-    const next = await reconcile(services.pipeline, glance, { budgetMs: 600_000, resume: true });
+    const next = await reconcile(services.pipeline, { budgetMs: 600_000, resume: true });
     expect(next.projects.map((p) => p.projectId)).toContain('p-c');
     expect(next.failures).toEqual([]);
   });
@@ -170,7 +170,7 @@ describe('the scheduled reconcile', () => {
     await expect(handler(scheduledEvent)).rejects.toThrow(/ledger is unreachable/);
     expect(await store.getState(RECONCILE_CURSOR)).toBe('p-a');
     // The same pass, run by the CLI: three failures, then it stops rather than hammer the rest.
-    const run = await reconcile(services.pipeline, glance);
+    const run = await reconcile(services.pipeline);
     expect(run.failures.map((f) => f.projectId)).toEqual(['p-a', 'p-b', 'p-c']);
     expect(run).toMatchObject({ complete: false, remaining: 2, projects: [] });
   });

@@ -270,7 +270,6 @@ export function servicesOver(o: ServicesOptions): FunctionServices {
     config,
     log,
     pipeline,
-    glance: o.glance,
     ...(o.poison ? { poison: o.poison } : {}),
     ...(o.metrics ? { metrics: o.metrics } : {}),
     close: () => o.store.close(),

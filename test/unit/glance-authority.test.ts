@@ -357,7 +357,7 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
         // than that listing; the next one judges it.)
         time.nowMs += 600_000;
         const { reconcile } = await import('../../src/doors/reconcile.js');
-        await reconcile(pipeline, glance, {});
+        await reconcile(pipeline, {});
         expect(new Set(glance.deleted)).toEqual(mayGo);
         expect((await store.usage(P)).image_count_total).toBe(glance.images.size);
       }),

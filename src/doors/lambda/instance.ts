@@ -23,8 +23,8 @@ export interface PoisonQueue {
 export interface FunctionServices {
   config: Config;
   log: Logger;
+  /** Acts on Glance itself: the function door needs no Glance of its own. */
   pipeline: Pipeline;
-  glance: ImageService;
   /** Unset (no SQS_DEAD_LETTER_QUEUE_URL): poison is reported as failed, and redrive moves it. */
   poison?: PoisonQueue;
   /** Where each invocation's metrics go (CloudWatch EMF on stdout); unset, none are written. */
@@ -75,7 +75,7 @@ export async function openFunctionServices(given: NodeJS.ProcessEnv = process.en
     check: (config) => requireSharedStore(config.storeUrl),
     ...(openstack ? { overrides: openstack } : {}),
   });
-  const { config, log, pipeline, glance } = runtime;
+  const { config, log, pipeline } = runtime;
   let poison: PoisonQueue | undefined;
   let sqs: SQSClient | undefined;
   if (config.sqs.deadLetterQueueUrl) {
@@ -89,7 +89,6 @@ export async function openFunctionServices(given: NodeJS.ProcessEnv = process.en
     config,
     log,
     pipeline,
-    glance: glance!,
     metrics,
     ...(poison ? { poison } : {}),
     close: async () => {

@@ -17,11 +17,11 @@ export function reconcileHandler(services: () => Promise<FunctionServices>) {
   return (event: unknown, context?: InvocationContext): Promise<ReconcileSummary> =>
     inInvocation(context, async () => {
       parseEvent(ScheduledEvent, event, 'EventBridge schedule');
-      const { pipeline, glance, config, log, metrics } = await services();
+      const { pipeline, config, log, metrics } = await services();
       const remainingMs = context?.getRemainingTimeInMillis?.bind(context);
       let summary: ReconcileSummary;
       try {
-        summary = await reconcile(pipeline, glance, { budgetMs: config.reconcileBudgetMs, resume: true, ...(remainingMs ? { remainingMs } : {}) });
+        summary = await reconcile(pipeline, { budgetMs: config.reconcileBudgetMs, resume: true, ...(remainingMs ? { remainingMs } : {}) });
       } catch (err) {
         // The pass listing failed: the next run starts it again.
         if (metrics) writeInvocationMetrics(metrics, 'reconcile', { enforcementErrors: 1 });
