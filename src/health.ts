@@ -2,6 +2,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ConfigError } from './errors.js';
 import type { Metrics } from './metrics.js';
+import type { LimitSource } from './quota/limits.js';
 import { settlesWithin } from './retry.js';
 
 export interface HealthChecks {
@@ -64,8 +65,8 @@ export function consumerReadiness(o: {
   connected: () => boolean;
   batchHeldMs: () => number;
   stallMs: number;
-  /** The limits source's own status: while it fails, nothing is deleted, and the consumer says so. */
-  limits?: () => { trusted: boolean; detail: string };
+  /** The limits source, by its own status (a source without one, static limits, is always trusted): while it fails, nothing is deleted, and the consumer says so. */
+  limits?: Pick<LimitSource, 'status'>;
 }): HealthChecks {
   return {
     ready: async () => {
@@ -82,7 +83,7 @@ export function consumerReadiness(o: {
       const connected = o.connected();
       const heldMs = o.batchHeldMs();
       const stalled = heldMs > o.stallMs;
-      const limits = o.limits?.() ?? { trusted: true, detail: 'static' };
+      const limits = o.limits?.status?.() ?? { trusted: true, detail: 'static' };
       return {
         ok: storeOk && connected && !stalled && limits.trusted,
         detail: {

@@ -89,7 +89,7 @@ export async function consume(args: string[]): Promise<number> {
       connected: () => consumer.isConnected,
       batchHeldMs: () => consumer.batchHeldMs(),
       stallMs: config.stallMs,
-      limits: () => runtime.limits.status?.() ?? { trusted: true, detail: 'static' },
+      limits: runtime.limits,
     }),
   );
   log.info({ host: config.metricsHost, port: health.port, mode: pipeline.mode, store: pipeline.ledger.description }, 'health and metrics listening');
