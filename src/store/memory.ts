@@ -43,6 +43,9 @@ export class MemoryStore implements LedgerStore {
   private readonly state = new Map<string, string>();
   /** Per project, the expiry times of its open reservations (admission). */
   private readonly reservations = new Map<string, number[]>();
+  /** Image id -> the reconcile pass that last listed it (markListed). */
+  private readonly marks = new Map<string, string>();
+  private readonly leases = new Map<string, { holder: string; untilMs: number }>();
 
   async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
     assertStorable(events);
@@ -91,11 +94,43 @@ export class MemoryStore implements LedgerStore {
       .slice(0, limit);
   }
 
-  async projects(): Promise<string[]> {
-    return [...this.totals]
+  async imagesCreatedSince(projectId: string, sinceSeconds: number): Promise<ImageRecord[]> {
+    return (await this.images(projectId)).filter((r) => r.createdAt >= sinceSeconds);
+  }
+
+  async projects(page?: { after: string; limit: number }): Promise<string[]> {
+    const all = [...this.totals]
       .filter(([, t]) => t.count > 0)
       .map(([p]) => p)
       .sort();
+    return page ? all.filter((p) => p > page.after).slice(0, page.limit) : all;
+  }
+
+  async recordsOf(imageIds: readonly string[]): Promise<ImageRecord[]> {
+    return [...new Set(imageIds)].flatMap((id) => this.records.get(id) ?? []);
+  }
+
+  async markListed(imageIds: readonly string[], passId: string): Promise<void> {
+    for (const id of imageIds) if (this.records.has(id)) this.marks.set(id, passId);
+  }
+
+  async unmarkedLive(passId: string, cursor: string, limit: number): Promise<{ records: ImageRecord[]; cursor: string }> {
+    const page = [...this.records.values()]
+      .filter((r) => r.imageId > cursor && isLive(r) && this.marks.get(r.imageId) !== passId)
+      .sort((a, b) => (a.imageId < b.imageId ? -1 : 1))
+      .slice(0, limit);
+    return { records: page, cursor: page.length < limit ? '' : page.at(-1)!.imageId };
+  }
+
+  async acquireLease(name: string, holder: string, ttlMs: number, nowMs: number): Promise<boolean> {
+    const lease = this.leases.get(name);
+    if (lease && lease.holder !== holder && lease.untilMs > nowMs) return false;
+    this.leases.set(name, { holder, untilMs: nowMs + ttlMs });
+    return true;
+  }
+
+  async releaseLease(name: string, holder: string): Promise<void> {
+    if (this.leases.get(name)?.holder === holder) this.leases.delete(name);
   }
 
   async forgetDeadImagesBefore(beforeMs: number): Promise<number> {
@@ -103,6 +138,7 @@ export class MemoryStore implements LedgerStore {
     for (const [id, r] of this.records) {
       if (isLive(r) || r.updatedAt * 1000 >= beforeMs) continue;
       this.records.delete(id);
+      this.marks.delete(id);
       const ids = this.byProject.get(r.projectId);
       ids?.delete(id);
       if (ids?.size === 0) this.byProject.delete(r.projectId);

@@ -76,11 +76,58 @@ export interface LedgerStore {
   removableImages(projectId: string, limit: number): Promise<ImageRecord[]>;
 
   /**
+   * Every record of the project created at or after `sinceSeconds` (Glance's created_at, epoch
+   * seconds), tombstones included: the rate rule's window, read through an index so that its cost
+   * grows with the window, not with the project's history.
+   */
+  imagesCreatedSince(projectId: string, sinceSeconds: number): Promise<ImageRecord[]>;
+
+  /**
    * Every project with at least one live image (its `image_count_total` is above 0), sorted. A
    * project whose images are all deleted, killed or tombstoned is neither reconciled nor looked
-   * up in Keystone: forged project ids cost nothing once their images are gone.
+   * up in Keystone: forged project ids cost nothing once their images are gone. With `page`, at
+   * most `page.limit` of them, those sorting after `page.after` ('' for the first page): a whole
+   * cloud's projects are walked without holding them all.
+   *
+   * @example
+   *   for (let page = await store.projects({ after: '', limit: 500 }); page.length > 0; page = await store.projects({ after: page.at(-1)!, limit: 500 })) ...
    */
-  projects(): Promise<string[]>;
+  projects(page?: { after: string; limit: number }): Promise<string[]>;
+
+  /**
+   * The records of these images (any project, tombstones included); ids the ledger does not hold
+   * are left out, in no particular order. Reconcile compares a page of Glance's listing with them.
+   */
+  recordsOf(imageIds: readonly string[]): Promise<ImageRecord[]>;
+
+  /**
+   * Reconcile's mark: these images were in the listing of pass `passId`. The mark stays on the
+   * record whatever `applyEvents` merges into it later (only the next mark replaces it), and an
+   * id the ledger does not hold is ignored.
+   */
+  markListed(imageIds: readonly string[], passId: string): Promise<void>;
+
+  /**
+   * The sweep at the end of a listing pass: one page of at most `limit` live records (not
+   * tombstoned, not killed, deleted or pending_delete; of every project) whose mark is not
+   * `passId`, continuing from `cursor` ('' for the first page). The next cursor is '' when there
+   * is no more. Records marked or tombstoned while the sweep walks are skipped or not, either is
+   * right; a record live and unmarked for the whole walk is returned exactly once.
+   */
+  unmarkedLive(passId: string, cursor: string, limit: number): Promise<{ records: ImageRecord[]; cursor: string }>;
+
+  /**
+   * A lease on `name` for `holder` until `nowMs + ttlMs`: true when the holder has it now (it was
+   * free, expired, or already the holder's: then it is extended), false when another holder's is
+   * still running. One store shared by many replicas grants it to one of them at a time.
+   *
+   * @example
+   *   if (await store.acquireLease(`project:${id}`, replicaId, 30_000, Date.now())) try { ... } finally { await store.releaseLease(`project:${id}`, replicaId); }
+   */
+  acquireLease(name: string, holder: string, ttlMs: number, nowMs: number): Promise<boolean>;
+
+  /** Ends `holder`'s lease on `name`; a lease another holder has taken since is left alone. */
+  releaseLease(name: string, holder: string): Promise<void>;
 
   /** Drop processed message ids recorded before `beforeMs`; returns how many. */
   forgetMessagesBefore(beforeMs: number): Promise<number>;
