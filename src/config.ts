@@ -198,7 +198,7 @@ export const EnvSchema = z.object({
     }),
   RECONCILE_BUDGET_SECONDS: z.coerce.number().int().positive().default(600).meta({
     description:
-      "Function mode (`reconcile` function): start no new project after this many seconds of a run (nor within 30 s of the function's timeout); the next scheduled run resumes after the last project finished.",
+      "Function mode (`reconcile` function): start no new page of the listing or project after this many seconds of a run (nor within 30 s of the function's timeout); the next scheduled run resumes the pass where this one stopped.",
   }),
   ADMISSION_PORT: z.coerce.number().int().min(0).max(65535).optional().meta({
     description:

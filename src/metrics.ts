@@ -30,7 +30,7 @@ export class Metrics {
   });
   readonly reconcileRuns = new Counter({
     name: 'gqe_reconcile_runs_total',
-    help: 'Reconcile runs, by result: ok, partial (some projects failed, the rest done), failed',
+    help: 'Reconcile runs, by result: ok, partial (some projects failed, or the run stopped within its budget), busy (another replica held the pass), failed',
     labelNames: ['result'] as const,
     registers: [this.registry],
   });

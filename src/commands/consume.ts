@@ -4,6 +4,7 @@ import { startAdmissionServer } from '../doors/admission-http.js';
 import { NotificationConsumer } from '../doors/consume.js';
 import { EnforcementWorker } from '../pipeline/enforcement-worker.js';
 import { reconcile, ReconcileSchedule } from '../doors/reconcile.js';
+import { NearestProjects } from '../quota/nearest.js';
 import { consumerReadiness, startHealthServer } from '../health.js';
 import { Metrics } from '../metrics.js';
 import { settlesWithin } from '../retry.js';
@@ -39,17 +40,26 @@ export async function consume(args: string[]): Promise<number> {
 
   const worker = new EnforcementWorker(pipeline, log, metrics, (report) => announce.report(report));
   // Reconcile acts itself, on Glance's listing; the worker is for what the bus triggers.
-  const schedule = new ReconcileSchedule(() => reconcile(pipeline), {
+  // The nearest projects of the pass in hand, for the gauges once it is complete: bounded like them.
+  let pass = new NearestProjects(config.metricsProjects);
+  const runPass = () => {
+    pass = new NearestProjects(config.metricsProjects);
+    return reconcile(pipeline, { onReport: (report) => void pass.observe(report) });
+  };
+  const schedule = new ReconcileSchedule(runPass, {
     intervalMs: config.reconcileIntervalMs,
     onSummary: async (s) => {
       metrics.reconcileDuration.observe(s.durationMs / 1000);
-      metrics.reconcileRuns.inc({ result: s.failures.length > 0 || !s.complete ? 'partial' : 'ok' });
+      metrics.reconcileRuns.inc({ result: s.busy ? 'busy' : s.failures.length > 0 || !s.complete ? 'partial' : 'ok' });
       // A whole pass saw every project: the gauges become exactly its nearest (a cut pass saw only some).
-      if (s.complete) metrics.observePass(s.projects, new Set(s.failures.map((f) => f.projectId)));
+      if (s.complete) metrics.observePass(pass.list(), new Set(s.failures.map((f) => f.projectId)));
       for (const f of s.failures) metrics.countOpenStackError(f.error);
       log.info(
         {
-          projects: s.projects.length,
+          pass: s.passId,
+          decided: s.decided,
+          deferred: s.deferred,
+          busy: s.busy,
           listed: s.listed,
           corrected: s.corrected,
           unreadable: s.unreadable,

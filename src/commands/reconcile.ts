@@ -1,18 +1,17 @@
 import { parseArgs } from 'node:util';
 import { openRuntime } from '../composition-root.js';
-import { reconcile } from '../doors/reconcile.js';
+import { reconcile, type ReconcileProgress } from '../doors/reconcile.js';
 import type { EnforcementReport } from '../pipeline/index.js';
 import { printable, scrub } from '../redact.js';
 import { limitsJson, type Io } from './output.js';
 
-function progressBar(io: Io, enabled: boolean) {
-  return (done: number, total: number, projectId: string) => {
-    if (!enabled || total < 2) return;
-    const width = 30;
-    const filled = Math.round((done / total) * width);
-    io.stderr(
-      `\r[${'#'.repeat(filled)}${' '.repeat(width - filled)}] ${done}/${total} projects ${printable(projectId.slice(0, 12))}${done === total ? '\n' : ''}`,
-    );
+function progressLine(io: Io, enabled: boolean) {
+  let last = 0;
+  return (p: ReconcileProgress) => {
+    const now = Date.now();
+    if (!enabled || now - last < 200) return;
+    last = now;
+    io.stderr(`\r${p.phase}: ${p.listed} images listed, ${p.decided} projects decided   `);
   };
 }
 
@@ -24,7 +23,7 @@ export async function reconcileCommand(args: string[], io: Io): Promise<number> 
   try {
     const summary = await reconcile(runtime.pipeline, {
       ...(values.project ? { projectId: values.project } : {}),
-      onProgress: progressBar(io, !values.json && Boolean(process.stderr.isTTY)),
+      onProgress: progressLine(io, !values.json && Boolean(process.stderr.isTTY)),
     });
     const count = (kind: string) => summary.projects.reduce((n, p) => n + p.actions.filter((a) => a.action === kind).length, 0);
     const totals = {
@@ -44,7 +43,10 @@ export async function reconcileCommand(args: string[], io: Io): Promise<number> 
           unreadable: summary.unreadable,
           failures: summary.failures.map((f) => ({ project_id: f.projectId, error: f.error.message })),
           complete: summary.complete,
-          remaining: summary.remaining,
+          phase: summary.phase,
+          decided: summary.decided,
+          deferred: summary.deferred,
+          busy: summary.busy ?? false,
           pruned: summary.pruned,
           duration_ms: summary.durationMs,
           actions: totals,
@@ -60,7 +62,7 @@ export async function reconcileCommand(args: string[], io: Io): Promise<number> 
     } else {
       const over = summary.projects.filter((p) => p.over.length > 0);
       io.stdout(
-        `reconcile (${runtime.pipeline.mode}): ${summary.projects.length} projects, ${summary.listed} images listed, ` +
+        `reconcile (${runtime.pipeline.mode}): ${summary.decided} projects decided, ${summary.listed} images listed, ` +
           `ledger corrected ${JSON.stringify(summary.corrected)}, ${summary.failures.length} failed, ` +
           `${over.length} over quota; ${totals.deleted} deleted, ${totals.would_delete} would-delete, ${totals.skipped} skipped, ` +
           `${totals.not_deletable} not deletable, ${totals.gone} gone, in ${(summary.durationMs / 1000).toFixed(1)} s\n`,
@@ -70,8 +72,9 @@ export async function reconcileCommand(args: string[], io: Io): Promise<number> 
     }
     // The other projects were reconciled all the same; the exit code tells cron something failed.
     for (const f of summary.failures) io.stderr(`reconcile of project ${f.projectId} failed: ${f.error.message}\n`);
-    if (!summary.complete) io.stderr(`reconcile stopped with ${summary.remaining} project(s) not reached: its first projects all failed\n`);
-    return summary.failures.length > 0 || !summary.complete ? 1 : 0;
+    if (summary.busy) io.stderr('reconcile: another run holds the pass (a replica on the same ledger); it goes on there\n');
+    else if (!summary.complete) io.stderr(`reconcile stopped in its ${summary.phase} phase: its first projects all failed; the next run goes on from there\n`);
+    return summary.failures.length > 0 || (!summary.complete && !summary.busy) ? 1 : 0;
   } finally {
     await runtime.close();
   }

@@ -1,50 +1,93 @@
-import type { OwnedImage } from '../ledger/glance-image.js';
+import { randomUUID } from 'node:crypto';
+import { z } from 'zod';
+import { errorCode } from '../errors.js';
 import type { CorrectionKind } from '../ledger/repair.js';
-import type { EnforcementReport, Pipeline, ProjectFailure, ProjectReport } from '../pipeline/index.js';
+import type { EnforcementReport, Pipeline, ProjectFailure } from '../pipeline/index.js';
+import type { Lease } from '../pipeline/lease.js';
 import { backoffMs } from '../retry.js';
 
-/** Where a budgeted reconcile keeps the last project it finished in the current pass. */
-export const RECONCILE_CURSOR = 'reconcile.cursor';
+/** Where the pass in progress stands, kept beside the ledger: any run, on any replica, goes on from there. */
+export const RECONCILE_PASS = 'reconcile.pass';
 
-/** Kept free before a function's timeout: no project is started within it. */
+/** The lease a run holds while it works on the pass: one run at a time per ledger, whatever the replicas. */
+export const RECONCILE_LEASE = 'reconcile';
+
+/** Kept free before a function's timeout: no page or project is started within it. */
 export const TIMEOUT_MARGIN_MS = 30_000;
 
 /** A pass whose first projects all fail stops after this many: Glance or the store is down, not one project odd. */
 export const FAILED_IN_A_ROW = 3;
 
+/** Records per page of the sweep; projects per page of the decisions. */
+const SWEEP_PAGE = 1000;
+const PROJECT_PAGE = 500;
+/** Projects decided at once: most decisions are a usage read and no Glance call. */
+const DECIDE_CONCURRENCY = 4;
+/** The run's lease, renewed after every page: a run that died leaves the pass to another within this. */
+const LEASE_MS = 300_000;
+/** Reports a summary keeps (projects over a limit or acted on); the rest are only counted. */
+const REPORTS_KEPT = 1000;
+const FAILURES_KEPT = 100;
+
+/**
+ * A pass has three phases: `list` writes Glance's listing over the ledger page by page, marking
+ * what it listed; `sweep` tombstones what the pass did not mark; `decide` walks the projects that
+ * still have live images and enforces those over a limit, on a fresh listing of their own.
+ */
+const PassState = z.object({
+  id: z.string().min(1),
+  startedAtMs: z.number().int(),
+  phase: z.enum(['list', 'sweep', 'decide']),
+  /** Where the listing goes on (null: from the first page). */
+  position: z.object({ hidden: z.boolean(), marker: z.string().optional() }).nullable(),
+  sweepCursor: z.string(),
+  projectCursor: z.string(),
+});
+type PassState = z.infer<typeof PassState>;
+export type ReconcilePhase = PassState['phase'];
+
+export interface ReconcileProgress {
+  phase: ReconcilePhase;
+  listed: number;
+  decided: number;
+}
+
 export interface ReconcileOptions {
   /** Only this project, on a fresh listing of its own; otherwise the whole pass. */
   projectId?: string;
-  /** Start no project after this long (RECONCILE_BUDGET_SECONDS); unset, the pass runs to its end. */
+  /** Start no page or project after this long (RECONCILE_BUDGET_SECONDS); unset, the run goes to the pass's end. */
   budgetMs?: number;
-  /** Lambda's `context.getRemainingTimeInMillis`: no project is started within TIMEOUT_MARGIN_MS of the timeout. */
+  /** Lambda's `context.getRemainingTimeInMillis`: nothing is started within TIMEOUT_MARGIN_MS of the timeout. */
   remainingMs?: () => number;
-  /**
-   * Resume after the project where the last run stopped (RECONCILE_CURSOR, kept beside the ledger
-   * and set after every project), and clear it when the pass completes: for runs that a budget cuts.
-   */
-  resume?: boolean;
-  /** Called after each project, for a progress bar. */
-  onProgress?: (done: number, total: number, projectId: string) => void;
+  /** Called after each page and project, for a progress line. */
+  onProgress?: (progress: ReconcileProgress) => void;
+  /** Called with every project's decision (the gauges of a whole pass). */
+  onReport?: (report: EnforcementReport) => void;
 }
 
 export interface ReconcileSummary {
-  /** The projects reconciled in this run, in order. */
+  /** The pass this run worked on. */
+  passId: string;
+  /** Decisions worth reading (over a limit, or acted on), at most REPORTS_KEPT; every decision is counted in `decided`. */
   projects: EnforcementReport[];
-  /** Images Glance listed. */
+  /** Projects decided in this run. */
+  decided: number;
+  /** Projects another replica was deciding at the time: that replica acts on them. */
+  deferred: number;
+  /** Images Glance listed in this run. */
   listed: number;
   /** Listed images Glance described in a way the enforcer could not read: left alone, counted. */
   unreadable: number;
-  /** How Glance's listing corrected the ledger, by kind, summed over the projects. */
+  /** How Glance's listing corrected the ledger, by kind. */
   corrected: Partial<Record<CorrectionKind, number>>;
-  /** Projects whose reconcile failed (Glance, Keystone or the store): the rest went on. */
+  /** Projects whose decision failed (Glance, Keystone or the store), at most FAILURES_KEPT: the rest went on. */
   failures: ProjectFailure[];
-  /** The run reached its last project (a whole pass then prunes the store); false when a budget or failures cut it. */
+  /** The run ended the pass (which then pruned the store); false when a budget or failures cut it. */
   complete: boolean;
-  /** Projects of the pass still to do. */
-  remaining: number;
-  /** With `resume`: where the next run starts (after this project; '' when the pass is complete). */
-  cursor: string;
+  /** The phase the run ended in: where the next run goes on. */
+  phase: ReconcilePhase | 'done';
+  /** Another run (another replica's) held the pass: this one did nothing. */
+  busy?: boolean;
   /** What `Pipeline.prune` forgot at the end of a complete pass. */
   pruned?: { messages: number; actions: number; deadImages: number };
   durationMs: number;
@@ -52,107 +95,218 @@ export interface ReconcileSummary {
 
 /**
  * The reconcile door, the one implementation the CLI, `consume` and the scheduled function run:
- * Glance's listing is the truth. One listing of every image (all pages, every visibility, hidden
- * ones too) is written over each project's ledger (`Pipeline.applyListing`), and a project that
- * listing shows over its quota is enforced on a fresh listing of its own (`enforceOnGlance`).
- * Catches up on whatever the bus lost or forged: images made before the enforcer ran, a purged
- * queue, notifications turned off for a while, forged deletes.
+ * Glance's listing is the truth. It catches up on whatever the bus lost or forged: images made
+ * before the enforcer ran, a purged queue, notifications turned off for a while, forged deletes,
+ * forged owners. Memory does not grow with the cloud:
  *
- * Projects go in sorted order. One project's failure is collected and the others go on; a pass
- * whose first FAILED_IN_A_ROW projects all fail stops there. A budget stops the run before a
- * project that would not fit; with `resume`, the next run starts after the last project done (a
- * run that dies half-way through a project does it again, which is harmless: reconcile is
- * idempotent). A complete pass ends with `Pipeline.prune`.
+ * 1. `list`: every image (all pages, every visibility, hidden ones too) is written over the ledger
+ *    page by page, and marked in the store as listed by this pass (`Pipeline.applyListingPage`).
+ * 2. `sweep`: live records the pass did not mark are tombstoned in bulk, those made after the pass
+ *    began spared (`Pipeline.sweepPage`): a forged owner's images go here before any decision.
+ * 3. `decide`: the projects with live images, page by page in order, each decided on the ledger,
+ *    and one with candidates enforced on a fresh listing of its own (`Pipeline.enforce`).
+ * 4. The store is pruned, and the pass is over.
+ *
+ * The pass's state (phase, Glance's marker, cursors) is kept in the store after every page, so a
+ * run cut by its budget, its timeout or a crash is resumed by the next run, on any replica; the
+ * run holds a lease in the store while it works, so replicas sharing a ledger take turns on one
+ * pass instead of each listing the cloud. One project's failure is collected and the others go
+ * on; a pass whose first FAILED_IN_A_ROW projects all fail stops there.
  *
  * @example
-^ *   const summary = await reconcile(pipeline);                                  // the CLI, consume
- *   const run = await reconcile(pipeline, { budgetMs: 600_000, resume: true, remainingMs }); // the function
+ *   const summary = await reconcile(pipeline);                                         // the CLI, consume
+ *   const run = await reconcile(pipeline, { budgetMs: 600_000, remainingMs });         // the function
  */
 export async function reconcile(pipeline: Pipeline, options: ReconcileOptions = {}): Promise<ReconcileSummary> {
   const started = pipeline.now();
-  const failures: ProjectFailure[] = [];
-  const failed = (projectId: string, err: unknown) => failures.push({ projectId, error: err instanceof Error ? err : new Error(String(err)) });
-  const summary = (
-    projects: EnforcementReport[],
-    rest: Pick<ReconcileSummary, 'listed' | 'unreadable' | 'complete' | 'remaining' | 'cursor' | 'pruned'>,
-  ): ReconcileSummary => ({
-    projects,
-    corrected: sumCorrected(projects),
-    failures,
-    ...rest,
-    durationMs: pipeline.now() - started,
-  });
+  const run = new Run(pipeline, options, started);
+  if (options.projectId) return run.oneProject(options.projectId);
 
-  if (options.projectId) {
-    // One project: its own listing is fresh, so the truth path decides and acts on it at once.
-    const projectId = options.projectId;
-    const projects: EnforcementReport[] = [];
-    try {
-      projects.push(await pipeline.enforceOnGlance(projectId));
-    } catch (err) {
-      failed(projectId, err);
-    }
-    options.onProgress?.(1, 1, projectId);
-    return summary(projects, { listed: projects[0]?.usage.image_count_total ?? 0, unreadable: 0, complete: true, remaining: 0, cursor: '' });
+  const lease = await pipeline.takeLease(RECONCILE_LEASE, LEASE_MS);
+  if (!lease) return run.summary('', 'list', { busy: true });
+  try {
+    return await run.pass(lease);
+  } finally {
+    await lease.release();
   }
-
-  // The budget is when to stop starting projects; the timeout (less a margin) is when nothing may
-  // start at all, not even the first project of a run.
-  const hardDeadline = started + (options.remainingMs?.() ?? Infinity) - TIMEOUT_MARGIN_MS;
-  const deadline = Math.min(started + (options.budgetMs ?? Infinity), hardDeadline);
-  const after = options.resume ? ((await pipeline.ledger.getState(RECONCILE_CURSOR)) ?? '') : '';
-
-  const byProject = new Map<string, OwnedImage[]>();
-  const everyId = new Set<string>();
-  let listed = 0;
-  let unreadable = 0;
-  for await (const image of pipeline.listImages({ onUnreadable: () => void unreadable++ })) {
-    // An image with no owner counts against no project, as in Glance's own quota.
-    if (image.owner === null) continue;
-    listed++;
-    everyId.add(image.id);
-    const list = byProject.get(image.owner) ?? [];
-    list.push(image as OwnedImage);
-    byProject.set(image.owner, list);
-  }
-  const pass = [...new Set([...byProject.keys(), ...(await pipeline.ledger.projects())])].sort();
-  const todo = pass.filter((p) => p > after);
-
-  const reports: EnforcementReport[] = [];
-  let cursor = after;
-  let done = 0;
-  let slowest = 0;
-  for (const projectId of todo) {
-    const now = pipeline.now();
-    // The first project of a run starts even past the budget (the listing may have used it up),
-    // or a pass over a large cloud could never move.
-    if (now >= hardDeadline || (done > 0 && now + slowest > deadline)) break;
-    try {
-      const judged: ProjectReport = await pipeline.applyListing(projectId, byProject.get(projectId) ?? [], started, everyId);
-      reports.push(judged.toDelete.length > 0 ? await pipeline.enforceOnGlance(projectId) : { ...judged, actions: [] });
-      // A failed project moves the cursor only with the next success: a run that dies after
-      // failures alone resumes before them.
-      cursor = projectId;
-      if (options.resume) await pipeline.ledger.setState(RECONCILE_CURSOR, cursor);
-    } catch (err) {
-      failed(projectId, err);
-    }
-    slowest = Math.max(slowest, pipeline.now() - now);
-    done++;
-    options.onProgress?.(done, todo.length, projectId);
-    if (reports.length === 0 && failures.length >= FAILED_IN_A_ROW) break;
-  }
-
-  const remaining = todo.length - done;
-  if (remaining > 0) return summary(reports, { listed, unreadable, complete: false, remaining, cursor });
-  if (options.resume) await pipeline.ledger.setState(RECONCILE_CURSOR, '');
-  return summary(reports, { listed, unreadable, complete: true, remaining: 0, cursor: '', pruned: await pipeline.prune() });
 }
 
-function sumCorrected(reports: readonly ProjectReport[]): Partial<Record<CorrectionKind, number>> {
-  const sum: Partial<Record<CorrectionKind, number>> = {};
-  for (const r of reports) for (const [k, n] of Object.entries(r.corrected ?? {}) as [CorrectionKind, number][]) sum[k] = (sum[k] ?? 0) + n;
-  return sum;
+/** One run of the reconcile door: what it did so far, and when it must stop starting things. */
+class Run {
+  private readonly failures: ProjectFailure[] = [];
+  private failed = 0;
+  private readonly reports: EnforcementReport[] = [];
+  private decided = 0;
+  private deferred = 0;
+  private listed = 0;
+  private unreadable = 0;
+  private readonly corrected: Partial<Record<CorrectionKind, number>> = {};
+  /** When no more work starts: the budget; `hard`: the function's timeout less a margin. */
+  private readonly deadline: number;
+  private readonly hard: number;
+  /** Something was done in this run: the first unit of work starts even past the budget, or a large pass could never move. */
+  private moved = false;
+
+  constructor(
+    private readonly pipeline: Pipeline,
+    private readonly options: ReconcileOptions,
+    private readonly started: number,
+  ) {
+    this.hard = started + (options.remainingMs?.() ?? Infinity) - TIMEOUT_MARGIN_MS;
+    this.deadline = Math.min(started + (options.budgetMs ?? Infinity), this.hard);
+  }
+
+  async oneProject(projectId: string): Promise<ReconcileSummary> {
+    // One project: its own listing is fresh, so the truth path decides and acts on it at once.
+    try {
+      const report = await this.pipeline.enforceOnGlance(projectId);
+      this.keep(report);
+      this.listed = report.usage.image_count_total;
+    } catch (err) {
+      this.fail(projectId, err);
+    }
+    return this.summary('', 'done', { complete: this.failed === 0 });
+  }
+
+  async pass(lease: Lease): Promise<ReconcileSummary> {
+    const state = await this.load();
+    if (this.mustStop()) return this.summary(state.id, state.phase);
+    const save = async () => {
+      await this.pipeline.ledger.setState(RECONCILE_PASS, JSON.stringify(state));
+      // Lost to another run (this one stalled past the lease): stop here, it goes on.
+      if (!(await lease.renew(this.pipeline.now()))) throw new Error(`reconcile: the lease on pass ${state.id} was taken over by another run`);
+    };
+
+    if (state.phase === 'list') {
+      for await (const page of this.pipeline.listPages({ from: state.position ?? undefined, onUnreadable: () => void this.unreadable++ })) {
+        const repair = await this.pipeline.applyListingPage(page.images, this.pipeline.now(), state.id);
+        this.listed += repair.listed;
+        this.add(repair.corrected);
+        state.position = page.next;
+        if (page.next === null) state.phase = 'sweep';
+        await save();
+        this.moved = true;
+        this.progress(state.phase);
+        if (page.next !== null && this.mustStop()) return this.summary(state.id, 'list');
+      }
+      // A listing that ends without a last page (Glance gave none) ends all the same.
+      state.phase = 'sweep';
+    }
+
+    if (state.phase === 'sweep') {
+      for (;;) {
+        if (this.mustStop()) return this.summary(state.id, 'sweep');
+        const swept = await this.pipeline.sweepPage(state.id, state.startedAtMs, state.sweepCursor, SWEEP_PAGE);
+        this.add(swept.corrected);
+        state.sweepCursor = swept.cursor;
+        if (swept.cursor === '') state.phase = 'decide';
+        await save();
+        this.moved = true;
+        if (swept.cursor === '') break;
+      }
+    }
+
+    let slowest = 0;
+    for (;;) {
+      const page = await this.pipeline.ledger.projects({ after: state.projectCursor, limit: PROJECT_PAGE });
+      if (page.length === 0) break;
+      let next = 0;
+      const decideNext = async (): Promise<void> => {
+        for (;;) {
+          const now = this.pipeline.now();
+          if (next >= page.length || now >= this.hard || (this.moved && now + slowest > this.deadline) || this.failedAtStart()) return;
+          const projectId = page[next++]!;
+          this.moved = true;
+          await this.decide(projectId);
+          slowest = Math.max(slowest, this.pipeline.now() - now);
+        }
+      };
+      await Promise.all(Array.from({ length: DECIDE_CONCURRENCY }, decideNext));
+      // Projects start in order and each started one has finished: the pass goes on after the last
+      // started, failed ones included (the next pass does them again), unless all the run's
+      // decisions failed: a service is down, and the next run starts before them.
+      if (next > 0 && !this.failedAtStart()) state.projectCursor = page[next - 1]!;
+      await save();
+      if (next < page.length) return this.summary(state.id, 'decide');
+    }
+
+    await this.pipeline.ledger.setState(RECONCILE_PASS, '');
+    return this.summary(state.id, 'done', { complete: true, pruned: await this.pipeline.prune() });
+  }
+
+  /** The pass in progress, or a new one. A state this version cannot read starts a new pass (and says so). */
+  private async load(): Promise<PassState> {
+    const kept = await this.pipeline.ledger.getState(RECONCILE_PASS);
+    if (kept) {
+      let json: unknown;
+      try {
+        json = JSON.parse(kept);
+      } catch {
+        json = undefined;
+      }
+      const parsed = PassState.safeParse(json);
+      if (parsed.success) return parsed.data;
+    }
+    return { id: randomUUID(), startedAtMs: this.pipeline.now(), phase: 'list', position: null, sweepCursor: '', projectCursor: '' };
+  }
+
+  private async decide(projectId: string): Promise<void> {
+    try {
+      const report = await this.pipeline.enforce(projectId);
+      this.decided++;
+      this.keep(report);
+      this.options.onReport?.(report);
+    } catch (err) {
+      // Another replica is deciding it right now (its lease): that replica acts on it.
+      if ((errorCode(err) as string | undefined) === 'PROJECT_BUSY') this.deferred++;
+      else this.fail(projectId, err);
+    }
+    this.progress('decide');
+  }
+
+  private mustStop(): boolean {
+    const now = this.pipeline.now();
+    return now >= this.hard || (this.moved && now >= this.deadline);
+  }
+
+  /** The first projects of the run all failed: a service is down, not one project odd. */
+  private failedAtStart(): boolean {
+    return this.decided === 0 && this.failed >= FAILED_IN_A_ROW;
+  }
+
+  private keep(report: EnforcementReport): void {
+    if ((report.over.length > 0 || report.actions.length > 0) && this.reports.length < REPORTS_KEPT) this.reports.push(report);
+  }
+
+  private fail(projectId: string, err: unknown): void {
+    this.failed++;
+    if (this.failures.length < FAILURES_KEPT) this.failures.push({ projectId, error: err instanceof Error ? err : new Error(String(err)) });
+  }
+
+  private add(counts: Partial<Record<CorrectionKind, number>>): void {
+    for (const [k, n] of Object.entries(counts) as [CorrectionKind, number][]) this.corrected[k] = (this.corrected[k] ?? 0) + n;
+  }
+
+  private progress(phase: ReconcilePhase): void {
+    this.options.onProgress?.({ phase, listed: this.listed, decided: this.decided });
+  }
+
+  summary(passId: string, phase: ReconcilePhase | 'done', rest: Partial<Pick<ReconcileSummary, 'complete' | 'busy' | 'pruned'>> = {}): ReconcileSummary {
+    return {
+      passId,
+      projects: this.reports,
+      decided: this.decided,
+      deferred: this.deferred,
+      listed: this.listed,
+      unreadable: this.unreadable,
+      corrected: this.corrected,
+      failures: this.failures,
+      complete: false,
+      phase,
+      ...rest,
+      durationMs: this.pipeline.now() - this.started,
+    };
+  }
 }
 
 /**

@@ -19,6 +19,8 @@ export type CorrectionKind = (typeof CORRECTION_KINDS)[number];
 export interface Correction {
   kind: CorrectionKind;
   imageId: string;
+  /** The project the image counts against now (Glance's owner; the ledger's, for a vanished one). */
+  projectId: string;
 }
 
 /**
@@ -60,48 +62,70 @@ function differs(r: ImageRecord, e: ImageEvent): boolean {
 }
 
 /**
+ * What the ledger must become so that it says what these listed images say (a project's listing,
+ * or one page of the whole cloud's, of any owners). Glance is the truth: its state is written
+ * over the record, whatever version or tombstone the bus left there. The only records spared are
+ * those the bus changed after the listing began (within the clock-skew allowance): that news is
+ * newer than the listing, and the next listing judges it. A record from further in the future
+ * than that is not news but forgery. `ledger` holds the records of the listed ids (others are
+ * ignored).
+ */
+export function repairListed(ledger: readonly ImageRecord[], listing: readonly OwnedImage[], view: Omit<ListingView, 'listedElsewhere'>): Repair {
+  const listedAtSeconds = Math.floor(view.listedAtMs / 1000) - 1;
+  const believable = (seconds: number) => seconds * 1000 <= view.nowMs + view.skewMs;
+  const byId = new Map(ledger.map((r) => [r.imageId, r]));
+  const events: ImageEvent[] = [];
+  const corrections: Correction[] = [];
+  for (const image of listing) {
+    const event = eventFromGlance(image);
+    const record = byId.get(image.id);
+    let kind: CorrectionKind | undefined;
+    if (!record) kind = 'missing';
+    else if (record.updatedAt >= listedAtSeconds && believable(record.updatedAt)) continue;
+    else if (record.deleted) kind = 'resurrected';
+    else if (differs(record, event)) kind = 'changed';
+    if (!kind) continue;
+    events.push(event);
+    const inFlight = (kind === 'missing' || kind === 'changed') && event.updatedAt * 1000 >= view.listedAtMs - IN_FLIGHT_MS;
+    if (!inFlight) corrections.push({ kind, imageId: image.id, projectId: image.owner });
+  }
+  return { events, corrections };
+}
+
+/**
+ * The tombstones for live records a listing did not show (`vanished`), but for those made after
+ * the listing began: their absence proves nothing (unless their date is forged, further ahead
+ * than the clock skew allows). Reconcile's sweep gives it what its pass did not mark.
+ */
+export function sweepUnlisted(unlisted: readonly ImageRecord[], view: Omit<ListingView, 'listedElsewhere'>): Repair {
+  const listedAtSeconds = Math.floor(view.listedAtMs / 1000) - 1;
+  const events: ImageEvent[] = [];
+  const corrections: Correction[] = [];
+  for (const record of unlisted) {
+    if (!isLive(record)) continue;
+    if (record.createdAt >= listedAtSeconds && record.createdAt * 1000 <= view.nowMs + view.skewMs) continue;
+    events.push(tombstoneOf(record, view.nowMs));
+    corrections.push({ kind: 'vanished', imageId: record.imageId, projectId: record.projectId });
+  }
+  return { events, corrections };
+}
+
+/**
  * What the ledger must become for one project so that it says what Glance's listing of that
- * project says. Glance is the truth: its state is written over the record, whatever version or
- * tombstone the bus left there. The only records spared are those the bus changed after the
- * listing began (within the clock-skew allowance): that news is newer than the listing, and the
- * next listing judges it. A record from further in the future than that is not news but forgery.
+ * project says: `repairListed` for what the listing shows, `sweepUnlisted` for the project's live
+ * records it does not (but those `listedElsewhere`, which another owner's repair moves).
  *
  * @example
  *   const { events, corrections } = repairFromListing('p1', await store.images('p1'), listing, { listedAtMs, nowMs, skewMs });
  *   await store.applyEvents(events, nowMs, { overwrite: true });
  */
 export function repairFromListing(projectId: string, ledger: readonly ImageRecord[], listing: readonly OwnedImage[], view: ListingView): Repair {
-  const listedAtSeconds = Math.floor(view.listedAtMs / 1000) - 1;
-  const believable = (seconds: number) => seconds * 1000 <= view.nowMs + view.skewMs;
-  const newerThanListing = (r: ImageRecord) => r.updatedAt >= listedAtSeconds && believable(r.updatedAt);
-  const byId = new Map(ledger.map((r) => [r.imageId, r]));
-  const events: ImageEvent[] = [];
-  const corrections: Correction[] = [];
-  const listedIds = new Set<string>();
-  for (const image of listing) {
-    if (image.owner !== projectId) continue;
-    listedIds.add(image.id);
-    const event = eventFromGlance(image);
-    const record = byId.get(image.id);
-    let kind: CorrectionKind | undefined;
-    if (!record) kind = 'missing';
-    else if (newerThanListing(record)) continue;
-    else if (record.deleted) kind = 'resurrected';
-    else if (differs(record, event)) kind = 'changed';
-    if (!kind) continue;
-    events.push(event);
-    const inFlight = (kind === 'missing' || kind === 'changed') && event.updatedAt * 1000 >= view.listedAtMs - IN_FLIGHT_MS;
-    if (!inFlight) corrections.push({ kind, imageId: image.id });
-  }
-  for (const record of ledger) {
-    if (listedIds.has(record.imageId) || !isLive(record) || record.projectId !== projectId) continue;
-    if (view.listedElsewhere?.has(record.imageId)) continue;
-    // Made after the listing began: its absence proves nothing (unless its date is forged).
-    if (record.createdAt >= listedAtSeconds && believable(record.createdAt)) continue;
-    events.push(tombstoneOf(record, view.nowMs));
-    corrections.push({ kind: 'vanished', imageId: record.imageId });
-  }
-  return { events, corrections };
+  const owned = listing.filter((image) => image.owner === projectId);
+  const listed = repairListed(ledger, owned, view);
+  const listedIds = new Set(owned.map((image) => image.id));
+  const unlisted = ledger.filter((r) => r.projectId === projectId && !listedIds.has(r.imageId) && !view.listedElsewhere?.has(r.imageId));
+  const swept = sweepUnlisted(unlisted, view);
+  return { events: [...listed.events, ...swept.events], corrections: [...listed.corrections, ...swept.corrections] };
 }
 
 /** Corrections counted by kind, for a log line and the metric. */

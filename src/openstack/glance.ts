@@ -1,6 +1,6 @@
 import { ENV_DEFAULTS } from '../config.js';
 import { GlanceImage } from '../ledger/glance-image.js';
-import type { DeleteOutcome, UnprotectOutcome } from '../pipeline/ports.js';
+import type { DeleteOutcome, ListedPage, ListPosition, UnprotectOutcome } from '../pipeline/ports.js';
 import { createLogger, type Logger } from '../log.js';
 import { OpenStackHttpError, displayUrl, scrub } from './errors.js';
 import { firstIssue } from '../zod-issues.js';
@@ -139,31 +139,47 @@ export class GlanceClient {
   /**
    * Every image of `owner` that Glance lists (see the module comment: not killed or deleted ones),
    * whatever its visibility, hidden or not, page after page; each id once, even when its os_hidden
-   * flipped between the two passes.
+   * flipped between the two passes. The ids seen are kept for that: one project's listing, not
+   * the whole cloud's (that is `listPages`, which keeps nothing).
    */
   async *listImages(options: ListImagesOptions = {}): AsyncGenerator<GlanceImage, void, undefined> {
+    const listed = new Set<string>();
+    for await (const page of this.listPages(options)) {
+      for (const image of page.images) {
+        if (listed.has(image.id)) continue;
+        listed.add(image.id);
+        yield image;
+      }
+    }
+  }
+
+  /**
+   * The listing page by page, from `from` (the first page of the non-hidden pass when absent),
+   * each page with the position after it, so that a pass spanning many runs resumes by Glance's
+   * own marker. Memory is one page, and the markers of this call (one per page, a few KB for a
+   * million images): a marker seen twice is a Glance that loops.
+   */
+  async *listPages(options: ListImagesOptions & { from?: ListPosition | undefined } = {}): AsyncGenerator<ListedPage, void, undefined> {
     const base = await this.base();
     const maxLimit = options.limit ?? 1000;
-    const listed = new Set<string>();
-    for (const hidden of ['false', 'true']) {
-      let marker: string | undefined;
+    const from = options.from ?? { hidden: false };
+    for (const hidden of from.hidden ? [true] : [false, true]) {
+      let marker = hidden === from.hidden ? from.marker : undefined;
       let limit = maxLimit;
       const seen = new Set<string>();
       for (;;) {
-        const page = await this.listPage(base, options, hidden, marker, limit);
+        const page = await this.listPage(base, options, hidden ? 'true' : 'false', marker, limit);
+        const images: GlanceImage[] = [];
         for (const raw of page.body.images) {
           const image = this.readListed(page.url, raw, options);
-          if (!image || listed.has(image.id)) continue;
-          listed.add(image.id);
-          yield image;
+          if (image) images.push(image);
         }
         limit = nextPageSize(page.body, page.limit, maxLimit);
         // Rebuild the next page from its marker instead of following `next` verbatim: `next` is a
         // path from Glance's root, which is wrong behind a proxy that serves Glance under a prefix.
         const nextLink = page.body.next;
         const next = typeof nextLink === 'string' ? new URLSearchParams(nextLink.split('?')[1] ?? '').get('marker') : null;
-        if (!next) break;
-        if (seen.has(next))
+        if (next !== null && seen.has(next))
           throw new OpenStackHttpError(
             'glance',
             'GET',
@@ -171,6 +187,9 @@ export class GlanceClient {
             200,
             `glance: listing images of ${options.owner ?? 'every project'} returned marker ${next} twice; stopping instead of looping`,
           );
+        const after: ListPosition | null = next ? { hidden, marker: next } : hidden ? null : { hidden: true };
+        yield { images, next: after };
+        if (!next) break;
         seen.add(next);
         marker = next;
       }

@@ -1,6 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import type { Correction } from '../ledger/repair.js';
-import type { GlanceImage, OwnedImage } from '../ledger/glance-image.js';
+import type { GlanceImage } from '../ledger/glance-image.js';
 import type { Logger } from '../log.js';
 import type { DoorLimits } from '../notification/parse.js';
 import type { LimitSource } from '../quota/limits.js';
@@ -10,10 +10,21 @@ import { CommittedTotals } from './committed.js';
 import { ProjectLocks, type PipelineContext } from './context.js';
 import { enforce, enforceAll, enforceOnGlance, evaluate, requireImages } from './enforce.js';
 import { ingest, type IngestResult } from './ingest.js';
-import { applyListing } from './listing.js';
-import type { EnforcementMode, EnforcementReport, ImageService, ProjectFailure, ProjectReport } from './ports.js';
+import { Lease } from './lease.js';
+import { applyListingPage, sweepPage, type PageRepair } from './listing.js';
+import type { EnforcementMode, EnforcementReport, ImageService, ListedPage, ProjectFailure, ProjectReport } from './ports.js';
 
-export type { DeleteOutcome, EnforcementMode, EnforcementReport, ImageService, ProjectFailure, ProjectReport, UnprotectOutcome } from './ports.js';
+export type {
+  DeleteOutcome,
+  EnforcementMode,
+  EnforcementReport,
+  ImageService,
+  ListedPage,
+  ListPosition,
+  ProjectFailure,
+  ProjectReport,
+  UnprotectOutcome,
+} from './ports.js';
 export type { IngestResult, MessageOutcome, MessageResult } from './ingest.js';
 
 /*
@@ -150,16 +161,30 @@ export class Pipeline {
   }
 
   /**
-   * Glance's listing of every image, through the pipeline's own Glance (the one it acts on): the
-   * reconcile door's input. Without a Glance (replay) it throws a ConfigError naming the fix.
+   * Glance's listing of every image, page by page, through the pipeline's own Glance (the one it
+   * acts on): the reconcile door's input. Without a Glance (replay) it throws a ConfigError naming
+   * the fix.
    */
-  listImages(query: Parameters<ImageService['listImages']>[0] = {}): AsyncIterable<GlanceImage> {
-    return requireImages(this.ctx).listImages(query);
+  listPages(query: Parameters<ImageService['listPages']>[0] = {}): AsyncIterable<ListedPage> {
+    return requireImages(this.ctx).listPages(query);
   }
 
-  /** Reconcile's step for one project of a whole-cloud listing (src/pipeline/listing.ts). */
-  applyListing(projectId: string, listing: readonly OwnedImage[], listedAtMs: number, listedElsewhere?: ReadonlySet<string>): Promise<ProjectReport> {
-    return applyListing(this.ctx, projectId, listing, listedAtMs, listedElsewhere);
+  /** Reconcile's step for one page of the whole-cloud listing (src/pipeline/listing.ts). */
+  applyListingPage(page: readonly GlanceImage[], listedAtMs: number, passId: string): Promise<PageRepair> {
+    return applyListingPage(this.ctx, page, listedAtMs, passId);
+  }
+
+  /** Reconcile's sweep, one page: what the pass did not list is tombstoned (src/pipeline/listing.ts). */
+  sweepPage(passId: string, passStartedAtMs: number, cursor: string, limit: number): Promise<PageRepair & { cursor: string }> {
+    return sweepPage(this.ctx, passId, passStartedAtMs, cursor, limit);
+  }
+
+  /**
+   * A lease in the ledger's store, for work replicas sharing the store must not do twice at once
+   * (a reconcile pass); undefined while another holder has it (src/pipeline/lease.ts).
+   */
+  takeLease(name: string, ttlMs: number): Promise<Lease | undefined> {
+    return Lease.take(this.ctx.store, name, ttlMs, this.ctx.clock());
   }
 
   /**

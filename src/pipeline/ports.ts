@@ -28,6 +28,29 @@ export interface ImageService {
    * is left out and reported to `onUnreadable`, never fails the listing.
    */
   listImages(query?: { owner?: string; onUnreadable?: (imageId: string, reason: string) => void }): AsyncIterable<GlanceImage>;
+  /**
+   * Every image of every project, page by page, from `from` (the first page when absent): the
+   * whole-cloud listing of a reconcile pass, which may span many runs. Each page says where the
+   * listing goes on after it (`next`, null after the last page), so that a run can stop between
+   * two pages and the next run resume there. Nothing is remembered across pages: an image whose
+   * `os_hidden` flipped between the two passes may come twice (writing it twice is harmless).
+   */
+  listPages(query?: { from?: ListPosition; onUnreadable?: (imageId: string, reason: string) => void }): AsyncIterable<ListedPage>;
+}
+
+/**
+ * Where a whole-cloud listing stands: Glance lists hidden images only when asked (`os_hidden`),
+ * so a listing is two passes, each paged by Glance's own marker (the last id of a page).
+ */
+export interface ListPosition {
+  hidden: boolean;
+  marker?: string | undefined;
+}
+
+export interface ListedPage {
+  images: GlanceImage[];
+  /** Where the listing goes on after this page; null when this was the last page. */
+  next: ListPosition | null;
 }
 
 export type EnforcementMode = 'enforce' | 'dry-run';

@@ -154,13 +154,13 @@ export interface LedgerStore {
   forgetActionsBefore(beforeMs: number): Promise<number>;
 
   /**
-   * A small named value the enforcer keeps for itself beside the ledger, e.g. where the scheduled
-   * `reconcile` function stopped (`reconcile.cursor`), so that its next run resumes there.
+   * A small named value the enforcer keeps for itself beside the ledger, e.g. where the reconcile
+   * pass in progress stands (`reconcile.pass`), so that the next run, on any replica, resumes it.
    * `undefined` until first set.
    *
    * @example
-   *   await store.setState('reconcile.cursor', projectId);
-   *   const after = (await store.getState('reconcile.cursor')) ?? '';
+   *   await store.setState('reconcile.pass', JSON.stringify(state));
+   *   const kept = (await store.getState('reconcile.pass')) ?? '';
    */
   getState(key: string): Promise<string | undefined>;
 

@@ -74,12 +74,12 @@ describe('function metrics (CloudWatch EMF)', () => {
     ]);
   });
 
-  it("reconcile: the run's actions, and an error when the run stops at a project", async () => {
+  it("reconcile: the run's actions, and an error when Glance does not answer", async () => {
     const { docs, sink } = capturedMetrics();
     const glance = MemoryGlance.fromBodies(quotaTestBodies());
     const services = servicesOver({ store: new MemoryStore(), glance, metrics: sink, env: { ENFORCEMENT_MODE: 'dry-run' } });
     await reconcileHandler(async () => services)(scheduledEvent, context('rec-1'));
-    glance.failing.add(ATTACKER);
+    glance.failing.add('*');
     await expect(reconcileHandler(async () => services)(scheduledEvent, context('rec-2'))).rejects.toThrow(/did not answer/);
     expect(metricsOf(docs)).toEqual([
       { function: 'reconcile', action: 'would-delete', Actions: 2 },

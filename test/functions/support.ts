@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { loadConfig } from '../../src/config.js';
-import type { DeleteOutcome, ImageService, UnprotectOutcome } from '../../src/pipeline/index.js';
+import type { DeleteOutcome, ImageService, ListedPage, ListPosition, UnprotectOutcome } from '../../src/pipeline/index.js';
 import type { MetricsSink } from '../../src/doors/lambda/metrics.js';
 import type { FunctionServices, PoisonQueue } from '../../src/doors/lambda/instance.js';
 import type { GlanceImage } from '../../src/ledger/glance-image.js';
@@ -191,6 +191,32 @@ export class MemoryGlance implements ImageService {
     if (!image) return { result: 'gone' };
     image.protected = false;
     return { result: 'unprotected' };
+  }
+
+  /** Pages of `pageSize` images by id, resumable by marker as Glance's (no hidden pass: the fake has no os_hidden). */
+  pageSize = 1000;
+
+  async *listPages(query: { from?: ListPosition } = {}): AsyncIterable<ListedPage> {
+    if (query.from?.hidden) {
+      yield { images: [], next: null };
+      return;
+    }
+    let marker = query.from?.marker;
+    for (;;) {
+      this.calls.push(`LIST * from ${marker ?? 'start'}`);
+      this.onList(undefined);
+      this.fail(null);
+      const sorted = [...this.images.values()].sort((a, b) => (a.id < b.id ? -1 : 1)).filter((i) => marker === undefined || i.id > marker);
+      const images = sorted.slice(0, this.pageSize).map((i) => ({ ...i }));
+      const last = images.at(-1)?.id;
+      const next = sorted.length > this.pageSize && last ? { hidden: false, marker: last } : { hidden: true };
+      yield { images, next };
+      if (next.hidden) {
+        yield { images: [], next: null };
+        return;
+      }
+      marker = last;
+    }
   }
 
   async *listImages(query: { owner?: string } = {}): AsyncIterable<GlanceImage> {

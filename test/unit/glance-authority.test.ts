@@ -68,9 +68,9 @@ describe("repairing the ledger from Glance's listing", () => {
     ];
     const { events, corrections } = repairFromListing(P, ledger, real, view);
     expect(corrections).toEqual([
-      { kind: 'resurrected', imageId: 'r1' },
-      { kind: 'changed', imageId: 'r2' },
-      { kind: 'vanished', imageId: 'ghost' },
+      { kind: 'resurrected', imageId: 'r1', projectId: P },
+      { kind: 'changed', imageId: 'r2', projectId: P },
+      { kind: 'vanished', imageId: 'ghost', projectId: P },
     ]);
     expect(events.map((e) => [e.imageId, e.status, e.deleted])).toEqual([
       ['r1', 'queued', false],
@@ -93,7 +93,9 @@ describe("repairing the ledger from Glance's listing", () => {
   it('adds what the bus lost, leaves images listed under another owner to that owner, and is quiet when all agree', () => {
     const listed = [image('lost', NOW - 100)];
     const moved = trueCreate(image('moved', NOW - 5_000));
-    expect(repairFromListing(P, [moved], listed, { ...view, listedElsewhere: new Set(['moved']) }).corrections).toEqual([{ kind: 'missing', imageId: 'lost' }]);
+    expect(repairFromListing(P, [moved], listed, { ...view, listedElsewhere: new Set(['moved']) }).corrections).toEqual([
+      { kind: 'missing', imageId: 'lost', projectId: P },
+    ]);
     expect(repairFromListing(P, [trueCreate(listed[0]!)], listed, view)).toEqual({ events: [], corrections: [] });
   });
 
@@ -101,7 +103,7 @@ describe("repairing the ledger from Glance's listing", () => {
     const listed = [image('just-made', NOW - 2), image('long-lost', NOW - 600)];
     const { events, corrections } = repairFromListing(P, [], listed, view);
     expect(events.map((e) => e.imageId)).toEqual(['just-made', 'long-lost']);
-    expect(corrections).toEqual([{ kind: 'missing', imageId: 'long-lost' }]);
+    expect(corrections).toEqual([{ kind: 'missing', imageId: 'long-lost', projectId: P }]);
   });
 });
 

@@ -243,3 +243,24 @@ describe('the body of a streamed call', () => {
     expect(response.text).toHaveLength(ERROR_BODY_KEPT_BYTES);
   });
 });
+
+describe("the whole cloud's listing, page by page (reconcile's pass)", () => {
+  it('gives each page with where the listing goes on; from any of those positions, the rest and only the rest', async () => {
+    const images = Array.from({ length: 7 }, (_, n) => fat(`i-${n}`, 0, { owner: `p-${n % 3}`, os_hidden: n % 3 === 2 }));
+    const { client } = await glance(images);
+    const pages: { ids: string[]; next: unknown }[] = [];
+    for await (const page of client.listPages({ limit: 2 })) pages.push({ ids: page.images.map((i) => i.id), next: page.next });
+    // Every image once, hidden ones in the second pass; the last page says there is no more.
+    expect(pages.flatMap((p) => p.ids).sort()).toEqual(images.map((i) => i.id).sort());
+    expect(pages.at(-1)!.next).toBeNull();
+    expect(pages.slice(0, -1).every((p) => p.next !== null)).toBe(true);
+    expect(pages.some((p) => (p.next as { hidden: boolean } | null)?.hidden === true)).toBe(true);
+    // Resumed after each page, the listing yields exactly what followed that page.
+    for (const [k, page] of pages.entries()) {
+      if (page.next === null) continue;
+      const rest: string[] = [];
+      for await (const p of client.listPages({ limit: 2, from: page.next as { hidden: boolean; marker?: string } })) rest.push(...p.images.map((i) => i.id));
+      expect(rest).toEqual(pages.slice(k + 1).flatMap((p) => p.ids));
+    }
+  });
+});

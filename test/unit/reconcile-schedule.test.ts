@@ -8,7 +8,19 @@ import { ReconcileSchedule, type ReconcileSummary } from '../../src/doors/reconc
  */
 
 const summary = (n: number) =>
-  ({ projects: [], listed: n, unreadable: 0, corrected: {}, failures: [], complete: true, remaining: 0, cursor: '', durationMs: 1 }) as ReconcileSummary;
+  ({
+    passId: 'pass',
+    projects: [],
+    decided: 0,
+    deferred: 0,
+    listed: n,
+    unreadable: 0,
+    corrected: {},
+    failures: [],
+    complete: true,
+    phase: 'done',
+    durationMs: 1,
+  }) as ReconcileSummary;
 
 describe("consume's reconcile schedule", () => {
   beforeEach(() => void vi.useFakeTimers());

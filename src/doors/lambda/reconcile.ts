@@ -6,8 +6,8 @@ import { inInvocation, type FunctionServices } from './instance.js';
 /**
  * The scheduled reconcile: the reconcile door (src/doors/reconcile.ts) within
  * RECONCILE_BUDGET_SECONDS and the invocation's remaining time, resuming where the last run
- * stopped. A pass over every project may take longer than one invocation may run; the cursor in
- * the store carries it over. A run in which nothing worked (Keystone, Glance or the store down)
+ * stopped. A pass over a whole cloud may take longer than one invocation may run; the pass's
+ * state in the store (Glance's marker, the sweep's and the decisions' cursors) carries it over. A run in which nothing worked (Keystone, Glance or the store down)
  * fails the invocation, so that the alarm sees it; one failing project does not.
  *
  * @example
@@ -21,22 +21,23 @@ export function reconcileHandler(services: () => Promise<FunctionServices>) {
       const remainingMs = context?.getRemainingTimeInMillis?.bind(context);
       let summary: ReconcileSummary;
       try {
-        summary = await reconcile(pipeline, { budgetMs: config.reconcileBudgetMs, resume: true, ...(remainingMs ? { remainingMs } : {}) });
+        summary = await reconcile(pipeline, { budgetMs: config.reconcileBudgetMs, ...(remainingMs ? { remainingMs } : {}) });
       } catch (err) {
         // The pass listing failed: the next run starts it again.
         if (metrics) writeInvocationMetrics(metrics, 'reconcile', { enforcementErrors: 1 });
         throw err;
       }
       const { projects, failures, complete } = summary;
-      if (metrics) writeInvocationMetrics(metrics, 'reconcile', { reports: projects, enforcementErrors: projects.length === 0 && failures.length > 0 ? 1 : 0 });
+      if (metrics) writeInvocationMetrics(metrics, 'reconcile', { reports: projects, enforcementErrors: summary.decided === 0 && failures.length > 0 ? 1 : 0 });
       for (const f of failures) log.warn({ projectId: f.projectId, err: f.error.message }, 'reconcile of one project failed; the pass goes on');
       const actions = projects.reduce((n, r) => n + r.actions.length, 0);
       log.info(
         {
-          done: projects.length + failures.length,
-          remaining: summary.remaining,
+          pass: summary.passId,
+          phase: summary.phase,
+          decided: summary.decided,
+          deferred: summary.deferred,
           complete,
-          cursor: summary.cursor || undefined,
           listed: summary.listed,
           corrected: summary.corrected,
           failed: failures.map((f) => f.projectId).slice(0, 20),
@@ -44,10 +45,14 @@ export function reconcileHandler(services: () => Promise<FunctionServices>) {
           pruned: summary.pruned,
           ms: summary.durationMs,
         },
-        complete ? 'reconcile pass complete' : 'reconcile run stopped within its budget; the next run resumes',
+        complete
+          ? 'reconcile pass complete'
+          : summary.busy
+            ? 'another run holds the reconcile pass; this one did nothing'
+            : 'reconcile run stopped within its budget; the next run resumes',
       );
       // Nothing worked: not one project odd but a service down. The cursor stays where the last success left it.
-      if (projects.length === 0 && failures.length > 0) throw failures[0]!.error;
+      if (summary.decided === 0 && failures.length > 0) throw failures[0]!.error;
       return summary;
     });
 }
