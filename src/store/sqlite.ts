@@ -13,11 +13,7 @@ import { judgeAdmission, type AdmissionBounds } from '../quota/admission.js';
 import type { ActionKind, ActionRecord, ApplyOptions, CreateReservation, LedgerStore } from './port.js';
 import { assertStorable, totalsOverflow } from './storable.js';
 
-/**
- * `isLive` (src/ledger/usage.ts) in SQL. A partial index is used only by a query whose WHERE repeats
- * the index's own terms, so the index and the sweep's query both take this text as it is; a change
- * here is a new migration, not an edit.
- */
+/** `isLive` (src/ledger/usage.ts) in SQL; forgetDeadImages is its negation. */
 const LIVE = `deleted = 0 AND status NOT IN ('killed', 'pending_delete', 'deleted')`;
 
 /** Schema changes, applied in order at open; `PRAGMA user_version` records how far a file is. */
@@ -85,14 +81,13 @@ const MIGRATIONS: readonly string[] = [
    );
    CREATE INDEX admission_reservations_by_project ON admission_reservations (project_id, expires_at);
    CREATE INDEX admission_reservations_by_expiry ON admission_reservations (expires_at);`,
-  // Issue 22. The rate rule's window, read by creation time instead of the project's history.
-  // Reconcile's mark (the last pass that listed the image: a column the upsert of applyEvents
-  // does not name, so merges and overwrites keep it), and the sweep's walk over live records in
-  // id order: the partial index holds the mark beside the id, so the walk reads neither the
-  // tombstones nor the rows a pass marked (bench/README.md, "Why the code is as it is").
+  // Issue 22. The rate rule's window, read by creation time instead of the project's history;
+  // and reconcile's mark, the last pass that listed the image: a column the upsert of applyEvents
+  // does not name, so merges and overwrites keep it. No index holds the mark: the sweep walks the
+  // primary key and reads each row, which costs less per pass than keeping an index in step with
+  // a mark on every listed image (bench/README.md, "Why the code is as it is").
   `CREATE INDEX images_by_creation ON images (project_id, created_at);
-   ALTER TABLE images ADD COLUMN listed_pass TEXT;
-   CREATE INDEX images_live_by_id ON images (image_id, listed_pass) WHERE ${LIVE};`,
+   ALTER TABLE images ADD COLUMN listed_pass TEXT;`,
 ];
 
 interface ActionRow {
@@ -495,7 +490,7 @@ export class SqliteStore implements LedgerStore {
   }
 
   async unmarkedLive(passId: string, cursor: string, limit: number): Promise<{ records: ImageRecord[]; cursor: string }> {
-    // Keyset on the primary key: each page starts in the index where the last one ended.
+    // Keyset on the primary key: each page starts in its index where the last one ended.
     const records = this.stmt.unmarkedLive.all(cursor, passId, limit).map((r) => fromRow(r));
     return { records, cursor: records.length < limit ? '' : records.at(-1)!.imageId };
   }
