@@ -62,7 +62,10 @@ try {
   console.log(`${N} images (${N / 10} tombstones) loaded in ${(ms(t) / 1000).toFixed(1)} s; load average ${loadavg()[0]!.toFixed(1)}`);
 
   const reader = new Database(path, { readonly: true });
-  const ids = reader.prepare<[], string>(`SELECT image_id FROM images ORDER BY ${args.order === 'random' ? 'random()' : 'created_at DESC'}`).pluck().all();
+  const ids = reader
+    .prepare<[], string>(`SELECT image_id FROM images ORDER BY ${args.order === 'random' ? 'random()' : 'created_at DESC'}`)
+    .pluck()
+    .all();
   reader.close();
 
   const sweep = async (pass: string) => {
