@@ -1,9 +1,10 @@
 import { ConfigError, LimitsUnavailableError, errorCode } from '../errors.js';
 import { recordFromGlance, tombstoneOf, type OwnedImage } from '../ledger/glance-image.js';
-import { decide, recordsNeeded } from '../quota/decide.js';
+import type { ImageRecord } from '../ledger/record.js';
+import { decide, recordsNeeded, type RecordsNeeded } from '../quota/decide.js';
 import { confirmLimits } from '../quota/limits.js';
 import { verifyCandidate } from '../quota/verify.js';
-import type { ActionKind, ActionRecord } from '../store/port.js';
+import type { ActionKind, ActionRecord, LedgerStore } from '../store/port.js';
 import type { PipelineContext } from './context.js';
 import { judge, type Judgement } from './judge.js';
 import { repair } from './listing.js';
@@ -18,13 +19,26 @@ import type { EnforcementReport, ImageService, ProjectFailure, ProjectReport } f
 export async function evaluate(ctx: PipelineContext, projectId: string): Promise<ProjectReport> {
   const [usage, limits] = await Promise.all([ctx.committed.take(projectId, ctx.clock()) ?? ctx.store.usage(projectId), ctx.limits.limitsFor(projectId)]);
   const exempt = ctx.exempt.has(projectId);
+  const nowSeconds = Math.floor(ctx.clock() / 1000);
   // Most messages leave a project under its limits: then no image needs to be read at all.
-  const needed = recordsNeeded(usage, limits);
-  const records = !needed ? [] : 'all' in needed ? await ctx.store.images(projectId) : await ctx.store.removableImages(projectId, needed.removable);
-  const { over, toDelete } = decide(records, usage, limits, { exempt, nowSeconds: Math.floor(ctx.clock() / 1000) });
+  const needed = recordsNeeded(usage, limits, nowSeconds);
+  const records = needed ? await readNeeded(ctx.store, projectId, needed) : [];
+  const { over, toDelete } = decide(records, usage, limits, { exempt, nowSeconds });
   const report: ProjectReport = { projectId, usage, limits, over, toDelete, exempt, basis: 'ledger' };
   ctx.onDecision?.(report);
   return report;
+}
+
+/** The records `recordsNeeded` names, each once: the two reads overlap where a removable image is in the window. */
+async function readNeeded(store: LedgerStore, projectId: string, needed: RecordsNeeded): Promise<ImageRecord[]> {
+  const [removable, recent] = await Promise.all([
+    needed.removable > 0 ? store.removableImages(projectId, needed.removable) : [],
+    needed.createdSince === undefined ? [] : store.imagesCreatedSince(projectId, needed.createdSince),
+  ]);
+  if (recent.length === 0) return removable;
+  const byId = new Map(recent.map((r) => [r.imageId, r]));
+  for (const r of removable) byId.set(r.imageId, r);
+  return [...byId.values()];
 }
 
 /**

@@ -82,12 +82,27 @@ export function decide(records: readonly ImageRecord[], usage: Usage, limits: Pr
 }
 
 /**
- * Which of a project's records the decision needs. The usage alone answers most messages; the
- * count rule needs only the newest removable images, as many as the excess; only the rate rule
- * reads the whole history.
+ * Which of a project's records the decision needs: what `decide` gets, read through the store's
+ * indexes, so that a project's history (tombstones of churn, old bursts) costs nothing to a
+ * notification. The usage alone answers most messages; the count rule needs only the newest
+ * removable images, as many as the excess; the rate rule only the records created in its window.
+ * Given the union of the two reads, `decide` answers as it would on every record: the count rule
+ * takes the newest removable ones, all of which are in the first read, and the rate rule filters
+ * the window, all of which is in the second.
  */
-export function recordsNeeded(usage: Usage, limits: ProjectLimits): { all: true } | { removable: number } | null {
-  if (limits.image_create_rate) return { all: true };
+export interface RecordsNeeded {
+  /** The project's newest removable images, this many (0: none). */
+  removable: number;
+  /** Every record created at or after this time (epoch seconds), tombstones included; absent: none. */
+  createdSince?: number;
+}
+
+export function recordsNeeded(usage: Usage, limits: ProjectLimits, nowSeconds: number): RecordsNeeded | null {
   const limit = limits.image_count_total;
-  return !isUnlimited(limit) && usage.image_count_total > limit ? { removable: usage.image_count_total - limit } : null;
+  const removable = !isUnlimited(limit) && usage.image_count_total > limit ? usage.image_count_total - limit : 0;
+  const rate = limits.image_create_rate;
+  // overRate's window is `nowSeconds - createdAt < windowSeconds`; created_at is whole seconds
+  // (Glance keeps no fraction), so the first second in it is the one after nowSeconds - W.
+  if (rate) return { removable, createdSince: Math.floor(nowSeconds - rate.windowSeconds) + 1 };
+  return removable > 0 ? { removable } : null;
 }

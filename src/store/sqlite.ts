@@ -13,6 +13,9 @@ import { judgeAdmission, type AdmissionBounds } from '../quota/admission.js';
 import type { ActionKind, ActionRecord, ApplyOptions, CreateReservation, LedgerStore } from './port.js';
 import { assertStorable, totalsOverflow } from './storable.js';
 
+/** `isLive` (src/ledger/usage.ts) in SQL; forgetDeadImages is its negation. */
+const LIVE = `deleted = 0 AND status NOT IN ('killed', 'pending_delete', 'deleted')`;
+
 /** Schema changes, applied in order at open; `PRAGMA user_version` records how far a file is. */
 const MIGRATIONS: readonly string[] = [
   `CREATE TABLE images (
@@ -78,6 +81,13 @@ const MIGRATIONS: readonly string[] = [
    );
    CREATE INDEX admission_reservations_by_project ON admission_reservations (project_id, expires_at);
    CREATE INDEX admission_reservations_by_expiry ON admission_reservations (expires_at);`,
+  // Issue 22. The rate rule's window, read by creation time instead of the project's history;
+  // and reconcile's mark, the last pass that listed the image: a column the upsert of applyEvents
+  // does not name, so merges and overwrites keep it. No index holds the mark: the sweep walks the
+  // primary key and reads each row, which costs less per pass than keeping an index in step with
+  // a mark on every listed image (bench/README.md, "Why the code is as it is").
+  `CREATE INDEX images_by_creation ON images (project_id, created_at);
+   ALTER TABLE images ADD COLUMN listed_pass TEXT;`,
 ];
 
 interface ActionRow {
@@ -234,7 +244,18 @@ export class SqliteStore implements LedgerStore {
           `SELECT ${IMAGE_COLUMNS} FROM images WHERE project_id = ? AND status = 'queued' AND deleted = 0 ORDER BY created_at DESC, image_id DESC LIMIT ?`,
         )
         .raw(),
+      createdSince: db.prepare<[string, number], ImageRow>(`SELECT ${IMAGE_COLUMNS} FROM images WHERE project_id = ? AND created_at >= ?`).raw(),
       projects: db.prepare<[], string>('SELECT project_id FROM project_totals WHERE count > 0').pluck(),
+      projectsAfter: db
+        .prepare<[string, number], string>('SELECT project_id FROM project_totals WHERE project_id > ? AND count > 0 ORDER BY project_id LIMIT ?')
+        .pluck(),
+      // A batch of ids as one JSON array, as applyEvents reads and writes them.
+      markListed: db.prepare<[string, string]>('UPDATE images SET listed_pass = ? WHERE image_id IN (SELECT value FROM json_each(?))'),
+      unmarkedLive: db
+        .prepare<[string, string, number], ImageRow>(
+          `SELECT ${IMAGE_COLUMNS} FROM images WHERE image_id > ? AND ${LIVE} AND listed_pass IS NOT ? ORDER BY image_id LIMIT ?`,
+        )
+        .raw(),
       forgetDeadImages: db.prepare<[number]>(
         `DELETE FROM images WHERE (deleted = 1 OR status IN ('killed', 'pending_delete', 'deleted')) AND updated_at * 1000 < ?`,
       ),
@@ -442,9 +463,36 @@ export class SqliteStore implements LedgerStore {
     return this.stmt.removable.all(projectId, limit).map((r) => fromRow(r));
   }
 
-  async projects(): Promise<string[]> {
+  async imagesCreatedSince(projectId: string, sinceSeconds: number): Promise<ImageRecord[]> {
+    return this.stmt.createdSince.all(projectId, sinceSeconds).map((r) => fromRow(r));
+  }
+
+  async projects(page?: { after: string; limit: number }): Promise<string[]> {
+    // A page is walked in SQLite's order (the bytes of UTF-8: code points), which is JS's (UTF-16)
+    // for every id but those mixing characters past U+FFFF with U+E000-U+FFFF; the walk still
+    // meets each project once.
+    if (page) return this.stmt.projectsAfter.all(page.after, page.limit);
     // Sorted as JS sorts (UTF-16), not by SQLite's byte order.
     return this.stmt.projects.all().sort();
+  }
+
+  async recordsOf(imageIds: readonly string[]): Promise<ImageRecord[]> {
+    if (imageIds.length === 0) return [];
+    // Each id once, read back by its position in the array (see the constructor).
+    const ids = [...new Set(imageIds)];
+    return this.stmt.imagesOf.all(JSON.stringify(ids)).map((row) => fromRow(row, ids[row[11]]!));
+  }
+
+  async markListed(imageIds: readonly string[], passId: string): Promise<void> {
+    if (imageIds.length === 0) return;
+    this.stmt.markListed.run(passId, JSON.stringify(imageIds));
+    this.wrote();
+  }
+
+  async unmarkedLive(passId: string, cursor: string, limit: number): Promise<{ records: ImageRecord[]; cursor: string }> {
+    // Keyset on the primary key: each page starts in its index where the last one ended.
+    const records = this.stmt.unmarkedLive.all(cursor, passId, limit).map((r) => fromRow(r));
+    return { records, cursor: records.length < limit ? '' : records.at(-1)!.imageId };
   }
 
   async forgetDeadImagesBefore(beforeMs: number): Promise<number> {

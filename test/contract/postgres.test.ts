@@ -129,8 +129,33 @@ describe('postgres: a database shared by several consumers', () => {
     const stores = await Promise.all([PostgresStore.open(url), PostgresStore.open(url), PostgresStore.open(url)]);
     const schema = new URL(url).searchParams.get('options')!.split('=')[1]!;
     const { rows } = await db!.admin.query(`SELECT version FROM ${schema}.schema_migrations ORDER BY version`);
-    expect(rows).toEqual([{ version: 1 }, { version: 2 }, { version: 3 }, { version: 4 }]);
+    expect(rows).toEqual([{ version: 1 }, { version: 2 }, { version: 3 }, { version: 4 }, { version: 5 }]);
     await Promise.all(stores.map((s) => s.close()));
+  });
+
+  it("upgrades a database of schema 4: its records get the window's index and the mark", async () => {
+    const url = await freshUrl();
+    const before = await PostgresStore.open(url);
+    await before.applyEvents(
+      [
+        ev({ imageId: 'old', status: 'active', size: MiB, createdAt: 10 }),
+        ev({ imageId: 'new', status: 'queued', createdAt: 200 }),
+        ev({ imageId: 'gone', status: 'deleted', deleted: true, createdAt: 300 }),
+      ],
+      1,
+    );
+    await before.close();
+    // Back to what an enforcer from before issue 22 left.
+    const schema = new URL(url).searchParams.get('options')!.split('=')[1]!;
+    await db!.admin.query(`DROP INDEX ${schema}.images_by_creation;
+                           ALTER TABLE ${schema}.images DROP COLUMN listed_pass; DELETE FROM ${schema}.schema_migrations WHERE version = 5`);
+
+    const upgraded = await PostgresStore.open(url);
+    expect((await upgraded.imagesCreatedSince('p1', 100)).map((r) => r.imageId).sort()).toEqual(['gone', 'new']);
+    expect((await upgraded.unmarkedLive('pass-1', '', 10)).records.map((r) => r.imageId)).toEqual(['new', 'old']);
+    await upgraded.markListed(['old'], 'pass-1');
+    expect((await upgraded.unmarkedLive('pass-1', '', 10)).records.map((r) => r.imageId)).toEqual(['new']);
+    await upgraded.close();
   });
 
   it('refuses a database from a newer enforcer instead of corrupting it', async () => {

@@ -22,6 +22,13 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 let n = 0;
 const freshPath = () => join(dir, `ledger-${++n}.db`);
 
+/** Takes a file back to schema version 6, as an enforcer from before issue 22 left it. */
+function backToSchema6(db: Database.Database): void {
+  db.exec(`DROP INDEX images_by_creation;
+           ALTER TABLE images DROP COLUMN listed_pass;
+           PRAGMA user_version = 6;`);
+}
+
 describeLedgerStore('sqlite', async () => SqliteStore.open(freshPath()));
 describeAdmissionStore('sqlite', async () => SqliteStore.open(freshPath()));
 
@@ -67,6 +74,7 @@ describe('sqlite: a file on disk', () => {
     await store.close();
     // Back to schema version 4: the id in processed_messages only, no processed table.
     const db = new Database(path);
+    backToSchema6(db);
     db.exec(`INSERT INTO processed_messages (message_id, seen_at) SELECT substr(key, instr(key, ' ') + 1), seen_at FROM processed;
              DROP TABLE processed;
              DROP TABLE admission_reservations;
@@ -81,6 +89,38 @@ describe('sqlite: a file on disk', () => {
     expect((await upgraded.applyEvents([a, b], 11_000)).outcomes).toEqual(['applied', 'applied']);
     expect((await upgraded.usage('p1')).image_size_total).toBe(3);
     await upgraded.close();
+  });
+
+  it("upgrades a file of schema 6: its records get the window's index and the mark", async () => {
+    const path = freshPath();
+    const before = SqliteStore.open(path);
+    await before.applyEvents(
+      [
+        ev({ imageId: 'old', status: 'active', size: MiB, createdAt: 10 }),
+        ev({ imageId: 'new', status: 'queued', createdAt: 200 }),
+        ev({ imageId: 'gone', status: 'deleted', deleted: true, createdAt: 300 }),
+      ],
+      1,
+    );
+    await before.close();
+    const db = new Database(path);
+    backToSchema6(db);
+    db.close();
+
+    const upgraded = SqliteStore.open(path);
+    expect((await upgraded.imagesCreatedSince('p1', 100)).map((r) => r.imageId).sort()).toEqual(['gone', 'new']);
+    expect((await upgraded.unmarkedLive('pass-1', '', 10)).records.map((r) => r.imageId)).toEqual(['new', 'old']);
+    await upgraded.markListed(['old'], 'pass-1');
+    expect((await upgraded.unmarkedLive('pass-1', '', 10)).records.map((r) => r.imageId)).toEqual(['new']);
+    await upgraded.close();
+    // And the planner reads the new index, and walks the sweep by the primary key, not in a sort.
+    const check = new Database(path);
+    const plan = (sql: string) => (check.prepare(`EXPLAIN QUERY PLAN ${sql}`).all() as { detail: string }[]).map((r) => r.detail).join('; ');
+    expect(plan(`SELECT * FROM images WHERE project_id = 'p1' AND created_at >= 100`)).toContain('images_by_creation');
+    const sweep = plan(`SELECT * FROM images WHERE image_id > '' AND listed_pass IS NOT 'x' ORDER BY image_id LIMIT 5`);
+    expect(sweep).toContain('sqlite_autoindex_images_1 (image_id>?)');
+    expect(sweep).not.toContain('TEMP B-TREE');
+    check.close();
   });
 
   it('takes a message that reuses a known id with another oslo timestamp as a new one (a redelivery repeats both)', async () => {
