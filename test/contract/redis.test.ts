@@ -63,17 +63,18 @@ describe('redis: a database shared by several consumers', () => {
   });
 
   it('commits a batch whole or not at all', async () => {
-    for (const planted of ['image:boom', 'totals:p2']) {
+    for (const planted of ['image:boom', 'totals:p2', 'removable:p2']) {
       const keyPrefix = freshPrefix();
       const store = await RedisStore.open(SERVER_URL, { keyPrefix });
-      // A key of the wrong type fails the script: once while reading, once just before writing.
+      // A key of the wrong type fails the script: once while reading, twice just before writing.
       await admin.set(`${keyPrefix}${planted}`, 'not a hash');
       const ok = ev({ imageId: 'ok', status: 'active', size: MiB });
       const boom = ev({ imageId: 'boom', projectId: 'p2', status: 'active' });
       await expect(store.applyEvents([ok, boom], 1)).rejects.toThrow(/WRONGTYPE/);
       expect(await store.projects()).toEqual([]);
       expect(await store.usage('p1')).toMatchObject({ image_count_total: 0 });
-      expect(await admin.keys(`${keyPrefix}*`)).toEqual([`${keyPrefix}${planted}`]);
+      // Only the planted key, and the layout's version written at open.
+      expect((await admin.keys(`${keyPrefix}*`)).sort()).toEqual([`${keyPrefix}${planted}`, `${keyPrefix}schema`].sort());
       // Nothing of the failed batch was recorded as processed, so its redelivery is applied.
       expect((await store.applyEvents([ok], 2)).outcomes).toEqual(['applied']);
       await store.close();
