@@ -1,10 +1,13 @@
+import fc from 'fast-check';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { openStore } from '../../src/store/index.js';
 import type { ImageRecord } from '../../src/ledger/record.js';
 import type { ImageEvent } from '../../src/notification/parse.js';
+import { MemoryStore } from '../../src/store/memory.js';
+import type { LedgerStore } from '../../src/store/port.js';
 import { RedisStore } from '../../src/store/redis.js';
-import { ev, MiB } from '../support/events.js';
+import { ev, imageHistory, MiB } from '../support/events.js';
 import { connectRedisForTests, holdService, REDIS_URL, type TestRedis } from '../support/services.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
 import { describeAdmissionStore, itAdmitsExactlyAcrossGates } from './admission.contract.js';
@@ -224,6 +227,49 @@ describe('redis: the indexes', () => {
     expect(await again.removableImages('p-busy', 10)).toHaveLength(queued.length - 1);
     await again.close();
   });
+
+  it('keeps its indexes equal to the records through any history: owner changes, tombstones, revivals, forgetting', async () => {
+    const histories = imageHistory({
+      images: 8,
+      projects: ['p1', 'p2', 'p3'],
+      statuses: ['queued', 'saving', 'active', 'killed', 'pending_delete'],
+      maxSizeBytes: MiB,
+      versions: 21,
+      maxMicros: 999_999,
+      importing: ['', 'file'],
+      deleteOneIn: 3,
+      minLength: 1,
+      maxLength: 40,
+      createdFrom: 0,
+      createdEvery: 3,
+      updatedFrom: 100,
+    });
+    // What each indexed read gives, ids only, in the order the port promises (or sorted where it promises none).
+    const reads = async (store: LedgerStore) => ({
+      projects: await store.projects({ after: '', limit: 100 }),
+      removable: await Promise.all(['p1', 'p2', 'p3'].map(async (p) => (await store.removableImages(p, 3)).map((r) => r.imageId))),
+      window: await Promise.all(['p1', 'p2', 'p3'].map(async (p) => (await store.imagesCreatedSince(p, 9)).map((r) => r.imageId).sort())),
+      unmarked: (await store.unmarkedLive('pass', '', 100)).records.map((r) => r.imageId).sort(),
+    });
+    await fc.assert(
+      fc.asyncProperty(histories, fc.integer({ min: 1, max: 7 }), async (events, size) => {
+        const memory = new MemoryStore();
+        const store = await RedisStore.open(SERVER_URL, { keyPrefix: freshPrefix() });
+        for (let i = 0; i < events.length; i += size) {
+          await memory.applyEvents(events.slice(i, i + size), 1);
+          await store.applyEvents(events.slice(i, i + size), 1);
+        }
+        await memory.markListed(['img-0', 'img-1'], 'pass');
+        await store.markListed(['img-0', 'img-1'], 'pass');
+        expect(await reads(store)).toEqual(await reads(memory));
+        // Forgetting the dead records updated before 110 s drops them from every index.
+        expect(await store.forgetDeadImagesBefore(110_000)).toBe(await memory.forgetDeadImagesBefore(110_000));
+        expect(await reads(store)).toEqual(await reads(memory));
+        await store.close();
+      }),
+      { numRuns: 60 },
+    );
+  }, 120_000);
 
   it('refuses a ledger of a newer layout instead of misreading it', async () => {
     const keyPrefix = freshPrefix();
