@@ -12,15 +12,22 @@ import type { ActionRecord, ApplyOptions, CreateReservation, LedgerStore } from 
 import { StoreDataError, StoreUnavailableError } from '../errors.js';
 import { assertStorable } from './storable.js';
 import { redactUrl } from '../redact.js';
-import { isRemovable, newestFirst } from '../quota/decide.js';
+import { newestFirst } from '../quota/decide.js';
 import { LEDGER_SCRIPTS } from './redis/scripts.js';
 
 /**
  * Keys, all under the prefix P:
  *   P image:<image id>     hash: the record (project, status, size ('' = null), created, updated,
- *                          ts, msg, importing, protected, deleted; numbers as JS's String(n))
- *   P images-of:<project>  set of the project's image ids (tombstones included)
- *   P projects             set of projects with at least one live image (totals count > 0)
+ *                          ts, msg, importing, protected, deleted; numbers as JS's String(n)), and
+ *                          `pass`, reconcile's mark (markListed), which apply.lua leaves alone
+ *   P created:<project>    sorted set: every image id of the project (tombstones included) -> its
+ *                          created_at (s): images, and the rate rule's window (imagesCreatedSince)
+ *   P removable:<project>  sorted set: the project's live queued image ids -> created_at (s): the
+ *                          count rule's candidates (removableImages), without the project's history
+ *   P live                 sorted set: every live image id -> 0, walked in the ids' byte order by
+ *                          reconcile's sweep (unmarkedLive)
+ *   P live-projects        sorted set: projects with at least one live image (totals count > 0)
+ *                          -> 0, paged in byte order (projects)
  *   P dead                 sorted set: image id of a dead record (tombstoned, killed, ...) -> its
  *                          updated_at (s), what forgetDeadImagesBefore purges by
  *   P totals:<project>     hash count, uploading, size, stage: the project's UsageTotals
@@ -29,14 +36,30 @@ import { LEDGER_SCRIPTS } from './redis/scripts.js';
  *   P actions:seq          the audit sequence (ties on atMs keep insertion order)
  *   P would-delete         sorted set: image id -> atMs of its one kept would-delete record
  *   P state                hash: the enforcer's own small values (getState / setState)
+ *   P schema               the layout's version, SCHEMA: below it (or missing, on a ledger that
+ *                          holds records) the indexes are built at open (`buildIndexes`)
+ *
+ * apply.lua keeps the record, the indexes and the totals in step, in the batch's one script;
+ * forget-dead.lua drops a record from them. Schema 1 (before the indexes) kept `P projects`, a
+ * set, and `P images-of:<project>`, a set of ids; the build replaces them.
  */
+const SCHEMA = 2;
+/** Keys per SCAN slice of the indexes' build: one script of about this many records at a time. */
+const SCAN_COUNT = 1000;
+/** Ids per markListed script. */
+const MARK_SLICE = 1000;
+/** Ids one unmarkedLive page looks at, at most (or its limit, if larger): a bounded script. */
+const SWEEP_BUDGET = 2000;
 
 interface LedgerScripts {
   gqeReserveCreate(...args: string[]): Promise<[number, number, number]>;
   gqeReleaseReservations(...args: string[]): Promise<number>;
   gqeApply(...args: string[]): Promise<string[]>;
   gqeRecordActions(...args: string[]): Promise<number[]>;
-  gqeImages(prefix: string, projectId: string): Promise<(string | string[])[]>;
+  gqeIndexedRecords(prefix: string, index: string, order: 'asc' | 'desc', min: string, max: string, limit: string): Promise<(string | string[])[]>;
+  gqeMarkListed(prefix: string, passId: string, ...imageIds: string[]): Promise<number>;
+  gqeUnmarkedLive(prefix: string, passId: string, cursor: string, limit: string, budget: string): Promise<[string, ...(string | string[])[]]>;
+  gqeIndexImages(prefix: string, ...imageKeys: string[]): Promise<number>;
   gqeForgetDead(prefix: string, before: string, limit: string): Promise<[number, number]>;
 }
 
@@ -76,6 +99,13 @@ function recordFromHash(imageId: string, flat: readonly string[]): ImageRecord {
   };
 }
 
+/** Pairs of an image id and its hash as a flat list, as the read scripts return them. */
+function recordsFromFlat(flat: readonly (string | string[])[]): ImageRecord[] {
+  const records: ImageRecord[] = [];
+  for (let i = 0; i + 1 < flat.length; i += 2) records.push(recordFromHash(flat[i] as string, flat[i + 1] as string[]));
+  return records;
+}
+
 /** The URL without its password, plus the key prefix: what to look at in redis-cli. */
 function describeUrl(url: string, keyPrefix: string): string {
   const base = redactUrl(url).replace(/[?#][\s\S]*$/, '');
@@ -105,7 +135,10 @@ export class RedisStore implements LedgerStore {
   private constructor(redis: Redis, keyPrefix: string, description: string) {
     redis.defineCommand('gqeApply', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.apply });
     redis.defineCommand('gqeRecordActions', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.recordActions });
-    redis.defineCommand('gqeImages', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.images, readOnly: true });
+    redis.defineCommand('gqeIndexedRecords', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.indexedRecords, readOnly: true });
+    redis.defineCommand('gqeMarkListed', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.markListed });
+    redis.defineCommand('gqeUnmarkedLive', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.unmarkedLive, readOnly: true });
+    redis.defineCommand('gqeIndexImages', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.indexImages });
     redis.defineCommand('gqeForgetDead', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.forgetDead });
     redis.defineCommand('gqeReserveCreate', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.reserveCreate });
     redis.defineCommand('gqeReleaseReservations', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.releaseReservations });
@@ -138,7 +171,52 @@ export class RedisStore implements LedgerStore {
         cause: lastError ?? err,
       });
     }
-    return new RedisStore(redis, keyPrefix, description);
+    const store = new RedisStore(redis, keyPrefix, description);
+    try {
+      await store.buildIndexes();
+    } catch (err) {
+      redis.disconnect();
+      throw err;
+    }
+    return store;
+  }
+
+  /**
+   * Brings a ledger written before the indexes (schema 1, or no `P schema` at all) to SCHEMA, once:
+   * each record is read and indexed as apply.lua would have, and the previous layout's sets are
+   * dropped. It walks the image keys with SCAN, a slice of about SCAN_COUNT keys per script, rather
+   * than one script over the whole ledger: Redis runs a script alone, and a million records in one
+   * would stall every consumer and gate sharing the server for seconds. Writers of this version
+   * keep the indexes themselves meanwhile, so the walk only has to see each record once (SCAN
+   * guarantees that, and a key it returns twice is indexed twice, to the same effect); a replica
+   * reading through the indexes before the build ends sees fewer candidates, which the next
+   * notification or reconcile makes up. Writers of the previous version do not keep the indexes:
+   * stop them before this version opens the ledger (or delete `P schema` after they stopped, and
+   * the next open builds again).
+   */
+  private async buildIndexes(): Promise<void> {
+    const P = this.prefix;
+    const schema = await this.redis.get(`${P}schema`);
+    if (schema !== null && !/^\d+$/.test(schema))
+      throw new StoreDataError(`Redis key ${P}schema: expected a layout version such as ${SCHEMA}, got '${schema}'; check REDIS_KEY_PREFIX`);
+    if (Number(schema) > SCHEMA)
+      throw new StoreDataError(
+        `Redis key ${P}schema: the ledger has layout ${schema}, newer than this version's ${SCHEMA}; run the newer enforcer or a new REDIS_KEY_PREFIX`,
+      );
+    if (Number(schema) === SCHEMA) return;
+    // Every record of schema 1 was in `P projects` (live) or in `P dead`: with neither, there is
+    // nothing to index, and a new ledger does not walk a database it may share with others.
+    if ((await this.redis.exists(`${P}projects`, `${P}dead`)) > 0) {
+      const match = `${P.replace(/[*?[\]\\]/g, '\\$&')}image:*`;
+      let cursor = '0';
+      do {
+        const [next, keys] = await this.redis.scan(cursor, 'MATCH', match, 'COUNT', SCAN_COUNT);
+        if (keys.length > 0) await this.redis.gqeIndexImages(P, ...keys);
+        cursor = next;
+      } while (cursor !== '0');
+      await this.redis.unlink(`${P}projects`);
+    }
+    await this.redis.set(`${P}schema`, String(SCHEMA));
   }
 
   async applyEvents(events: readonly ImageEvent[], nowMs: number, options: ApplyOptions = {}): Promise<ApplyResult> {
@@ -167,19 +245,55 @@ export class RedisStore implements LedgerStore {
   }
 
   async images(projectId: string): Promise<ImageRecord[]> {
-    const flat = await this.redis.gqeImages(this.prefix, projectId);
-    const records: ImageRecord[] = [];
-    for (let i = 0; i + 1 < flat.length; i += 2) records.push(recordFromHash(flat[i] as string, flat[i + 1] as string[]));
-    return records.sort((a, b) => (a.imageId < b.imageId ? -1 : a.imageId > b.imageId ? 1 : 0));
+    return (await this.indexed(`created:${projectId}`, 'asc', '-inf', '+inf', '')).sort((a, b) => (a.imageId < b.imageId ? -1 : a.imageId > b.imageId ? 1 : 0));
   }
 
   async removableImages(projectId: string, limit: number): Promise<ImageRecord[]> {
-    // No secondary index in Redis: the project's records are read and filtered here.
-    return (await this.images(projectId)).filter(isRemovable).sort(newestFirst).slice(0, limit);
+    // The index orders equal created_at by the ids' bytes, newestFirst by UTF-16 code units: the
+    // same for Glance's ASCII ids; the sort settles the page itself for any other.
+    return (await this.indexed(`removable:${projectId}`, 'desc', '-inf', '+inf', String(limit))).sort(newestFirst);
   }
 
-  async projects(): Promise<string[]> {
-    return (await this.redis.smembers(`${this.prefix}projects`)).sort();
+  async imagesCreatedSince(projectId: string, sinceSeconds: number): Promise<ImageRecord[]> {
+    return this.indexed(`created:${projectId}`, 'asc', String(sinceSeconds), '+inf', '');
+  }
+
+  async projects(page?: { after: string; limit: number }): Promise<string[]> {
+    const key = `${this.prefix}live-projects`;
+    // Redis orders by bytes and JS by UTF-16 code units: the same for Keystone's ASCII ids. A page
+    // follows Redis's order, so that a walk resumed from `after` never skips or repeats one.
+    if (!page) return (await this.redis.zrange(key, 0, -1)).sort();
+    return this.redis.zrangebylex(key, page.after === '' ? '-' : `(${page.after}`, '+', 'LIMIT', 0, page.limit);
+  }
+
+  async recordsOf(imageIds: readonly string[]): Promise<ImageRecord[]> {
+    const ids = [...new Set(imageIds)];
+    if (ids.length === 0) return [];
+    const pipeline = this.redis.pipeline();
+    for (const id of ids) pipeline.hgetall(`${this.prefix}image:${id}`);
+    const replies = (await pipeline.exec()) ?? [];
+    return ids.flatMap((id, i) => {
+      const [err, hash] = replies[i] ?? [new Error('Redis pipeline returned no reply'), null];
+      if (err) throw err;
+      const fields = Object.entries(hash as Record<string, string>).flat();
+      return fields.length === 0 ? [] : [recordFromHash(id, fields)];
+    });
+  }
+
+  async markListed(imageIds: readonly string[], passId: string): Promise<void> {
+    // In slices, so that one reconcile page of any size holds Redis for a bounded time.
+    for (let i = 0; i < imageIds.length; i += MARK_SLICE) await this.redis.gqeMarkListed(this.prefix, passId, ...imageIds.slice(i, i + MARK_SLICE));
+  }
+
+  async unmarkedLive(passId: string, cursor: string, limit: number): Promise<{ records: ImageRecord[]; cursor: string }> {
+    if (!Number.isSafeInteger(limit) || limit < 1) throw new RangeError(`unmarkedLive: limit must be a whole number of at least 1, got ${limit}`);
+    const [next, ...flat] = await this.redis.gqeUnmarkedLive(this.prefix, passId, cursor, String(limit), String(Math.max(limit, SWEEP_BUDGET)));
+    return { records: recordsFromFlat(flat), cursor: next };
+  }
+
+  /** A project's records in the order and range of one of its indexes (indexed-records.lua). */
+  private async indexed(index: string, order: 'asc' | 'desc', min: string, max: string, limit: string): Promise<ImageRecord[]> {
+    return recordsFromFlat(await this.redis.gqeIndexedRecords(this.prefix, index, order, min, max, limit));
   }
 
   async forgetDeadImagesBefore(beforeMs: number): Promise<number> {

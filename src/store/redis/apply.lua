@@ -81,9 +81,19 @@ local function same(a, b)
   return true
 end
 
+-- twin: src/ledger/usage.ts isLive
+local function live(r)
+  return not (r.deleted == '1' or DEAD[r.status])
+end
+
+-- twin: src/quota/decide.ts isRemovable: what `P removable:<project>` holds
+local function removable(r)
+  return r.status == 'queued' and live(r)
+end
+
 -- twin: src/ledger/usage.ts contributionOf: count, uploading, sizeBytes, stageBytes
 local function contribution(r)
-  if r.deleted == '1' or DEAD[r.status] then return 0, 0, 0, 0 end
+  if not live(r) then return 0, 0, 0, 0 end
   local importing = r.importing ~= ''
   local size = 0
   if r.size ~= '' then
@@ -176,10 +186,14 @@ end
 
 -- Phase 1, last step: every key written below must have its type or not exist, so that no
 -- write can fail half-way (image hashes and the seen set were read above, which checked them).
-local expected = { [P .. 'projects'] = 'set', [P .. 'dead'] = 'zset' }
+local expected = { [P .. 'live-projects'] = 'zset', [P .. 'dead'] = 'zset', [P .. 'live'] = 'zset' }
 for _, id in ipairs(staged_order) do
-  expected[P .. 'images-of:' .. staged[id].project] = 'set'
-  if current[id] then expected[P .. 'images-of:' .. current[id].project] = 'set' end
+  local projects = { staged[id].project }
+  if current[id] then projects[2] = current[id].project end
+  for _, project in ipairs(projects) do
+    expected[P .. 'created:' .. project] = 'zset'
+    expected[P .. 'removable:' .. project] = 'zset'
+  end
 end
 for _, project in ipairs(delta_order) do expected[P .. 'totals:' .. project] = 'hash' end
 for key, kind in pairs(expected) do
@@ -218,16 +232,26 @@ for _, id in ipairs(staged_order) do
     args[#args + 1] = f
     args[#args + 1] = r[f]
   end
+  -- HSET, not DEL and rewrite: the hash's other fields (reconcile's 'pass' mark) outlive a merge.
   redis.call('HSET', P .. 'image:' .. id, unpack(args))
+  -- The indexes (see the key layout in src/store/redis.ts), in step with the record.
   local old = current[id]
   if old and old.project ~= r.project then
-    redis.call('SREM', P .. 'images-of:' .. old.project, id)
+    redis.call('ZREM', P .. 'created:' .. old.project, id)
+    redis.call('ZREM', P .. 'removable:' .. old.project, id)
   end
-  redis.call('SADD', P .. 'images-of:' .. r.project, id)
-  if r.deleted == '1' or DEAD[r.status] then
-    redis.call('ZADD', P .. 'dead', r.updated, id)
+  redis.call('ZADD', P .. 'created:' .. r.project, r.created, id)
+  if removable(r) then
+    redis.call('ZADD', P .. 'removable:' .. r.project, r.created, id)
   else
+    redis.call('ZREM', P .. 'removable:' .. r.project, id)
+  end
+  if live(r) then
     redis.call('ZREM', P .. 'dead', id)
+    redis.call('ZADD', P .. 'live', 0, id)
+  else
+    redis.call('ZADD', P .. 'dead', r.updated, id)
+    redis.call('ZREM', P .. 'live', id)
   end
 end
 -- Sizes are whole bytes; sums stay exact in doubles up to 2^53 (8 PiB), checked above, and are
@@ -238,9 +262,9 @@ for _, project in ipairs(delta_order) do
     if d[k] ~= 0 then redis.call('HINCRBY', P .. 'totals:' .. project, TOTAL_FIELDS[k], string.format('%.0f', d[k])) end
   end
   if (tonumber(redis.call('HGET', P .. 'totals:' .. project, 'count')) or 0) > 0 then
-    redis.call('SADD', P .. 'projects', project)
+    redis.call('ZADD', P .. 'live-projects', 0, project)
   else
-    redis.call('SREM', P .. 'projects', project)
+    redis.call('ZREM', P .. 'live-projects', project)
   end
 end
 

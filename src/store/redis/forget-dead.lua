@@ -10,12 +10,14 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', P .. 'dead', id)
   local project = redis.call('HGET', P .. 'image:' .. id, 'project')
   if project then
+    -- The mark ('pass') goes with the hash. A dead record is in neither 'live' nor
+    -- 'removable:<project>' (apply.lua keeps them so); only its project's 'created:' holds it.
     redis.call('DEL', P .. 'image:' .. id)
-    redis.call('SREM', P .. 'images-of:' .. project, id)
+    redis.call('ZREM', P .. 'created:' .. project, id)
     local t = redis.call('HMGET', P .. 'totals:' .. project, 'count', 'uploading', 'size', 'stage')
     local empty = true
     for k = 1, 4 do if (tonumber(t[k]) or 0) ~= 0 then empty = false end end
-    if empty then redis.call('DEL', P .. 'totals:' .. project) redis.call('SREM', P .. 'projects', project) end
+    if empty then redis.call('DEL', P .. 'totals:' .. project) redis.call('ZREM', P .. 'live-projects', project) end
     n = n + 1
   end
 end

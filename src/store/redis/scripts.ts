@@ -18,8 +18,14 @@ export const LEDGER_SCRIPTS = {
   apply: lua('apply'),
   /** The audit trail's append, one kept would-delete per image. */
   recordActions: lua('record-actions'),
-  /** A project's records in one read. */
-  images: lua('images'),
+  /** A project's records through one of its indexes, in one read. */
+  indexedRecords: lua('indexed-records'),
+  /** Reconcile's mark on the listed images. */
+  markListed: lua('mark-listed'),
+  /** One page of reconcile's sweep: live records the pass did not mark. */
+  unmarkedLive: lua('unmarked-live'),
+  /** One slice of the indexes' one-time build over a ledger written before them. */
+  indexImages: lua('index-images'),
   /** One slice of forgetDeadImagesBefore. */
   forgetDead: lua('forget-dead'),
   /** Admission: a create reserved if the project is under its limits (src/quota/admission.ts). */
