@@ -29,6 +29,7 @@ import { LEDGER_SCRIPTS } from './redis/scripts.js';
  *   P actions:seq          the audit sequence (ties on atMs keep insertion order)
  *   P would-delete         sorted set: image id -> atMs of its one kept would-delete record
  *   P state                hash: the enforcer's own small values (getState / setState)
+ *   P lease:<name>         string "<until ms> <holder>", with a PX expiry: acquireLease's lease
  */
 
 interface LedgerScripts {
@@ -38,6 +39,8 @@ interface LedgerScripts {
   gqeRecordActions(...args: string[]): Promise<number[]>;
   gqeImages(prefix: string, projectId: string): Promise<(string | string[])[]>;
   gqeForgetDead(prefix: string, before: string, limit: string): Promise<[number, number]>;
+  gqeAcquireLease(prefix: string, name: string, holder: string, until: string, now: string, ttl: string): Promise<number>;
+  gqeReleaseLease(prefix: string, name: string, holder: string): Promise<number>;
 }
 
 /** An event as apply.lua reads it: FIELDS_PER_EVENT strings, in this order. */
@@ -109,6 +112,8 @@ export class RedisStore implements LedgerStore {
     redis.defineCommand('gqeForgetDead', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.forgetDead });
     redis.defineCommand('gqeReserveCreate', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.reserveCreate });
     redis.defineCommand('gqeReleaseReservations', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.releaseReservations });
+    redis.defineCommand('gqeAcquireLease', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.acquireLease });
+    redis.defineCommand('gqeReleaseLease', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.releaseLease });
     this.redis = redis as Redis & LedgerScripts;
     this.prefix = keyPrefix;
     this.description = description;
@@ -261,6 +266,20 @@ export class RedisStore implements LedgerStore {
     const pairs = [...creates].filter(([, n]) => n > 0).flatMap(([p, n]) => [p, String(n)]);
     if (pairs.length === 0) return 0;
     return Number(await this.redis.gqeReleaseReservations(this.prefix, String(nowMs), ...pairs));
+  }
+
+  async acquireLease(name: string, holder: string, ttlMs: number, nowMs: number): Promise<boolean> {
+    const until = String(nowMs + ttlMs);
+    // PX must be positive; a lease of no time is one that is over at once anyway.
+    const px = Math.max(1, Math.ceil(ttlMs));
+    // A free name in one step, no script; a held one goes to the script, which judges expiry by
+    // the caller's clock as every store does.
+    if ((await this.redis.set(`${this.prefix}lease:${name}`, `${until} ${holder}`, 'PX', px, 'NX')) === 'OK') return true;
+    return (await this.redis.gqeAcquireLease(this.prefix, name, holder, until, String(nowMs), String(px))) === 1;
+  }
+
+  async releaseLease(name: string, holder: string): Promise<void> {
+    await this.redis.gqeReleaseLease(this.prefix, name, holder);
   }
 
   async close(): Promise<void> {

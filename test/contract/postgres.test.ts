@@ -6,7 +6,7 @@ import { ev, MiB } from '../support/events.js';
 import { freshPostgresDatabase, holdService, type TestDatabase } from '../support/services.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
 import { describeAdmissionStore, itAdmitsExactlyAcrossGates } from './admission.contract.js';
-import { itAppliesConcurrentWritersExactlyOnce } from './shared-ledger.contract.js';
+import { itAppliesConcurrentWritersExactlyOnce, itGrantsOneLeaseAcrossConnections } from './shared-ledger.contract.js';
 
 /**
  * Against a real PostgreSQL (trust auth, user postgres, TEST_POSTGRES_URL): a database of its own
@@ -124,12 +124,17 @@ describe('postgres: a database shared by several consumers', () => {
     return [await PostgresStore.open(url), await PostgresStore.open(url)];
   });
 
+  itGrantsOneLeaseAcrossConnections('connection pools', async () => {
+    const url = await freshUrl();
+    return [await PostgresStore.open(url), await PostgresStore.open(url)];
+  });
+
   it('migrates once when two processes open a new database together', async () => {
     const url = await freshUrl();
     const stores = await Promise.all([PostgresStore.open(url), PostgresStore.open(url), PostgresStore.open(url)]);
     const schema = new URL(url).searchParams.get('options')!.split('=')[1]!;
     const { rows } = await db!.admin.query(`SELECT version FROM ${schema}.schema_migrations ORDER BY version`);
-    expect(rows).toEqual([{ version: 1 }, { version: 2 }, { version: 3 }, { version: 4 }]);
+    expect(rows).toEqual([{ version: 1 }, { version: 2 }, { version: 3 }, { version: 4 }, { version: 5 }]);
     await Promise.all(stores.map((s) => s.close()));
   });
 
