@@ -524,15 +524,18 @@ export class SqliteStore implements LedgerStore {
   }
 
   /** Prepared at the first lease, so that a store that never takes one prepares nothing. */
-  private leaseStatements?: { acquire: Database.Statement<[string, string, number, number]>; release: Database.Statement<[string, string]> };
+  private leaseStatements?: {
+    acquire: Database.Statement<[{ name: string; holder: string; ttl: number; now: number }]>;
+    release: Database.Statement<[string, string]>;
+  };
   private get leaseStmt() {
     this.leaseStatements ??= {
       // One statement, so atomic: insert, or take over a row that is the holder's own or expired;
       // a row another holder still has is left as it is, and no row changes.
-      acquire: this.db.prepare<[string, string, number, number]>(
-        `INSERT INTO leases (name, holder, until_ms) VALUES (?1, ?2, ?3 + ?4)
+      acquire: this.db.prepare<[{ name: string; holder: string; ttl: number; now: number }]>(
+        `INSERT INTO leases (name, holder, until_ms) VALUES (@name, @holder, @ttl + @now)
          ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
-         WHERE leases.holder = excluded.holder OR leases.until_ms <= ?4`,
+         WHERE leases.holder = excluded.holder OR leases.until_ms <= @now`,
       ),
       release: this.db.prepare<[string, string]>('DELETE FROM leases WHERE name = ? AND holder = ?'),
     };
@@ -540,7 +543,7 @@ export class SqliteStore implements LedgerStore {
   }
 
   async acquireLease(name: string, holder: string, ttlMs: number, nowMs: number): Promise<boolean> {
-    return this.leaseStmt.acquire.run(name, holder, ttlMs, nowMs).changes === 1;
+    return this.leaseStmt.acquire.run({ name, holder, ttl: ttlMs, now: nowMs }).changes === 1;
   }
 
   async releaseLease(name: string, holder: string): Promise<void> {
