@@ -37,7 +37,10 @@ export async function consume(args: string[]): Promise<number> {
   notifications = new QuotaNotifications(publishing, () => pipeline.mode);
   const announce = notifications;
 
-  const worker = new EnforcementWorker(pipeline, log, metrics, (report) => announce.report(report));
+  const worker = new EnforcementWorker(pipeline, log, metrics, (report) => announce.report(report), {
+    projectsAtOnce: config.enforceProjects,
+    maxAttempts: config.enforceMaxAttempts,
+  });
   // Reconcile acts itself, on Glance's listing; the worker is for what the bus triggers.
   const schedule = new ReconcileSchedule(() => reconcile(pipeline), {
     intervalMs: config.reconcileIntervalMs,
