@@ -19,7 +19,8 @@ export type ErrorCode =
   | 'ENFORCEMENT_FAILED'
   | 'EVENT_SHAPE'
   | 'LIMITS_UNAVAILABLE'
-  | 'PROJECT_BUSY';
+  | 'PROJECT_BUSY'
+  | 'PROJECTS_DEFERRED';
 
 /**
  * The base of every error the enforcer throws on purpose: a stable `code`, `name` set from the

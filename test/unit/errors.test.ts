@@ -6,6 +6,7 @@ import { runCli as run } from '../support/cli.js';
 import { loadConfig } from '../../src/config.js';
 import { EnforcementFailedError } from '../../src/doors/lambda/batch.js';
 import { EventShapeError } from '../../src/doors/lambda/events.js';
+import { ProjectsDeferredError } from '../../src/doors/lambda/amazonmq.js';
 import { ConfigError, EnforcerError, StoreDataError, StoreUnavailableError, LimitsUnavailableError, ProjectBusyError } from '../../src/errors.js';
 import {
   CatalogError,
@@ -52,6 +53,7 @@ const made: { cls: abstract new (...args: never[]) => EnforcerError; error: Enfo
   { cls: EventShapeError, error: new EventShapeError('m', { cause }), wraps: true },
   { cls: LimitsUnavailableError, error: new LimitsUnavailableError('m', { cause }), wraps: true },
   { cls: ProjectBusyError, error: new ProjectBusyError('p1', 5_000), wraps: false },
+  { cls: ProjectsDeferredError, error: new ProjectsDeferredError(['p1']), wraps: false },
 ];
 
 /** Every `class X extends Y` under src/, by name, with what it extends. */
