@@ -77,6 +77,7 @@ describe('sqlite: a file on disk', () => {
     db.exec(`INSERT INTO processed_messages (message_id, seen_at) SELECT substr(key, instr(key, ' ') + 1), seen_at FROM processed;
              DROP TABLE processed;
              DROP TABLE admission_reservations;
+             DROP TABLE leases;
              PRAGMA user_version = 4;`);
     db.close();
     const upgraded = SqliteStore.open(path);

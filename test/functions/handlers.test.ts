@@ -336,7 +336,9 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
     const glance = MemoryGlance.fromBodies([...quotaTestBodies(), ...lateBodies]);
     const time = { nowMs: Date.now() };
     // Each listing takes 6 s of the function's time; it was given 15 s, less the 10 s margin.
-    glance.onList = () => void (time.nowMs += 6_000);
+    glance.onList = () => {
+      time.nowMs += 6_000;
+    };
     const limits = { limitsFor: async () => ({ image_count_total: 1 }) };
     const context = () => ({ awsRequestId: 'deadline', getRemainingTimeInMillis: () => 15_000 });
     const services = servicesOver({ store: shared.store, glance, limits, clock: () => time.nowMs, env: { ENFORCEMENT_MODE: 'dry-run' } });
