@@ -80,6 +80,8 @@ export const ERROR_EXITS: Readonly<Record<ErrorCode | 'ERR_PARSE_ARGS_*' | 'ENOE
   ENFORCEMENT_FAILED: { exit: 1, messageOnly: false },
   EVENT_SHAPE: { exit: 1, messageOnly: false },
   LIMITS_UNAVAILABLE: { exit: 1, messageOnly: true },
+  PROJECT_BUSY: { exit: 1, messageOnly: true },
+  PROJECTS_DEFERRED: { exit: 1, messageOnly: true },
 };
 
 /** The entry of `ERROR_EXITS` for `err`; undefined for an error the CLI does not expect. */

@@ -105,6 +105,8 @@ export function pipelineOf(parts: PipelineParts, config: Config = defaultConfig(
     protectedPolicy: config.protectedQueued,
     exemptProjects: config.exemptProjects,
     concurrency: config.enforceConcurrency,
+    leaseMs: config.leaseMs,
+    enforceIntervalMs: config.enforceIntervalMs,
     door: config.door,
     retention: { messagesMs: config.messageRetentionMs, actionsMs: config.auditRetentionMs, deadImagesMs: config.deletedImageRetentionMs },
     ...parts,

@@ -155,6 +155,24 @@ export const EnvSchema = z.object({
     .positive()
     .default(8)
     .meta({ description: 'Candidates of one project deleted at once (Glance API calls in parallel).' }),
+  ENFORCE_INTERVAL_SECONDS: z.coerce.number().int().min(0).default(5).meta({
+    description:
+      'At most one listing of a project on Glance per this many seconds, across replicas sharing the ledger: what arrives for it meanwhile is coalesced and decided after. A flood of creates is cut within about this long; a project of 100k images (~200 GETs a listing) costs Glance at most ~40 GETs a second. 0: a project is only never decided by two at once.',
+  }),
+  LEASE_SECONDS: z.coerce.number().int().min(3).default(60).meta({
+    description:
+      'The lease a replica takes in the shared store to decide a project (list, delete, audit), renewed every third of it while it runs: a replica that dies holding it blocks the project this long at most. A decision that loses it stops before its next DELETE.',
+  }),
+  ENFORCE_PROJECTS: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(4)
+    .meta({ description: '`consume`: projects decided at once (each with up to `ENFORCE_CONCURRENCY` deletions in flight).' }),
+  ENFORCE_MAX_ATTEMPTS: z.coerce.number().int().positive().default(6).meta({
+    description:
+      'Consecutive failed enforcements of a project (`consume`: retries with backoff; Amazon MQ function: invocations) after which it is reported (`gqe_enforcement_abandoned_total`, a log line at error) and left to the reconcile, instead of holding a batch or a retry loop forever.',
+  }),
   METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(10920).meta({
     description:
       "HTTP port of `/healthz`, `/readyz` and `/metrics` (Prometheus) in `consume`; 0 picks a free port. Not 9100: that is node_exporter's, which OpenStack hosts commonly run, and the enforcer often shares their network (Kolla's host networking).",
@@ -317,6 +335,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     },
     reconcileIntervalMs: parseDuration(e.RECONCILE_INTERVAL, 'RECONCILE_INTERVAL'),
     enforceConcurrency: e.ENFORCE_CONCURRENCY,
+    enforceIntervalMs: e.ENFORCE_INTERVAL_SECONDS * 1000,
+    leaseMs: e.LEASE_SECONDS * 1000,
+    enforceProjects: e.ENFORCE_PROJECTS,
+    enforceMaxAttempts: e.ENFORCE_MAX_ATTEMPTS,
     metricsPort: e.METRICS_PORT,
     metricsHost: e.METRICS_HOST,
     // METRICS_PROJECTS: the projects with gauges of their own.

@@ -18,7 +18,9 @@ export type ErrorCode =
   | 'BROKER_UNAVAILABLE'
   | 'ENFORCEMENT_FAILED'
   | 'EVENT_SHAPE'
-  | 'LIMITS_UNAVAILABLE';
+  | 'LIMITS_UNAVAILABLE'
+  | 'PROJECT_BUSY'
+  | 'PROJECTS_DEFERRED';
 
 /**
  * The base of every error the enforcer throws on purpose: a stable `code`, `name` set from the
@@ -65,6 +67,24 @@ export class StoreDataError extends EnforcerError {
  */
 export class LimitsUnavailableError extends EnforcerError {
   override readonly code = 'LIMITS_UNAVAILABLE';
+}
+
+/**
+ * A project is being decided elsewhere, or was listed less than ENFORCE_INTERVAL_SECONDS ago (its
+ * lease in the shared store is another call's): nothing was listed and nothing deleted. Not a
+ * failure: the door defers the project and tries again after `retryAfterMs`. Also thrown by a
+ * decision that lost its lease midway, before its next DELETE.
+ */
+export class ProjectBusyError extends EnforcerError {
+  override readonly code = 'PROJECT_BUSY';
+
+  constructor(
+    readonly projectId: string,
+    readonly retryAfterMs: number,
+    message = `project ${projectId} is being decided by another replica, or was listed within ENFORCE_INTERVAL_SECONDS; retry in ${retryAfterMs} ms`,
+  ) {
+    super(message);
+  }
 }
 
 /** The stable code of an error the enforcer threw on purpose, for a log line; undefined for any other. */

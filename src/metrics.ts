@@ -62,6 +62,11 @@ export class Metrics {
     help: '1 while connected to RabbitMQ',
     registers: [this.registry],
   });
+  readonly enforcementAbandoned = new Counter({
+    name: 'gqe_enforcement_abandoned_total',
+    help: 'Projects whose enforcement failed ENFORCE_MAX_ATTEMPTS times in a row, left to the reconcile',
+    registers: [this.registry],
+  });
   readonly pendingProjects = new Gauge({
     name: 'gqe_enforcement_pending_projects',
     help: 'Projects whose ledger changed and that wait for a decision',

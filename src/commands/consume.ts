@@ -38,7 +38,10 @@ export async function consume(args: string[]): Promise<number> {
   notifications = new QuotaNotifications(publishing, () => pipeline.mode);
   const announce = notifications;
 
-  const worker = new EnforcementWorker(pipeline, log, metrics, (report) => announce.report(report));
+  const worker = new EnforcementWorker(pipeline, log, metrics, (report) => announce.report(report), {
+    projectsAtOnce: config.enforceProjects,
+    maxAttempts: config.enforceMaxAttempts,
+  });
   // Reconcile acts itself, on Glance's listing; the worker is for what the bus triggers.
   // The nearest projects of the pass in hand, for the gauges once it is complete: bounded like them.
   let pass = new NearestProjects(config.metricsProjects);

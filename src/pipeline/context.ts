@@ -5,6 +5,7 @@ import type { LimitSource } from '../quota/limits.js';
 import type { ProtectedPolicy } from '../quota/verify.js';
 import type { ActionKind, ActionRecord, LedgerStore } from '../store/port.js';
 import type { CommittedTotals } from './committed.js';
+import type { LeaseSettings } from './lease.js';
 import type { EnforcementMode, ImageService, ProjectReport } from './ports.js';
 
 /** What the pipeline's steps share: its parts, its settings, and the little state it keeps. */
@@ -33,6 +34,8 @@ export interface PipelineContext {
    */
   reported: LRUCache<string, ActionKind>;
   locks: ProjectLocks;
+  /** The project's lease in the shared store around a decision on Glance (LEASE_SECONDS, ENFORCE_INTERVAL_SECONDS). */
+  lease: LeaseSettings;
 }
 
 /**

@@ -1,4 +1,4 @@
-import { ConfigError, LimitsUnavailableError, errorCode } from '../errors.js';
+import { ConfigError, LimitsUnavailableError, ProjectBusyError, errorCode } from '../errors.js';
 import { recordFromGlance, tombstoneOf, type OwnedImage } from '../ledger/glance-image.js';
 import type { ImageRecord } from '../ledger/record.js';
 import { decide, recordsNeeded, type RecordsNeeded } from '../quota/decide.js';
@@ -7,6 +7,7 @@ import { verifyCandidate } from '../quota/verify.js';
 import type { ActionKind, ActionRecord, LedgerStore } from '../store/port.js';
 import type { PipelineContext } from './context.js';
 import { judge, type Judgement } from './judge.js';
+import { DecisionLease } from './lease.js';
 import { repair } from './listing.js';
 import type { EnforcementReport, ImageService, ProjectFailure, ProjectReport } from './ports.js';
 
@@ -58,24 +59,51 @@ export async function enforce(ctx: PipelineContext, projectId: string): Promise<
   return enforceOnGlance(ctx, projectId);
 }
 
+/** What `enforceAll` did: each project is in exactly one of the three. */
+export interface EnforceAllResult {
+  reports: EnforcementReport[];
+  failures: ProjectFailure[];
+  /**
+   * Projects not decided, and not failed either: busy (another replica decides them, or they were
+   * listed within ENFORCE_INTERVAL_SECONDS), or not started before the deadline. The door hands
+   * them back to be delivered again.
+   */
+  deferred: string[];
+}
+
 /**
  * `enforce` for each project, one after the other. A failure (Keystone, Glance, the store) is
  * collected and logged, and the projects after it are still enforced: the door decides what a
- * failure means for its acknowledgement (a function fails its batch, the worker retries).
+ * failure means for its acknowledgement (a function fails its batch, the worker retries). With
+ * `deadlineMs` (the pipeline's clock), a project not started by then is deferred, not failed: a
+ * function stops in time to acknowledge what it did.
+ *
+ * @example
+ *   const { failures, deferred } = await pipeline.enforceAll(projects, { deadlineMs: Date.now() + context.getRemainingTimeInMillis() - 10_000 });
  */
-export async function enforceAll(ctx: PipelineContext, projects: readonly string[]): Promise<{ reports: EnforcementReport[]; failures: ProjectFailure[] }> {
+export async function enforceAll(ctx: PipelineContext, projects: readonly string[], options: { deadlineMs?: number } = {}): Promise<EnforceAllResult> {
   const reports: EnforcementReport[] = [];
   const failures: ProjectFailure[] = [];
-  for (const projectId of projects) {
+  const deferred: string[] = [];
+  for (const [i, projectId] of projects.entries()) {
+    if (options.deadlineMs !== undefined && ctx.clock() >= options.deadlineMs) {
+      deferred.push(...projects.slice(i));
+      ctx.log?.info({ projects: projects.length - i, first: projectId }, 'deadline reached: projects left undecided, deferred');
+      break;
+    }
     try {
       reports.push(await enforce(ctx, projectId));
     } catch (err) {
+      if (err instanceof ProjectBusyError) {
+        deferred.push(projectId);
+        continue;
+      }
       const error = err instanceof Error ? err : new Error(String(err));
       ctx.log?.warn({ projectId, err: error.message, kind: error.name, code: errorCode(error) }, 'enforcement failed');
       failures.push({ projectId, error });
     }
   }
-  return { reports, failures };
+  return { reports, failures, deferred };
 }
 
 /**
@@ -88,24 +116,36 @@ export async function enforceAll(ctx: PipelineContext, projects: readonly string
 export function enforceOnGlance(ctx: PipelineContext, projectId: string): Promise<EnforcementReport> {
   const images = requireImages(ctx);
   return ctx.locks.run(projectId, async () => {
-    const listedAtMs = ctx.clock();
-    const listing: OwnedImage[] = [];
-    for await (const image of images.listImages({ owner: projectId })) if (image.owner === projectId) listing.push(image as OwnedImage);
-    const corrected = await repair(ctx, projectId, listing, listedAtMs);
-    // About to delete: a limit raised a moment ago must count, so the limits are read afresh
-    // (rate-limited by the source) rather than from the table's last refresh.
-    const confirmed = await confirmLimits(ctx.limits, projectId);
-    const judged = judge(ctx, projectId, listing, corrected, confirmed.limits);
-    if (!confirmed.trusted && judged.report.toDelete.length > 0) {
-      ctx.log?.warn(
-        { projectId, usage: judged.report.usage, over: judged.report.over, candidates: judged.report.toDelete.length, reason: confirmed.reason },
-        'project over quota, but its limits are not from the configured source: nothing is deleted until they are',
-      );
-      throw new LimitsUnavailableError(
-        `limits of ${projectId} unavailable: ${confirmed.reason}; ${judged.report.toDelete.length} candidates left in place until Keystone answers`,
-      );
+    // One decision per project at a time across replicas, and one listing per interval: the
+    // lease is taken before anything is listed, and kept past the decision (DecisionLease.end).
+    const lease = await DecisionLease.take(ctx.store, projectId, ctx.lease, ctx.clock, ctx.log);
+    try {
+      const listedAtMs = ctx.clock();
+      const listing: OwnedImage[] = [];
+      for await (const image of images.listImages({ owner: projectId })) if (image.owner === projectId) listing.push(image as OwnedImage);
+      const corrected = await repair(ctx, projectId, listing, listedAtMs);
+      // About to delete: a limit raised a moment ago must count, so the limits are read afresh
+      // (rate-limited by the source) rather than from the table's last refresh.
+      const confirmed = await confirmLimits(ctx.limits, projectId);
+      const judged = judge(ctx, projectId, listing, corrected, confirmed.limits);
+      if (!confirmed.trusted && judged.report.toDelete.length > 0) {
+        ctx.log?.warn(
+          { projectId, usage: judged.report.usage, over: judged.report.over, candidates: judged.report.toDelete.length, reason: confirmed.reason },
+          'project over quota, but its limits are not from the configured source: nothing is deleted until they are',
+        );
+        throw new LimitsUnavailableError(
+          `limits of ${projectId} unavailable: ${confirmed.reason}; ${judged.report.toDelete.length} candidates left in place until Keystone answers`,
+        );
+      }
+      const report = { ...judged.report, actions: await act(ctx, images, judged, lease) };
+      await lease.end({ keepInterval: true });
+      return report;
+    } catch (err) {
+      // A failed decision gives the project back at once: its retries are paced by the door
+      // (the worker's backoff, a function's redelivery), and another replica may do better.
+      await lease.end({ keepInterval: false }).catch((e: Error) => ctx.log?.warn({ projectId, err: e.message }, 'releasing the lease failed; it expires'));
+      throw err;
     }
-    return { ...judged.report, actions: await act(ctx, images, judged) };
   });
 }
 
@@ -128,7 +168,7 @@ interface Outcome {
  * dry-run, recorded). Every outcome is audited with what Glance said; one that leaves the image in
  * place (a would-delete, a kept protected image) once per image, not at every listing.
  */
-async function act(ctx: PipelineContext, images: ImageService, { report, byId }: Judgement): Promise<ActionRecord[]> {
+async function act(ctx: PipelineContext, images: ImageService, { report, byId }: Judgement, lease: DecisionLease): Promise<ActionRecord[]> {
   const { projectId } = report;
   const past = `queued image past ${report.over.join(', ')}`;
   // Already audited as left in place, and the listing shows nothing new: no GET, no second row.
@@ -152,12 +192,15 @@ async function act(ctx: PipelineContext, images: ImageService, { report, byId }:
         reason: `${past}${verdict.unprotectFirst ? ', protected: would be unprotected first' : ''} (dry-run; ${said})`,
         gone: false,
       };
+    // Another replica may hold the project now: it decides from its own listing, not us.
+    lease.assertHeld();
     if (verdict.unprotectFirst) {
       const cleared = await images.unprotectImage(imageId);
       if (cleared.result === 'gone') return { kind: 'gone', reason: 'Glance answered 404 to clearing its protected flag', gone: true };
       if (cleared.result === 'refused')
         return { kind: 'not-deletable', reason: `Glance refused to clear its protected flag with ${cleared.status}: ${cleared.reason}`, gone: false };
     }
+    lease.assertHeld();
     const deleted = await images.deleteImage(imageId);
     if (deleted.result === 'refused')
       return { kind: 'not-deletable', reason: `Glance refused the delete with ${deleted.status}: ${deleted.reason}`, gone: false };

@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import { LRUCache } from 'lru-cache';
 import type { Correction } from '../ledger/repair.js';
 import type { GlanceImage } from '../ledger/glance-image.js';
@@ -8,11 +9,11 @@ import type { ProtectedPolicy } from '../quota/verify.js';
 import type { ActionKind, ActionRecord, LedgerStore } from '../store/port.js';
 import { CommittedTotals } from './committed.js';
 import { ProjectLocks, type PipelineContext } from './context.js';
-import { enforce, enforceAll, enforceOnGlance, evaluate, requireImages } from './enforce.js';
+import { enforce, enforceAll, enforceOnGlance, evaluate, requireImages, type EnforceAllResult } from './enforce.js';
 import { ingest, type IngestResult } from './ingest.js';
 import { Lease } from './lease.js';
 import { applyListingPage, sweepPage, type PageRepair } from './listing.js';
-import type { EnforcementMode, EnforcementReport, ImageService, ListedPage, ProjectFailure, ProjectReport } from './ports.js';
+import type { EnforcementMode, EnforcementReport, ImageService, ListedPage, ProjectReport } from './ports.js';
 
 export type {
   DeleteOutcome,
@@ -26,6 +27,7 @@ export type {
   UnprotectOutcome,
 } from './ports.js';
 export type { IngestResult, MessageOutcome, MessageResult } from './ingest.js';
+export type { EnforceAllResult } from './enforce.js';
 
 /*
  * The one pipeline every door feeds (replay, consume, the functions, reconcile):
@@ -66,6 +68,12 @@ export interface PipelineOptions {
   protectedPolicy: ProtectedPolicy;
   /** Candidates of one project verified and acted on at once (ENFORCE_CONCURRENCY). */
   concurrency: number;
+  /** A project's lease around its decision on Glance (LEASE_SECONDS). */
+  leaseMs: number;
+  /** At most one listing of a project per this long, across replicas (ENFORCE_INTERVAL_SECONDS). */
+  enforceIntervalMs: number;
+  /** This process among the replicas, in its lease holder tokens; host:pid by default. */
+  replicaId?: string;
   exemptProjects: ReadonlySet<string>;
   /** MAX_MESSAGE_BYTES and CLOCK_SKEW_SECONDS. */
   door: DoorLimits;
@@ -120,6 +128,7 @@ export class Pipeline {
       committed: new CommittedTotals(),
       reported: new LRUCache<string, ActionKind>({ max: REPORTED_MEMORY }),
       locks: new ProjectLocks(),
+      lease: { ttlMs: options.leaseMs, intervalMs: options.enforceIntervalMs, replicaId: options.replicaId ?? `${hostname()}:${process.pid}` },
     };
   }
 
@@ -150,9 +159,12 @@ export class Pipeline {
     return enforce(this.ctx, projectId);
   }
 
-  /** `enforce` for each project; a failure is collected and the others go on. */
-  enforceAll(projects: readonly string[]): Promise<{ reports: EnforcementReport[]; failures: ProjectFailure[] }> {
-    return enforceAll(this.ctx, projects);
+  /**
+   * `enforce` for each project; a failure is collected and the others go on. A busy project
+   * (ProjectBusyError), and every project not started by `deadlineMs`, is deferred.
+   */
+  enforceAll(projects: readonly string[], options: { deadlineMs?: number } = {}): Promise<EnforceAllResult> {
+    return enforceAll(this.ctx, projects, options);
   }
 
   /** The truth path: list the project in Glance, repair the ledger, decide and act. */

@@ -78,6 +78,13 @@ const MIGRATIONS: readonly string[] = [
   // the code is as it is"), and one kept out of the mark's way leaves its updates HOT.
   `CREATE INDEX images_by_creation ON images (project_id, created_at);
    ALTER TABLE images ADD COLUMN listed_pass TEXT COLLATE "C";`,
+  // Leases (acquireLease): one row per name, taken over once expired, so a row left by a holder
+  // that stopped is replaced rather than piled up.
+  `CREATE TABLE leases (
+     name     TEXT COLLATE "C" PRIMARY KEY,
+     holder   TEXT COLLATE "C" NOT NULL,
+     until_ms BIGINT NOT NULL
+   );`,
 ];
 
 /** pg_advisory_xact_lock(bigint) key that serialises migrations: "gqe-mig" in ASCII. */
@@ -567,6 +574,22 @@ export class PostgresStore implements LedgerStore {
       [projects.map(([p]) => p), projects.map(([, n]) => n), nowMs],
     );
     return rowCount ?? 0;
+  }
+
+  async acquireLease(name: string, holder: string, ttlMs: number, nowMs: number): Promise<boolean> {
+    // One statement: concurrent inserts of a new name wait on each other, and the loser's
+    // ON CONFLICT then sees the winner's row, which it takes over only if it is its own or expired.
+    const { rowCount } = await this.pool.query(
+      `INSERT INTO leases (name, holder, until_ms) VALUES ($1, $2, $3::bigint + $4::bigint)
+       ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, until_ms = EXCLUDED.until_ms
+       WHERE leases.holder = EXCLUDED.holder OR leases.until_ms <= $4::bigint`,
+      [name, holder, ttlMs, nowMs],
+    );
+    return rowCount === 1;
+  }
+
+  async releaseLease(name: string, holder: string): Promise<void> {
+    await this.pool.query('DELETE FROM leases WHERE name = $1 AND holder = $2', [name, holder]);
   }
 
   async close(): Promise<void> {

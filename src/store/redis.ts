@@ -42,6 +42,7 @@ import { LEDGER_SCRIPTS } from './redis/scripts.js';
  * apply.lua keeps the record, the indexes and the totals in step, in the batch's one script;
  * forget-dead.lua drops a record from them. Schema 1 (before the indexes) kept `P projects`, a
  * set, and `P images-of:<project>`, a set of ids; the build replaces them.
+ *   P lease:<name>         string "<until ms> <holder>", with a PX expiry: acquireLease's lease
  */
 const SCHEMA = 2;
 /** Keys per SCAN slice of the indexes' build: one script of about this many records at a time. */
@@ -61,6 +62,8 @@ interface LedgerScripts {
   gqeUnmarkedLive(prefix: string, passId: string, cursor: string, limit: string, budget: string): Promise<[string, ...(string | string[])[]]>;
   gqeIndexImages(prefix: string, ...imageKeys: string[]): Promise<number>;
   gqeForgetDead(prefix: string, before: string, limit: string): Promise<[number, number]>;
+  gqeAcquireLease(prefix: string, name: string, holder: string, until: string, now: string, ttl: string): Promise<number>;
+  gqeReleaseLease(prefix: string, name: string, holder: string): Promise<number>;
 }
 
 /** An event as apply.lua reads it: FIELDS_PER_EVENT strings, in this order. */
@@ -142,6 +145,8 @@ export class RedisStore implements LedgerStore {
     redis.defineCommand('gqeForgetDead', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.forgetDead });
     redis.defineCommand('gqeReserveCreate', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.reserveCreate });
     redis.defineCommand('gqeReleaseReservations', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.releaseReservations });
+    redis.defineCommand('gqeAcquireLease', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.acquireLease });
+    redis.defineCommand('gqeReleaseLease', { numberOfKeys: 0, lua: LEDGER_SCRIPTS.releaseLease });
     this.redis = redis as Redis & LedgerScripts;
     this.prefix = keyPrefix;
     this.description = description;
@@ -375,6 +380,20 @@ export class RedisStore implements LedgerStore {
     const pairs = [...creates].filter(([, n]) => n > 0).flatMap(([p, n]) => [p, String(n)]);
     if (pairs.length === 0) return 0;
     return Number(await this.redis.gqeReleaseReservations(this.prefix, String(nowMs), ...pairs));
+  }
+
+  async acquireLease(name: string, holder: string, ttlMs: number, nowMs: number): Promise<boolean> {
+    const until = String(nowMs + ttlMs);
+    // PX must be positive; a lease of no time is one that is over at once anyway.
+    const px = Math.max(1, Math.ceil(ttlMs));
+    // A free name in one step, no script; a held one goes to the script, which judges expiry by
+    // the caller's clock as every store does.
+    if ((await this.redis.set(`${this.prefix}lease:${name}`, `${until} ${holder}`, 'PX', px, 'NX')) === 'OK') return true;
+    return (await this.redis.gqeAcquireLease(this.prefix, name, holder, until, String(nowMs), String(px))) === 1;
+  }
+
+  async releaseLease(name: string, holder: string): Promise<void> {
+    await this.redis.gqeReleaseLease(this.prefix, name, holder);
   }
 
   async close(): Promise<void> {

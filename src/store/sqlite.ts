@@ -88,6 +88,13 @@ const MIGRATIONS: readonly string[] = [
   // a mark on every listed image (bench/README.md, "Why the code is as it is").
   `CREATE INDEX images_by_creation ON images (project_id, created_at);
    ALTER TABLE images ADD COLUMN listed_pass TEXT;`,
+  // Leases (acquireLease): one row per name, taken over once expired; a row left by a holder that
+  // stopped is at most one row per project ever decided, replaced rather than piled up.
+  `CREATE TABLE leases (
+     name     TEXT PRIMARY KEY,
+     holder   TEXT NOT NULL,
+     until_ms INTEGER NOT NULL
+   ) WITHOUT ROWID;`,
 ];
 
 interface ActionRow {
@@ -562,6 +569,33 @@ export class SqliteStore implements LedgerStore {
     // none in flight) a read answers, and the writer's lock is not taken for nothing.
     if (!this.anyReservation()) return 0;
     return this.releaseInTransaction.immediate(creates, nowMs);
+  }
+
+  /** Prepared at the first lease, so that a store that never takes one prepares nothing. */
+  private leaseStatements?: {
+    acquire: Database.Statement<[{ name: string; holder: string; ttl: number; now: number }]>;
+    release: Database.Statement<[string, string]>;
+  };
+  private get leaseStmt() {
+    this.leaseStatements ??= {
+      // One statement, so atomic: insert, or take over a row that is the holder's own or expired;
+      // a row another holder still has is left as it is, and no row changes.
+      acquire: this.db.prepare<[{ name: string; holder: string; ttl: number; now: number }]>(
+        `INSERT INTO leases (name, holder, until_ms) VALUES (@name, @holder, @ttl + @now)
+         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+         WHERE leases.holder = excluded.holder OR leases.until_ms <= @now`,
+      ),
+      release: this.db.prepare<[string, string]>('DELETE FROM leases WHERE name = ? AND holder = ?'),
+    };
+    return this.leaseStatements;
+  }
+
+  async acquireLease(name: string, holder: string, ttlMs: number, nowMs: number): Promise<boolean> {
+    return this.leaseStmt.acquire.run({ name, holder, ttl: ttlMs, now: nowMs }).changes === 1;
+  }
+
+  async releaseLease(name: string, holder: string): Promise<void> {
+    this.leaseStmt.release.run(name, holder);
   }
 
   async close(): Promise<void> {

@@ -567,5 +567,56 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       await store.applyEvents([ev({ imageId: 'a', status: 'deleted', deleted: true, updatedAt: 300 })], 3);
       expect((await store.unmarkedLive('pass-2', '', 10)).records.map((r) => r.imageId)).toEqual(['b']);
     });
+
+    describe('leases: one holder at a time decides a project', () => {
+      const LEASE = 'project:615696c542784834ac46630e5a22dbe3';
+
+      it('grants a free lease, and refuses a second holder while it runs', async () => {
+        expect(await store.acquireLease(LEASE, 'replica-a:1', 30_000, NOW)).toBe(true);
+        expect(await store.acquireLease(LEASE, 'replica-b:1', 30_000, NOW + 1)).toBe(false);
+        expect(await store.acquireLease(LEASE, 'replica-b:1', 30_000, NOW + 29_999)).toBe(false);
+        // Another name is another lease.
+        expect(await store.acquireLease('project:other', 'replica-b:1', 30_000, NOW + 1)).toBe(true);
+      });
+
+      it('grants it to another holder once it has expired', async () => {
+        expect(await store.acquireLease(LEASE, 'replica-a:1', 1_000, NOW)).toBe(true);
+        expect(await store.acquireLease(LEASE, 'replica-b:1', 30_000, NOW + 1_000)).toBe(true);
+        // Now b's: a, whose lease ran out, is refused in turn.
+        expect(await store.acquireLease(LEASE, 'replica-a:1', 30_000, NOW + 1_001)).toBe(false);
+      });
+
+      it('extends the lease of the holder that has it, from now', async () => {
+        expect(await store.acquireLease(LEASE, 'replica-a:1', 10_000, NOW)).toBe(true);
+        expect(await store.acquireLease(LEASE, 'replica-a:1', 10_000, NOW + 8_000)).toBe(true);
+        // Past the first term, within the second: still a's.
+        expect(await store.acquireLease(LEASE, 'replica-b:1', 10_000, NOW + 12_000)).toBe(false);
+        expect(await store.acquireLease(LEASE, 'replica-b:1', 10_000, NOW + 18_000)).toBe(true);
+      });
+
+      it('is released by its holder only', async () => {
+        expect(await store.acquireLease(LEASE, 'replica-a:1', 30_000, NOW)).toBe(true);
+        await store.releaseLease(LEASE, 'replica-b:1');
+        expect(await store.acquireLease(LEASE, 'replica-b:1', 30_000, NOW + 1)).toBe(false);
+        await store.releaseLease(LEASE, 'replica-a:1');
+        expect(await store.acquireLease(LEASE, 'replica-b:1', 30_000, NOW + 2)).toBe(true);
+        // a's release comes late (b has it now): b's lease is left alone.
+        await store.releaseLease(LEASE, 'replica-a:1');
+        expect(await store.acquireLease(LEASE, 'replica-a:1', 30_000, NOW + 3)).toBe(false);
+        // Releasing what nobody holds is no error.
+        await store.releaseLease('project:never', 'replica-a:1');
+      });
+
+      it('grants exactly one of 20 holders asking at once', async () => {
+        const granted = await Promise.all(Array.from({ length: 20 }, (_, i) => store.acquireLease(LEASE, `replica-${i}:1`, 30_000, NOW)));
+        expect(granted.filter(Boolean)).toHaveLength(1);
+      });
+
+      it('keeps leases apart from the ledger: no project, no state', async () => {
+        await store.acquireLease(LEASE, 'replica-a:1', 30_000, NOW);
+        expect(await store.projects()).toEqual([]);
+        expect(await store.getState(LEASE)).toBeUndefined();
+      });
+    });
   });
 }

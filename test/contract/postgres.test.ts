@@ -6,7 +6,7 @@ import { ev, MiB } from '../support/events.js';
 import { freshPostgresDatabase, holdService, type TestDatabase } from '../support/services.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
 import { describeAdmissionStore, itAdmitsExactlyAcrossGates } from './admission.contract.js';
-import { itAppliesConcurrentWritersExactlyOnce } from './shared-ledger.contract.js';
+import { itAppliesConcurrentWritersExactlyOnce, itGrantsOneLeaseAcrossConnections } from './shared-ledger.contract.js';
 
 /**
  * Against a real PostgreSQL (trust auth, user postgres, TEST_POSTGRES_URL): a database of its own
@@ -120,6 +120,11 @@ describe('postgres: a database shared by several consumers', () => {
   });
 
   itAdmitsExactlyAcrossGates('connection pools', async () => {
+    const url = await freshUrl();
+    return [await PostgresStore.open(url), await PostgresStore.open(url)];
+  });
+
+  itGrantsOneLeaseAcrossConnections('connection pools', async () => {
     const url = await freshUrl();
     return [await PostgresStore.open(url), await PostgresStore.open(url)];
   });

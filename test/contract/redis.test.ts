@@ -11,7 +11,7 @@ import { ev, imageHistory, MiB } from '../support/events.js';
 import { connectRedisForTests, holdService, REDIS_URL, type TestRedis } from '../support/services.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
 import { describeAdmissionStore, itAdmitsExactlyAcrossGates } from './admission.contract.js';
-import { itAppliesConcurrentWritersExactlyOnce } from './shared-ledger.contract.js';
+import { itAppliesConcurrentWritersExactlyOnce, itGrantsOneLeaseAcrossConnections } from './shared-ledger.contract.js';
 
 /**
  * Against a real Redis (TEST_REDIS_URL): every store a test opens gets a key prefix of its own,
@@ -92,6 +92,11 @@ describe('redis: a database shared by several consumers', () => {
   });
 
   itAdmitsExactlyAcrossGates('connections', async () => {
+    const keyPrefix = freshPrefix();
+    return [await RedisStore.open(SERVER_URL, { keyPrefix }), await RedisStore.open(SERVER_URL, { keyPrefix })];
+  });
+
+  itGrantsOneLeaseAcrossConnections('connections', async () => {
     const keyPrefix = freshPrefix();
     return [await RedisStore.open(SERVER_URL, { keyPrefix }), await RedisStore.open(SERVER_URL, { keyPrefix })];
   });

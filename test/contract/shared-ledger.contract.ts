@@ -85,3 +85,24 @@ export function itAppliesConcurrentWritersExactlyOnce(what: string, openShared: 
     );
   });
 }
+
+/**
+ * Replicas sharing a ledger decide a project one at a time: 20 holders on 2 connections asking
+ * for one lease at once, exactly one gets it; once it is released, exactly one of them again.
+ */
+export function itGrantsOneLeaseAcrossConnections(what: string, openShared: () => Promise<[LedgerStore, LedgerStore]>): void {
+  it(`grants a lease to exactly one of 20 holders on 2 ${what}`, async () => {
+    const stores = await openShared();
+    try {
+      const now = Date.UTC(2026, 11, 1);
+      const ask = (at: number) => Promise.all(Array.from({ length: 20 }, (_, i) => stores[i % 2]!.acquireLease('project:p1', `replica-${i}`, 30_000, at)));
+      const first = await ask(now);
+      expect(first.filter(Boolean)).toHaveLength(1);
+      await stores[1]!.releaseLease('project:p1', `replica-${first.indexOf(true)}`);
+      // The winner is among them again: it may extend, the others may take the freed lease.
+      expect((await ask(now + 1)).filter(Boolean)).toHaveLength(1);
+    } finally {
+      await Promise.all(stores.map((s) => s.close()));
+    }
+  });
+}

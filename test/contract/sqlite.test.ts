@@ -13,6 +13,7 @@ import { generateHistory, withDuplicates } from '../support/generate.js';
 import { DOOR } from '../support/fixtures.js';
 import { describeLedgerStore } from './ledger-store.contract.js';
 import { describeAdmissionStore } from './admission.contract.js';
+import { itGrantsOneLeaseAcrossConnections } from './shared-ledger.contract.js';
 
 /** The day these tests are judged at: after every captured and generated body. */
 const NOW = Date.UTC(2026, 11, 1);
@@ -33,6 +34,12 @@ describeLedgerStore('sqlite', async () => SqliteStore.open(freshPath()));
 describeAdmissionStore('sqlite', async () => SqliteStore.open(freshPath()));
 
 describe('sqlite: a file on disk', () => {
+  // A `consume` and a `gate` (or `reconcile`) may open one file together.
+  itGrantsOneLeaseAcrossConnections('connections to one file', async () => {
+    const path = freshPath();
+    return [SqliteStore.open(path), SqliteStore.open(path)];
+  });
+
   it('keeps the ledger and the processed ids across a restart', async () => {
     const path = freshPath();
     const a = ev({ imageId: 'a', status: 'active', size: 2 * MiB });
@@ -78,6 +85,7 @@ describe('sqlite: a file on disk', () => {
     db.exec(`INSERT INTO processed_messages (message_id, seen_at) SELECT substr(key, instr(key, ' ') + 1), seen_at FROM processed;
              DROP TABLE processed;
              DROP TABLE admission_reservations;
+             DROP TABLE leases;
              PRAGMA user_version = 4;`);
     db.close();
     const upgraded = SqliteStore.open(path);

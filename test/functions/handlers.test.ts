@@ -35,6 +35,9 @@ import { UnifiedLimits } from '../../src/openstack/limits.js';
 import { StaticLimits } from '../../src/quota/static-limits.js';
 import { projectLimit } from '../support/keystone-standin.js';
 
+/** Invocations back to back that decide one project each time: no interval kept between them. */
+const AT_ONCE = { ENFORCE_INTERVAL_SECONDS: '0' };
+
 /**
  * A body the door accepts but the store refuses: the project already holds 2^53 - 1 bytes (set
  * up directly in the store), so one more image of 5 bytes would take its total past what the
@@ -138,7 +141,12 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
 
   it('sqs: poison goes to the dead-letter queue with its reason and is not retried', async () => {
     const poison = new KeptPoison();
-    const services = servicesOver({ store: shared.store, glance: MemoryGlance.fromBodies(quotaTestBodies()), poison, env: { ENFORCEMENT_MODE: 'dry-run' } });
+    const services = servicesOver({
+      store: shared.store,
+      glance: MemoryGlance.fromBodies(quotaTestBodies()),
+      poison,
+      env: { ENFORCEMENT_MODE: 'dry-run', ...AT_ONCE },
+    });
     const [a, b] = quotaTestBodies();
     const { event, records } = sqsEvent([a!, GARBAGE, b!, NOT_A_NOTIFICATION]);
     const reply = await handleSqsEvent(services, event);
@@ -156,8 +164,8 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
     // Without a dead-letter queue URL, or when the send fails, the poison is reported, and only it:
     // the queue's redrive policy moves it after maxReceiveCount receives.
     for (const services2 of [
-      servicesOver({ store: shared.store, glance: new MemoryGlance() }),
-      servicesOver({ store: shared.store, glance: new MemoryGlance(), poison: Object.assign(new KeptPoison(), { failing: true }) }),
+      servicesOver({ store: shared.store, glance: new MemoryGlance(), env: AT_ONCE }),
+      servicesOver({ store: shared.store, glance: new MemoryGlance(), poison: Object.assign(new KeptPoison(), { failing: true }), env: AT_ONCE }),
     ]) {
       const again = sqsEvent([GARBAGE, a!]);
       const r = await handleSqsEvent(services2, again.event);
@@ -167,7 +175,12 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
 
   it('sqs: a record the store refuses is reported alone, dead-lettered with its reason; the others count', async () => {
     const poison = new KeptPoison();
-    const services = servicesOver({ store: shared.store, glance: MemoryGlance.fromBodies(quotaTestBodies()), poison, env: { ENFORCEMENT_MODE: 'dry-run' } });
+    const services = servicesOver({
+      store: shared.store,
+      glance: MemoryGlance.fromBodies(quotaTestBodies()),
+      poison,
+      env: { ENFORCEMENT_MODE: 'dry-run', ...AT_ONCE },
+    });
     const refused = await storeRefusedBody(shared.store);
     const [, b, c] = quotaTestBodies();
     const { event, records } = sqsEvent([b!, refused, c!]);
@@ -180,7 +193,7 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
     // (The enforcement above listed the project in Glance, which has no 'huge' image: the ledger
     // lost it. Another one makes the next body unstorable again.)
     await storeRefusedBody(shared.store, 'huge-again');
-    const bare = servicesOver({ store: shared.store, glance: new MemoryGlance() });
+    const bare = servicesOver({ store: shared.store, glance: new MemoryGlance(), env: AT_ONCE });
     const again = sqsEvent([refused, quotaTestBodies()[0]!]);
     const r = await handleSqsEvent(bare, again.event);
     expect(r.batchItemFailures).toEqual([{ itemIdentifier: again.records[0]!.messageId }]);
@@ -285,6 +298,64 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
     const again = await handleRabbitMqEvent(services, event);
     expect(again.actions).toBe(1);
     expect(glance.deleted).toHaveLength(1);
+  });
+
+  it('amazonmq: a project whose enforcement keeps failing stops failing the batch after ENFORCE_MAX_ATTEMPTS invocations, and says so', async () => {
+    const glance = MemoryGlance.fromBodies(quotaTestBodies());
+    const { log, lines } = capturedLog();
+    const emf: Record<string, unknown>[] = [];
+    const services = {
+      ...servicesOver({ store: shared.store, glance, log, env: { ENFORCE_MAX_ATTEMPTS: '3' } }),
+      metrics: (line: string) => void emf.push(JSON.parse(line)),
+    };
+    const event = rmqEvent(quotaTestBodies());
+    // Glance never answers for this project: every redelivery of the batch fails it again.
+    glance.failing.add(ATTACKER);
+    await expect(handleRabbitMqEvent(services, event)).rejects.toThrow(/enforcement failed for 1 project/);
+    await expect(handleRabbitMqEvent(services, event)).rejects.toThrow(/enforcement failed for 1 project/);
+    const third = await handleRabbitMqEvent(services, event);
+    expect(third.abandoned).toEqual([ATTACKER]);
+    expect(lines.filter((l) => l.level === 50 && /left to the reconcile/.test(l.msg))).toEqual([expect.objectContaining({ projectId: ATTACKER, attempts: 3 })]);
+    expect(emf.filter((d) => 'EnforcementAbandoned' in d)).toEqual([expect.objectContaining({ EnforcementAbandoned: 1, EnforcementErrors: 1 })]);
+    expect(glance.deleted).toEqual([]);
+    // Glance answers again: the next batch naming the project enforces it, and the count starts over.
+    glance.failing.clear();
+    const recovered = await handleRabbitMqEvent(services, event);
+    expect(recovered).toMatchObject({ actions: 2, abandoned: [] });
+    expect(await shared.store.getState(`enforce.failures:${ATTACKER}`)).toBe('0');
+  });
+
+  it("sqs and amazonmq: projects not started before the invocation's deadline are deferred, not failed; their records come back", async () => {
+    // A second project over its limit, sorting after the attacker's: decided second.
+    const LATE = 'ffff0000000000000000000000000001';
+    const lateBodies = quotaTestBodies().map((body) => {
+      const m = inner(body);
+      const other = (uuid: string) => `ffff${uuid.slice(4)}`;
+      return envelope({ ...m, message_id: other(m.message_id), payload: { ...m.payload, id: other(m.payload.id), owner: LATE } });
+    });
+    const glance = MemoryGlance.fromBodies([...quotaTestBodies(), ...lateBodies]);
+    const time = { nowMs: Date.now() };
+    // Each listing takes 6 s of the function's time; it was given 15 s, less the 10 s margin.
+    glance.onList = () => {
+      time.nowMs += 6_000;
+    };
+    const limits = { limitsFor: async () => ({ image_count_total: 1 }) };
+    const context = () => ({ awsRequestId: 'deadline', getRemainingTimeInMillis: () => 15_000 });
+    const services = servicesOver({ store: shared.store, glance, limits, clock: () => time.nowMs, env: { ENFORCEMENT_MODE: 'dry-run' } });
+    const { event, records } = sqsEvent([...quotaTestBodies(), ...lateBodies]);
+    const reply = await sqsHandler(async () => services)(event, context());
+    expect(reply.messages).toEqual({ applied: 6, duplicate: 0, ignored: 0, invalid: 0 });
+    // The attacker was decided (its records are done); the late project was not started.
+    expect(reply.batchItemFailures).toEqual(records.slice(quotaTestBodies().length).map((r) => ({ itemIdentifier: r.messageId })));
+    expect(glance.calls.filter((c) => c.startsWith('LIST'))).toEqual([`LIST ${ATTACKER}`]);
+    // Amazon MQ redelivers whole batches: an invocation left less than the margin starts no
+    // project, and fails for the deferred ones without counting them as failures.
+    const late = { awsRequestId: 'late', getRemainingTimeInMillis: () => 9_000 };
+    await expect(amazonMqHandler(async () => services)(rmqEvent([...quotaTestBodies(), ...lateBodies]), late)).rejects.toThrow(
+      new RegExp(`2 project\\(s\\) deferred .*${ATTACKER}, ${LATE}`),
+    );
+    expect(await shared.store.getState(`enforce.failures:${ATTACKER}`)).toBeUndefined();
+    expect(await shared.store.getState(`enforce.failures:${LATE}`)).toBeUndefined();
   });
 });
 

@@ -77,7 +77,8 @@ describe('function metrics (CloudWatch EMF)', () => {
   it("reconcile: the run's actions, and an error when Glance does not answer", async () => {
     const { docs, sink } = capturedMetrics();
     const glance = MemoryGlance.fromBodies(quotaTestBodies());
-    const services = servicesOver({ store: new MemoryStore(), glance, metrics: sink, env: { ENFORCEMENT_MODE: 'dry-run' } });
+    // Two runs back to back, where the schedule keeps minutes between them: no interval here.
+    const services = servicesOver({ store: new MemoryStore(), glance, metrics: sink, env: { ENFORCEMENT_MODE: 'dry-run', ENFORCE_INTERVAL_SECONDS: '0' } });
     await reconcileHandler(async () => services)(scheduledEvent, context('rec-1'));
     glance.failing.add('*');
     await expect(reconcileHandler(async () => services)(scheduledEvent, context('rec-2'))).rejects.toThrow(/did not answer/);

@@ -87,7 +87,7 @@ describe('the enforcement worker at shutdown', () => {
     const { Metrics } = await import('../../src/metrics.js');
     const { createLogger } = await import('../../src/log.js');
     const started: string[] = [];
-    // Glance hangs on the first project: its enforcement never ends.
+    // Glance hangs: no enforcement ever ends.
     const pipeline = {
       enforce: (projectId: string) => {
         started.push(projectId);
@@ -95,17 +95,18 @@ describe('the enforcement worker at shutdown', () => {
       },
     } as never;
     const metrics = new Metrics();
-    const worker = new EnforcementWorker(pipeline, createLogger('silent'), metrics);
+    const worker = new EnforcementWorker(pipeline, createLogger('silent'), metrics, undefined, { projectsAtOnce: 2 });
     worker.add(['p1', 'p2', 'p3']);
     await new Promise((r) => setTimeout(r, 10));
     const t = Date.now();
     await worker.stop(200);
     expect(Date.now() - t).toBeLessThan(1_000);
-    expect(started).toEqual(['p1']);
+    // Two in hand (ENFORCE_PROJECTS), the third abandoned with the backlog.
+    expect(started).toEqual(['p1', 'p2']);
     expect((await metrics.pendingProjects.get()).values[0]?.value).toBe(0);
     // Nothing new is taken after stop.
     worker.add(['p4']);
     await new Promise((r) => setTimeout(r, 10));
-    expect(started).toEqual(['p1']);
+    expect(started).toEqual(['p1', 'p2']);
   });
 });

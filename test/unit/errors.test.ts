@@ -6,7 +6,8 @@ import { runCli as run } from '../support/cli.js';
 import { loadConfig } from '../../src/config.js';
 import { EnforcementFailedError } from '../../src/doors/lambda/batch.js';
 import { EventShapeError } from '../../src/doors/lambda/events.js';
-import { ConfigError, EnforcerError, StoreDataError, StoreUnavailableError, LimitsUnavailableError } from '../../src/errors.js';
+import { ProjectsDeferredError } from '../../src/doors/lambda/amazonmq.js';
+import { ConfigError, EnforcerError, StoreDataError, StoreUnavailableError, LimitsUnavailableError, ProjectBusyError } from '../../src/errors.js';
 import {
   CatalogError,
   KeystoneAuthError,
@@ -51,6 +52,8 @@ const made: { cls: abstract new (...args: never[]) => EnforcerError; error: Enfo
   { cls: EnforcementFailedError, error: new EnforcementFailedError([{ projectId: 'p1', error: cause }]), wraps: false },
   { cls: EventShapeError, error: new EventShapeError('m', { cause }), wraps: true },
   { cls: LimitsUnavailableError, error: new LimitsUnavailableError('m', { cause }), wraps: true },
+  { cls: ProjectBusyError, error: new ProjectBusyError('p1', 5_000), wraps: false },
+  { cls: ProjectsDeferredError, error: new ProjectsDeferredError(['p1']), wraps: false },
 ];
 
 /** Every `class X extends Y` under src/, by name, with what it extends. */
@@ -99,6 +102,7 @@ describe('the error classes', () => {
   it('keep their own fields', () => {
     expect(new OpenStackConfigError('OS_AUTH_URL', 'm')).toMatchObject({ variable: 'OS_AUTH_URL', code: 'OPENSTACK_CONFIG' });
     expect(new OpenStackHttpError('glance', 'DELETE', 'http://g/v2/images/x', 409, 'm')).toMatchObject({ service: 'glance', method: 'DELETE', status: 409 });
+    expect(new ProjectBusyError('p1', 5_000)).toMatchObject({ projectId: 'p1', retryAfterMs: 5_000, code: 'PROJECT_BUSY' });
     expect(new EnforcementFailedError([{ projectId: 'p1', error: cause }]).message).toBe('enforcement failed for 1 project(s): p1: what went wrong underneath');
   });
 

@@ -52,7 +52,8 @@ function trueCreate(i: GlanceImage): ImageEvent {
 function pipelineOver(glance: MemoryGlance, limits: ProjectLimits, mode: 'enforce' | 'dry-run' = 'enforce') {
   const store = new MemoryStore();
   const time = { nowMs: NOW_MS };
-  const pipeline = pipelineOf({ store, limits: limitsOf(limits), images: glance, mode, clock: () => time.nowMs, concurrency: 4 });
+  // Enforced as each message comes, as if minutes apart: no interval between listings here.
+  const pipeline = pipelineOf({ store, limits: limitsOf(limits), images: glance, mode, clock: () => time.nowMs, concurrency: 4, enforceIntervalMs: 0 });
   return { store, pipeline, time };
 }
 
@@ -197,7 +198,14 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
   it('with PROTECTED_QUEUED_IMAGES=report, a protected image past the limit is kept and audited once, and still no other image goes in its place', async () => {
     const glance = new MemoryGlance().add(image('old', NOW - 300), image('mid', NOW - 200), image('locked', NOW - 100, { protected: true }));
     const store = new MemoryStore();
-    const pipeline = pipelineOf({ store, limits: limitsOf({ image_count_total: 1 }), images: glance, protectedPolicy: 'report', clock: () => NOW_MS });
+    const pipeline = pipelineOf({
+      store,
+      limits: limitsOf({ image_count_total: 1 }),
+      images: glance,
+      protectedPolicy: 'report',
+      clock: () => NOW_MS,
+      enforceIntervalMs: 0,
+    });
     await store.applyEvents([...glance.images.values()].map(trueCreate), NOW_MS);
     for (let i = 0; i < 5; i++) await pipeline.enforceOnGlance(P);
     expect(glance.deleted).toEqual(['mid']);
@@ -209,7 +217,14 @@ describe('enforcement is decided on Glance, never on the bus alone', () => {
   it('200 protected creates against 5: enforced as they arrive, each image is audited once (no audit per listing per image)', async () => {
     const glance = new MemoryGlance();
     const store = new MemoryStore();
-    const pipeline = pipelineOf({ store, limits: limitsOf({ image_count_total: 5 }), images: glance, protectedPolicy: 'report', clock: () => NOW_MS });
+    const pipeline = pipelineOf({
+      store,
+      limits: limitsOf({ image_count_total: 5 }),
+      images: glance,
+      protectedPolicy: 'report',
+      clock: () => NOW_MS,
+      enforceIntervalMs: 0,
+    });
     for (let i = 0; i < 200; i++) {
       const img = image(`p${String(i).padStart(3, '0')}`, NOW - 1_000 + i, { protected: true });
       glance.add(img);

@@ -1,4 +1,6 @@
-import { countOutcomes, EnforcementFailedError, excerpt, ingestRecords, type MessageCounts } from './batch.js';
+import { EnforcerError } from '../../errors.js';
+import { countOutcomes, EnforcementFailedError, enforcementDeadline, excerpt, ingestRecords, type MessageCounts } from './batch.js';
+import type { ProjectFailure } from '../../pipeline/index.js';
 import { decodeHeaders, describeIssue, parseEvent, RabbitMqEvent, RabbitMqMessage, type InvocationContext } from './events.js';
 import { writeInvocationMetrics, type InvocationMetrics } from './metrics.js';
 import { inInvocation, type FunctionServices } from './instance.js';
@@ -9,6 +11,11 @@ export interface RabbitMqBatchSummary {
   projects: string[];
   /** Actions taken (or, in dry-run, would-deletes recorded). */
   actions: number;
+  /**
+   * Projects whose enforcement failed in ENFORCE_MAX_ATTEMPTS invocations in a row, this one
+   * included: reported and left to the scheduled reconcile, so that the batch stops coming back.
+   */
+  abandoned: string[];
 }
 
 interface Delivery {
@@ -29,13 +36,17 @@ interface Delivery {
  * batch: it is logged with its reason and its body, and the batch goes on. A store failure, and
  * an enforcement failure (Keystone, Glance), fail the invocation, and the batch comes back: its
  * messages are then duplicates that change nothing, and the projects they name are decided again
- * (see `IngestResult.projects`).
+ * (see `IngestResult.projects`). So does a project deferred (busy elsewhere, within its interval,
+ * or not started before the deadline). A project whose enforcement failed in ENFORCE_MAX_ATTEMPTS
+ * invocations in a row (counted in the store, `enforce.failures:<project>`, cleared by a success)
+ * no longer fails it: it is reported and left to the scheduled reconcile, so that one broken
+ * project cannot have the batch redelivered forever.
  *
  * @example
  *   const summary = await handleRabbitMqEvent(services, event);
  *   // { messages: { applied: 27, duplicate: 0, ignored: 9, invalid: 0 }, projects: ['6156...'], actions: 0 }
  */
-export async function handleRabbitMqEvent(services: FunctionServices, event: unknown): Promise<RabbitMqBatchSummary> {
+export async function handleRabbitMqEvent(services: FunctionServices, event: unknown, context?: InvocationContext): Promise<RabbitMqBatchSummary> {
   const { log, pipeline } = services;
   const metrics = (m: InvocationMetrics) => services.metrics && writeInvocationMetrics(services.metrics, 'amazonmq', m);
   const { rmqMessagesByQueue, eventSourceArn } = parseEvent(RabbitMqEvent, event, 'aws:rmq');
@@ -80,19 +91,94 @@ export async function handleRabbitMqEvent(services: FunctionServices, event: unk
 
   const counts = countOutcomes(outcomes);
   const projects = result.projects;
-  const { reports, failures } = await pipeline.enforceAll(projects);
+  const deadlineMs = enforcementDeadline(pipeline, context);
+  const { reports, failures, deferred } = await enforceWaitingForBusy(services, projects, deadlineMs);
   const actions = reports.reduce((n, r) => n + r.actions.length, 0);
-  metrics({ messages: counts, reports, enforcementErrors: failures.length });
-  if (failures.length > 0) {
-    const error = new EnforcementFailedError(failures);
+  const { failing, abandoned } = await countFailures(services, reports, failures);
+  metrics({ messages: counts, reports, enforcementErrors: failures.length, abandoned: abandoned.length });
+  for (const f of failures.filter((f) => abandoned.includes(f.projectId))) {
     log.error(
-      { err: error.message, messages: counts },
+      { projectId: f.projectId, attempts: services.config.enforceMaxAttempts, err: f.error.message },
+      'enforcement keeps failing; project left to the reconcile (ENFORCE_MAX_ATTEMPTS), the batch is not failed for it',
+    );
+  }
+  if (failing.length > 0) {
+    const error = new EnforcementFailedError(failing);
+    log.error(
+      { err: error.message, messages: counts, deferred },
       'the invocation fails and Amazon MQ redelivers the batch; it is committed, so only the enforcement runs again',
     );
     throw error;
   }
-  log.info({ messages: counts, projects: projects.length, actions }, 'Amazon MQ batch done');
-  return { messages: counts, projects, actions };
+  if (deferred.length > 0) {
+    log.warn({ deferred, messages: counts }, 'projects deferred (busy, or the deadline); the invocation fails so that Amazon MQ redelivers the batch');
+    throw new ProjectsDeferredError(deferred);
+  }
+  log.info({ messages: counts, projects: projects.length, actions, abandoned }, 'Amazon MQ batch done');
+  return { messages: counts, projects, actions, abandoned };
+}
+
+/** Rounds of waiting for busy projects, each ENFORCE_INTERVAL_SECONDS (at least a second) long. */
+const BUSY_ROUNDS = 3;
+
+/**
+ * `enforceAll`, then again for the projects it deferred as busy, after an interval, while the
+ * deadline allows: a project decided by another instance a moment ago (a burst spans batches) is
+ * free again within ENFORCE_INTERVAL_SECONDS, and waiting for it here is cheaper than having the
+ * whole batch redelivered. What is still deferred at the end fails the invocation.
+ */
+async function enforceWaitingForBusy({ pipeline, config }: FunctionServices, projects: readonly string[], deadlineMs: number | undefined) {
+  const options = deadlineMs === undefined ? {} : { deadlineMs };
+  const result = await pipeline.enforceAll(projects, options);
+  const waitMs = Math.max(1_000, config.enforceIntervalMs);
+  for (let round = 0; round < BUSY_ROUNDS && result.deferred.length > 0; round++) {
+    if (deadlineMs !== undefined && pipeline.now() + waitMs >= deadlineMs) break;
+    await new Promise((r) => setTimeout(r, waitMs));
+    const again = await pipeline.enforceAll(result.deferred, options);
+    result.reports.push(...again.reports);
+    result.failures.push(...again.failures);
+    result.deferred = again.deferred;
+  }
+  return result;
+}
+
+const failuresKey = (projectId: string) => `enforce.failures:${projectId}`;
+
+/**
+ * Each failed project's count of invocations in a row that failed it, kept in the store (any
+ * instance may get the redelivery), and cleared by a success. The failures still under
+ * ENFORCE_MAX_ATTEMPTS fail the invocation; the others are abandoned to the reconcile.
+ */
+async function countFailures(
+  { pipeline, config }: FunctionServices,
+  reports: readonly { projectId: string }[],
+  failures: readonly ProjectFailure[],
+): Promise<{ failing: ProjectFailure[]; abandoned: string[] }> {
+  const { ledger } = pipeline;
+  await Promise.all(
+    reports.map(async ({ projectId }) => {
+      if (((await ledger.getState(failuresKey(projectId))) ?? '0') !== '0') await ledger.setState(failuresKey(projectId), '0');
+    }),
+  );
+  const failing: ProjectFailure[] = [];
+  const abandoned: string[] = [];
+  for (const f of failures) {
+    const attempts = Number((await ledger.getState(failuresKey(f.projectId))) ?? '0') + 1;
+    await ledger.setState(failuresKey(f.projectId), String(attempts));
+    if (attempts >= config.enforceMaxAttempts) abandoned.push(f.projectId);
+    else failing.push(f);
+  }
+  return { failing, abandoned };
+}
+
+/** Projects left undecided (busy, or the deadline): the batch must come back for them. */
+export class ProjectsDeferredError extends EnforcerError {
+  override readonly code = 'PROJECTS_DEFERRED';
+  constructor(readonly projects: readonly string[]) {
+    super(
+      `${projects.length} project(s) deferred (decided elsewhere, within ENFORCE_INTERVAL_SECONDS, or past the deadline): ${projects.slice(0, 20).join(', ')}`,
+    );
+  }
 }
 
 /**
@@ -103,5 +189,5 @@ export async function handleRabbitMqEvent(services: FunctionServices, event: unk
  */
 export function amazonMqHandler(services: () => Promise<FunctionServices>) {
   return (event: unknown, context?: InvocationContext): Promise<RabbitMqBatchSummary> =>
-    inInvocation(context, async () => handleRabbitMqEvent(await services(), event));
+    inInvocation(context, async () => handleRabbitMqEvent(await services(), event, context));
 }

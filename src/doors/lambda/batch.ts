@@ -1,5 +1,6 @@
 import { EnforcerError } from '../../errors.js';
 import type { IngestResult, MessageOutcome, MessageResult, Pipeline, ProjectFailure } from '../../pipeline/index.js';
+import type { InvocationContext } from './events.js';
 
 /**
  * What the two message doors of function mode (Amazon MQ, SQS) share: counting outcomes, the
@@ -51,4 +52,19 @@ export class EnforcementFailedError extends EnforcerError {
 export function excerpt(body: Uint8Array | string, max = 4096): string {
   const text = typeof body === 'string' ? body : Buffer.from(body).toString('utf8');
   return text.length > max ? `${text.slice(0, max)}... (${text.length} characters)` : text;
+}
+
+/**
+ * What a project's decision started just before the deadline may still take (a listing of a
+ * large project, its deletes, the audit): the invocation then has this long to answer.
+ */
+export const DEADLINE_MARGIN_MS = 10_000;
+
+/**
+ * The pipeline time after which no project's decision is started: the invocation's remaining
+ * time less DEADLINE_MARGIN_MS. Undefined outside Lambda (no context): no deadline.
+ */
+export function enforcementDeadline(pipeline: Pipeline, context: InvocationContext | undefined): number | undefined {
+  const remaining = context?.getRemainingTimeInMillis?.();
+  return remaining === undefined ? undefined : pipeline.now() + remaining - DEADLINE_MARGIN_MS;
 }

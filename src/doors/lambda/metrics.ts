@@ -11,7 +11,9 @@ import type { MessageCounts } from './batch.js';
  * - `Messages` by `result` (applied, duplicate, ignored, invalid), as `gqe_messages_total`;
  * - `Actions` by `action` (deleted, would-delete, skipped, protected, not-deletable, gone), as `gqe_actions_total`;
  * - `EnforcementErrors`: projects whose enforcement failed (Keystone, Glance), 0 included, so an
- *   alarm on it sees every invocation; `StoreErrors`: batch writes that failed.
+ *   alarm on it sees every invocation; `StoreErrors`: batch writes that failed;
+ *   `EnforcementAbandoned` (only when there are some): projects left to the reconcile after
+ *   ENFORCE_MAX_ATTEMPTS failed invocations, as `gqe_enforcement_abandoned_total`.
  *
  * Written with `process.stdout.write`, not `console.log`: Lambda's Node runtime prefixes
  * console lines with a timestamp and the request id, and CloudWatch reads EMF only from a line
@@ -31,6 +33,8 @@ export interface InvocationMetrics {
   reports?: readonly EnforcementReport[];
   enforcementErrors?: number;
   storeErrors?: number;
+  /** Projects left to the reconcile after ENFORCE_MAX_ATTEMPTS failed invocations (Amazon MQ). */
+  abandoned?: number;
 }
 
 /** One EMF document: `values` under the dimensions `function` and, when given, one more. */
@@ -59,5 +63,6 @@ export function writeInvocationMetrics(sink: MetricsSink, fn: string, m: Invocat
   const actions = new Map<ActionKind, number>();
   for (const r of m.reports ?? []) for (const a of r.actions) actions.set(a.action, (actions.get(a.action) ?? 0) + 1);
   for (const [action, n] of actions) sink(emfDocument(fn, { Actions: n }, ['action', action], now));
-  sink(emfDocument(fn, { EnforcementErrors: m.enforcementErrors ?? 0, StoreErrors: m.storeErrors ?? 0 }, undefined, now));
+  const errors = { EnforcementErrors: m.enforcementErrors ?? 0, StoreErrors: m.storeErrors ?? 0 };
+  sink(emfDocument(fn, m.abandoned ? { ...errors, EnforcementAbandoned: m.abandoned } : errors, undefined, now));
 }

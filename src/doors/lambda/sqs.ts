@@ -1,4 +1,4 @@
-import { countOutcomes, excerpt, ingestRecords, type MessageCounts } from './batch.js';
+import { countOutcomes, enforcementDeadline, excerpt, ingestRecords, type MessageCounts } from './batch.js';
 import { describeIssue, parseEvent, SqsEvent, SqsRecord, type InvocationContext, type SqsBatchResponse } from './events.js';
 import { writeInvocationMetrics, type InvocationMetrics } from './metrics.js';
 import { inInvocation, type FunctionServices } from './instance.js';
@@ -14,8 +14,9 @@ export interface SqsBatchSummary extends SqsBatchResponse {
  * the same pipeline as `consume`, answering `batchItemFailures` for exactly the records to retry:
  *
  * - the store's batch write failed: it was one write for every record, so every record;
- * - a project's enforcement failed (Keystone, Glance): the records whose image belongs to that
- *   project. A project touched only as the former owner of a moved image is named by no record;
+ * - a project's enforcement failed (Keystone, Glance), or was deferred (busy: another instance
+ *   decides it, or it was listed within ENFORCE_INTERVAL_SECONDS; or not started before the
+ *   invocation's deadline): the records whose image belongs to that project. A project touched only as the former owner of a moved image is named by no record;
  *   then every record with an image event is reported. Over-reporting is safe, since a retried
  *   record is a duplicate that changes nothing and only brings its project's decision back;
  * - a poison record (not a notification): never retried. It goes to SQS_DEAD_LETTER_QUEUE_URL at
@@ -27,7 +28,7 @@ export interface SqsBatchSummary extends SqsBatchResponse {
  * @example
  *   const { batchItemFailures } = await handleSqsEvent(services, event);
  */
-export async function handleSqsEvent(services: FunctionServices, event: unknown): Promise<SqsBatchSummary> {
+export async function handleSqsEvent(services: FunctionServices, event: unknown, context?: InvocationContext): Promise<SqsBatchSummary> {
   const { log, pipeline, poison } = services;
   const metrics = (m: InvocationMetrics) => services.metrics && writeInvocationMetrics(services.metrics, 'sqs', m);
   const { Records } = parseEvent(SqsEvent, event, 'aws:sqs');
@@ -79,8 +80,11 @@ export async function handleSqsEvent(services: FunctionServices, event: unknown)
     }),
   );
 
-  const { reports, failures } = await pipeline.enforceAll(result.projects);
-  for (const { projectId } of failures) {
+  const deadlineMs = enforcementDeadline(pipeline, context);
+  const { reports, failures, deferred } = await pipeline.enforceAll(result.projects, deadlineMs === undefined ? {} : { deadlineMs });
+  // Deferred is not failed (no error counted), but its records come back all the same: their
+  // redelivery, after the visibility timeout, brings the project's decision back.
+  for (const projectId of [...failures.map((f) => f.projectId), ...deferred]) {
     // A dead-lettered record (a body too large, whose scan named the project) is not retried.
     const counted = (i: number) => outcomes[i]!.result !== 'invalid' && outcomes[i]!.event !== undefined;
     const own = records.filter((_, i) => counted(i) && outcomes[i]!.event!.projectId === projectId);
@@ -91,7 +95,10 @@ export async function handleSqsEvent(services: FunctionServices, event: unknown)
   const batchItemFailures = records.filter((r) => retry.has(r.messageId)).map((r) => ({ itemIdentifier: r.messageId }));
   const messages = countOutcomes(outcomes);
   metrics({ messages, reports, enforcementErrors: failures.length });
-  log.info({ messages, deadLettered, retried: batchItemFailures.length, failedProjects: failures.map((f) => f.projectId) }, 'SQS batch done');
+  log.info(
+    { messages, deadLettered, retried: batchItemFailures.length, failedProjects: failures.map((f) => f.projectId), deferredProjects: deferred },
+    'SQS batch done',
+  );
   return { batchItemFailures, messages, deadLettered };
 }
 
@@ -103,5 +110,6 @@ export async function handleSqsEvent(services: FunctionServices, event: unknown)
  *   export const handler = sqsHandler(servicesFromEnvironment);
  */
 export function sqsHandler(services: () => Promise<FunctionServices>) {
-  return (event: unknown, context?: InvocationContext): Promise<SqsBatchSummary> => inInvocation(context, async () => handleSqsEvent(await services(), event));
+  return (event: unknown, context?: InvocationContext): Promise<SqsBatchSummary> =>
+    inInvocation(context, async () => handleSqsEvent(await services(), event, context));
 }

@@ -32,4 +32,8 @@ export const LEDGER_SCRIPTS = {
   reserveCreate: lua('reserve-create'),
   /** Admission: reservations ended once their creates are counted. */
   releaseReservations: lua('release-reservations'),
+  /** A lease extended by its holder or taken over once expired (a free one is SET NX PX). */
+  acquireLease: lua('acquire-lease'),
+  /** A lease ended by its holder only. */
+  releaseLease: lua('release-lease'),
 };
