@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
-import { errorCode } from '../errors.js';
+import { ProjectBusyError } from '../errors.js';
 import type { CorrectionKind } from '../ledger/repair.js';
 import type { EnforcementReport, Pipeline, ProjectFailure } from '../pipeline/index.js';
 import type { Lease } from '../pipeline/lease.js';
@@ -258,7 +258,7 @@ class Run {
       this.options.onReport?.(report);
     } catch (err) {
       // Another replica is deciding it right now (its lease): that replica acts on it.
-      if ((errorCode(err) as string | undefined) === 'PROJECT_BUSY') this.deferred++;
+      if (err instanceof ProjectBusyError) this.deferred++;
       else this.fail(projectId, err);
     }
     this.progress('decide');

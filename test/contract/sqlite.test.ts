@@ -27,6 +27,7 @@ const freshPath = () => join(dir, `ledger-${++n}.db`);
 function backToSchema6(db: Database.Database): void {
   db.exec(`DROP INDEX images_by_creation;
            ALTER TABLE images DROP COLUMN listed_pass;
+           DROP TABLE leases;
            PRAGMA user_version = 6;`);
 }
 
@@ -85,7 +86,6 @@ describe('sqlite: a file on disk', () => {
     db.exec(`INSERT INTO processed_messages (message_id, seen_at) SELECT substr(key, instr(key, ' ') + 1), seen_at FROM processed;
              DROP TABLE processed;
              DROP TABLE admission_reservations;
-             DROP TABLE leases;
              PRAGMA user_version = 4;`);
     db.close();
     const upgraded = SqliteStore.open(path);

@@ -127,7 +127,7 @@ describe.each(['redis', 'postgres'] as const)('the bundled handlers over a %s le
     const glance = MemoryGlance.fromBodies(quotaTestBodies());
     const handler = entries.reconcile!.handlerOver(env({ ENFORCEMENT_MODE: 'dry-run' }), { openstack: { glance, limits: ATTACKER_LIMITED }, metrics: quiet });
     const summary = await handler(scheduledEvent);
-    expect(summary).toMatchObject({ complete: true, remaining: 0 });
+    expect(summary).toMatchObject({ complete: true, phase: 'done' });
     expect(await shared.store.usage(ATTACKER)).toMatchObject({ image_count_total: 3 });
     expect((await shared.store.actions({ projectId: ATTACKER })).map((a) => a.action)).toEqual(['would-delete', 'would-delete']);
   });
