@@ -2,18 +2,19 @@
  * What reconciling a whole cloud costs: wall time and peak RSS of the real CLI's `reconcile` (a
  * child process, the embedded SQLite ledger in a temp dir) over a made-up Glance of N queued
  * images, 5 a project (test/support/cloud-glance.ts, in a child process of its own so that its CPU
- * is not the enforcer's), beside a bare client paging through the same listing (bench/bare-listing.ts:
- * fetch and JSON.parse of each page, nothing kept), in the same run.
+ * is not the enforcer's), beside two baselines in the same run: a bare client paging through the
+ * same listing (bench/bare-listing.ts: fetch and JSON.parse of each page, nothing kept), and the
+ * enforcer's own Glance client doing the same (bench/client-listing.ts: its streamed reader).
  *
  *   npm run bench:reconcile                                   # 3 rounds of 100k, 400k, 1M, medians
  *   npm run bench:reconcile -- --rounds 1 --sizes 100000,400000 --json
  *
- * Each round runs, for each size: bare, the first pass (empty ledger), bare, the steady-state pass
- * (the same ledger again): machine noise hits both alike. Peak RSS is the kernel's high-water mark
+ * Each round runs, for each size: bare, client, the first pass (empty ledger), bare, the
+ * steady-state pass (the same ledger again): machine noise hits them alike. Peak RSS is the kernel's high-water mark
  * of the child (bench/peak-rss.ts); time is the child's wall time, start-up included. Both children
  * run under plain node from a bundle made at the start (esbuild, node_modules left external) of
- * bench/cli-from-source.ts (the bin's entry over src/: the tree as it is, not dist/) and
- * bench/bare-listing.ts, so no TypeScript loader weighs on their figures. Keystone is a
+ * bench/cli-from-source.ts (the bin's entry over src/: the tree as it is, not dist/) and of the
+ * two baselines, so no TypeScript loader weighs on their figures. Keystone is a
  * stand-in in this process (the token, no unified limits), so the limits are the static
  * QUOTA_LIMITS: image_count_total=5, which no project exceeds (nothing is deleted).
  */
@@ -60,7 +61,7 @@ const baseEnv = Object.fromEntries(Object.entries(process.env).filter(([key]) =>
 // Inside the tree, so that the bundle finds node_modules as src/ does (better-sqlite3 for one).
 const bundles = join(root, 'node_modules', '.cache', 'bench-reconcile');
 await build({
-  entryPoints: { cli: 'bench/cli-from-source.ts', bare: 'bench/bare-listing.ts', 'peak-rss': 'bench/peak-rss.ts' },
+  entryPoints: { cli: 'bench/cli-from-source.ts', bare: 'bench/bare-listing.ts', client: 'bench/client-listing.ts', 'peak-rss': 'bench/peak-rss.ts' },
   absWorkingDir: root,
   outdir: bundles,
   outExtension: { '.js': '.mjs' },
@@ -90,7 +91,7 @@ const envOf = (n: number, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv => (
 });
 
 /** One bundled child under bench/peak-rss.ts: its wall time, peak RSS and stdout. */
-function child(bundle: 'cli' | 'bare', args: string[], env: NodeJS.ProcessEnv): Promise<Run & { stdout: string }> {
+function child(bundle: 'cli' | 'bare' | 'client', args: string[], env: NodeJS.ProcessEnv): Promise<Run & { stdout: string }> {
   const rssFile = join(mkdtempSync(join(tmpdir(), 'gqe-rss-')), 'peak.json');
   const started = performance.now();
   return new Promise((resolve) => {
@@ -112,11 +113,11 @@ function child(bundle: 'cli' | 'bare', args: string[], env: NodeJS.ProcessEnv): 
   });
 }
 
-async function bare(n: number): Promise<Run> {
-  const run = await child('bare', [], envOf(n));
+async function listing(bundle: 'bare' | 'client', n: number): Promise<Run> {
+  const run = await child(bundle, [], envOf(n));
   if (!run.ok) return run;
   const listed = (JSON.parse(run.stdout) as { listed: number }).listed;
-  return listed === n ? run : { ...run, ok: false, error: `the bare client listed ${listed} images of ${n}` };
+  return listed === n ? run : { ...run, ok: false, error: `the ${bundle} listing gave ${listed} images of ${n}` };
 }
 
 async function pass(n: number, ledgerDir: string): Promise<Run> {
@@ -131,9 +132,9 @@ async function pass(n: number, ledgerDir: string): Promise<Run> {
   return { ...run, reconcileMs: Number(said[4]) * 1000 };
 }
 
-const kinds = ['bare', 'first', 'steady'] as const;
+const kinds = ['bare', 'client', 'first', 'steady'] as const;
 type Kind = (typeof kinds)[number];
-const runs = new Map<number, Record<Kind, Run[]>>(sizes.map((n) => [n, { bare: [], first: [], steady: [] }]));
+const runs = new Map<number, Record<Kind, Run[]>>(sizes.map((n) => [n, { bare: [], client: [], first: [], steady: [] }]));
 const loadBefore = uptime();
 const started = new Date();
 try {
@@ -142,9 +143,10 @@ try {
       const of = runs.get(n)!;
       const ledgerDir = mkdtempSync(join(tmpdir(), 'gqe-bench-reconcile-'));
       try {
-        of.bare.push(await bare(n));
+        of.bare.push(await listing('bare', n));
+        of.client.push(await listing('client', n));
         of.first.push(await pass(n, ledgerDir));
-        of.bare.push(await bare(n));
+        of.bare.push(await listing('bare', n));
         of.steady.push(await pass(n, ledgerDir));
       } finally {
         rmSync(ledgerDir, { recursive: true, force: true });
@@ -172,9 +174,10 @@ const sum = (of: Run[]): Figures => {
 };
 const rows = sizes.map((n) => {
   const of = runs.get(n)!;
-  const [b, first, steady] = [sum(of.bare), sum(of.first), sum(of.steady)];
-  const ratio = (x: Figures) => (x.ms !== undefined && b.ms !== undefined ? x.ms / b.ms : undefined);
-  return { images: n, bare: b, first: { ...first, timeVsBare: ratio(first) }, steady: { ...steady, timeVsBare: ratio(steady) } };
+  const [b, c, first, steady] = [sum(of.bare), sum(of.client), sum(of.first), sum(of.steady)];
+  const ratio = (x: Figures, to: Figures) => (x.ms !== undefined && to.ms !== undefined ? x.ms / to.ms : undefined);
+  const ratios = (x: Figures) => ({ timeVsBare: ratio(x, b), timeVsClient: ratio(x, c) });
+  return { images: n, bare: b, client: { ...c, timeVsBare: ratio(c, b) }, first: { ...first, ...ratios(first) }, steady: { ...steady, ...ratios(steady) } };
 });
 const rssRatio = (kind: 'first' | 'steady', big: number, small: number) => {
   const [a, b] = [rows.find((x) => x.images === big)?.[kind].rssMB, rows.find((x) => x.images === small)?.[kind].rssMB];
@@ -189,15 +192,21 @@ if (values.json) {
   process.stdout.write(`${JSON.stringify({ date: started.toISOString(), node: process.version, rounds, load, rows, rssRatios }, null, 2)}\n`);
 } else {
   const f = (x: number | undefined, d = 1) => (x === undefined ? '-' : x.toFixed(d));
-  const cell = (x: Figures & { timeVsBare?: number | undefined }) =>
-    x.failed ? `failed: ${x.failed}` : `${f(x.ms! / 1000).padStart(7)} ${f(x.rssMB, 0).padStart(7)} ${f(x.timeVsBare, 2).padStart(7)}`;
+  const cell = (x: Figures & { timeVsBare?: number | undefined; timeVsClient?: number | undefined }, ratios: ('timeVsBare' | 'timeVsClient')[]) =>
+    x.failed ? `failed: ${x.failed}` : [f(x.ms! / 1000).padStart(7), f(x.rssMB, 0).padStart(6), ...ratios.map((r) => f(x[r], 2).padStart(6))].join(' ');
   console.log(`reconcile bench, ${rounds} round(s), medians, node ${process.version}, ${started.toISOString()}, load ${load.before} -> ${load.after}`);
-  console.log('                 bare listing | first pass (empty ledger) | steady pass (same ledger)');
-  console.log('   images       s      MB |       s      MB  x bare |       s      MB  x bare');
-  for (const row of rows) {
-    const b = row.bare.failed ? `failed: ${row.bare.failed}` : `${f(row.bare.ms! / 1000).padStart(7)} ${f(row.bare.rssMB, 0).padStart(7)}`;
-    console.log(`${String(row.images).padStart(9)} ${b} | ${cell(row.first)} | ${cell(row.steady)}`);
-  }
+  console.log(
+    `${''.padStart(9)} ${'bare listing'.padEnd(14)} | ${"enforcer's client".padEnd(21)} | ${'first pass (empty ledger)'.padEnd(28)} | steady pass (same ledger)`,
+  );
+  // In the cells' own widths: seconds 7, MB and each ratio 6.
+  const head = (...names: string[]) => names.map((name, n) => name.padStart(n === 0 ? 7 : 6)).join(' ');
+  console.log(
+    `${'images'.padStart(9)} ${head('s', 'MB')} | ${head('s', 'MB', 'x bare')} | ${head('s', 'MB', 'x bare', 'x clnt')} | ${head('s', 'MB', 'x bare', 'x clnt')}`,
+  );
+  for (const row of rows)
+    console.log(
+      `${String(row.images).padStart(9)} ${cell(row.bare, [])} | ${cell(row.client, ['timeVsBare'])} | ${cell(row.first, ['timeVsBare', 'timeVsClient'])} | ${cell(row.steady, ['timeVsBare', 'timeVsClient'])}`,
+    );
   for (const [sizesRatio, r] of Object.entries(rssRatios))
     console.log(`peak RSS ${sizesRatio}: first pass ${f(r.first, 2)}x, steady pass ${f(r.steady, 2)}x (done when the 400000/100000 one is at most 1.2x)`);
   console.log('time: done when each pass is at most 1.5x the bare listing');
