@@ -18,7 +18,7 @@
  * stand-in in this process (the token, no unified limits), so the limits are the static
  * QUOTA_LIMITS: image_count_total=5, which no project exceeds (nothing is deleted).
  */
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -90,26 +90,43 @@ const envOf = (n: number, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv => (
   ...extra,
 });
 
-/** One bundled child under bench/peak-rss.ts: its wall time, peak RSS and stdout. */
+/**
+ * One bundled child under bench/peak-rss.ts: its wall time, peak RSS and stdout. Its stderr is
+ * drained as a log collector would drain it (the first pass logs a warning a project: tens of MB at 1M
+ * images), keeping only what is not a JSON log line (the CLI's own messages) and the last lines.
+ */
 function child(bundle: 'cli' | 'bare' | 'client', args: string[], env: NodeJS.ProcessEnv): Promise<Run & { stdout: string }> {
   const rssFile = join(mkdtempSync(join(tmpdir(), 'gqe-rss-')), 'peak.json');
   const started = performance.now();
+  const proc = spawn(process.execPath, ['--import', join(bundles, 'peak-rss.mjs'), join(bundles, `${bundle}.mjs`), ...args], {
+    cwd: root,
+    env: { ...env, PEAK_RSS_FILE: rssFile },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  proc.stdout.setEncoding('utf8').on('data', (text: string) => {
+    stdout += text;
+  });
+  const said: string[] = [];
+  let tail: string[] = [];
+  createInterface({ input: proc.stderr }).on('line', (line) => {
+    if (!line.startsWith('{') && said.length < 20) said.push(line);
+    tail = [...tail.slice(-2), line.slice(0, 200)];
+  });
+  const timer = setTimeout(() => proc.kill('SIGKILL'), CHILD_TIMEOUT_MS);
   return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ['--import', join(bundles, 'peak-rss.mjs'), join(bundles, `${bundle}.mjs`), ...args],
-      { cwd: root, env: { ...env, PEAK_RSS_FILE: rssFile }, encoding: 'utf8', timeout: CHILD_TIMEOUT_MS, maxBuffer: 64 * MB },
-      (error, stdout, stderr) => {
-        const ms = performance.now() - started;
-        let peakRssBytes = Number.NaN;
-        try {
-          peakRssBytes = (JSON.parse(readFileSync(rssFile, 'utf8')) as { peakRssBytes: number }).peakRssBytes;
-        } catch {} // killed before its exit handler: the error below says why
-        rmSync(join(rssFile, '..'), { recursive: true, force: true });
-        const failure = error ? (stderr.trim().split('\n').slice(-3).join(' | ') || error.message).slice(0, 300) : undefined;
-        resolve({ ok: !error, ms, peakRssBytes, stdout, ...(failure ? { error: failure } : {}) });
-      },
-    );
+    proc.on('close', (code, signal) => {
+      clearTimeout(timer);
+      const ms = performance.now() - started;
+      let peakRssBytes = Number.NaN;
+      try {
+        peakRssBytes = (JSON.parse(readFileSync(rssFile, 'utf8')) as { peakRssBytes: number }).peakRssBytes;
+      } catch {} // killed before its exit handler: the error below says why
+      rmSync(join(rssFile, '..'), { recursive: true, force: true });
+      const ok = code === 0;
+      const error = `exit ${code ?? signal}: ${(said.length > 0 ? said : tail).join(' | ')}`.slice(0, 400);
+      resolve({ ok, ms, peakRssBytes, stdout, ...(ok ? {} : { error }) });
+    });
   });
 }
 
