@@ -1,3 +1,4 @@
+import { ProjectBusyError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { SubjectToken } from '../openstack/keystone.js';
 import { boundsFor, discounted, glanceOverLimitMessage, judgeAdmission, routeOf, type AdmissionBounds } from '../quota/admission.js';
@@ -218,8 +219,16 @@ export class AdmissionGate {
     let pending = this.confirming.get(projectId);
     if (!pending) {
       pending = (async () => {
-        const glanceCount = await this.o.confirmOnGlance!(projectId);
+        let glanceCount: number | undefined;
+        try {
+          glanceCount = await this.o.confirmOnGlance!(projectId);
+        } catch (err) {
+          // Another decision holds the project, or made one within ENFORCE_INTERVAL_SECONDS: it
+          // wrote Glance's listing over the ledger, so the ledger's count is Glance's of a moment ago.
+          if (!(err instanceof ProjectBusyError)) throw err;
+        }
         const ledgerCount = (await this.o.ledger.usage(projectId)).image_count_total;
+        glanceCount ??= ledgerCount;
         const confirmation = { atMs: this.clock(), phantom: Math.max(0, ledgerCount - glanceCount) };
         this.confirmed.delete(projectId);
         this.confirmed.set(projectId, confirmation);

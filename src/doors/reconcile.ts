@@ -28,6 +28,8 @@ const LEASE_MS = 300_000;
 /** Reports a summary keeps (projects over a limit or acted on); the rest are only counted. */
 const REPORTS_KEPT = 1000;
 const FAILURES_KEPT = 100;
+/** How often `reconcile --project` waits out a project another decision holds before it gives up. */
+const BUSY_ATTEMPTS = 5;
 
 /**
  * A pass has three phases: `list` writes Glance's listing over the ledger page by page, marking
@@ -158,8 +160,18 @@ class Run {
 
   async oneProject(projectId: string): Promise<ReconcileSummary> {
     // One project: its own listing is fresh, so the truth path decides and acts on it at once.
+    // Asked for by name, it waits its turn when another decision holds the project (or has just
+    // been made: ENFORCE_INTERVAL_SECONDS), rather than report nothing.
     try {
-      const report = await this.pipeline.enforceOnGlance(projectId);
+      let report: EnforcementReport | undefined;
+      for (let attempt = 1; !report; attempt++) {
+        try {
+          report = await this.pipeline.enforceOnGlance(projectId);
+        } catch (err) {
+          if (!(err instanceof ProjectBusyError) || attempt >= BUSY_ATTEMPTS) throw err;
+          await new Promise((resolve) => setTimeout(resolve, err.retryAfterMs));
+        }
+      }
       this.keep(report);
       this.listed = report.usage.image_count_total;
     } catch (err) {
