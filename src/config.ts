@@ -159,7 +159,7 @@ export const EnvSchema = z.object({
     description:
       'At most one listing of a project on Glance per this many seconds, across replicas sharing the ledger: what arrives for it meanwhile is coalesced and decided after. A flood of creates is cut within about this long; a project of 100k images (~200 GETs a listing) costs Glance at most ~40 GETs a second. 0: a project is only never decided by two at once.',
   }),
-  LEASE_SECONDS: z.coerce.number().int().min(3).default(60).meta({
+  LEASE_SECONDS: z.coerce.number().int().min(3).default(30).meta({
     description:
       'The lease a replica takes in the shared store to decide a project (list, delete, audit), renewed every third of it while it runs: a replica that dies holding it blocks the project this long at most. A decision that loses it stops before its next DELETE.',
   }),

@@ -47,7 +47,7 @@ export async function consume(args: string[]): Promise<number> {
   let pass = new NearestProjects(config.metricsProjects);
   const runPass = () => {
     pass = new NearestProjects(config.metricsProjects);
-    return reconcile(pipeline, { onReport: (report) => void pass.observe(report) });
+    return reconcile(pipeline, { onReport: (report) => void pass.observe(report), onDeferred: (projectId) => worker.add([projectId]) });
   };
   const schedule = new ReconcileSchedule(runPass, {
     intervalMs: config.reconcileIntervalMs,

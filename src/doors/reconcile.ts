@@ -23,8 +23,11 @@ const SWEEP_PAGE = 1000;
 const PROJECT_PAGE = 500;
 /** Projects decided at once: most decisions are a usage read and no Glance call. */
 const DECIDE_CONCURRENCY = 4;
-/** The run's lease, renewed after every page: a run that died leaves the pass to another within this. */
-const LEASE_MS = 300_000;
+/**
+ * The run's lease, renewed every third of it while the run works and after every page: a run
+ * that died (a SIGTERM mid-pass, a crash) leaves the pass to the next within this.
+ */
+export const RECONCILE_LEASE_MS = 30_000;
 /** Reports a summary keeps (projects over a limit or acted on); the rest are only counted. */
 const REPORTS_KEPT = 1000;
 const FAILURES_KEPT = 100;
@@ -65,6 +68,12 @@ export interface ReconcileOptions {
   onProgress?: (progress: ReconcileProgress) => void;
   /** Called with every project's decision (the gauges of a whole pass). */
   onReport?: (report: EnforcementReport) => void;
+  /**
+   * Called with a project another decision held (ProjectBusyError): that decision's listing may
+   * predate what this pass saw, or its holder may have died holding it, so someone must look
+   * again once it is free (consume's worker, which waits out the lease).
+   */
+  onDeferred?: (projectId: string) => void;
 }
 
 export interface ReconcileSummary {
@@ -124,11 +133,15 @@ export async function reconcile(pipeline: Pipeline, options: ReconcileOptions = 
   const run = new Run(pipeline, options, started);
   if (options.projectId) return run.oneProject(options.projectId);
 
-  const lease = await pipeline.takeLease(RECONCILE_LEASE, LEASE_MS);
+  const lease = await pipeline.takeLease(RECONCILE_LEASE, RECONCILE_LEASE_MS);
   if (!lease) return run.summary('', 'list', { busy: true });
+  // Renewed on a timer too: one project's decision (a fresh listing of 100k images) may outlast it.
+  const renewal = setInterval(() => void lease.renew(pipeline.now()).catch(() => {}), RECONCILE_LEASE_MS / 3);
+  renewal.unref();
   try {
     return await run.pass(lease);
   } finally {
+    clearInterval(renewal);
     await lease.release();
   }
 }
@@ -270,8 +283,10 @@ class Run {
       this.options.onReport?.(report);
     } catch (err) {
       // Another replica is deciding it right now (its lease): that replica acts on it.
-      if (err instanceof ProjectBusyError) this.deferred++;
-      else this.fail(projectId, err);
+      if (err instanceof ProjectBusyError) {
+        this.deferred++;
+        this.options.onDeferred?.(projectId);
+      } else this.fail(projectId, err);
     }
     this.progress('decide');
   }
@@ -363,8 +378,11 @@ export class ReconcileSchedule {
   private async once(failedBefore: number): Promise<void> {
     let next: { failed: number; inMs: number };
     try {
-      await this.options.onSummary(await this.run());
-      next = { failed: 0, inMs: this.options.intervalMs };
+      const summary = await this.run();
+      await this.options.onSummary(summary);
+      // Another run holds the pass (a replica, or this process's predecessor that died holding
+      // it): look again once its lease could have lapsed, not a whole interval later.
+      next = { failed: 0, inMs: summary.busy ? RECONCILE_LEASE_MS : this.options.intervalMs };
     } catch (err) {
       const delay = backoffMs(failedBefore + 1, 5_000, 300_000);
       this.options.onFailure(err, delay);
