@@ -305,6 +305,19 @@ describe('the scheduled reconcile', () => {
     expect(third.busy).toBeUndefined();
   });
 
+  it('leaves a project another replica holds to that replica, and names it for a later look', async () => {
+    const { glance, store } = cloud();
+    const services = servicesOver({ store, glance, limits });
+    // Another replica is deciding p-c (or died holding it): its lease stands for a minute.
+    expect(await store.acquireLease('project:p-c', 'replica-b:1', 60_000, Date.now())).toBe(true);
+    const deferred: string[] = [];
+    const run = await reconcile(services.pipeline, { onDeferred: (p) => deferred.push(p) });
+    expect(run).toMatchObject({ complete: true, decided: 4, deferred: 1, failures: [] });
+    expect(deferred).toEqual(['p-c']);
+    expect(glance.deleted).toEqual([]);
+    expect(glance.calls.filter((c) => c === 'LIST p-c')).toEqual([]);
+  });
+
   it('takes its budget from RECONCILE_BUDGET_SECONDS and its deadline from the Lambda context', async () => {
     const { glance, store } = cloud();
     const services = servicesOver({ store, glance, limits, env: { RECONCILE_BUDGET_SECONDS: '300' } });
