@@ -32,6 +32,10 @@ export async function consume(args: string[]): Promise<number> {
   const { config, log, pipeline } = runtime;
   const metrics = new Metrics({ projects: config.metricsProjects });
   metrics.watchLimits(runtime.limits);
+  // Readiness (and gqe_limits_trusted) say from the start whether Keystone's limits can be read,
+  // not only once some project has been decided: a cloud with no image yet decides none. Any
+  // project id reads the whole table; a failure is the source's to report through its status.
+  void runtime.limits.limitsFor('readiness').catch(() => {});
   const publishing = config.amqp.publishExchange
     ? new Notifier(config.amqp.publishExchange, config.amqp.publishTopic, config.amqp.durableExchange, log)
     : undefined;

@@ -111,7 +111,7 @@ describe(`the image ${IMAGE} against the lab`, () => {
     expect(status).toMatch(/^Uid:\s+1000\s+1000\s+1000\s+1000$/m);
     expect(await podman('exec', c.name, 'cat', '/proc/1/comm')).toBe('node');
     const health = await fetch(`http://127.0.0.1:${Number(listening.port)}/readyz`);
-    expect({ status: health.status, detail: await health.text() }).toMatchObject({ status: 200 });
+    expect(`${health.status} ${await health.text()}`).toMatch(/^200 /);
 
     const created = await p.flood(40);
     const deadline = Date.now() + 20_000;
