@@ -24,8 +24,8 @@ const PROJECT_PAGE = 500;
 /** Projects decided at once: most decisions are a usage read and no Glance call. */
 const DECIDE_CONCURRENCY = 4;
 /**
- * The run's lease, renewed every third of it while the run works and after every page: a run
- * that died (a SIGTERM mid-pass, a crash) leaves the pass to the next within this.
+ * The run's lease, renewed every third of it while the run works: a run that died (a SIGTERM
+ * mid-pass, a crash) leaves the pass to the next within this.
  */
 export const RECONCILE_LEASE_MS = 30_000;
 /** Reports a summary keeps (projects over a limit or acted on); the rest are only counted. */
@@ -135,14 +135,10 @@ export async function reconcile(pipeline: Pipeline, options: ReconcileOptions = 
 
   const lease = await pipeline.takeLease(RECONCILE_LEASE, RECONCILE_LEASE_MS);
   if (!lease) return run.summary('', 'list', { busy: true });
-  // Renewed on a timer too: one project's decision (a fresh listing of 100k images) may outlast it.
-  const renewal = setInterval(() => void lease.renew(pipeline.now()).catch(() => {}), RECONCILE_LEASE_MS / 3);
-  renewal.unref();
   try {
     return await run.pass(lease);
   } finally {
-    clearInterval(renewal);
-    await lease.release();
+    await lease.end();
   }
 }
 
@@ -197,9 +193,9 @@ class Run {
     const state = await this.load();
     if (this.mustStop()) return this.summary(state.id, state.phase);
     const save = async () => {
-      await this.pipeline.ledger.setState(RECONCILE_PASS, JSON.stringify(state));
       // Lost to another run (this one stalled past the lease): stop here, it goes on.
-      if (!(await lease.renew(this.pipeline.now()))) throw new Error(`reconcile: the lease on pass ${state.id} was taken over by another run`);
+      if (lease.lost) throw new Error(`reconcile: the lease on pass ${state.id} was taken over by another run`);
+      await this.pipeline.ledger.setState(RECONCILE_PASS, JSON.stringify(state));
     };
 
     if (state.phase === 'list') {

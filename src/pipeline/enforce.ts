@@ -7,7 +7,7 @@ import { verifyCandidate } from '../quota/verify.js';
 import type { ActionKind, ActionRecord, LedgerStore } from '../store/port.js';
 import type { PipelineContext } from './context.js';
 import { judge, type Judgement } from './judge.js';
-import { DecisionLease } from './lease.js';
+import { Lease } from './lease.js';
 import { repair } from './listing.js';
 import type { EnforcementReport, ImageService, ProjectFailure, ProjectReport } from './ports.js';
 
@@ -117,8 +117,12 @@ export function enforceOnGlance(ctx: PipelineContext, projectId: string): Promis
   const images = requireImages(ctx);
   return ctx.locks.run(projectId, async () => {
     // One decision per project at a time across replicas, and one listing per interval: the
-    // lease is taken before anything is listed, and kept past the decision (DecisionLease.end).
-    const lease = await DecisionLease.take(ctx.store, projectId, ctx.lease, ctx.clock, ctx.log);
+    // lease is taken before anything is listed, and kept until the interval is over.
+    const startedAtMs = ctx.clock();
+    const lease = await Lease.take(ctx.store, `project:${projectId}`, ctx.lease.replicaId, ctx.lease.ttlMs, ctx.clock, ctx.log);
+    // The holder's lease ends at most one ttl from now, and a kept interval at most one interval
+    // after its listing: either way, one of the two from now is when to look again.
+    if (!lease) throw new ProjectBusyError(projectId, Math.max(1_000, Math.min(ctx.lease.intervalMs, ctx.lease.ttlMs)));
     try {
       const listedAtMs = ctx.clock();
       const listing: OwnedImage[] = [];
@@ -138,12 +142,12 @@ export function enforceOnGlance(ctx: PipelineContext, projectId: string): Promis
         );
       }
       const report = { ...judged.report, actions: await act(ctx, images, judged, lease) };
-      await lease.end({ keepInterval: true });
+      await lease.end(startedAtMs + ctx.lease.intervalMs);
       return report;
     } catch (err) {
       // A failed decision gives the project back at once: its retries are paced by the door
       // (the worker's backoff, a function's redelivery), and another replica may do better.
-      await lease.end({ keepInterval: false }).catch((e: Error) => ctx.log?.warn({ projectId, err: e.message }, 'releasing the lease failed; it expires'));
+      await lease.end().catch((e: Error) => ctx.log?.warn({ projectId, err: e.message }, 'releasing the lease failed; it expires'));
       throw err;
     }
   });
@@ -168,8 +172,12 @@ interface Outcome {
  * dry-run, recorded). Every outcome is audited with what Glance said; one that leaves the image in
  * place (a would-delete, a kept protected image) once per image, not at every listing.
  */
-async function act(ctx: PipelineContext, images: ImageService, { report, byId }: Judgement, lease: DecisionLease): Promise<ActionRecord[]> {
+async function act(ctx: PipelineContext, images: ImageService, { report, byId }: Judgement, lease: Lease): Promise<ActionRecord[]> {
   const { projectId } = report;
+  // Another replica may hold the project now: it decides from its own listing, not us.
+  const assertHeld = () => {
+    if (lease.lost) throw new ProjectBusyError(projectId, ctx.lease.ttlMs, `project ${projectId}: lease lost mid-decision, stopped before the next DELETE`);
+  };
   const past = `queued image past ${report.over.join(', ')}`;
   // Already audited as left in place, and the listing shows nothing new: no GET, no second row.
   const reportedBefore = (id: string) => {
@@ -192,15 +200,14 @@ async function act(ctx: PipelineContext, images: ImageService, { report, byId }:
         reason: `${past}${verdict.unprotectFirst ? ', protected: would be unprotected first' : ''} (dry-run; ${said})`,
         gone: false,
       };
-    // Another replica may hold the project now: it decides from its own listing, not us.
-    lease.assertHeld();
+    assertHeld();
     if (verdict.unprotectFirst) {
       const cleared = await images.unprotectImage(imageId);
       if (cleared.result === 'gone') return { kind: 'gone', reason: 'Glance answered 404 to clearing its protected flag', gone: true };
       if (cleared.result === 'refused')
         return { kind: 'not-deletable', reason: `Glance refused to clear its protected flag with ${cleared.status}: ${cleared.reason}`, gone: false };
     }
-    lease.assertHeld();
+    assertHeld();
     const deleted = await images.deleteImage(imageId);
     if (deleted.result === 'refused')
       return { kind: 'not-deletable', reason: `Glance refused the delete with ${deleted.status}: ${deleted.reason}`, gone: false };

@@ -12,7 +12,7 @@ import { ProjectLocks, type PipelineContext } from './context.js';
 import { enforce, enforceAll, enforceOnGlance, evaluate, requireImages, type EnforceAllResult } from './enforce.js';
 import { ingest, type IngestResult } from './ingest.js';
 import { Lease } from './lease.js';
-import { applyListingPage, sweepPage, type PageRepair } from './listing.js';
+import { applyListingPage, sweepPage } from './listing.js';
 import type { EnforcementMode, EnforcementReport, ImageService, ListedPage, ProjectReport } from './ports.js';
 
 export type {
@@ -182,12 +182,12 @@ export class Pipeline {
   }
 
   /** Reconcile's step for one page of the whole-cloud listing (src/pipeline/listing.ts). */
-  applyListingPage(page: readonly GlanceImage[], listedAtMs: number, passId: string): Promise<PageRepair> {
+  applyListingPage(page: readonly GlanceImage[], listedAtMs: number, passId: string): ReturnType<typeof applyListingPage> {
     return applyListingPage(this.ctx, page, listedAtMs, passId);
   }
 
   /** Reconcile's sweep, one page: what the pass did not list is tombstoned (src/pipeline/listing.ts). */
-  sweepPage(passId: string, passStartedAtMs: number, cursor: string, limit: number): Promise<PageRepair & { cursor: string }> {
+  sweepPage(passId: string, passStartedAtMs: number, cursor: string, limit: number): ReturnType<typeof sweepPage> {
     return sweepPage(this.ctx, passId, passStartedAtMs, cursor, limit);
   }
 
@@ -196,7 +196,7 @@ export class Pipeline {
    * (a reconcile pass); undefined while another holder has it (src/pipeline/lease.ts).
    */
   takeLease(name: string, ttlMs: number): Promise<Lease | undefined> {
-    return Lease.take(this.ctx.store, name, ttlMs, this.ctx.clock());
+    return Lease.take(this.ctx.store, name, this.ctx.lease.replicaId, ttlMs, this.ctx.clock, this.ctx.log);
   }
 
   /**
