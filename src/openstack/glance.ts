@@ -4,7 +4,7 @@ import type { DeleteOutcome, ListedPage, ListPosition, UnprotectOutcome } from '
 import { createLogger, type Logger } from '../log.js';
 import { OpenStackHttpError, displayUrl, scrub } from './errors.js';
 import { firstIssue } from '../zod-issues.js';
-import { ImagesBody, nextPageSize } from './images-body.js';
+import { ImagesBody, nextPageSize, readWholeAfter, WHOLE_READ_BYTES } from './images-body.js';
 import { ResponseBodyError, type BodySink, type HttpResponse, type RetryingTransport } from './http.js';
 import type { KeystoneClient } from './keystone.js';
 
@@ -166,15 +166,17 @@ export class GlanceClient {
     for (const hidden of from.hidden ? [true] : [false, true]) {
       let marker = hidden === from.hidden ? from.marker : undefined;
       let limit = maxLimit;
+      let whole = true;
       const seen = new Set<string>();
       for (;;) {
-        const page = await this.listPage(base, options, hidden ? 'true' : 'false', marker, limit);
+        const page = await this.listPage(base, options, hidden ? 'true' : 'false', marker, limit, whole);
         const images: GlanceImage[] = [];
         for (const raw of page.body.images) {
           const image = this.readListed(page.url, raw, options);
           if (image) images.push(image);
         }
         limit = nextPageSize(page.body, page.limit, maxLimit);
+        whole = readWholeAfter(page.body);
         // Rebuild the next page from its marker instead of following `next` verbatim: `next` is a
         // path from Glance's root, which is wrong behind a proxy that serves Glance under a prefix.
         const nextLink = page.body.next;
@@ -207,6 +209,7 @@ export class GlanceClient {
     hidden: string,
     marker: string | undefined,
     limit: number,
+    whole: boolean,
   ): Promise<{ url: string; limit: number; body: ImagesBody }> {
     for (;;) {
       const params = new URLSearchParams({ ...(options.owner ? { owner: options.owner } : {}), visibility: 'all', os_hidden: hidden, limit: String(limit) });
@@ -216,7 +219,7 @@ export class GlanceClient {
       let partial: ImagesBody | undefined;
       try {
         // A page of one image is not capped (see getImage): no image can stop a listing.
-        read = await this.read(url, 'listing', (body) => (partial = body), limit > 1);
+        read = await this.read(url, 'listing', (body) => (partial = body), limit > 1, whole);
       } catch (error) {
         if (!(error instanceof ResponseBodyError && error.tooLarge)) throw error;
         const whole = partial?.images.length ?? 0;
@@ -246,7 +249,8 @@ export class GlanceClient {
   }
 
   /**
-   * GET `url`, its 200 body read as it streams in (`ImagesBody`), bounded by GLANCE_RESPONSE_MAX_BYTES.
+   * GET `url`, its 200 body read by `ImagesBody` (whole while small and `whole`, else as it streams
+   * in), bounded by GLANCE_RESPONSE_MAX_BYTES.
    * `reading` sees each attempt's reader, for what it had read when a cap cut the body off.
    */
   private async read(
@@ -254,8 +258,11 @@ export class GlanceClient {
     shape: 'listing' | 'image',
     reading?: (body: ImagesBody) => void,
     capped = true,
+    whole = true,
   ): Promise<{ response: HttpResponse; body: ImagesBody }> {
-    let body = new ImagesBody(shape, url);
+    // A capped body streams from half its cap on, so that one cut off at the cap has been tokenized.
+    const wholeBelow = !whole ? 0 : capped ? Math.min(WHOLE_READ_BYTES, Math.floor(this.maxBytes / 2)) : WHOLE_READ_BYTES;
+    let body = new ImagesBody(shape, url, wholeBelow);
     const response = await this.keystone.withToken('project', (token) =>
       this.transport({
         method: 'GET',
@@ -263,7 +270,7 @@ export class GlanceClient {
         headers: { accept: 'application/json', 'x-auth-token': token },
         ...(capped ? { maxBodyBytes: this.maxBytes } : {}),
         sink: () => {
-          body = new ImagesBody(shape, url);
+          body = new ImagesBody(shape, url, wholeBelow);
           reading?.(body);
           return body;
         },

@@ -8,7 +8,7 @@ import { GlanceImage } from '../../src/ledger/glance-image.js';
 import { createLogger } from '../../src/log.js';
 import { loadCredentials } from '../../src/openstack/credentials.js';
 import { GlanceClient, type ListImagesOptions } from '../../src/openstack/glance.js';
-import { ImagesBody, PAGE_TARGET_BYTES } from '../../src/openstack/images-body.js';
+import { ImagesBody, PAGE_TARGET_BYTES, WHOLE_READ_BYTES } from '../../src/openstack/images-body.js';
 import { ERROR_BODY_KEPT_BYTES, ResponseBodyError, retryingTransport, type RetryPolicy } from '../../src/openstack/http.js';
 import { KeystoneClient } from '../../src/openstack/keystone.js';
 import { glanceStandIn, type GlanceStandIn, type StandInImage } from '../support/glance-standin.js';
@@ -148,11 +148,14 @@ describe('a listing read as a stream', () => {
   const image = fc.dictionary(fc.oneof(fc.constantFrom(...kept, 'fat', 'tags', 'self'), text), value);
   const body = fc.record({ images: fc.array(image, { maxLength: 6 }), next: fc.option(text, { nil: undefined }), schema: fc.jsonValue() });
 
-  it('keeps what JSON.parse would, field for field, however the body is cut into chunks', () => {
+  // wholeBelow: read whole (JSON.parse), streamed from the first byte, or streamed from a point mid-body.
+  const wholeBelow = fc.constantFrom(WHOLE_READ_BYTES, 0, 64);
+
+  it('keeps what JSON.parse would, field for field, however the body is cut into chunks, read whole or streamed', () => {
     fc.assert(
-      fc.property(body, fc.array(fc.nat(), { maxLength: 12 }), fc.constantFrom(undefined, 1, '\t'), (page, cuts, indent) => {
+      fc.property(body, fc.array(fc.nat(), { maxLength: 12 }), fc.constantFrom(undefined, 1, '\t'), wholeBelow, (page, cuts, indent, below) => {
         const bytes = Buffer.from(JSON.stringify(page, null, indent));
-        const reader = new ImagesBody('listing');
+        const reader = new ImagesBody('listing', '', below);
         let at = 0;
         for (const cut of [...cuts.map((c) => c % (bytes.length + 1)).sort((a, b) => a - b), bytes.length]) {
           reader.write(bytes.subarray(at, Math.max(at, cut)));
@@ -187,12 +190,35 @@ describe('a listing read as a stream', () => {
     ['{"images": [{"size": 1.}]}', /'1\.' is not a number/],
     ['{"images": [{"id": "\u0001"}]}', /control character/],
     ["{'images': []}", /unexpected "'" at byte 1/],
-  ])('refuses %s', (text, error) => {
-    const reader = new ImagesBody('listing');
-    expect(() => {
-      reader.write(Buffer.from(text));
-      reader.end();
-    }).toThrow(error);
+  ])('refuses %s, read whole or streamed, in the words of the tokenizer', (text, error) => {
+    for (const below of [WHOLE_READ_BYTES, 0]) {
+      const reader = new ImagesBody('listing', '', below);
+      expect(() => {
+        reader.write(Buffer.from(text));
+        reader.end();
+      }).toThrow(error);
+    }
+  });
+
+  it('keeps what stands in an image or a body, read whole, as the tokenizer does', () => {
+    for (const text of ['{"images": ["s", 3, null, [1], {"id": {"a": 1}, "tags": ["x"]}], "next": [2]}', '[1, 2]', '{"next": "n"}', '{"images": {}}']) {
+      const [whole, streamed] = [WHOLE_READ_BYTES, 0].map((below) => {
+        const reader = new ImagesBody('listing', '', below);
+        reader.write(Buffer.from(text));
+        reader.end();
+        return { images: reader.images, next: reader.next, hasImages: reader.hasImages };
+      });
+      expect(whole).toEqual(streamed);
+    }
+    for (const text of ['"s"', '7', '[1]', '{"id": "a", "status": "queued", "fat": "x"}']) {
+      const [whole, streamed] = [WHOLE_READ_BYTES, 0].map((below) => {
+        const reader = new ImagesBody('image', '', below);
+        reader.write(Buffer.from(text));
+        reader.end();
+        return reader.images;
+      });
+      expect(whole).toEqual(streamed);
+    }
   });
 });
 
