@@ -199,7 +199,15 @@ class Run {
     };
 
     if (state.phase === 'list') {
-      for await (const page of this.pipeline.listPages({ from: state.position ?? undefined, onUnreadable: () => void this.unreadable++ })) {
+      const pages = this.pipeline.listPages({ from: state.position ?? undefined, onUnreadable: () => void this.unreadable++ });
+      // The next page is asked for while this one is written, unless the run must stop: a page
+      // asked for is written before the run stops, so each page is listed once over all the runs.
+      let stopped = false;
+      const more = () => {
+        stopped = this.mustStop(true);
+        return !stopped;
+      };
+      for await (const page of readAhead(pages, more)) {
         const repair = await this.pipeline.applyListingPage(page.images, this.pipeline.now(), state.id);
         this.listed += repair.listed;
         this.add(repair.corrected);
@@ -208,8 +216,8 @@ class Run {
         await save();
         this.moved = true;
         this.progress(state.phase);
-        if (page.next !== null && this.mustStop()) return this.summary(state.id, 'list');
       }
+      if (stopped && state.phase === 'list') return this.summary(state.id, 'list');
       // A listing that ends without a last page (Glance gave none) ends all the same.
       state.phase = 'sweep';
     }
@@ -287,9 +295,10 @@ class Run {
     this.progress('decide');
   }
 
-  private mustStop(): boolean {
+  /** Past the hard deadline, or past the budget once the run has moved (`moved`: it will have, the page in hand is written). */
+  private mustStop(moved = this.moved): boolean {
     const now = this.pipeline.now();
-    return now >= this.hard || (this.moved && now >= this.deadline);
+    return now >= this.hard || (moved && now >= this.deadline);
   }
 
   /** The first projects of the run all failed: a service is down, not one project odd. */
@@ -386,5 +395,29 @@ export class ReconcileSchedule {
     }
     if (this.stopped || next.inMs <= 0) return;
     this.timer = setTimeout(() => (this.running = this.once(next.failed)), next.inMs);
+  }
+}
+
+/**
+ * The items of `source`, each next one asked for as soon as the one before is handed out, so that
+ * the caller's work on an item overlaps the wait for the next (a Glance page in flight while the
+ * last one is written to the store). `more()` is asked when an item arrives: false, and nothing
+ * more is asked for; the items asked for are all handed out. An early failure waits its turn.
+ */
+export async function* readAhead<T>(source: AsyncIterable<T>, more: () => boolean): AsyncGenerator<T, void, undefined> {
+  const it = source[Symbol.asyncIterator]();
+  let next: Promise<IteratorResult<T>> | undefined = it.next();
+  try {
+    while (next) {
+      const item = await next;
+      if (item.done) return;
+      next = more() ? it.next() : undefined;
+      // Handled when its turn comes; until then, not an unhandled rejection.
+      next?.catch(() => {});
+      yield item.value;
+    }
+  } finally {
+    if (next) await next.catch(() => {});
+    await it.return?.();
   }
 }
