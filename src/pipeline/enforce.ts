@@ -3,6 +3,7 @@ import { recordFromGlance, tombstoneOf, type OwnedImage } from '../ledger/glance
 import type { ImageRecord } from '../ledger/record.js';
 import { decide, recordsNeeded, type RecordsNeeded } from '../quota/decide.js';
 import { confirmLimits } from '../quota/limits.js';
+import type { Usage } from '../quota/resources.js';
 import { verifyCandidate } from '../quota/verify.js';
 import type { ActionKind, ActionRecord, LedgerStore } from '../store/port.js';
 import type { PipelineContext } from './context.js';
@@ -14,11 +15,14 @@ import type { EnforcementReport, ImageService, ProjectFailure, ProjectReport } f
 /**
  * Usage, limits and the decision for one project, from the ledger: the estimate. Usage is the
  * totals the last batch that changed the project committed, when the store returned them and
- * they are recent, or else read from the store; either way an act is decided on Glance's listing
- * only.
+ * they are recent, or else `read` (the caller's read of a moment ago) or a read of the store;
+ * either way an act is decided on Glance's listing only.
  */
-export async function evaluate(ctx: PipelineContext, projectId: string): Promise<ProjectReport> {
-  const [usage, limits] = await Promise.all([ctx.committed.take(projectId, ctx.clock()) ?? ctx.store.usage(projectId), ctx.limits.limitsFor(projectId)]);
+export async function evaluate(ctx: PipelineContext, projectId: string, read?: Usage): Promise<ProjectReport> {
+  const [usage, limits] = await Promise.all([
+    ctx.committed.take(projectId, ctx.clock()) ?? read ?? ctx.store.usage(projectId),
+    ctx.limits.limitsFor(projectId),
+  ]);
   const exempt = ctx.exempt.has(projectId);
   const nowSeconds = Math.floor(ctx.clock() / 1000);
   // Most messages leave a project under its limits: then no image needs to be read at all.
@@ -47,8 +51,8 @@ async function readNeeded(store: LedgerStore, projectId: string, needed: Records
  * act is decided on Glance's own listing of the project (`enforceOnGlance`), never on the
  * ledger. Forged or lost notifications can make the ledger wrong; they cannot make it delete.
  */
-export async function enforce(ctx: PipelineContext, projectId: string): Promise<EnforcementReport> {
-  const estimate = await evaluate(ctx, projectId);
+export async function enforce(ctx: PipelineContext, projectId: string, usage?: Usage): Promise<EnforcementReport> {
+  const estimate = await evaluate(ctx, projectId, usage);
   if (estimate.toDelete.length === 0 || !ctx.images) return { ...estimate, actions: [] };
   // A dry run sees the same candidates on every message of a flood: Glance is asked once for them.
   if (ctx.mode === 'dry-run' && estimate.toDelete.every((id) => ctx.reported.get(id) === 'would-delete')) return { ...estimate, actions: [] };

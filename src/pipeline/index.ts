@@ -5,6 +5,7 @@ import type { GlanceImage } from '../ledger/glance-image.js';
 import type { Logger } from '../log.js';
 import type { DoorLimits } from '../notification/parse.js';
 import type { LimitSource } from '../quota/limits.js';
+import type { Usage } from '../quota/resources.js';
 import type { ProtectedPolicy } from '../quota/verify.js';
 import type { ActionKind, ActionRecord, LedgerStore } from '../store/port.js';
 import { CommittedTotals } from './committed.js';
@@ -52,7 +53,7 @@ export interface Retention {
 }
 
 /** What the doors may read of the ledger, and the one value they keep beside it (reconcile's cursor). */
-export type LedgerView = Pick<LedgerStore, 'description' | 'usage' | 'images' | 'projects' | 'actions' | 'getState' | 'setState'>;
+export type LedgerView = Pick<LedgerStore, 'description' | 'usage' | 'usages' | 'images' | 'projects' | 'actions' | 'getState' | 'setState'>;
 
 /**
  * The settings come from the configuration (`pipelineOf` in src/composition-root.ts fills them
@@ -154,9 +155,13 @@ export class Pipeline {
     return evaluate(this.ctx, projectId);
   }
 
-  /** The estimate, and when it finds candidates, the decision and act on Glance's own listing. */
-  enforce(projectId: string): Promise<EnforcementReport> {
-    return enforce(this.ctx, projectId);
+  /**
+   * The estimate, and when it finds candidates, the decision and act on Glance's own listing.
+   * `usage`: the project's usage as the caller just read it from the ledger (`ledger.usages`, a
+   * page of projects at once), instead of a read of its own.
+   */
+  enforce(projectId: string, usage?: Usage): Promise<EnforcementReport> {
+    return enforce(this.ctx, projectId, usage);
   }
 
   /**

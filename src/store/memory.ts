@@ -83,6 +83,10 @@ export class MemoryStore implements LedgerStore {
     return usageFromTotals(this.totals.get(projectId) ?? ZERO_TOTALS);
   }
 
+  async usages(projectIds: readonly string[]): Promise<Map<string, Usage>> {
+    return new Map(projectIds.map((p) => [p, usageFromTotals(this.totals.get(p) ?? ZERO_TOTALS)]));
+  }
+
   async images(projectId: string): Promise<ImageRecord[]> {
     return [...(this.byProject.get(projectId) ?? [])].map((id) => this.records.get(id)!);
   }

@@ -66,6 +66,13 @@ export interface LedgerStore {
   /** Usage from the totals kept in step by `applyEvents`: no scan of the project's images. */
   usage(projectId: string): Promise<Usage>;
 
+  /**
+   * `usage` of each of these projects, in one read: the reconcile decides a page of projects at a
+   * time, and one read a page costs a whole cloud a fraction of one read a project. A project the
+   * ledger has no totals for has zero usage.
+   */
+  usages(projectIds: readonly string[]): Promise<Map<string, Usage>>;
+
   /** Every record of the project, tombstones included. */
   images(projectId: string): Promise<ImageRecord[]>;
 

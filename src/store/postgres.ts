@@ -398,6 +398,21 @@ export class PostgresStore implements LedgerStore {
     );
   }
 
+  async usages(projectIds: readonly string[]): Promise<Map<string, Usage>> {
+    const out = new Map<string, Usage>(projectIds.map((p) => [p, usageFromTotals(ZERO_TOTALS)]));
+    if (projectIds.length === 0) return out;
+    const { rows } = await this.pool.query<{ project_id: string; count: string; uploading: string; size_bytes: string; stage_bytes: string }>(
+      'SELECT project_id, count, uploading, size_bytes, stage_bytes FROM project_totals WHERE project_id = ANY($1::text[])',
+      [projectIds],
+    );
+    for (const t of rows)
+      out.set(
+        t.project_id,
+        usageFromTotals({ count: Number(t.count), uploading: Number(t.uploading), sizeBytes: Number(t.size_bytes), stageBytes: Number(t.stage_bytes) }),
+      );
+    return out;
+  }
+
   async images(projectId: string): Promise<ImageRecord[]> {
     const { rows } = await this.pool.query<ImageRow>('SELECT * FROM images WHERE project_id = $1 ORDER BY image_id', [projectId]);
     return rows.map(fromRow);

@@ -120,6 +120,13 @@ export interface RedisStoreOptions {
   keyPrefix?: string;
 }
 
+const TOTALS_FIELDS = ['count', 'uploading', 'size', 'stage'] as const;
+
+/** A project's totals hash, read as TOTALS_FIELDS: a project never applied has no hash, every field null, and so zero. */
+function usageOfFields([count, uploading, size, stage]: (string | null)[]): Usage {
+  return usageFromTotals({ count: Number(count ?? 0), uploading: Number(uploading ?? 0), sizeBytes: Number(size ?? 0), stageBytes: Number(stage ?? 0) });
+}
+
 /**
  * The ledger in Redis, shared by any number of consumer processes. A batch is one Lua script
  * (EVALSHA, falling back to EVAL) that runs the ledger's rules on the server, so it is atomic and
@@ -244,9 +251,21 @@ export class RedisStore implements LedgerStore {
   }
 
   async usage(projectId: string): Promise<Usage> {
-    const [count, uploading, size, stage] = await this.redis.hmget(`${this.prefix}totals:${projectId}`, 'count', 'uploading', 'size', 'stage');
-    // A project never applied has no hash: every field is null, and so zero.
-    return usageFromTotals({ count: Number(count ?? 0), uploading: Number(uploading ?? 0), sizeBytes: Number(size ?? 0), stageBytes: Number(stage ?? 0) });
+    return usageOfFields(await this.redis.hmget(`${this.prefix}totals:${projectId}`, ...TOTALS_FIELDS));
+  }
+
+  async usages(projectIds: readonly string[]): Promise<Map<string, Usage>> {
+    // One round trip: a pipeline of HMGETs, each a few fields of one small hash.
+    const pipeline = this.redis.pipeline();
+    for (const p of projectIds) pipeline.hmget(`${this.prefix}totals:${p}`, ...TOTALS_FIELDS);
+    const replies = projectIds.length === 0 ? [] : ((await pipeline.exec()) ?? []);
+    return new Map(
+      projectIds.map((p, i) => {
+        const [error, fields] = replies[i] ?? [new Error('no reply')];
+        if (error) throw error;
+        return [p, usageOfFields(fields as (string | null)[])];
+      }),
+    );
   }
 
   async images(projectId: string): Promise<ImageRecord[]> {

@@ -242,6 +242,9 @@ export class SqliteStore implements LedgerStore {
       totals: db.prepare<[string], { count: number; uploading: number; size_bytes: number; stage_bytes: number }>(
         'SELECT count, uploading, size_bytes, stage_bytes FROM project_totals WHERE project_id = ?',
       ),
+      totalsOf: db.prepare<[string], { project_id: string; count: number; uploading: number; size_bytes: number; stage_bytes: number }>(
+        'SELECT project_id, count, uploading, size_bytes, stage_bytes FROM project_totals WHERE project_id IN (SELECT value FROM json_each(?))',
+      ),
       // Creation order, which the index on project_id already holds (rowid is its last column), so
       // no sort: ORDER BY image_id sorted every read in a temporary B-tree. No caller needs an order
       // (decide sorts what it uses; the port promises none), and MemoryStore's is creation order too.
@@ -460,6 +463,14 @@ export class SqliteStore implements LedgerStore {
   async usage(projectId: string): Promise<Usage> {
     const t = this.stmt.totals.get(projectId);
     return usageFromTotals(t ? { count: t.count, uploading: t.uploading, sizeBytes: t.size_bytes, stageBytes: t.stage_bytes } : ZERO_TOTALS);
+  }
+
+  async usages(projectIds: readonly string[]): Promise<Map<string, Usage>> {
+    const out = new Map<string, Usage>(projectIds.map((p) => [p, usageFromTotals(ZERO_TOTALS)]));
+    if (projectIds.length === 0) return out;
+    for (const t of this.stmt.totalsOf.all(JSON.stringify(projectIds)))
+      out.set(t.project_id, usageFromTotals({ count: t.count, uploading: t.uploading, sizeBytes: t.size_bytes, stageBytes: t.stage_bytes }));
+    return out;
   }
 
   async images(projectId: string): Promise<ImageRecord[]> {

@@ -119,6 +119,27 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       expect(await store.projects()).toEqual(['p2']);
     });
 
+    it("reads a page of projects' usage at once, each as `usage` reads it; a project it never saw is at zero", async () => {
+      const events = Array.from({ length: 30 }, (_, n) =>
+        ev({
+          imageId: `u-${n}`,
+          projectId: `p-${n % 7}`,
+          status: n % 3 ? 'active' : 'uploading',
+          size: n % 3 ? (n + 1) * MiB : null,
+          importing: n === 4 ? 's2' : '',
+        }),
+      );
+      await store.applyEvents(events, 1);
+      await store.applyEvents([ev({ imageId: 'u-0', projectId: 'p-0', status: 'deleted', eventType: 'image.delete', deleted: true, updatedAt: 9 })], 2);
+      const projects = ['p-3', 'never', ...Array.from({ length: 7 }, (_, n) => `p-${n}`)];
+      const got = await store.usages(projects);
+      expect([...got.keys()].sort()).toEqual([...new Set(projects)].sort());
+      for (const p of projects) expect(got.get(p)).toEqual(await store.usage(p));
+      expect(got.get('never')).toEqual({ image_count_total: 0, image_count_uploading: 0, image_size_total: 0, image_stage_total: 0 });
+      expect(got.get('p-1')!.image_count_total).toBeGreaterThan(0);
+      expect(await store.usages([])).toEqual(new Map());
+    });
+
     it('reads the newest live queued images for the count rule, as many as asked', async () => {
       await store.applyEvents(
         [
