@@ -66,6 +66,10 @@ await build({
   outdir: bundles,
   outExtension: { '.js': '.mjs' },
   bundle: true,
+  // The bin's dynamic imports (a command, a store adapter) stay chunks loaded when asked for, as
+  // under dist/: bundled whole, the CLI would load every store's driver and the AWS SDK at start.
+  splitting: true,
+  chunkNames: 'chunks/[name]-[hash]',
   platform: 'node',
   format: 'esm',
   target: 'node22',

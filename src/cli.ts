@@ -1,10 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { actionsCommand } from './commands/actions.js';
-import { consume } from './commands/consume.js';
 import { processIo, type Io } from './commands/output.js';
-import { reconcileCommand } from './commands/reconcile.js';
-import { replay } from './commands/replay.js';
-import { status } from './commands/status.js';
 import { EnforcerError, type ErrorCode } from './errors.js';
 import { printable, scrub } from './redact.js';
 const USAGE = `glance-quota-enforcer: per-project image quotas for OpenStack Glance, enforced from its notifications
@@ -116,19 +111,21 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       case '--version':
         io.stdout(version() + '\n');
         return 0;
+      // Each command is loaded when it is run: a reconcile or a status never loads amqplib, the
+      // AWS SDK or prom-client's collectors, and --help none of them (start-up is a CronJob's cost).
       case 'replay':
-        return await replay(rest, io);
+        return await (await import('./commands/replay.js')).replay(rest, io);
       case 'reconcile':
-        return await reconcileCommand(rest, io);
+        return await (await import('./commands/reconcile.js')).reconcileCommand(rest, io);
       case 'status':
-        return await status(rest, io);
+        return await (await import('./commands/status.js')).status(rest, io);
       case 'actions':
-        return await actionsCommand(rest, io);
+        return await (await import('./commands/actions.js')).actionsCommand(rest, io);
       case 'consume':
-        return await consume(rest);
+        return await (await import('./commands/consume.js')).consume(rest);
       case 'gate':
         return await (await import('./commands/gate.js')).gate(rest);
-      case 'bridge': // loaded on demand: the AWS SDK is for this command only
+      case 'bridge':
         return await (await import('./commands/bridge.js')).bridge(rest);
       default:
         io.stderr(`unknown command '${command}'\n\n${USAGE}\n`);
