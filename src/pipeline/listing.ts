@@ -23,10 +23,11 @@ export async function repair(
 }
 
 /**
- * Reconcile's step for one page of the whole cloud's listing, of any owners: Glance's state
- * written over the records of the page's images (`repairListed`), then the page's images marked
- * as listed by the pass, in that order (a mark lands only on a record the ledger holds). Memory
- * is the page: nothing is kept for the sweep but the marks in the store. Returns how many of the
+ * Reconcile's step for one page of the whole cloud's listing, of any owners: the page's images
+ * marked as listed by the pass, their records read by the same call, Glance's state written over
+ * them (`repairListed`), then the images the ledger did not hold marked once written (a mark lands
+ * only on a record the ledger holds). Memory is the page: nothing is kept for the sweep but the
+ * marks in the store. Returns how many of the
  * page's images count against a project (an image with no owner counts against none) and the
  * corrections by kind.
  */
@@ -39,8 +40,11 @@ export async function applyListingPage(
   const owned = page.filter((image): image is OwnedImage => image.owner !== null);
   const ids = owned.map((image) => image.id);
   const nowMs = ctx.clock();
-  const corrected = await write(ctx, nowMs, repairListed(await ctx.store.recordsOf(ids), owned, { listedAtMs, nowMs, skewMs: ctx.clockSkewMs }));
-  await ctx.store.markListed(ids, passId);
+  const held = await ctx.store.markListed(ids, passId);
+  const corrected = await write(ctx, nowMs, repairListed(held, owned, { listedAtMs, nowMs, skewMs: ctx.clockSkewMs }));
+  const marked = new Set(held.map((r) => r.imageId));
+  const fresh = ids.filter((id) => !marked.has(id));
+  if (fresh.length > 0) await ctx.store.markListed(fresh, passId);
   return { listed: owned.length, corrected };
 }
 

@@ -114,8 +114,9 @@ export class MemoryStore implements LedgerStore {
     return [...new Set(imageIds)].flatMap((id) => this.records.get(id) ?? []);
   }
 
-  async markListed(imageIds: readonly string[], passId: string): Promise<void> {
+  async markListed(imageIds: readonly string[], passId: string): Promise<ImageRecord[]> {
     for (const id of imageIds) if (this.records.has(id)) this.marks.set(id, passId);
+    return this.recordsOf(imageIds);
   }
 
   async unmarkedLive(passId: string, cursor: string, limit: number): Promise<{ records: ImageRecord[]; cursor: string }> {

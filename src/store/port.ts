@@ -110,9 +110,11 @@ export interface LedgerStore {
   /**
    * Reconcile's mark: these images were in the listing of pass `passId`. The mark stays on the
    * record whatever `applyEvents` merges into it later (only the next mark replaces it), and an
-   * id the ledger does not hold is ignored.
+   * id the ledger does not hold is ignored. Returns the records it marked, as `recordsOf` would
+   * (the mark changes no field of them): a page's mark and its read for the comparison are one
+   * statement where the store can (SQLite, PostgreSQL).
    */
-  markListed(imageIds: readonly string[], passId: string): Promise<void>;
+  markListed(imageIds: readonly string[], passId: string): Promise<ImageRecord[]>;
 
   /**
    * The sweep at the end of a listing pass: one page of at most `limit` live records (not

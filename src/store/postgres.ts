@@ -126,6 +126,10 @@ interface ActionRow {
 
 /** The columns of `images` that make a record (`SELECT *` would carry the mark along too). */
 const IMAGE_COLUMNS = 'image_id, project_id, status, size, created_at, updated_at, ts, message_id, importing, protected, deleted';
+/** The same, each named by its table: where a join has an image_id of its own. */
+const IMAGES_COLUMNS = IMAGE_COLUMNS.split(', ')
+  .map((c) => `images.${c}`)
+  .join(', ');
 
 // BIGINT comes back as a string (it may exceed 2^53); every value here was a JS number going in.
 function fromRow(r: ImageRow): ImageRecord {
@@ -462,16 +466,17 @@ export class PostgresStore implements LedgerStore {
    * as a batch upserts them, and a deadlock all the same is retried by transaction(). The mark is
    * a column no batch writes, so either order of the two leaves both effects.
    */
-  async markListed(imageIds: readonly string[], passId: string): Promise<void> {
-    if (imageIds.length === 0) return;
+  async markListed(imageIds: readonly string[], passId: string): Promise<ImageRecord[]> {
+    if (imageIds.length === 0) return [];
     const ids = [...new Set(imageIds)].sort();
-    await this.transaction((client) =>
-      client.query(
+    const { rows } = await this.transaction((client) =>
+      client.query<ImageRow>(
         `UPDATE images SET listed_pass = $1 FROM (SELECT image_id FROM images WHERE image_id = ANY($2::text[]) ORDER BY image_id FOR UPDATE) AS locked
-         WHERE images.image_id = locked.image_id`,
+         WHERE images.image_id = locked.image_id RETURNING ${IMAGES_COLUMNS}`,
         [passId, ids],
       ),
     );
+    return rows.map(fromRow);
   }
 
   async unmarkedLive(passId: string, cursor: string, limit: number): Promise<{ records: ImageRecord[]; cursor: string }> {

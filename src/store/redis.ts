@@ -304,9 +304,11 @@ export class RedisStore implements LedgerStore {
     });
   }
 
-  async markListed(imageIds: readonly string[], passId: string): Promise<void> {
-    // In slices, so that one reconcile page of any size holds Redis for a bounded time.
+  async markListed(imageIds: readonly string[], passId: string): Promise<ImageRecord[]> {
+    // In slices, so that one reconcile page of any size holds Redis for a bounded time; the
+    // records are read beside the mark (the mark is a field of its own, which no read returns).
     for (let i = 0; i < imageIds.length; i += MARK_SLICE) await this.redis.gqeMarkListed(this.prefix, passId, ...imageIds.slice(i, i + MARK_SLICE));
+    return this.recordsOf(imageIds);
   }
 
   async unmarkedLive(passId: string, cursor: string, limit: number): Promise<{ records: ImageRecord[]; cursor: string }> {

@@ -260,7 +260,9 @@ export class SqliteStore implements LedgerStore {
         .prepare<[string, number], string>('SELECT project_id FROM project_totals WHERE project_id > ? AND count > 0 ORDER BY project_id LIMIT ?')
         .pluck(),
       // A batch of ids as one JSON array, as applyEvents reads and writes them.
-      markListed: db.prepare<[string, string]>('UPDATE images SET listed_pass = ? WHERE image_id IN (SELECT value FROM json_each(?))'),
+      markListed: db
+        .prepare<[string, string], ImageRow>(`UPDATE images SET listed_pass = ? WHERE image_id IN (SELECT value FROM json_each(?)) RETURNING ${IMAGE_COLUMNS}`)
+        .raw(),
       unmarkedLive: db
         .prepare<[string, string, number], ImageRow>(
           `SELECT ${IMAGE_COLUMNS} FROM images WHERE image_id > ? AND ${LIVE} AND listed_pass IS NOT ? ORDER BY image_id LIMIT ?`,
@@ -501,10 +503,11 @@ export class SqliteStore implements LedgerStore {
     return this.stmt.imagesOf.all(JSON.stringify(ids)).map((row) => fromRow(row, ids[row[11]]!));
   }
 
-  async markListed(imageIds: readonly string[], passId: string): Promise<void> {
-    if (imageIds.length === 0) return;
-    this.stmt.markListed.run(passId, JSON.stringify(imageIds));
+  async markListed(imageIds: readonly string[], passId: string): Promise<ImageRecord[]> {
+    if (imageIds.length === 0) return [];
+    const marked = this.stmt.markListed.all(passId, JSON.stringify(imageIds)).map((row) => fromRow(row));
     this.wrote();
+    return marked;
   }
 
   async unmarkedLive(passId: string, cursor: string, limit: number): Promise<{ records: ImageRecord[]; cursor: string }> {

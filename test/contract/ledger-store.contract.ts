@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { ImageRecord } from '../../src/ledger/record.js';
 import { usageFromTotals, usageOf } from '../../src/ledger/usage.js';
 import { parseNotification, type ImageEvent } from '../../src/notification/parse.js';
 import { StoreDataError } from '../../src/errors.js';
@@ -568,7 +569,12 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       const ids = live.map((e) => e.imageId);
       expect(await sweep('pass-1', 5)).toEqual(ids);
       // Marked by pass-1 (and an id the ledger does not hold, ignored): the rest is what pass-1 missed.
-      await store.markListed([...ids.slice(0, 20), 'never-heard-of'], 'pass-1');
+      // The mark returns the records it marked, as recordsOf reads them.
+      const marked = await store.markListed([...ids.slice(0, 20), 'never-heard-of'], 'pass-1');
+      const byId = (rs: ImageRecord[]) => [...rs].sort((x, y) => (x.imageId < y.imageId ? -1 : 1));
+      expect(byId(marked)).toEqual(byId(await store.recordsOf(ids.slice(0, 20))));
+      expect(marked).toHaveLength(20);
+      expect(await store.markListed([], 'pass-1')).toEqual([]);
       expect(await sweep('pass-1', 2)).toEqual(ids.slice(20));
       expect(await sweep('pass-1', 1000)).toEqual(ids.slice(20));
       // A later pass's mark replaces an earlier one: to pass-2 every record is unmarked again.
