@@ -83,7 +83,7 @@ export const EnvSchema = z.object({
     .default(64 * 1024 * 1024)
     .meta({
       description:
-        'Largest Glance answer read, in bytes. Listings are read as a stream that keeps only the fields the rule needs (memory does not grow with this: skipped values are never held), pages aim at 4 MiB, and a page over this is asked again with fewer images, down to one image, which is read whatever its size (no tenant can make its images unlistable; the per-call timeout still bounds it). An honest image is 1-3 KiB; on MySQL a property value holds at most 64 KiB, so an image at most about 8 MiB (128 properties, `image_property_quota`); on PostgreSQL or SQLite Glance accepts MBs per property.',
+        'Largest Glance answer read, in bytes. A page up to 8 MiB (or half this, if less) is parsed whole; past that, and after a page of fat images, a listing is read as a stream that keeps only the fields the rule needs (memory does not grow with this: skipped values are never held). Pages aim at 4 MiB, and a page over this is asked again with fewer images, down to one image, which is read whatever its size (no tenant can make its images unlistable; the per-call timeout still bounds it). An honest image is 1-3 KiB; on MySQL a property value holds at most 64 KiB, so an image at most about 8 MiB (128 properties, `image_property_quota`); on PostgreSQL or SQLite Glance accepts MBs per property.',
     }),
   CLOCK_SKEW_SECONDS: z.coerce.number().int().nonnegative().max(86_400).default(300).meta({
     description:
