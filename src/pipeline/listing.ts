@@ -24,9 +24,9 @@ export async function repair(
 
 /**
  * Reconcile's step for one page of the whole cloud's listing, of any owners: the page's images
- * marked as listed by the pass, their records read by the same call, Glance's state written over
- * them (`repairListed`), then the images the ledger did not hold marked once written (a mark lands
- * only on a record the ledger holds). Memory is the page: nothing is kept for the sweep but the
+ * marked as listed by the pass, their records read by the same call, then Glance's state written
+ * over them (`repairListed`), what it writes marked by the same write: an image the ledger did not
+ * hold is marked as it is written. Memory is the page: nothing is kept for the sweep but the
  * marks in the store. Returns how many of the
  * page's images count against a project (an image with no owner counts against none) and the
  * corrections by kind.
@@ -41,10 +41,7 @@ export async function applyListingPage(
   const ids = owned.map((image) => image.id);
   const nowMs = ctx.clock();
   const held = await ctx.store.markListed(ids, passId);
-  const corrected = await write(ctx, nowMs, repairListed(held, owned, { listedAtMs, nowMs, skewMs: ctx.clockSkewMs }));
-  const marked = new Set(held.map((r) => r.imageId));
-  const fresh = ids.filter((id) => !marked.has(id));
-  if (fresh.length > 0) await ctx.store.markListed(fresh, passId);
+  const corrected = await write(ctx, nowMs, repairListed(held, owned, { listedAtMs, nowMs, skewMs: ctx.clockSkewMs }), passId);
   return { listed: owned.length, corrected };
 }
 
@@ -69,11 +66,17 @@ export async function sweepPage(
 /**
  * A repair written over the ledger (Glance's word: `overwrite`), the committed totals of the
  * projects it touched forgotten; its corrections counted, logged once (a project's listing, or a
- * page of the whole cloud's) and handed to the metrics by project.
+ * page of the whole cloud's) and handed to the metrics by project. `listedBy`: a pass's page, whose
+ * writes carry the pass's mark.
  */
-async function write(ctx: PipelineContext, nowMs: number, { events, corrections }: Repair): Promise<Partial<Record<CorrectionKind, number>>> {
+async function write(
+  ctx: PipelineContext,
+  nowMs: number,
+  { events, corrections }: Repair,
+  listedBy?: string,
+): Promise<Partial<Record<CorrectionKind, number>>> {
   for (const p of new Set(events.map((e) => e.projectId))) ctx.committed.forget(p);
-  if (events.length > 0) await ctx.store.applyEvents(events, nowMs, { overwrite: true });
+  if (events.length > 0) await ctx.store.applyEvents(events, nowMs, { overwrite: true, ...(listedBy === undefined ? {} : { listedBy }) });
   const counts = countCorrections(corrections);
   if (corrections.length === 0) return counts;
   const byProject = new Map<string, Correction[]>();

@@ -76,6 +76,7 @@ export class MemoryStore implements LedgerStore {
       if (isRemovable(r)) idsOf(this.removableByProject, r.projectId).add(r.imageId);
     }
     for (const [project, t] of totals) this.totals.set(project, t);
+    if (options.listedBy !== undefined) for (const id of staged.keys()) this.marks.set(id, options.listedBy);
     return { ...result, totals: new Map(totals) };
   }
 

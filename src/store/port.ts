@@ -38,6 +38,11 @@ export interface ApplyOptions {
    * forged sticky tombstone can outlive the next look at Glance. Implies no dedupe.
    */
   overwrite?: boolean;
+  /**
+   * A reconcile pass's id: each record the batch writes is marked as listed by that pass
+   * (`markListed`) in the same write, instead of a second write after it.
+   */
+  listedBy?: string;
 }
 
 /** What `reserveCreate` saw and did: the count and the open reservations before this one. */

@@ -335,12 +335,14 @@ export class PostgresStore implements LedgerStore {
         const records = [...staged.values()].sort((a, b) => (a.imageId < b.imageId ? -1 : 1));
         const column = <K extends keyof ImageRecord>(k: K) => records.map((r) => r[k]);
         await client.query(
-          `INSERT INTO images (image_id, project_id, status, size, created_at, updated_at, ts, message_id, importing, protected, deleted)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
-                                $8::text[], $9::text[], $10::boolean[], $11::boolean[])
+          // listed_pass: a reconcile's mark given with the write (ApplyOptions.listedBy), else the mark the record had.
+          `INSERT INTO images (image_id, project_id, status, size, created_at, updated_at, ts, message_id, importing, protected, deleted, listed_pass)
+           SELECT t.*, $12::text FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
+                                $8::text[], $9::text[], $10::boolean[], $11::boolean[]) AS t
            ON CONFLICT (image_id) DO UPDATE SET project_id = excluded.project_id, status = excluded.status, size = excluded.size,
              created_at = excluded.created_at, updated_at = excluded.updated_at, ts = excluded.ts, message_id = excluded.message_id,
-             importing = excluded.importing, protected = excluded.protected, deleted = excluded.deleted`,
+             importing = excluded.importing, protected = excluded.protected, deleted = excluded.deleted,
+             listed_pass = coalesce(excluded.listed_pass, images.listed_pass)`,
           [
             column('imageId'),
             column('projectId'),
@@ -353,6 +355,7 @@ export class PostgresStore implements LedgerStore {
             column('importing'),
             column('protected'),
             column('deleted'),
+            options.listedBy ?? null,
           ],
         );
       }

@@ -247,6 +247,13 @@ export class RedisStore implements LedgerStore {
       if (rest[at] !== '')
         totals.set(p, { count: Number(rest[at]), uploading: Number(rest[at + 1]), sizeBytes: Number(rest[at + 2]), stageBytes: Number(rest[at + 3]) });
     });
+    // The mark after the batch, not in its script: only a reconcile's own writes carry one, and a
+    // record written meanwhile is the pass's all the same (its listing showed it).
+    if (options.listedBy !== undefined)
+      await this.markListedOnly(
+        events.map((e) => e.imageId),
+        options.listedBy,
+      );
     return { outcomes, projects: projects.sort(), totals };
   }
 
@@ -305,10 +312,14 @@ export class RedisStore implements LedgerStore {
   }
 
   async markListed(imageIds: readonly string[], passId: string): Promise<ImageRecord[]> {
-    // In slices, so that one reconcile page of any size holds Redis for a bounded time; the
-    // records are read beside the mark (the mark is a field of its own, which no read returns).
-    for (let i = 0; i < imageIds.length; i += MARK_SLICE) await this.redis.gqeMarkListed(this.prefix, passId, ...imageIds.slice(i, i + MARK_SLICE));
+    // The records are read beside the mark (the mark is a field of its own, which no read returns).
+    await this.markListedOnly(imageIds, passId);
     return this.recordsOf(imageIds);
+  }
+
+  /** In slices, so that one reconcile page of any size holds Redis for a bounded time. */
+  private async markListedOnly(imageIds: readonly string[], passId: string): Promise<void> {
+    for (let i = 0; i < imageIds.length; i += MARK_SLICE) await this.redis.gqeMarkListed(this.prefix, passId, ...imageIds.slice(i, i + MARK_SLICE));
   }
 
   async unmarkedLive(passId: string, cursor: string, limit: number): Promise<{ records: ImageRecord[]; cursor: string }> {

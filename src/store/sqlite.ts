@@ -190,7 +190,9 @@ export class SqliteStore implements LedgerStore {
   readonly description: string;
   private readonly db: Database.Database;
   private readonly stmt;
-  private readonly applyBatch: Database.Transaction<(events: readonly ImageEvent[], nowMs: number, dedupe: boolean, overwrite: boolean) => ApplyResult>;
+  private readonly applyBatch: Database.Transaction<
+    (events: readonly ImageEvent[], nowMs: number, dedupe: boolean, overwrite: boolean, listedBy: string | null) => ApplyResult
+  >;
   /** A file's checkpointer, started by the first write; undefined for ':memory:' or after it failed. */
   private checkpointer: Worker | undefined;
   private checkpointerFailed: boolean;
@@ -222,12 +224,14 @@ export class SqliteStore implements LedgerStore {
       seenInLegacyDedupe: db.prepare<[string], number>('SELECT j.key FROM json_each(?) AS j JOIN processed_messages AS m ON m.message_id = j.value').pluck(),
       legacyDedupeHoldsAny: db.prepare<[], number>('SELECT EXISTS (SELECT 1 FROM processed_messages)').pluck(),
       imagesOf: db.prepare<[string], KeyedImageRow>(`SELECT ${IMAGE_COLUMNS}, j.key FROM json_each(?) AS j JOIN images ON images.image_id = j.value`).raw(),
-      put: db.prepare<[string, string, string, number | null, number, number, number, string, string, number, number]>(
-        `INSERT INTO images (image_id, project_id, status, size, created_at, updated_at, ts, message_id, importing, protected, deleted)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+      // listed_pass: a reconcile's mark given with the write (ApplyOptions.listedBy), else the mark the record had.
+      put: db.prepare<[string, string, string, number | null, number, number, number, string, string, number, number, string | null]>(
+        `INSERT INTO images (image_id, project_id, status, size, created_at, updated_at, ts, message_id, importing, protected, deleted, listed_pass)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (image_id) DO UPDATE SET project_id = excluded.project_id, status = excluded.status, size = excluded.size,
            created_at = excluded.created_at, updated_at = excluded.updated_at, ts = excluded.ts, message_id = excluded.message_id,
-           importing = excluded.importing, protected = excluded.protected, deleted = excluded.deleted`,
+           importing = excluded.importing, protected = excluded.protected, deleted = excluded.deleted,
+           listed_pass = coalesce(excluded.listed_pass, images.listed_pass)`,
       ),
       // RETURNING the new totals: SQLite turns an integer sum past 2^63 into an inexact REAL
       // without a word, and JS reads integers exactly only up to 2^53, so the batch checks them.
@@ -283,8 +287,8 @@ export class SqliteStore implements LedgerStore {
       setState: db.prepare<[string, string]>('INSERT INTO enforcer_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
     };
     this.legacyDedupeHoldsIds = this.stmt.legacyDedupeHoldsAny.get() === 1;
-    this.applyBatch = db.transaction((events: readonly ImageEvent[], nowMs: number, dedupe: boolean, overwrite: boolean) =>
-      this.applyInTransaction(events, nowMs, dedupe, overwrite),
+    this.applyBatch = db.transaction((events: readonly ImageEvent[], nowMs: number, dedupe: boolean, overwrite: boolean, listedBy: string | null) =>
+      this.applyInTransaction(events, nowMs, dedupe, overwrite, listedBy),
     );
     const reservation = {
       forgetExpired: db.prepare<[string, number]>('DELETE FROM admission_reservations WHERE project_id = ? AND expires_at <= ?'),
@@ -351,7 +355,7 @@ export class SqliteStore implements LedgerStore {
     if (events.length === 0) return { outcomes: [], projects: [] };
     assertStorable(events);
     const overwrite = options.overwrite ?? false;
-    const result = this.applyBatch.immediate(events, nowMs, !overwrite && (options.dedupe ?? true), overwrite);
+    const result = this.applyBatch.immediate(events, nowMs, !overwrite && (options.dedupe ?? true), overwrite, options.listedBy ?? null);
     this.wrote();
     return result;
   }
@@ -402,7 +406,7 @@ export class SqliteStore implements LedgerStore {
    * then write each changed image once and the new message ids in one statement. Per-event
    * statements made four native calls per event, half of SQLite's ingest time (bench/README.md).
    */
-  private applyInTransaction(events: readonly ImageEvent[], nowMs: number, dedupe: boolean, overwrite: boolean): ApplyResult {
+  private applyInTransaction(events: readonly ImageEvent[], nowMs: number, dedupe: boolean, overwrite: boolean, listedBy: string | null): ApplyResult {
     const seen = new Set<string>();
     if (dedupe) {
       const keys = events.map(messageKey);
@@ -450,6 +454,7 @@ export class SqliteStore implements LedgerStore {
         r.importing,
         r.protected ? 1 : 0,
         r.deleted ? 1 : 0,
+        listedBy,
       );
     }
     const totals = new Map<string, UsageTotals>();

@@ -582,6 +582,23 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       expect(await store.recordsOf(['never-heard-of'])).toEqual([]);
     });
 
+    it("marks what a batch writes with the pass it is given (listedBy), and keeps other records' marks", async () => {
+      await store.applyEvents([ev({ imageId: 'a', status: 'queued', updatedAt: 100 }), ev({ imageId: 'b', status: 'queued', updatedAt: 100 })], 1);
+      await store.markListed(['b'], 'pass-1');
+      // Glance's word over 'a' and a new 'c', both listed by pass-1; 'b' written after, with no pass.
+      await store.applyEvents([ev({ imageId: 'a', status: 'active', size: MiB, updatedAt: 200 }), ev({ imageId: 'c', status: 'queued', updatedAt: 200 })], 2, {
+        overwrite: true,
+        listedBy: 'pass-1',
+      });
+      await store.applyEvents([ev({ imageId: 'b', status: 'saving', updatedAt: 200 })], 2, { overwrite: true });
+      expect((await store.unmarkedLive('pass-1', '', 10)).records).toEqual([]);
+      expect((await store.unmarkedLive('pass-2', '', 10)).records.map((r) => r.imageId)).toEqual(['a', 'b', 'c']);
+      expect((await store.recordsOf(['a']))[0]).toMatchObject({ status: 'active', updatedAt: 200 });
+      // A later pass's write replaces the mark.
+      await store.applyEvents([ev({ imageId: 'c', status: 'queued', updatedAt: 300 })], 3, { overwrite: true, listedBy: 'pass-2' });
+      expect((await store.unmarkedLive('pass-1', '', 10)).records.map((r) => r.imageId)).toEqual(['c']);
+    });
+
     it('keeps a mark through later notifications, and drops nothing else with it', async () => {
       await store.applyEvents([ev({ imageId: 'a', status: 'queued', updatedAt: 100 }), ev({ imageId: 'b', status: 'queued', updatedAt: 100 })], 1);
       await store.markListed(['a', 'b'], 'pass-1');
