@@ -25,7 +25,8 @@ const freshPath = () => join(dir, `ledger-${++n}.db`);
 
 /** Takes a file back to schema version 6, as an enforcer from before issue 22 left it. */
 function backToSchema6(db: Database.Database): void {
-  db.exec(`DROP INDEX images_by_creation;
+  db.exec(`CREATE INDEX images_by_project ON images (project_id);
+           DROP INDEX images_by_creation;
            ALTER TABLE images DROP COLUMN listed_pass;
            DROP TABLE leases;
            PRAGMA user_version = 6;`);
@@ -125,6 +126,9 @@ describe('sqlite: a file on disk', () => {
     const check = new Database(path);
     const plan = (sql: string) => (check.prepare(`EXPLAIN QUERY PLAN ${sql}`).all() as { detail: string }[]).map((r) => r.detail).join('; ');
     expect(plan(`SELECT * FROM images WHERE project_id = 'p1' AND created_at >= 100`)).toContain('images_by_creation');
+    // Schema 9: the index on project_id alone is gone; a project's records are read through the window's.
+    expect(plan(`SELECT * FROM images WHERE project_id = 'p1'`)).toContain('images_by_creation (project_id=?)');
+    expect(check.prepare(`SELECT count(*) AS n FROM sqlite_master WHERE name = 'images_by_project'`).get()).toEqual({ n: 0 });
     const sweep = plan(`SELECT * FROM images WHERE image_id > '' AND listed_pass IS NOT 'x' ORDER BY image_id LIMIT 5`);
     expect(sweep).toContain('sqlite_autoindex_images_1 (image_id>?)');
     expect(sweep).not.toContain('TEMP B-TREE');
