@@ -24,12 +24,11 @@ export async function repair(
 
 /**
  * Reconcile's step for one page of the whole cloud's listing, of any owners: the page's images
- * marked as listed by the pass, their records read by the same call, then Glance's state written
- * over them (`repairListed`), what it writes marked by the same write: an image the ledger did not
- * hold is marked as it is written. Memory is the page: nothing is kept for the sweep but the
- * marks in the store. Returns how many of the
- * page's images count against a project (an image with no owner counts against none) and the
- * corrections by kind.
+ * are marked as listed by the pass and their records read in one call, then Glance's state is
+ * written over them (`repairListed`) carrying the same mark, so an image the ledger did not hold
+ * is marked as it is written. Memory is the page: nothing is kept for the sweep but the marks in
+ * the store. Returns how many of the page's images count against a project (an image with no
+ * owner counts against none) and the corrections by kind.
  */
 export async function applyListingPage(
   ctx: PipelineContext,

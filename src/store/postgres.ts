@@ -72,8 +72,8 @@ const MIGRATIONS: readonly string[] = [
    CREATE INDEX admission_reservations_by_project ON admission_reservations (project_id, expires_at);
    CREATE INDEX admission_reservations_by_expiry ON admission_reservations (expires_at);`,
   // Issue 22. The rate rule's window, read by creation time instead of the project's history;
-  // and reconcile's mark, the last pass that listed the image: a column the upsert of applyEvents
-  // does not name, so merges and overwrites keep it. No index holds the mark or serves the sweep,
+  // and reconcile's mark, the last pass that listed the image: the upsert of applyEvents keeps it
+  // through merges and overwrites, unless the batch carries a pass's mark (listedBy). No index holds the mark or serves the sweep,
   // which walks the primary key: an index would not be cheaper per pass (bench/README.md, "Why
   // the code is as it is"), and one kept out of the mark's way leaves its updates HOT.
   `CREATE INDEX images_by_creation ON images (project_id, created_at);
@@ -466,8 +466,8 @@ export class PostgresStore implements LedgerStore {
 
   /**
    * Row locks only, on rows applyEvents may be upserting in the same moment: the ids go in sorted,
-   * as a batch upserts them, and a deadlock all the same is retried by transaction(). The mark is
-   * a column no batch writes, so either order of the two leaves both effects.
+   * as a batch upserts them, and a deadlock all the same is retried by transaction(). A batch
+   * keeps the mark (or sets its own pass's, listedBy), so either order of the two leaves both effects.
    */
   async markListed(imageIds: readonly string[], passId: string): Promise<ImageRecord[]> {
     if (imageIds.length === 0) return [];

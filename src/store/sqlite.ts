@@ -82,8 +82,8 @@ const MIGRATIONS: readonly string[] = [
    CREATE INDEX admission_reservations_by_project ON admission_reservations (project_id, expires_at);
    CREATE INDEX admission_reservations_by_expiry ON admission_reservations (expires_at);`,
   // Issue 22. The rate rule's window, read by creation time instead of the project's history;
-  // and reconcile's mark, the last pass that listed the image: a column the upsert of applyEvents
-  // does not name, so merges and overwrites keep it. No index holds the mark: the sweep walks the
+  // and reconcile's mark, the last pass that listed the image: the upsert of applyEvents keeps it
+  // through merges and overwrites, unless the batch carries a pass's mark (listedBy). No index holds the mark: the sweep walks the
   // primary key and reads each row, which costs less per pass than keeping an index in step with
   // a mark on every listed image (bench/README.md, "Why the code is as it is").
   `CREATE INDEX images_by_creation ON images (project_id, created_at);
