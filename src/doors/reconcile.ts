@@ -417,6 +417,11 @@ export async function* readAhead<T>(source: AsyncIterable<T>, more: () => boolea
       next = more() ? it.next() : undefined;
       // Handled when its turn comes; until then, not an unhandled rejection.
       next?.catch(() => {});
+      // it.next() only starts the next item: the request it makes is written to its socket on a
+      // later tick of the event loop, which a consumer that never waits on I/O (the ledger's
+      // writes are synchronous) holds back until it is done with this item. One turn of the loop
+      // here sends it, so that Glance serves the next page while this one is written.
+      if (next) await new Promise<void>((resolve) => setImmediate(resolve));
       yield item.value;
     }
   } finally {

@@ -30,6 +30,30 @@ describe('readAhead (the reconcile asks for the next Glance page while it writes
     expect(log).toEqual(['ask 1', 'ask 2', 'work 1 starts', 'work 1 ends', 'ask 3', 'work 2 starts', 'work 2 ends', 'closed', 'work 3 starts', 'work 3 ends']);
   });
 
+  it("sends the next page's request while a consumer that never waits on I/O works on this one", async () => {
+    // As node:http does: the request goes out on a tick (process.nextTick), which waits for the
+    // promise jobs before it; the ledger's writes are synchronous, so the reconcile's work on a page
+    // is one long chain of promise jobs.
+    const sent: number[] = [];
+    const source = (async function* () {
+      for (let k = 1; k <= 3; k++) {
+        process.nextTick(() => sent.push(k));
+        await new Promise((resolve) => setTimeout(resolve, 1));
+        yield k;
+      }
+    })();
+    const sentBeforeDone: number[][] = [];
+    for await (const page of readAhead(source, () => true)) {
+      for (let step = 0; step < 100; step++) await Promise.resolve(page);
+      sentBeforeDone.push([...sent]);
+    }
+    expect(sentBeforeDone).toEqual([
+      [1, 2],
+      [1, 2, 3],
+      [1, 2, 3],
+    ]);
+  });
+
   it('once told no more, asks for nothing more, and hands out the page already asked for', async () => {
     const log: string[] = [];
     let more = true;
