@@ -251,8 +251,14 @@ describe('the scheduled reconcile', () => {
   it('fails the run and keeps the pass where it was when Glance does not answer', async () => {
     const { glance, store } = cloud();
     glance.pageSize = 2;
-    const services = servicesOver({ store, glance, limits });
-    await reconcile(services.pipeline, { budgetMs: 1 });
+    // Each page takes 100 ms of the test clock, so the first run stops within the listing: on the
+    // wall clock, a fast machine listed every page within the 1 ms budget.
+    const clock = { now: 0 };
+    glance.onList = () => {
+      clock.now += 100;
+    };
+    const services = servicesOver({ store, glance, limits, clock: () => clock.now });
+    expect(await reconcile(services.pipeline, { budgetMs: 1 })).toMatchObject({ phase: 'list', complete: false });
     const kept = await store.getState(RECONCILE_PASS);
     glance.failing.add('*');
     await expect(reconcileHandler(async () => services)(scheduledEvent)).rejects.toThrow(/Glance .* did not answer/);
