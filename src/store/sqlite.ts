@@ -101,6 +101,73 @@ const MIGRATIONS: readonly string[] = [
   `DROP INDEX images_by_project;`,
 ];
 
+/**
+ * Rows written by one statement of applyEvents, at most: a batch's images, then its projects'
+ * totals, go PUT_ROWS to a statement (12 parameters an image, far under SQLite's 32766). One native
+ * call and its bindings a row were a third of a reconcile's first pass, which writes every image
+ * of the cloud (bench/README.md).
+ */
+const PUT_ROWS = 64;
+
+/**
+ * A statement of `rows` rows, prepared the first time a batch needs that many: at most PUT_ROWS
+ * of them, each once for the life of the store.
+ */
+class StatementsByRows<R = unknown> {
+  private readonly prepared = new Map<number, Database.Statement<unknown[], R>>();
+  constructor(private readonly prepare: (rows: number) => Database.Statement<unknown[], R>) {}
+
+  /** `items` in statements of up to PUT_ROWS rows, each row's parameters from `push`. */
+  *of<T>(items: readonly T[], push: (params: unknown[], item: T) => void): Generator<[Database.Statement<unknown[], R>, unknown[]]> {
+    for (let at = 0; at < items.length; at += PUT_ROWS) {
+      const rows = Math.min(PUT_ROWS, items.length - at);
+      const statement = this.prepared.get(rows) ?? this.prepare(rows);
+      this.prepared.set(rows, statement);
+      const params: unknown[] = [];
+      for (let i = at; i < at + rows; i++) push(params, items[i]!);
+      yield [statement, params];
+    }
+  }
+}
+
+const valuesOf = (rows: number, columns: number) => Array.from({ length: rows }, () => `(${Array(columns).fill('?').join(', ')})`).join(', ');
+
+/**
+ * The upsert of images. listed_pass: a reconcile's mark given with the write
+ * (ApplyOptions.listedBy), else the mark the record had.
+ */
+const putImages = (db: Database.Database) =>
+  new StatementsByRows((rows) =>
+    db.prepare(
+      `INSERT INTO images (image_id, project_id, status, size, created_at, updated_at, ts, message_id, importing, protected, deleted, listed_pass)
+       VALUES ${valuesOf(rows, 12)}
+       ON CONFLICT (image_id) DO UPDATE SET project_id = excluded.project_id, status = excluded.status, size = excluded.size,
+         created_at = excluded.created_at, updated_at = excluded.updated_at, ts = excluded.ts, message_id = excluded.message_id,
+         importing = excluded.importing, protected = excluded.protected, deleted = excluded.deleted,
+         listed_pass = coalesce(excluded.listed_pass, images.listed_pass)`,
+    ),
+  );
+
+type TotalsRow = [projectId: string, count: number, uploading: number, sizeBytes: number, stageBytes: number];
+
+/**
+ * Projects' totals moved by their deltas, RETURNING the new totals (by project id): SQLite turns
+ * an integer sum past 2^63 into an inexact REAL without a word, and JS reads integers exactly only
+ * up to 2^53, so the batch checks them.
+ */
+const addTotals = (db: Database.Database) =>
+  new StatementsByRows((rows) =>
+    db
+      .prepare<unknown[], TotalsRow>(
+        `INSERT INTO project_totals (project_id, count, uploading, size_bytes, stage_bytes)
+         VALUES ${valuesOf(rows, 5)}
+         ON CONFLICT (project_id) DO UPDATE SET count = count + excluded.count, uploading = uploading + excluded.uploading,
+           size_bytes = size_bytes + excluded.size_bytes, stage_bytes = stage_bytes + excluded.stage_bytes
+         RETURNING project_id, count, uploading, size_bytes, stage_bytes`,
+      )
+      .raw(),
+  );
+
 interface ActionRow {
   at_ms: number;
   project_id: string;
@@ -228,25 +295,8 @@ export class SqliteStore implements LedgerStore {
       seenInLegacyDedupe: db.prepare<[string], number>('SELECT j.key FROM json_each(?) AS j JOIN processed_messages AS m ON m.message_id = j.value').pluck(),
       legacyDedupeHoldsAny: db.prepare<[], number>('SELECT EXISTS (SELECT 1 FROM processed_messages)').pluck(),
       imagesOf: db.prepare<[string], KeyedImageRow>(`SELECT ${IMAGE_COLUMNS}, j.key FROM json_each(?) AS j JOIN images ON images.image_id = j.value`).raw(),
-      // listed_pass: a reconcile's mark given with the write (ApplyOptions.listedBy), else the mark the record had.
-      put: db.prepare<[string, string, string, number | null, number, number, number, string, string, number, number, string | null]>(
-        `INSERT INTO images (image_id, project_id, status, size, created_at, updated_at, ts, message_id, importing, protected, deleted, listed_pass)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (image_id) DO UPDATE SET project_id = excluded.project_id, status = excluded.status, size = excluded.size,
-           created_at = excluded.created_at, updated_at = excluded.updated_at, ts = excluded.ts, message_id = excluded.message_id,
-           importing = excluded.importing, protected = excluded.protected, deleted = excluded.deleted,
-           listed_pass = coalesce(excluded.listed_pass, images.listed_pass)`,
-      ),
-      // RETURNING the new totals: SQLite turns an integer sum past 2^63 into an inexact REAL
-      // without a word, and JS reads integers exactly only up to 2^53, so the batch checks them.
-      addTotals: db
-        .prepare<[string, number, number, number, number], number[]>(
-          `INSERT INTO project_totals (project_id, count, uploading, size_bytes, stage_bytes) VALUES (?, ?, ?, ?, ?)
-           ON CONFLICT (project_id) DO UPDATE SET count = count + excluded.count, uploading = uploading + excluded.uploading,
-             size_bytes = size_bytes + excluded.size_bytes, stage_bytes = stage_bytes + excluded.stage_bytes
-           RETURNING count, uploading, size_bytes, stage_bytes`,
-        )
-        .raw(),
+      put: putImages(db),
+      addTotals: addTotals(db),
       totals: db.prepare<[string], { count: number; uploading: number; size_bytes: number; stage_bytes: number }>(
         'SELECT count, uploading, size_bytes, stage_bytes FROM project_totals WHERE project_id = ?',
       ),
@@ -445,8 +495,8 @@ export class SqliteStore implements LedgerStore {
     };
     const { deltas, ...result } = applyEventsTo(tx, events, nowMs, dedupe, overwrite);
     for (const [at, keys] of newlySeen) this.stmt.markSeen.run(at, JSON.stringify(keys));
-    for (const r of changed.values()) {
-      this.stmt.put.run(
+    for (const [statement, params] of this.stmt.put.of([...changed.values()], (params, r) =>
+      params.push(
         r.imageId,
         r.projectId,
         r.status,
@@ -459,14 +509,18 @@ export class SqliteStore implements LedgerStore {
         r.protected ? 1 : 0,
         r.deleted ? 1 : 0,
         listedBy,
-      );
-    }
+      ),
+    ))
+      statement.run(params);
     const totals = new Map<string, UsageTotals>();
-    for (const [p, d] of deltas) {
-      const t = this.stmt.addTotals.get(p, d.count, d.uploading, d.sizeBytes, d.stageBytes)!;
-      // Thrown inside the transaction, so the whole batch rolls back.
-      for (const v of t) if (!Number.isSafeInteger(v)) throw totalsOverflow(p, v);
-      totals.set(p, { count: t[0]!, uploading: t[1]!, sizeBytes: t[2]!, stageBytes: t[3]! });
+    for (const [statement, params] of this.stmt.addTotals.of([...deltas], (params, [p, d]) =>
+      params.push(p, d.count, d.uploading, d.sizeBytes, d.stageBytes),
+    )) {
+      for (const [p, ...t] of statement.all(params)) {
+        // Thrown inside the transaction, so the whole batch rolls back.
+        for (const v of t) if (!Number.isSafeInteger(v)) throw totalsOverflow(p, v);
+        totals.set(p, { count: t[0], uploading: t[1], sizeBytes: t[2], stageBytes: t[3] });
+      }
     }
     return { ...result, totals };
   }

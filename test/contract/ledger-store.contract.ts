@@ -582,6 +582,34 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
       expect(await store.recordsOf(['never-heard-of'])).toEqual([]);
     });
 
+    it.each([1, 63, 64, 65, 200])('writes a batch of %i images exactly, new and held, over as many projects: records, marks and totals', async (n) => {
+      const id = (i: number) => `img-${i}`;
+      // Half the images held already, in other projects than the batch gives them (an owner change).
+      const held = Array.from({ length: Math.ceil(n / 2) }, (_, i) => ev({ imageId: id(i), projectId: `q${i}`, status: 'active', size: i + 1, updatedAt: 10 }));
+      await store.applyEvents(held, 1);
+      const batch = Array.from({ length: n }, (_, i) =>
+        ev({
+          imageId: id(i),
+          projectId: `p${i}`,
+          status: i % 3 === 0 ? 'queued' : 'saving',
+          size: i % 3 === 0 ? null : 2 * i + 1,
+          createdAt: i,
+          updatedAt: 20 + i,
+        }),
+      );
+      const result = await store.applyEvents(batch, 2, { overwrite: true, listedBy: 'pass-1' });
+      expect(result.outcomes).toEqual(batch.map(() => 'applied'));
+      const want = batch.map(({ eventType: _, ...record }) => record);
+      expect((await store.recordsOf(batch.map((e) => e.imageId))).sort((a, b) => a.imageId.localeCompare(b.imageId))).toEqual(
+        want.sort((a, b) => a.imageId.localeCompare(b.imageId)),
+      );
+      expect((await store.unmarkedLive('pass-1', '', n + 10)).records).toEqual([]);
+      const projects = [...batch.map((e) => e.projectId), ...held.map((e) => e.projectId)];
+      for (const p of projects) expect(await store.usage(p), p).toEqual(usageOf(await store.images(p)));
+      for (const [p, totals] of result.totals ?? []) expect(usageFromTotals(totals), p).toEqual(await store.usage(p));
+      expect(await store.projects()).toEqual(batch.map((e) => e.projectId).sort());
+    });
+
     it("marks what a batch writes with the pass it is given (listedBy), and keeps other records' marks", async () => {
       await store.applyEvents([ev({ imageId: 'a', status: 'queued', updatedAt: 100 }), ev({ imageId: 'b', status: 'queued', updatedAt: 100 })], 1);
       await store.markListed(['b'], 'pass-1');
