@@ -123,6 +123,9 @@ export const OsloTimestamp = z.string().refine((v) => osloTimestampMicrosOnce(v)
 const ISO_SECONDS = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(?:Z|[+-]00:?00)?$/;
 
 export function isoSeconds(value: string): number | undefined {
+  // Glance's own form, read digit by digit: a reconcile pass reads two a listed image, and the
+  // pattern was a tenth of the CPU of a first pass over a cloud (bench/README.md).
+  if (value.length === 20 && value.charCodeAt(19) === 90 /* Z */) return glanceSeconds(value);
   const m = ISO_SECONDS.exec(value);
   if (!m) return undefined;
   // Every zone the pattern admits is UTC; a zone-less value is UTC in Glance (it serialises naive
@@ -130,6 +133,32 @@ export function isoSeconds(value: string): number | undefined {
   const [, y, mo, d, h, mi, s] = m;
   const ms = calendarMs(Number(y), Number(mo), Number(d), Number(h), Number(mi), Number(s));
   return ms === undefined ? undefined : ms / 1000;
+}
+
+/** "YYYY-MM-DDTHH:MM:SSZ" (the caller checked the length and the Z), as `isoSeconds` reads it. */
+function glanceSeconds(value: string): number | undefined {
+  const c = (at: number) => value.charCodeAt(at);
+  if (c(4) !== 45 || c(7) !== 45 || c(10) !== 84 || c(13) !== 58 || c(16) !== 58) return undefined; // - - T : :
+  const y = digits(value, 0, 4);
+  const mo = digits(value, 5, 2);
+  const d = digits(value, 8, 2);
+  const h = digits(value, 11, 2);
+  const mi = digits(value, 14, 2);
+  const s = digits(value, 17, 2);
+  if (y < 0 || mo < 0 || d < 0 || h < 0 || mi < 0 || s < 0) return undefined;
+  const ms = calendarMs(y, mo, d, h, mi, s);
+  return ms === undefined ? undefined : ms / 1000;
+}
+
+/** The number `n` ASCII digits from `at` spell, or -1 when another character is among them. */
+function digits(value: string, at: number, n: number): number {
+  let v = 0;
+  for (let i = at; i < at + n; i++) {
+    const d = value.charCodeAt(i) - 48;
+    if (d < 0 || d > 9) return -1;
+    v = v * 10 + d;
+  }
+  return v;
 }
 
 export const IsoTime = z

@@ -447,6 +447,26 @@ describe('calendar times are read by arithmetic, exactly as a Date counts them',
   });
 });
 
+describe("Glance's own form (20 characters, Z) is read digit by digit", () => {
+  it('as the pattern reads the same time with +00:00, whatever character stands anywhere in it', () => {
+    const base = '2024-02-29T23:59:59Z';
+    // ASCII digits and every separator, and look-alikes: Arabic-Indic and full-width digits, a NUL.
+    const stand = ['0', '1', '9', '-', ':', 'T', 't', 'Z', ' ', '/', '.', 'a', '\u0660', '\uff11', '\u0000'];
+    let compared = 0;
+    for (let at = 0; at < 19; at++) {
+      for (const c of stand) {
+        const value = `${base.slice(0, at)}${c}${base.slice(at + 1)}`;
+        // The same time through the pattern: a zone of +00:00 is not the fast path's form.
+        expect(isoSeconds(value), value).toBe(isoSeconds(`${value.slice(0, 19)}+00:00`));
+        compared++;
+      }
+    }
+    expect(compared).toBe(19 * stand.length);
+    expect(isoSeconds(base)).toBe(Date.UTC(2024, 1, 29, 23, 59, 59) / 1000);
+    expect(isoSeconds('2024-02-29T23:59:59z')).toBeUndefined();
+  });
+});
+
 describe('a guard is derived from its schema, never guessed', () => {
   it("follows a change to the schema: a new bound or pattern is the guard's at once", () => {
     const size = guardOf(z.object({ size: z.number().int().nonnegative().max(10).nullable().optional() }));
