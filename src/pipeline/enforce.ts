@@ -123,10 +123,9 @@ export function enforceOnGlance(ctx: PipelineContext, projectId: string): Promis
     // One decision per project at a time across replicas, and one listing per interval: the
     // lease is taken before anything is listed, and kept until the interval is over.
     const startedAtMs = ctx.clock();
-    const lease = await Lease.take(ctx.store, `project:${projectId}`, ctx.lease.replicaId, ctx.lease.ttlMs, ctx.clock, ctx.log);
-    // The holder's lease ends at most one ttl from now, and a kept interval at most one interval
-    // after its listing: either way, one of the two from now is when to look again.
-    if (!lease) throw new ProjectBusyError(projectId, Math.max(1_000, Math.min(ctx.lease.intervalMs, ctx.lease.ttlMs)));
+    const name = `project:${projectId}`;
+    const lease = await Lease.take(ctx.store, name, ctx.lease.replicaId, ctx.lease.ttlMs, ctx.clock, ctx.log);
+    if (!lease) throw new ProjectBusyError(projectId, await busyFor(ctx, name));
     try {
       const listedAtMs = ctx.clock();
       const listing: OwnedImage[] = [];
@@ -155,6 +154,27 @@ export function enforceOnGlance(ctx: PipelineContext, projectId: string): Promis
       throw err;
     }
   });
+}
+
+/** Looked at again no sooner than this after a refused lease, however soon it ends. */
+const BUSY_AT_LEAST_MS = 100;
+
+/**
+ * When to look at a busy project again: when its lease ends, by the store. A decision keeps its
+ * lease until its interval is over, counted from its start: after a long decision (a flood's
+ * deletions) that is soon, and waiting a whole interval more left the flood to grow meanwhile.
+ * The holder's clock set the end, so a clock behind it only looks again too early, and is
+ * refused again with the time left. At most one interval, or one lease, whichever is shorter
+ * (a decision still running may end at any moment; a kept interval ends within one interval).
+ */
+async function busyFor(ctx: PipelineContext, name: string): Promise<number> {
+  const guess = Math.min(ctx.lease.intervalMs, ctx.lease.ttlMs);
+  // Released since it was refused: at once, nearly. The store did not answer: the guess.
+  const until = await ctx.store.leaseUntil(name).then(
+    (at) => at ?? 0,
+    () => Number.POSITIVE_INFINITY,
+  );
+  return Math.max(BUSY_AT_LEAST_MS, Math.min(guess, until - ctx.clock()));
 }
 
 export function requireImages(ctx: PipelineContext): ImageService {

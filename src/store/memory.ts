@@ -139,6 +139,10 @@ export class MemoryStore implements LedgerStore {
     if (this.leases.get(name)?.holder === holder) this.leases.delete(name);
   }
 
+  async leaseUntil(name: string): Promise<number | undefined> {
+    return this.leases.get(name)?.untilMs;
+  }
+
   async forgetDeadImagesBefore(beforeMs: number): Promise<number> {
     let n = 0;
     for (const [id, r] of this.records) {

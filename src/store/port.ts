@@ -143,6 +143,13 @@ export interface LedgerStore {
   /** Ends `holder`'s lease on `name`; a lease another holder has taken since is left alone. */
   releaseLease(name: string, holder: string): Promise<void>;
 
+  /**
+   * When the lease on `name` ends (epoch ms, by the clock of the holder that took or kept it), or
+   * undefined when nobody has it; an expired lease not yet taken over may still be given. For a
+   * holder refused a lease, to come back when it ends rather than after a guess.
+   */
+  leaseUntil(name: string): Promise<number | undefined>;
+
   /** Drop processed message ids recorded before `beforeMs`; returns how many. */
   forgetMessagesBefore(beforeMs: number): Promise<number>;
 

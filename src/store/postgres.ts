@@ -615,6 +615,11 @@ export class PostgresStore implements LedgerStore {
     await this.pool.query('DELETE FROM leases WHERE name = $1 AND holder = $2', [name, holder]);
   }
 
+  async leaseUntil(name: string): Promise<number | undefined> {
+    const { rows } = await this.pool.query<{ until_ms: string }>('SELECT until_ms FROM leases WHERE name = $1', [name]);
+    return rows[0] === undefined ? undefined : Number(rows[0].until_ms);
+  }
+
   async close(): Promise<void> {
     if (!this.pool.ended) await this.pool.end();
   }

@@ -428,6 +428,12 @@ export class RedisStore implements LedgerStore {
     await this.redis.gqeReleaseLease(this.prefix, name, holder);
   }
 
+  async leaseUntil(name: string): Promise<number | undefined> {
+    // "<until ms> <holder>", as acquireLease writes it.
+    const value = await this.redis.get(`${this.prefix}lease:${name}`);
+    return value === null ? undefined : Number(value.slice(0, value.indexOf(' ')));
+  }
+
   async close(): Promise<void> {
     if (this.redis.status !== 'end') await this.redis.quit().catch(() => this.redis.disconnect());
   }

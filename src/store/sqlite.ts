@@ -652,9 +652,11 @@ export class SqliteStore implements LedgerStore {
   private leaseStatements?: {
     acquire: Database.Statement<[{ name: string; holder: string; ttl: number; now: number }]>;
     release: Database.Statement<[string, string]>;
+    until: Database.Statement<[string], number>;
   };
   private get leaseStmt() {
     this.leaseStatements ??= {
+      until: this.db.prepare<[string], number>('SELECT until_ms FROM leases WHERE name = ?').pluck(),
       // One statement, so atomic: insert, or take over a row that is the holder's own or expired;
       // a row another holder still has is left as it is, and no row changes.
       acquire: this.db.prepare<[{ name: string; holder: string; ttl: number; now: number }]>(
@@ -673,6 +675,10 @@ export class SqliteStore implements LedgerStore {
 
   async releaseLease(name: string, holder: string): Promise<void> {
     this.leaseStmt.release.run(name, holder);
+  }
+
+  async leaseUntil(name: string): Promise<number | undefined> {
+    return this.leaseStmt.until.get(name);
   }
 
   async close(): Promise<void> {

@@ -679,6 +679,20 @@ export function describeLedgerStore(name: string, open: () => Promise<LedgerStor
         await store.releaseLease('project:never', 'replica-a:1');
       });
 
+      it('says until when a lease runs, as its holder last took, kept or extended it; nothing once released', async () => {
+        expect(await store.leaseUntil(LEASE)).toBeUndefined();
+        expect(await store.acquireLease(LEASE, 'replica-a:1', 30_000, NOW)).toBe(true);
+        expect(await store.leaseUntil(LEASE)).toBe(NOW + 30_000);
+        // Refused to b: unchanged. Kept by a for less (a decision's interval): shortened.
+        expect(await store.acquireLease(LEASE, 'replica-b:1', 30_000, NOW + 1)).toBe(false);
+        expect(await store.leaseUntil(LEASE)).toBe(NOW + 30_000);
+        expect(await store.acquireLease(LEASE, 'replica-a:1', 4_000, NOW + 1_000)).toBe(true);
+        expect(await store.leaseUntil(LEASE)).toBe(NOW + 5_000);
+        expect(await store.leaseUntil('project:other')).toBeUndefined();
+        await store.releaseLease(LEASE, 'replica-a:1');
+        expect(await store.leaseUntil(LEASE)).toBeUndefined();
+      });
+
       it('grants exactly one of 20 holders asking at once', async () => {
         const granted = await Promise.all(Array.from({ length: 20 }, (_, i) => store.acquireLease(LEASE, `replica-${i}:1`, 30_000, NOW)));
         expect(granted.filter(Boolean)).toHaveLength(1);

@@ -84,3 +84,41 @@ describe('the pipeline decides after a batch on the totals the batch committed',
     expect(reads.count).toBe(projects.length);
   });
 });
+
+describe('a project decided a moment ago is looked at again when its interval ends', () => {
+  const image = (id: string, n: number) => {
+    const at = new Date(Date.UTC(2026, 10, 1) + n * 1000).toISOString().replace(/\.\d+Z$/, 'Z');
+    return { id, owner: 'p-flood', status: 'queued' as const, protected: false, size: null, created_at: at, updated_at: at, visibility: 'private' as const };
+  };
+  const busyAfter = async (deletionMs: number, askAtMs: number) => {
+    let now = Date.UTC(2026, 11, 1);
+    const start = now;
+    const glance = new MemoryGlance().add(...Array.from({ length: 10 }, (_, n) => image(`i-${n}`, n)));
+    // Glance takes its time over each DELETE, as under a flood of creates.
+    glance.onGet = () => {
+      now += deletionMs / 5;
+    };
+    const pipeline = pipelineOf({
+      store: new MemoryStore(),
+      limits: new StaticLimits({ image_count_total: 5 }),
+      images: glance,
+      clock: () => now,
+      enforceIntervalMs: 5_000,
+    });
+    expect((await pipeline.enforceOnGlance('p-flood')).actions).toHaveLength(5);
+    now = start + askAtMs;
+    return pipeline.enforceOnGlance('p-flood').then(
+      () => 'decided',
+      (err: { code?: string; retryAfterMs?: number }) => (err.code === 'PROJECT_BUSY' ? err.retryAfterMs : err),
+    );
+  };
+
+  it('when the interval ends, counted from the start of the last decision, not a whole interval later', async () => {
+    // A quick decision: asked 1 s after it began, 4 s of the interval are left.
+    expect(await busyAfter(0, 1_000)).toBe(4_000);
+    // Five deletions took 4.5 s: asked at 4.6 s, 0.4 s are left (before: 5 s more, whatever was left).
+    expect(await busyAfter(4_500, 4_600)).toBe(400);
+    // Once the interval is over, it is decided again.
+    expect(await busyAfter(4_500, 5_000)).toBe('decided');
+  });
+});
