@@ -73,6 +73,8 @@ export interface EnforceAllResult {
    * them back to be delivered again.
    */
   deferred: string[];
+  /** When the first of the busy projects among `deferred` can be decided (ms from now); absent when none was busy. */
+  busyRetryMs?: number;
 }
 
 /**
@@ -89,6 +91,7 @@ export async function enforceAll(ctx: PipelineContext, projects: readonly string
   const reports: EnforcementReport[] = [];
   const failures: ProjectFailure[] = [];
   const deferred: string[] = [];
+  let busyRetryMs: number | undefined;
   for (const [i, projectId] of projects.entries()) {
     if (options.deadlineMs !== undefined && ctx.clock() >= options.deadlineMs) {
       deferred.push(...projects.slice(i));
@@ -100,6 +103,7 @@ export async function enforceAll(ctx: PipelineContext, projects: readonly string
     } catch (err) {
       if (err instanceof ProjectBusyError) {
         deferred.push(projectId);
+        busyRetryMs = Math.min(busyRetryMs ?? err.retryAfterMs, err.retryAfterMs);
         continue;
       }
       const error = err instanceof Error ? err : new Error(String(err));
@@ -107,7 +111,7 @@ export async function enforceAll(ctx: PipelineContext, projects: readonly string
       failures.push({ projectId, error });
     }
   }
-  return { reports, failures, deferred };
+  return { reports, failures, deferred, ...(busyRetryMs === undefined ? {} : { busyRetryMs }) };
 }
 
 /**

@@ -300,6 +300,21 @@ describe.each<Exclude<LedgerKind, 'sqlite'>>(['redis', 'postgres'])('function ha
     expect(glance.deleted).toHaveLength(1);
   });
 
+  it('amazonmq: a project another instance decided a moment ago is decided once that lease ends, within the invocation', async () => {
+    const glance = MemoryGlance.fromBodies(quotaTestBodies());
+    const services = servicesOver({ store: shared.store, glance, env: { ENFORCE_INTERVAL_SECONDS: '5' } });
+    // Another instance's decision began 3.8 s ago: it keeps the project 1.2 s more.
+    expect(await shared.store.acquireLease(`project:${ATTACKER}`, 'other-instance:1', 1_200, Date.now())).toBe(true);
+    const started = Date.now();
+    const reply = await handleRabbitMqEvent(services, rmqEvent(quotaTestBodies()));
+    const waited = Date.now() - started;
+    expect(reply.actions).toBe(2);
+    expect(glance.deleted).toHaveLength(2);
+    // Waited for the lease's end, not a whole interval (5 s) after being refused.
+    expect(waited).toBeGreaterThanOrEqual(1_100);
+    expect(waited).toBeLessThan(4_000);
+  });
+
   it('amazonmq: a project whose enforcement keeps failing stops failing the batch after ENFORCE_MAX_ATTEMPTS invocations, and says so', async () => {
     const glance = MemoryGlance.fromBodies(quotaTestBodies());
     const { log, lines } = capturedLog();

@@ -118,26 +118,29 @@ export async function handleRabbitMqEvent(services: FunctionServices, event: unk
   return { messages: counts, projects, actions, abandoned };
 }
 
-/** Rounds of waiting for busy projects, each ENFORCE_INTERVAL_SECONDS (at least a second) long. */
-const BUSY_ROUNDS = 3;
+/** How long in all an invocation waits for busy projects: this many intervals (at least a second each). */
+const BUSY_INTERVALS = 3;
 
 /**
- * `enforceAll`, then again for the projects it deferred as busy, after an interval, while the
- * deadline allows: a project decided by another instance a moment ago (a burst spans batches) is
- * free again within ENFORCE_INTERVAL_SECONDS, and waiting for it here is cheaper than having the
- * whole batch redelivered. What is still deferred at the end fails the invocation.
+ * `enforceAll`, then again for the projects it deferred as busy, once the first of their leases
+ * ends, while the deadline allows: a project decided by another instance a moment ago (a burst
+ * spans batches) is free again within ENFORCE_INTERVAL_SECONDS, and waiting for it here is
+ * cheaper than having the whole batch redelivered. What is still deferred at the end fails the
+ * invocation.
  */
 async function enforceWaitingForBusy({ pipeline, config }: FunctionServices, projects: readonly string[], deadlineMs: number | undefined) {
   const options = deadlineMs === undefined ? {} : { deadlineMs };
   const result = await pipeline.enforceAll(projects, options);
-  const waitMs = Math.max(1_000, config.enforceIntervalMs);
-  for (let round = 0; round < BUSY_ROUNDS && result.deferred.length > 0; round++) {
+  let left = BUSY_INTERVALS * Math.max(1_000, config.enforceIntervalMs);
+  for (let waitMs = result.busyRetryMs; waitMs !== undefined && waitMs <= left && result.deferred.length > 0; ) {
     if (deadlineMs !== undefined && pipeline.now() + waitMs >= deadlineMs) break;
     await new Promise((r) => setTimeout(r, waitMs));
+    left -= waitMs;
     const again = await pipeline.enforceAll(result.deferred, options);
     result.reports.push(...again.reports);
     result.failures.push(...again.failures);
     result.deferred = again.deferred;
+    waitMs = again.busyRetryMs;
   }
   return result;
 }
