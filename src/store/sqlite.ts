@@ -102,8 +102,8 @@ const MIGRATIONS: readonly string[] = [
 ];
 
 /**
- * Rows written by one statement of applyEvents, at most: a batch's images, then its projects'
- * totals, go PUT_ROWS to a statement (12 parameters an image, far under SQLite's 32766). One native
+ * Rows written by one statement of applyEvents, at most: a batch's images new to the ledger, then
+ * its projects' totals, go PUT_ROWS to a statement (12 parameters an image, far under SQLite's 32766). One native
  * call and its bindings a row were a third of a reconcile's first pass, which writes every image
  * of the cloud (bench/README.md).
  */
@@ -115,12 +115,15 @@ const PUT_ROWS = 64;
  */
 class StatementsByRows<R = unknown> {
   private readonly prepared = new Map<number, Database.Statement<unknown[], R>>();
-  constructor(private readonly prepare: (rows: number) => Database.Statement<unknown[], R>) {}
+  constructor(
+    private readonly prepare: (rows: number) => Database.Statement<unknown[], R>,
+    private readonly most = PUT_ROWS,
+  ) {}
 
-  /** `items` in statements of up to PUT_ROWS rows, each row's parameters from `push`. */
+  /** `items` in statements of up to `most` rows, each row's parameters from `push`. */
   *of<T>(items: readonly T[], push: (params: unknown[], item: T) => void): Generator<[Database.Statement<unknown[], R>, unknown[]]> {
-    for (let at = 0; at < items.length; at += PUT_ROWS) {
-      const rows = Math.min(PUT_ROWS, items.length - at);
+    for (let at = 0; at < items.length; at += this.most) {
+      const rows = Math.min(this.most, items.length - at);
       const statement = this.prepared.get(rows) ?? this.prepare(rows);
       this.prepared.set(rows, statement);
       const params: unknown[] = [];
@@ -136,16 +139,18 @@ const valuesOf = (rows: number, columns: number) => Array.from({ length: rows },
  * The upsert of images. listed_pass: a reconcile's mark given with the write
  * (ApplyOptions.listedBy), else the mark the record had.
  */
-const putImages = (db: Database.Database) =>
-  new StatementsByRows((rows) =>
-    db.prepare(
-      `INSERT INTO images (image_id, project_id, status, size, created_at, updated_at, ts, message_id, importing, protected, deleted, listed_pass)
+const putImages = (db: Database.Database, most: number) =>
+  new StatementsByRows(
+    (rows) =>
+      db.prepare(
+        `INSERT INTO images (image_id, project_id, status, size, created_at, updated_at, ts, message_id, importing, protected, deleted, listed_pass)
        VALUES ${valuesOf(rows, 12)}
        ON CONFLICT (image_id) DO UPDATE SET project_id = excluded.project_id, status = excluded.status, size = excluded.size,
          created_at = excluded.created_at, updated_at = excluded.updated_at, ts = excluded.ts, message_id = excluded.message_id,
          importing = excluded.importing, protected = excluded.protected, deleted = excluded.deleted,
          listed_pass = coalesce(excluded.listed_pass, images.listed_pass)`,
-    ),
+      ),
+    most,
   );
 
 type TotalsRow = [projectId: string, count: number, uploading: number, sizeBytes: number, stageBytes: number];
@@ -295,7 +300,8 @@ export class SqliteStore implements LedgerStore {
       seenInLegacyDedupe: db.prepare<[string], number>('SELECT j.key FROM json_each(?) AS j JOIN processed_messages AS m ON m.message_id = j.value').pluck(),
       legacyDedupeHoldsAny: db.prepare<[], number>('SELECT EXISTS (SELECT 1 FROM processed_messages)').pluck(),
       imagesOf: db.prepare<[string], KeyedImageRow>(`SELECT ${IMAGE_COLUMNS}, j.key FROM json_each(?) AS j JOIN images ON images.image_id = j.value`).raw(),
-      put: putImages(db),
+      put: putImages(db, PUT_ROWS),
+      update: putImages(db, 1),
       addTotals: addTotals(db),
       totals: db.prepare<[string], { count: number; uploading: number; size_bytes: number; stage_bytes: number }>(
         'SELECT count, uploading, size_bytes, stage_bytes FROM project_totals WHERE project_id = ?',
@@ -475,6 +481,7 @@ export class SqliteStore implements LedgerStore {
       const imageId = imageIds[row[11]]!;
       records.set(imageId, fromRow(row, imageId));
     }
+    const held = new Set(records.keys());
     // Staged as in MemoryStore: the tables are written once the rules have run on the whole batch.
     const newlySeen = new Map<number, string[]>();
     const changed = new Map<string, ImageRecord>();
@@ -495,7 +502,13 @@ export class SqliteStore implements LedgerStore {
     };
     const { deltas, ...result } = applyEventsTo(tx, events, nowMs, dedupe, overwrite);
     for (const [at, keys] of newlySeen) this.stmt.markSeen.run(at, JSON.stringify(keys));
-    for (const [statement, params] of this.stmt.put.of([...changed.values()], (params, r) =>
+    // Images new to the ledger go many to a statement (a reconcile's first pass writes every image
+    // of the cloud); held ones one at a time, as before: consume's batches, mostly updates, took
+    // about 10% longer in the store with every image many to a statement (bench/README.md).
+    const fresh: ImageRecord[] = [];
+    const updated: ImageRecord[] = [];
+    for (const r of changed.values()) (held.has(r.imageId) ? updated : fresh).push(r);
+    const pushImage = (params: unknown[], r: ImageRecord) =>
       params.push(
         r.imageId,
         r.projectId,
@@ -509,9 +522,9 @@ export class SqliteStore implements LedgerStore {
         r.protected ? 1 : 0,
         r.deleted ? 1 : 0,
         listedBy,
-      ),
-    ))
-      statement.run(params);
+      );
+    for (const [statement, params] of this.stmt.put.of(fresh, pushImage)) statement.run(params);
+    for (const [statement, params] of this.stmt.update.of(updated, pushImage)) statement.run(params);
     const totals = new Map<string, UsageTotals>();
     for (const [statement, params] of this.stmt.addTotals.of([...deltas], (params, [p, d]) =>
       params.push(p, d.count, d.uploading, d.sizeBytes, d.stageBytes),
