@@ -103,9 +103,9 @@ const MIGRATIONS: readonly string[] = [
 
 /**
  * Rows written by one statement of applyEvents, at most: a batch's images new to the ledger, then
- * its projects' totals, go PUT_ROWS to a statement (12 parameters an image, far under SQLite's 32766). One native
- * call and its bindings a row were a third of a reconcile's first pass, which writes every image
- * of the cloud (bench/README.md).
+ * its projects' totals, go PUT_ROWS to a statement (12 parameters an image, far under SQLite's
+ * 32766). One native call and its bindings a row were a third of a reconcile's first pass, which
+ * writes every image of the cloud (bench/README.md).
  */
 const PUT_ROWS = 64;
 
