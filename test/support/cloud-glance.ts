@@ -10,8 +10,12 @@ import { pathToFileURL } from 'node:url';
  * - Image k: a queued image of project floor(k / 5) (5 images a project), no data (size null),
  *   shared (Glance's default visibility since Rocky), not hidden, created k seconds before
  *   CLOUD_EPOCH, with the core fields in the order Glance 25's ResponseSerializer writes them.
- * - Its id is uuid-shaped and starts with k in 8 hex digits, so the id gives k back: a `marker`
- *   is found in O(1), as Glance finds it by id in its database.
+ * - Ids are scattered as Glance's uuid4 ids and Keystone's uuid4 hex project ids are: the first 8
+ *   hex digits of an image's id are k through a bijection of 32-bit numbers (`scatter`, a
+ *   multiplication by an odd constant), and so are a project's. Consecutive images land far apart
+ *   in any index by id, as a real cloud's do; ids that followed k (before 2026-12-05) made every
+ *   insert of a first pass an append, and hid what a real cloud's first pass costs the ledger.
+ *   The id still gives k back (`gather`): a `marker` is found in O(1), as Glance finds it by id.
  * - Order: Glance's default sort (created_at desc, then id desc), which here is k ascending.
  * - Paging as Glance's: `limit` defaults to 25 (`limit_param_default`) and is capped at 1000
  *   (`api_limit_max`); a full page carries `next` (the query with `marker=<last id>`), so a cloud of
@@ -36,25 +40,38 @@ export const CLOUD_EPOCH = Date.parse('2026-11-01T00:00:00Z');
 
 const hex = (n: number, digits: number) => n.toString(16).padStart(digits, '0');
 
-/** Keystone's shape: 32 hex digits, the project's number first. */
+/** Odd, so that multiplying by it modulo 2^32 is a bijection (Knuth's multiplicative hash: consecutive numbers land far apart). */
+const SCATTER = 0x9e3779b1;
+/** Its inverse modulo 2^32, by Newton's iteration (each step doubles the bits that are right). */
+const GATHER = [1, 2, 3, 4, 5].reduce((x) => Math.imul(x, 2 - Math.imul(SCATTER, x)), SCATTER);
+const scatter = (k: number) => Math.imul(k, SCATTER) >>> 0;
+const gather = (s: number) => Math.imul(s, GATHER) >>> 0;
+
+/** Keystone's shape: 32 hex digits, the project's number scattered first. */
 export function cloudProjectId(p: number): string {
-  return `${hex(p, 8)}c10dc10dc10dc10dc10dc10d`;
+  return `${hex(scatter(p), 8)}c10dc10dc10dc10dc10dc10d`;
 }
 
-/** Uuid-shaped, k first: ids of consecutive images sort as k does. */
+/** Uuid-shaped, k scattered first: consecutive images' ids sort far apart, as uuid4 ids do. */
 export function cloudImageId(k: number): string {
-  return `${hex(k, 8)}-c10d-4e00-8a00-${hex(Math.floor(k / IMAGES_PER_PROJECT), 12)}`;
+  return `${hex(scatter(k), 8)}-c10d-4e00-8a00-${hex(Math.floor(k / IMAGES_PER_PROJECT), 12)}`;
+}
+
+/** The number behind an id's first 8 hex digits, or undefined (not a number this cloud scattered). */
+function numberOf(id: string): number | undefined {
+  const s = /^[0-9a-f]{8}/.test(id) ? Number.parseInt(id.slice(0, 8), 16) : Number.NaN;
+  return Number.isInteger(s) ? gather(s) : undefined;
 }
 
 /** k of an id of this cloud, or undefined (not an id it ever gave). */
 export function imageNumber(id: string, n: number): number | undefined {
-  const k = Number.parseInt(id.slice(0, 8), 16);
-  return Number.isInteger(k) && k < n && cloudImageId(k) === id ? k : undefined;
+  const k = numberOf(id);
+  return k !== undefined && k < n && cloudImageId(k) === id ? k : undefined;
 }
 
 function projectNumber(id: string): number | undefined {
-  const p = Number.parseInt(id.slice(0, 8), 16);
-  return Number.isInteger(p) && cloudProjectId(p) === id ? p : undefined;
+  const p = numberOf(id);
+  return p !== undefined && cloudProjectId(p) === id ? p : undefined;
 }
 
 const isoSeconds = (ms: number) => `${new Date(ms).toISOString().slice(0, 19)}Z`;
