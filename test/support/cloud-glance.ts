@@ -13,8 +13,8 @@ import { pathToFileURL } from 'node:url';
  * - Ids are scattered as Glance's uuid4 ids and Keystone's uuid4 hex project ids are: the first 8
  *   hex digits of an image's id are k through a bijection of 32-bit numbers (`scatter`, a
  *   multiplication by an odd constant), and so are a project's. Consecutive images land far apart
- *   in any index by id, as a real cloud's do; ids that followed k (before 2026-12-05) made every
- *   insert of a first pass an append, and hid what a real cloud's first pass costs the ledger.
+ *   in any index by id, as a real cloud's do (ids that followed k would make every insert of a
+ *   first pass an append, and hide what a real cloud's first pass costs the ledger).
  *   The id still gives k back (`gather`): a `marker` is found in O(1), as Glance finds it by id.
  * - Order: Glance's default sort (created_at desc, then id desc), which here is k ascending.
  * - Paging as Glance's: `limit` defaults to 25 (`limit_param_default`) and is capped at 1000
@@ -59,8 +59,7 @@ export function cloudImageId(k: number): string {
 
 /** The number behind an id's first 8 hex digits, or undefined (not a number this cloud scattered). */
 function numberOf(id: string): number | undefined {
-  const s = /^[0-9a-f]{8}/.test(id) ? Number.parseInt(id.slice(0, 8), 16) : Number.NaN;
-  return Number.isInteger(s) ? gather(s) : undefined;
+  return /^[0-9a-f]{8}/.test(id) ? gather(Number.parseInt(id.slice(0, 8), 16)) : undefined;
 }
 
 /** k of an id of this cloud, or undefined (not an id it ever gave). */
