@@ -48,6 +48,12 @@ const PassState = z.object({
   position: z.object({ hidden: z.boolean(), marker: z.string().optional() }).nullable(),
   sweepCursor: z.string(),
   projectCursor: z.string(),
+  /**
+   * The pass stages its listing (a ledger no pass has listed yet: `Pipeline.beginListing`), which
+   * becomes the ledger's when the listing ends; false once it has. A state kept before it existed
+   * reads as false.
+   */
+  staged: z.boolean().default(false),
 });
 type PassState = z.infer<typeof PassState>;
 export type ReconcilePhase = PassState['phase'];
@@ -113,6 +119,8 @@ export interface ReconcileSummary {
  *
  * 1. `list`: every image (all pages, every visibility, hidden ones too) is written over the ledger
  *    page by page, and marked in the store as listed by this pass (`Pipeline.applyListingPage`).
+ *    On a ledger no pass has listed yet, where the store can, the pages are staged instead and
+ *    loaded at once, sorted, when the listing ends (`Pipeline.finishListing`, BulkListing).
  * 2. `sweep`: live records the pass did not mark are tombstoned in bulk, those made after the pass
  *    began spared (`Pipeline.sweepPage`): a forged owner's images go here before any decision.
  * 3. `decide`: the projects with live images, page by page in order, each decided on the ledger,
@@ -209,7 +217,7 @@ class Run {
         return !stopped;
       };
       for await (const page of readAhead(pages, more)) {
-        const repair = await this.pipeline.applyListingPage(page.images, this.pipeline.now(), state.id);
+        const repair = await this.pipeline.applyListingPage(page.images, this.pipeline.now(), state.id, state.staged);
         this.listed += repair.listed;
         this.add(repair.corrected);
         state.position = page.next;
@@ -224,6 +232,14 @@ class Run {
     }
 
     if (state.phase === 'sweep') {
+      if (state.staged) {
+        // Before the sweep, which must see what the pass listed. Done twice (a run stopped before
+        // saving this), the second finds nothing staged.
+        await this.pipeline.finishListing(state.id);
+        state.staged = false;
+        await save();
+        this.moved = true;
+      }
       for (;;) {
         if (this.mustStop()) return this.summary(state.id, 'sweep');
         const swept = await this.pipeline.sweepPage(state.id, state.startedAtMs, state.sweepCursor, SWEEP_PAGE);
@@ -279,7 +295,8 @@ class Run {
       const parsed = PassState.safeParse(json);
       if (parsed.success) return parsed.data;
     }
-    return { id: randomUUID(), startedAtMs: this.pipeline.now(), phase: 'list', position: null, sweepCursor: '', projectCursor: '' };
+    const staged = await this.pipeline.beginListing();
+    return { id: randomUUID(), startedAtMs: this.pipeline.now(), phase: 'list', position: null, sweepCursor: '', projectCursor: '', staged };
   }
 
   private async decide(projectId: string, usage: Usage | undefined): Promise<void> {

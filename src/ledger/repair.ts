@@ -71,8 +71,6 @@ function differs(r: ImageRecord, e: ImageEvent): boolean {
  * ignored).
  */
 export function repairListed(ledger: readonly ImageRecord[], listing: readonly OwnedImage[], view: Omit<ListingView, 'listedElsewhere'>): Repair {
-  const listedAtSeconds = Math.floor(view.listedAtMs / 1000) - 1;
-  const believable = (seconds: number) => seconds * 1000 <= view.nowMs + view.skewMs;
   const byId = new Map(ledger.map((r) => [r.imageId, r]));
   const events: ImageEvent[] = [];
   const corrections: Correction[] = [];
@@ -81,7 +79,7 @@ export function repairListed(ledger: readonly ImageRecord[], listing: readonly O
     const record = byId.get(image.id);
     let kind: CorrectionKind | undefined;
     if (!record) kind = 'missing';
-    else if (record.updatedAt >= listedAtSeconds && believable(record.updatedAt)) continue;
+    else if (changedSinceListing(record, view)) continue;
     else if (record.deleted) kind = 'resurrected';
     else if (differs(record, event)) kind = 'changed';
     if (!kind) continue;
@@ -90,6 +88,16 @@ export function repairListed(ledger: readonly ImageRecord[], listing: readonly O
     if (!inFlight) corrections.push({ kind, imageId: image.id, projectId: image.owner });
   }
   return { events, corrections };
+}
+
+/**
+ * The bus changed this record after the listing began (within the clock-skew allowance): that news
+ * is newer than the listing, which must not overwrite it; the next listing judges it. A record
+ * from further in the future than the skew allows is not news but forgery, and loses.
+ */
+export function changedSinceListing(record: ImageRecord, view: Omit<ListingView, 'listedElsewhere'>): boolean {
+  const listedAtSeconds = Math.floor(view.listedAtMs / 1000) - 1;
+  return record.updatedAt >= listedAtSeconds && record.updatedAt * 1000 <= view.nowMs + view.skewMs;
 }
 
 /**

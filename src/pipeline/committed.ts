@@ -33,4 +33,9 @@ export class CommittedTotals {
   forget(projectId: string): void {
     this.byProject.delete(projectId);
   }
+
+  /** Every project's: the store's totals were all written anew (a staged listing's finish). */
+  clear(): void {
+    this.byProject.clear();
+  }
 }

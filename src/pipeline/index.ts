@@ -13,7 +13,7 @@ import { ProjectLocks, type PipelineContext } from './context.js';
 import { enforce, enforceAll, enforceOnGlance, evaluate, requireImages, type EnforceAllResult } from './enforce.js';
 import { ingest, type IngestResult } from './ingest.js';
 import { Lease } from './lease.js';
-import { applyListingPage, sweepPage } from './listing.js';
+import { applyListingPage, beginListing, finishListing, sweepPage } from './listing.js';
 import type { EnforcementMode, EnforcementReport, ImageService, ListedPage, ProjectReport } from './ports.js';
 
 export type {
@@ -186,9 +186,19 @@ export class Pipeline {
     return requireImages(this.ctx).listPages(query);
   }
 
-  /** Reconcile's step for one page of the whole-cloud listing (src/pipeline/listing.ts). */
-  applyListingPage(page: readonly GlanceImage[], listedAtMs: number, passId: string): ReturnType<typeof applyListingPage> {
-    return applyListingPage(this.ctx, page, listedAtMs, passId);
+  /** Reconcile's step for one page of the whole-cloud listing, `staged` when the pass began so (src/pipeline/listing.ts). */
+  applyListingPage(page: readonly GlanceImage[], listedAtMs: number, passId: string, staged = false): ReturnType<typeof applyListingPage> {
+    return applyListingPage(this.ctx, page, listedAtMs, passId, staged);
+  }
+
+  /** A new reconcile pass: whether it stages its listing, to load it in bulk (src/pipeline/listing.ts). */
+  beginListing(): Promise<boolean> {
+    return beginListing(this.ctx);
+  }
+
+  /** A staged listing's end: the staged images become the ledger's (src/pipeline/listing.ts). */
+  finishListing(passId: string): Promise<void> {
+    return finishListing(this.ctx, passId);
   }
 
   /** Reconcile's sweep, one page: what the pass did not list is tombstoned (src/pipeline/listing.ts). */

@@ -35,13 +35,41 @@ export async function applyListingPage(
   page: readonly GlanceImage[],
   listedAtMs: number,
   passId: string,
+  staged = false,
 ): Promise<{ listed: number; corrected: Partial<Record<CorrectionKind, number>> }> {
   const owned = page.filter((image): image is OwnedImage => image.owner !== null);
-  const ids = owned.map((image) => image.id);
   const nowMs = ctx.clock();
-  const held = await ctx.store.markListed(ids, passId);
-  const corrected = await write(ctx, nowMs, repairListed(held, owned, { listedAtMs, nowMs, skewMs: ctx.clockSkewMs }), passId);
+  const view = { listedAtMs, nowMs, skewMs: ctx.clockSkewMs };
+  if (staged && ctx.store.bulkListing) {
+    // A pass staging its listing (beginListing) holds nothing yet: every image is missing.
+    const repair = repairListed([], owned, view);
+    await ctx.store.bulkListing.stage(repair.events, passId, listedAtMs);
+    return { listed: owned.length, corrected: report(ctx, repair.corrections) };
+  }
+  const held = await ctx.store.markListed(
+    owned.map((image) => image.id),
+    passId,
+  );
+  const corrected = await write(ctx, nowMs, repairListed(held, owned, view), passId);
   return { listed: owned.length, corrected };
+}
+
+/**
+ * The start of a reconcile pass: whether it stages its listing (`BulkListing`, where the store has
+ * it and the ledger holds next to nothing), and any staging an abandoned pass left is dropped.
+ */
+export async function beginListing(ctx: PipelineContext): Promise<boolean> {
+  return (await ctx.store.bulkListing?.begin()) ?? false;
+}
+
+/**
+ * The end of a staged listing: the staged images become the ledger's records at once. Every
+ * project's totals may have moved, so none a batch committed before is taken as usage.
+ */
+export async function finishListing(ctx: PipelineContext, passId: string): Promise<void> {
+  if (!ctx.store.bulkListing) return;
+  await ctx.store.bulkListing.finish(passId, ctx.clock(), ctx.clockSkewMs);
+  ctx.committed.clear();
 }
 
 /**
@@ -76,6 +104,11 @@ async function write(
 ): Promise<Partial<Record<CorrectionKind, number>>> {
   for (const p of new Set(events.map((e) => e.projectId))) ctx.committed.forget(p);
   if (events.length > 0) await ctx.store.applyEvents(events, nowMs, { overwrite: true, ...(listedBy === undefined ? {} : { listedBy }) });
+  return report(ctx, corrections);
+}
+
+/** Corrections counted, logged once (a project's listing, or a page of the whole cloud's) and handed to the metrics by project. */
+function report(ctx: PipelineContext, corrections: readonly Correction[]): Partial<Record<CorrectionKind, number>> {
   const counts = countCorrections(corrections);
   if (corrections.length === 0) return counts;
   const byProject = new Map<string, Correction[]>();

@@ -45,6 +45,35 @@ export interface ApplyOptions {
   listedBy?: string;
 }
 
+/**
+ * A reconcile pass's listing written in bulk, for a store that writes in key order far faster
+ * than at random (SQLite: a first pass over scattered uuid4 ids was 3-4x the bare listing, every
+ * image a random insert into three B-trees; bench/README.md). The pass's images are appended to a
+ * staging area no read sees, then sorted into the ledger at once when the listing ends. Only for a
+ * ledger no pass has listed yet, which is what makes every staged image `missing`; later passes
+ * mark and compare page by page.
+ */
+export interface BulkListing {
+  /**
+   * At the start of a pass: drops whatever staging an abandoned pass left, and answers whether
+   * this pass stages its listing (the ledger holds few records, none of them listed by a pass).
+   */
+  begin(): Promise<boolean>;
+  /**
+   * A page of the listing (Glance's state as `overwrite` events, every image new to the ledger),
+   * kept with when the page was listed; nothing the ledger serves changes until `finish`.
+   */
+  stage(events: readonly ImageEvent[], passId: string, listedAtMs: number): Promise<void>;
+  /**
+   * The end of the listing: the staged images become the ledger's records, marked as listed by
+   * `passId`, in one transaction. A record the bus wrote meanwhile keeps its state where it
+   * changed after its page was listed (`changedSinceListing`), else takes the listing's; records
+   * the listing did not show stay for the sweep; the totals are recounted from the records.
+   * Nothing staged (or finished already), nothing done. Returns how many images were staged.
+   */
+  finish(passId: string, nowMs: number, skewMs: number): Promise<{ staged: number }>;
+}
+
 /** What `reserveCreate` saw and did: the count and the open reservations before this one. */
 export interface CreateReservation {
   admitted: boolean;
@@ -124,7 +153,7 @@ export interface LedgerStore {
   /**
    * The sweep at the end of a listing pass: one page of at most `limit` live records (not
    * tombstoned, not killed, deleted or pending_delete; of every project) whose mark is not
-   * `passId`, continuing from `cursor` ('' for the first page). The next cursor is '' when there
+   * `passId`, continuing from `cursor` ('' for the first page, else the last page's, in the store's own form). The next cursor is '' when there
    * is no more. Records marked or tombstoned while the sweep walks are skipped or not, either is
    * right; a record live and unmarked for the whole walk is returned exactly once.
    */
@@ -149,6 +178,9 @@ export interface LedgerStore {
    * holder refused a lease, to come back when it ends rather than after a guess.
    */
   leaseUntil(name: string): Promise<number | undefined>;
+
+  /** Where the store has one: a first reconcile pass's listing written in bulk (see BulkListing). */
+  readonly bulkListing?: BulkListing;
 
   /** Drop processed message ids recorded before `beforeMs`; returns how many. */
   forgetMessagesBefore(beforeMs: number): Promise<number>;

@@ -25,9 +25,15 @@ const freshPath = () => join(dir, `ledger-${++n}.db`);
 
 /** Takes a file back to schema version 6, as an enforcer from before issue 22 left it. */
 function backToSchema6(db: Database.Database): void {
-  db.exec(`CREATE INDEX images_by_project ON images (project_id);
-           DROP INDEX images_by_creation;
-           ALTER TABLE images DROP COLUMN listed_pass;
+  // Schema 6's images: the id its PRIMARY KEY (schema 10 made it a unique index of its own).
+  db.exec(`CREATE TABLE images6 (image_id TEXT PRIMARY KEY, project_id TEXT NOT NULL, status TEXT NOT NULL, size INTEGER,
+             created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, ts INTEGER NOT NULL, message_id TEXT NOT NULL,
+             importing TEXT NOT NULL, protected INTEGER NOT NULL, deleted INTEGER NOT NULL);
+           INSERT INTO images6 SELECT image_id, project_id, status, size, created_at, updated_at, ts, message_id, importing, protected, deleted FROM images;
+           DROP TABLE images;
+           ALTER TABLE images6 RENAME TO images;
+           CREATE INDEX images_by_project ON images (project_id);
+           CREATE INDEX images_removable ON images (project_id, created_at DESC, image_id DESC) WHERE status = 'queued' AND deleted = 0;
            DROP TABLE leases;
            PRAGMA user_version = 6;`);
 }
@@ -130,9 +136,28 @@ describe('sqlite: a file on disk', () => {
     expect(plan(`SELECT * FROM images WHERE project_id = 'p1'`)).toContain('images_by_creation (project_id=?)');
     expect(check.prepare(`SELECT count(*) AS n FROM sqlite_master WHERE name = 'images_by_project'`).get()).toEqual({ n: 0 });
     const sweep = plan(`SELECT * FROM images WHERE image_id > '' AND listed_pass IS NOT 'x' ORDER BY image_id LIMIT 5`);
-    expect(sweep).toContain('sqlite_autoindex_images_1 (image_id>?)');
+    // Schema 10: the id's index is a unique index of its own, which a bulk listing builds sorted.
+    expect(sweep).toContain('images_by_id (image_id>?)');
     expect(sweep).not.toContain('TEMP B-TREE');
     check.close();
+  });
+
+  it('walks the sweep in the table order, and from the start again on a cursor an older version kept (an image id)', async () => {
+    const store = SqliteStore.open(freshPath());
+    await store.applyEvents(
+      ['b', 'a', 'c'].map((imageId) => ev({ imageId, status: 'queued' })),
+      1,
+    );
+    const walked: string[] = [];
+    let cursor = '';
+    do {
+      const page = await store.unmarkedLive('pass-1', cursor, 1);
+      walked.push(...page.records.map((r) => r.imageId));
+      cursor = page.cursor;
+    } while (cursor !== '' && walked.length < 10);
+    expect(walked).toEqual(['b', 'a', 'c']);
+    expect((await store.unmarkedLive('pass-1', 'a', 10)).records.map((r) => r.imageId)).toEqual(['b', 'a', 'c']);
+    await store.close();
   });
 
   it('takes a message that reuses a known id with another oslo timestamp as a new one (a redelivery repeats both)', async () => {
