@@ -153,8 +153,8 @@ export interface LedgerStore {
   /**
    * The sweep at the end of a listing pass: one page of at most `limit` live records (not
    * tombstoned, not killed, deleted or pending_delete; of every project) whose mark is not
-   * `passId`, continuing from `cursor` ('' for the first page, else the last page's, in the store's own form). The next cursor is '' when there
-   * is no more. Records marked or tombstoned while the sweep walks are skipped or not, either is
+   * `passId`, continuing from `cursor` ('' for the first page, else the one the last page gave, in
+   * the store's own form). The next cursor is '' when there is no more. Records marked or tombstoned while the sweep walks are skipped or not, either is
    * right; a record live and unmarked for the whole walk is returned exactly once.
    */
   unmarkedLive(passId: string, cursor: string, limit: number): Promise<{ records: ImageRecord[]; cursor: string }>;
